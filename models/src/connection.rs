@@ -1,0 +1,244 @@
+//! Connection requests and connections (NSM `Connection`), with the lifecycle state machine.
+//!
+//! ```text
+//!  requested ──▶ programming ──▶ up ◀──▶ healing
+//!      │              │           │         │
+//!      └──────────────┴───────────┴─────────┴──▶ closed | failed
+//! ```
+//! `healing` goes back to `up` once the connection is rewired (in place or onto another
+//! endpoint); `closed` and `failed` are final.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::labels::Labels;
+use crate::mechanism::{Mechanism, MechanismKind};
+use crate::service::Payload;
+
+/// Who asks: a workload on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientRef {
+    /// The node the client runs on.
+    pub node: String,
+    /// The client workload's name (its netns in labs). Defaults to the node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ClientRef {
+    pub fn workload(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.node)
+    }
+}
+
+/// A request for a network service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRequest {
+    pub network_service: String,
+    pub client: ClientRef,
+    /// The client's labels, matched against the service's `source_selector`s.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Mechanism preferences, best first. Empty means "whatever works": local first, then
+    /// VXLAN, GRE, MPLS, VLAN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mechanisms: Vec<MechanismKind>,
+    /// Interface name in the client (default `nsm-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Prefixes already in use at the client; no address is allocated from them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_prefixes: Vec<IpNet>,
+}
+
+/// A vertex a connection passes through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathSegment {
+    /// Node or device name.
+    pub name: String,
+    /// The link taken to reach the next segment (none on the last one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// One programmed hop and the mechanism on it. Tunnels (VXLAN, GRE) are one hop from the client's
+/// node to the endpoint's, riding the underlay path; MPLS and VLAN have one hop per link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    pub mechanism: Mechanism,
+}
+
+/// A route given to one side of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub prefix: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<IpAddr>,
+}
+
+/// Addresses and routes of both sides (NSM `IPContext`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct IpContext {
+    /// The client's addresses (with prefix length).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub src_ip_addrs: Vec<IpNet>,
+    /// The endpoint's addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dst_ip_addrs: Vec<IpNet>,
+    /// Routes installed in the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub src_routes: Vec<Route>,
+    /// Routes installed in the endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dst_routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_prefixes: Vec<IpNet>,
+}
+
+/// Lifecycle of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    Requested,
+    Programming,
+    Up,
+    Healing,
+    Closed,
+    Failed,
+}
+
+impl ConnectionState {
+    pub fn is_final(self) -> bool {
+        matches!(self, ConnectionState::Closed | ConnectionState::Failed)
+    }
+
+    /// The transitions the state machine allows.
+    pub fn can_become(self, next: ConnectionState) -> bool {
+        use ConnectionState::*;
+        match (self, next) {
+            (Requested, Programming) => true,
+            (Programming, Up) => true,
+            (Up, Healing) | (Healing, Up) => true,
+            (Up, Programming) => true,
+            (s, Closed | Failed) => !s.is_final(),
+            _ => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Requested => "requested",
+            ConnectionState::Programming => "programming",
+            ConnectionState::Up => "up",
+            ConnectionState::Healing => "healing",
+            ConnectionState::Closed => "closed",
+            ConnectionState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ConnectionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "requested" => ConnectionState::Requested,
+            "programming" => ConnectionState::Programming,
+            "up" => ConnectionState::Up,
+            "healing" => ConnectionState::Healing,
+            "closed" => ConnectionState::Closed,
+            "failed" => ConnectionState::Failed,
+            other => return Err(format!("unknown connection state {other:?}")),
+        })
+    }
+}
+
+/// A refused state transition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("connection {id}: cannot go from {from} to {to}")]
+pub struct StateError {
+    pub id: String,
+    pub from: ConnectionState,
+    pub to: ConnectionState,
+}
+
+/// A connection between a client and an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: String,
+    pub network_service: String,
+    pub network_service_endpoint_name: String,
+    pub payload: Payload,
+    pub client: ClientRef,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Interface name in the client.
+    pub interface: String,
+    /// The client's mechanism preferences, kept for healing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<MechanismKind>,
+    pub path: Vec<PathSegment>,
+    pub hops: Vec<Hop>,
+    pub ip_context: IpContext,
+    /// Usable MTU inside the connection (path MTU less encapsulation).
+    pub mtu: u32,
+    pub state: ConnectionState,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Bumped on every rewiring (heal or repair).
+    #[serde(default)]
+    pub generation: u64,
+    /// Why the connection last failed or healed, for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl Connection {
+    /// The client-side mechanism (the first hop's).
+    pub fn mechanism(&self) -> Option<&Mechanism> {
+        self.hops.first().map(|h| &h.mechanism)
+    }
+
+    /// Moves to `next` if the state machine allows it.
+    pub fn transition(&mut self, next: ConnectionState, now_ms: u64) -> Result<(), StateError> {
+        if !self.state.can_become(next) {
+            return Err(StateError { id: self.id.clone(), from: self.state, to: next });
+        }
+        self.state = next;
+        self.updated_at_ms = now_ms;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionState::*;
+
+    #[test]
+    fn final_states_are_final() {
+        for s in [Requested, Programming, Up, Healing, Closed, Failed] {
+            assert!(!Closed.can_become(s));
+            assert!(!Failed.can_become(s));
+        }
+    }
+
+    #[test]
+    fn healing_returns_to_up_and_cannot_skip_programming() {
+        assert!(Up.can_become(Healing));
+        assert!(Healing.can_become(Up));
+        assert!(!Requested.can_become(Up));
+        assert!(Programming.can_become(Failed));
+    }
+}
