@@ -1,1 +1,31 @@
-//! placeholder
+//! Meshwire's controller: the brain, independent of any wire format.
+//!
+//! - [`state`]: the registry (services, endpoints with expiry), the topology, the live
+//!   connections, the pools and per-endpoint load. Pure and synchronous.
+//! - [`select`]: NSM `matches` semantics, then least-loaded, then round-robin.
+//! - [`path`]: shortest paths by cost honouring link state, MTU and per-hop mechanism support;
+//!   k-shortest alternatives for healing.
+//! - [`negotiate`]: the mechanism and its parameters (VNI, GRE key, MPLS labels, VLAN id).
+//! - [`pool`]: rotating number and address pools.
+//! - [`driver`]: the one trait southbound drivers implement (`apply`/`remove`/`observe`).
+//! - [`store`]: persistence (redb, etcd, memory) with revisions and watch.
+//! - [`controller`]: the async shell: write-ahead persistence, per-client serialization, the
+//!   reconcile loop that repairs, heals and expires.
+
+pub mod clock;
+pub mod controller;
+pub mod driver;
+pub mod error;
+pub mod negotiate;
+pub mod path;
+pub mod pool;
+pub mod select;
+pub mod state;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use controller::{Applied, ConnectionFilter, Controller, EndpointView, Event, ReconcileReport};
+pub use driver::{Driver, DriverError, Health, NullDriver, Observation, RecordingDriver};
+pub use error::ControllerError;
+pub use state::{Avoid, Change, Config, State};
+pub use store::{Store, StoreError};

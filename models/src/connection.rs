@@ -191,6 +191,9 @@ pub struct Connection {
     pub path: Vec<PathSegment>,
     pub hops: Vec<Hop>,
     pub ip_context: IpContext,
+    /// The prefix the addresses were taken from (to give them back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_pool: Option<IpNet>,
     /// Usable MTU inside the connection (path MTU less encapsulation).
     pub mtu: u32,
     pub state: ConnectionState,

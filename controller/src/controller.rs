@@ -1,0 +1,498 @@
+//! The controller: one state owner, a store, a driver and a reconcile loop.
+//!
+//! ```text
+//!  northbound (REST, CLI) ──request/close/apply──▶ Controller ──plan (pure)──▶ State (mutex)
+//!                                                     │  ▲
+//!                                    write-ahead put  │  │ restore at start
+//!                                                     ▼  │
+//!                                                   Store (redb | etcd | memory)
+//!                                                     │
+//!                              apply/remove/observe   ▼
+//!                                                   Driver (southbound)
+//!  reconcile loop (every interval) ── observe ──▶ repair in place | heal elsewhere | close | expire
+//! ```
+//!
+//! Life of a request: take the per-(client, service) lock; plan under the state mutex (select,
+//! path, negotiate, claim); record the connection as `programming` in the store *before* touching
+//! the data plane (so a crash leaves a record the reconcile loop finishes or cleans); apply
+//! through the driver; record `up`. If the driver fails, its partial work is removed, the claims
+//! are given back and the record deleted: a failed request leaks nothing.
+//!
+//! Guarantees: connection records in the store are a superset of what the data plane may hold;
+//! claims are derived from records, so a restart restores them exactly; the state mutex is never
+//! held across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use meshwire_models::{Connection, ConnectionRequest, ConnectionState, Manifest, NetworkService, Object, ObjectKey, Topology};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::clock::Clock;
+use crate::driver::{Driver, Health};
+use crate::error::ControllerError;
+use crate::state::{Avoid, Change, Config, State};
+use crate::store::{Expect, Store};
+
+const OBJECTS: &str = "/meshwire/v1/objects/";
+const CONNECTIONS: &str = "/meshwire/v1/connections/";
+
+/// Something that happened, for watchers (SSE, logs, tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    Connection { id: String, state: ConnectionState, endpoint: String, detail: Option<String> },
+    Object { key: String, change: String },
+}
+
+/// One object applied or deleted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub key: String,
+    pub change: Change,
+}
+
+/// An endpoint as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointView {
+    #[serde(flatten)]
+    pub endpoint: meshwire_models::NetworkServiceEndpoint,
+    pub down: bool,
+    pub connections: u32,
+}
+
+/// What one reconcile round did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub expired: Vec<String>,
+    pub repaired: Vec<String>,
+    pub healed: Vec<String>,
+    pub closed: Vec<String>,
+    pub still_healing: Vec<String>,
+}
+
+impl ReconcileReport {
+    pub fn is_quiet(&self) -> bool {
+        *self == ReconcileReport::default()
+    }
+}
+
+/// Filters for listing connections.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFilter {
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub state: Option<ConnectionState>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    store: Arc<dyn Store>,
+    driver: Arc<dyn Driver>,
+    clock: Arc<dyn Clock>,
+    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    events: broadcast::Sender<Event>,
+}
+
+fn object_key(key: &ObjectKey) -> String {
+    format!("{OBJECTS}{}/{}", key.kind, key.name)
+}
+
+fn connection_key(id: &str) -> String {
+    format!("{CONNECTIONS}{id}")
+}
+
+impl Controller {
+    /// Starts a controller over `store`, restoring everything it holds.
+    pub async fn start(store: Arc<dyn Store>, driver: Arc<dyn Driver>, clock: Arc<dyn Clock>, config: Config) -> Result<Controller, ControllerError> {
+        let mut state = State::new(config);
+        let (objects, _) = store.list(OBJECTS).await?;
+        for e in &objects {
+            let obj: Object = serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt { key: e.key.clone(), reason: err.to_string() })?;
+            state.upsert(obj);
+        }
+        let (conns, _) = store.list(CONNECTIONS).await?;
+        for e in &conns {
+            let c: Connection = serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt { key: e.key.clone(), reason: err.to_string() })?;
+            state.restore(c).map_err(|err| ControllerError::Corrupt { key: e.key.clone(), reason: err.to_string() })?;
+        }
+        tracing::info!(store = %store.describe(), driver = driver.name(), objects = objects.len(), connections = conns.len(), "controller state restored");
+        let (events, _) = broadcast::channel(4096);
+        Ok(Controller { inner: Arc::new(Inner { state: Mutex::new(state), store, driver, clock, locks: Mutex::default(), events }) })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    fn emit(&self, ev: Event) {
+        let _ = self.inner.events.send(ev);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn store_name(&self) -> String {
+        self.inner.store.describe()
+    }
+
+    pub fn driver_name(&self) -> String {
+        self.inner.driver.name().to_string()
+    }
+
+    /// Serializes work on one client's connections to one service.
+    async fn lock_key(&self, workload: &str, service: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if locks.len() > 4096 {
+                locks.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            locks.entry((workload.to_string(), service.to_string())).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    async fn persist(&self, c: &Connection) -> Result<(), ControllerError> {
+        let bytes = serde_json::to_vec(c).map_err(|e| ControllerError::Corrupt { key: connection_key(&c.id), reason: e.to_string() })?;
+        self.inner.store.put(&connection_key(&c.id), bytes, Expect::Any).await?;
+        Ok(())
+    }
+
+    // ---- objects ----------------------------------------------------------------------------
+
+    /// Applies every object of a manifest: stored first, then made live.
+    pub async fn apply(&self, manifest: Manifest) -> Result<Vec<Applied>, ControllerError> {
+        let mut out = Vec::new();
+        for obj in manifest.objects {
+            let key = obj.key();
+            let bytes = serde_json::to_vec(&obj).map_err(|e| ControllerError::Corrupt { key: key.to_string(), reason: e.to_string() })?;
+            self.inner.store.put(&object_key(&key), bytes, Expect::Any).await?;
+            let change = self.state().upsert(obj);
+            if change != Change::Unchanged {
+                tracing::info!(object = %key, ?change, "applied");
+                self.emit(Event::Object { key: key.to_string(), change: format!("{change:?}").to_lowercase() });
+            }
+            out.push(Applied { key: key.to_string(), change });
+        }
+        Ok(out)
+    }
+
+    /// Deletes objects. Endpoints and links go at once (their connections heal); a service, node
+    /// or device still in use is refused.
+    pub async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Applied>, ControllerError> {
+        let mut out = Vec::new();
+        for key in keys {
+            self.state().remove(key)?;
+            self.inner.store.delete(&object_key(key), Expect::Any).await?;
+            tracing::info!(object = %key, "deleted");
+            self.emit(Event::Object { key: key.to_string(), change: "deleted".into() });
+            out.push(Applied { key: key.to_string(), change: Change::Updated });
+        }
+        Ok(out)
+    }
+
+    pub fn services(&self) -> Vec<NetworkService> {
+        self.state().services().into_iter().cloned().collect()
+    }
+
+    pub fn endpoints(&self) -> Vec<EndpointView> {
+        let s = self.state();
+        s.endpoints().into_iter().map(|e| EndpointView { endpoint: e.nse.clone(), down: e.down, connections: s.load_of(&e.nse.name) }).collect()
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.state().topology().clone()
+    }
+
+    pub fn pool_usage(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        self.state().pool_usage()
+    }
+
+    pub fn connections(&self, f: &ConnectionFilter) -> Vec<Connection> {
+        let s = self.state();
+        let mut v: Vec<Connection> = s
+            .connections()
+            .filter(|c| f.service.as_ref().is_none_or(|x| *x == c.network_service))
+            .filter(|c| f.node.as_ref().is_none_or(|x| *x == c.client.node || c.path.iter().any(|p| p.name == *x)))
+            .filter(|c| f.state.is_none_or(|x| x == c.state))
+            .filter(|c| f.endpoint.as_ref().is_none_or(|x| *x == c.network_service_endpoint_name))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        v
+    }
+
+    pub fn connection(&self, id: &str) -> Option<Connection> {
+        self.state().connection(id).cloned()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.state().connection_count()
+    }
+
+    /// Whether the store answers.
+    pub async fn ready(&self) -> Result<(), ControllerError> {
+        Ok(self.inner.store.health().await?)
+    }
+
+    // ---- connections ------------------------------------------------------------------------
+
+    /// Requests a network service for a client: select, negotiate, claim, record, wire.
+    pub async fn request(&self, req: ConnectionRequest) -> Result<Connection, ControllerError> {
+        if let Some(i) = &req.interface {
+            meshwire_models::manifest::check_ifname(i).map_err(ControllerError::Invalid)?;
+        }
+        let _guard = self.lock_key(req.client.workload(), &req.network_service).await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = self.now();
+        let mut conn = {
+            let mut s = self.state();
+            let mut c = s.plan(&req, &id, now, &Avoid::default(), None)?;
+            c.state = ConnectionState::Programming;
+            s.commit(c.clone());
+            c
+        };
+        if let Err(e) = self.persist(&conn).await {
+            self.state().remove_connection(&id);
+            return Err(e);
+        }
+        if let Err(e) = self.inner.driver.apply(&conn).await {
+            tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
+            if let Err(undo) = self.inner.driver.remove(&conn).await {
+                tracing::warn!(connection = %id, error = %undo, "undo of partial wiring failed; reconcile will retry");
+            }
+            self.state().remove_connection(&id);
+            let _ = self.inner.store.delete(&connection_key(&id), Expect::Any).await;
+            return Err(ControllerError::Driver { connection: id, source: e });
+        }
+        let _ = conn.transition(ConnectionState::Up, self.now());
+        self.state().update(&id, |c| {
+            c.state = ConnectionState::Up;
+            c.updated_at_ms = conn.updated_at_ms;
+        });
+        self.persist(&conn).await?;
+        tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
+            mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
+        self.emit(Event::Connection { id: id.clone(), state: ConnectionState::Up, endpoint: conn.network_service_endpoint_name.clone(), detail: None });
+        Ok(conn)
+    }
+
+    /// Closes a connection: unwire, give back claims, delete the record.
+    pub async fn close(&self, id: &str) -> Result<Connection, ControllerError> {
+        let conn = self.connection(id).ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+        let _guard = self.lock_key(conn.client.workload(), &conn.network_service).await;
+        let conn = self.connection(id).ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+        if let Err(e) = self.inner.driver.remove(&conn).await {
+            let msg = e.to_string();
+            let updated = self.state().update(id, |c| c.last_error = Some(format!("close: {msg}")));
+            if let Some(c) = updated {
+                let _ = self.persist(&c).await;
+            }
+            return Err(ControllerError::Driver { connection: id.to_string(), source: e });
+        }
+        let mut conn = self.state().remove_connection(id).unwrap_or(conn);
+        self.inner.store.delete(&connection_key(id), Expect::Any).await?;
+        let _ = conn.transition(ConnectionState::Closed, self.now());
+        tracing::info!(connection = %id, "connection closed");
+        self.emit(Event::Connection { id: id.to_string(), state: ConnectionState::Closed, endpoint: conn.network_service_endpoint_name.clone(), detail: None });
+        Ok(conn)
+    }
+
+    // ---- reconcile --------------------------------------------------------------------------
+
+    /// Runs [`reconcile_once`](Self::reconcile_once) every `interval` until the task is dropped.
+    pub fn spawn_reconciler(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.reconcile_once().await {
+                    Ok(r) if !r.is_quiet() => tracing::info!(report = ?r, "reconciled"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reconcile round failed; retrying next interval"),
+                }
+            }
+        })
+    }
+
+    /// One round: expire lapsed endpoints, compare desired connections with what the driver
+    /// observes, then repair, heal or close each that differs.
+    pub async fn reconcile_once(&self) -> Result<ReconcileReport, ControllerError> {
+        let mut report = ReconcileReport::default();
+        let now = self.now();
+        let expired = self.state().expired_endpoints(now);
+        for name in expired {
+            let key = ObjectKey { kind: meshwire_models::ObjectKind::NetworkServiceEndpoint, name: name.clone() };
+            self.delete(std::slice::from_ref(&key)).await?;
+            tracing::info!(endpoint = %name, "endpoint registration expired");
+            report.expired.push(name);
+        }
+        let desired: Vec<Connection> = self.state().connections().filter(|c| !c.state.is_final()).cloned().collect();
+        let observed = self.inner.driver.observe(&desired).await.map_err(|e| ControllerError::Driver { connection: "(observe)".into(), source: e })?;
+        for c in desired {
+            let _guard = self.lock_key(c.client.workload(), &c.network_service).await;
+            // The connection may have been closed or rewired while we waited.
+            let Some(current) = self.connection(&c.id) else { continue };
+            if current.generation != c.generation {
+                continue;
+            }
+            let (endpoint_ok, broken_link) = {
+                let s = self.state();
+                let ep = s.endpoint(&c.network_service_endpoint_name).is_some_and(|e| !e.down);
+                let t = s.topology();
+                let broken = c.path.iter().filter_map(|p| p.link.as_ref()).find(|l| t.links.get(*l).is_none_or(|l| !l.up)).cloned();
+                (ep, broken)
+            };
+            let health = observed.connections.get(&c.id).cloned().unwrap_or(Health::Healthy);
+            let outcome = match (&health, endpoint_ok, broken_link) {
+                (Health::ClientGone { reason }, _, _) => {
+                    tracing::info!(connection = %c.id, %reason, "client gone; closing");
+                    drop(_guard);
+                    self.close(&c.id).await?;
+                    report.closed.push(c.id.clone());
+                    continue;
+                }
+                (_, false, _) => {
+                    let why = format!("endpoint {} is gone", c.network_service_endpoint_name);
+                    self.heal(current, Avoid { endpoints: vec![c.network_service_endpoint_name.clone()], ..Default::default() }, why).await
+                }
+                (Health::EndpointLost { reason }, _, _) => {
+                    self.state().set_endpoint_down(&c.network_service_endpoint_name, true);
+                    let why = format!("endpoint {} lost: {reason}", c.network_service_endpoint_name);
+                    self.heal(current, Avoid { endpoints: vec![c.network_service_endpoint_name.clone()], ..Default::default() }, why).await
+                }
+                (Health::PathFailed { reason, links, vertices }, _, _) => {
+                    self.heal(current, Avoid { links: links.clone(), vertices: vertices.clone(), ..Default::default() }, format!("path failed: {reason}")).await
+                }
+                (_, true, Some(link)) => self.heal(current, Avoid { links: vec![link.clone()], ..Default::default() }, format!("link {link} is down")).await,
+                (Health::Missing { reason }, true, None) => self.repair(current, reason).await.map(|_| Outcome::Repaired),
+                (Health::Healthy, true, None) if current.state != ConnectionState::Up => self.repair(current, "unfinished").await.map(|_| Outcome::Repaired),
+                (Health::Healthy, true, None) => Ok(Outcome::Nothing),
+            };
+            match outcome? {
+                Outcome::Nothing => {}
+                Outcome::Repaired => report.repaired.push(c.id.clone()),
+                Outcome::Healed => report.healed.push(c.id.clone()),
+                Outcome::StillHealing => report.still_healing.push(c.id.clone()),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Re-applies a connection where it is.
+    async fn repair(&self, c: Connection, reason: &str) -> Result<(), ControllerError> {
+        tracing::info!(connection = %c.id, %reason, "repairing in place");
+        match self.inner.driver.apply(&c).await {
+            Ok(()) => {
+                let now = self.now();
+                let updated = self.state().update(&c.id, |c| {
+                    c.state = ConnectionState::Up;
+                    c.updated_at_ms = now;
+                    c.last_error = None;
+                });
+                if let Some(c) = updated {
+                    self.persist(&c).await?;
+                }
+                self.emit(Event::Connection { id: c.id.clone(), state: ConnectionState::Up, endpoint: c.network_service_endpoint_name.clone(), detail: Some("repaired".into()) });
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!(connection = %c.id, error = %msg, "repair failed; retrying next round");
+                let updated = self.state().update(&c.id, |c| c.last_error = Some(msg));
+                if let Some(c) = updated {
+                    self.persist(&c).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves a connection onto another endpoint or path. The old wiring and its claims are kept
+    /// until a replacement is planned, so a failed heal changes nothing but the state.
+    async fn heal(&self, old: Connection, avoid: Avoid, why: String) -> Result<Outcome, ControllerError> {
+        let now = self.now();
+        let marked = self.state().update(&old.id, |c| {
+            c.state = ConnectionState::Healing;
+            c.updated_at_ms = now;
+            c.last_error = Some(why.clone());
+        });
+        if let Some(m) = &marked {
+            if old.state != ConnectionState::Healing {
+                self.persist(m).await?;
+                tracing::warn!(connection = %old.id, reason = %why, "healing");
+                self.emit(Event::Connection { id: old.id.clone(), state: ConnectionState::Healing, endpoint: old.network_service_endpoint_name.clone(), detail: Some(why.clone()) });
+            }
+        }
+        let req = ConnectionRequest {
+            network_service: old.network_service.clone(),
+            client: old.client.clone(),
+            labels: old.labels.clone(),
+            mechanisms: old.preferences.clone(),
+            interface: Some(old.interface.clone()),
+            excluded_prefixes: old.ip_context.excluded_prefixes.clone(),
+        };
+        let planned = self.state().plan(&req, &old.id, now, &avoid, Some(&old.interface));
+        let mut new = match planned {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = format!("{why}; no replacement yet: {e}");
+                let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
+                if let Some(c) = updated {
+                    self.persist(&c).await?;
+                }
+                return Ok(Outcome::StillHealing);
+            }
+        };
+        // Break before make: the replacement reuses the client's interface name.
+        if let Err(e) = self.inner.driver.remove(&old).await {
+            tracing::warn!(connection = %old.id, error = %e, "removing the old wiring failed; continuing");
+        }
+        if let Err(e) = self.inner.driver.apply(&new).await {
+            let _ = self.inner.driver.remove(&new).await;
+            self.state().unclaim(&new);
+            let msg = format!("{why}; replacement via {} failed: {e}", new.network_service_endpoint_name);
+            let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
+            if let Some(c) = updated {
+                self.persist(&c).await?;
+            }
+            return Ok(Outcome::StillHealing);
+        }
+        new.state = ConnectionState::Up;
+        new.generation = old.generation + 1;
+        new.created_at_ms = old.created_at_ms;
+        new.updated_at_ms = self.now();
+        new.last_error = Some(format!("healed: {why}"));
+        {
+            let mut s = self.state();
+            s.remove_connection(&old.id);
+            s.commit(new.clone());
+        }
+        self.persist(&new).await?;
+        tracing::info!(connection = %new.id, from = %old.network_service_endpoint_name, to = %new.network_service_endpoint_name, "healed");
+        self.emit(Event::Connection { id: new.id.clone(), state: ConnectionState::Up, endpoint: new.network_service_endpoint_name.clone(), detail: Some(format!("healed: {why}")) });
+        Ok(Outcome::Healed)
+    }
+}
+
+enum Outcome {
+    Nothing,
+    Repaired,
+    Healed,
+    StillHealing,
+}

@@ -1,0 +1,177 @@
+//! The one small trait southbound drivers implement. The controller never sees a wire format:
+//! it hands a driver the connections it wants and asks what the data plane really has.
+//!
+//! Contract:
+//! - `apply` makes the data plane carry a connection; it is idempotent (applying twice, or over
+//!   a half-done earlier attempt, converges) and tags everything it creates as Meshwire's.
+//! - `remove` undoes `apply`; idempotent; it succeeds when there is nothing left to remove.
+//! - `observe` reports, for the desired connections it is given, which are missing or broken and
+//!   why, so the reconcile loop can repair in place or heal elsewhere.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use meshwire_models::Connection;
+
+/// A data-plane operation that failed, naming the driver, the object and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{driver} driver: {target}: {reason}")]
+pub struct DriverError {
+    pub driver: String,
+    /// What was being wired (`connection 1a2b…`, `netns clab-x-client`, `switch br-int`).
+    pub target: String,
+    pub reason: String,
+}
+
+/// What a driver sees of one desired connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Our wiring is gone or partial while both ends exist: repair in place.
+    Missing { reason: String },
+    /// The endpoint's side is gone (its namespace, device or node): heal onto another endpoint.
+    EndpointLost { reason: String },
+    /// The client is gone: close the connection.
+    ClientGone { reason: String },
+    /// A link or vertex on the path failed: heal onto another path.
+    PathFailed { reason: String, links: Vec<String>, vertices: Vec<String> },
+}
+
+/// The result of `observe`: health per connection id (absent ids are healthy).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    pub connections: HashMap<String, Health>,
+}
+
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    async fn apply(&self, connection: &Connection) -> Result<(), DriverError>;
+    async fn remove(&self, connection: &Connection) -> Result<(), DriverError>;
+    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError>;
+}
+
+/// Wires nothing; every connection is healthy. For a controller without a data plane (planning
+/// only, or when an external system does the wiring).
+pub struct NullDriver;
+
+#[async_trait]
+impl Driver for NullDriver {
+    fn name(&self) -> &str {
+        "none"
+    }
+    async fn apply(&self, _: &Connection) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn remove(&self, _: &Connection) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn observe(&self, _: &[Connection]) -> Result<Observation, DriverError> {
+        Ok(Observation::default())
+    }
+}
+
+/// An in-memory driver that records what it was asked and holds "installed" state, with knobs
+/// to make it fail or report breakage. For tests and benchmarks of the controller core.
+#[derive(Default)]
+pub struct RecordingDriver {
+    inner: Mutex<Recording>,
+}
+
+#[derive(Default)]
+struct Recording {
+    installed: HashMap<String, Connection>,
+    log: Vec<String>,
+    fail_apply_endpoints: HashSet<String>,
+    broken: HashMap<String, Health>,
+    record_log: bool,
+}
+
+impl RecordingDriver {
+    pub fn new() -> Self {
+        let d = RecordingDriver::default();
+        d.lock().record_log = true;
+        d
+    }
+
+    /// Without a log (benchmarks: constant memory).
+    pub fn quiet() -> Self {
+        RecordingDriver::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `apply` fails for connections to this endpoint.
+    pub fn fail_endpoint(&self, endpoint: &str, fail: bool) {
+        let mut r = self.lock();
+        if fail {
+            r.fail_apply_endpoints.insert(endpoint.to_string());
+        } else {
+            r.fail_apply_endpoints.remove(endpoint);
+        }
+    }
+
+    /// Reports `health` for a connection at the next `observe` (and forgets its wiring).
+    pub fn break_connection(&self, id: &str, health: Health) {
+        let mut r = self.lock();
+        r.installed.remove(id);
+        r.broken.insert(id.to_string(), health);
+    }
+
+    pub fn installed(&self) -> Vec<Connection> {
+        self.lock().installed.values().cloned().collect()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.lock().log.clone()
+    }
+}
+
+#[async_trait]
+impl Driver for RecordingDriver {
+    fn name(&self) -> &str {
+        "recording"
+    }
+
+    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+        let mut r = self.lock();
+        if r.record_log {
+            r.log.push(format!("apply {} -> {}", c.id, c.network_service_endpoint_name));
+        }
+        if r.fail_apply_endpoints.contains(&c.network_service_endpoint_name) {
+            return Err(DriverError {
+                driver: "recording".into(),
+                target: format!("connection {}", c.id),
+                reason: format!("endpoint {} refuses wiring", c.network_service_endpoint_name),
+            });
+        }
+        r.broken.remove(&c.id);
+        r.installed.insert(c.id.clone(), c.clone());
+        Ok(())
+    }
+
+    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+        let mut r = self.lock();
+        if r.record_log {
+            r.log.push(format!("remove {} -> {}", c.id, c.network_service_endpoint_name));
+        }
+        r.installed.remove(&c.id);
+        Ok(())
+    }
+
+    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
+        let r = self.lock();
+        let mut obs = Observation::default();
+        for c in desired {
+            if let Some(h) = r.broken.get(&c.id) {
+                obs.connections.insert(c.id.clone(), h.clone());
+            } else if !r.installed.contains_key(&c.id) {
+                obs.connections.insert(c.id.clone(), Health::Missing { reason: "not installed".into() });
+            }
+        }
+        Ok(obs)
+    }
+}

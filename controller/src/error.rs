@@ -1,0 +1,70 @@
+//! The controller's errors. Each names the object and, where there is one, the peer.
+
+use crate::driver::DriverError;
+use crate::pool::PoolError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("unknown network service {service:?}: apply a NetworkService of that name first")]
+    UnknownService { service: String },
+    #[error("unknown connection {id:?}")]
+    UnknownConnection { id: String },
+    #[error("{key} not found")]
+    NotFound { key: String },
+    #[error("client node {node:?} is not in the topology: apply a meshwire.io/v1 Node named {node:?}")]
+    UnknownNode { node: String },
+    #[error("no endpoint offers network service {service:?}")]
+    NoEndpoint { service: String },
+    #[error("no endpoint of network service {service:?} matches client labels {labels}")]
+    NoMatchingEndpoint { service: String, labels: String },
+    #[error("no capacity: all {count} endpoint(s) of network service {service:?} that match are full")]
+    NoCapacity { service: String, count: usize },
+    #[error("no path for network service {service:?}: {detail}")]
+    NoPath { service: String, detail: String },
+    #[error("{service:?}: {source}")]
+    PoolExhausted {
+        service: String,
+        #[source]
+        source: PoolError,
+    },
+    #[error("no capable endpoint for network service {service:?}: {detail}")]
+    NoCapableEndpoint { service: String, detail: String },
+    #[error("{object} is still used by {count} connection(s) (first: {first}); close them first")]
+    InUse { object: String, count: usize, first: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("data plane refused connection {connection}: {source}")]
+    Driver {
+        connection: String,
+        #[source]
+        source: DriverError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl ControllerError {
+    /// A short stable code for APIs and scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControllerError::UnknownService { .. } => "unknown-service",
+            ControllerError::UnknownConnection { .. } => "unknown-connection",
+            ControllerError::NotFound { .. } => "not-found",
+            ControllerError::UnknownNode { .. } => "unknown-node",
+            ControllerError::NoEndpoint { .. } => "no-endpoint",
+            ControllerError::NoMatchingEndpoint { .. } => "no-matching-endpoint",
+            ControllerError::NoCapacity { .. } => "no-capacity",
+            ControllerError::NoPath { .. } => "no-path",
+            ControllerError::PoolExhausted { .. } => "pool-exhausted",
+            ControllerError::NoCapableEndpoint { .. } => "no-capable-endpoint",
+            ControllerError::InUse { .. } => "in-use",
+            ControllerError::Invalid(_) => "invalid",
+            ControllerError::Driver { .. } => "driver",
+            ControllerError::Store(_) => "store",
+            ControllerError::Corrupt { .. } => "corrupt-record",
+        }
+    }
+}

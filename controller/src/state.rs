@@ -1,0 +1,462 @@
+//! The controller's in-memory state and its pure operations: registry, topology, selection,
+//! negotiation, pools and load. No I/O and no clock: callers pass `now`. The async
+//! [`Controller`](crate::Controller) wraps this behind a mutex and talks to the store and driver.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ipnet::IpNet;
+use meshwire_models::labels::format_labels;
+use meshwire_models::{
+    ClientRef, Connection, ConnectionRequest, ConnectionState, IpContext, NetworkService, NetworkServiceEndpoint, Object, ObjectKey, ObjectKind,
+    Payload, Route, Topology,
+};
+
+use crate::error::ControllerError;
+use crate::negotiate::{negotiate, NumberPools, Offer, Reject};
+use crate::path::Graph;
+use crate::pool::{AddressPools, AddressShape, PoolError};
+use crate::select::{matching, order_by_load};
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where connection addresses come from when an endpoint has no `ipamPrefix`.
+    pub ipam_prefix: IpNet,
+    /// The payload MTU every connection must carry at least.
+    pub min_mtu: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { ipam_prefix: "172.16.0.0/16".parse().expect("valid prefix"), min_mtu: 1280 }
+    }
+}
+
+/// A registered endpoint and what the controller knows of its health.
+#[derive(Debug, Clone)]
+pub struct EndpointEntry {
+    pub nse: NetworkServiceEndpoint,
+    /// Set when the data plane reported the endpoint lost; cleared when it is applied again.
+    pub down: bool,
+}
+
+/// What to avoid when planning (healing around a failure).
+#[derive(Debug, Clone, Default)]
+pub struct Avoid {
+    pub endpoints: Vec<String>,
+    pub links: Vec<String>,
+    pub vertices: Vec<String>,
+}
+
+/// Whether applying an object changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub config: Config,
+    services: HashMap<String, NetworkService>,
+    endpoints: HashMap<String, EndpointEntry>,
+    /// Endpoint names per service, in registration order.
+    by_service: HashMap<String, Vec<String>>,
+    topology: Topology,
+    graph: Graph,
+    graph_dirty: bool,
+    connections: HashMap<String, Connection>,
+    load: HashMap<String, u32>,
+    /// Client interface names in use, per client workload.
+    client_ifaces: HashMap<String, HashSet<String>>,
+    numbers: NumberPools,
+    addresses: AddressPools,
+    /// Round-robin turn per service.
+    turns: HashMap<String, usize>,
+}
+
+impl State {
+    pub fn new(config: Config) -> Self {
+        State { config, ..Default::default() }
+    }
+
+    // ---- registry and topology ------------------------------------------------------------
+
+    /// Adds or replaces an object.
+    pub fn upsert(&mut self, obj: Object) -> Change {
+        let key = obj.key();
+        let change = |old: Option<bool>| match old {
+            None => Change::Created,
+            Some(true) => Change::Unchanged,
+            Some(false) => Change::Updated,
+        };
+        match obj {
+            Object::NetworkService(s) => {
+                let old = self.services.get(&s.name).map(|o| *o == s);
+                self.services.insert(s.name.clone(), s);
+                change(old)
+            }
+            Object::NetworkServiceEndpoint(e) => {
+                let old = self.endpoints.get(&e.name).map(|o| o.nse == e && !o.down);
+                self.unindex(&e.name);
+                for svc in &e.network_service_names {
+                    self.by_service.entry(svc.clone()).or_default().push(e.name.clone());
+                }
+                self.endpoints.insert(e.name.clone(), EndpointEntry { nse: e, down: false });
+                change(old)
+            }
+            Object::Node(n) => {
+                self.graph_dirty = true;
+                let old = self.topology.nodes.get(&n.name).map(|o| *o == n);
+                self.topology.nodes.insert(n.name.clone(), n);
+                change(old)
+            }
+            Object::Device(d) => {
+                self.graph_dirty = true;
+                let old = self.topology.devices.get(&d.name).map(|o| *o == d);
+                self.topology.devices.insert(d.name.clone(), d);
+                change(old)
+            }
+            Object::Link(l) => {
+                self.graph_dirty = true;
+                let old = self.topology.links.get(&l.name).map(|o| *o == l);
+                let _ = key;
+                self.topology.links.insert(l.name.clone(), l);
+                change(old)
+            }
+        }
+    }
+
+    fn unindex(&mut self, endpoint: &str) {
+        if let Some(old) = self.endpoints.get(endpoint) {
+            for svc in &old.nse.network_service_names {
+                if let Some(list) = self.by_service.get_mut(svc) {
+                    list.retain(|n| n != endpoint);
+                    if list.is_empty() {
+                        self.by_service.remove(svc);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes an object. A service, node or device still used by live connections is refused;
+    /// removing an endpoint or link leaves its connections for the reconcile loop to heal.
+    pub fn remove(&mut self, key: &ObjectKey) -> Result<Object, ControllerError> {
+        let not_found = || ControllerError::NotFound { key: key.to_string() };
+        let in_use = |conns: Vec<&Connection>| -> Result<(), ControllerError> {
+            match conns.first() {
+                None => Ok(()),
+                Some(c) => Err(ControllerError::InUse { object: key.to_string(), count: conns.len(), first: c.id.clone() }),
+            }
+        };
+        match key.kind {
+            ObjectKind::NetworkService => {
+                in_use(self.connections.values().filter(|c| c.network_service == key.name).collect())?;
+                self.services.remove(&key.name).map(Object::NetworkService).ok_or_else(not_found)
+            }
+            ObjectKind::NetworkServiceEndpoint => {
+                self.unindex(&key.name);
+                self.endpoints.remove(&key.name).map(|e| Object::NetworkServiceEndpoint(e.nse)).ok_or_else(not_found)
+            }
+            ObjectKind::Node | ObjectKind::Device => {
+                in_use(self.connections.values().filter(|c| c.client.node == key.name || c.path.iter().any(|s| s.name == key.name)).collect())?;
+                self.graph_dirty = true;
+                let removed = if key.kind == ObjectKind::Node {
+                    self.topology.nodes.remove(&key.name).map(Object::Node)
+                } else {
+                    self.topology.devices.remove(&key.name).map(Object::Device)
+                };
+                removed.ok_or_else(not_found)
+            }
+            ObjectKind::Link => {
+                self.graph_dirty = true;
+                self.topology.links.remove(&key.name).map(Object::Link).ok_or_else(not_found)
+            }
+        }
+    }
+
+    pub fn services(&self) -> Vec<&NetworkService> {
+        let mut v: Vec<_> = self.services.values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn service(&self, name: &str) -> Option<&NetworkService> {
+        self.services.get(name)
+    }
+
+    pub fn endpoints(&self) -> Vec<&EndpointEntry> {
+        let mut v: Vec<_> = self.endpoints.values().collect();
+        v.sort_by(|a, b| a.nse.name.cmp(&b.nse.name));
+        v
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointEntry> {
+        self.endpoints.get(name)
+    }
+
+    pub fn load_of(&self, endpoint: &str) -> u32 {
+        self.load.get(endpoint).copied().unwrap_or(0)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn set_endpoint_down(&mut self, name: &str, down: bool) {
+        if let Some(e) = self.endpoints.get_mut(name) {
+            e.down = down;
+        }
+    }
+
+    /// Endpoints whose registration lapsed at `now`.
+    pub fn expired_endpoints(&self, now_ms: u64) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.endpoints.values().filter(|e| e.nse.expires_at_ms.is_some_and(|t| t <= now_ms)).map(|e| e.nse.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    // ---- connections ----------------------------------------------------------------------
+
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.connections.values()
+    }
+
+    pub fn connection(&self, id: &str) -> Option<&Connection> {
+        self.connections.get(id)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Values in use in each pool: (vni, gre key, mpls label, vlan id, addresses).
+    pub fn pool_usage(&self) -> BTreeMap<&'static str, usize> {
+        BTreeMap::from([
+            ("vxlan-vni", self.numbers.vni.in_use()),
+            ("gre-key", self.numbers.gre_key.in_use()),
+            ("mpls-label", self.numbers.mpls_label.in_use()),
+            ("vlan-id", self.numbers.vlan_id.in_use()),
+            ("addresses", self.addresses.in_use()),
+        ])
+    }
+
+    /// Selects an endpoint, computes the path, negotiates the mechanism and claims its numbers
+    /// and addresses. The connection is returned in state `requested`, not yet recorded: pass it
+    /// to [`commit`](Self::commit), or to [`unclaim`](Self::unclaim) to give its claims back.
+    pub fn plan(&mut self, req: &ConnectionRequest, id: &str, now_ms: u64, avoid: &Avoid, interface: Option<&str>) -> Result<Connection, ControllerError> {
+        let service_name = &req.network_service;
+        let service = self.services.get(service_name).ok_or_else(|| ControllerError::UnknownService { service: service_name.clone() })?;
+        if !self.topology.nodes.contains_key(&req.client.node) {
+            return Err(ControllerError::UnknownNode { node: req.client.node.clone() });
+        }
+        if self.graph_dirty {
+            self.graph = Graph::build(&self.topology);
+            self.graph_dirty = false;
+        }
+        let names = self.by_service.get(service_name).map(Vec::as_slice).unwrap_or(&[]);
+        let live: Vec<&NetworkServiceEndpoint> = names
+            .iter()
+            .filter_map(|n| self.endpoints.get(n))
+            .filter(|e| !e.down && !e.nse.expires_at_ms.is_some_and(|t| t <= now_ms) && !avoid.endpoints.contains(&e.nse.name))
+            .map(|e| &e.nse)
+            .collect();
+        if live.is_empty() {
+            return Err(ControllerError::NoEndpoint { service: service_name.clone() });
+        }
+        let matched = matching(service, &req.labels, &live);
+        if matched.is_empty() {
+            return Err(ControllerError::NoMatchingEndpoint { service: service_name.clone(), labels: format_labels(&req.labels) });
+        }
+        let with_room: Vec<(&NetworkServiceEndpoint, u32)> = matched
+            .iter()
+            .map(|e| (*e, self.load.get(&e.name).copied().unwrap_or(0)))
+            .filter(|(e, load)| e.capacity.is_none_or(|cap| *load < cap))
+            .collect();
+        if with_room.is_empty() {
+            return Err(ControllerError::NoCapacity { service: service_name.clone(), count: matched.len() });
+        }
+        let turn = self.turns.entry(service_name.clone()).or_default();
+        let ordered = order_by_load(with_room, *turn);
+        *turn = turn.wrapping_add(1);
+
+        let workload = req.client.workload().to_string();
+        let client_interface = match interface.or(req.interface.as_deref()) {
+            Some(i) => i.to_string(),
+            None => {
+                let used = self.client_ifaces.get(&workload);
+                (1..).map(|n| format!("nsm-{n}")).find(|n| used.is_none_or(|u| !u.contains(n))).expect("unbounded")
+            }
+        };
+        let endpoint_interface = format!("nse-{}", id.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect::<String>());
+        let payload = service.payload;
+
+        let mut rejects: Vec<Reject> = Vec::new();
+        for nse in ordered {
+            let offer = Offer {
+                topology: &self.topology,
+                graph: &self.graph,
+                client_vertex: &req.client.node,
+                endpoint: nse,
+                preferences: &req.mechanisms,
+                client_interface: &client_interface,
+                endpoint_interface: nse.interface.as_deref().filter(|_| payload == Payload::Ethernet).unwrap_or(&endpoint_interface),
+                connection_id: id,
+                min_mtu: self.config.min_mtu,
+                avoid_links: &avoid.links,
+                avoid_vertices: &avoid.vertices,
+            };
+            let wiring = match negotiate(&offer, &mut self.numbers) {
+                Ok(w) => w,
+                Err(r) => {
+                    rejects.push(r);
+                    continue;
+                }
+            };
+            let prefix = nse.ipam_prefix.unwrap_or(self.config.ipam_prefix);
+            let ip = match address(&mut self.addresses, prefix, payload, nse, &req.excluded_prefixes) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    for h in &wiring.hops {
+                        let _ = self.numbers.mark(&h.mechanism, false);
+                    }
+                    rejects.push(Reject::Pool(e));
+                    continue;
+                }
+            };
+            return Ok(Connection {
+                id: id.to_string(),
+                network_service: service_name.clone(),
+                network_service_endpoint_name: nse.name.clone(),
+                payload,
+                client: ClientRef { node: req.client.node.clone(), name: req.client.name.clone() },
+                labels: req.labels.clone(),
+                interface: client_interface,
+                preferences: req.mechanisms.clone(),
+                path: wiring.path,
+                hops: wiring.hops,
+                ip_context: ip,
+                address_pool: Some(prefix),
+                mtu: wiring.mtu,
+                state: ConnectionState::Requested,
+                created_at_ms: now_ms,
+                updated_at_ms: now_ms,
+                generation: 0,
+                last_error: None,
+            });
+        }
+        Err(classify(service_name, rejects))
+    }
+
+    /// Records a planned (or restored) connection, counting it against its endpoint.
+    pub fn commit(&mut self, conn: Connection) {
+        *self.load.entry(conn.network_service_endpoint_name.clone()).or_default() += 1;
+        self.client_ifaces.entry(conn.client.workload().to_string()).or_default().insert(conn.interface.clone());
+        if let Some(old) = self.connections.insert(conn.id.clone(), conn) {
+            self.forget(&old);
+        }
+    }
+
+    /// Replaces a recorded connection's fields that do not change claims (state, error).
+    pub fn update(&mut self, id: &str, f: impl FnOnce(&mut Connection)) -> Option<Connection> {
+        let c = self.connections.get_mut(id)?;
+        f(c);
+        Some(c.clone())
+    }
+
+    /// Removes a recorded connection and gives back its claims.
+    pub fn remove_connection(&mut self, id: &str) -> Option<Connection> {
+        let c = self.connections.remove(id)?;
+        self.forget(&c);
+        self.unclaim(&c);
+        Some(c)
+    }
+
+    fn forget(&mut self, c: &Connection) {
+        if let Some(l) = self.load.get_mut(&c.network_service_endpoint_name) {
+            *l = l.saturating_sub(1);
+            if *l == 0 {
+                self.load.remove(&c.network_service_endpoint_name);
+            }
+        }
+        let w = c.client.workload();
+        if let Some(set) = self.client_ifaces.get_mut(w) {
+            if !self.connections.values().any(|o| o.client.workload() == w && o.interface == c.interface) {
+                set.remove(&c.interface);
+            }
+            if set.is_empty() {
+                self.client_ifaces.remove(w);
+            }
+        }
+    }
+
+    /// Gives back the numbers and addresses a connection holds.
+    pub fn unclaim(&mut self, c: &Connection) {
+        for h in &c.hops {
+            let _ = self.numbers.mark(&h.mechanism, false);
+        }
+        self.mark_addresses(c, false);
+    }
+
+    /// Re-claims exactly what a stored connection holds (restore after restart).
+    pub fn restore(&mut self, c: Connection) -> Result<(), PoolError> {
+        let mut seen = HashSet::new();
+        for h in &c.hops {
+            // MPLS and VLAN repeat one claim on every hop.
+            if seen.insert(format!("{:?}", h.mechanism)) {
+                self.numbers.mark(&h.mechanism, true)?;
+            }
+        }
+        self.mark_addresses(&c, true);
+        self.commit(c);
+        Ok(())
+    }
+
+    fn mark_addresses(&mut self, c: &Connection, used: bool) {
+        let Some(prefix) = c.address_pool else { return };
+        let shape = if c.payload == Payload::Ip { AddressShape::Pair } else { AddressShape::Host };
+        if let Some(a) = c.ip_context.src_ip_addrs.first() {
+            self.addresses.mark(prefix, shape, a.addr(), used);
+        }
+    }
+}
+
+/// Addresses and routes for a connection to `nse`.
+fn address(pools: &mut AddressPools, prefix: IpNet, payload: Payload, nse: &NetworkServiceEndpoint, excluded: &[IpNet]) -> Result<IpContext, PoolError> {
+    let (client, endpoint) = match payload {
+        Payload::Ip => {
+            let pair = pools.claim(prefix, AddressShape::Pair, excluded, &[])?;
+            (pair[1], pair[0])
+        }
+        Payload::Ethernet => {
+            // One L2 domain per endpoint: the endpoint holds the first host address.
+            let host = pools.claim(prefix, AddressShape::Host, excluded, &[1])?;
+            (host[0], AddressPools::host_at(prefix, 1))
+        }
+    };
+    Ok(IpContext {
+        src_ip_addrs: vec![client],
+        dst_ip_addrs: vec![endpoint],
+        src_routes: nse.routes.iter().map(|p| Route { prefix: *p, next_hop: Some(endpoint.addr()) }).collect(),
+        dst_routes: vec![],
+        excluded_prefixes: excluded.to_vec(),
+    })
+}
+
+/// One error for all the endpoints that were refused: the specific kind when they agree.
+fn classify(service: &str, rejects: Vec<Reject>) -> ControllerError {
+    let detail = rejects.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+    if !rejects.is_empty() && rejects.iter().all(|r| matches!(r, Reject::NoPath(_))) {
+        return ControllerError::NoPath { service: service.to_string(), detail };
+    }
+    if let Some(Reject::Pool(e)) = rejects.iter().find(|r| matches!(r, Reject::Pool(_))) {
+        if rejects.iter().all(|r| matches!(r, Reject::Pool(_))) {
+            return ControllerError::PoolExhausted { service: service.to_string(), source: e.clone() };
+        }
+    }
+    ControllerError::NoCapableEndpoint { service: service.to_string(), detail }
+}
