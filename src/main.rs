@@ -1,1 +1,172 @@
-fn main() {}
+//! `meshwire`: the one binary that composes Meshwire's crates: the controller daemon, the client
+//! commands (over the daemon's REST API) and the benchmarks.
+
+mod alloc;
+mod bench;
+mod client;
+mod daemon;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+/// Meshwire: L2/L3 network services for cloud-native workloads, in the Network Service Mesh model.
+///
+/// Start a controller, apply NetworkService / NetworkServiceEndpoint manifests (upstream NSM's
+/// format) and a topology (meshwire.io/v1 Node, Link, Device), then request a service for a client.
+#[derive(Parser)]
+#[command(
+    name = "meshwire",
+    version,
+    about,
+    long_about,
+    after_help = "Example:\n  meshwire controller --store redb:./meshwire.redb &\n  meshwire apply -f examples/vpn-gateway.yaml\n  meshwire request secure-intranet-connectivity --client client --label app=sarah\n  meshwire get connections"
+)]
+struct Cli {
+    /// The controller's REST address, for the client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "MESHWIRE_CONTROLLER",
+        default_value = "http://127.0.0.1:7600"
+    )]
+    controller: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Kind {
+    Services,
+    Endpoints,
+    Connections,
+    Topology,
+    Resources,
+    All,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller daemon (REST API, store, reconcile loop).
+    Controller(daemon::Args),
+    /// Create or update the objects of manifest files (a file, or every .yaml/.yml/.json of a directory).
+    Apply {
+        /// File or directory.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the objects named in manifest files.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Check manifest files without a controller; prints what they hold or the first error.
+    Validate {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Show services, endpoints, connections, the topology, pool usage, or all of them.
+    Get {
+        #[arg(value_enum)]
+        kind: Kind,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Request a network service for a client; prints the negotiated connection.
+    Request {
+        /// The NetworkService name.
+        service: String,
+        /// The topology node the client runs on.
+        #[arg(long)]
+        client: String,
+        /// The client workload's name on that node (default: the node itself).
+        #[arg(long)]
+        name: Option<String>,
+        /// A client label, matched against the service's source selectors (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Acceptable mechanisms, best first (repeatable): kernel, memif, vxlan, gre, mpls, vlan.
+        #[arg(long = "mechanism")]
+        mechanisms: Vec<meshwire_models::MechanismKind>,
+        /// Interface name in the client (default nsm-1, or the next free nsm-N).
+        #[arg(long)]
+        interface: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Close a connection and release everything it holds.
+    Close { id: String },
+    /// Run a benchmark; prints a table and a last line `NAME: key=value ...`.
+    Bench(bench::Args),
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    meshwire_models::labels::parse_label(s)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
+    if let Err(e) = result {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line, each cause once.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = client::Api::new(&cli.controller);
+    match cli.command {
+        Command::Controller(args) => daemon::run(args).await,
+        Command::Apply { file } => client::apply(&api, &file, false).await,
+        Command::Delete { file } => client::apply(&api, &file, true).await,
+        Command::Validate { file } => client::validate(&file),
+        Command::Get { kind, output } => client::get(&api, kind, output).await,
+        Command::Request {
+            service,
+            client,
+            name,
+            labels,
+            mechanisms,
+            interface,
+            output,
+        } => {
+            let req = meshwire_models::ConnectionRequest {
+                network_service: service,
+                client: meshwire_models::ClientRef { node: client, name },
+                labels: labels.into_iter().collect(),
+                mechanisms,
+                interface,
+                excluded_prefixes: vec![],
+            };
+            client::request(&api, req, output).await
+        }
+        Command::Close { id } => client::close(&api, &id).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

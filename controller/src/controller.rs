@@ -26,7 +26,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use meshwire_models::{Connection, ConnectionRequest, ConnectionState, Manifest, NetworkService, Object, ObjectKey, Topology};
+use meshwire_models::{
+    Connection, ConnectionRequest, ConnectionState, Manifest, NetworkService, Object, ObjectKey,
+    Topology,
+};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -43,8 +46,16 @@ const CONNECTIONS: &str = "/meshwire/v1/connections/";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    Connection { id: String, state: ConnectionState, endpoint: String, detail: Option<String> },
-    Object { key: String, change: String },
+    Connection {
+        id: String,
+        state: ConnectionState,
+        endpoint: String,
+        detail: Option<String>,
+    },
+    Object {
+        key: String,
+        change: String,
+    },
 }
 
 /// One object applied or deleted.
@@ -112,21 +123,46 @@ fn connection_key(id: &str) -> String {
 
 impl Controller {
     /// Starts a controller over `store`, restoring everything it holds.
-    pub async fn start(store: Arc<dyn Store>, driver: Arc<dyn Driver>, clock: Arc<dyn Clock>, config: Config) -> Result<Controller, ControllerError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+    ) -> Result<Controller, ControllerError> {
         let mut state = State::new(config);
         let (objects, _) = store.list(OBJECTS).await?;
         for e in &objects {
-            let obj: Object = serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt { key: e.key.clone(), reason: err.to_string() })?;
+            let obj: Object =
+                serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt {
+                    key: e.key.clone(),
+                    reason: err.to_string(),
+                })?;
             state.upsert(obj);
         }
         let (conns, _) = store.list(CONNECTIONS).await?;
         for e in &conns {
-            let c: Connection = serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt { key: e.key.clone(), reason: err.to_string() })?;
-            state.restore(c).map_err(|err| ControllerError::Corrupt { key: e.key.clone(), reason: err.to_string() })?;
+            let c: Connection =
+                serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt {
+                    key: e.key.clone(),
+                    reason: err.to_string(),
+                })?;
+            state.restore(c).map_err(|err| ControllerError::Corrupt {
+                key: e.key.clone(),
+                reason: err.to_string(),
+            })?;
         }
         tracing::info!(store = %store.describe(), driver = driver.name(), objects = objects.len(), connections = conns.len(), "controller state restored");
         let (events, _) = broadcast::channel(4096);
-        Ok(Controller { inner: Arc::new(Inner { state: Mutex::new(state), store, driver, clock, locks: Mutex::default(), events }) })
+        Ok(Controller {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                store,
+                driver,
+                clock,
+                locks: Mutex::default(),
+                events,
+            }),
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -160,14 +196,23 @@ impl Controller {
             if locks.len() > 4096 {
                 locks.retain(|_, m| Arc::strong_count(m) > 1);
             }
-            locks.entry((workload.to_string(), service.to_string())).or_default().clone()
+            locks
+                .entry((workload.to_string(), service.to_string()))
+                .or_default()
+                .clone()
         };
         m.lock_owned().await
     }
 
     async fn persist(&self, c: &Connection) -> Result<(), ControllerError> {
-        let bytes = serde_json::to_vec(c).map_err(|e| ControllerError::Corrupt { key: connection_key(&c.id), reason: e.to_string() })?;
-        self.inner.store.put(&connection_key(&c.id), bytes, Expect::Any).await?;
+        let bytes = serde_json::to_vec(c).map_err(|e| ControllerError::Corrupt {
+            key: connection_key(&c.id),
+            reason: e.to_string(),
+        })?;
+        self.inner
+            .store
+            .put(&connection_key(&c.id), bytes, Expect::Any)
+            .await?;
         Ok(())
     }
 
@@ -178,14 +223,26 @@ impl Controller {
         let mut out = Vec::new();
         for obj in manifest.objects {
             let key = obj.key();
-            let bytes = serde_json::to_vec(&obj).map_err(|e| ControllerError::Corrupt { key: key.to_string(), reason: e.to_string() })?;
-            self.inner.store.put(&object_key(&key), bytes, Expect::Any).await?;
+            let bytes = serde_json::to_vec(&obj).map_err(|e| ControllerError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+            self.inner
+                .store
+                .put(&object_key(&key), bytes, Expect::Any)
+                .await?;
             let change = self.state().upsert(obj);
             if change != Change::Unchanged {
                 tracing::info!(object = %key, ?change, "applied");
-                self.emit(Event::Object { key: key.to_string(), change: format!("{change:?}").to_lowercase() });
+                self.emit(Event::Object {
+                    key: key.to_string(),
+                    change: format!("{change:?}").to_lowercase(),
+                });
             }
-            out.push(Applied { key: key.to_string(), change });
+            out.push(Applied {
+                key: key.to_string(),
+                change,
+            });
         }
         Ok(out)
     }
@@ -196,10 +253,19 @@ impl Controller {
         let mut out = Vec::new();
         for key in keys {
             self.state().remove(key)?;
-            self.inner.store.delete(&object_key(key), Expect::Any).await?;
+            self.inner
+                .store
+                .delete(&object_key(key), Expect::Any)
+                .await?;
             tracing::info!(object = %key, "deleted");
-            self.emit(Event::Object { key: key.to_string(), change: "deleted".into() });
-            out.push(Applied { key: key.to_string(), change: Change::Updated });
+            self.emit(Event::Object {
+                key: key.to_string(),
+                change: "deleted".into(),
+            });
+            out.push(Applied {
+                key: key.to_string(),
+                change: Change::Updated,
+            });
         }
         Ok(out)
     }
@@ -210,7 +276,14 @@ impl Controller {
 
     pub fn endpoints(&self) -> Vec<EndpointView> {
         let s = self.state();
-        s.endpoints().into_iter().map(|e| EndpointView { endpoint: e.nse.clone(), down: e.down, connections: s.load_of(&e.nse.name) }).collect()
+        s.endpoints()
+            .into_iter()
+            .map(|e| EndpointView {
+                endpoint: e.nse.clone(),
+                down: e.down,
+                connections: s.load_of(&e.nse.name),
+            })
+            .collect()
     }
 
     pub fn topology(&self) -> Topology {
@@ -226,9 +299,17 @@ impl Controller {
         let mut v: Vec<Connection> = s
             .connections()
             .filter(|c| f.service.as_ref().is_none_or(|x| *x == c.network_service))
-            .filter(|c| f.node.as_ref().is_none_or(|x| *x == c.client.node || c.path.iter().any(|p| p.name == *x)))
+            .filter(|c| {
+                f.node
+                    .as_ref()
+                    .is_none_or(|x| *x == c.client.node || c.path.iter().any(|p| p.name == *x))
+            })
             .filter(|c| f.state.is_none_or(|x| x == c.state))
-            .filter(|c| f.endpoint.as_ref().is_none_or(|x| *x == c.network_service_endpoint_name))
+            .filter(|c| {
+                f.endpoint
+                    .as_ref()
+                    .is_none_or(|x| *x == c.network_service_endpoint_name)
+            })
             .cloned()
             .collect();
         v.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -255,7 +336,9 @@ impl Controller {
         if let Some(i) = &req.interface {
             meshwire_models::manifest::check_ifname(i).map_err(ControllerError::Invalid)?;
         }
-        let _guard = self.lock_key(req.client.workload(), &req.network_service).await;
+        let _guard = self
+            .lock_key(req.client.workload(), &req.network_service)
+            .await;
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now();
         let mut conn = {
@@ -275,8 +358,15 @@ impl Controller {
                 tracing::warn!(connection = %id, error = %undo, "undo of partial wiring failed; reconcile will retry");
             }
             self.state().remove_connection(&id);
-            let _ = self.inner.store.delete(&connection_key(&id), Expect::Any).await;
-            return Err(ControllerError::Driver { connection: id, source: e });
+            let _ = self
+                .inner
+                .store
+                .delete(&connection_key(&id), Expect::Any)
+                .await;
+            return Err(ControllerError::Driver {
+                connection: id,
+                source: e,
+            });
         }
         let _ = conn.transition(ConnectionState::Up, self.now());
         self.state().update(&id, |c| {
@@ -286,28 +376,52 @@ impl Controller {
         self.persist(&conn).await?;
         tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
             mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
-        self.emit(Event::Connection { id: id.clone(), state: ConnectionState::Up, endpoint: conn.network_service_endpoint_name.clone(), detail: None });
+        self.emit(Event::Connection {
+            id: id.clone(),
+            state: ConnectionState::Up,
+            endpoint: conn.network_service_endpoint_name.clone(),
+            detail: None,
+        });
         Ok(conn)
     }
 
     /// Closes a connection: unwire, give back claims, delete the record.
     pub async fn close(&self, id: &str) -> Result<Connection, ControllerError> {
-        let conn = self.connection(id).ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
-        let _guard = self.lock_key(conn.client.workload(), &conn.network_service).await;
-        let conn = self.connection(id).ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+        let conn = self
+            .connection(id)
+            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+        let _guard = self
+            .lock_key(conn.client.workload(), &conn.network_service)
+            .await;
+        let conn = self
+            .connection(id)
+            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
         if let Err(e) = self.inner.driver.remove(&conn).await {
             let msg = e.to_string();
-            let updated = self.state().update(id, |c| c.last_error = Some(format!("close: {msg}")));
+            let updated = self
+                .state()
+                .update(id, |c| c.last_error = Some(format!("close: {msg}")));
             if let Some(c) = updated {
                 let _ = self.persist(&c).await;
             }
-            return Err(ControllerError::Driver { connection: id.to_string(), source: e });
+            return Err(ControllerError::Driver {
+                connection: id.to_string(),
+                source: e,
+            });
         }
         let mut conn = self.state().remove_connection(id).unwrap_or(conn);
-        self.inner.store.delete(&connection_key(id), Expect::Any).await?;
+        self.inner
+            .store
+            .delete(&connection_key(id), Expect::Any)
+            .await?;
         let _ = conn.transition(ConnectionState::Closed, self.now());
         tracing::info!(connection = %id, "connection closed");
-        self.emit(Event::Connection { id: id.to_string(), state: ConnectionState::Closed, endpoint: conn.network_service_endpoint_name.clone(), detail: None });
+        self.emit(Event::Connection {
+            id: id.to_string(),
+            state: ConnectionState::Closed,
+            endpoint: conn.network_service_endpoint_name.clone(),
+            detail: None,
+        });
         Ok(conn)
     }
 
@@ -324,7 +438,9 @@ impl Controller {
                 match this.reconcile_once().await {
                     Ok(r) if !r.is_quiet() => tracing::info!(report = ?r, "reconciled"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "reconcile round failed; retrying next interval"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconcile round failed; retrying next interval")
+                    }
                 }
             }
         })
@@ -337,28 +453,57 @@ impl Controller {
         let now = self.now();
         let expired = self.state().expired_endpoints(now);
         for name in expired {
-            let key = ObjectKey { kind: meshwire_models::ObjectKind::NetworkServiceEndpoint, name: name.clone() };
+            let key = ObjectKey {
+                kind: meshwire_models::ObjectKind::NetworkServiceEndpoint,
+                name: name.clone(),
+            };
             self.delete(std::slice::from_ref(&key)).await?;
             tracing::info!(endpoint = %name, "endpoint registration expired");
             report.expired.push(name);
         }
-        let desired: Vec<Connection> = self.state().connections().filter(|c| !c.state.is_final()).cloned().collect();
-        let observed = self.inner.driver.observe(&desired).await.map_err(|e| ControllerError::Driver { connection: "(observe)".into(), source: e })?;
+        let desired: Vec<Connection> = self
+            .state()
+            .connections()
+            .filter(|c| !c.state.is_final())
+            .cloned()
+            .collect();
+        let observed =
+            self.inner
+                .driver
+                .observe(&desired)
+                .await
+                .map_err(|e| ControllerError::Driver {
+                    connection: "(observe)".into(),
+                    source: e,
+                })?;
         for c in desired {
             let _guard = self.lock_key(c.client.workload(), &c.network_service).await;
             // The connection may have been closed or rewired while we waited.
-            let Some(current) = self.connection(&c.id) else { continue };
+            let Some(current) = self.connection(&c.id) else {
+                continue;
+            };
             if current.generation != c.generation {
                 continue;
             }
             let (endpoint_ok, broken_link) = {
                 let s = self.state();
-                let ep = s.endpoint(&c.network_service_endpoint_name).is_some_and(|e| !e.down);
+                let ep = s
+                    .endpoint(&c.network_service_endpoint_name)
+                    .is_some_and(|e| !e.down);
                 let t = s.topology();
-                let broken = c.path.iter().filter_map(|p| p.link.as_ref()).find(|l| t.links.get(*l).is_none_or(|l| !l.up)).cloned();
+                let broken = c
+                    .path
+                    .iter()
+                    .filter_map(|p| p.link.as_ref())
+                    .find(|l| t.links.get(*l).is_none_or(|l| !l.up))
+                    .cloned();
                 (ep, broken)
             };
-            let health = observed.connections.get(&c.id).cloned().unwrap_or(Health::Healthy);
+            let health = observed
+                .connections
+                .get(&c.id)
+                .cloned()
+                .unwrap_or(Health::Healthy);
             let outcome = match (&health, endpoint_ok, broken_link) {
                 (Health::ClientGone { reason }, _, _) => {
                     tracing::info!(connection = %c.id, %reason, "client gone; closing");
@@ -369,19 +514,72 @@ impl Controller {
                 }
                 (_, false, _) => {
                     let why = format!("endpoint {} is gone", c.network_service_endpoint_name);
-                    self.heal(current, Avoid { endpoints: vec![c.network_service_endpoint_name.clone()], ..Default::default() }, why).await
+                    self.heal(
+                        current,
+                        Avoid {
+                            endpoints: vec![c.network_service_endpoint_name.clone()],
+                            ..Default::default()
+                        },
+                        why,
+                    )
+                    .await
                 }
                 (Health::EndpointLost { reason }, _, _) => {
-                    self.state().set_endpoint_down(&c.network_service_endpoint_name, true);
-                    let why = format!("endpoint {} lost: {reason}", c.network_service_endpoint_name);
-                    self.heal(current, Avoid { endpoints: vec![c.network_service_endpoint_name.clone()], ..Default::default() }, why).await
+                    self.state()
+                        .set_endpoint_down(&c.network_service_endpoint_name, true);
+                    let why = format!(
+                        "endpoint {} lost: {reason}",
+                        c.network_service_endpoint_name
+                    );
+                    self.heal(
+                        current,
+                        Avoid {
+                            endpoints: vec![c.network_service_endpoint_name.clone()],
+                            ..Default::default()
+                        },
+                        why,
+                    )
+                    .await
                 }
-                (Health::PathFailed { reason, links, vertices }, _, _) => {
-                    self.heal(current, Avoid { links: links.clone(), vertices: vertices.clone(), ..Default::default() }, format!("path failed: {reason}")).await
+                (
+                    Health::PathFailed {
+                        reason,
+                        links,
+                        vertices,
+                    },
+                    _,
+                    _,
+                ) => {
+                    self.heal(
+                        current,
+                        Avoid {
+                            links: links.clone(),
+                            vertices: vertices.clone(),
+                            ..Default::default()
+                        },
+                        format!("path failed: {reason}"),
+                    )
+                    .await
                 }
-                (_, true, Some(link)) => self.heal(current, Avoid { links: vec![link.clone()], ..Default::default() }, format!("link {link} is down")).await,
-                (Health::Missing { reason }, true, None) => self.repair(current, reason).await.map(|_| Outcome::Repaired),
-                (Health::Healthy, true, None) if current.state != ConnectionState::Up => self.repair(current, "unfinished").await.map(|_| Outcome::Repaired),
+                (_, true, Some(link)) => {
+                    self.heal(
+                        current,
+                        Avoid {
+                            links: vec![link.clone()],
+                            ..Default::default()
+                        },
+                        format!("link {link} is down"),
+                    )
+                    .await
+                }
+                (Health::Missing { reason }, true, None) => self
+                    .repair(current, reason)
+                    .await
+                    .map(|_| Outcome::Repaired),
+                (Health::Healthy, true, None) if current.state != ConnectionState::Up => self
+                    .repair(current, "unfinished")
+                    .await
+                    .map(|_| Outcome::Repaired),
                 (Health::Healthy, true, None) => Ok(Outcome::Nothing),
             };
             match outcome? {
@@ -408,7 +606,12 @@ impl Controller {
                 if let Some(c) = updated {
                     self.persist(&c).await?;
                 }
-                self.emit(Event::Connection { id: c.id.clone(), state: ConnectionState::Up, endpoint: c.network_service_endpoint_name.clone(), detail: Some("repaired".into()) });
+                self.emit(Event::Connection {
+                    id: c.id.clone(),
+                    state: ConnectionState::Up,
+                    endpoint: c.network_service_endpoint_name.clone(),
+                    detail: Some("repaired".into()),
+                });
                 Ok(())
             }
             Err(e) => {
@@ -425,7 +628,12 @@ impl Controller {
 
     /// Moves a connection onto another endpoint or path. The old wiring and its claims are kept
     /// until a replacement is planned, so a failed heal changes nothing but the state.
-    async fn heal(&self, old: Connection, avoid: Avoid, why: String) -> Result<Outcome, ControllerError> {
+    async fn heal(
+        &self,
+        old: Connection,
+        avoid: Avoid,
+        why: String,
+    ) -> Result<Outcome, ControllerError> {
         let now = self.now();
         let marked = self.state().update(&old.id, |c| {
             c.state = ConnectionState::Healing;
@@ -436,7 +644,12 @@ impl Controller {
             if old.state != ConnectionState::Healing {
                 self.persist(m).await?;
                 tracing::warn!(connection = %old.id, reason = %why, "healing");
-                self.emit(Event::Connection { id: old.id.clone(), state: ConnectionState::Healing, endpoint: old.network_service_endpoint_name.clone(), detail: Some(why.clone()) });
+                self.emit(Event::Connection {
+                    id: old.id.clone(),
+                    state: ConnectionState::Healing,
+                    endpoint: old.network_service_endpoint_name.clone(),
+                    detail: Some(why.clone()),
+                });
             }
         }
         let req = ConnectionRequest {
@@ -447,7 +660,9 @@ impl Controller {
             interface: Some(old.interface.clone()),
             excluded_prefixes: old.ip_context.excluded_prefixes.clone(),
         };
-        let planned = self.state().plan(&req, &old.id, now, &avoid, Some(&old.interface));
+        let planned = self
+            .state()
+            .plan(&req, &old.id, now, &avoid, Some(&old.interface));
         let mut new = match planned {
             Ok(n) => n,
             Err(e) => {
@@ -466,7 +681,10 @@ impl Controller {
         if let Err(e) = self.inner.driver.apply(&new).await {
             let _ = self.inner.driver.remove(&new).await;
             self.state().unclaim(&new);
-            let msg = format!("{why}; replacement via {} failed: {e}", new.network_service_endpoint_name);
+            let msg = format!(
+                "{why}; replacement via {} failed: {e}",
+                new.network_service_endpoint_name
+            );
             let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
             if let Some(c) = updated {
                 self.persist(&c).await?;
@@ -485,7 +703,12 @@ impl Controller {
         }
         self.persist(&new).await?;
         tracing::info!(connection = %new.id, from = %old.network_service_endpoint_name, to = %new.network_service_endpoint_name, "healed");
-        self.emit(Event::Connection { id: new.id.clone(), state: ConnectionState::Up, endpoint: new.network_service_endpoint_name.clone(), detail: Some(format!("healed: {why}")) });
+        self.emit(Event::Connection {
+            id: new.id.clone(),
+            state: ConnectionState::Up,
+            endpoint: new.network_service_endpoint_name.clone(),
+            detail: Some(format!("healed: {why}")),
+        });
         Ok(Outcome::Healed)
     }
 }

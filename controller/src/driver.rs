@@ -29,13 +29,23 @@ pub struct DriverError {
 pub enum Health {
     Healthy,
     /// Our wiring is gone or partial while both ends exist: repair in place.
-    Missing { reason: String },
+    Missing {
+        reason: String,
+    },
     /// The endpoint's side is gone (its namespace, device or node): heal onto another endpoint.
-    EndpointLost { reason: String },
+    EndpointLost {
+        reason: String,
+    },
     /// The client is gone: close the connection.
-    ClientGone { reason: String },
+    ClientGone {
+        reason: String,
+    },
     /// A link or vertex on the path failed: heal onto another path.
-    PathFailed { reason: String, links: Vec<String>, vertices: Vec<String> },
+    PathFailed {
+        reason: String,
+        links: Vec<String>,
+        vertices: Vec<String>,
+    },
 }
 
 /// The result of `observe`: health per connection id (absent ids are healthy).
@@ -139,13 +149,21 @@ impl Driver for RecordingDriver {
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
         let mut r = self.lock();
         if r.record_log {
-            r.log.push(format!("apply {} -> {}", c.id, c.network_service_endpoint_name));
+            r.log.push(format!(
+                "apply {} -> {}",
+                c.id, c.network_service_endpoint_name
+            ));
         }
-        if r.fail_apply_endpoints.contains(&c.network_service_endpoint_name) {
+        if r.fail_apply_endpoints
+            .contains(&c.network_service_endpoint_name)
+        {
             return Err(DriverError {
                 driver: "recording".into(),
                 target: format!("connection {}", c.id),
-                reason: format!("endpoint {} refuses wiring", c.network_service_endpoint_name),
+                reason: format!(
+                    "endpoint {} refuses wiring",
+                    c.network_service_endpoint_name
+                ),
             });
         }
         r.broken.remove(&c.id);
@@ -156,7 +174,10 @@ impl Driver for RecordingDriver {
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
         let mut r = self.lock();
         if r.record_log {
-            r.log.push(format!("remove {} -> {}", c.id, c.network_service_endpoint_name));
+            r.log.push(format!(
+                "remove {} -> {}",
+                c.id, c.network_service_endpoint_name
+            ));
         }
         r.installed.remove(&c.id);
         Ok(())
@@ -169,7 +190,12 @@ impl Driver for RecordingDriver {
             if let Some(h) = r.broken.get(&c.id) {
                 obs.connections.insert(c.id.clone(), h.clone());
             } else if !r.installed.contains_key(&c.id) {
-                obs.connections.insert(c.id.clone(), Health::Missing { reason: "not installed".into() });
+                obs.connections.insert(
+                    c.id.clone(),
+                    Health::Missing {
+                        reason: "not installed".into(),
+                    },
+                );
             }
         }
         Ok(obs)

@@ -12,13 +12,17 @@ pub enum ControllerError {
     UnknownConnection { id: String },
     #[error("{key} not found")]
     NotFound { key: String },
-    #[error("client node {node:?} is not in the topology: apply a meshwire.io/v1 Node named {node:?}")]
+    #[error(
+        "client node {node:?} is not in the topology: apply a meshwire.io/v1 Node named {node:?}"
+    )]
     UnknownNode { node: String },
     #[error("no endpoint offers network service {service:?}")]
     NoEndpoint { service: String },
     #[error("no endpoint of network service {service:?} matches client labels {labels}")]
     NoMatchingEndpoint { service: String, labels: String },
-    #[error("no capacity: all {count} endpoint(s) of network service {service:?} that match are full")]
+    #[error(
+        "no capacity: all {count} endpoint(s) of network service {service:?} that match are full"
+    )]
     NoCapacity { service: String, count: usize },
     #[error("no path for network service {service:?}: {detail}")]
     NoPath { service: String, detail: String },
@@ -31,7 +35,11 @@ pub enum ControllerError {
     #[error("no capable endpoint for network service {service:?}: {detail}")]
     NoCapableEndpoint { service: String, detail: String },
     #[error("{object} is still used by {count} connection(s) (first: {first}); close them first")]
-    InUse { object: String, count: usize, first: String },
+    InUse {
+        object: String,
+        count: usize,
+        first: String,
+    },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("data plane refused connection {connection}: {source}")]

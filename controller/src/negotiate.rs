@@ -14,7 +14,9 @@
 use std::net::IpAddr;
 
 use meshwire_models::mechanism::Range;
-use meshwire_models::{EndpointLocation, Hop, Mechanism, MechanismKind, NetworkServiceEndpoint, PathSegment, Topology};
+use meshwire_models::{
+    EndpointLocation, Hop, Mechanism, MechanismKind, NetworkServiceEndpoint, PathSegment, Topology,
+};
 
 use crate::path::{Constraints, Graph, Path};
 use crate::pool::{NumberPool, PoolError};
@@ -62,7 +64,10 @@ impl NumberPools {
         let (pool, values): (&mut NumberPool, Vec<u32>) = match m {
             Mechanism::Vxlan { vni, .. } => (&mut self.vni, vec![*vni]),
             Mechanism::Gre { key, .. } => (&mut self.gre_key, vec![*key]),
-            Mechanism::Mpls { label_out, label_in } => (&mut self.mpls_label, vec![*label_out, *label_in]),
+            Mechanism::Mpls {
+                label_out,
+                label_in,
+            } => (&mut self.mpls_label, vec![*label_out, *label_in]),
             Mechanism::Vlan { id } => (&mut self.vlan_id, vec![*id]),
             _ => return Ok(()),
         };
@@ -103,7 +108,12 @@ pub struct Offer<'a> {
     pub avoid_vertices: &'a [String],
 }
 
-const REMOTE_DEFAULT: [MechanismKind; 4] = [MechanismKind::Vxlan, MechanismKind::Gre, MechanismKind::Mpls, MechanismKind::Vlan];
+const REMOTE_DEFAULT: [MechanismKind; 4] = [
+    MechanismKind::Vxlan,
+    MechanismKind::Gre,
+    MechanismKind::Mpls,
+    MechanismKind::Vlan,
+];
 const LOCAL_DEFAULT: [MechanismKind; 2] = [MechanismKind::Kernel, MechanismKind::Memif];
 
 /// Negotiates a wiring for `offer`, claiming numbers from `pools`. On error nothing is claimed.
@@ -114,10 +124,16 @@ pub fn negotiate(offer: &Offer, pools: &mut NumberPools) -> Result<Wiring, Rejec
             EndpointLocation::Node { .. } => "node",
             EndpointLocation::Device { .. } => "device",
         };
-        return Err(Reject::NoPath(format!("{}: its {what} {ep_vertex:?} is not in the topology", offer.endpoint.name)));
+        return Err(Reject::NoPath(format!(
+            "{}: its {what} {ep_vertex:?} is not in the topology",
+            offer.endpoint.name
+        )));
     }
     if offer.avoid_vertices.iter().any(|v| v == ep_vertex) {
-        return Err(Reject::NoPath(format!("{}: {ep_vertex} has failed", offer.endpoint.name)));
+        return Err(Reject::NoPath(format!(
+            "{}: {ep_vertex} has failed",
+            offer.endpoint.name
+        )));
     }
     if offer.client_vertex == ep_vertex {
         local(offer, ep_vertex)
@@ -130,7 +146,12 @@ fn local(offer: &Offer, vertex: &str) -> Result<Wiring, Reject> {
     let prefs: Vec<MechanismKind> = if offer.preferences.is_empty() {
         LOCAL_DEFAULT.to_vec()
     } else {
-        offer.preferences.iter().copied().filter(|k| k.is_local()).collect()
+        offer
+            .preferences
+            .iter()
+            .copied()
+            .filter(|k| k.is_local())
+            .collect()
     };
     let mut why = Vec::new();
     for kind in &prefs {
@@ -144,11 +165,21 @@ fn local(offer: &Offer, vertex: &str) -> Result<Wiring, Reject> {
                     interface: offer.client_interface.to_string(),
                     peer_interface: offer.endpoint_interface.to_string(),
                 },
-                _ => Mechanism::Memif { socket: format!("/run/meshwire/memif/{}.sock", offer.connection_id) },
+                _ => Mechanism::Memif {
+                    socket: format!("/run/meshwire/memif/{}.sock", offer.connection_id),
+                },
             };
             return Ok(Wiring {
-                path: vec![PathSegment { name: vertex.to_string(), link: None }],
-                hops: vec![Hop { from: vertex.to_string(), to: vertex.to_string(), link: None, mechanism }],
+                path: vec![PathSegment {
+                    name: vertex.to_string(),
+                    link: None,
+                }],
+                hops: vec![Hop {
+                    from: vertex.to_string(),
+                    to: vertex.to_string(),
+                    link: None,
+                    mechanism,
+                }],
                 mtu: 1500,
             });
         }
@@ -159,18 +190,30 @@ fn local(offer: &Offer, vertex: &str) -> Result<Wiring, Reject> {
             offer.preferences.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
         ));
     }
-    Err(Reject::NoMechanism(format!("{}: {}", offer.endpoint.name, why.join("; "))))
+    Err(Reject::NoMechanism(format!(
+        "{}: {}",
+        offer.endpoint.name,
+        why.join("; ")
+    )))
 }
 
 fn remote(offer: &Offer, ep_vertex: &str, pools: &mut NumberPools) -> Result<Wiring, Reject> {
     let g = offer.graph;
     let (Some(from), Some(to)) = (g.vertex(offer.client_vertex), g.vertex(ep_vertex)) else {
-        return Err(Reject::NoPath(format!("{} or {ep_vertex} is not in the topology", offer.client_vertex)));
+        return Err(Reject::NoPath(format!(
+            "{} or {ep_vertex} is not in the topology",
+            offer.client_vertex
+        )));
     };
     let prefs: Vec<MechanismKind> = if offer.preferences.is_empty() {
         REMOTE_DEFAULT.to_vec()
     } else {
-        offer.preferences.iter().copied().filter(|k| !k.is_local()).collect()
+        offer
+            .preferences
+            .iter()
+            .copied()
+            .filter(|k| !k.is_local())
+            .collect()
     };
     if prefs.is_empty() {
         return Err(Reject::NoMechanism(format!(
@@ -178,15 +221,26 @@ fn remote(offer: &Offer, ep_vertex: &str, pools: &mut NumberPools) -> Result<Wir
             offer.endpoint.name, offer.client_vertex
         )));
     }
-    let avoid_links: Vec<usize> = offer.avoid_links.iter().filter_map(|l| g.link_index(l)).collect();
-    let avoid_vertices: Vec<usize> = offer.avoid_vertices.iter().filter_map(|v| g.vertex(v)).collect();
+    let avoid_links: Vec<usize> = offer
+        .avoid_links
+        .iter()
+        .filter_map(|l| g.link_index(l))
+        .collect();
+    let avoid_vertices: Vec<usize> = offer
+        .avoid_vertices
+        .iter()
+        .filter_map(|v| g.vertex(v))
+        .collect();
     let mut why: Vec<String> = Vec::new();
     let mut only_path_failures = true;
     let mut pool_errors: Vec<PoolError> = Vec::new();
     for kind in prefs {
         let ep_caps = &offer.endpoint.mechanisms;
         if !offer.topology.vertex_supports(offer.client_vertex, kind) {
-            why.push(format!("{kind}: {}'s forwarder cannot wire it", offer.client_vertex));
+            why.push(format!(
+                "{kind}: {}'s forwarder cannot wire it",
+                offer.client_vertex
+            ));
             only_path_failures = false;
             continue;
         }
@@ -202,15 +256,25 @@ fn remote(offer: &Offer, ep_vertex: &str, pools: &mut NumberPools) -> Result<Wir
         }
         let hop_by_hop = !kind.is_tunnel();
         let topo = offer.topology;
-        let vertex_ok = |v: usize| !avoid_vertices.contains(&v) && (!hop_by_hop || topo.vertex_supports(g.name(v), kind));
+        let vertex_ok = |v: usize| {
+            !avoid_vertices.contains(&v) && (!hop_by_hop || topo.vertex_supports(g.name(v), kind))
+        };
         let link_ok = |l: usize| !avoid_links.contains(&l);
         let min_mtu = offer.min_mtu + kind.overhead();
-        let c = Constraints { min_mtu, vertex_ok: &vertex_ok, link_ok: &link_ok };
+        let c = Constraints {
+            min_mtu,
+            vertex_ok: &vertex_ok,
+            link_ok: &link_ok,
+        };
         let Some(path) = g.shortest(from, to, &c) else {
             why.push(format!(
                 "{kind}: no path from {} to {ep_vertex} with links up and MTU >= {min_mtu}{}",
                 offer.client_vertex,
-                if hop_by_hop { format!(" where every hop supports {kind}") } else { String::new() }
+                if hop_by_hop {
+                    format!(" where every hop supports {kind}")
+                } else {
+                    String::new()
+                }
             ));
             continue;
         };
@@ -224,7 +288,9 @@ fn remote(offer: &Offer, ep_vertex: &str, pools: &mut NumberPools) -> Result<Wir
             };
         }
         let Some(range) = range else {
-            why.push(format!("{kind}: the endpoint's and device's ranges do not overlap"));
+            why.push(format!(
+                "{kind}: the endpoint's and device's ranges do not overlap"
+            ));
             only_path_failures = false;
             continue;
         };
@@ -253,14 +319,24 @@ fn remote(offer: &Offer, ep_vertex: &str, pools: &mut NumberPools) -> Result<Wir
     }
 }
 
-fn wire(offer: &Offer, kind: MechanismKind, range: Range, path: &Path, ep_vertex: &str, pools: &mut NumberPools) -> Result<Wiring, Reject> {
+fn wire(
+    offer: &Offer,
+    kind: MechanismKind,
+    range: Range,
+    path: &Path,
+    ep_vertex: &str,
+    pools: &mut NumberPools,
+) -> Result<Wiring, Reject> {
     let g = offer.graph;
     let t = offer.topology;
     let segments: Vec<PathSegment> = path
         .vertices
         .iter()
         .enumerate()
-        .map(|(i, &v)| PathSegment { name: g.name(v).to_string(), link: path.links.get(i).map(|&l| g.link_name(l).to_string()) })
+        .map(|(i, &v)| PathSegment {
+            name: g.name(v).to_string(),
+            link: path.links.get(i).map(|&l| g.link_name(l).to_string()),
+        })
         .collect();
     let link_mtu = path.mtu.min(9000);
     let mtu = link_mtu - kind.overhead();
@@ -274,19 +350,47 @@ fn wire(offer: &Offer, kind: MechanismKind, range: Range, path: &Path, ep_vertex
             let src_ip = underlay(offer.client_vertex, path.links[0])?;
             let dst_ip = underlay(ep_vertex, path.links[path.links.len() - 1])?;
             let mechanism = if kind == MechanismKind::Vxlan {
-                let port = offer.endpoint.mechanisms.vxlan.as_ref().map(|v| v.port).unwrap_or(4789);
-                Mechanism::Vxlan { vni: pools.vni.claim(range).map_err(Reject::Pool)?, src_ip, dst_ip, port }
+                let port = offer
+                    .endpoint
+                    .mechanisms
+                    .vxlan
+                    .as_ref()
+                    .map(|v| v.port)
+                    .unwrap_or(4789);
+                Mechanism::Vxlan {
+                    vni: pools.vni.claim(range).map_err(Reject::Pool)?,
+                    src_ip,
+                    dst_ip,
+                    port,
+                }
             } else {
-                Mechanism::Gre { key: pools.gre_key.claim(range).map_err(Reject::Pool)?, src_ip, dst_ip }
+                Mechanism::Gre {
+                    key: pools.gre_key.claim(range).map_err(Reject::Pool)?,
+                    src_ip,
+                    dst_ip,
+                }
             };
-            vec![Hop { from: offer.client_vertex.to_string(), to: ep_vertex.to_string(), link: None, mechanism }]
+            vec![Hop {
+                from: offer.client_vertex.to_string(),
+                to: ep_vertex.to_string(),
+                link: None,
+                mechanism,
+            }]
         }
         MechanismKind::Mpls | MechanismKind::Vlan => {
             let mechanism = if kind == MechanismKind::Mpls {
-                let labels = pools.mpls_label.claim_many(range, 2).map_err(Reject::Pool)?;
-                Mechanism::Mpls { label_out: labels[0], label_in: labels[1] }
+                let labels = pools
+                    .mpls_label
+                    .claim_many(range, 2)
+                    .map_err(Reject::Pool)?;
+                Mechanism::Mpls {
+                    label_out: labels[0],
+                    label_in: labels[1],
+                }
             } else {
-                Mechanism::Vlan { id: pools.vlan_id.claim(range).map_err(Reject::Pool)? }
+                Mechanism::Vlan {
+                    id: pools.vlan_id.claim(range).map_err(Reject::Pool)?,
+                }
             };
             path.links
                 .iter()
@@ -301,5 +405,9 @@ fn wire(offer: &Offer, kind: MechanismKind, range: Range, path: &Path, ep_vertex
         }
         other => return Err(Reject::NoMechanism(format!("{other} cannot cross a link"))),
     };
-    Ok(Wiring { path: segments, hops, mtu })
+    Ok(Wiring {
+        path: segments,
+        hops,
+        mtu,
+    })
 }

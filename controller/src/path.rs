@@ -57,11 +57,17 @@ impl Graph {
             g.adj.push(Vec::new());
         }
         for link in topology.links.values() {
-            let (Some(&a), Some(&b)) = (g.index.get(&link.a.vertex), g.index.get(&link.b.vertex)) else {
+            let (Some(&a), Some(&b)) = (g.index.get(&link.a.vertex), g.index.get(&link.b.vertex))
+            else {
                 continue; // a link to an unknown vertex carries nothing until the vertex exists
             };
             let li = g.links.len() as u32;
-            g.links.push(LinkInfo { name: link.name.clone(), cost: link.cost.max(1), mtu: link.mtu, up: link.up });
+            g.links.push(LinkInfo {
+                name: link.name.clone(),
+                cost: link.cost.max(1),
+                mtu: link.mtu,
+                up: link.up,
+            });
             g.adj[a].push((b as u32, li));
             g.adj[b].push((a as u32, li));
         }
@@ -100,7 +106,12 @@ impl Graph {
     /// The cheapest path from `from` to `to` under `c`, or `None`.
     pub fn shortest(&self, from: usize, to: usize, c: &Constraints) -> Option<Path> {
         if from == to {
-            return Some(Path { vertices: vec![from], links: vec![], cost: 0, mtu: u32::MAX });
+            return Some(Path {
+                vertices: vec![from],
+                links: vec![],
+                cost: 0,
+                mtu: u32::MAX,
+            });
         }
         let n = self.names.len();
         let mut dist = vec![u64::MAX; n];
@@ -142,8 +153,17 @@ impl Graph {
         }
         vertices.reverse();
         links.reverse();
-        let mtu = links.iter().map(|&l| self.links[l].mtu).min().unwrap_or(u32::MAX);
-        Some(Path { vertices, links, cost: dist[to], mtu })
+        let mtu = links
+            .iter()
+            .map(|&l| self.links[l].mtu)
+            .min()
+            .unwrap_or(u32::MAX);
+        Some(Path {
+            vertices,
+            links,
+            cost: dist[to],
+            mtu,
+        })
     }
 
     /// Up to `k` loopless paths from `from` to `to`, cheapest first (Yen's algorithm).
@@ -165,10 +185,22 @@ impl Graph {
             .map(|(vertices, cost)| {
                 let links: Vec<usize> = vertices
                     .windows(2)
-                    .map(|w| self.cheapest_link(w[0], w[1], c).expect("yen only follows usable links"))
+                    .map(|w| {
+                        self.cheapest_link(w[0], w[1], c)
+                            .expect("yen only follows usable links")
+                    })
                     .collect();
-                let mtu = links.iter().map(|&l| self.links[l].mtu).min().unwrap_or(u32::MAX);
-                Path { vertices, links, cost, mtu }
+                let mtu = links
+                    .iter()
+                    .map(|&l| self.links[l].mtu)
+                    .min()
+                    .unwrap_or(u32::MAX);
+                Path {
+                    vertices,
+                    links,
+                    cost,
+                    mtu,
+                }
             })
             .collect()
     }
@@ -192,12 +224,35 @@ mod tests {
         let mut t = Topology::default();
         for i in 0..n {
             let name = format!("n{i}");
-            t.nodes.insert(name.clone(), Node { name, forwarder: Default::default(), underlay_address: None, netns: None, labels: Default::default() });
+            t.nodes.insert(
+                name.clone(),
+                Node {
+                    name,
+                    forwarder: Default::default(),
+                    underlay_address: None,
+                    netns: None,
+                    labels: Default::default(),
+                },
+            );
         }
         for (i, &(a, b, cost, mtu, up)) in edges.iter().enumerate() {
             let name = format!("l{i}");
-            let end = |v: usize| LinkEnd { vertex: format!("n{v}"), interface: format!("eth{i}"), address: None };
-            t.links.insert(name.clone(), Link { name, a: end(a), b: end(b), mtu, cost, up });
+            let end = |v: usize| LinkEnd {
+                vertex: format!("n{v}"),
+                interface: format!("eth{i}"),
+                address: None,
+            };
+            t.links.insert(
+                name.clone(),
+                Link {
+                    name,
+                    a: end(a),
+                    b: end(b),
+                    mtu,
+                    cost,
+                    up,
+                },
+            );
         }
         t
     }
@@ -209,25 +264,58 @@ mod tests {
     #[test]
     fn honours_cost_state_and_mtu() {
         // n0 - n1 - n3 cheap but n1-n3 is down; n0 - n2 - n3 has a small MTU; n0 - n3 direct is dear.
-        let t = topo(4, &[(0, 1, 1, 9000, true), (1, 3, 1, 9000, false), (0, 2, 1, 1400, true), (2, 3, 1, 9000, true), (0, 3, 100, 9000, true)]);
+        let t = topo(
+            4,
+            &[
+                (0, 1, 1, 9000, true),
+                (1, 3, 1, 9000, false),
+                (0, 2, 1, 1400, true),
+                (2, 3, 1, 9000, true),
+                (0, 3, 100, 9000, true),
+            ],
+        );
         let g = Graph::build(&t);
         let (v, l) = allow_all();
-        let c = Constraints { min_mtu: 1300, vertex_ok: &v, link_ok: &l };
+        let c = Constraints {
+            min_mtu: 1300,
+            vertex_ok: &v,
+            link_ok: &l,
+        };
         assert_eq!(g.shortest(0, 3, &c).unwrap().vertices, vec![0, 2, 3]);
-        let c = Constraints { min_mtu: 1500, vertex_ok: &v, link_ok: &l };
+        let c = Constraints {
+            min_mtu: 1500,
+            vertex_ok: &v,
+            link_ok: &l,
+        };
         let p = g.shortest(0, 3, &c).unwrap();
         assert_eq!((p.vertices, p.cost), (vec![0, 3], 100));
         let no_n3 = |x: usize| x != 3;
-        let c = Constraints { min_mtu: 1500, vertex_ok: &no_n3, link_ok: &l };
+        let c = Constraints {
+            min_mtu: 1500,
+            vertex_ok: &no_n3,
+            link_ok: &l,
+        };
         assert!(g.shortest(0, 3, &c).is_none());
     }
 
     #[test]
     fn alternatives_are_ordered_and_distinct() {
-        let t = topo(4, &[(0, 1, 1, 1500, true), (1, 3, 1, 1500, true), (0, 2, 2, 1500, true), (2, 3, 2, 1500, true)]);
+        let t = topo(
+            4,
+            &[
+                (0, 1, 1, 1500, true),
+                (1, 3, 1, 1500, true),
+                (0, 2, 2, 1500, true),
+                (2, 3, 2, 1500, true),
+            ],
+        );
         let g = Graph::build(&t);
         let (v, l) = allow_all();
-        let c = Constraints { min_mtu: 0, vertex_ok: &v, link_ok: &l };
+        let c = Constraints {
+            min_mtu: 0,
+            vertex_ok: &v,
+            link_ok: &l,
+        };
         let alts = g.alternatives(0, 3, 3, &c);
         assert_eq!(alts.len(), 2);
         assert_eq!(alts[0].vertices, vec![0, 1, 3]);

@@ -14,7 +14,11 @@ use meshwire_models::mechanism::Range;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
     #[error("{pool} pool exhausted: every value in {start}..{end} is in use")]
-    Exhausted { pool: String, start: u128, end: u128 },
+    Exhausted {
+        pool: String,
+        start: u128,
+        end: u128,
+    },
     #[error("{pool} pool: {value} is already in use")]
     Taken { pool: String, value: String },
 }
@@ -29,7 +33,11 @@ pub struct NumberPool {
 
 impl NumberPool {
     pub fn new(name: &'static str) -> Self {
-        NumberPool { name, used: BTreeSet::new(), cursor: 0 }
+        NumberPool {
+            name,
+            used: BTreeSet::new(),
+            cursor: 0,
+        }
     }
 
     pub fn in_use(&self) -> usize {
@@ -43,9 +51,11 @@ impl NumberPool {
     /// Claims the next free value of `range` at or after the cursor, wrapping around once.
     pub fn claim(&mut self, range: Range) -> Result<u32, PoolError> {
         let from = self.cursor.clamp(range.start, range.end);
-        let found = self
-            .first_free(from, range.end)
-            .or_else(|| (from > range.start).then(|| self.first_free(range.start, from - 1)).flatten());
+        let found = self.first_free(from, range.end).or_else(|| {
+            (from > range.start)
+                .then(|| self.first_free(range.start, from - 1))
+                .flatten()
+        });
         match found {
             Some(v) => {
                 self.used.insert(v);
@@ -80,7 +90,10 @@ impl NumberPool {
     /// Claims a given value (restore).
     pub fn claim_exact(&mut self, v: u32) -> Result<(), PoolError> {
         if !self.used.insert(v) {
-            return Err(PoolError::Taken { pool: self.name.to_string(), value: v.to_string() });
+            return Err(PoolError::Taken {
+                pool: self.name.to_string(),
+                value: v.to_string(),
+            });
         }
         Ok(())
     }
@@ -133,11 +146,23 @@ impl AddressPools {
         reserved: &[u128],
     ) -> Result<Vec<IpNet>, PoolError> {
         let bits = prefix.max_prefix_len() - prefix.prefix_len();
-        let size: u128 = if bits >= 128 { u128::MAX } else { 1u128 << bits };
+        let size: u128 = if bits >= 128 {
+            u128::MAX
+        } else {
+            1u128 << bits
+        };
         let (step, first, last) = match shape {
             AddressShape::Pair => (2u128, 0u128, size.saturating_sub(2)),
             // Host: skip the network address and, in IPv4, the broadcast address.
-            AddressShape::Host => (1, 1, if prefix.addr().is_ipv4() { size.saturating_sub(2) } else { size - 1 }),
+            AddressShape::Host => (
+                1,
+                1,
+                if prefix.addr().is_ipv4() {
+                    size.saturating_sub(2)
+                } else {
+                    size - 1
+                },
+            ),
         };
         let exhausted = || PoolError::Exhausted {
             pool: format!("address {prefix}"),
@@ -150,7 +175,11 @@ impl AddressPools {
         let (used, cursor) = self.pools.entry(prefix).or_default();
         let base = addr_to_u128(prefix.network());
         let slots = (last - first) / step + 1;
-        let start_slot = if *cursor >= first && *cursor <= last { (*cursor - first) / step } else { 0 };
+        let start_slot = if *cursor >= first && *cursor <= last {
+            (*cursor - first) / step
+        } else {
+            0
+        };
         for i in 0..slots.min(1 << 20) {
             let offset = first + ((start_slot + i) % slots) * step;
             let width = if shape == AddressShape::Pair { 2 } else { 1 };
@@ -158,7 +187,10 @@ impl AddressPools {
                 continue;
             }
             let addrs: Vec<IpAddr> = match shape {
-                AddressShape::Pair => vec![u128_to_addr(base + offset, prefix), u128_to_addr(base + offset + 1, prefix)],
+                AddressShape::Pair => vec![
+                    u128_to_addr(base + offset, prefix),
+                    u128_to_addr(base + offset + 1, prefix),
+                ],
                 AddressShape::Host => vec![u128_to_addr(base + offset, prefix)],
             };
             if addrs.iter().any(|a| excluded.iter().any(|x| x.contains(a))) {
@@ -172,7 +204,10 @@ impl AddressPools {
                 AddressShape::Pair => prefix.max_prefix_len() - 1,
                 AddressShape::Host => prefix.prefix_len(),
             };
-            return Ok(addrs.into_iter().map(|a| IpNet::new(a, len).expect("length within family")).collect());
+            return Ok(addrs
+                .into_iter()
+                .map(|a| IpNet::new(a, len).expect("length within family"))
+                .collect());
         }
         Err(exhausted())
     }
@@ -234,7 +269,11 @@ mod tests {
         assert_eq!(p.claim(r).unwrap(), 10);
         assert_eq!(p.claim(r).unwrap(), 11);
         p.release(10);
-        assert_eq!(p.claim(r).unwrap(), 12, "a released value is not reused at once");
+        assert_eq!(
+            p.claim(r).unwrap(),
+            12,
+            "a released value is not reused at once"
+        );
         assert_eq!(p.claim(r).unwrap(), 10, "wraps around");
         assert!(matches!(p.claim(r), Err(PoolError::Exhausted { .. })));
     }
@@ -250,7 +289,12 @@ mod tests {
         a.claim(prefix, AddressShape::Pair, &excluded, &[]).unwrap();
         a.claim(prefix, AddressShape::Pair, &excluded, &[]).unwrap();
         assert!(a.claim(prefix, AddressShape::Pair, &excluded, &[]).is_err());
-        a.mark(prefix, AddressShape::Pair, "172.16.0.5".parse().unwrap(), false);
+        a.mark(
+            prefix,
+            AddressShape::Pair,
+            "172.16.0.5".parse().unwrap(),
+            false,
+        );
         let got = a.claim(prefix, AddressShape::Pair, &excluded, &[]).unwrap();
         assert_eq!(got[0].to_string(), "172.16.0.4/31");
     }

@@ -30,8 +30,12 @@ pub fn expand_template(value: &str, client: &Labels) -> Option<String> {
 /// Whether every `key=value` of `selector` (templates expanded from `client`) is in `labels`.
 pub fn selector_matches(labels: Option<&Labels>, selector: &Labels, client: &Labels) -> bool {
     selector.iter().all(|(k, v)| {
-        let Some(want) = expand_template(v, client) else { return false };
-        labels.and_then(|l| l.get(k)).is_some_and(|have| *have == want)
+        let Some(want) = expand_template(v, client) else {
+            return false;
+        };
+        labels
+            .and_then(|l| l.get(k))
+            .is_some_and(|have| *have == want)
     })
 }
 
@@ -48,8 +52,11 @@ pub fn matching<'a>(
         let mut found: Vec<&NetworkServiceEndpoint> = Vec::new();
         for route in &m.routes {
             for nse in endpoints {
-                if selector_matches(nse.labels_for(&service.name), &route.destination_selector, client)
-                    && !found.iter().any(|f| f.name == nse.name)
+                if selector_matches(
+                    nse.labels_for(&service.name),
+                    &route.destination_selector,
+                    client,
+                ) && !found.iter().any(|f| f.name == nse.name)
                 {
                     found.push(nse);
                 }
@@ -70,7 +77,11 @@ pub fn matching<'a>(
 /// Orders candidates: fewest live connections first; among equals, rotate by `turn` so load
 /// spreads round-robin.
 pub fn order_by_load<T>(candidates: Vec<(T, u32)>, turn: usize) -> Vec<T> {
-    let mut c: Vec<(usize, T, u32)> = candidates.into_iter().enumerate().map(|(i, (t, l))| (i, t, l)).collect();
+    let mut c: Vec<(usize, T, u32)> = candidates
+        .into_iter()
+        .enumerate()
+        .map(|(i, (t, l))| (i, t, l))
+        .collect();
     let n = c.len().max(1);
     c.sort_by_key(|(i, _, load)| (*load, (i + n - turn % n) % n));
     c.into_iter().map(|(_, t, _)| t).collect()
@@ -83,7 +94,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn l(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn nse(name: &str, labels: Labels) -> NetworkServiceEndpoint {
@@ -93,7 +107,10 @@ mod tests {
             network_service_labels: [("svc".to_string(), labels)].into(),
             url: None,
             expires_at_ms: None,
-            location: EndpointLocation::Node { node: "n".into(), netns: None },
+            location: EndpointLocation::Node {
+                node: "n".into(),
+                netns: None,
+            },
             mechanisms: Capabilities::default(),
             capacity: None,
             ipam_prefix: None,
@@ -104,14 +121,23 @@ mod tests {
     }
 
     fn route(sel: Labels) -> Destination {
-        Destination { destination_selector: sel, weight: None }
+        Destination {
+            destination_selector: sel,
+            weight: None,
+        }
     }
 
     #[test]
     fn templates_expand_from_client_labels() {
         let c = l(&[("nodeName", "node-2"), ("podName", "p")]);
-        assert_eq!(expand_template("{{.nodeName}}", &c).as_deref(), Some("node-2"));
-        assert_eq!(expand_template("x-{{ .podName }}-y", &c).as_deref(), Some("x-p-y"));
+        assert_eq!(
+            expand_template("{{.nodeName}}", &c).as_deref(),
+            Some("node-2")
+        );
+        assert_eq!(
+            expand_template("x-{{ .podName }}-y", &c).as_deref(),
+            Some("x-p-y")
+        );
         assert_eq!(expand_template("{{.missing}}", &c), None);
     }
 
@@ -122,15 +148,25 @@ mod tests {
             name: "svc".into(),
             payload: Payload::Ethernet,
             matches: vec![
-                Match { source_selector: l(&[("app", "firewall")]), routes: vec![route(l(&[("app", "gateway")]))], ..Default::default() },
-                Match { routes: vec![route(l(&[("app", "firewall")]))], ..Default::default() },
+                Match {
+                    source_selector: l(&[("app", "firewall")]),
+                    routes: vec![route(l(&[("app", "gateway")]))],
+                    ..Default::default()
+                },
+                Match {
+                    routes: vec![route(l(&[("app", "firewall")]))],
+                    ..Default::default()
+                },
             ],
         };
         let fw = nse("fw", l(&[("app", "firewall")]));
         let gw = nse("gw", l(&[("app", "gateway")]));
         let all = [&fw, &gw];
         assert_eq!(matching(&svc, &l(&[("app", "sarah")]), &all)[0].name, "fw");
-        assert_eq!(matching(&svc, &l(&[("app", "firewall")]), &all)[0].name, "gw");
+        assert_eq!(
+            matching(&svc, &l(&[("app", "firewall")]), &all)[0].name,
+            "gw"
+        );
     }
 
     #[test]
@@ -139,15 +175,28 @@ mod tests {
             name: "svc".into(),
             payload: Payload::Ip,
             matches: vec![
-                Match { fallthrough: true, routes: vec![route(l(&[("nodeName", "{{.nodeName}}")]))], ..Default::default() },
-                Match { routes: vec![route(l(&[("app", "supplier")]))], ..Default::default() },
+                Match {
+                    fallthrough: true,
+                    routes: vec![route(l(&[("nodeName", "{{.nodeName}}")]))],
+                    ..Default::default()
+                },
+                Match {
+                    routes: vec![route(l(&[("app", "supplier")]))],
+                    ..Default::default()
+                },
             ],
         };
         let local = nse("local", l(&[("nodeName", "n1")]));
         let supplier = nse("supplier", l(&[("app", "supplier")]));
         let all = [&local, &supplier];
-        assert_eq!(matching(&svc, &l(&[("nodeName", "n1")]), &all)[0].name, "local");
-        assert_eq!(matching(&svc, &l(&[("nodeName", "n9")]), &all)[0].name, "supplier");
+        assert_eq!(
+            matching(&svc, &l(&[("nodeName", "n1")]), &all)[0].name,
+            "local"
+        );
+        assert_eq!(
+            matching(&svc, &l(&[("nodeName", "n9")]), &all)[0].name,
+            "supplier"
+        );
         // Without fallthrough an empty set is final.
         let mut strict = svc.clone();
         strict.matches[0].fallthrough = false;
@@ -156,7 +205,11 @@ mod tests {
 
     #[test]
     fn no_matches_means_every_endpoint() {
-        let svc = NetworkService { name: "svc".into(), payload: Payload::Ip, matches: vec![] };
+        let svc = NetworkService {
+            name: "svc".into(),
+            payload: Payload::Ip,
+            matches: vec![],
+        };
         let a = nse("a", Labels::new());
         assert_eq!(matching(&svc, &Labels::new(), &[&a]).len(), 1);
     }
@@ -177,7 +230,9 @@ mod tests {
 
     #[test]
     fn equal_loads_rotate() {
-        let firsts: Vec<usize> = (0..3).map(|t| order_by_load(vec![(0, 1), (1, 1), (2, 1)], t)[0]).collect();
+        let firsts: Vec<usize> = (0..3)
+            .map(|t| order_by_load(vec![(0, 1), (1, 1), (2, 1)], t)[0])
+            .collect();
         assert_eq!(firsts, vec![0, 1, 2]);
     }
 }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use ipnet::IpNet;
 use meshwire_models::labels::format_labels;
 use meshwire_models::{
-    ClientRef, Connection, ConnectionRequest, ConnectionState, IpContext, NetworkService, NetworkServiceEndpoint, Object, ObjectKey, ObjectKind,
-    Payload, Route, Topology,
+    ClientRef, Connection, ConnectionRequest, ConnectionState, IpContext, NetworkService,
+    NetworkServiceEndpoint, Object, ObjectKey, ObjectKind, Payload, Route, Topology,
 };
 
 use crate::error::ControllerError;
@@ -28,7 +28,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { ipam_prefix: "172.16.0.0/16".parse().expect("valid prefix"), min_mtu: 1280 }
+        Config {
+            ipam_prefix: "172.16.0.0/16".parse().expect("valid prefix"),
+            min_mtu: 1280,
+        }
     }
 }
 
@@ -79,7 +82,10 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config) -> Self {
-        State { config, ..Default::default() }
+        State {
+            config,
+            ..Default::default()
+        }
     }
 
     // ---- registry and topology ------------------------------------------------------------
@@ -102,9 +108,18 @@ impl State {
                 let old = self.endpoints.get(&e.name).map(|o| o.nse == e && !o.down);
                 self.unindex(&e.name);
                 for svc in &e.network_service_names {
-                    self.by_service.entry(svc.clone()).or_default().push(e.name.clone());
+                    self.by_service
+                        .entry(svc.clone())
+                        .or_default()
+                        .push(e.name.clone());
                 }
-                self.endpoints.insert(e.name.clone(), EndpointEntry { nse: e, down: false });
+                self.endpoints.insert(
+                    e.name.clone(),
+                    EndpointEntry {
+                        nse: e,
+                        down: false,
+                    },
+                );
                 change(old)
             }
             Object::Node(n) => {
@@ -145,24 +160,48 @@ impl State {
     /// Removes an object. A service, node or device still used by live connections is refused;
     /// removing an endpoint or link leaves its connections for the reconcile loop to heal.
     pub fn remove(&mut self, key: &ObjectKey) -> Result<Object, ControllerError> {
-        let not_found = || ControllerError::NotFound { key: key.to_string() };
+        let not_found = || ControllerError::NotFound {
+            key: key.to_string(),
+        };
         let in_use = |conns: Vec<&Connection>| -> Result<(), ControllerError> {
             match conns.first() {
                 None => Ok(()),
-                Some(c) => Err(ControllerError::InUse { object: key.to_string(), count: conns.len(), first: c.id.clone() }),
+                Some(c) => Err(ControllerError::InUse {
+                    object: key.to_string(),
+                    count: conns.len(),
+                    first: c.id.clone(),
+                }),
             }
         };
         match key.kind {
             ObjectKind::NetworkService => {
-                in_use(self.connections.values().filter(|c| c.network_service == key.name).collect())?;
-                self.services.remove(&key.name).map(Object::NetworkService).ok_or_else(not_found)
+                in_use(
+                    self.connections
+                        .values()
+                        .filter(|c| c.network_service == key.name)
+                        .collect(),
+                )?;
+                self.services
+                    .remove(&key.name)
+                    .map(Object::NetworkService)
+                    .ok_or_else(not_found)
             }
             ObjectKind::NetworkServiceEndpoint => {
                 self.unindex(&key.name);
-                self.endpoints.remove(&key.name).map(|e| Object::NetworkServiceEndpoint(e.nse)).ok_or_else(not_found)
+                self.endpoints
+                    .remove(&key.name)
+                    .map(|e| Object::NetworkServiceEndpoint(e.nse))
+                    .ok_or_else(not_found)
             }
             ObjectKind::Node | ObjectKind::Device => {
-                in_use(self.connections.values().filter(|c| c.client.node == key.name || c.path.iter().any(|s| s.name == key.name)).collect())?;
+                in_use(
+                    self.connections
+                        .values()
+                        .filter(|c| {
+                            c.client.node == key.name || c.path.iter().any(|s| s.name == key.name)
+                        })
+                        .collect(),
+                )?;
                 self.graph_dirty = true;
                 let removed = if key.kind == ObjectKind::Node {
                     self.topology.nodes.remove(&key.name).map(Object::Node)
@@ -173,7 +212,11 @@ impl State {
             }
             ObjectKind::Link => {
                 self.graph_dirty = true;
-                self.topology.links.remove(&key.name).map(Object::Link).ok_or_else(not_found)
+                self.topology
+                    .links
+                    .remove(&key.name)
+                    .map(Object::Link)
+                    .ok_or_else(not_found)
             }
         }
     }
@@ -214,8 +257,12 @@ impl State {
 
     /// Endpoints whose registration lapsed at `now`.
     pub fn expired_endpoints(&self, now_ms: u64) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.endpoints.values().filter(|e| e.nse.expires_at_ms.is_some_and(|t| t <= now_ms)).map(|e| e.nse.name.clone()).collect();
+        let mut v: Vec<String> = self
+            .endpoints
+            .values()
+            .filter(|e| e.nse.expires_at_ms.is_some_and(|t| t <= now_ms))
+            .map(|e| e.nse.name.clone())
+            .collect();
         v.sort();
         v
     }
@@ -248,29 +295,56 @@ impl State {
     /// Selects an endpoint, computes the path, negotiates the mechanism and claims its numbers
     /// and addresses. The connection is returned in state `requested`, not yet recorded: pass it
     /// to [`commit`](Self::commit), or to [`unclaim`](Self::unclaim) to give its claims back.
-    pub fn plan(&mut self, req: &ConnectionRequest, id: &str, now_ms: u64, avoid: &Avoid, interface: Option<&str>) -> Result<Connection, ControllerError> {
+    pub fn plan(
+        &mut self,
+        req: &ConnectionRequest,
+        id: &str,
+        now_ms: u64,
+        avoid: &Avoid,
+        interface: Option<&str>,
+    ) -> Result<Connection, ControllerError> {
         let service_name = &req.network_service;
-        let service = self.services.get(service_name).ok_or_else(|| ControllerError::UnknownService { service: service_name.clone() })?;
+        let service =
+            self.services
+                .get(service_name)
+                .ok_or_else(|| ControllerError::UnknownService {
+                    service: service_name.clone(),
+                })?;
         if !self.topology.nodes.contains_key(&req.client.node) {
-            return Err(ControllerError::UnknownNode { node: req.client.node.clone() });
+            return Err(ControllerError::UnknownNode {
+                node: req.client.node.clone(),
+            });
         }
         if self.graph_dirty {
             self.graph = Graph::build(&self.topology);
             self.graph_dirty = false;
         }
-        let names = self.by_service.get(service_name).map(Vec::as_slice).unwrap_or(&[]);
+        let names = self
+            .by_service
+            .get(service_name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let live: Vec<&NetworkServiceEndpoint> = names
             .iter()
             .filter_map(|n| self.endpoints.get(n))
-            .filter(|e| !e.down && !e.nse.expires_at_ms.is_some_and(|t| t <= now_ms) && !avoid.endpoints.contains(&e.nse.name))
+            .filter(|e| {
+                !e.down
+                    && !e.nse.expires_at_ms.is_some_and(|t| t <= now_ms)
+                    && !avoid.endpoints.contains(&e.nse.name)
+            })
             .map(|e| &e.nse)
             .collect();
         if live.is_empty() {
-            return Err(ControllerError::NoEndpoint { service: service_name.clone() });
+            return Err(ControllerError::NoEndpoint {
+                service: service_name.clone(),
+            });
         }
         let matched = matching(service, &req.labels, &live);
         if matched.is_empty() {
-            return Err(ControllerError::NoMatchingEndpoint { service: service_name.clone(), labels: format_labels(&req.labels) });
+            return Err(ControllerError::NoMatchingEndpoint {
+                service: service_name.clone(),
+                labels: format_labels(&req.labels),
+            });
         }
         let with_room: Vec<(&NetworkServiceEndpoint, u32)> = matched
             .iter()
@@ -278,7 +352,10 @@ impl State {
             .filter(|(e, load)| e.capacity.is_none_or(|cap| *load < cap))
             .collect();
         if with_room.is_empty() {
-            return Err(ControllerError::NoCapacity { service: service_name.clone(), count: matched.len() });
+            return Err(ControllerError::NoCapacity {
+                service: service_name.clone(),
+                count: matched.len(),
+            });
         }
         let turn = self.turns.entry(service_name.clone()).or_default();
         let ordered = order_by_load(with_room, *turn);
@@ -289,10 +366,19 @@ impl State {
             Some(i) => i.to_string(),
             None => {
                 let used = self.client_ifaces.get(&workload);
-                (1..).map(|n| format!("nsm-{n}")).find(|n| used.is_none_or(|u| !u.contains(n))).expect("unbounded")
+                (1..)
+                    .map(|n| format!("nsm-{n}"))
+                    .find(|n| used.is_none_or(|u| !u.contains(n)))
+                    .expect("unbounded")
             }
         };
-        let endpoint_interface = format!("nse-{}", id.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect::<String>());
+        let endpoint_interface = format!(
+            "nse-{}",
+            id.chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(8)
+                .collect::<String>()
+        );
         let payload = service.payload;
 
         let mut rejects: Vec<Reject> = Vec::new();
@@ -304,7 +390,11 @@ impl State {
                 endpoint: nse,
                 preferences: &req.mechanisms,
                 client_interface: &client_interface,
-                endpoint_interface: nse.interface.as_deref().filter(|_| payload == Payload::Ethernet).unwrap_or(&endpoint_interface),
+                endpoint_interface: nse
+                    .interface
+                    .as_deref()
+                    .filter(|_| payload == Payload::Ethernet)
+                    .unwrap_or(&endpoint_interface),
                 connection_id: id,
                 min_mtu: self.config.min_mtu,
                 avoid_links: &avoid.links,
@@ -318,7 +408,13 @@ impl State {
                 }
             };
             let prefix = nse.ipam_prefix.unwrap_or(self.config.ipam_prefix);
-            let ip = match address(&mut self.addresses, prefix, payload, nse, &req.excluded_prefixes) {
+            let ip = match address(
+                &mut self.addresses,
+                prefix,
+                payload,
+                nse,
+                &req.excluded_prefixes,
+            ) {
                 Ok(ip) => ip,
                 Err(e) => {
                     for h in &wiring.hops {
@@ -333,7 +429,10 @@ impl State {
                 network_service: service_name.clone(),
                 network_service_endpoint_name: nse.name.clone(),
                 payload,
-                client: ClientRef { node: req.client.node.clone(), name: req.client.name.clone() },
+                client: ClientRef {
+                    node: req.client.node.clone(),
+                    name: req.client.name.clone(),
+                },
                 labels: req.labels.clone(),
                 interface: client_interface,
                 preferences: req.mechanisms.clone(),
@@ -354,8 +453,14 @@ impl State {
 
     /// Records a planned (or restored) connection, counting it against its endpoint.
     pub fn commit(&mut self, conn: Connection) {
-        *self.load.entry(conn.network_service_endpoint_name.clone()).or_default() += 1;
-        self.client_ifaces.entry(conn.client.workload().to_string()).or_default().insert(conn.interface.clone());
+        *self
+            .load
+            .entry(conn.network_service_endpoint_name.clone())
+            .or_default() += 1;
+        self.client_ifaces
+            .entry(conn.client.workload().to_string())
+            .or_default()
+            .insert(conn.interface.clone());
         if let Some(old) = self.connections.insert(conn.id.clone(), conn) {
             self.forget(&old);
         }
@@ -385,7 +490,11 @@ impl State {
         }
         let w = c.client.workload();
         if let Some(set) = self.client_ifaces.get_mut(w) {
-            if !self.connections.values().any(|o| o.client.workload() == w && o.interface == c.interface) {
+            if !self
+                .connections
+                .values()
+                .any(|o| o.client.workload() == w && o.interface == c.interface)
+            {
                 set.remove(&c.interface);
             }
             if set.is_empty() {
@@ -418,7 +527,11 @@ impl State {
 
     fn mark_addresses(&mut self, c: &Connection, used: bool) {
         let Some(prefix) = c.address_pool else { return };
-        let shape = if c.payload == Payload::Ip { AddressShape::Pair } else { AddressShape::Host };
+        let shape = if c.payload == Payload::Ip {
+            AddressShape::Pair
+        } else {
+            AddressShape::Host
+        };
         if let Some(a) = c.ip_context.src_ip_addrs.first() {
             self.addresses.mark(prefix, shape, a.addr(), used);
         }
@@ -426,7 +539,13 @@ impl State {
 }
 
 /// Addresses and routes for a connection to `nse`.
-fn address(pools: &mut AddressPools, prefix: IpNet, payload: Payload, nse: &NetworkServiceEndpoint, excluded: &[IpNet]) -> Result<IpContext, PoolError> {
+fn address(
+    pools: &mut AddressPools,
+    prefix: IpNet,
+    payload: Payload,
+    nse: &NetworkServiceEndpoint,
+    excluded: &[IpNet],
+) -> Result<IpContext, PoolError> {
     let (client, endpoint) = match payload {
         Payload::Ip => {
             let pair = pools.claim(prefix, AddressShape::Pair, excluded, &[])?;
@@ -441,7 +560,14 @@ fn address(pools: &mut AddressPools, prefix: IpNet, payload: Payload, nse: &Netw
     Ok(IpContext {
         src_ip_addrs: vec![client],
         dst_ip_addrs: vec![endpoint],
-        src_routes: nse.routes.iter().map(|p| Route { prefix: *p, next_hop: Some(endpoint.addr()) }).collect(),
+        src_routes: nse
+            .routes
+            .iter()
+            .map(|p| Route {
+                prefix: *p,
+                next_hop: Some(endpoint.addr()),
+            })
+            .collect(),
         dst_routes: vec![],
         excluded_prefixes: excluded.to_vec(),
     })
@@ -449,14 +575,27 @@ fn address(pools: &mut AddressPools, prefix: IpNet, payload: Payload, nse: &Netw
 
 /// One error for all the endpoints that were refused: the specific kind when they agree.
 fn classify(service: &str, rejects: Vec<Reject>) -> ControllerError {
-    let detail = rejects.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
+    let detail = rejects
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
     if !rejects.is_empty() && rejects.iter().all(|r| matches!(r, Reject::NoPath(_))) {
-        return ControllerError::NoPath { service: service.to_string(), detail };
+        return ControllerError::NoPath {
+            service: service.to_string(),
+            detail,
+        };
     }
     if let Some(Reject::Pool(e)) = rejects.iter().find(|r| matches!(r, Reject::Pool(_))) {
         if rejects.iter().all(|r| matches!(r, Reject::Pool(_))) {
-            return ControllerError::PoolExhausted { service: service.to_string(), source: e.clone() };
+            return ControllerError::PoolExhausted {
+                service: service.to_string(),
+                source: e.clone(),
+            };
         }
     }
-    ControllerError::NoCapableEndpoint { service: service.to_string(), detail }
+    ControllerError::NoCapableEndpoint {
+        service: service.to_string(),
+        detail,
+    }
 }

@@ -6,8 +6,13 @@ use std::sync::Arc;
 
 use meshwire_controller::driver::Health;
 use meshwire_controller::store::{memory::MemoryStore, redb_store::RedbStore, Store};
-use meshwire_controller::{Config, ConnectionFilter, Controller, ControllerError, ManualClock, RecordingDriver};
-use meshwire_models::{ClientRef, ConnectionRequest, ConnectionState, Manifest, Mechanism, MechanismKind, ObjectKey, ObjectKind};
+use meshwire_controller::{
+    Config, ConnectionFilter, Controller, ControllerError, ManualClock, RecordingDriver,
+};
+use meshwire_models::{
+    ClientRef, ConnectionRequest, ConnectionState, Manifest, Mechanism, MechanismKind, ObjectKey,
+    ObjectKind,
+};
 
 const TOPOLOGY: &str = r#"
 apiVersion: meshwire.io/v1
@@ -62,11 +67,25 @@ struct Harness {
 async fn harness_on(store: Arc<dyn Store>, docs: &[String]) -> Harness {
     let driver = Arc::new(RecordingDriver::new());
     let clock = ManualClock::new(1_000_000);
-    let ctl = Controller::start(store.clone(), driver.clone(), Arc::new(clock.clone()), Config::default()).await.unwrap();
+    let ctl = Controller::start(
+        store.clone(),
+        driver.clone(),
+        Arc::new(clock.clone()),
+        Config::default(),
+    )
+    .await
+    .unwrap();
     for d in docs {
-        ctl.apply(Manifest::parse("t.yaml", d).unwrap()).await.unwrap();
+        ctl.apply(Manifest::parse("t.yaml", d).unwrap())
+            .await
+            .unwrap();
     }
-    Harness { ctl, driver, clock, store }
+    Harness {
+        ctl,
+        driver,
+        clock,
+        store,
+    }
 }
 
 async fn harness(docs: &[String]) -> Harness {
@@ -76,7 +95,10 @@ async fn harness(docs: &[String]) -> Harness {
 fn req(node: &str, mechanisms: &[MechanismKind]) -> ConnectionRequest {
     ConnectionRequest {
         network_service: "vpn".into(),
-        client: ClientRef { node: node.into(), name: None },
+        client: ClientRef {
+            node: node.into(),
+            name: None,
+        },
         labels: [("app".to_string(), "sarah".to_string())].into(),
         mechanisms: mechanisms.to_vec(),
         interface: None,
@@ -89,10 +111,15 @@ async fn nb_same_node_gets_kernel_veth_with_addresses_and_routes() {
     let h = harness(&[TOPOLOGY.into(), endpoint("e1", "n1", "")]).await;
     let c = h.ctl.request(req("n1", &[])).await.unwrap();
     assert_eq!(c.state, ConnectionState::Up);
-    assert!(matches!(c.mechanism(), Some(Mechanism::Kernel { interface, .. }) if interface == "nsm-1"));
+    assert!(
+        matches!(c.mechanism(), Some(Mechanism::Kernel { interface, .. }) if interface == "nsm-1")
+    );
     assert_eq!(c.ip_context.src_ip_addrs[0].to_string(), "172.16.0.1/31");
     assert_eq!(c.ip_context.dst_ip_addrs[0].to_string(), "172.16.0.0/31");
-    assert_eq!(c.ip_context.src_routes[0].prefix.to_string(), "10.60.0.0/16");
+    assert_eq!(
+        c.ip_context.src_routes[0].prefix.to_string(),
+        "10.60.0.0/16"
+    );
     assert_eq!(h.driver.installed().len(), 1);
     // A second connection of the same client gets its own interface and addresses.
     let c2 = h.ctl.request(req("n1", &[])).await.unwrap();
@@ -102,41 +129,117 @@ async fn nb_same_node_gets_kernel_veth_with_addresses_and_routes() {
 
 #[tokio::test]
 async fn nb_seed_example_client_speaks_vxlan_service_offers_vxlan_and_gre() {
-    let h = harness(&[TOPOLOGY.into(), endpoint("e2", "n2", "  mechanisms: {vxlan: {vniRange: {start: 5000, end: 5001}}, gre: {}}\n")]).await;
-    let c = h.ctl.request(req("n1", &[MechanismKind::Vxlan])).await.unwrap();
+    let h = harness(&[
+        TOPOLOGY.into(),
+        endpoint(
+            "e2",
+            "n2",
+            "  mechanisms: {vxlan: {vniRange: {start: 5000, end: 5001}}, gre: {}}\n",
+        ),
+    ])
+    .await;
+    let c = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Vxlan]))
+        .await
+        .unwrap();
     match c.mechanism().unwrap() {
-        Mechanism::Vxlan { vni, src_ip, dst_ip, port } => {
-            assert_eq!((*vni, src_ip.to_string(), dst_ip.to_string(), *port), (5000, "192.0.2.1".into(), "192.0.2.2".into(), 4789));
+        Mechanism::Vxlan {
+            vni,
+            src_ip,
+            dst_ip,
+            port,
+        } => {
+            assert_eq!(
+                (*vni, src_ip.to_string(), dst_ip.to_string(), *port),
+                (5000, "192.0.2.1".into(), "192.0.2.2".into(), 4789)
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(c.path.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["n1", "n2"]);
+    assert_eq!(
+        c.path.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        vec!["n1", "n2"]
+    );
     // GRE preferred and offered: GRE.
-    let c = h.ctl.request(req("n1", &[MechanismKind::Gre, MechanismKind::Vxlan])).await.unwrap();
+    let c = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Gre, MechanismKind::Vxlan]))
+        .await
+        .unwrap();
     assert!(matches!(c.mechanism(), Some(Mechanism::Gre { .. })));
     // The VNI range holds two; a third VXLAN-only request finds the pool exhausted, with a clear message.
-    h.ctl.request(req("n1", &[MechanismKind::Vxlan])).await.unwrap();
-    let err = h.ctl.request(req("n1", &[MechanismKind::Vxlan])).await.unwrap_err();
-    assert!(matches!(err, ControllerError::PoolExhausted { .. }), "{err}");
-    assert!(err.to_string().contains("vxlan vni pool exhausted: every value in 5000..5001 is in use"), "{err}");
+    h.ctl
+        .request(req("n1", &[MechanismKind::Vxlan]))
+        .await
+        .unwrap();
+    let err = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Vxlan]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ControllerError::PoolExhausted { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("vxlan vni pool exhausted: every value in 5000..5001 is in use"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn nb_mpls_needs_every_hop_and_vxlan_does_not() {
     // n3 (kernel forwarder) cannot do MPLS; the direct n1-n2 link is the only MPLS path.
-    let h = harness(&[TOPOLOGY.into(), endpoint("e2", "n2", "  mechanisms: {mpls: {}, vxlan: {}}\n")]).await;
-    let c = h.ctl.request(req("n1", &[MechanismKind::Mpls])).await.unwrap();
+    let h = harness(&[
+        TOPOLOGY.into(),
+        endpoint("e2", "n2", "  mechanisms: {mpls: {}, vxlan: {}}\n"),
+    ])
+    .await;
+    let c = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Mpls]))
+        .await
+        .unwrap();
     assert_eq!(c.hops.len(), 1);
-    let Some(Mechanism::Mpls { label_out, label_in }) = c.mechanism() else { panic!() };
+    let Some(Mechanism::Mpls {
+        label_out,
+        label_in,
+    }) = c.mechanism()
+    else {
+        panic!()
+    };
     assert_ne!(label_out, label_in);
     // Take the direct link down: MPLS has no path left, VXLAN goes around via n3.
-    let down = TOPOLOGY.split("---").find(|d| d.contains("name: n1-n2")).unwrap().replace("cost: 10}", "cost: 10, up: false}");
-    h.ctl.apply(Manifest::parse("t.yaml", &down).unwrap()).await.unwrap();
-    let err = h.ctl.request(req("n1", &[MechanismKind::Mpls])).await.unwrap_err();
+    let down = TOPOLOGY
+        .split("---")
+        .find(|d| d.contains("name: n1-n2"))
+        .unwrap()
+        .replace("cost: 10}", "cost: 10, up: false}");
+    h.ctl
+        .apply(Manifest::parse("t.yaml", &down).unwrap())
+        .await
+        .unwrap();
+    let err = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Mpls]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ControllerError::NoPath { .. }), "{err}");
-    assert!(err.to_string().contains("where every hop supports mpls"), "{err}");
-    let c = h.ctl.request(req("n1", &[MechanismKind::Vxlan])).await.unwrap();
-    assert_eq!(c.path.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["n1", "n3", "n2"]);
+    assert!(
+        err.to_string().contains("where every hop supports mpls"),
+        "{err}"
+    );
+    let c = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Vxlan]))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.path.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        vec!["n1", "n3", "n2"]
+    );
 }
 
 #[tokio::test]
@@ -144,37 +247,89 @@ async fn nb_errors_are_specific_and_leak_nothing() {
     let h = harness(&[TOPOLOGY.into(), endpoint("e3", "n3", "  capacity: 1\n")]).await;
     let mut unknown = req("n1", &[]);
     unknown.network_service = "nope".into();
-    assert!(matches!(h.ctl.request(unknown).await, Err(ControllerError::UnknownService { .. })));
-    assert!(matches!(h.ctl.request(req("ghost", &[])).await, Err(ControllerError::UnknownNode { .. })));
+    assert!(matches!(
+        h.ctl.request(unknown).await,
+        Err(ControllerError::UnknownService { .. })
+    ));
+    assert!(matches!(
+        h.ctl.request(req("ghost", &[])).await,
+        Err(ControllerError::UnknownNode { .. })
+    ));
     // GRE on a kernel-forwarder endpoint node: no capable endpoint, with the reason.
-    let err = h.ctl.request(req("n1", &[MechanismKind::Gre])).await.unwrap_err();
-    assert!(matches!(err, ControllerError::NoCapableEndpoint { .. }), "{err}");
+    let err = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Gre]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ControllerError::NoCapableEndpoint { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("gre: n3 cannot wire it"), "{err}");
     // The driver refuses: the request fails and nothing stays claimed or stored.
     h.driver.fail_endpoint("e3", true);
     let err = h.ctl.request(req("n1", &[])).await.unwrap_err();
     assert!(matches!(err, ControllerError::Driver { .. }), "{err}");
-    assert!(h.ctl.pool_usage().values().all(|v| *v == 0), "{:?}", h.ctl.pool_usage());
+    assert!(
+        h.ctl.pool_usage().values().all(|v| *v == 0),
+        "{:?}",
+        h.ctl.pool_usage()
+    );
     assert_eq!(h.ctl.connection_count(), 0);
-    assert!(h.store.list("/meshwire/v1/connections/").await.unwrap().0.is_empty());
-    assert_eq!(h.driver.log().iter().filter(|l| l.starts_with("remove")).count(), 1, "partial wiring undone");
+    assert!(h
+        .store
+        .list("/meshwire/v1/connections/")
+        .await
+        .unwrap()
+        .0
+        .is_empty());
+    assert_eq!(
+        h.driver
+            .log()
+            .iter()
+            .filter(|l| l.starts_with("remove"))
+            .count(),
+        1,
+        "partial wiring undone"
+    );
     // Capacity 1: the second request is refused as full; closing frees it.
     h.driver.fail_endpoint("e3", false);
     let c = h.ctl.request(req("n1", &[])).await.unwrap();
-    assert!(matches!(h.ctl.request(req("n1", &[])).await, Err(ControllerError::NoCapacity { .. })));
+    assert!(matches!(
+        h.ctl.request(req("n1", &[])).await,
+        Err(ControllerError::NoCapacity { .. })
+    ));
     h.ctl.close(&c.id).await.unwrap();
     h.ctl.request(req("n1", &[])).await.unwrap();
     // A service in use cannot be deleted.
-    let err = h.ctl.delete(&[ObjectKey { kind: ObjectKind::NetworkService, name: "vpn".into() }]).await.unwrap_err();
+    let err = h
+        .ctl
+        .delete(&[ObjectKey {
+            kind: ObjectKind::NetworkService,
+            name: "vpn".into(),
+        }])
+        .await
+        .unwrap_err();
     assert!(matches!(err, ControllerError::InUse { .. }), "{err}");
 }
 
 #[tokio::test]
 async fn nb_least_loaded_then_round_robin() {
-    let h = harness(&[TOPOLOGY.into(), endpoint("a", "n2", ""), endpoint("b", "n2", "")]).await;
+    let h = harness(&[
+        TOPOLOGY.into(),
+        endpoint("a", "n2", ""),
+        endpoint("b", "n2", ""),
+    ])
+    .await;
     let mut picks = Vec::new();
     for _ in 0..4 {
-        picks.push(h.ctl.request(req("n1", &[])).await.unwrap().network_service_endpoint_name);
+        picks.push(
+            h.ctl
+                .request(req("n1", &[]))
+                .await
+                .unwrap()
+                .network_service_endpoint_name,
+        );
     }
     picks.sort();
     assert_eq!(picks, vec!["a", "a", "b", "b"]);
@@ -192,7 +347,10 @@ async fn dev_restart_restores_objects_connections_and_claims_exactly() {
         }
         let gone = h.ctl.request(req("n1", &[])).await.unwrap();
         h.ctl.close(&gone.id).await.unwrap();
-        (h.ctl.connections(&ConnectionFilter::default()), h.ctl.pool_usage())
+        (
+            h.ctl.connections(&ConnectionFilter::default()),
+            h.ctl.pool_usage(),
+        )
     };
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).unwrap());
     let h = harness_on(store, &[]).await;
@@ -202,61 +360,144 @@ async fn dev_restart_restores_objects_connections_and_claims_exactly() {
     assert_eq!(h.ctl.topology().links.len(), 3);
     // New claims do not collide with restored ones.
     let c = h.ctl.request(req("n1", &[])).await.unwrap();
-    let vni = |c: &meshwire_models::Connection| match c.mechanism() { Some(Mechanism::Vxlan { vni, .. }) => *vni, _ => 0 };
-    assert!(conns.iter().all(|o| vni(o) != vni(&c) && o.ip_context.src_ip_addrs != c.ip_context.src_ip_addrs));
+    let vni = |c: &meshwire_models::Connection| match c.mechanism() {
+        Some(Mechanism::Vxlan { vni, .. }) => *vni,
+        _ => 0,
+    };
+    assert!(conns
+        .iter()
+        .all(|o| vni(o) != vni(&c) && o.ip_context.src_ip_addrs != c.ip_context.src_ip_addrs));
 }
 
 #[tokio::test]
 async fn timer_reconcile_heals_repairs_expires_and_closes() {
-    let h = harness(&[TOPOLOGY.into(), endpoint("a", "n2", "  expiration_time: \"1970-01-01T00:20:00Z\"\n"), endpoint("b", "n2", "")]).await;
+    let h = harness(&[
+        TOPOLOGY.into(),
+        endpoint("a", "n2", "  expiration_time: \"1970-01-01T00:20:00Z\"\n"),
+        endpoint("b", "n2", ""),
+    ])
+    .await;
     let c = h.ctl.request(req("n1", &[])).await.unwrap();
     assert!(h.ctl.reconcile_once().await.unwrap().is_quiet());
     // Wiring vanished but both ends are there: repaired in place, same endpoint.
-    h.driver.break_connection(&c.id, Health::Missing { reason: "vxlan device gone".into() });
+    h.driver.break_connection(
+        &c.id,
+        Health::Missing {
+            reason: "vxlan device gone".into(),
+        },
+    );
     let r = h.ctl.reconcile_once().await.unwrap();
     assert_eq!(r.repaired, vec![c.id.clone()]);
-    assert_eq!(h.ctl.connection(&c.id).unwrap().network_service_endpoint_name, c.network_service_endpoint_name);
+    assert_eq!(
+        h.ctl
+            .connection(&c.id)
+            .unwrap()
+            .network_service_endpoint_name,
+        c.network_service_endpoint_name
+    );
     // The endpoint is lost: healed onto the other one, same id and interface, next generation.
-    h.driver.break_connection(&c.id, Health::EndpointLost { reason: "netns gone".into() });
+    h.driver.break_connection(
+        &c.id,
+        Health::EndpointLost {
+            reason: "netns gone".into(),
+        },
+    );
     let r = h.ctl.reconcile_once().await.unwrap();
     assert_eq!(r.healed, vec![c.id.clone()]);
     let healed = h.ctl.connection(&c.id).unwrap();
-    assert_ne!(healed.network_service_endpoint_name, c.network_service_endpoint_name);
-    assert_eq!((healed.interface.as_str(), healed.generation, healed.state), ("nsm-1", 1, ConnectionState::Up));
+    assert_ne!(
+        healed.network_service_endpoint_name,
+        c.network_service_endpoint_name
+    );
+    assert_eq!(
+        (healed.interface.as_str(), healed.generation, healed.state),
+        ("nsm-1", 1, ConnectionState::Up)
+    );
     // Endpoint "a" expires (00:20:00 = 1,200,000 ms); a connection on it heals to "b".
-    let on_b = h.ctl.connections(&ConnectionFilter { endpoint: Some("b".into()), ..Default::default() }).len();
+    let on_b = h
+        .ctl
+        .connections(&ConnectionFilter {
+            endpoint: Some("b".into()),
+            ..Default::default()
+        })
+        .len();
     h.clock.advance(300_000);
     let r = h.ctl.reconcile_once().await.unwrap();
     assert_eq!(r.expired, vec!["a".to_string()]);
     assert!(h.ctl.endpoints().iter().all(|e| e.endpoint.name == "b"));
-    assert_eq!(h.ctl.connections(&ConnectionFilter { endpoint: Some("b".into()), ..Default::default() }).len(), on_b.max(1));
+    assert_eq!(
+        h.ctl
+            .connections(&ConnectionFilter {
+                endpoint: Some("b".into()),
+                ..Default::default()
+            })
+            .len(),
+        on_b.max(1)
+    );
     // With no endpoint left the connection waits in healing, keeping its claims.
-    h.ctl.delete(&[ObjectKey { kind: ObjectKind::NetworkServiceEndpoint, name: "b".into() }]).await.unwrap();
+    h.ctl
+        .delete(&[ObjectKey {
+            kind: ObjectKind::NetworkServiceEndpoint,
+            name: "b".into(),
+        }])
+        .await
+        .unwrap();
     let r = h.ctl.reconcile_once().await.unwrap();
     assert_eq!(r.still_healing, vec![c.id.clone()]);
     let waiting = h.ctl.connection(&c.id).unwrap();
     assert_eq!(waiting.state, ConnectionState::Healing);
-    assert!(waiting.last_error.unwrap().contains("no endpoint offers network service"));
+    assert!(waiting
+        .last_error
+        .unwrap()
+        .contains("no endpoint offers network service"));
     assert!(h.ctl.pool_usage()["vxlan-vni"] == 1);
     // The endpoint comes back: the connection still holds it, so it is re-applied in place.
-    h.ctl.apply(Manifest::parse("t.yaml", &endpoint("b", "n2", "")).unwrap()).await.unwrap();
-    assert_eq!(h.ctl.reconcile_once().await.unwrap().repaired, vec![c.id.clone()]);
+    h.ctl
+        .apply(Manifest::parse("t.yaml", &endpoint("b", "n2", "")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        h.ctl.reconcile_once().await.unwrap().repaired,
+        vec![c.id.clone()]
+    );
     assert_eq!(h.ctl.connection(&c.id).unwrap().state, ConnectionState::Up);
     // The client disappears: closed and released.
-    h.driver.break_connection(&c.id, Health::ClientGone { reason: "netns gone".into() });
-    assert_eq!(h.ctl.reconcile_once().await.unwrap().closed, vec![c.id.clone()]);
+    h.driver.break_connection(
+        &c.id,
+        Health::ClientGone {
+            reason: "netns gone".into(),
+        },
+    );
+    assert_eq!(
+        h.ctl.reconcile_once().await.unwrap().closed,
+        vec![c.id.clone()]
+    );
     assert!(h.ctl.pool_usage().values().all(|v| *v == 0));
 }
 
 #[tokio::test]
 async fn timer_link_down_reroutes_connection() {
     let h = harness(&[TOPOLOGY.into(), endpoint("e2", "n2", "")]).await;
-    let c = h.ctl.request(req("n1", &[MechanismKind::Vxlan])).await.unwrap();
+    let c = h
+        .ctl
+        .request(req("n1", &[MechanismKind::Vxlan]))
+        .await
+        .unwrap();
     assert_eq!(c.path.len(), 2);
-    let down = TOPOLOGY.split("---").find(|d| d.contains("name: n1-n2")).unwrap().replace("cost: 10}", "cost: 10, up: false}");
-    h.ctl.apply(Manifest::parse("t.yaml", &down).unwrap()).await.unwrap();
+    let down = TOPOLOGY
+        .split("---")
+        .find(|d| d.contains("name: n1-n2"))
+        .unwrap()
+        .replace("cost: 10}", "cost: 10, up: false}");
+    h.ctl
+        .apply(Manifest::parse("t.yaml", &down).unwrap())
+        .await
+        .unwrap();
     let r = h.ctl.reconcile_once().await.unwrap();
     assert_eq!(r.healed, vec![c.id.clone()]);
     let now = h.ctl.connection(&c.id).unwrap();
-    assert_eq!(now.path.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["n1", "n3", "n2"]);
+    assert_eq!(
+        now.path.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        vec!["n1", "n3", "n2"]
+    );
 }

@@ -217,7 +217,11 @@ impl Connection {
     /// Moves to `next` if the state machine allows it.
     pub fn transition(&mut self, next: ConnectionState, now_ms: u64) -> Result<(), StateError> {
         if !self.state.can_become(next) {
-            return Err(StateError { id: self.id.clone(), from: self.state, to: next });
+            return Err(StateError {
+                id: self.id.clone(),
+                from: self.state,
+                to: next,
+            });
         }
         self.state = next;
         self.updated_at_ms = now_ms;

@@ -85,7 +85,10 @@ impl Object {
             Object::Link(o) => (ObjectKind::Link, &o.name),
             Object::Device(o) => (ObjectKind::Device, &o.name),
         };
-        ObjectKey { kind, name: name.clone() }
+        ObjectKey {
+            kind,
+            name: name.clone(),
+        }
     }
 }
 
@@ -124,7 +127,8 @@ impl Manifest {
                 field: field.to_string(),
                 rule,
             };
-            let value = Value::deserialize(doc).map_err(|e| err(None, "(document)", yaml_rule(&e)))?;
+            let value =
+                Value::deserialize(doc).map_err(|e| err(None, "(document)", yaml_rule(&e)))?;
             if value.is_null() {
                 continue; // an empty document, e.g. a leading `---`
             }
@@ -133,15 +137,31 @@ impl Manifest {
             if raw.kind.as_deref() == Some("List") {
                 for (j, item) in raw.items.into_iter().enumerate() {
                     let raw: RawDoc = serde_path_to_error::deserialize(item).map_err(|e| {
-                        err(None, &format!("items[{j}].{}", e.path()), yaml_rule(e.inner()))
+                        err(
+                            None,
+                            &format!("items[{j}].{}", e.path()),
+                            yaml_rule(e.inner()),
+                        )
                     })?;
-                    let ctx = Ctx { file, document, prefix: format!("items[{j}].") };
-                    manifest.objects.push(ctx.object(raw, &mut manifest.warnings)?);
+                    let ctx = Ctx {
+                        file,
+                        document,
+                        prefix: format!("items[{j}]."),
+                    };
+                    manifest
+                        .objects
+                        .push(ctx.object(raw, &mut manifest.warnings)?);
                 }
                 continue;
             }
-            let ctx = Ctx { file, document, prefix: String::new() };
-            manifest.objects.push(ctx.object(raw, &mut manifest.warnings)?);
+            let ctx = Ctx {
+                file,
+                document,
+                prefix: String::new(),
+            };
+            manifest
+                .objects
+                .push(ctx.object(raw, &mut manifest.warnings)?);
         }
         Ok(manifest)
     }
@@ -198,13 +218,21 @@ impl Ctx<'_> {
         let obj = Some(object.as_str());
         check_name(&name).map_err(|rule| self.err(obj, "metadata.name", rule))?;
         let spec = raw.spec.unwrap_or(Value::Null);
-        let spec = if spec.is_null() { Value::Mapping(Default::default()) } else { spec };
+        let spec = if spec.is_null() {
+            Value::Mapping(Default::default())
+        } else {
+            spec
+        };
 
         macro_rules! spec_as {
             ($t:ty) => {{
                 let s: $t = serde_path_to_error::deserialize(spec).map_err(|e| {
                     let path = e.path().to_string();
-                    let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+                    let field = if path == "." {
+                        "spec".to_string()
+                    } else {
+                        format!("spec.{path}")
+                    };
                     self.err(obj, &field, yaml_rule(e.inner()))
                 })?;
                 s
@@ -233,12 +261,17 @@ impl Ctx<'_> {
                             check_template(v).map_err(|rule| {
                                 self.err(
                                     obj,
-                                    &format!("spec.matches[{i}].routes[{j}].destination_selector.{k}"),
+                                    &format!(
+                                        "spec.matches[{i}].routes[{j}].destination_selector.{k}"
+                                    ),
                                     rule,
                                 )
                             })?;
                         }
-                        routes.push(Destination { destination_selector, weight: r.weight });
+                        routes.push(Destination {
+                            destination_selector,
+                            weight: r.weight,
+                        });
                     }
                     for (k, v) in &source_selector {
                         check_template(v).map_err(|rule| {
@@ -263,10 +296,16 @@ impl Ctx<'_> {
                 warn_extra(&s.extra, warnings);
                 let network_service_names = s.network_service_names.unwrap_or_default();
                 if network_service_names.is_empty() {
-                    return Err(self.err(obj, "spec.network_service_names", "required: the services this endpoint offers"));
+                    return Err(self.err(
+                        obj,
+                        "spec.network_service_names",
+                        "required: the services this endpoint offers",
+                    ));
                 }
                 for (i, svc) in network_service_names.iter().enumerate() {
-                    check_name(svc).map_err(|rule| self.err(obj, &format!("spec.network_service_names[{i}]"), rule))?;
+                    check_name(svc).map_err(|rule| {
+                        self.err(obj, &format!("spec.network_service_names[{i}]"), rule)
+                    })?;
                 }
                 let mut network_service_labels = BTreeMap::new();
                 for (svc, l) in s.network_service_labels.unwrap_or_default() {
@@ -281,7 +320,10 @@ impl Ctx<'_> {
                 }
                 let expires_at_ms = match s.expiration_time {
                     None => None,
-                    Some(t) => Some(parse_time_ms(&t).map_err(|rule| self.err(obj, "spec.expiration_time", rule))?),
+                    Some(t) => Some(
+                        parse_time_ms(&t)
+                            .map_err(|rule| self.err(obj, "spec.expiration_time", rule))?,
+                    ),
                 };
                 let location = match s.location {
                     Some(RawLocation { node: Some(node), device: None, netns }) => EndpointLocation::Node { node, netns },
@@ -301,28 +343,56 @@ impl Ctx<'_> {
                     },
                 };
                 let mechanisms = s.mechanisms.unwrap_or_default();
-                mechanisms
-                    .validate()
-                    .map_err(|(field, rule)| self.err(obj, &format!("spec.mechanisms.{field}"), rule))?;
+                mechanisms.validate().map_err(|(field, rule)| {
+                    self.err(obj, &format!("spec.mechanisms.{field}"), rule)
+                })?;
                 if mechanisms.kinds().is_empty() {
-                    return Err(self.err(obj, "spec.mechanisms", "offers no mechanism: give at least one"));
+                    return Err(self.err(
+                        obj,
+                        "spec.mechanisms",
+                        "offers no mechanism: give at least one",
+                    ));
                 }
                 if s.capacity == Some(0) {
-                    return Err(self.err(obj, "spec.capacity", "must be at least 1 (leave it out for unlimited)"));
+                    return Err(self.err(
+                        obj,
+                        "spec.capacity",
+                        "must be at least 1 (leave it out for unlimited)",
+                    ));
                 }
                 let ipam_prefix = match s.ipam_prefix {
                     None => None,
                     Some(p) => {
-                        let net: IpNet = p.parse().map_err(|_| self.err(obj, "spec.ipamPrefix", format!("{p:?} is not a prefix like 172.16.0.0/24")))?;
+                        let net: IpNet = p.parse().map_err(|_| {
+                            self.err(
+                                obj,
+                                "spec.ipamPrefix",
+                                format!("{p:?} is not a prefix like 172.16.0.0/24"),
+                            )
+                        })?;
                         if net.prefix_len() + 1 > net.max_prefix_len() {
-                            return Err(self.err(obj, "spec.ipamPrefix", "is too small to hold even one address pair"));
+                            return Err(self.err(
+                                obj,
+                                "spec.ipamPrefix",
+                                "is too small to hold even one address pair",
+                            ));
                         }
                         Some(net.trunc())
                     }
                 };
                 let mut routes = Vec::new();
                 for (i, r) in s.routes.unwrap_or_default().into_iter().enumerate() {
-                    routes.push(r.parse::<IpNet>().map_err(|_| self.err(obj, &format!("spec.routes[{i}]"), format!("{r:?} is not a prefix like 10.60.0.0/16")))?.trunc());
+                    routes.push(
+                        r.parse::<IpNet>()
+                            .map_err(|_| {
+                                self.err(
+                                    obj,
+                                    &format!("spec.routes[{i}]"),
+                                    format!("{r:?} is not a prefix like 10.60.0.0/16"),
+                                )
+                            })?
+                            .trunc(),
+                    );
                 }
                 if let Some(ifname) = &s.interface {
                     check_ifname(ifname).map_err(|rule| self.err(obj, "spec.interface", rule))?;
@@ -346,20 +416,46 @@ impl Ctx<'_> {
                 let s = spec_as!(RawNodeSpec);
                 let underlay_address = match s.underlay_address {
                     None => None,
-                    Some(a) => Some(a.parse::<IpAddr>().map_err(|_| self.err(obj, "spec.underlayAddress", format!("{a:?} is not an IP address")))?),
+                    Some(a) => Some(a.parse::<IpAddr>().map_err(|_| {
+                        self.err(
+                            obj,
+                            "spec.underlayAddress",
+                            format!("{a:?} is not an IP address"),
+                        )
+                    })?),
                 };
-                Object::Node(Node { name, forwarder: s.forwarder.unwrap_or_default(), underlay_address, netns: s.netns, labels: labels(meta.labels) })
+                Object::Node(Node {
+                    name,
+                    forwarder: s.forwarder.unwrap_or_default(),
+                    underlay_address,
+                    netns: s.netns,
+                    labels: labels(meta.labels),
+                })
             }
             ObjectKind::Device => {
                 let s = spec_as!(RawDeviceSpec);
-                let parse_ip = |field: &str, a: Option<String>| -> Result<Option<IpAddr>, ManifestError> {
-                    a.map(|a| a.parse::<IpAddr>().map_err(|_| self.err(obj, field, format!("{a:?} is not an IP address")))).transpose()
-                };
+                let parse_ip =
+                    |field: &str, a: Option<String>| -> Result<Option<IpAddr>, ManifestError> {
+                        a.map(|a| {
+                            a.parse::<IpAddr>().map_err(|_| {
+                                self.err(obj, field, format!("{a:?} is not an IP address"))
+                            })
+                        })
+                        .transpose()
+                    };
                 let mechanisms = s.mechanisms.unwrap_or_default();
-                mechanisms.validate().map_err(|(field, rule)| self.err(obj, &format!("spec.mechanisms.{field}"), rule))?;
+                mechanisms.validate().map_err(|(field, rule)| {
+                    self.err(obj, &format!("spec.mechanisms.{field}"), rule)
+                })?;
                 Object::Device(Device {
                     name,
-                    kind: s.kind.ok_or_else(|| self.err(obj, "spec.kind", "required: the device profile, e.g. meshwire-appliance"))?,
+                    kind: s.kind.ok_or_else(|| {
+                        self.err(
+                            obj,
+                            "spec.kind",
+                            "required: the device profile, e.g. meshwire-appliance",
+                        )
+                    })?,
                     address: parse_ip("spec.address", s.address)?,
                     underlay_address: parse_ip("spec.underlayAddress", s.underlay_address)?,
                     mechanisms,
@@ -370,23 +466,50 @@ impl Ctx<'_> {
                 let s = spec_as!(RawLinkSpec);
                 let ends = s.endpoints.unwrap_or_default();
                 if ends.len() != 2 {
-                    return Err(self.err(obj, "spec.endpoints", format!("needs exactly two ends like [\"a:eth1\", \"b:eth1\"], got {}", ends.len())));
+                    return Err(self.err(
+                        obj,
+                        "spec.endpoints",
+                        format!(
+                            "needs exactly two ends like [\"a:eth1\", \"b:eth1\"], got {}",
+                            ends.len()
+                        ),
+                    ));
                 }
                 let mut parsed = Vec::new();
                 for (i, e) in ends.iter().enumerate() {
-                    parsed.push(LinkEnd::parse(e).map_err(|rule| self.err(obj, &format!("spec.endpoints[{i}]"), rule))?);
+                    parsed
+                        .push(LinkEnd::parse(e).map_err(|rule| {
+                            self.err(obj, &format!("spec.endpoints[{i}]"), rule)
+                        })?);
                 }
                 let addrs = s.addresses.unwrap_or_default();
                 if !addrs.is_empty() && addrs.len() != 2 {
-                    return Err(self.err(obj, "spec.addresses", "give one address per end, in the order of endpoints"));
+                    return Err(self.err(
+                        obj,
+                        "spec.addresses",
+                        "give one address per end, in the order of endpoints",
+                    ));
                 }
                 for (i, a) in addrs.iter().enumerate() {
-                    parsed[i].address = Some(a.parse::<IpNet>().map_err(|_| self.err(obj, &format!("spec.addresses[{i}]"), format!("{a:?} is not an address with prefix like 10.0.0.1/24")))?);
+                    parsed[i].address = Some(a.parse::<IpNet>().map_err(|_| {
+                        self.err(
+                            obj,
+                            &format!("spec.addresses[{i}]"),
+                            format!("{a:?} is not an address with prefix like 10.0.0.1/24"),
+                        )
+                    })?);
                 }
                 let b = parsed.pop().expect("two ends");
                 let a = parsed.pop().expect("two ends");
                 if a.vertex == b.vertex {
-                    return Err(self.err(obj, "spec.endpoints", format!("both ends are on {}: a link joins two different nodes", a.vertex)));
+                    return Err(self.err(
+                        obj,
+                        "spec.endpoints",
+                        format!(
+                            "both ends are on {}: a link joins two different nodes",
+                            a.vertex
+                        ),
+                    ));
                 }
                 let mtu = s.mtu.unwrap_or_else(default_mtu);
                 if !(68..=65535).contains(&mtu) {
@@ -396,7 +519,14 @@ impl Ctx<'_> {
                 if cost == 0 {
                     return Err(self.err(obj, "spec.cost", "must be at least 1"));
                 }
-                Object::Link(Link { name, a, b, mtu, cost, up: s.up.unwrap_or(true) })
+                Object::Link(Link {
+                    name,
+                    a,
+                    b,
+                    mtu,
+                    cost,
+                    up: s.up.unwrap_or(true),
+                })
             }
         })
     }
@@ -408,11 +538,20 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 253 {
         return Err(format!("{name:?} must be 1 to 253 characters long"));
     }
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Err(format!("{name:?} must start with a letter or digit"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(format!("{name:?} contains {c:?}: use letters, digits, '-', '_' and '.'"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}: use letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }
@@ -420,10 +559,19 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// Linux interface names: 1 to 15 bytes, no `/`, `:` or whitespace.
 pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
-        return Err(format!("interface name {name:?} must be 1 to 15 characters long"));
+        return Err(format!(
+            "interface name {name:?} must be 1 to 15 characters long"
+        ));
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) || name == "." || name == ".." {
-        return Err(format!("interface name {name:?} may not contain '/', ':' or spaces"));
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        || name == "."
+        || name == ".."
+    {
+        return Err(format!(
+            "interface name {name:?} may not contain '/', ':' or spaces"
+        ));
     }
     Ok(())
 }
@@ -433,11 +581,19 @@ fn check_template(v: &str) -> Result<(), String> {
     let mut rest = v;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| format!("{v:?}: '{{{{' without '}}}}'"))?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("{v:?}: '{{{{' without '}}}}'"))?;
         let inner = after[..end].trim();
         let key = inner.strip_prefix('.').unwrap_or("");
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/' || c == '.') {
-            return Err(format!("{v:?}: template {{{{{inner}}}}} must name a client label like {{{{.app}}}}"));
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/' || c == '.')
+        {
+            return Err(format!(
+                "{v:?}: template {{{{{inner}}}}} must name a client label like {{{{.app}}}}"
+            ));
         }
         rest = &after[end + 2..];
     }
@@ -445,7 +601,8 @@ fn check_template(v: &str) -> Result<(), String> {
 }
 
 fn parse_time_ms(t: &str) -> Result<u64, String> {
-    let time = humantime::parse_rfc3339_weak(t).map_err(|e| format!("{t:?} is not an RFC 3339 time ({e})"))?;
+    let time = humantime::parse_rfc3339_weak(t)
+        .map_err(|e| format!("{t:?} is not an RFC 3339 time ({e})"))?;
     time.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .map_err(|_| format!("{t:?} is before 1970"))

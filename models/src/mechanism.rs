@@ -214,22 +214,31 @@ fn default_vlan_range() -> Range {
 
 impl Default for VxlanCap {
     fn default() -> Self {
-        VxlanCap { vni_range: limits::VNI, port: 4789 }
+        VxlanCap {
+            vni_range: limits::VNI,
+            port: 4789,
+        }
     }
 }
 impl Default for GreCap {
     fn default() -> Self {
-        GreCap { key_range: limits::GRE_KEY }
+        GreCap {
+            key_range: limits::GRE_KEY,
+        }
     }
 }
 impl Default for MplsCap {
     fn default() -> Self {
-        MplsCap { label_range: limits::MPLS_LABEL }
+        MplsCap {
+            label_range: limits::MPLS_LABEL,
+        }
     }
 }
 impl Default for VlanCap {
     fn default() -> Self {
-        VlanCap { id_range: limits::VLAN_ID }
+        VlanCap {
+            id_range: limits::VLAN_ID,
+        }
     }
 }
 
@@ -287,16 +296,35 @@ impl Capabilities {
     }
 
     pub fn kinds(&self) -> Vec<MechanismKind> {
-        MechanismKind::ALL.into_iter().filter(|k| self.supports(*k)).collect()
+        MechanismKind::ALL
+            .into_iter()
+            .filter(|k| self.supports(*k))
+            .collect()
     }
 
     /// Checks every range against the protocol limits; the error names the field.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let checks = [
-            ("vxlan.vniRange", self.vxlan.as_ref().map(|c| c.vni_range), limits::VNI),
-            ("gre.keyRange", self.gre.as_ref().map(|c| c.key_range), limits::GRE_KEY),
-            ("mpls.labelRange", self.mpls.as_ref().map(|c| c.label_range), limits::MPLS_LABEL),
-            ("vlan.idRange", self.vlan.as_ref().map(|c| c.id_range), limits::VLAN_ID),
+            (
+                "vxlan.vniRange",
+                self.vxlan.as_ref().map(|c| c.vni_range),
+                limits::VNI,
+            ),
+            (
+                "gre.keyRange",
+                self.gre.as_ref().map(|c| c.key_range),
+                limits::GRE_KEY,
+            ),
+            (
+                "mpls.labelRange",
+                self.mpls.as_ref().map(|c| c.label_range),
+                limits::MPLS_LABEL,
+            ),
+            (
+                "vlan.idRange",
+                self.vlan.as_ref().map(|c| c.id_range),
+                limits::VLAN_ID,
+            ),
         ];
         for (field, range, lim) in checks {
             if let Some(r) = range {
@@ -317,15 +345,36 @@ impl Capabilities {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Mechanism {
     /// A veth pair: `interface` in the client, `peer_interface` in the endpoint.
-    Kernel { interface: String, peer_interface: String },
-    Memif { socket: String },
-    Vxlan { vni: u32, src_ip: IpAddr, dst_ip: IpAddr, port: u16 },
-    Gre { key: u32, src_ip: IpAddr, dst_ip: IpAddr },
+    Kernel {
+        interface: String,
+        peer_interface: String,
+    },
+    Memif {
+        socket: String,
+    },
+    Vxlan {
+        vni: u32,
+        src_ip: IpAddr,
+        dst_ip: IpAddr,
+        port: u16,
+    },
+    Gre {
+        key: u32,
+        src_ip: IpAddr,
+        dst_ip: IpAddr,
+    },
     /// `label_out` is pushed towards the endpoint, `label_in` towards the client.
-    Mpls { label_out: u32, label_in: u32 },
-    Vlan { id: u32 },
+    Mpls {
+        label_out: u32,
+        label_in: u32,
+    },
+    Vlan {
+        id: u32,
+    },
     #[serde(rename = "sriov-vf")]
-    SriovVf { pci_address: String },
+    SriovVf {
+        pci_address: String,
+    },
 }
 
 impl Mechanism {
@@ -344,15 +393,30 @@ impl Mechanism {
     /// One line for tables: `vxlan vni=5001 10.0.0.1->10.0.0.2`.
     pub fn summary(&self) -> String {
         match self {
-            Mechanism::Kernel { interface, peer_interface } => {
+            Mechanism::Kernel {
+                interface,
+                peer_interface,
+            } => {
                 format!("kernel {interface}<->{peer_interface}")
             }
             Mechanism::Memif { socket } => format!("memif {socket}"),
-            Mechanism::Vxlan { vni, src_ip, dst_ip, .. } => {
+            Mechanism::Vxlan {
+                vni,
+                src_ip,
+                dst_ip,
+                ..
+            } => {
                 format!("vxlan vni={vni} {src_ip}->{dst_ip}")
             }
-            Mechanism::Gre { key, src_ip, dst_ip } => format!("gre key={key} {src_ip}->{dst_ip}"),
-            Mechanism::Mpls { label_out, label_in } => {
+            Mechanism::Gre {
+                key,
+                src_ip,
+                dst_ip,
+            } => format!("gre key={key} {src_ip}->{dst_ip}"),
+            Mechanism::Mpls {
+                label_out,
+                label_in,
+            } => {
                 format!("mpls out={label_out} in={label_in}")
             }
             Mechanism::Vlan { id } => format!("vlan {id}"),

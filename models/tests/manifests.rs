@@ -17,8 +17,8 @@ fn file_upstream_manifests_parse_verbatim() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let m = Manifest::parse(&path.display().to_string(), &text)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let m =
+            Manifest::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
         docs += m.objects.len();
     }
@@ -28,24 +28,45 @@ fn file_upstream_manifests_parse_verbatim() {
 #[test]
 fn file_upstream_semantics_kept() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/upstream-nsm");
-    let text = std::fs::read_to_string(format!("{dir}/features--scale-from-zero--netsvc.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(format!("{dir}/features--scale-from-zero--netsvc.yaml")).unwrap();
     let m = parse(&text).unwrap();
-    let Object::NetworkService(ns) = &m.objects[0] else { panic!() };
+    let Object::NetworkService(ns) = &m.objects[0] else {
+        panic!()
+    };
     assert_eq!(ns.payload, Payload::Ethernet);
     assert!(ns.matches[0].fallthrough);
-    assert!(ns.matches[0].source_selector.is_empty(), "null selector is empty");
-    assert_eq!(ns.matches[0].routes[0].destination_selector["nodeName"], "{{.nodeName}}");
+    assert!(
+        ns.matches[0].source_selector.is_empty(),
+        "null selector is empty"
+    );
+    assert_eq!(
+        ns.matches[0].routes[0].destination_selector["nodeName"],
+        "{{.nodeName}}"
+    );
 
-    let text = std::fs::read_to_string(format!("{dir}/features--select-forwarder--service.yaml")).unwrap();
-    let Object::NetworkService(ns) = &parse(&text).unwrap().objects[0] else { panic!() };
+    let text =
+        std::fs::read_to_string(format!("{dir}/features--select-forwarder--service.yaml")).unwrap();
+    let Object::NetworkService(ns) = &parse(&text).unwrap().objects[0] else {
+        panic!()
+    };
     assert_eq!(ns.matches[0].labels["my_forwarder_capability"], "true");
 
-    let text = std::fs::read_to_string(format!("{dir}/use-cases--Kernel2Kernel_Vfio2NoopVlanTag--netsvc.yaml")).unwrap();
+    let text = std::fs::read_to_string(format!(
+        "{dir}/use-cases--Kernel2Kernel_Vfio2NoopVlanTag--netsvc.yaml"
+    ))
+    .unwrap();
     let m = parse(&text).unwrap();
     assert_eq!(m.objects.len(), 2);
-    let Object::NetworkService(ns) = &m.objects[1] else { panic!() };
+    let Object::NetworkService(ns) = &m.objects[1] else {
+        panic!()
+    };
     assert_eq!(ns.name, "vfio2noop-vlantag");
-    assert_eq!(ns.payload, Payload::Ip, "a document without spec gets the default payload");
+    assert_eq!(
+        ns.payload,
+        Payload::Ip,
+        "a document without spec gets the default payload"
+    );
 }
 
 const NSE: &str = r#"
@@ -70,11 +91,16 @@ spec:
 #[test]
 fn file_endpoint_with_meshwire_fields() {
     let m = parse(NSE).unwrap();
-    let Object::NetworkServiceEndpoint(e) = &m.objects[0] else { panic!() };
+    let Object::NetworkServiceEndpoint(e) = &m.objects[0] else {
+        panic!()
+    };
     assert_eq!(e.capacity, Some(10));
     assert_eq!(e.mechanisms.vxlan.as_ref().unwrap().vni_range.end, 4000);
     assert_eq!(e.mechanisms.vxlan.as_ref().unwrap().port, 4789);
-    assert!(e.mechanisms.gre.is_none(), "listing mechanisms replaces the defaults");
+    assert!(
+        e.mechanisms.gre.is_none(),
+        "listing mechanisms replaces the defaults"
+    );
     assert_eq!(e.routes[0].to_string(), "10.60.0.0/16");
 }
 
@@ -100,21 +126,34 @@ fn file_errors_name_file_document_object_field_and_rule() {
     for (text, want) in cases {
         let got = parse(&text).expect_err(want);
         assert!(got.contains(want), "want {want:?} in {got:?}");
-        assert!(!got.contains('\n') || want.contains("document 1: (document)"), "one line: {got}");
+        assert!(
+            !got.contains('\n') || want.contains("document 1: (document)"),
+            "one line: {got}"
+        );
     }
 }
 
 #[test]
 fn file_unknown_upstream_fields_are_warnings() {
-    let m = parse(&NSE.replace("  capacity: 10", "  capacity: 10\n  initial_registration_time: \"2024-01-01T00:00:00Z\"")).unwrap();
+    let m = parse(&NSE.replace(
+        "  capacity: 10",
+        "  capacity: 10\n  initial_registration_time: \"2024-01-01T00:00:00Z\"",
+    ))
+    .unwrap();
     assert_eq!(m.warnings.len(), 1);
-    assert!(m.warnings[0].contains("spec.initial_registration_time is not used"), "{:?}", m.warnings);
+    assert!(
+        m.warnings[0].contains("spec.initial_registration_time is not used"),
+        "{:?}",
+        m.warnings
+    );
 }
 
 #[test]
 fn file_json_and_lists_are_accepted() {
     let json = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"meshwire.io/v1","kind":"Node","metadata":{"name":"n1"},"spec":{"forwarder":"ovs","underlayAddress":"192.0.2.1"}}]}"#;
     let m = parse(json).unwrap();
-    let Object::Node(n) = &m.objects[0] else { panic!() };
+    let Object::Node(n) = &m.objects[0] else {
+        panic!()
+    };
     assert_eq!(n.underlay_address.unwrap().to_string(), "192.0.2.1");
 }

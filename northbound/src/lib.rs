@@ -1,1 +1,387 @@
-//! placeholder
+//! Meshwire's northbound: the REST API over the [`Controller`]. It knows no driver.
+//!
+//! This is the surface the `meshwire` CLI uses (`/api/v1/manifests`, services, endpoints,
+//! topology, connections, resources) plus `/healthz` and `/readyz`. Every error is an RFC 9457
+//! `application/problem+json` document with a stable `code`; the mapping from controller errors
+//! to HTTP statuses lives in one place, [`Problem::from`].
+//!
+//! Layers, outermost first: request tracing, then a body size limit (manifests and requests are
+//! small; a large body is refused before it is read).
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meshwire_controller::{ConnectionFilter, Controller, ControllerError};
+use meshwire_models::{ConnectionRequest, ConnectionState, Manifest};
+use serde::{Deserialize, Serialize};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("urn:meshwire:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("error").to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code: code.to_string(),
+            field: None,
+        }
+    }
+}
+
+impl From<ControllerError> for Problem {
+    fn from(e: ControllerError) -> Problem {
+        use ControllerError::*;
+        let status = match &e {
+            UnknownService { .. }
+            | UnknownConnection { .. }
+            | NotFound { .. }
+            | UnknownNode { .. } => StatusCode::NOT_FOUND,
+            NoEndpoint { .. }
+            | NoMatchingEndpoint { .. }
+            | NoPath { .. }
+            | NoCapableEndpoint { .. }
+            | Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            NoCapacity { .. } | PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            InUse { .. } => StatusCode::CONFLICT,
+            Driver { .. } => StatusCode::BAD_GATEWAY,
+            Store(_) | Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, code = e.code(), "request failed");
+        }
+        Problem::new(status, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, Problem>;
+
+/// The REST router over `ctl`.
+pub fn router(ctl: Controller) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/api/v1/manifests",
+            post(apply_manifest).delete(delete_manifest),
+        )
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/endpoints", get(endpoints))
+        .route("/api/v1/topology", get(topology))
+        .route("/api/v1/resources", get(resources))
+        .route(
+            "/api/v1/connections",
+            get(list_connections).post(request_connection),
+        )
+        .route(
+            "/api/v1/connections/{id}",
+            get(get_connection).delete(close_connection),
+        )
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "no such API path; see /api/v1/...",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(ctl)
+}
+
+async fn readyz(State(ctl): State<Controller>) -> ApiResult<&'static str> {
+    ctl.ready()
+        .await
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", e.to_string()))?;
+    Ok("ready\n")
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    file: Option<String>,
+}
+
+fn parse_manifest(q: &FileQuery, body: &Bytes) -> ApiResult<Manifest> {
+    let file = q.file.as_deref().unwrap_or("(request body)");
+    let text = std::str::from_utf8(body).map_err(|_| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-manifest",
+            format!("{file}: not UTF-8 text"),
+        )
+    })?;
+    Manifest::parse(file, text).map_err(|e| {
+        let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-manifest", e.to_string());
+        p.field = Some(e.field.clone());
+        p
+    })
+}
+
+#[derive(Serialize)]
+struct ApplyResult {
+    applied: Vec<meshwire_controller::Applied>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+async fn apply_manifest(
+    State(ctl): State<Controller>,
+    Query(q): Query<FileQuery>,
+    body: Bytes,
+) -> ApiResult<Json<ApplyResult>> {
+    let m = parse_manifest(&q, &body)?;
+    let warnings = m.warnings.clone();
+    Ok(Json(ApplyResult {
+        applied: ctl.apply(m).await?,
+        warnings,
+    }))
+}
+
+async fn delete_manifest(
+    State(ctl): State<Controller>,
+    Query(q): Query<FileQuery>,
+    body: Bytes,
+) -> ApiResult<Json<ApplyResult>> {
+    let m = parse_manifest(&q, &body)?;
+    // Delete in reverse order, so endpoints go before their services and links before nodes.
+    let keys: Vec<_> = m.objects.iter().rev().map(|o| o.key()).collect();
+    Ok(Json(ApplyResult {
+        applied: ctl.delete(&keys).await?,
+        warnings: vec![],
+    }))
+}
+
+async fn services(State(ctl): State<Controller>) -> Json<Vec<meshwire_models::NetworkService>> {
+    Json(ctl.services())
+}
+
+async fn endpoints(State(ctl): State<Controller>) -> Json<Vec<meshwire_controller::EndpointView>> {
+    Json(ctl.endpoints())
+}
+
+async fn topology(State(ctl): State<Controller>) -> Json<meshwire_models::Topology> {
+    Json(ctl.topology())
+}
+
+async fn resources(State(ctl): State<Controller>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "pools": ctl.pool_usage(), "connections": ctl.connection_count() }))
+}
+
+#[derive(Deserialize)]
+struct ConnQuery {
+    service: Option<String>,
+    node: Option<String>,
+    state: Option<String>,
+    endpoint: Option<String>,
+}
+
+async fn list_connections(
+    State(ctl): State<Controller>,
+    Query(q): Query<ConnQuery>,
+) -> ApiResult<Json<Vec<meshwire_models::Connection>>> {
+    let state = match q.state {
+        None => None,
+        Some(s) => Some(s.parse::<ConnectionState>().map_err(|e| {
+            let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e);
+            p.field = Some("state".into());
+            p
+        })?),
+    };
+    Ok(Json(ctl.connections(&ConnectionFilter {
+        service: q.service,
+        node: q.node,
+        state,
+        endpoint: q.endpoint,
+    })))
+}
+
+async fn get_connection(
+    State(ctl): State<Controller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<meshwire_models::Connection>> {
+    ctl.connection(&id)
+        .map(Json)
+        .ok_or_else(|| ControllerError::UnknownConnection { id }.into())
+}
+
+async fn request_connection(
+    State(ctl): State<Controller>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<meshwire_models::Connection>)> {
+    let req: ConnectionRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            format!("connection request: {e}"),
+        )
+    })?;
+    Ok((StatusCode::CREATED, Json(ctl.request(req).await?)))
+}
+
+async fn close_connection(
+    State(ctl): State<Controller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<meshwire_models::Connection>> {
+    Ok(Json(ctl.close(&id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use meshwire_controller::store::memory::MemoryStore;
+    use meshwire_controller::{Config, NullDriver, SystemClock};
+    use tower::ServiceExt;
+
+    async fn app() -> Router {
+        let ctl = Controller::start(
+            Arc::new(MemoryStore::default()),
+            Arc::new(NullDriver),
+            Arc::new(SystemClock),
+            Config::default(),
+        )
+        .await
+        .unwrap();
+        router(ctl)
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value, String) {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            ctype,
+        )
+    }
+
+    #[tokio::test]
+    async fn nb_manifest_request_close_and_problems() {
+        let app = app().await;
+        let docs = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e}\nspec: {network_service_names: [s], location: {node: n1}}\n";
+        let (st, v, _) = call(&app, "POST", "/api/v1/manifests?file=x.yaml", docs).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["applied"].as_array().unwrap().len(), 3);
+
+        let (st, v, ctype) = call(
+            &app,
+            "POST",
+            "/api/v1/manifests?file=bad.yaml",
+            "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\n",
+        )
+        .await;
+        assert_eq!(
+            (st, ctype.as_str()),
+            (StatusCode::BAD_REQUEST, "application/problem+json")
+        );
+        assert_eq!(v["detail"], "bad.yaml: document 1: metadata.name: required");
+        assert_eq!(v["field"], "metadata.name");
+
+        let (st, c, _) = call(
+            &app,
+            "POST",
+            "/api/v1/connections",
+            r#"{"network_service":"s","client":{"node":"n1"}}"#,
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{c}");
+        let id = c["id"].as_str().unwrap();
+        let (st, list, _) = call(&app, "GET", "/api/v1/connections?state=up&service=s", "").await;
+        assert_eq!((st, list.as_array().unwrap().len()), (StatusCode::OK, 1));
+        let (st, v, _) = call(&app, "GET", "/api/v1/connections?state=sideways", "").await;
+        assert_eq!(
+            (st, v["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("state"))
+        );
+
+        let (st, v, _) = call(
+            &app,
+            "POST",
+            "/api/v1/connections",
+            r#"{"network_service":"nope","client":{"node":"n1"}}"#,
+        )
+        .await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("unknown-service"))
+        );
+        let (st, v, _) = call(&app, "POST", "/api/v1/connections", "{").await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid-request"))
+        );
+
+        let (st, _, _) = call(&app, "DELETE", &format!("/api/v1/connections/{id}"), "").await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, v, _) = call(&app, "DELETE", &format!("/api/v1/connections/{id}"), "").await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("unknown-connection"))
+        );
+    }
+
+    #[tokio::test]
+    async fn nb_oversized_body_refused() {
+        let app = app().await;
+        let big = "#".repeat(BODY_LIMIT + 1);
+        let (st, _, _) = call(&app, "POST", "/api/v1/manifests", &big).await;
+        assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -22,17 +22,24 @@ impl Store for MemoryStore {
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let d = self.data.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(d.0.get(key).map(|(v, r)| Entry { key: key.to_string(), value: v.clone(), mod_revision: *r }))
+        Ok(d.0.get(key).map(|(v, r)| Entry {
+            key: key.to_string(),
+            value: v.clone(),
+            mod_revision: *r,
+        }))
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, Revision), StoreError> {
         let d = self.data.lock().unwrap_or_else(|p| p.into_inner());
-        let entries = d
-            .0
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (v, r))| Entry { key: k.clone(), value: v.clone(), mod_revision: *r })
-            .collect();
+        let entries =
+            d.0.range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, (v, r))| Entry {
+                    key: k.clone(),
+                    value: v.clone(),
+                    mod_revision: *r,
+                })
+                .collect();
         Ok((entries, d.1))
     }
 
@@ -44,7 +51,11 @@ impl Store for MemoryStore {
             check_expect("memory", key, d.0.get(key).map(|(_, r)| *r), expect)?;
             d.1 += 1;
             rev = d.1;
-            ev = WatchEvent::Put(Entry { key: key.to_string(), value: value.clone(), mod_revision: rev });
+            ev = WatchEvent::Put(Entry {
+                key: key.to_string(),
+                value: value.clone(),
+                mod_revision: rev,
+            });
             d.0.insert(key.to_string(), (value, rev));
         }
         self.hub.publish(vec![ev]);
@@ -64,11 +75,18 @@ impl Store for MemoryStore {
             d.1 += 1;
             rev = d.1;
         }
-        self.hub.publish(vec![WatchEvent::Delete { key: key.to_string(), revision: rev }]);
+        self.hub.publish(vec![WatchEvent::Delete {
+            key: key.to_string(),
+            revision: rev,
+        }]);
         Ok(true)
     }
 
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
         let current = self.data.lock().unwrap_or_else(|p| p.into_inner()).1;
         self.hub.subscribe("memory", prefix, after, current)
     }

@@ -55,13 +55,31 @@ impl WatchEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {store}: {key}: expected {expected}, found {found}")]
-    Conflict { store: String, key: String, expected: String, found: String },
+    Conflict {
+        store: String,
+        key: String,
+        expected: String,
+        found: String,
+    },
     #[error("store {store}: cannot open {path}: {reason}")]
-    Open { store: String, path: String, reason: String },
+    Open {
+        store: String,
+        path: String,
+        reason: String,
+    },
     #[error("store {store}: {op} {key}: {reason}")]
-    Backend { store: String, op: &'static str, key: String, reason: String },
+    Backend {
+        store: String,
+        op: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("store {store}: watch from revision {from} is no longer possible (history starts at {oldest})")]
-    Compacted { store: String, from: Revision, oldest: Revision },
+    Compacted {
+        store: String,
+        from: Revision,
+        oldest: Revision,
+    },
     #[error("unknown store {0:?}: use redb:PATH, etcd://HOST:PORT or memory")]
     BadSpec(String),
 }
@@ -79,7 +97,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes `key` if `expect` holds; returns whether it existed.
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError>;
     /// Changes under `prefix` after revision `after` (0: from now on), in order.
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError>;
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError>;
     /// Whether the store answers.
     async fn health(&self) -> Result<(), StoreError>;
 }
@@ -87,10 +109,17 @@ pub trait Store: Send + Sync + 'static {
 /// Opens a store from its spec: `redb:PATH`, `etcd://HOST:PORT[,HOST:PORT]` or `memory`.
 pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = spec.strip_prefix("redb:") {
-        Ok(std::sync::Arc::new(redb_store::RedbStore::open(std::path::Path::new(path))?))
+        Ok(std::sync::Arc::new(redb_store::RedbStore::open(
+            std::path::Path::new(path),
+        )?))
     } else if spec.starts_with("etcd://") {
-        let endpoints: Vec<String> = spec["etcd://".len()..].split(',').map(|e| format!("http://{e}")).collect();
-        Ok(std::sync::Arc::new(etcd_store::EtcdStore::connect(&endpoints).await?))
+        let endpoints: Vec<String> = spec["etcd://".len()..]
+            .split(',')
+            .map(|e| format!("http://{e}"))
+            .collect();
+        Ok(std::sync::Arc::new(
+            etcd_store::EtcdStore::connect(&endpoints).await?,
+        ))
     } else if spec == "memory" {
         Ok(std::sync::Arc::new(memory::MemoryStore::default()))
     } else {
@@ -99,7 +128,12 @@ pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
 }
 
 /// Checks `expect` against the current revision of a key (`None`: absent).
-pub(crate) fn check_expect(store: &str, key: &str, current: Option<Revision>, expect: Expect) -> Result<(), StoreError> {
+pub(crate) fn check_expect(
+    store: &str,
+    key: &str,
+    current: Option<Revision>,
+    expect: Expect,
+) -> Result<(), StoreError> {
     let ok = match (expect, current) {
         (Expect::Any, _) => true,
         (Expect::Absent, None) => true,
@@ -109,7 +143,10 @@ pub(crate) fn check_expect(store: &str, key: &str, current: Option<Revision>, ex
     if ok {
         return Ok(());
     }
-    let show = |r: Option<Revision>| r.map(|r| format!("revision {r}")).unwrap_or_else(|| "absent".into());
+    let show = |r: Option<Revision>| {
+        r.map(|r| format!("revision {r}"))
+            .unwrap_or_else(|| "absent".into())
+    };
     Err(StoreError::Conflict {
         store: store.to_string(),
         key: key.to_string(),
@@ -130,24 +167,40 @@ pub(crate) mod conformance {
     pub async fn run(store: &dyn Store) {
         let k = "/t/a";
         let r1 = store.put(k, b"1".to_vec(), Expect::Absent).await.unwrap();
-        assert!(matches!(store.put(k, b"x".to_vec(), Expect::Absent).await, Err(StoreError::Conflict { .. })));
+        assert!(matches!(
+            store.put(k, b"x".to_vec(), Expect::Absent).await,
+            Err(StoreError::Conflict { .. })
+        ));
         let e = store.get(k).await.unwrap().unwrap();
         assert_eq!((e.value.as_slice(), e.mod_revision), (&b"1"[..], r1));
         let mut w = store.watch("/t/", 0).await.unwrap();
-        let r2 = store.put(k, b"2".to_vec(), Expect::ModRevision(r1)).await.unwrap();
+        let r2 = store
+            .put(k, b"2".to_vec(), Expect::ModRevision(r1))
+            .await
+            .unwrap();
         assert!(r2 > r1);
-        assert!(matches!(store.put(k, b"3".to_vec(), Expect::ModRevision(r1)).await, Err(StoreError::Conflict { .. })));
+        assert!(matches!(
+            store.put(k, b"3".to_vec(), Expect::ModRevision(r1)).await,
+            Err(StoreError::Conflict { .. })
+        ));
         store.put("/t/b", b"b".to_vec(), Expect::Any).await.unwrap();
         store.put("/u/c", b"c".to_vec(), Expect::Any).await.unwrap();
         let (all, rev) = store.list("/t/").await.unwrap();
-        assert_eq!(all.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["/t/a", "/t/b"]);
+        assert_eq!(
+            all.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            vec!["/t/a", "/t/b"]
+        );
         assert!(rev >= r2);
         assert!(store.delete("/t/b", Expect::Any).await.unwrap());
         assert!(!store.delete("/t/b", Expect::Any).await.unwrap());
         // The watch saw the put of a, the put of b and the delete of b, not /u/c.
         let mut seen = Vec::new();
         for _ in 0..3 {
-            let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w.recv()).await.unwrap().unwrap().unwrap();
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             seen.push(match ev {
                 WatchEvent::Put(e) => format!("put {}", e.key),
                 WatchEvent::Delete { key, .. } => format!("delete {key}"),
@@ -156,8 +209,15 @@ pub(crate) mod conformance {
         assert_eq!(seen, vec!["put /t/a", "put /t/b", "delete /t/b"]);
         // Resuming after r2 replays what came after it.
         let mut w2 = store.watch("/t/", r2).await.unwrap();
-        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w2.recv()).await.unwrap().unwrap().unwrap();
-        assert!(matches!(ev, WatchEvent::Put(ref e) if e.key == "/t/b"), "{ev:?}");
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w2.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ev, WatchEvent::Put(ref e) if e.key == "/t/b"),
+            "{ev:?}"
+        );
         store.health().await.unwrap();
     }
 }

@@ -52,9 +52,14 @@ impl Drop for RedbStore {
 impl RedbStore {
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         let shown = path.display().to_string();
-        let open_err = |reason: String| StoreError::Open { store: format!("redb:{shown}"), path: shown.clone(), reason };
+        let open_err = |reason: String| StoreError::Open {
+            store: format!("redb:{shown}"),
+            path: shown.clone(),
+            reason,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
         {
@@ -71,7 +76,13 @@ impl RedbStore {
             .name("redb-writer".into())
             .spawn(move || writer(wdb, whub, name, rx))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
-        Ok(RedbStore { path: shown, db, writer: Some(tx), thread: Some(thread), hub })
+        Ok(RedbStore {
+            path: shown,
+            db,
+            writer: Some(tx),
+            thread: Some(thread),
+            hub,
+        })
     }
 
     fn name(&self) -> String {
@@ -79,27 +90,56 @@ impl RedbStore {
     }
 
     fn backend(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Backend { store: self.name(), op, key: key.to_string(), reason: e.to_string() }
+        StoreError::Backend {
+            store: self.name(),
+            op,
+            key: key.to_string(),
+            reason: e.to_string(),
+        }
     }
 
     fn revision(&self) -> Result<Revision, StoreError> {
-        let r = self.db.begin_read().map_err(|e| self.backend("read", "revision", e))?;
-        let t = r.open_table(META).map_err(|e| self.backend("read", "revision", e))?;
-        Ok(t.get("revision").map_err(|e| self.backend("read", "revision", e))?.map(|v| v.value()).unwrap_or(0))
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| self.backend("read", "revision", e))?;
+        let t = r
+            .open_table(META)
+            .map_err(|e| self.backend("read", "revision", e))?;
+        Ok(t.get("revision")
+            .map_err(|e| self.backend("read", "revision", e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
-    async fn write(&self, key: &str, value: Option<Vec<u8>>, expect: Expect) -> Result<(Revision, bool), StoreError> {
+    async fn write(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expect: Expect,
+    ) -> Result<(Revision, bool), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .as_ref()
             .ok_or_else(|| self.backend("write", key, "store is closing"))?
-            .send(WriteOp { key: key.to_string(), value, expect, reply })
+            .send(WriteOp {
+                key: key.to_string(),
+                value,
+                expect,
+                reply,
+            })
             .map_err(|_| self.backend("write", key, "writer thread has stopped"))?;
-        rx.await.map_err(|_| self.backend("write", key, "writer thread has stopped"))?
+        rx.await
+            .map_err(|_| self.backend("write", key, "writer thread has stopped"))?
     }
 }
 
-fn writer(db: Arc<Database>, hub: Arc<WatchHub>, name: String, rx: std::sync::mpsc::Receiver<WriteOp>) {
+fn writer(
+    db: Arc<Database>,
+    hub: Arc<WatchHub>,
+    name: String,
+    rx: std::sync::mpsc::Receiver<WriteOp>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -108,7 +148,12 @@ fn writer(db: Arc<Database>, hub: Arc<WatchHub>, name: String, rx: std::sync::mp
                 Err(_) => break,
             }
         }
-        let fail = |e: &dyn std::fmt::Display, key: &str| StoreError::Backend { store: name.clone(), op: "write", key: key.to_string(), reason: e.to_string() };
+        let fail = |e: &dyn std::fmt::Display, key: &str| StoreError::Backend {
+            store: name.clone(),
+            op: "write",
+            key: key.to_string(),
+            reason: e.to_string(),
+        };
         let result = (|| -> Result<(Vec<Result<(Revision, bool), StoreError>>, Vec<WatchEvent>), StoreError> {
             let w = db.begin_write().map_err(|e| fail(&e, "(transaction)"))?;
             let mut results = Vec::with_capacity(batch.len());
@@ -154,7 +199,12 @@ fn writer(db: Arc<Database>, hub: Arc<WatchHub>, name: String, rx: std::sync::mp
             Err(e) => {
                 tracing::error!(store = %name, error = %e, "write transaction failed; batch refused");
                 for op in batch {
-                    let _ = op.reply.send(Err(StoreError::Backend { store: name.clone(), op: "write", key: op.key.clone(), reason: e.to_string() }));
+                    let _ = op.reply.send(Err(StoreError::Backend {
+                        store: name.clone(),
+                        op: "write",
+                        key: op.key.clone(),
+                        reason: e.to_string(),
+                    }));
                 }
             }
         }
@@ -168,28 +218,53 @@ impl Store for RedbStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let r = self.db.begin_read().map_err(|e| self.backend("get", key, e))?;
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| self.backend("get", key, e))?;
         let t = r.open_table(KV).map_err(|e| self.backend("get", key, e))?;
         let v = t.get(key).map_err(|e| self.backend("get", key, e))?;
         Ok(v.map(|v| {
             let (rev, bytes) = v.value();
-            Entry { key: key.to_string(), value: bytes.to_vec(), mod_revision: rev }
+            Entry {
+                key: key.to_string(),
+                value: bytes.to_vec(),
+                mod_revision: rev,
+            }
         }))
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, Revision), StoreError> {
-        let r = self.db.begin_read().map_err(|e| self.backend("list", prefix, e))?;
-        let t = r.open_table(KV).map_err(|e| self.backend("list", prefix, e))?;
-        let meta = r.open_table(META).map_err(|e| self.backend("list", prefix, e))?;
-        let rev = meta.get("revision").map_err(|e| self.backend("list", prefix, e))?.map(|v| v.value()).unwrap_or(0);
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| self.backend("list", prefix, e))?;
+        let t = r
+            .open_table(KV)
+            .map_err(|e| self.backend("list", prefix, e))?;
+        let meta = r
+            .open_table(META)
+            .map_err(|e| self.backend("list", prefix, e))?;
+        let rev = meta
+            .get("revision")
+            .map_err(|e| self.backend("list", prefix, e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let mut out = Vec::new();
-        for item in t.range(prefix..).map_err(|e| self.backend("list", prefix, e))? {
+        for item in t
+            .range(prefix..)
+            .map_err(|e| self.backend("list", prefix, e))?
+        {
             let (k, v) = item.map_err(|e| self.backend("list", prefix, e))?;
             if !k.value().starts_with(prefix) {
                 break;
             }
             let (mod_revision, bytes) = v.value();
-            out.push(Entry { key: k.value().to_string(), value: bytes.to_vec(), mod_revision });
+            out.push(Entry {
+                key: k.value().to_string(),
+                value: bytes.to_vec(),
+                mod_revision,
+            });
         }
         Ok((out, rev))
     }
@@ -202,7 +277,11 @@ impl Store for RedbStore {
         Ok(self.write(key, None, expect).await?.1)
     }
 
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
         let current = self.revision()?;
         self.hub.subscribe(&self.name(), prefix, after, current)
     }
@@ -234,7 +313,10 @@ mod tests {
         let s = RedbStore::open(&path).unwrap();
         let e = s.get("/k").await.unwrap().unwrap();
         assert_eq!((e.value, e.mod_revision), (b"v".to_vec(), rev));
-        assert!(s.put("/k2", vec![], Expect::Any).await.unwrap() > rev, "revisions keep counting");
+        assert!(
+            s.put("/k2", vec![], Expect::Any).await.unwrap() > rev,
+            "revisions keep counting"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +326,11 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..32 {
             let s = s.clone();
-            tasks.push(tokio::spawn(async move { s.put("/same", format!("{i}").into_bytes(), Expect::Absent).await.is_ok() }));
+            tasks.push(tokio::spawn(async move {
+                s.put("/same", format!("{i}").into_bytes(), Expect::Absent)
+                    .await
+                    .is_ok()
+            }));
         }
         let mut wins = 0;
         for t in tasks {

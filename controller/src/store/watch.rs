@@ -45,13 +45,27 @@ impl WatchHub {
     }
 
     /// A watch on `prefix` of changes after `after` (0: only new ones).
-    pub fn subscribe(&self, store: &str, prefix: &str, after: Revision, current: Revision) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
+    pub fn subscribe(
+        &self,
+        store: &str,
+        prefix: &str,
+        after: Revision,
+        current: Revision,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
         let (tx, rx) = mpsc::channel(1024);
         let mut hub = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if after > 0 && after < current {
-            let oldest = hub.history.front().map(|e| e.revision()).unwrap_or(current + 1);
+            let oldest = hub
+                .history
+                .front()
+                .map(|e| e.revision())
+                .unwrap_or(current + 1);
             if after + 1 < oldest {
-                return Err(StoreError::Compacted { store: store.to_string(), from: after, oldest });
+                return Err(StoreError::Compacted {
+                    store: store.to_string(),
+                    from: after,
+                    oldest,
+                });
             }
             for ev in hub.history.iter().filter(|e| e.revision() > after) {
                 let key = match ev {

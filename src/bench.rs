@@ -1,0 +1,388 @@
+//! `meshwire bench NAME`: a table, then one last line `NAME: key=value ...`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use meshwire_controller::state::{Avoid, Config, State};
+use meshwire_controller::store::{
+    etcd_store::LocalEtcd, memory::MemoryStore, redb_store::RedbStore, Expect, Store,
+};
+use meshwire_controller::{Controller, RecordingDriver, SystemClock};
+use meshwire_models::mechanism::Capabilities;
+use meshwire_models::{
+    ClientRef, ConnectionRequest, Destination, EndpointLocation, ForwarderKind, Link, LinkEnd,
+    Match, NetworkService, NetworkServiceEndpoint, Node, Object, Payload,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// core: selection + path on 10,000 nodes / 100,000 endpoints, request/close cycles, memory
+    /// per connection. store: writes per second, redb against etcd (needs etcd-server).
+    #[arg(value_parser = ["core", "store"])]
+    name: String,
+    /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
+    #[arg(long, default_value = "1.0")]
+    scale: f64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    match args.name.as_str() {
+        "core" => core(args.scale).await,
+        _ => store(args.scale).await,
+    }
+}
+
+/// A deterministic xorshift generator (benchmarks must be repeatable).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn table(rows: &[(&str, String)]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_header(vec!["measure", "value"]);
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v.clone()]);
+    }
+    t
+}
+
+fn node(name: String, i: usize) -> Object {
+    let addr = std::net::Ipv4Addr::from(0x0a00_0000u32 + i as u32 + 1);
+    Object::Node(Node {
+        name,
+        forwarder: ForwarderKind::Kernel,
+        underlay_address: Some(addr.into()),
+        netns: None,
+        labels: Default::default(),
+    })
+}
+
+fn link(a: &str, b: &str, cost: u32) -> Object {
+    let end = |v: &str, other: &str| LinkEnd {
+        vertex: v.to_string(),
+        interface: format!("to-{other}"),
+        address: None,
+    };
+    Object::Link(Link {
+        name: format!("{a}--{b}"),
+        a: end(a, b),
+        b: end(b, a),
+        mtu: 9000,
+        cost,
+        up: true,
+    })
+}
+
+/// A 10,000-node three-tier Clos: 4 super-spines; 48 pods of 4 spines and 204 leaves (each leaf
+/// to its pod's 4 spines, each spine to every super-spine); 12 border leaves on the super-spines.
+fn clos(scale: f64) -> (Vec<Object>, Vec<String>) {
+    let pods = ((48.0 * scale).round() as usize).max(2);
+    let mut objs = Vec::new();
+    let mut leaves = Vec::new();
+    let mut i = 0;
+    let mut add = |objs: &mut Vec<Object>, name: String| {
+        objs.push(node(name, i));
+        i += 1;
+    };
+    for s in 0..4 {
+        add(&mut objs, format!("super{s}"));
+    }
+    for p in 0..pods {
+        for s in 0..4 {
+            let spine = format!("p{p}-spine{s}");
+            add(&mut objs, spine.clone());
+            for ss in 0..4 {
+                objs.push(link(&spine, &format!("super{ss}"), 10));
+            }
+        }
+        for l in 0..204 {
+            let leaf = format!("p{p}-leaf{l}");
+            add(&mut objs, leaf.clone());
+            for s in 0..4 {
+                objs.push(link(&leaf, &format!("p{p}-spine{s}"), 10));
+            }
+            leaves.push(leaf);
+        }
+    }
+    for b in 0..12 {
+        let leaf = format!("border{b}");
+        add(&mut objs, leaf.clone());
+        for ss in 0..4 {
+            objs.push(link(&leaf, &format!("super{ss}"), 10));
+        }
+        leaves.push(leaf);
+    }
+    (objs, leaves)
+}
+
+fn endpoint(name: String, service: &str, node: &str, zone: usize) -> Object {
+    Object::NetworkServiceEndpoint(NetworkServiceEndpoint {
+        name,
+        network_service_names: vec![service.to_string()],
+        network_service_labels: [(
+            service.to_string(),
+            [
+                ("app".to_string(), service.to_string()),
+                ("zone".to_string(), format!("z{zone}")),
+            ]
+            .into(),
+        )]
+        .into(),
+        url: None,
+        expires_at_ms: None,
+        location: EndpointLocation::Node {
+            node: node.to_string(),
+            netns: None,
+        },
+        mechanisms: Capabilities::default(),
+        capacity: None,
+        ipam_prefix: None,
+        routes: vec![],
+        interface: None,
+        bridge: None,
+    })
+}
+
+/// Services with zone-affine matches (a client labelled zone=zN prefers endpoints in zN, falls
+/// through to any), and `per_service` endpoints each on random leaves.
+fn populate(state: &mut State, scale: f64, rng: &mut Rng) -> (Vec<String>, usize, usize, usize) {
+    let (topo, leaves) = clos(scale);
+    let nodes = topo.iter().filter(|o| matches!(o, Object::Node(_))).count();
+    for o in topo {
+        state.upsert(o);
+    }
+    let services = ((1000.0 * scale).round() as usize).max(1);
+    let per_service = 100;
+    for s in 0..services {
+        let name = format!("svc{s}");
+        let zone_match = Match {
+            source_selector: Default::default(),
+            routes: vec![Destination {
+                destination_selector: [("zone".to_string(), "{{.zone}}".to_string())].into(),
+                weight: None,
+            }],
+            fallthrough: true,
+            labels: Default::default(),
+        };
+        state.upsert(Object::NetworkService(NetworkService {
+            name: name.clone(),
+            payload: Payload::Ip,
+            matches: vec![zone_match, Match::default()],
+        }));
+        for e in 0..per_service {
+            let leaf = &leaves[rng.below(leaves.len())];
+            state.upsert(endpoint(format!("{name}-e{e}"), &name, leaf, rng.below(4)));
+        }
+    }
+    (leaves, nodes, services, services * per_service)
+}
+
+fn bench_request(leaves: &[String], services: usize, rng: &mut Rng) -> ConnectionRequest {
+    ConnectionRequest {
+        network_service: format!("svc{}", rng.below(services)),
+        client: ClientRef {
+            node: leaves[rng.below(leaves.len())].clone(),
+            name: Some(format!("w{}", rng.below(1_000_000))),
+        },
+        labels: [("zone".to_string(), format!("z{}", rng.below(4)))].into(),
+        mechanisms: vec![],
+        interface: None,
+        excluded_prefixes: vec![],
+    }
+}
+
+async fn core(scale: f64) -> anyhow::Result<()> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let config = Config {
+        ipam_prefix: "100.64.0.0/10".parse()?,
+        ..Config::default()
+    };
+
+    // 1. Selection + path (+ negotiation and claims) on the big topology.
+    let mut state = State::new(config.clone());
+    let (leaves, nodes, services, endpoints) = populate(&mut state, scale, &mut rng);
+    let samples = 20_000;
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let req = bench_request(&leaves, services, &mut rng);
+        let t = Instant::now();
+        let c = state
+            .plan(&req, &format!("b{i}"), 0, &Avoid::default(), None)
+            .context("planning")?;
+        lat.push(t.elapsed());
+        state.unclaim(&c);
+    }
+    lat.sort();
+    let (p50, p99) = (pct(&lat, 0.5), pct(&lat, 0.99));
+
+    // 2. Heap per live connection: 100,000 planned and recorded connections in the state.
+    let live = ((100_000.0 * scale).round() as usize).max(1000);
+    let before = crate::alloc::live_bytes();
+    for i in 0..live {
+        let req = bench_request(&leaves, services, &mut rng);
+        let c = state.plan(&req, &format!("{:032x}", i), 0, &Avoid::default(), None)?;
+        state.commit(c);
+    }
+    let per_conn = (crate::alloc::live_bytes() - before) as f64 / live as f64;
+    drop(state);
+
+    // 3. Request/close cycles through the controller (memory store, recording driver), one core.
+    let cycles = ((100_000.0 * scale).round() as usize).max(1000);
+    let rate = std::thread::spawn(move || -> anyhow::Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ctl = Controller::start(
+                Arc::new(MemoryStore::default()),
+                Arc::new(RecordingDriver::quiet()),
+                Arc::new(SystemClock),
+                config,
+            )
+            .await?;
+            let mut m = meshwire_models::Manifest::default();
+            m.objects.push(node("n1".into(), 1));
+            m.objects.push(node("n2".into(), 2));
+            m.objects.push(link("n1", "n2", 10));
+            m.objects.push(Object::NetworkService(NetworkService {
+                name: "svc0".into(),
+                payload: Payload::Ip,
+                matches: vec![],
+            }));
+            for e in 0..4 {
+                m.objects.push(endpoint(format!("e{e}"), "svc0", "n2", 0));
+            }
+            ctl.apply(m).await?;
+            let req = ConnectionRequest {
+                network_service: "svc0".into(),
+                client: ClientRef {
+                    node: "n1".into(),
+                    name: None,
+                },
+                labels: Default::default(),
+                mechanisms: vec![],
+                interface: None,
+                excluded_prefixes: vec![],
+            };
+            let t = Instant::now();
+            for _ in 0..cycles {
+                let c = ctl.request(req.clone()).await?;
+                ctl.close(&c.id).await?;
+            }
+            Ok(cycles as f64 / t.elapsed().as_secs_f64())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
+
+    println!(
+        "{}",
+        table(&[
+            (
+                "topology",
+                format!("{nodes} nodes (3-tier Clos), {endpoints} endpoints, {services} services")
+            ),
+            (
+                "select+path+negotiate p50",
+                format!("{p50:.1} µs (goal p99 < 1000)")
+            ),
+            ("select+path+negotiate p99", format!("{p99:.1} µs")),
+            (
+                "request/close cycles, 1 core",
+                format!("{rate:.0}/s (goal > 20000)")
+            ),
+            (
+                "heap per live connection",
+                format!("{per_conn:.0} B at {live} live (goal < 2048)")
+            ),
+        ])
+    );
+    println!("core: select_path_p50_us={p50:.1} select_path_p99_us={p99:.1} cycles_per_s={rate:.0} bytes_per_conn={per_conn:.0} nodes={nodes} endpoints={endpoints}");
+    Ok(())
+}
+
+async fn write_rate(
+    store: Arc<dyn Store>,
+    writers: usize,
+    per_writer: usize,
+    tag: &str,
+) -> anyhow::Result<f64> {
+    let value = vec![b'x'; 1024];
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (store, value, tag) = (store.clone(), value.clone(), tag.to_string());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                store
+                    .put(&format!("/bench/{tag}/{w}/{i}"), value.clone(), Expect::Any)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((writers * per_writer) as f64 / t.elapsed().as_secs_f64())
+}
+
+async fn store(scale: f64) -> anyhow::Result<()> {
+    let n = ((2000.0 * scale).round() as usize).max(100);
+    let dir = tempfile::tempdir()?;
+    let redb: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("bench.redb"))?);
+    let etcd = LocalEtcd::start()
+        .await
+        .context("bench store needs etcd-server (apt-get install etcd-server)")?;
+    let etcd_store: Arc<dyn Store> = Arc::new(etcd.store().await?);
+    let mut figures = BTreeMap::new();
+    for (name, s) in [("redb", redb), ("etcd", etcd_store)] {
+        figures.insert(
+            format!("{name}_seq_wps"),
+            write_rate(s.clone(), 1, n, "seq").await?,
+        );
+        figures.insert(
+            format!("{name}_16_wps"),
+            write_rate(s, 16, n / 16, "par").await?,
+        );
+    }
+    let ratio_seq = figures["redb_seq_wps"] / figures["etcd_seq_wps"];
+    let ratio_16 = figures["redb_16_wps"] / figures["etcd_16_wps"];
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "store (1 KiB values, fsync per commit)",
+        "1 writer",
+        "16 writers",
+    ]);
+    for name in ["redb", "etcd"] {
+        t.add_row(vec![
+            name.to_string(),
+            format!("{:.0} writes/s", figures[&format!("{name}_seq_wps")]),
+            format!("{:.0} writes/s", figures[&format!("{name}_16_wps")]),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "store: redb_seq_wps={:.0} redb_16_wps={:.0} etcd_seq_wps={:.0} etcd_16_wps={:.0} ratio_vs_etcd={ratio_seq:.2} ratio_vs_etcd_16={ratio_16:.2}",
+        figures["redb_seq_wps"], figures["redb_16_wps"], figures["etcd_seq_wps"], figures["etcd_16_wps"]
+    );
+    Ok(())
+}

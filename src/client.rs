@@ -1,0 +1,354 @@
+//! The client commands: they talk to the daemon over its REST API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use meshwire_models::labels::format_labels;
+use meshwire_models::{Connection, ConnectionRequest, Manifest, NetworkService, Topology};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{Kind, Output};
+
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = rb.send().await.map_err(|e| anyhow!("cannot reach the controller at {} ({e}); is `meshwire controller` running? (--controller URL)", self.base))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .context("reading the controller's answer")?;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
+            bail!("{detail}");
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("unexpected answer from the controller ({status})"))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+}
+
+/// The manifest files named by `path`: itself, or the .yaml/.yml/.json files of a directory, sorted.
+fn manifest_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            bail!("{} holds no .yaml, .yml or .json file", path.display());
+        }
+        Ok(files)
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<(String, Manifest)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let m = Manifest::parse(&path.display().to_string(), &text)?;
+    Ok((text, m))
+}
+
+pub fn validate(path: &Path) -> anyhow::Result<()> {
+    for f in manifest_files(path)? {
+        let (_, m) = read_manifest(&f)?;
+        for w in &m.warnings {
+            eprintln!("warning: {w}");
+        }
+        for o in &m.objects {
+            println!("{}: {} ok", f.display(), o.key());
+        }
+    }
+    Ok(())
+}
+
+/// Applies (or deletes) every file; each is checked locally first so errors name the real file.
+pub async fn apply(api: &Api, path: &Path, delete: bool) -> anyhow::Result<()> {
+    let files = manifest_files(path)?;
+    let mut parsed = Vec::new();
+    for f in &files {
+        parsed.push((f, read_manifest(f)?));
+    }
+    if delete {
+        parsed.reverse();
+    }
+    for (f, (text, m)) in parsed {
+        for w in &m.warnings {
+            eprintln!("warning: {w}");
+        }
+        let url = format!("{}/api/v1/manifests", api.base);
+        let rb = if delete {
+            api.http.delete(url)
+        } else {
+            api.http.post(url)
+        };
+        let out: Value = api
+            .send(rb.query(&[("file", f.display().to_string())]).body(text))
+            .await?;
+        for a in out["applied"].as_array().into_iter().flatten() {
+            let change = if delete {
+                "deleted"
+            } else {
+                a["change"].as_str().unwrap_or("")
+            };
+            println!("{} {change}", a["key"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+fn print<T: serde::Serialize>(
+    v: &T,
+    output: Output,
+    table: impl FnOnce() -> Table,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(v)?),
+        Output::Table => println!("{}", table()),
+    }
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn connection_rows(t: &mut Table, conns: &[Connection]) {
+    for c in conns {
+        t.add_row(vec![
+            c.id.clone(),
+            c.network_service.clone(),
+            c.client.workload().to_string(),
+            c.network_service_endpoint_name.clone(),
+            c.mechanism().map(|m| m.summary()).unwrap_or_default(),
+            format!(
+                "{} -> {}",
+                c.ip_context
+                    .src_ip_addrs
+                    .first()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                c.ip_context
+                    .dst_ip_addrs
+                    .first()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            ),
+            c.path
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(">"),
+            c.state.to_string(),
+        ]);
+    }
+}
+
+const CONN_HEADER: [&str; 8] = [
+    "ID",
+    "SERVICE",
+    "CLIENT",
+    "ENDPOINT",
+    "MECHANISM",
+    "ADDRESSES (client -> endpoint)",
+    "PATH",
+    "STATE",
+];
+
+pub async fn get(api: &Api, kind: Kind, output: Output) -> anyhow::Result<()> {
+    match kind {
+        Kind::Services => {
+            let v: Vec<NetworkService> = api.get("/api/v1/services").await?;
+            print(&v, output, || {
+                let mut t = table(&["NAME", "PAYLOAD", "MATCHES"]);
+                for s in &v {
+                    t.add_row(vec![
+                        s.name.clone(),
+                        s.payload.to_string(),
+                        s.matches.len().to_string(),
+                    ]);
+                }
+                t
+            })
+        }
+        Kind::Endpoints => {
+            let v: Vec<Value> = api.get("/api/v1/endpoints").await?;
+            print(&v, output, || {
+                let mut t = table(&[
+                    "NAME",
+                    "SERVICES",
+                    "LOCATION",
+                    "MECHANISMS",
+                    "CONNECTIONS",
+                    "STATUS",
+                ]);
+                for e in &v {
+                    let nse: Result<meshwire_models::NetworkServiceEndpoint, _> =
+                        serde_json::from_value(e.clone());
+                    let Ok(nse) = nse else { continue };
+                    let services = nse
+                        .network_service_names
+                        .iter()
+                        .map(|s| match nse.labels_for(s) {
+                            Some(l) if !l.is_empty() => format!("{s}{{{}}}", format_labels(l)),
+                            _ => s.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let cap = nse.capacity.map(|c| format!("/{c}")).unwrap_or_default();
+                    t.add_row(vec![
+                        nse.name.clone(),
+                        services,
+                        nse.location.vertex().to_string(),
+                        nse.mechanisms
+                            .kinds()
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        format!("{}{cap}", e["connections"]),
+                        if e["down"].as_bool() == Some(true) {
+                            "down".into()
+                        } else {
+                            "up".into()
+                        },
+                    ]);
+                }
+                t
+            })
+        }
+        Kind::Connections => {
+            let v: Vec<Connection> = api.get("/api/v1/connections").await?;
+            print(&v, output, || {
+                let mut t = table(&CONN_HEADER);
+                connection_rows(&mut t, &v);
+                t
+            })
+        }
+        Kind::Topology => {
+            let v: Topology = api.get("/api/v1/topology").await?;
+            print(&v, output, || {
+                let mut t = table(&["KIND", "NAME", "DETAIL"]);
+                for n in v.nodes.values() {
+                    t.add_row(vec![
+                        "node".into(),
+                        n.name.clone(),
+                        format!(
+                            "forwarder={} underlay={}",
+                            n.forwarder,
+                            n.underlay_address
+                                .map(|a| a.to_string())
+                                .unwrap_or("-".into())
+                        ),
+                    ]);
+                }
+                for d in v.devices.values() {
+                    t.add_row(vec![
+                        "device".into(),
+                        d.name.clone(),
+                        format!("kind={}", d.kind),
+                    ]);
+                }
+                for l in v.links.values() {
+                    t.add_row(vec![
+                        "link".into(),
+                        l.name.clone(),
+                        format!(
+                            "{}:{} <-> {}:{} mtu={} cost={} {}",
+                            l.a.vertex,
+                            l.a.interface,
+                            l.b.vertex,
+                            l.b.interface,
+                            l.mtu,
+                            l.cost,
+                            if l.up { "up" } else { "down" }
+                        ),
+                    ]);
+                }
+                t
+            })
+        }
+        Kind::Resources => {
+            let v: Value = api.get("/api/v1/resources").await?;
+            print(&v, output, || {
+                let mut t = table(&["POOL", "IN USE"]);
+                for (k, n) in v["pools"].as_object().into_iter().flatten() {
+                    t.add_row(vec![k.clone(), n.to_string()]);
+                }
+                t
+            })
+        }
+        Kind::All => {
+            for k in [
+                Kind::Topology,
+                Kind::Services,
+                Kind::Endpoints,
+                Kind::Connections,
+            ] {
+                Box::pin(get(api, k, output)).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn request(api: &Api, req: ConnectionRequest, output: Output) -> anyhow::Result<()> {
+    let c: Connection = api
+        .send(
+            api.http
+                .post(format!("{}/api/v1/connections", api.base))
+                .json(&req),
+        )
+        .await?;
+    print(&c, output, || {
+        let mut t = table(&CONN_HEADER);
+        connection_rows(&mut t, std::slice::from_ref(&c));
+        t
+    })
+}
+
+pub async fn close(api: &Api, id: &str) -> anyhow::Result<()> {
+    let c: Connection = api
+        .send(
+            api.http
+                .delete(format!("{}/api/v1/connections/{id}", api.base)),
+        )
+        .await?;
+    println!(
+        "connection {} closed (service {}, endpoint {})",
+        c.id, c.network_service, c.network_service_endpoint_name
+    );
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `meshwire controller`: the daemon.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use meshwire_controller::{Config, Controller, Driver, NullDriver, SystemClock};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where state lives: redb:PATH (embedded, one file), etcd://HOST:PORT[,HOST:PORT] (distributed) or memory (lost on exit).
+    #[arg(long, env = "MESHWIRE_STORE", default_value = "redb:./meshwire.redb")]
+    store: String,
+    /// Address of the REST API. Keep it on loopback unless a proxy in front adds TLS and auth.
+    #[arg(long, env = "MESHWIRE_LISTEN", default_value = "127.0.0.1:7600")]
+    listen: SocketAddr,
+    /// How often desired connections are compared with the data plane (repair, heal, expiry).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reconcile_interval: Duration,
+    /// Which data plane wires connections. `none` plans, negotiates and records connections
+    /// without touching any device (the kernel and OVS drivers arrive with their own issues).
+    #[arg(long, default_value = "none", value_parser = ["none"])]
+    dataplane: String,
+    /// Connection addresses come from here when an endpoint has no ipamPrefix.
+    #[arg(long, default_value = "172.16.0.0/16")]
+    ipam_prefix: ipnet::IpNet,
+    /// Log filter, e.g. info, debug, meshwire_controller=debug.
+    #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
+    log: String,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_target(false)
+        .init();
+    let store = meshwire_controller::store::open(&args.store)
+        .await
+        .with_context(|| format!("opening store {}", args.store))?;
+    let driver: Arc<dyn Driver> = match args.dataplane.as_str() {
+        _ => Arc::new(NullDriver),
+    };
+    let config = Config {
+        ipam_prefix: args.ipam_prefix,
+        ..Config::default()
+    };
+    let ctl = Controller::start(store, driver, Arc::new(SystemClock), config)
+        .await
+        .context("starting the controller")?;
+    let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
+    let app = meshwire_northbound::router(ctl);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving the REST API")?;
+    reconciler.abort();
+    tracing::info!("meshwire controller stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

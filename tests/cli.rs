@@ -1,0 +1,222 @@
+//! Input: the `meshwire` binary as a user runs it: a controller daemon on a free loopback port
+//! with a store in a temp dir, and client commands against it.
+//! Output: what the commands print and exit with, before and after a daemon restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshwire");
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn daemon(store: &str) -> Daemon {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "controller",
+            "--store",
+            store,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--reconcile-interval",
+            "200ms",
+            "--log",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return d;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("controller did not start");
+}
+
+fn run(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("MESHWIRE_CONTROLLER", &d.url)
+        .output()
+        .unwrap()
+}
+
+fn ok(d: &Daemon, args: &[&str]) -> String {
+    let out = run(d, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(d: &Daemon, args: &[&str]) -> String {
+    let out = run(d, args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "one-line error: {err}");
+    err
+}
+
+fn round_trip(store: String) {
+    let vpn = example("vpn-gateway.yaml");
+    let vpn = vpn.to_str().unwrap();
+    let id = {
+        let d = daemon(&store);
+        let out = ok(&d, &["apply", "-f", vpn]);
+        assert!(
+            out.contains("NetworkService/secure-intranet-connectivity created"),
+            "{out}"
+        );
+        assert!(ok(&d, &["apply", "-f", vpn]).contains("unchanged"));
+        let out = ok(&d, &["get", "services"]);
+        assert!(
+            out.contains("secure-intranet-connectivity") && out.contains("IP"),
+            "{out}"
+        );
+        let c: serde_json::Value = serde_json::from_str(&ok(
+            &d,
+            &[
+                "request",
+                "secure-intranet-connectivity",
+                "--client",
+                "client",
+                "--label",
+                "app=sarah",
+                "-o",
+                "json",
+            ],
+        ))
+        .unwrap();
+        assert_eq!(c["state"], "up");
+        assert_eq!(
+            c["hops"][0]["mechanism"]["type"], "vxlan",
+            "different nodes: VXLAN"
+        );
+        assert_eq!(c["hops"][0]["mechanism"]["vni"], 5000);
+        assert_eq!(c["ip_context"]["src_routes"][0]["prefix"], "10.60.0.0/16");
+        let err = fails(
+            &d,
+            &[
+                "request",
+                "secure-intranet-connectivity",
+                "--client",
+                "client",
+                "--label",
+                "app=bob",
+            ],
+        );
+        assert!(err.contains("no endpoint of network service \"secure-intranet-connectivity\" matches client labels app=bob"), "{err}");
+        c["id"].as_str().unwrap().to_string()
+    };
+    // Restarted on the same store: everything is still there.
+    let d = daemon(&store);
+    let conns: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["get", "connections", "-o", "json"])).unwrap();
+    assert_eq!(conns[0]["id"], id.as_str());
+    let table = ok(&d, &["get", "all"]);
+    assert!(
+        table.contains("vpn-gateway-1") && table.contains("client-gateway") && table.contains(&id),
+        "{table}"
+    );
+    assert!(ok(&d, &["get", "endpoints", "-o", "yaml"]).contains("connections: 1"));
+    ok(&d, &["close", &id]);
+    let err = fails(&d, &["close", &id]);
+    assert!(
+        err.contains(&format!("unknown connection \"{id}\"")),
+        "{err}"
+    );
+    let res: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["get", "resources", "-o", "json"])).unwrap();
+    assert!(
+        res["pools"].as_object().unwrap().values().all(|v| v == 0),
+        "{res}"
+    );
+    ok(&d, &["delete", "-f", vpn]);
+    assert_eq!(ok(&d, &["get", "services", "-o", "json"]).trim(), "[]");
+}
+
+#[test]
+fn nb_cli_round_trip_and_restart_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    round_trip(format!("redb:{}", dir.path().join("m.redb").display()));
+}
+
+#[test]
+fn nb_cli_round_trip_and_restart_etcd() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = match rt.block_on(meshwire_controller::store::etcd_store::LocalEtcd::start()) {
+        Ok(e) => e,
+        Err(e) if std::env::var("MESHWIRE_REQUIRE_ALL").is_err() => return eprintln!("SKIP: {e}"),
+        Err(e) => panic!("etcd is required: {e}"),
+    };
+    round_trip(format!("etcd://{}", etcd.endpoint));
+}
+
+#[test]
+fn nb_cli_bad_input_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e1}\nspec:\n  network_service_names: [s]\n  location: {node: n}\n  mechanisms: {vxlan: {vniRange: {start: 5000, end: 4000}}}\n").unwrap();
+    let d = daemon("memory");
+    let err = fails(&d, &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("bad.yaml: document 1 (NetworkServiceEndpoint/e1): spec.mechanisms.vxlan.vniRange: start 5000 is above end 4000"), "{err}");
+    let err = fails(&d, &["validate", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("start 5000 is above end 4000"), "{err}");
+    let err = fails(&d, &["request", "nope", "--client", "x"]);
+    assert!(err.contains("unknown network service \"nope\""), "{err}");
+    // Argument errors come from clap, with a pointer to --help.
+    let out = run(&d, &["request", "s", "--client", "x", "--label", "novalue"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("is not of the form key=value")
+    );
+    let err = fails(&d, &["apply", "-f", "/nonexistent/x.yaml"]);
+    assert!(err.contains("cannot read /nonexistent/x.yaml"), "{err}");
+    // No daemon there: says so and how to point at one.
+    let out = Command::new(BIN)
+        .args(["get", "services"])
+        .env(
+            "MESHWIRE_CONTROLLER",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `meshwire controller` running?"));
+    // Upstream's own manifests validate as they are.
+    let upstream = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/upstream-nsm");
+    let out = ok(&d, &["validate", "-f", upstream.to_str().unwrap()]);
+    assert_eq!(out.lines().count(), 10, "{out}");
+}
