@@ -38,9 +38,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = meshwire_controller::store::open(&args.store)
         .await
         .with_context(|| format!("opening store {}", args.store))?;
-    let driver: Arc<dyn Driver> = match args.dataplane.as_str() {
-        _ => Arc::new(NullDriver),
-    };
+    // `--dataplane` accepts only `none` until the kernel and OVS drivers land.
+    let driver: Arc<dyn Driver> = Arc::new(NullDriver);
+    tracing::info!(dataplane = %args.dataplane, "data plane selected");
     let config = Config {
         ipam_prefix: args.ipam_prefix,
         ..Config::default()

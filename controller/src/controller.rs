@@ -104,12 +104,15 @@ pub struct Controller {
     inner: Arc<Inner>,
 }
 
+/// One async lock per (client workload, service).
+type KeyLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
 struct Inner {
     state: Mutex<State>,
     store: Arc<dyn Store>,
     driver: Arc<dyn Driver>,
     clock: Arc<dyn Clock>,
-    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<KeyLocks>,
     events: broadcast::Sender<Event>,
 }
 

@@ -329,7 +329,7 @@ impl State {
             .filter_map(|n| self.endpoints.get(n))
             .filter(|e| {
                 !e.down
-                    && !e.nse.expires_at_ms.is_some_and(|t| t <= now_ms)
+                    && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
                     && !avoid.endpoints.contains(&e.nse.name)
             })
             .map(|e| &e.nse)

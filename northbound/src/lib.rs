@@ -85,7 +85,29 @@ impl IntoResponse for Problem {
     }
 }
 
-type ApiResult<T> = Result<T, Problem>;
+/// A problem, boxed so handler results stay small.
+#[derive(Debug)]
+pub struct ApiError(pub Box<Problem>);
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        ApiError(Box::new(p))
+    }
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(e: ControllerError) -> Self {
+        Problem::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
 
 /// The REST router over `ctl`.
 pub fn router(ctl: Controller) -> Router {
@@ -141,11 +163,11 @@ fn parse_manifest(q: &FileQuery, body: &Bytes) -> ApiResult<Manifest> {
             format!("{file}: not UTF-8 text"),
         )
     })?;
-    Manifest::parse(file, text).map_err(|e| {
+    Ok(Manifest::parse(file, text).map_err(|e| {
         let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-manifest", e.to_string());
         p.field = Some(e.field.clone());
         p
-    })
+    })?)
 }
 
 #[derive(Serialize)]

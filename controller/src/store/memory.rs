@@ -8,9 +8,12 @@ use tokio::sync::mpsc;
 
 use super::{check_expect, Entry, Expect, Revision, Store, StoreError, WatchEvent, WatchHub};
 
+type Data = BTreeMap<String, (Vec<u8>, Revision)>;
+
 #[derive(Default)]
 pub struct MemoryStore {
-    data: Mutex<(BTreeMap<String, (Vec<u8>, Revision)>, Revision)>,
+    /// Values with their mod revision, and the store revision.
+    data: Mutex<(Data, Revision)>,
     hub: WatchHub,
 }
 

@@ -112,11 +112,8 @@ pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
         Ok(std::sync::Arc::new(redb_store::RedbStore::open(
             std::path::Path::new(path),
         )?))
-    } else if spec.starts_with("etcd://") {
-        let endpoints: Vec<String> = spec["etcd://".len()..]
-            .split(',')
-            .map(|e| format!("http://{e}"))
-            .collect();
+    } else if let Some(rest) = spec.strip_prefix("etcd://") {
+        let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
         Ok(std::sync::Arc::new(
             etcd_store::EtcdStore::connect(&endpoints).await?,
         ))

@@ -23,6 +23,9 @@ const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MAX_BATCH: usize = 256;
 
+/// Per-operation results of a committed batch, and the events to publish.
+type Committed = (Vec<Result<(Revision, bool), StoreError>>, Vec<WatchEvent>);
+
 struct WriteOp {
     key: String,
     /// `None` deletes.
@@ -154,16 +157,23 @@ fn writer(
             key: key.to_string(),
             reason: e.to_string(),
         };
-        let result = (|| -> Result<(Vec<Result<(Revision, bool), StoreError>>, Vec<WatchEvent>), StoreError> {
+        let result = (|| -> Result<Committed, StoreError> {
             let w = db.begin_write().map_err(|e| fail(&e, "(transaction)"))?;
             let mut results = Vec::with_capacity(batch.len());
             let mut events = Vec::new();
             {
                 let mut kv = w.open_table(KV).map_err(|e| fail(&e, "(kv)"))?;
                 let mut meta = w.open_table(META).map_err(|e| fail(&e, "(meta)"))?;
-                let mut rev = meta.get("revision").map_err(|e| fail(&e, "revision"))?.map(|v| v.value()).unwrap_or(0);
+                let mut rev = meta
+                    .get("revision")
+                    .map_err(|e| fail(&e, "revision"))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
                 for op in &batch {
-                    let current = kv.get(op.key.as_str()).map_err(|e| fail(&e, &op.key))?.map(|v| v.value().0);
+                    let current = kv
+                        .get(op.key.as_str())
+                        .map_err(|e| fail(&e, &op.key))?
+                        .map(|v| v.value().0);
                     if let Err(e) = check_expect(&name, &op.key, current, op.expect) {
                         results.push(Err(e));
                         continue;
@@ -171,20 +181,29 @@ fn writer(
                     match &op.value {
                         Some(v) => {
                             rev += 1;
-                            kv.insert(op.key.as_str(), (rev, v.as_slice())).map_err(|e| fail(&e, &op.key))?;
-                            events.push(WatchEvent::Put(Entry { key: op.key.clone(), value: v.clone(), mod_revision: rev }));
+                            kv.insert(op.key.as_str(), (rev, v.as_slice()))
+                                .map_err(|e| fail(&e, &op.key))?;
+                            events.push(WatchEvent::Put(Entry {
+                                key: op.key.clone(),
+                                value: v.clone(),
+                                mod_revision: rev,
+                            }));
                             results.push(Ok((rev, true)));
                         }
                         None if current.is_none() => results.push(Ok((rev, false))),
                         None => {
                             rev += 1;
                             kv.remove(op.key.as_str()).map_err(|e| fail(&e, &op.key))?;
-                            events.push(WatchEvent::Delete { key: op.key.clone(), revision: rev });
+                            events.push(WatchEvent::Delete {
+                                key: op.key.clone(),
+                                revision: rev,
+                            });
                             results.push(Ok((rev, true)));
                         }
                     }
                 }
-                meta.insert("revision", rev).map_err(|e| fail(&e, "revision"))?;
+                meta.insert("revision", rev)
+                    .map_err(|e| fail(&e, "revision"))?;
             }
             w.commit().map_err(|e| fail(&e, "(commit)"))?;
             Ok((results, events))
