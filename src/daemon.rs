@@ -18,9 +18,9 @@ pub struct Args {
     /// How often desired connections are compared with the data plane (repair, heal, expiry).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reconcile_interval: Duration,
-    /// Which data plane wires connections. `none` plans, negotiates and records connections
-    /// without touching any device (the kernel and OVS drivers arrive with their own issues).
-    #[arg(long, default_value = "none", value_parser = ["none"])]
+    /// Which data plane wires connections: `kernel` (veth, VXLAN and bridges in network namespaces,
+    /// over netlink; needs root) or `none` (plan, negotiate and record without touching a device).
+    #[arg(long, default_value = "none", value_parser = ["none", "kernel"])]
     dataplane: String,
     /// Connection addresses come from here when an endpoint has no ipamPrefix.
     #[arg(long, default_value = "172.16.0.0/16")]
@@ -38,9 +38,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = meshwire_controller::store::open(&args.store)
         .await
         .with_context(|| format!("opening store {}", args.store))?;
-    // `--dataplane` accepts only `none` until the kernel and OVS drivers land.
-    let driver: Arc<dyn Driver> = Arc::new(NullDriver);
-    tracing::info!(dataplane = %args.dataplane, "data plane selected");
+    let driver: Arc<dyn Driver> = match args.dataplane.as_str() {
+        "kernel" => Arc::new(meshwire_southbound::KernelDriver::new()),
+        _ => Arc::new(NullDriver),
+    };
     let config = Config {
         ipam_prefix: args.ipam_prefix,
         ..Config::default()

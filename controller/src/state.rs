@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use ipnet::IpNet;
 use meshwire_models::labels::format_labels;
 use meshwire_models::{
-    ClientRef, Connection, ConnectionRequest, ConnectionState, IpContext, NetworkService,
-    NetworkServiceEndpoint, Object, ObjectKey, ObjectKind, Payload, Route, Topology,
+    ClientRef, Connection, ConnectionRequest, ConnectionState, EndpointLocation, IpContext,
+    NetworkService, NetworkServiceEndpoint, Object, ObjectKey, ObjectKind, Payload, Placement,
+    Route, Topology,
 };
 
 use crate::error::ControllerError;
@@ -372,13 +373,7 @@ impl State {
                     .expect("unbounded")
             }
         };
-        let endpoint_interface = format!(
-            "nse-{}",
-            id.chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(8)
-                .collect::<String>()
-        );
+        let endpoint_interface = meshwire_models::connection::endpoint_interface_for(id);
         let payload = service.payload;
 
         let mut rejects: Vec<Reject> = Vec::new();
@@ -390,11 +385,7 @@ impl State {
                 endpoint: nse,
                 preferences: &req.mechanisms,
                 client_interface: &client_interface,
-                endpoint_interface: nse
-                    .interface
-                    .as_deref()
-                    .filter(|_| payload == Payload::Ethernet)
-                    .unwrap_or(&endpoint_interface),
+                endpoint_interface: &endpoint_interface,
                 connection_id: id,
                 min_mtu: self.config.min_mtu,
                 avoid_links: &avoid.links,
@@ -424,6 +415,26 @@ impl State {
                     continue;
                 }
             };
+            let node_netns = |v: &str| self.topology.nodes.get(v).and_then(|n| n.netns.clone());
+            let client_node_netns = node_netns(&req.client.node);
+            let (endpoint_netns, endpoint_node_netns) = match &nse.location {
+                EndpointLocation::Node { node, netns } => {
+                    (netns.clone().or_else(|| node_netns(node)), node_netns(node))
+                }
+                EndpointLocation::Device { .. } => (None, None),
+            };
+            let placement = Placement {
+                client_netns: req
+                    .client
+                    .name
+                    .clone()
+                    .or_else(|| client_node_netns.clone()),
+                client_node_netns,
+                endpoint_netns,
+                endpoint_node_netns,
+                bridge: (payload == Payload::Ethernet)
+                    .then(|| nse.bridge.clone().unwrap_or_else(|| "nsm-br0".to_string())),
+            };
             return Ok(Connection {
                 id: id.to_string(),
                 network_service: service_name.clone(),
@@ -438,6 +449,7 @@ impl State {
                 preferences: req.mechanisms.clone(),
                 path: wiring.path,
                 hops: wiring.hops,
+                placement,
                 ip_context: ip,
                 address_pool: Some(prefix),
                 mtu: wiring.mtu,

@@ -53,6 +53,26 @@ pub struct ConnectionRequest {
     pub excluded_prefixes: Vec<IpNet>,
 }
 
+/// Where the two ends of a connection live on the data plane: network namespaces, when hosts and
+/// workloads are emulated by them (labs), `None` for the driver's own namespace. Resolved by the
+/// controller from the topology and the endpoint's location, so drivers need nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Placement {
+    /// The client workload's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_netns: Option<String>,
+    /// The namespace of the client's node, where its underlay (tunnel) addresses live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_node_netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_node_netns: Option<String>,
+    /// Ethernet services: the bridge in the endpoint that clients join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+}
+
 /// A vertex a connection passes through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathSegment {
@@ -164,6 +184,11 @@ impl std::str::FromStr for ConnectionState {
     }
 }
 
+/// The endpoint-side interface name of connection `id` (unique per endpoint, at most 12 bytes).
+pub fn endpoint_interface_for(id: &str) -> String {
+    format!("nse-{}", id.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect::<String>())
+}
+
 /// A refused state transition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("connection {id}: cannot go from {from} to {to}")]
@@ -190,6 +215,8 @@ pub struct Connection {
     pub preferences: Vec<MechanismKind>,
     pub path: Vec<PathSegment>,
     pub hops: Vec<Hop>,
+    #[serde(default)]
+    pub placement: Placement,
     pub ip_context: IpContext,
     /// The prefix the addresses were taken from (to give them back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,6 +236,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The interface name on the endpoint's side: `nse-` and the first 8 characters of the id.
+    pub fn endpoint_interface(&self) -> String {
+        endpoint_interface_for(&self.id)
+    }
+
     /// The client-side mechanism (the first hop's).
     pub fn mechanism(&self) -> Option<&Mechanism> {
         self.hops.first().map(|h| &h.mechanism)

@@ -19,8 +19,8 @@ pub mod service;
 pub mod topology;
 
 pub use connection::{
-    ClientRef, Connection, ConnectionRequest, ConnectionState, Hop, IpContext, PathSegment, Route,
-    StateError,
+    ClientRef, Connection, ConnectionRequest, ConnectionState, Hop, IpContext, PathSegment,
+    Placement, Route, StateError,
 };
 pub use endpoint::{EndpointLocation, NetworkServiceEndpoint};
 pub use labels::Labels;

@@ -1,0 +1,305 @@
+//! The Linux kernel data plane, over rtnetlink.
+//!
+//! ```text
+//!  Controller ──apply/remove/observe──▶ KernelDriver ──wiring::plan (pure)──▶ Wiring
+//!                                            │
+//!                                            ├─ Namespaces: one netlink socket per netns,
+//!                                            │  opened on a thread that entered it
+//!                                            └─ link / address / route requests per end
+//! ```
+//!
+//! Everything created carries the alias `meshwire:<connection id>`, and routes carry protocol
+//! [`wiring::ROUTE_PROTOCOL`]: an interface of the same name that is not ours is never touched,
+//! and `remove` deletes only what carries our alias. Every operation is idempotent: applying over
+//! a complete or half-done wiring converges, and removing what is already gone succeeds.
+
+pub mod netns;
+pub mod wiring;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
+use meshwire_models::Connection;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use netns::Namespaces;
+use wiring::{alias, End, Wiring};
+
+const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+
+/// Wires connections with veth pairs, VXLAN devices and bridges in network namespaces.
+#[derive(Default)]
+pub struct KernelDriver {
+    namespaces: Namespaces,
+}
+
+/// An interface as we found it.
+struct Found {
+    index: u32,
+    alias: Option<String>,
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn ns_name(ns: &Option<String>) -> &str {
+    ns.as_deref().unwrap_or("(host)")
+}
+
+fn found(msg: &LinkMessage) -> Found {
+    let alias = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.clone()),
+        _ => None,
+    });
+    Found { index: msg.header.index, alias }
+}
+
+impl KernelDriver {
+    pub fn new() -> Self {
+        KernelDriver::default()
+    }
+
+    fn err(&self, c: &Connection, what: impl std::fmt::Display, reason: impl std::fmt::Display) -> DriverError {
+        DriverError { driver: "kernel".into(), target: format!("connection {} {what}", c.id), reason: reason.to_string() }
+    }
+
+    async fn handle(&self, c: &Connection, ns: &Option<String>) -> Result<Handle, DriverError> {
+        self.namespaces.handle(ns).await.map_err(|e| self.err(c, format!("netns {}", ns_name(ns)), e))
+    }
+
+    async fn find(h: &Handle, name: &str) -> Result<Option<Found>, rtnetlink::Error> {
+        match h.link().get().match_name(name.to_string()).execute().try_next().await {
+            Ok(Some(msg)) => Ok(Some(found(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `end`'s interface exists; refuses one of that name that is not this connection's.
+    async fn existing(&self, c: &Connection, end: &End) -> Result<bool, DriverError> {
+        let h = self.handle(c, &end.netns).await?;
+        let at = || format!("{}/{}", ns_name(&end.netns), end.ifname);
+        match Self::find(&h, &end.ifname).await.map_err(|e| self.err(c, at(), e))? {
+            None => Ok(false),
+            Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => Ok(true),
+            Some(f) => Err(self.err(
+                c,
+                at(),
+                format!("an interface of that name already exists and is not this connection's (alias {:?}); Meshwire leaves it alone", f.alias.unwrap_or_default()),
+            )),
+        }
+    }
+
+    async fn create_veth(&self, c: &Connection, client: &End, endpoint: &End) -> Result<(), DriverError> {
+        let h = self.handle(c, &client.netns).await?;
+        let fd = match &endpoint.netns {
+            Some(n) if endpoint.netns != client.netns => Some(netns::open(n).map_err(|e| self.err(c, format!("netns {n}"), e))?),
+            _ => None,
+        };
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(endpoint.ifname.clone()).mtu(endpoint.mtu);
+        if let Some(f) = &fd {
+            peer = peer.setns_by_fd(f.as_raw_fd());
+        }
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(client.ifname.clone())
+            .mtu(client.mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        h.link().add(msg).execute().await.map_err(|e| self.err(c, format!("veth {}/{}", ns_name(&client.netns), client.ifname), e))
+    }
+
+    async fn create_vxlan(&self, c: &Connection, side: &wiring::Side, vni: u32, port: u16) -> Result<(), DriverError> {
+        let h = self.handle(c, &side.underlay_netns).await?;
+        let mut b = LinkVxlan::new(&side.end.ifname, vni).local(side.local).remote(side.remote).port(port).mtu(side.end.mtu);
+        let fd = match &side.end.netns {
+            Some(n) if side.end.netns != side.underlay_netns => Some(netns::open(n).map_err(|e| self.err(c, format!("netns {n}"), e))?),
+            _ => None,
+        };
+        if let Some(f) = &fd {
+            b = b.setns_by_fd(f.as_raw_fd());
+        }
+        h.link().add(b.build()).execute().await.map_err(|e| self.err(c, format!("vxlan {} in {}", side.end.ifname, ns_name(&side.underlay_netns)), e))
+    }
+
+    /// Tags, addresses, bridges, routes and brings up one end. Idempotent.
+    async fn configure(&self, c: &Connection, end: &End) -> Result<(), DriverError> {
+        let h = self.handle(c, &end.netns).await?;
+        let at = format!("{}/{}", ns_name(&end.netns), end.ifname);
+        let f = Self::find(&h, &end.ifname).await.map_err(|e| self.err(c, &at, e))?.ok_or_else(|| self.err(c, &at, "interface vanished while being wired"))?;
+        let set = LinkUnspec::new_with_index(f.index).alias(alias(&c.id)).mtu(end.mtu).up().build();
+        h.link().set(set).execute().await.map_err(|e| self.err(c, &at, format!("set alias/mtu/up: {e}")))?;
+        let mut addr_index = f.index;
+        if let Some(br) = &end.bridge {
+            let bridge = match Self::find(&h, br).await.map_err(|e| self.err(c, &at, e))? {
+                Some(b) => b,
+                None => {
+                    match h.link().add(LinkBridge::new(br).build()).execute().await {
+                        Ok(()) => {}
+                        Err(e) if errno(&e) == Some(EEXIST) => {}
+                        Err(e) => return Err(self.err(c, format!("bridge {}/{br}", ns_name(&end.netns)), e)),
+                    }
+                    Self::find(&h, br).await.map_err(|e| self.err(c, &at, e))?.ok_or_else(|| self.err(c, br, "bridge vanished"))?
+                }
+            };
+            h.link().set(LinkUnspec::new_with_index(bridge.index).up().build()).execute().await.map_err(|e| self.err(c, br, e))?;
+            h.link().set(LinkUnspec::new_with_index(f.index).controller(bridge.index).build()).execute().await.map_err(|e| self.err(c, &at, format!("join bridge {br}: {e}")))?;
+            addr_index = bridge.index;
+        }
+        for a in &end.addrs {
+            match h.address().add(addr_index, a.addr(), a.prefix_len()).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(self.err(c, &at, format!("address {a}: {e}"))),
+            }
+        }
+        for r in &end.routes {
+            let mut b = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(r.prefix.addr(), r.prefix.prefix_len())
+                .map_err(|e| self.err(c, &at, format!("route {}: {e:?}", r.prefix)))?;
+            if let Some(nh) = r.next_hop {
+                b = b.gateway(nh).map_err(|e| self.err(c, &at, format!("route {} via {nh}: {e:?}", r.prefix)))?;
+            }
+            let msg = b.output_interface(addr_index).protocol(RouteProtocol::Other(wiring::ROUTE_PROTOCOL)).build();
+            match h.route().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(self.err(c, &at, format!("route {}: {e}", r.prefix))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `end`'s interface if it is this connection's.
+    async fn delete(&self, c: &Connection, end: &End) -> Result<(), DriverError> {
+        if !netns::exists(&end.netns) {
+            self.namespaces.forget(&end.netns);
+            return Ok(());
+        }
+        let h = self.handle(c, &end.netns).await?;
+        let at = format!("{}/{}", ns_name(&end.netns), end.ifname);
+        match Self::find(&h, &end.ifname).await.map_err(|e| self.err(c, &at, e))? {
+            Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => match h.link().del(f.index).execute().await {
+                Ok(()) => Ok(()),
+                Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+                Err(e) => Err(self.err(c, &at, format!("delete: {e}"))),
+            },
+            Some(f) => {
+                tracing::warn!(connection = %c.id, interface = %at, alias = ?f.alias, "not ours; left in place");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Interface name → alias of every link in `ns`, or None when the namespace is gone.
+    async fn links(&self, ns: &Option<String>) -> Option<HashMap<String, Option<String>>> {
+        if !netns::exists(ns) {
+            self.namespaces.forget(ns);
+            return None;
+        }
+        let h = self.namespaces.handle(ns).await.ok()?;
+        let mut out = HashMap::new();
+        let mut stream = h.link().get().execute();
+        while let Ok(Some(msg)) = stream.try_next().await {
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let Some(n) = name {
+                out.insert(n, found(&msg).alias);
+            }
+        }
+        Some(out)
+    }
+}
+
+#[async_trait]
+impl Driver for KernelDriver {
+    fn name(&self) -> &str {
+        "kernel"
+    }
+
+    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+        let w = wiring::plan(c).map_err(|r| self.err(c, "", r))?;
+        match &w {
+            Wiring::Veth { client, endpoint } => {
+                if !self.existing(c, client).await? {
+                    // A leftover half (the peer) of an earlier attempt would block the pair.
+                    self.delete(c, endpoint).await?;
+                    self.create_veth(c, client, endpoint).await?;
+                }
+            }
+            Wiring::Vxlan { client, endpoint, vni, port } => {
+                for side in [client, endpoint] {
+                    if !self.existing(c, &side.end).await? {
+                        self.create_vxlan(c, side, *vni, *port).await?;
+                    }
+                }
+            }
+        }
+        for end in w.ends() {
+            self.configure(c, end).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+        let Ok(w) = wiring::plan(c) else { return Ok(()) };
+        for end in w.ends() {
+            self.delete(c, end).await?;
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
+        let mut links: HashMap<Option<String>, Option<HashMap<String, Option<String>>>> = HashMap::new();
+        let mut obs = Observation::default();
+        for c in desired {
+            let Ok(w) = wiring::plan(c) else { continue };
+            let mut underlays = Vec::new();
+            if let Wiring::Vxlan { client, endpoint, .. } = &w {
+                underlays = vec![(client.underlay_netns.clone(), true), (endpoint.underlay_netns.clone(), false)];
+            }
+            let [client, endpoint] = w.ends();
+            let mut health = None;
+            for (ns, is_client) in [(client.netns.clone(), true), (endpoint.netns.clone(), false)].into_iter().chain(underlays) {
+                if !netns::exists(&ns) {
+                    self.namespaces.forget(&ns);
+                    let reason = format!("namespace {} is gone", ns_name(&ns));
+                    health = Some(if is_client { Health::ClientGone { reason } } else { Health::EndpointLost { reason } });
+                    break;
+                }
+            }
+            if health.is_none() {
+                let ours = alias(&c.id);
+                for end in [client, endpoint] {
+                    if !links.contains_key(&end.netns) {
+                        let l = self.links(&end.netns).await;
+                        links.insert(end.netns.clone(), l);
+                    }
+                    let present = links.get(&end.netns).and_then(|l| l.as_ref()).and_then(|l| l.get(&end.ifname)).is_some_and(|a| a.as_deref() == Some(ours.as_str()));
+                    if !present {
+                        health = Some(Health::Missing { reason: format!("{}/{} is missing", ns_name(&end.netns), end.ifname) });
+                        break;
+                    }
+                }
+            }
+            if let Some(h) = health {
+                obs.connections.insert(c.id.clone(), h);
+            }
+        }
+        Ok(obs)
+    }
+}

@@ -1,0 +1,98 @@
+//! Netlink handles per network namespace.
+//!
+//! A netlink socket belongs to the namespace of the thread that creates it. So for each namespace
+//! a short-lived dedicated thread enters it (`setns`), creates the socket and hands it back; the
+//! connection task then runs on the runtime like any other. Nothing forks, and the runtime's own
+//! threads never change namespace.
+//!
+//! Handles are cached by name and inode: a namespace deleted and created again under the same name
+//! gets a fresh socket, and [`Namespaces::forget`] drops a handle once its namespace is gone so our
+//! socket does not keep the namespace (and its interfaces) alive.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use rtnetlink::Handle;
+
+/// Where `ip netns` keeps named namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+struct Cached {
+    inode: u64,
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cached {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+pub struct Namespaces {
+    cache: Mutex<HashMap<Option<String>, Cached>>,
+}
+
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// Whether the namespace exists (`None`, our own, always does).
+pub fn exists(ns: &Option<String>) -> bool {
+    ns.as_ref().is_none_or(|n| path(n).exists())
+}
+
+fn inode(ns: &Option<String>) -> std::io::Result<u64> {
+    match ns {
+        None => Ok(0),
+        Some(n) => std::fs::metadata(path(n)).map(|m| m.ino()),
+    }
+}
+
+/// Opens a namespace for `IFLA_NET_NS_FD`.
+pub fn open(name: &str) -> std::io::Result<File> {
+    File::open(path(name))
+}
+
+impl Namespaces {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<String>, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A handle whose socket lives in `ns`.
+    pub async fn handle(&self, ns: &Option<String>) -> std::io::Result<Handle> {
+        let ino = inode(ns).map_err(|e| std::io::Error::new(e.kind(), format!("namespace {}: {e}", ns.as_deref().unwrap_or("(own)"))))?;
+        if let Some(c) = self.lock().get(ns) {
+            if c.inode == ino {
+                return Ok(c.handle.clone());
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Handle::current();
+        let target = ns.as_ref().map(|n| path(n));
+        std::thread::Builder::new().name("netns-enter".into()).spawn(move || {
+            let result = (|| {
+                if let Some(p) = target {
+                    let f = File::open(&p)?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| std::io::Error::other(format!("setns {}: {e}", p.display())))?;
+                }
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })();
+            let _ = tx.send(result);
+        })?;
+        let (conn, handle, _) = rx.await.map_err(|_| std::io::Error::other("namespace thread died"))??;
+        let task = tokio::spawn(conn);
+        self.lock().insert(ns.clone(), Cached { inode: ino, handle: handle.clone(), task });
+        Ok(handle)
+    }
+
+    /// Drops the handle of a namespace that is gone.
+    pub fn forget(&self, ns: &Option<String>) {
+        self.lock().remove(ns);
+    }
+}

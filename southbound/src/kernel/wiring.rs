@@ -1,0 +1,166 @@
+//! What the kernel data plane must hold for one connection, computed from the connection alone.
+//! Pure: no netlink, no namespaces. [`super::KernelDriver`] executes it.
+//!
+//! - Kernel mechanism (same node): a veth pair, `interface` in the client's namespace and
+//!   `nse-<id>` created directly in the endpoint's namespace.
+//! - VXLAN (different nodes): on each side a VXLAN device created in the node's namespace, where
+//!   the underlay address lives, and placed directly into the workload's namespace.
+//! - IP payload: the client gets `src_ip_addrs` and `src_routes`, the endpoint `dst_ip_addrs`.
+//!   Ethernet payload: the endpoint's interface joins its bridge, which holds `dst_ip_addrs`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use meshwire_models::{Connection, Mechanism, Payload, Route};
+
+/// The interface alias marking what Meshwire created, and for which connection.
+pub fn alias(connection_id: &str) -> String {
+    format!("meshwire:{connection_id}")
+}
+
+/// The routing protocol number on routes Meshwire installs (`ip route show proto 200`).
+pub const ROUTE_PROTOCOL: u8 = 200;
+
+/// One side of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct End {
+    /// The workload's namespace (`None`: the driver's own).
+    pub netns: Option<String>,
+    pub ifname: String,
+    /// On the interface, or on the bridge when there is one.
+    pub addrs: Vec<IpNet>,
+    pub routes: Vec<Route>,
+    pub bridge: Option<String>,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wiring {
+    Veth { client: End, endpoint: End },
+    Vxlan { client: Side, endpoint: Side, vni: u32, port: u16 },
+}
+
+/// One side of a tunnel: the workload end and where its tunnel socket lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Side {
+    pub end: End,
+    pub underlay_netns: Option<String>,
+    pub local: Ipv4Addr,
+    pub remote: Ipv4Addr,
+}
+
+impl Wiring {
+    /// Both ends, client first.
+    pub fn ends(&self) -> [&End; 2] {
+        match self {
+            Wiring::Veth { client, endpoint } => [client, endpoint],
+            Wiring::Vxlan { client, endpoint, .. } => [&client.end, &endpoint.end],
+        }
+    }
+}
+
+fn v4(a: IpAddr, what: &str) -> Result<Ipv4Addr, String> {
+    match a {
+        IpAddr::V4(v) => Ok(v),
+        IpAddr::V6(_) => Err(format!("{what} {a} is IPv6; the kernel VXLAN wiring uses an IPv4 underlay")),
+    }
+}
+
+/// The wiring for `c`, or why the kernel data plane cannot carry it.
+pub fn plan(c: &Connection) -> Result<Wiring, String> {
+    let p = &c.placement;
+    let ethernet = c.payload == Payload::Ethernet;
+    let mut client = End {
+        netns: p.client_netns.clone(),
+        ifname: c.interface.clone(),
+        addrs: c.ip_context.src_ip_addrs.clone(),
+        routes: c.ip_context.src_routes.clone(),
+        bridge: None,
+        mtu: c.mtu,
+    };
+    let mut endpoint = End {
+        netns: p.endpoint_netns.clone(),
+        ifname: c.endpoint_interface(),
+        addrs: c.ip_context.dst_ip_addrs.clone(),
+        routes: c.ip_context.dst_routes.clone(),
+        bridge: if ethernet { p.bridge.clone() } else { None },
+        mtu: c.mtu,
+    };
+    match c.mechanism() {
+        Some(Mechanism::Kernel { interface, peer_interface }) => {
+            client.ifname = interface.clone();
+            endpoint.ifname = peer_interface.clone();
+            if client.netns == endpoint.netns {
+                return Err(format!("client and endpoint are both in namespace {:?}; a veth needs two", client.netns));
+            }
+            Ok(Wiring::Veth { client, endpoint })
+        }
+        Some(Mechanism::Vxlan { vni, src_ip, dst_ip, port }) => {
+            let (local, remote) = (v4(*src_ip, "client underlay")?, v4(*dst_ip, "endpoint underlay")?);
+            Ok(Wiring::Vxlan {
+                client: Side { end: client, underlay_netns: p.client_node_netns.clone(), local, remote },
+                endpoint: Side { end: endpoint, underlay_netns: p.endpoint_node_netns.clone(), local: remote, remote: local },
+                vni: *vni,
+                port: *port,
+            })
+        }
+        Some(other) => Err(format!("the kernel data plane cannot wire {} (these hosts have no GRE, MPLS or VLAN modules); use an ovs node", other.kind())),
+        None => Err("connection has no mechanism".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshwire_models::{ClientRef, ConnectionState, Hop, IpContext, Placement};
+
+    fn conn(m: Mechanism, payload: Payload) -> Connection {
+        Connection {
+            id: "0123abcd-ffff".into(),
+            network_service: "s".into(),
+            network_service_endpoint_name: "e".into(),
+            payload,
+            client: ClientRef { node: "n1".into(), name: None },
+            labels: Default::default(),
+            interface: "nsm-1".into(),
+            preferences: vec![],
+            path: vec![],
+            hops: vec![Hop { from: "n1".into(), to: "n2".into(), link: None, mechanism: m }],
+            placement: Placement {
+                client_netns: Some("c".into()),
+                client_node_netns: Some("n1".into()),
+                endpoint_netns: Some("e".into()),
+                endpoint_node_netns: Some("n2".into()),
+                bridge: Some("br0".into()),
+            },
+            ip_context: IpContext { src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()], dst_ip_addrs: vec!["172.16.0.0/31".parse().unwrap()], ..Default::default() },
+            address_pool: None,
+            mtu: 1450,
+            state: ConnectionState::Up,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            generation: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn vxlan_sides_mirror_each_other() {
+        let m = Mechanism::Vxlan { vni: 7, src_ip: "10.0.0.1".parse().unwrap(), dst_ip: "10.0.0.2".parse().unwrap(), port: 4789 };
+        let Wiring::Vxlan { client, endpoint, vni, .. } = plan(&conn(m, Payload::Ip)).unwrap() else { panic!() };
+        assert_eq!(vni, 7);
+        assert_eq!((client.local, client.remote), (endpoint.remote, endpoint.local));
+        assert_eq!((client.underlay_netns.as_deref(), client.end.netns.as_deref()), (Some("n1"), Some("c")));
+        assert_eq!(endpoint.end.ifname, "nse-0123abcd");
+        assert_eq!(endpoint.end.bridge, None, "IP payload: no bridge");
+    }
+
+    #[test]
+    fn ethernet_endpoint_joins_its_bridge_and_gre_is_refused() {
+        let m = Mechanism::Kernel { interface: "nsm-1".into(), peer_interface: "nse-0123abcd".into() };
+        let w = plan(&conn(m, Payload::Ethernet)).unwrap();
+        assert_eq!(w.ends()[1].bridge.as_deref(), Some("br0"));
+        let gre = Mechanism::Gre { key: 1, src_ip: "10.0.0.1".parse().unwrap(), dst_ip: "10.0.0.2".parse().unwrap() };
+        assert!(plan(&conn(gre, Payload::Ip)).unwrap_err().contains("cannot wire gre"));
+    }
+}
