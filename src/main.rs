@@ -5,6 +5,7 @@ mod alloc;
 mod bench;
 mod client;
 mod daemon;
+mod lab;
 
 use std::path::PathBuf;
 
@@ -106,6 +107,9 @@ enum Command {
     },
     /// Close a connection and release everything it holds.
     Close { id: String },
+    /// Labs: containerlab-format topologies as network namespaces, with their own controller.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Run a benchmark; prints a table and a last line `NAME: key=value ...`.
     Bench(bench::Args),
 }
@@ -167,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client::request(&api, req, output).await
         }
         Command::Close { id } => client::close(&api, &id).await,
+        Command::Lab(cmd) => lab::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

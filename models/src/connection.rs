@@ -186,7 +186,13 @@ impl std::str::FromStr for ConnectionState {
 
 /// The endpoint-side interface name of connection `id` (unique per endpoint, at most 12 bytes).
 pub fn endpoint_interface_for(id: &str) -> String {
-    format!("nse-{}", id.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect::<String>())
+    format!(
+        "nse-{}",
+        id.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(8)
+            .collect::<String>()
+    )
 }
 
 /// A refused state transition.

@@ -5,7 +5,9 @@
 use std::process::Command;
 
 use meshwire_controller::driver::{Driver, Health};
-use meshwire_models::{ClientRef, Connection, ConnectionState, Hop, IpContext, Mechanism, Payload, Placement, Route};
+use meshwire_models::{
+    ClientRef, Connection, ConnectionState, Hop, IpContext, Mechanism, Payload, Placement, Route,
+};
 use meshwire_southbound::KernelDriver;
 
 /// Namespaces created for one test and deleted when it ends, even on failure.
@@ -14,13 +16,22 @@ struct Netns(Vec<String>);
 impl Netns {
     fn new(tag: &str, names: &[&str]) -> Option<Netns> {
         if !nix_is_root() {
-            assert!(std::env::var("MESHWIRE_REQUIRE_ALL").is_err(), "kernel tests need root");
+            assert!(
+                std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
+                "kernel tests need root"
+            );
             eprintln!("SKIP: not root");
             return None;
         }
-        let all: Vec<String> = names.iter().map(|n| format!("mwt{}-{tag}-{n}", std::process::id() % 10000)).collect();
+        let all: Vec<String> = names
+            .iter()
+            .map(|n| format!("mwt{}-{tag}-{n}", std::process::id() % 10000))
+            .collect();
         for n in &all {
-            let _ = Command::new("ip").args(["netns", "del", n]).stderr(std::process::Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(std::process::Stdio::null())
+                .status();
             sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
         }
         Some(Netns(all))
@@ -33,23 +44,39 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).stderr(std::process::Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }
 
 fn nix_is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn ping(ns: &str, addr: &str) -> bool {
-    Command::new("ip").args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", addr]).output().unwrap().status.success()
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", addr])
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32) -> Connection {
@@ -58,17 +85,28 @@ fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32
         network_service: "s".into(),
         network_service_endpoint_name: "e".into(),
         payload,
-        client: ClientRef { node: "n".into(), name: None },
+        client: ClientRef {
+            node: "n".into(),
+            name: None,
+        },
         labels: Default::default(),
         interface: "nsm-1".into(),
         preferences: vec![],
         path: vec![],
-        hops: vec![Hop { from: "a".into(), to: "b".into(), link: None, mechanism: m }],
+        hops: vec![Hop {
+            from: "a".into(),
+            to: "b".into(),
+            link: None,
+            mechanism: m,
+        }],
         placement,
         ip_context: IpContext {
             src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()],
             dst_ip_addrs: vec!["172.16.0.0/31".parse().unwrap()],
-            src_routes: vec![Route { prefix: "10.60.0.0/16".parse().unwrap(), next_hop: Some("172.16.0.0".parse().unwrap()) }],
+            src_routes: vec![Route {
+                prefix: "10.60.0.0/16".parse().unwrap(),
+                next_hop: Some("172.16.0.0".parse().unwrap()),
+            }],
             ..Default::default()
         },
         address_pool: None,
@@ -83,24 +121,43 @@ fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32
 
 #[tokio::test]
 async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
-    let Some(ns) = Netns::new("veth", &["c", "e"]) else { return };
+    let Some(ns) = Netns::new("veth", &["c", "e"]) else {
+        return;
+    };
     let (c_ns, e_ns) = (ns.name(0), ns.name(1));
     let id = "11111111-aaaa";
-    let m = Mechanism::Kernel { interface: "nsm-1".into(), peer_interface: "nse-11111111".into() };
-    let placement = Placement { client_netns: Some(c_ns.clone()), endpoint_netns: Some(e_ns.clone()), ..Default::default() };
+    let m = Mechanism::Kernel {
+        interface: "nsm-1".into(),
+        peer_interface: "nse-11111111".into(),
+    };
+    let placement = Placement {
+        client_netns: Some(c_ns.clone()),
+        endpoint_netns: Some(e_ns.clone()),
+        ..Default::default()
+    };
     let c = conn(id, m, placement, Payload::Ip, 1500);
     let d = KernelDriver::new();
     d.apply(&c).await.unwrap();
     d.apply(&c).await.unwrap();
     assert!(ping(&c_ns, "172.16.0.0"));
-    assert!(sh(&format!("ip -n {c_ns} route show proto 200")).contains("10.60.0.0/16 via 172.16.0.0 dev nsm-1"));
-    assert!(sh(&format!("ip -n {e_ns} -d link show nse-11111111")).contains(&format!("alias meshwire:{id}")));
-    assert!(d.observe(std::slice::from_ref(&c)).await.unwrap().connections.is_empty());
+    assert!(sh(&format!("ip -n {c_ns} route show proto 200"))
+        .contains("10.60.0.0/16 via 172.16.0.0 dev nsm-1"));
+    assert!(sh(&format!("ip -n {e_ns} -d link show nse-11111111"))
+        .contains(&format!("alias meshwire:{id}")));
+    assert!(d
+        .observe(std::slice::from_ref(&c))
+        .await
+        .unwrap()
+        .connections
+        .is_empty());
 
     // Somebody deletes the endpoint side: observed missing, repaired by applying again.
     sh(&format!("ip -n {e_ns} link del nse-11111111"));
     let obs = d.observe(std::slice::from_ref(&c)).await.unwrap();
-    assert!(matches!(obs.connections.get(id), Some(Health::Missing { .. })), "{obs:?}");
+    assert!(
+        matches!(obs.connections.get(id), Some(Health::Missing { .. })),
+        "{obs:?}"
+    );
     d.apply(&c).await.unwrap();
     assert!(ping(&c_ns, "172.16.0.0"));
 
@@ -112,7 +169,11 @@ async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
     // An interface of the same name that is not ours: refused, and left alone by remove.
     sh(&format!("ip -n {c_ns} link add nsm-1 type bridge"));
     let err = d.apply(&c).await.unwrap_err();
-    assert!(err.to_string().contains("already exists and is not this connection's"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("already exists and is not this connection's"),
+        "{err}"
+    );
     d.remove(&c).await.unwrap();
     assert!(sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
 }
@@ -120,44 +181,86 @@ async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
 #[tokio::test]
 async fn dev_vxlan_between_nodes_into_workload_namespaces_and_lost_endpoint() {
     // Two nodes joined by an underlay veth; one workload namespace on each.
-    let Some(ns) = Netns::new("vx", &["n1", "n2", "c", "e"]) else { return };
+    let Some(ns) = Netns::new("vx", &["n1", "n2", "c", "e"]) else {
+        return;
+    };
     let (n1, n2, c_ns, e_ns) = (ns.name(0), ns.name(1), ns.name(2), ns.name(3));
     sh(&format!(
         "ip -n {n1} link add eth1 type veth peer name eth1 netns {n2} && ip -n {n1} addr add 192.168.77.1/24 dev eth1 && ip -n {n2} addr add 192.168.77.2/24 dev eth1 && ip -n {n1} link set eth1 up && ip -n {n2} link set eth1 up"
     ));
     let id = "22222222-bbbb";
-    let m = Mechanism::Vxlan { vni: 5001, src_ip: "192.168.77.1".parse().unwrap(), dst_ip: "192.168.77.2".parse().unwrap(), port: 4789 };
-    let placement = Placement { client_netns: Some(c_ns.clone()), client_node_netns: Some(n1.clone()), endpoint_netns: Some(e_ns.clone()), endpoint_node_netns: Some(n2.clone()), bridge: None };
+    let m = Mechanism::Vxlan {
+        vni: 5001,
+        src_ip: "192.168.77.1".parse().unwrap(),
+        dst_ip: "192.168.77.2".parse().unwrap(),
+        port: 4789,
+    };
+    let placement = Placement {
+        client_netns: Some(c_ns.clone()),
+        client_node_netns: Some(n1.clone()),
+        endpoint_netns: Some(e_ns.clone()),
+        endpoint_node_netns: Some(n2.clone()),
+        bridge: None,
+    };
     let c = conn(id, m, placement, Payload::Ip, 1450);
     let d = KernelDriver::new();
     d.apply(&c).await.unwrap();
     d.apply(&c).await.unwrap();
     assert!(ping(&c_ns, "172.16.0.0"), "ping across VXLAN");
     let link = sh(&format!("ip -n {c_ns} -d link show nsm-1"));
-    assert!(link.contains("vxlan id 5001") && link.contains("mtu 1450"), "{link}");
-    assert!(!sh(&format!("ip -n {n1} link")).contains("nsm-1"), "the device lives in the workload namespace");
+    assert!(
+        link.contains("vxlan id 5001") && link.contains("mtu 1450"),
+        "{link}"
+    );
+    assert!(
+        !sh(&format!("ip -n {n1} link")).contains("nsm-1"),
+        "the device lives in the workload namespace"
+    );
 
     // The endpoint's namespace disappears: reported lost, and remove still succeeds.
     sh(&format!("ip netns del {e_ns}"));
     let obs = d.observe(std::slice::from_ref(&c)).await.unwrap();
-    assert!(matches!(obs.connections.get(id), Some(Health::EndpointLost { .. })), "{obs:?}");
+    assert!(
+        matches!(obs.connections.get(id), Some(Health::EndpointLost { .. })),
+        "{obs:?}"
+    );
     d.remove(&c).await.unwrap();
     assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
 }
 
 #[tokio::test]
 async fn dev_ethernet_endpoint_side_joins_bridge() {
-    let Some(ns) = Netns::new("br", &["c1", "c2", "e"]) else { return };
+    let Some(ns) = Netns::new("br", &["c1", "c2", "e"]) else {
+        return;
+    };
     let d = KernelDriver::new();
     let e_ns = ns.name(2);
     for (i, addr) in [(0usize, "10.9.0.2/24"), (1, "10.9.0.3/24")] {
         let id = format!("3333333{i}-cccc");
-        let m = Mechanism::Kernel { interface: "nsm-1".into(), peer_interface: format!("nse-3333333{i}") };
-        let placement = Placement { client_netns: Some(ns.name(i)), endpoint_netns: Some(e_ns.clone()), bridge: Some("br-svc".into()), ..Default::default() };
+        let m = Mechanism::Kernel {
+            interface: "nsm-1".into(),
+            peer_interface: format!("nse-3333333{i}"),
+        };
+        let placement = Placement {
+            client_netns: Some(ns.name(i)),
+            endpoint_netns: Some(e_ns.clone()),
+            bridge: Some("br-svc".into()),
+            ..Default::default()
+        };
         let mut c = conn(&id, m, placement, Payload::Ethernet, 1500);
-        c.ip_context = IpContext { src_ip_addrs: vec![addr.parse().unwrap()], dst_ip_addrs: vec!["10.9.0.1/24".parse().unwrap()], ..Default::default() };
+        c.ip_context = IpContext {
+            src_ip_addrs: vec![addr.parse().unwrap()],
+            dst_ip_addrs: vec!["10.9.0.1/24".parse().unwrap()],
+            ..Default::default()
+        };
         d.apply(&c).await.unwrap();
     }
-    assert!(ping(&ns.name(0), "10.9.0.3"), "client to client over the bridge");
-    assert!(ping(&ns.name(1), "10.9.0.1"), "client to the bridge's address");
+    assert!(
+        ping(&ns.name(0), "10.9.0.3"),
+        "client to client over the bridge"
+    );
+    assert!(
+        ping(&ns.name(1), "10.9.0.1"),
+        "client to the bridge's address"
+    );
 }

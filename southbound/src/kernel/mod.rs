@@ -26,7 +26,9 @@ use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
 use meshwire_models::Connection;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::RouteProtocol;
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder,
+};
 
 use netns::Namespaces;
 use wiring::{alias, End, Wiring};
@@ -62,7 +64,10 @@ fn found(msg: &LinkMessage) -> Found {
         LinkAttribute::IfAlias(s) => Some(s.clone()),
         _ => None,
     });
-    Found { index: msg.header.index, alias }
+    Found {
+        index: msg.header.index,
+        alias,
+    }
 }
 
 impl KernelDriver {
@@ -70,16 +75,35 @@ impl KernelDriver {
         KernelDriver::default()
     }
 
-    fn err(&self, c: &Connection, what: impl std::fmt::Display, reason: impl std::fmt::Display) -> DriverError {
-        DriverError { driver: "kernel".into(), target: format!("connection {} {what}", c.id), reason: reason.to_string() }
+    fn err(
+        &self,
+        c: &Connection,
+        what: impl std::fmt::Display,
+        reason: impl std::fmt::Display,
+    ) -> DriverError {
+        DriverError {
+            driver: "kernel".into(),
+            target: format!("connection {} {what}", c.id),
+            reason: reason.to_string(),
+        }
     }
 
     async fn handle(&self, c: &Connection, ns: &Option<String>) -> Result<Handle, DriverError> {
-        self.namespaces.handle(ns).await.map_err(|e| self.err(c, format!("netns {}", ns_name(ns)), e))
+        self.namespaces
+            .handle(ns)
+            .await
+            .map_err(|e| self.err(c, format!("netns {}", ns_name(ns)), e))
     }
 
     async fn find(h: &Handle, name: &str) -> Result<Option<Found>, rtnetlink::Error> {
-        match h.link().get().match_name(name.to_string()).execute().try_next().await {
+        match h
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+        {
             Ok(Some(msg)) => Ok(Some(found(&msg))),
             Ok(None) => Ok(None),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
@@ -102,13 +126,22 @@ impl KernelDriver {
         }
     }
 
-    async fn create_veth(&self, c: &Connection, client: &End, endpoint: &End) -> Result<(), DriverError> {
+    async fn create_veth(
+        &self,
+        c: &Connection,
+        client: &End,
+        endpoint: &End,
+    ) -> Result<(), DriverError> {
         let h = self.handle(c, &client.netns).await?;
         let fd = match &endpoint.netns {
-            Some(n) if endpoint.netns != client.netns => Some(netns::open(n).map_err(|e| self.err(c, format!("netns {n}"), e))?),
+            Some(n) if endpoint.netns != client.netns => {
+                Some(netns::open(n).map_err(|e| self.err(c, format!("netns {n}"), e))?)
+            }
             _ => None,
         };
-        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(endpoint.ifname.clone()).mtu(endpoint.mtu);
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(endpoint.ifname.clone())
+            .mtu(endpoint.mtu);
         if let Some(f) = &fd {
             peer = peer.setns_by_fd(f.as_raw_fd());
         }
@@ -117,29 +150,68 @@ impl KernelDriver {
             .mtu(client.mtu)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
-        h.link().add(msg).execute().await.map_err(|e| self.err(c, format!("veth {}/{}", ns_name(&client.netns), client.ifname), e))
+        h.link().add(msg).execute().await.map_err(|e| {
+            self.err(
+                c,
+                format!("veth {}/{}", ns_name(&client.netns), client.ifname),
+                e,
+            )
+        })
     }
 
-    async fn create_vxlan(&self, c: &Connection, side: &wiring::Side, vni: u32, port: u16) -> Result<(), DriverError> {
+    async fn create_vxlan(
+        &self,
+        c: &Connection,
+        side: &wiring::Side,
+        vni: u32,
+        port: u16,
+    ) -> Result<(), DriverError> {
         let h = self.handle(c, &side.underlay_netns).await?;
-        let mut b = LinkVxlan::new(&side.end.ifname, vni).local(side.local).remote(side.remote).port(port).mtu(side.end.mtu);
+        let mut b = LinkVxlan::new(&side.end.ifname, vni)
+            .local(side.local)
+            .remote(side.remote)
+            .port(port)
+            .mtu(side.end.mtu);
         let fd = match &side.end.netns {
-            Some(n) if side.end.netns != side.underlay_netns => Some(netns::open(n).map_err(|e| self.err(c, format!("netns {n}"), e))?),
+            Some(n) if side.end.netns != side.underlay_netns => {
+                Some(netns::open(n).map_err(|e| self.err(c, format!("netns {n}"), e))?)
+            }
             _ => None,
         };
         if let Some(f) = &fd {
             b = b.setns_by_fd(f.as_raw_fd());
         }
-        h.link().add(b.build()).execute().await.map_err(|e| self.err(c, format!("vxlan {} in {}", side.end.ifname, ns_name(&side.underlay_netns)), e))
+        h.link().add(b.build()).execute().await.map_err(|e| {
+            self.err(
+                c,
+                format!(
+                    "vxlan {} in {}",
+                    side.end.ifname,
+                    ns_name(&side.underlay_netns)
+                ),
+                e,
+            )
+        })
     }
 
     /// Tags, addresses, bridges, routes and brings up one end. Idempotent.
     async fn configure(&self, c: &Connection, end: &End) -> Result<(), DriverError> {
         let h = self.handle(c, &end.netns).await?;
         let at = format!("{}/{}", ns_name(&end.netns), end.ifname);
-        let f = Self::find(&h, &end.ifname).await.map_err(|e| self.err(c, &at, e))?.ok_or_else(|| self.err(c, &at, "interface vanished while being wired"))?;
-        let set = LinkUnspec::new_with_index(f.index).alias(alias(&c.id)).mtu(end.mtu).up().build();
-        h.link().set(set).execute().await.map_err(|e| self.err(c, &at, format!("set alias/mtu/up: {e}")))?;
+        let f = Self::find(&h, &end.ifname)
+            .await
+            .map_err(|e| self.err(c, &at, e))?
+            .ok_or_else(|| self.err(c, &at, "interface vanished while being wired"))?;
+        let set = LinkUnspec::new_with_index(f.index)
+            .alias(alias(&c.id))
+            .mtu(end.mtu)
+            .up()
+            .build();
+        h.link()
+            .set(set)
+            .execute()
+            .await
+            .map_err(|e| self.err(c, &at, format!("set alias/mtu/up: {e}")))?;
         let mut addr_index = f.index;
         if let Some(br) = &end.bridge {
             let bridge = match Self::find(&h, br).await.map_err(|e| self.err(c, &at, e))? {
@@ -148,17 +220,43 @@ impl KernelDriver {
                     match h.link().add(LinkBridge::new(br).build()).execute().await {
                         Ok(()) => {}
                         Err(e) if errno(&e) == Some(EEXIST) => {}
-                        Err(e) => return Err(self.err(c, format!("bridge {}/{br}", ns_name(&end.netns)), e)),
+                        Err(e) => {
+                            return Err(self.err(
+                                c,
+                                format!("bridge {}/{br}", ns_name(&end.netns)),
+                                e,
+                            ))
+                        }
                     }
-                    Self::find(&h, br).await.map_err(|e| self.err(c, &at, e))?.ok_or_else(|| self.err(c, br, "bridge vanished"))?
+                    Self::find(&h, br)
+                        .await
+                        .map_err(|e| self.err(c, &at, e))?
+                        .ok_or_else(|| self.err(c, br, "bridge vanished"))?
                 }
             };
-            h.link().set(LinkUnspec::new_with_index(bridge.index).up().build()).execute().await.map_err(|e| self.err(c, br, e))?;
-            h.link().set(LinkUnspec::new_with_index(f.index).controller(bridge.index).build()).execute().await.map_err(|e| self.err(c, &at, format!("join bridge {br}: {e}")))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(bridge.index).up().build())
+                .execute()
+                .await
+                .map_err(|e| self.err(c, br, e))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(f.index)
+                        .controller(bridge.index)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| self.err(c, &at, format!("join bridge {br}: {e}")))?;
             addr_index = bridge.index;
         }
         for a in &end.addrs {
-            match h.address().add(addr_index, a.addr(), a.prefix_len()).execute().await {
+            match h
+                .address()
+                .add(addr_index, a.addr(), a.prefix_len())
+                .execute()
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => return Err(self.err(c, &at, format!("address {a}: {e}"))),
@@ -169,9 +267,14 @@ impl KernelDriver {
                 .destination_prefix(r.prefix.addr(), r.prefix.prefix_len())
                 .map_err(|e| self.err(c, &at, format!("route {}: {e:?}", r.prefix)))?;
             if let Some(nh) = r.next_hop {
-                b = b.gateway(nh).map_err(|e| self.err(c, &at, format!("route {} via {nh}: {e:?}", r.prefix)))?;
+                b = b
+                    .gateway(nh)
+                    .map_err(|e| self.err(c, &at, format!("route {} via {nh}: {e:?}", r.prefix)))?;
             }
-            let msg = b.output_interface(addr_index).protocol(RouteProtocol::Other(wiring::ROUTE_PROTOCOL)).build();
+            let msg = b
+                .output_interface(addr_index)
+                .protocol(RouteProtocol::Other(wiring::ROUTE_PROTOCOL))
+                .build();
             match h.route().add(msg).execute().await {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(EEXIST) => {}
@@ -189,12 +292,17 @@ impl KernelDriver {
         }
         let h = self.handle(c, &end.netns).await?;
         let at = format!("{}/{}", ns_name(&end.netns), end.ifname);
-        match Self::find(&h, &end.ifname).await.map_err(|e| self.err(c, &at, e))? {
-            Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => match h.link().del(f.index).execute().await {
-                Ok(()) => Ok(()),
-                Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
-                Err(e) => Err(self.err(c, &at, format!("delete: {e}"))),
-            },
+        match Self::find(&h, &end.ifname)
+            .await
+            .map_err(|e| self.err(c, &at, e))?
+        {
+            Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => {
+                match h.link().del(f.index).execute().await {
+                    Ok(()) => Ok(()),
+                    Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+                    Err(e) => Err(self.err(c, &at, format!("delete: {e}"))),
+                }
+            }
             Some(f) => {
                 tracing::warn!(connection = %c.id, interface = %at, alias = ?f.alias, "not ours; left in place");
                 Ok(())
@@ -241,7 +349,12 @@ impl Driver for KernelDriver {
                     self.create_veth(c, client, endpoint).await?;
                 }
             }
-            Wiring::Vxlan { client, endpoint, vni, port } => {
+            Wiring::Vxlan {
+                client,
+                endpoint,
+                vni,
+                port,
+            } => {
                 for side in [client, endpoint] {
                     if !self.existing(c, &side.end).await? {
                         self.create_vxlan(c, side, *vni, *port).await?;
@@ -256,7 +369,9 @@ impl Driver for KernelDriver {
     }
 
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        let Ok(w) = wiring::plan(c) else { return Ok(()) };
+        let Ok(w) = wiring::plan(c) else {
+            return Ok(());
+        };
         for end in w.ends() {
             self.delete(c, end).await?;
         }
@@ -264,21 +379,38 @@ impl Driver for KernelDriver {
     }
 
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
-        let mut links: HashMap<Option<String>, Option<HashMap<String, Option<String>>>> = HashMap::new();
+        let mut links: HashMap<Option<String>, Option<HashMap<String, Option<String>>>> =
+            HashMap::new();
         let mut obs = Observation::default();
         for c in desired {
             let Ok(w) = wiring::plan(c) else { continue };
             let mut underlays = Vec::new();
-            if let Wiring::Vxlan { client, endpoint, .. } = &w {
-                underlays = vec![(client.underlay_netns.clone(), true), (endpoint.underlay_netns.clone(), false)];
+            if let Wiring::Vxlan {
+                client, endpoint, ..
+            } = &w
+            {
+                underlays = vec![
+                    (client.underlay_netns.clone(), true),
+                    (endpoint.underlay_netns.clone(), false),
+                ];
             }
             let [client, endpoint] = w.ends();
             let mut health = None;
-            for (ns, is_client) in [(client.netns.clone(), true), (endpoint.netns.clone(), false)].into_iter().chain(underlays) {
+            for (ns, is_client) in [
+                (client.netns.clone(), true),
+                (endpoint.netns.clone(), false),
+            ]
+            .into_iter()
+            .chain(underlays)
+            {
                 if !netns::exists(&ns) {
                     self.namespaces.forget(&ns);
                     let reason = format!("namespace {} is gone", ns_name(&ns));
-                    health = Some(if is_client { Health::ClientGone { reason } } else { Health::EndpointLost { reason } });
+                    health = Some(if is_client {
+                        Health::ClientGone { reason }
+                    } else {
+                        Health::EndpointLost { reason }
+                    });
                     break;
                 }
             }
@@ -289,9 +421,15 @@ impl Driver for KernelDriver {
                         let l = self.links(&end.netns).await;
                         links.insert(end.netns.clone(), l);
                     }
-                    let present = links.get(&end.netns).and_then(|l| l.as_ref()).and_then(|l| l.get(&end.ifname)).is_some_and(|a| a.as_deref() == Some(ours.as_str()));
+                    let present = links
+                        .get(&end.netns)
+                        .and_then(|l| l.as_ref())
+                        .and_then(|l| l.get(&end.ifname))
+                        .is_some_and(|a| a.as_deref() == Some(ours.as_str()));
                     if !present {
-                        health = Some(Health::Missing { reason: format!("{}/{} is missing", ns_name(&end.netns), end.ifname) });
+                        health = Some(Health::Missing {
+                            reason: format!("{}/{} is missing", ns_name(&end.netns), end.ifname),
+                        });
                         break;
                     }
                 }

@@ -65,7 +65,12 @@ impl Namespaces {
 
     /// A handle whose socket lives in `ns`.
     pub async fn handle(&self, ns: &Option<String>) -> std::io::Result<Handle> {
-        let ino = inode(ns).map_err(|e| std::io::Error::new(e.kind(), format!("namespace {}: {e}", ns.as_deref().unwrap_or("(own)"))))?;
+        let ino = inode(ns).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("namespace {}: {e}", ns.as_deref().unwrap_or("(own)")),
+            )
+        })?;
         if let Some(c) = self.lock().get(ns) {
             if c.inode == ino {
                 return Ok(c.handle.clone());
@@ -74,20 +79,33 @@ impl Namespaces {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = tokio::runtime::Handle::current();
         let target = ns.as_ref().map(|n| path(n));
-        std::thread::Builder::new().name("netns-enter".into()).spawn(move || {
-            let result = (|| {
-                if let Some(p) = target {
-                    let f = File::open(&p)?;
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| std::io::Error::other(format!("setns {}: {e}", p.display())))?;
-                }
-                let _guard = rt.enter();
-                rtnetlink::new_connection()
-            })();
-            let _ = tx.send(result);
-        })?;
-        let (conn, handle, _) = rx.await.map_err(|_| std::io::Error::other("namespace thread died"))??;
+        std::thread::Builder::new()
+            .name("netns-enter".into())
+            .spawn(move || {
+                let result = (|| {
+                    if let Some(p) = target {
+                        let f = File::open(&p)?;
+                        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                            |e| std::io::Error::other(format!("setns {}: {e}", p.display())),
+                        )?;
+                    }
+                    let _guard = rt.enter();
+                    rtnetlink::new_connection()
+                })();
+                let _ = tx.send(result);
+            })?;
+        let (conn, handle, _) = rx
+            .await
+            .map_err(|_| std::io::Error::other("namespace thread died"))??;
         let task = tokio::spawn(conn);
-        self.lock().insert(ns.clone(), Cached { inode: ino, handle: handle.clone(), task });
+        self.lock().insert(
+            ns.clone(),
+            Cached {
+                inode: ino,
+                handle: handle.clone(),
+                task,
+            },
+        );
         Ok(handle)
     }
 

@@ -36,8 +36,16 @@ pub struct End {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wiring {
-    Veth { client: End, endpoint: End },
-    Vxlan { client: Side, endpoint: Side, vni: u32, port: u16 },
+    Veth {
+        client: End,
+        endpoint: End,
+    },
+    Vxlan {
+        client: Side,
+        endpoint: Side,
+        vni: u32,
+        port: u16,
+    },
 }
 
 /// One side of a tunnel: the workload end and where its tunnel socket lives.
@@ -54,7 +62,9 @@ impl Wiring {
     pub fn ends(&self) -> [&End; 2] {
         match self {
             Wiring::Veth { client, endpoint } => [client, endpoint],
-            Wiring::Vxlan { client, endpoint, .. } => [&client.end, &endpoint.end],
+            Wiring::Vxlan {
+                client, endpoint, ..
+            } => [&client.end, &endpoint.end],
         }
     }
 }
@@ -62,7 +72,9 @@ impl Wiring {
 fn v4(a: IpAddr, what: &str) -> Result<Ipv4Addr, String> {
     match a {
         IpAddr::V4(v) => Ok(v),
-        IpAddr::V6(_) => Err(format!("{what} {a} is IPv6; the kernel VXLAN wiring uses an IPv4 underlay")),
+        IpAddr::V6(_) => Err(format!(
+            "{what} {a} is IPv6; the kernel VXLAN wiring uses an IPv4 underlay"
+        )),
     }
 }
 
@@ -120,12 +132,20 @@ mod tests {
             network_service: "s".into(),
             network_service_endpoint_name: "e".into(),
             payload,
-            client: ClientRef { node: "n1".into(), name: None },
+            client: ClientRef {
+                node: "n1".into(),
+                name: None,
+            },
             labels: Default::default(),
             interface: "nsm-1".into(),
             preferences: vec![],
             path: vec![],
-            hops: vec![Hop { from: "n1".into(), to: "n2".into(), link: None, mechanism: m }],
+            hops: vec![Hop {
+                from: "n1".into(),
+                to: "n2".into(),
+                link: None,
+                mechanism: m,
+            }],
             placement: Placement {
                 client_netns: Some("c".into()),
                 client_node_netns: Some("n1".into()),
@@ -133,7 +153,11 @@ mod tests {
                 endpoint_node_netns: Some("n2".into()),
                 bridge: Some("br0".into()),
             },
-            ip_context: IpContext { src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()], dst_ip_addrs: vec!["172.16.0.0/31".parse().unwrap()], ..Default::default() },
+            ip_context: IpContext {
+                src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()],
+                dst_ip_addrs: vec!["172.16.0.0/31".parse().unwrap()],
+                ..Default::default()
+            },
             address_pool: None,
             mtu: 1450,
             state: ConnectionState::Up,
@@ -146,21 +170,52 @@ mod tests {
 
     #[test]
     fn vxlan_sides_mirror_each_other() {
-        let m = Mechanism::Vxlan { vni: 7, src_ip: "10.0.0.1".parse().unwrap(), dst_ip: "10.0.0.2".parse().unwrap(), port: 4789 };
-        let Wiring::Vxlan { client, endpoint, vni, .. } = plan(&conn(m, Payload::Ip)).unwrap() else { panic!() };
+        let m = Mechanism::Vxlan {
+            vni: 7,
+            src_ip: "10.0.0.1".parse().unwrap(),
+            dst_ip: "10.0.0.2".parse().unwrap(),
+            port: 4789,
+        };
+        let Wiring::Vxlan {
+            client,
+            endpoint,
+            vni,
+            ..
+        } = plan(&conn(m, Payload::Ip)).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(vni, 7);
-        assert_eq!((client.local, client.remote), (endpoint.remote, endpoint.local));
-        assert_eq!((client.underlay_netns.as_deref(), client.end.netns.as_deref()), (Some("n1"), Some("c")));
+        assert_eq!(
+            (client.local, client.remote),
+            (endpoint.remote, endpoint.local)
+        );
+        assert_eq!(
+            (
+                client.underlay_netns.as_deref(),
+                client.end.netns.as_deref()
+            ),
+            (Some("n1"), Some("c"))
+        );
         assert_eq!(endpoint.end.ifname, "nse-0123abcd");
         assert_eq!(endpoint.end.bridge, None, "IP payload: no bridge");
     }
 
     #[test]
     fn ethernet_endpoint_joins_its_bridge_and_gre_is_refused() {
-        let m = Mechanism::Kernel { interface: "nsm-1".into(), peer_interface: "nse-0123abcd".into() };
+        let m = Mechanism::Kernel {
+            interface: "nsm-1".into(),
+            peer_interface: "nse-0123abcd".into(),
+        };
         let w = plan(&conn(m, Payload::Ethernet)).unwrap();
         assert_eq!(w.ends()[1].bridge.as_deref(), Some("br0"));
-        let gre = Mechanism::Gre { key: 1, src_ip: "10.0.0.1".parse().unwrap(), dst_ip: "10.0.0.2".parse().unwrap() };
-        assert!(plan(&conn(gre, Payload::Ip)).unwrap_err().contains("cannot wire gre"));
+        let gre = Mechanism::Gre {
+            key: 1,
+            src_ip: "10.0.0.1".parse().unwrap(),
+            dst_ip: "10.0.0.2".parse().unwrap(),
+        };
+        assert!(plan(&conn(gre, Payload::Ip))
+            .unwrap_err()
+            .contains("cannot wire gre"));
     }
 }

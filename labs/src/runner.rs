@@ -1,0 +1,259 @@
+//! Creating and removing a lab's namespaces, bridges and links with iproute2, as containerlab
+//! does. `up` checks nothing is there yet, creates in order and, if a step fails, removes
+//! everything of the lab again and names the step. `down` needs only the lab's name: it finds
+//! namespaces by the `clab-<lab>-` prefix and host interfaces by their `meshwire-lab:<lab>` alias,
+//! so it also cleans up after a crash.
+
+use tokio::process::Command;
+
+use crate::spec::{Kind, Lab};
+
+/// A failed step of `up` or `down`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lab {lab}: {step}: {reason}")]
+pub struct RunError {
+    pub lab: String,
+    pub step: String,
+    pub reason: String,
+}
+
+async fn ip<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<String, String> {
+    run("ip", args).await
+}
+
+async fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+fn host_alias(lab: &str) -> String {
+    format!("meshwire-lab:{lab}")
+}
+
+/// The namespaces of lab `name` that exist now.
+pub async fn namespaces(name: &str) -> Vec<String> {
+    let prefix = format!("clab-{name}-");
+    ip(&["netns", "list"])
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Creates the lab. On failure everything created is removed again.
+pub async fn up(lab: &Lab) -> Result<(), RunError> {
+    let existing = namespaces(&lab.name).await;
+    if let Some(ns) = existing.first() {
+        return Err(RunError {
+            lab: lab.name.clone(),
+            step: "check".into(),
+            reason: format!("already up (namespace {ns} exists); run `meshwire lab down` first"),
+        });
+    }
+    match create(lab).await {
+        Ok(()) => Ok(()),
+        Err((step, reason)) => {
+            tracing::warn!(lab = %lab.name, %step, %reason, "lab up failed; rolling back");
+            let _ = down(&lab.name).await;
+            Err(RunError {
+                lab: lab.name.clone(),
+                step,
+                reason,
+            })
+        }
+    }
+}
+
+async fn create(lab: &Lab) -> Result<(), (String, String)> {
+    let alias = host_alias(&lab.name);
+    let step = |s: String| move |reason: String| (s, reason);
+    for n in lab.nodes.values() {
+        match n.kind {
+            Kind::Linux => {
+                let ns = lab.netns(&n.name);
+                ip(&["netns", "add", &ns])
+                    .await
+                    .map_err(step(format!("create namespace {ns} for node {}", n.name)))?;
+                ip(&["-n", &ns, "link", "set", "lo", "up"])
+                    .await
+                    .map_err(step(format!("node {}: lo up", n.name)))?;
+            }
+            Kind::Bridge => {
+                ip(&["link", "add", &n.name, "type", "bridge"])
+                    .await
+                    .map_err(step(format!("create bridge {}", n.name)))?;
+                ip(&["link", "set", &n.name, "alias", &alias, "up"])
+                    .await
+                    .map_err(step(format!("bridge {} up", n.name)))?;
+            }
+        }
+    }
+    for l in &lab.links {
+        let what = format!(
+            "link {}:{} <-> {}:{}",
+            l.a.node, l.a.interface, l.b.node, l.b.interface
+        );
+        let ns_of = |node: &str| (lab.nodes[node].kind == Kind::Linux).then(|| lab.netns(node));
+        let (ns_a, ns_b) = (ns_of(&l.a.node), ns_of(&l.b.node));
+        let mut args: Vec<String> = vec!["link".into(), "add".into(), l.a.interface.clone()];
+        if let Some(ns) = &ns_a {
+            args.extend(["netns".into(), ns.clone()]);
+        }
+        args.extend([
+            "type".into(),
+            "veth".into(),
+            "peer".into(),
+            "name".into(),
+            l.b.interface.clone(),
+        ]);
+        if let Some(ns) = &ns_b {
+            args.extend(["netns".into(), ns.clone()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        ip(&argv).await.map_err(step(what.clone()))?;
+        for (end, ns) in [(&l.a, &ns_a), (&l.b, &ns_b)] {
+            let with = |rest: &[&str]| -> Vec<String> {
+                let mut v: Vec<String> = ns
+                    .iter()
+                    .flat_map(|n| ["-n".to_string(), n.clone()])
+                    .collect();
+                v.extend(rest.iter().map(|s| s.to_string()));
+                v
+            };
+            if ns.is_none() {
+                // A bridge port in the host namespace: tag it and plug it in.
+                ip(&with(&[
+                    "link",
+                    "set",
+                    &end.interface,
+                    "alias",
+                    &alias,
+                    "master",
+                    &end.node,
+                ]))
+                .await
+                .map_err(step(format!("{what}: join bridge {}", end.node)))?;
+            }
+            if let Some(m) = l.mtu {
+                ip(&with(&[
+                    "link",
+                    "set",
+                    &end.interface,
+                    "mtu",
+                    &m.to_string(),
+                ]))
+                .await
+                .map_err(step(format!("{what}: mtu")))?;
+            }
+            if let Some(a) = end.address {
+                ip(&with(&[
+                    "addr",
+                    "add",
+                    &a.to_string(),
+                    "dev",
+                    &end.interface,
+                ]))
+                .await
+                .map_err(step(format!("{what}: address {a} on {}", end.node)))?;
+            }
+            ip(&with(&["link", "set", &end.interface, "up"]))
+                .await
+                .map_err(step(format!("{what}: up")))?;
+        }
+    }
+    for n in lab.nodes.values().filter(|n| n.kind == Kind::Linux) {
+        let ns = lab.netns(&n.name);
+        for cmd in &n.exec {
+            ip(&["netns", "exec", &ns, "sh", "-c", cmd])
+                .await
+                .map_err(step(format!("node {}: exec `{cmd}`", n.name)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything of lab `name`: processes in its namespaces, the namespaces, and host
+/// interfaces carrying its alias. Returns what was removed.
+pub async fn down(name: &str) -> Result<Vec<String>, RunError> {
+    let mut removed = Vec::new();
+    let fail = |step: String, reason: String| RunError {
+        lab: name.to_string(),
+        step,
+        reason,
+    };
+    for ns in namespaces(name).await {
+        for pid in ip(&["netns", "pids", &ns])
+            .await
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = run("kill", &["-9", pid]).await;
+        }
+        ip(&["netns", "del", &ns])
+            .await
+            .map_err(|r| fail(format!("delete namespace {ns}"), r))?;
+        removed.push(format!("netns {ns}"));
+    }
+    let alias = host_alias(name);
+    let links = ip(&["-o", "link", "show"]).await.unwrap_or_default();
+    let mut ours: Vec<(String, bool)> = Vec::new();
+    for line in links
+        .lines()
+        .filter(|l| l.contains(&format!("alias {alias}")) || l.ends_with(&alias))
+    {
+        if let Some(ifname) = line
+            .split(':')
+            .nth(1)
+            .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+        {
+            ours.push((ifname, line.contains("master")));
+        }
+    }
+    // Ports first, then bridges.
+    ours.sort_by_key(|(_, port)| !*port);
+    for (ifname, _) in ours {
+        match ip(&["link", "del", &ifname]).await {
+            Ok(_) => removed.push(format!("link {ifname}")),
+            Err(r) if r.contains("Cannot find device") => {}
+            Err(r) => return Err(fail(format!("delete host interface {ifname}"), r)),
+        }
+    }
+    Ok(removed)
+}
+
+/// `node interface state addresses` of every interface in the lab's namespaces.
+pub async fn addresses(lab: &Lab) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for n in lab.nodes.values().filter(|n| n.kind == Kind::Linux) {
+        let text = ip(&["-n", &lab.netns(&n.name), "-br", "addr"])
+            .await
+            .unwrap_or_default();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(ifname), Some(state)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if ifname == "lo" {
+                continue;
+            }
+            out.push((
+                n.name.clone(),
+                ifname.split('@').next().unwrap_or(ifname).to_string(),
+                state.to_string(),
+                f.collect::<Vec<_>>().join(" "),
+            ));
+        }
+    }
+    out
+}

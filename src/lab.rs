@@ -1,0 +1,248 @@
+//! `meshwire lab up|down|inspect`: containerlab-format labs with their own controller.
+//!
+//! `up`: check the file, create namespaces, links and bridges (rolled back on failure), start a
+//! controller for the lab (embedded redb store and kernel data plane in
+//! /run/meshwire/labs/<lab>/), register the lab's hosts and links as the topology, and apply the
+//! manifests the lab lists. `down` stops that controller and removes everything by name.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use meshwire_labs::runner;
+use meshwire_labs::spec::{Kind, Lab};
+
+use crate::client::{self, Api};
+
+#[derive(clap::Subcommand)]
+pub enum LabCommand {
+    /// Create the lab, start its controller and apply its manifests.
+    Up {
+        file: PathBuf,
+        /// The lab controller's reconcile interval (how fast it notices and heals failures).
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        reconcile_interval: Duration,
+    },
+    /// Stop the lab's controller and remove its namespaces, links and bridges (by name, so it also
+    /// cleans up after a crash). Takes the lab file or just the lab's name.
+    Down { lab: String },
+    /// Show the lab's nodes, interfaces, addresses and connections.
+    Inspect { file: PathBuf },
+}
+
+pub const LAB_DIR: &str = "/run/meshwire/labs";
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(LAB_DIR).join(name)
+}
+
+/// The REST address of a running lab's controller.
+pub fn controller_url(name: &str) -> anyhow::Result<String> {
+    let p = dir(name).join("controller.url");
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("lab {name} is not up ({} missing)", p.display()))?
+        .trim()
+        .to_string())
+}
+
+pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Up {
+            file,
+            reconcile_interval,
+        } => up(&file, reconcile_interval).await,
+        LabCommand::Down { lab } => {
+            let name = if Path::new(&lab).is_file() {
+                Lab::load(Path::new(&lab))?.name
+            } else {
+                lab
+            };
+            for r in down(&name).await? {
+                println!("removed {r}");
+            }
+            println!("lab {name} is down");
+            Ok(())
+        }
+        LabCommand::Inspect { file } => inspect(&file).await,
+    }
+}
+
+async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
+    let lab = Lab::load(file)?;
+    for m in &lab.manifests {
+        // Check the lab's manifests before creating anything.
+        let text = std::fs::read_to_string(m).with_context(|| {
+            format!(
+                "{}: manifest {} listed in labels",
+                file.display(),
+                m.display()
+            )
+        })?;
+        meshwire_models::Manifest::parse(&m.display().to_string(), &text)?;
+    }
+    runner::up(&lab).await?;
+    match start(&lab, interval).await {
+        Ok(url) => {
+            println!(
+                "lab {} is up: {} namespaces, controller at {url}",
+                lab.name,
+                lab.nodes.values().filter(|n| n.kind == Kind::Linux).count()
+            );
+            println!("export MESHWIRE_CONTROLLER={url}");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = down(&lab.name).await;
+            Err(e.context(format!("lab {}: rolled back", lab.name)))
+        }
+    }
+}
+
+async fn start(lab: &Lab, interval: Duration) -> anyhow::Result<String> {
+    let d = dir(&lab.name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(d.join("controller.log"))?;
+    let exe = std::env::current_exe().context("finding the meshwire binary")?;
+    let child = std::process::Command::new(exe)
+        .args(["controller", "--dataplane", "kernel", "--log", "info"])
+        .arg("--store")
+        .arg(format!("redb:{}", d.join("state.redb").display()))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--reconcile-interval",
+            &humantime::format_duration(interval).to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the lab's controller")?;
+    std::fs::write(d.join("controller.pid"), child.id().to_string())?;
+    std::fs::write(d.join("controller.url"), &url)?;
+    let api = Api::new(&url);
+    let mut ready = false;
+    for _ in 0..200 {
+        if api
+            .get::<serde_json::Value>("/api/v1/resources")
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !ready {
+        let tail = std::fs::read_to_string(d.join("controller.log")).unwrap_or_default();
+        bail!(
+            "the lab's controller did not start: {}",
+            tail.lines().last().unwrap_or("(no log)")
+        );
+    }
+    let topo = d.join("topology.yaml");
+    std::fs::write(&topo, lab.manifests())?;
+    client::apply(&api, &topo, false)
+        .await
+        .context("registering the lab's topology")?;
+    for m in &lab.manifests {
+        client::apply(&api, m, false)
+            .await
+            .with_context(|| format!("applying {}", m.display()))?;
+    }
+    Ok(url)
+}
+
+async fn down(name: &str) -> anyhow::Result<Vec<String>> {
+    let d = dir(name);
+    let mut removed = Vec::new();
+    if let Ok(pid) = std::fs::read_to_string(d.join("controller.pid")) {
+        let pid = pid.trim().to_string();
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = tokio::process::Command::new("kill")
+                .arg(&pid)
+                .status()
+                .await;
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            removed.push(format!("controller (pid {pid})"));
+        }
+    }
+    removed.extend(runner::down(name).await.map_err(|e| anyhow!(e))?);
+    if d.exists() {
+        std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+        removed.push(d.display().to_string());
+    }
+    Ok(removed)
+}
+
+async fn inspect(file: &Path) -> anyhow::Result<()> {
+    let lab = Lab::load(file)?;
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "NODE",
+        "KIND",
+        "NAMESPACE",
+        "INTERFACE",
+        "STATE",
+        "ADDRESSES",
+    ]);
+    let addrs = runner::addresses(&lab).await;
+    for n in lab.nodes.values() {
+        let kind = match (n.kind, n.host()) {
+            (Kind::Bridge, _) => "bridge".to_string(),
+            (Kind::Linux, Some(h)) => format!("workload on {h}"),
+            (Kind::Linux, None) => "host".to_string(),
+        };
+        let ns = if n.kind == Kind::Linux {
+            lab.netns(&n.name)
+        } else {
+            "-".into()
+        };
+        let mine: Vec<_> = addrs.iter().filter(|a| a.0 == n.name).collect();
+        if mine.is_empty() {
+            t.add_row(vec![
+                n.name.clone(),
+                kind.clone(),
+                ns.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for (_, ifname, state, a) in mine {
+            t.add_row(vec![
+                n.name.clone(),
+                kind.clone(),
+                ns.clone(),
+                ifname.clone(),
+                state.clone(),
+                a.clone(),
+            ]);
+        }
+    }
+    println!("{t}");
+    match controller_url(&lab.name) {
+        Ok(url) => {
+            println!("controller: {url}");
+            client::get(
+                &Api::new(&url),
+                crate::Kind::Connections,
+                crate::Output::Table,
+            )
+            .await?;
+        }
+        Err(e) => println!("{e}"),
+    }
+    Ok(())
+}

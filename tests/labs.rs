@@ -1,0 +1,409 @@
+//! Input: the seed labs in labs/, brought up with `meshwire lab up` as a user would, and
+//! requests through the lab's controller. Output: real traffic (ping, iperf3) between the
+//! namespaces, and the outage when an endpoint is lost.
+//! Needs root; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set (CI), where it must run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshwire");
+
+fn root() -> bool {
+    let ok = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
+            "lab tests need root"
+        );
+        eprintln!("SKIP: not root");
+    }
+    ok
+}
+
+/// A running lab, brought down when the test ends, even on failure.
+struct Lab {
+    name: String,
+    url: String,
+}
+
+impl Lab {
+    fn up(name: &str) -> Lab {
+        let file = lab_file(name);
+        let _ = Command::new(BIN).args(["lab", "down", name]).output();
+        let out = Command::new(BIN)
+            .args(["lab", "up", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lab up {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url =
+            std::fs::read_to_string(format!("/run/meshwire/labs/{name}/controller.url")).unwrap();
+        Lab {
+            name: name.to_string(),
+            url,
+        }
+    }
+
+    fn meshwire(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("MESHWIRE_CONTROLLER", &self.url)
+            .output()
+            .unwrap()
+    }
+
+    fn request(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["request"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = self.meshwire(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("clab-{}-{node}", self.name)
+    }
+
+    fn exec(&self, node: &str, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(node)])
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    fn ping(&self, node: &str, addr: &str) -> bool {
+        self.exec(node, &["ping", "-c", "2", "-i", "0.2", "-W", "2", addr])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).args(["lab", "down", &self.name]).output();
+    }
+}
+
+fn lab_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("labs")
+        .join(name)
+        .join("lab.yaml")
+}
+
+fn addr(v: &serde_json::Value, field: &str) -> String {
+    v["ip_context"][field][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn nb_lab_vpn_gateway_ping_and_iperf3_to_the_corporate_network() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("vpn-gateway");
+    let c = lab.request(&[
+        "secure-intranet-connectivity",
+        "--client",
+        "worker",
+        "--name",
+        "clab-vpn-gateway-client",
+        "--label",
+        "app=sarah",
+    ]);
+    assert_eq!(
+        c["hops"][0]["mechanism"]["type"], "kernel",
+        "same host: veth"
+    );
+    // The client never configured anything: its route to the corporate network is ours.
+    let routes = String::from_utf8(
+        Command::new("ip")
+            .args(["-n", &lab.ns("client"), "route", "show", "proto", "200"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        routes.contains("10.60.0.0/16 via 172.16.10.0 dev nsm-1"),
+        "{routes}"
+    );
+    assert!(
+        lab.ping("client", "10.60.0.10"),
+        "client reaches corp through the gateway"
+    );
+    // iperf3 through the gateway.
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("corp"),
+            "iperf3",
+            "-s",
+            "-p",
+            "5399",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        let listening = lab.exec("corp", &["ss", "-Hltn", "sport", "=", ":5399"]);
+        if !listening.stdout.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut result = None;
+    for _ in 0..20 {
+        let out = lab.exec(
+            "client",
+            &["iperf3", "-c", "10.60.0.10", "-p", "5399", "-t", "1", "-J"],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() && v["error"].is_null() {
+            result = Some(v);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let bps = result.expect("iperf3 ran")["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    eprintln!(
+        "iperf3 client -> corp through the gateway: {:.2} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bps > 0.0);
+    let inspect = lab.meshwire(&["lab", "inspect", lab_file("vpn-gateway").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("172.16.10.1/31"));
+    // Close: the client's interface is gone again.
+    let out = lab.meshwire(&["close", c["id"].as_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(!lab.ping("client", "10.60.0.10"));
+}
+
+#[test]
+fn nb_lab_bridge_three_clients_one_l2_domain() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("bridge");
+    let addrs: Vec<String> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|c| {
+            addr(
+                &lab.request(&[
+                    "l2-bridge",
+                    "--client",
+                    "worker",
+                    "--name",
+                    &format!("clab-bridge-{c}"),
+                ]),
+                "src_ip_addrs",
+            )
+        })
+        .collect();
+    assert!(
+        lab.ping("c1", &addrs[1]) && lab.ping("c1", &addrs[2]) && lab.ping("c3", &addrs[1]),
+        "{addrs:?}"
+    );
+    assert!(lab.ping("c2", "10.80.0.1"), "the bridge's own address");
+}
+
+#[test]
+fn nb_lab_two_node_negotiates_vxlan() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("two-node");
+    let c = lab.request(&[
+        "two-node",
+        "--client",
+        "n1",
+        "--name",
+        "clab-two-node-client",
+    ]);
+    assert_eq!(c["hops"][0]["mechanism"]["type"], "vxlan", "{c}");
+    assert_eq!(c["hops"][0]["mechanism"]["vni"], 7000);
+    assert!(
+        lab.ping("client", &addr(&c, "dst_ip_addrs")),
+        "traffic crosses the VXLAN between hosts"
+    );
+    // A client that insists on a veth across hosts is refused, with the reason.
+    let out = lab.meshwire(&[
+        "request",
+        "two-node",
+        "--client",
+        "n1",
+        "--name",
+        "clab-two-node-client",
+        "--mechanism",
+        "kernel",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a local mechanism cannot cross a link"));
+}
+
+#[test]
+fn timer_lab_heal_moves_client_to_the_other_endpoint() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("heal");
+    let c = lab.request(&[
+        "icmp-responder",
+        "--client",
+        "worker",
+        "--name",
+        "clab-heal-client",
+    ]);
+    let (id, first) = (
+        c["id"].as_str().unwrap().to_string(),
+        c["network_service_endpoint_name"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    assert!(lab.ping("client", "10.70.0.1"));
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("client"),
+            "ping",
+            "-i",
+            "0.02",
+            "-D",
+            "-O",
+            "-w",
+            "30",
+            "10.70.0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The endpoint is lost: its side stops forwarding and its namespace is deleted.
+    let ep_if = format!("nse-{}", &id.replace('-', "")[..8]);
+    let lost = Instant::now();
+    assert!(Command::new("ip")
+        .args(["-n", &lab.ns(&first), "link", "set", &ep_if, "down"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ip")
+        .args(["netns", "del", &lab.ns(&first)])
+        .status()
+        .unwrap()
+        .success());
+    let mut healed = None;
+    while lost.elapsed() < Duration::from_secs(20) {
+        let out = lab.meshwire(&["get", "connections", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v[0]["state"] == "up" && v[0]["network_service_endpoint_name"] != first.as_str() {
+            healed = Some(v[0].clone());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let healed = healed.expect("healed onto the other endpoint");
+    assert_eq!(
+        (healed["id"].as_str(), healed["interface"].as_str()),
+        (Some(id.as_str()), Some("nsm-1"))
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-INT", &ping.id().to_string()])
+        .status();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let times: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let outage = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    eprintln!(
+        "heal outage (largest gap between ping replies, 20 ms interval): {:.0} ms",
+        outage * 1000.0
+    );
+    assert!(
+        times.len() > 10 && times.last().unwrap() > &(times[0] + outage),
+        "traffic flows again after the heal"
+    );
+}
+
+#[test]
+fn nb_lab_bad_file_refused_before_anything_is_created() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, "name: badlab\ntopology:\n  nodes:\n    a: {kind: linux}\n  links:\n    - endpoints: [\"a:eth1\", \"ghost:eth1\"]\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["lab", "up", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:6: link endpoint \"ghost:eth1\": unknown node \"ghost\""),
+        "{err}"
+    );
+    let ns = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!ns.contains("clab-badlab-"), "{ns}");
+    // A failing exec half way is rolled back and names the step.
+    std::fs::write(
+        &f,
+        "name: badlab\ntopology:\n  nodes:\n    a: {kind: linux, exec: [\"false\"]}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["lab", "up", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node a: exec `false`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ns = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!ns.contains("clab-badlab-"), "rolled back: {ns}");
+}
