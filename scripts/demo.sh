@@ -1,43 +1,44 @@
 #!/usr/bin/env bash
-# The main job: a controller on the embedded store, the seed's VPN gateway applied, a client
-# requesting secure-intranet-connectivity and getting a negotiated connection, which survives a
-# controller restart. Leaves nothing running; the store stays in ./demo-state/ to look at.
+# The main job, as root: install what is missing, build, bring up the VPN-gateway lab (network
+# namespaces on this machine, its own controller on the embedded redb store, the kernel data
+# plane), let a client ask for the service by name and label, and show its ping through the
+# gateway to the corporate network. The lab stays up to look around; the last lines say how to
+# tear it down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "the demo creates network namespaces: run it as root (sudo scripts/demo.sh)" >&2
+  exit 1
+fi
 scripts/install-deps.sh
 cargo build --release --locked -q
-bin=target/release/meshwire
-state=./demo-state
-mkdir -p "$state"
-port=${MESHWIRE_DEMO_PORT:-7600}
-export MESHWIRE_CONTROLLER=http://127.0.0.1:$port
-pid=""
-start() {
-  "$bin" controller --store "redb:$state/meshwire.redb" --listen 127.0.0.1:$port --log warn &
-  pid=$!
-  for _ in $(seq 100); do curl -sf "$MESHWIRE_CONTROLLER/readyz" >/dev/null && return; sleep 0.1; done
-  echo "controller did not start" >&2; exit 1
-}
-stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; pid=""; }
-trap stop EXIT
+bin=$PWD/target/release/meshwire
+lab=labs/vpn-gateway/lab.yaml
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "start the controller (embedded redb store in $state)"
-start
-step "apply the VPN gateway topology, service and endpoint (examples/vpn-gateway.yaml)"
-"$bin" apply -f examples/vpn-gateway.yaml
+step "bring up the lab: hosts and workloads as namespaces, a controller with the embedded store"
+"$bin" lab down vpn-gateway >/dev/null 2>&1 || true
+"$bin" lab up "$lab"
+export MESHWIRE_CONTROLLER=$(cat /run/meshwire/labs/vpn-gateway/controller.url)
 "$bin" get endpoints
-step "the client asks for the service by name and label; it configures nothing itself"
-"$bin" request secure-intranet-connectivity --client client --label app=sarah
-id=$("$bin" get connections -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
-"$bin" get connections -o yaml | sed -n '1,60p'
-step "restart the controller: the connection and its claims come back"
-stop; start
-"$bin" get connections
-"$bin" get resources
-step "close the connection"
-"$bin" close "$id"
-"$bin" get resources
-echo
-echo "Look around: $bin controller --store redb:$state/meshwire.redb & then $bin get all."
-echo "Tear down: rm -rf $state"
+
+step "the client asks for secure-intranet-connectivity with label app=sarah; it configures nothing itself"
+"$bin" request secure-intranet-connectivity --client worker --name clab-vpn-gateway-client --label app=sarah
+
+step "what the client got: an interface, an address and a route, all from Meshwire"
+ip -n clab-vpn-gateway-client -br addr show nsm-1
+ip -n clab-vpn-gateway-client route show proto 200
+
+step "the client pings corp (10.60.0.10) through the gateway"
+ip netns exec clab-vpn-gateway-client ping -c 3 10.60.0.10
+
+cat <<EOT
+
+Look around:
+  export MESHWIRE_CONTROLLER=$MESHWIRE_CONTROLLER
+  $bin get all
+  $bin lab inspect $lab
+  ip netns exec clab-vpn-gateway-client ping 10.60.0.10
+Tear down:
+  $bin lab down vpn-gateway
+EOT
