@@ -21,7 +21,9 @@ use meshwire_models::{
 pub struct Args {
     /// core: selection + path on 10,000 nodes / 100,000 endpoints, request/close cycles, memory
     /// per connection. store: writes per second, redb against etcd (needs etcd-server).
-    #[arg(value_parser = ["core", "store"])]
+    /// setup: request to first packet through the kernel data plane vs an `ip` script, setup and
+    /// teardown rates (needs root).
+    #[arg(value_parser = ["core", "store", "setup"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -31,6 +33,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.name.as_str() {
         "core" => core(args.scale).await,
+        "setup" => crate::bench_setup::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

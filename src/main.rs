@@ -3,6 +3,7 @@
 
 mod alloc;
 mod bench;
+mod bench_setup;
 mod client;
 mod daemon;
 mod lab;

@@ -1,0 +1,305 @@
+//! `meshwire bench setup`: connection setup through the real kernel data plane, request to first
+//! packet, against the same wiring done by an `ip` script; setup and teardown rates.
+//!
+//! First packet: a UDP echo runs in the endpoint's namespace; a socket made in the client's
+//! namespace sends to the connection's endpoint address every millisecond until the echo returns.
+//! Both sockets are created on threads that entered the namespaces: nothing forks per probe.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use meshwire_controller::store::redb_store::RedbStore;
+use meshwire_controller::{Config, ConnectionFilter, Controller, SystemClock};
+use meshwire_models::{ClientRef, ConnectionRequest, Manifest};
+use meshwire_southbound::KernelDriver;
+
+const P: &str = "mwbench";
+
+fn sh(cmd: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()?;
+    if !out.status.success() {
+        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A UDP socket bound inside namespace `ns`.
+fn socket_in(ns: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> anyhow::Result<UdpSocket> {
+        let f = std::fs::File::open(&path)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(UdpSocket::bind(("0.0.0.0", port))?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+/// Echoes UDP in `ns` until dropped.
+struct Echo(Arc<AtomicBool>);
+impl Echo {
+    fn start(ns: &str) -> anyhow::Result<Echo> {
+        let s = socket_in(ns, 7)?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(Echo(stop))
+    }
+}
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends to `addr:7` every millisecond until an echo comes back (at most 5 s).
+fn first_packet(probe: &UdpSocket, addr: IpAddr) -> anyhow::Result<()> {
+    let to = SocketAddr::new(addr, 7);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        let _ = probe.send_to(b"meshwire", to);
+        if let Ok((_, from)) = probe.recv_from(&mut buf) {
+            if from.ip() == addr {
+                return Ok(());
+            }
+        }
+    }
+    bail!("no echo from {addr} within 5 s")
+}
+
+struct Namespaces;
+impl Namespaces {
+    fn create() -> anyhow::Result<Namespaces> {
+        let _ = Self::cleanup();
+        for n in ["n1", "n2", "c", "e1", "e2"] {
+            sh(&format!(
+                "ip netns add {P}-{n} && ip -n {P}-{n} link set lo up"
+            ))?;
+        }
+        sh(&format!(
+            "ip -n {P}-n1 link add eth1 type veth peer name eth1 netns {P}-n2 && ip -n {P}-n1 addr add 192.168.201.1/24 dev eth1 && ip -n {P}-n2 addr add 192.168.201.2/24 dev eth1 && ip -n {P}-n1 link set eth1 up && ip -n {P}-n2 link set eth1 up"
+        ))?;
+        Ok(Namespaces)
+    }
+    fn cleanup() -> anyhow::Result<()> {
+        for n in ["n1", "n2", "c", "e1", "e2"] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &format!("{P}-{n}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        Ok(())
+    }
+}
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        let _ = Self::cleanup();
+    }
+}
+
+fn manifests() -> String {
+    format!(
+        r#"
+apiVersion: meshwire.io/v1
+kind: Node
+metadata: {{name: n1}}
+spec: {{forwarder: kernel, netns: {P}-n1}}
+---
+apiVersion: meshwire.io/v1
+kind: Node
+metadata: {{name: n2}}
+spec: {{forwarder: kernel, netns: {P}-n2}}
+---
+apiVersion: meshwire.io/v1
+kind: Link
+metadata: {{name: n1-n2}}
+spec: {{endpoints: ["n1:eth1", "n2:eth1"], addresses: ["192.168.201.1/24", "192.168.201.2/24"]}}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {{name: same}}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {{name: cross}}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {{name: e1}}
+spec: {{network_service_names: [same], location: {{node: n1, netns: {P}-e1}}, ipamPrefix: 172.20.0.0/16}}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {{name: e2}}
+spec: {{network_service_names: [cross], location: {{node: n2, netns: {P}-e2}}, ipamPrefix: 172.21.0.0/16}}
+"#
+    )
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn count_links(ns: &str) -> usize {
+    std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("nsm-") || l.contains("nse-"))
+                .count()
+        })
+        .unwrap_or(usize::MAX)
+}
+
+pub async fn run(scale: f64) -> anyhow::Result<()> {
+    let n = ((200.0 * scale).round() as usize).max(10);
+    let rate_n = ((1000.0 * scale).round() as usize).max(20);
+    let _ns = Namespaces::create().context("bench setup needs root and iproute2")?;
+    let _echo1 = Echo::start(&format!("{P}-e1"))?;
+    let _echo2 = Echo::start(&format!("{P}-e2"))?;
+    let probe = socket_in(&format!("{P}-c"), 0)?;
+    probe.set_read_timeout(Some(Duration::from_millis(1)))?;
+
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(RedbStore::open(&dir.path().join("bench.redb"))?);
+    let ctl = Controller::start(
+        store,
+        Arc::new(KernelDriver::new()),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await?;
+    ctl.apply(Manifest::parse("bench", &manifests())?).await?;
+    let req = |svc: &str, node: &str| ConnectionRequest {
+        network_service: svc.into(),
+        client: ClientRef {
+            node: node.into(),
+            name: Some(format!("{P}-c")),
+        },
+        labels: Default::default(),
+        mechanisms: vec![],
+        interface: None,
+        excluded_prefixes: vec![],
+    };
+
+    // Meshwire: request -> first packet, same node (veth) and cross node (VXLAN).
+    let mut results: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (label, svc, node) in [
+        ("meshwire same node", "same", "n1"),
+        ("meshwire cross node", "cross", "n1"),
+    ] {
+        let mut lat = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let c = ctl.request(req(svc, node)).await?;
+            first_packet(&probe, c.ip_context.dst_ip_addrs[0].addr())?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            ids.push(c.id);
+        }
+        for id in ids {
+            ctl.close(&id).await?;
+        }
+        results.push((label, lat));
+    }
+
+    // The floor: the same wiring by an `ip` script.
+    for (label, cross) in [
+        ("ip script same node", false),
+        ("ip script cross node", true),
+    ] {
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let (c_addr, e_addr) = (
+                format!("10.99.{}.{}", i / 64, (i % 64) * 4 + 1),
+                format!("10.99.{}.{}", i / 64, (i % 64) * 4),
+            );
+            let script = if cross {
+                format!(
+                    "ip -n {P}-n1 link add ipc{i} type vxlan id {vni} local 192.168.201.1 remote 192.168.201.2 dstport 4789 && ip -n {P}-n1 link set ipc{i} netns {P}-c && \
+                     ip -n {P}-n2 link add ipe{i} type vxlan id {vni} local 192.168.201.2 remote 192.168.201.1 dstport 4789 && ip -n {P}-n2 link set ipe{i} netns {P}-e2 && \
+                     ip -n {P}-c addr add {c_addr}/31 dev ipc{i} && ip -n {P}-e2 addr add {e_addr}/31 dev ipe{i} && ip -n {P}-c link set ipc{i} up && ip -n {P}-e2 link set ipe{i} up",
+                    vni = 100_000 + i
+                )
+            } else {
+                format!(
+                    "ip -n {P}-c link add ipc{i} type veth peer name ipe{i} netns {P}-e1 && ip -n {P}-c addr add {c_addr}/31 dev ipc{i} && ip -n {P}-e1 addr add {e_addr}/31 dev ipe{i} && ip -n {P}-c link set ipc{i} up && ip -n {P}-e1 link set ipe{i} up"
+                )
+            };
+            let t = Instant::now();
+            sh(&script)?;
+            first_packet(&probe, e_addr.parse()?)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        for i in 0..n {
+            let _ = sh(&format!(
+                "ip -n {P}-c link del ipc{i}; ip -n {P}-e2 link del ipe{i} 2>/dev/null; true"
+            ));
+        }
+        results.push((label, lat));
+    }
+
+    // Setup and teardown rate on one node.
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(rate_n);
+    for _ in 0..rate_n {
+        ids.push(ctl.request(req("same", "n1")).await?.id);
+    }
+    let setup_rate = rate_n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for id in &ids {
+        ctl.close(id).await?;
+    }
+    let teardown_rate = rate_n as f64 / t.elapsed().as_secs_f64();
+    let left = count_links(&format!("{P}-c"))
+        + count_links(&format!("{P}-e1"))
+        + count_links(&format!("{P}-e2"));
+    let claims: usize = ctl.pool_usage().values().sum();
+    let live = ctl.connections(&ConnectionFilter::default()).len();
+
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "request -> first packet",
+        "p50 ms",
+        "p99 ms",
+        "samples",
+    ]);
+    let mut fig = std::collections::BTreeMap::new();
+    for (label, lat) in &mut results {
+        let (p50, p99) = (pct(lat, 0.5), pct(lat, 0.99));
+        t.add_row(vec![
+            label.to_string(),
+            format!("{p50:.2}"),
+            format!("{p99:.2}"),
+            lat.len().to_string(),
+        ]);
+        fig.insert(label.replace(' ', "_"), (p50, p99));
+    }
+    println!("{t}");
+    println!("setup: {rate_n} connections on one node at {setup_rate:.0}/s (goal >= 100/s); teardown {teardown_rate:.0}/s; left behind: {left} interfaces, {claims} pool claims, {live} connections");
+    let (ms, mc) = (fig["meshwire_same_node"], fig["meshwire_cross_node"]);
+    let (is, ic) = (fig["ip_script_same_node"], fig["ip_script_cross_node"]);
+    println!(
+        "setup: same_p50_ms={:.2} same_p99_ms={:.2} cross_p50_ms={:.2} cross_p99_ms={:.2} ip_same_p50_ms={:.2} ip_same_p99_ms={:.2} ip_cross_p50_ms={:.2} ip_cross_p99_ms={:.2} setup_per_s={setup_rate:.0} teardown_per_s={teardown_rate:.0} left_interfaces={left} left_claims={claims} ratio_vs_ip_same={:.2} ratio_vs_ip_cross={:.2}",
+        ms.0, ms.1, mc.0, mc.1, is.0, is.1, ic.0, ic.1, is.1 / ms.1, ic.1 / mc.1
+    );
+    Ok(())
+}
