@@ -66,15 +66,20 @@ impl Drop for Echo {
     }
 }
 
-/// Sends to `addr:7` every millisecond until an echo comes back (at most 5 s).
+static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Sends a fresh nonce to `addr:7` every millisecond until that nonce is echoed back (at most
+/// 5 s). Matching the nonce, not the source address, means a late echo of an earlier probe never
+/// counts, and replies from an anycast endpoint (source: its link address) do.
 fn first_packet(probe: &UdpSocket, addr: IpAddr) -> anyhow::Result<()> {
     let to = SocketAddr::new(addr, 7);
+    let nonce = NONCE.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = [0u8; 64];
     while Instant::now() < deadline {
-        let _ = probe.send_to(b"meshwire", to);
-        if let Ok((_, from)) = probe.recv_from(&mut buf) {
-            if from.ip() == addr {
+        let _ = probe.send_to(&nonce, to);
+        while let Ok((n, _)) = probe.recv_from(&mut buf) {
+            if buf[..n] == nonce {
                 return Ok(());
             }
         }
@@ -97,7 +102,7 @@ impl Namespaces {
         Ok(Namespaces)
     }
     fn cleanup() -> anyhow::Result<()> {
-        for n in ["n1", "n2", "c", "e1", "e2"] {
+        for n in ["n1", "n2", "c", "e1", "e2", "ha", "hb"] {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", &format!("{P}-{n}")])
                 .stderr(std::process::Stdio::null())
@@ -275,6 +280,10 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
     let claims: usize = ctl.pool_usage().values().sum();
     let live = ctl.connections(&ConnectionFilter::default()).len();
 
+    // Heal outage: two endpoints answer 10.70.0.1; the selected one is cut (its side down, its
+    // namespace deleted) and the reconcile loop (250 ms) moves the client to the other.
+    let outages = heal_rounds(&ctl, &probe, 5).await?;
+
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
         "request -> first packet",
@@ -294,12 +303,93 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         fig.insert(label.replace(' ', "_"), (p50, p99));
     }
     println!("{t}");
+    let mut o = outages.clone();
+    let (heal_p50, heal_max) = (pct(&mut o, 0.5), o.last().copied().unwrap_or(0.0));
+    println!("heal outage (endpoint cut -> echo again, reconcile 250 ms): p50 {heal_p50:.0} ms, max {heal_max:.0} ms over {} rounds (goal < 1000 ms)", outages.len());
     println!("setup: {rate_n} connections on one node at {setup_rate:.0}/s (goal >= 100/s); teardown {teardown_rate:.0}/s; left behind: {left} interfaces, {claims} pool claims, {live} connections");
     let (ms, mc) = (fig["meshwire_same_node"], fig["meshwire_cross_node"]);
     let (is, ic) = (fig["ip_script_same_node"], fig["ip_script_cross_node"]);
     println!(
-        "setup: same_p50_ms={:.2} same_p99_ms={:.2} cross_p50_ms={:.2} cross_p99_ms={:.2} ip_same_p50_ms={:.2} ip_same_p99_ms={:.2} ip_cross_p50_ms={:.2} ip_cross_p99_ms={:.2} setup_per_s={setup_rate:.0} teardown_per_s={teardown_rate:.0} left_interfaces={left} left_claims={claims} ratio_vs_ip_same={:.2} ratio_vs_ip_cross={:.2}",
+        "setup: same_p50_ms={:.2} same_p99_ms={:.2} cross_p50_ms={:.2} cross_p99_ms={:.2} ip_same_p50_ms={:.2} ip_same_p99_ms={:.2} ip_cross_p50_ms={:.2} ip_cross_p99_ms={:.2} setup_per_s={setup_rate:.0} teardown_per_s={teardown_rate:.0} heal_p50_ms={heal_p50:.0} heal_max_ms={heal_max:.0} left_interfaces={left} left_claims={claims} ratio_vs_ip_same={:.2} ratio_vs_ip_cross={:.2}",
         ms.0, ms.1, mc.0, mc.1, is.0, is.1, ic.0, ic.1, is.1 / ms.1, ic.1 / mc.1
     );
     Ok(())
+}
+
+/// An endpoint namespace for the heal rounds, answering 10.70.0.1.
+fn heal_endpoint(name: &str) -> anyhow::Result<Echo> {
+    let ns = format!("{P}-{name}");
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .stderr(std::process::Stdio::null())
+        .status();
+    sh(&format!(
+        "ip netns add {ns} && ip -n {ns} link set lo up && ip -n {ns} addr add 10.70.0.1/32 dev lo"
+    ))?;
+    Echo::start(&ns)
+}
+
+async fn heal_rounds(
+    ctl: &Controller,
+    probe: &UdpSocket,
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let reconciler = ctl.spawn_reconciler(Duration::from_millis(250));
+    let nse = |name: &str| {
+        format!(
+            "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: {name}}}\nspec: {{network_service_names: [heal], location: {{node: n1, netns: {P}-{name}}}, routes: [10.70.0.0/16], ipamPrefix: 172.22.0.0/16}}\n"
+        )
+    };
+    ctl.apply(Manifest::parse(
+        "bench",
+        "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: heal}\n",
+    )?)
+    .await?;
+    let mut echoes = vec![heal_endpoint("ha")?, heal_endpoint("hb")?];
+    ctl.apply(Manifest::parse(
+        "bench",
+        &format!("{}---\n{}", nse("ha"), nse("hb")),
+    )?)
+    .await?;
+    let c = ctl
+        .request(ConnectionRequest {
+            network_service: "heal".into(),
+            client: ClientRef {
+                node: "n1".into(),
+                name: Some(format!("{P}-c")),
+            },
+            labels: Default::default(),
+            mechanisms: vec![],
+            interface: Some("nsm-heal".into()),
+            excluded_prefixes: vec![],
+        })
+        .await?;
+    let anycast: IpAddr = "10.70.0.1".parse()?;
+    first_packet(probe, anycast)?;
+    let mut outages = Vec::new();
+    for _ in 0..rounds {
+        let current = ctl.connection(&c.id).context("heal connection vanished")?;
+        let lost = current.network_service_endpoint_name.clone();
+        let ns = format!("{P}-{lost}");
+        let t = Instant::now();
+        sh(&format!(
+            "ip -n {ns} link set {} down && ip netns del {ns}",
+            current.endpoint_interface()
+        ))?;
+        first_packet(probe, anycast).context("traffic did not come back after the heal")?;
+        outages.push(t.elapsed().as_secs_f64() * 1e3);
+        // Bring the lost endpoint back for the next round.
+        echoes.push(heal_endpoint(&lost)?);
+        ctl.apply(Manifest::parse("bench", &nse(&lost))?).await?;
+    }
+    reconciler.abort();
+    ctl.close(&c.id).await?;
+    for n in ["ha", "hb"] {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &format!("{P}-{n}")])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    drop(echoes);
+    Ok(outages)
 }

@@ -85,8 +85,10 @@ impl Lab {
             .unwrap()
     }
 
+    /// Whether `addr` answers within 5 s, probing every 200 ms (a new bridge port may stay
+    /// disabled until the kernel's rate-limited link-watch work runs).
     fn ping(&self, node: &str, addr: &str) -> bool {
-        self.exec(node, &["ping", "-c", "2", "-i", "0.2", "-W", "2", addr])
+        self.exec(node, &["ping", "-c", "1", "-i", "0.2", "-w", "5", addr])
             .status
             .success()
     }

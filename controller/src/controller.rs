@@ -511,18 +511,20 @@ impl Controller {
                 (Health::ClientGone { reason }, _, _) => {
                     tracing::info!(connection = %c.id, %reason, "client gone; closing");
                     drop(_guard);
-                    self.close(&c.id).await?;
-                    report.closed.push(c.id.clone());
+                    // A failed close is retried next round; it must not stall the others.
+                    match self.close(&c.id).await {
+                        Ok(_) => report.closed.push(c.id.clone()),
+                        Err(e) => {
+                            tracing::warn!(connection = %c.id, error = %e, "closing failed; retrying next round")
+                        }
+                    }
                     continue;
                 }
                 (_, false, _) => {
                     let why = format!("endpoint {} is gone", c.network_service_endpoint_name);
                     self.heal(
                         current,
-                        Avoid {
-                            endpoints: vec![c.network_service_endpoint_name.clone()],
-                            ..Default::default()
-                        },
+                        Avoid::endpoint(&c.network_service_endpoint_name),
                         why,
                     )
                     .await
@@ -536,10 +538,7 @@ impl Controller {
                     );
                     self.heal(
                         current,
-                        Avoid {
-                            endpoints: vec![c.network_service_endpoint_name.clone()],
-                            ..Default::default()
-                        },
+                        Avoid::endpoint(&c.network_service_endpoint_name),
                         why,
                     )
                     .await

@@ -52,6 +52,16 @@ pub struct Avoid {
     pub vertices: Vec<String>,
 }
 
+impl Avoid {
+    /// Avoid one endpoint (it is gone or lost).
+    pub fn endpoint(name: &str) -> Avoid {
+        Avoid {
+            endpoints: vec![name.to_string()],
+            ..Default::default()
+        }
+    }
+}
+
 /// Whether applying an object changed anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

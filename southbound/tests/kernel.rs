@@ -70,9 +70,13 @@ fn sh(cmd: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Whether `addr` answers within 5 s, probing every 200 ms: a new bridge port may stay disabled
+/// until the kernel's rate-limited link-watch work runs (up to a second under load).
 fn ping(ns: &str, addr: &str) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", addr])
+        .args([
+            "netns", "exec", ns, "ping", "-c", "1", "-i", "0.2", "-w", "5", addr,
+        ])
         .output()
         .unwrap()
         .status
