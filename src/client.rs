@@ -187,7 +187,31 @@ const CONN_HEADER: [&str; 8] = [
     "STATE",
 ];
 
-pub async fn get(api: &Api, kind: Kind, output: Output) -> anyhow::Result<()> {
+/// Filters for `get`.
+#[derive(Default)]
+pub struct Filter {
+    pub service: Option<String>,
+    pub selector: Option<String>,
+}
+
+impl Filter {
+    fn query(&self, with_selector: bool) -> String {
+        let mut q: Vec<String> = Vec::new();
+        if let Some(s) = &self.service {
+            q.push(format!("service={s}"));
+        }
+        if let (true, Some(s)) = (with_selector, &self.selector) {
+            q.push(format!("selector={s}"));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+}
+
+pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyhow::Result<()> {
     match kind {
         Kind::Services => {
             let v: Vec<NetworkService> = api.get("/api/v1/services").await?;
@@ -204,7 +228,9 @@ pub async fn get(api: &Api, kind: Kind, output: Output) -> anyhow::Result<()> {
             })
         }
         Kind::Endpoints => {
-            let v: Vec<Value> = api.get("/api/v1/endpoints").await?;
+            let v: Vec<Value> = api
+                .get(&format!("/api/v1/endpoints{}", filter.query(true)))
+                .await?;
             print(&v, output, || {
                 let mut t = table(&[
                     "NAME",
@@ -250,7 +276,9 @@ pub async fn get(api: &Api, kind: Kind, output: Output) -> anyhow::Result<()> {
             })
         }
         Kind::Connections => {
-            let v: Vec<Connection> = api.get("/api/v1/connections").await?;
+            let v: Vec<Connection> = api
+                .get(&format!("/api/v1/connections{}", filter.query(false)))
+                .await?;
             print(&v, output, || {
                 let mut t = table(&CONN_HEADER);
                 connection_rows(&mut t, &v);
@@ -317,7 +345,7 @@ pub async fn get(api: &Api, kind: Kind, output: Output) -> anyhow::Result<()> {
                 Kind::Endpoints,
                 Kind::Connections,
             ] {
-                Box::pin(get(api, k, output)).await?;
+                Box::pin(get(api, k, output, filter)).await?;
             }
             Ok(())
         }

@@ -232,6 +232,26 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         }
     }
     println!("{t}");
+    let mut links = Table::new();
+    links
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(vec!["LINK", "ADDRESSES", "MTU"]);
+    for l in &lab.links {
+        let show = |a: Option<ipnet::IpNet>| a.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+        links.add_row(vec![
+            format!(
+                "{}:{} <-> {}:{}",
+                l.a.node, l.a.interface, l.b.node, l.b.interface
+            ),
+            format!("{} <-> {}", show(l.a.address), show(l.b.address)),
+            l.mtu
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "default".into()),
+        ]);
+    }
+    if !lab.links.is_empty() {
+        println!("{links}");
+    }
     match controller_url(&lab.name) {
         Ok(url) => {
             println!("controller: {url}");
@@ -239,6 +259,7 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
                 &Api::new(&url),
                 crate::Kind::Connections,
                 crate::Output::Table,
+                &client::Filter::default(),
             )
             .await?;
         }

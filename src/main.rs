@@ -83,6 +83,12 @@ enum Command {
         kind: Kind,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
+        /// Endpoints and connections: only those of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Endpoints: only those whose labels contain these, e.g. app=vpn-gateway,zone=z1.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
     },
     /// Request a network service for a client; prints the negotiated connection.
     Request {
@@ -151,7 +157,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply { file } => client::apply(&api, &file, false).await,
         Command::Delete { file } => client::apply(&api, &file, true).await,
         Command::Validate { file } => client::validate(&file),
-        Command::Get { kind, output } => client::get(&api, kind, output).await,
+        Command::Get {
+            kind,
+            output,
+            service,
+            selector,
+        } => client::get(&api, kind, output, &client::Filter { service, selector }).await,
         Command::Request {
             service,
             client,

@@ -101,6 +101,22 @@ fn round_trip(store: String) {
             "{out}"
         );
         assert!(ok(&d, &["apply", "-f", vpn]).contains("unchanged"));
+        assert!(
+            ok(&d, &["get", "endpoints", "--selector", "app=vpn-gateway"])
+                .contains("vpn-gateway-1")
+        );
+        assert!(!ok(
+            &d,
+            &[
+                "get",
+                "endpoints",
+                "--service",
+                "secure-intranet-connectivity",
+                "-l",
+                "app=other"
+            ]
+        )
+        .contains("vpn-gateway-1"));
         let out = ok(&d, &["get", "services"]);
         assert!(
             out.contains("secure-intranet-connectivity") && out.contains("IP"),

@@ -277,6 +277,28 @@ impl Controller {
         self.state().services().into_iter().cloned().collect()
     }
 
+    /// Endpoints offering `service` (any when `None`) whose labels for it contain `selector`
+    /// (registry find with label filters).
+    pub fn find_endpoints(
+        &self,
+        service: Option<&str>,
+        selector: &meshwire_models::Labels,
+    ) -> Vec<EndpointView> {
+        self.endpoints()
+            .into_iter()
+            .filter(|v| {
+                let e = &v.endpoint;
+                let services: Vec<&String> = match service {
+                    Some(s) => e.network_service_names.iter().filter(|n| *n == s).collect(),
+                    None => e.network_service_names.iter().collect(),
+                };
+                services.iter().any(|s| {
+                    crate::select::selector_matches(e.labels_for(s), selector, &Default::default())
+                })
+            })
+            .collect()
+    }
+
     pub fn endpoints(&self) -> Vec<EndpointView> {
         let s = self.state();
         s.endpoints()

@@ -208,8 +208,32 @@ async fn services(State(ctl): State<Controller>) -> Json<Vec<meshwire_models::Ne
     Json(ctl.services())
 }
 
-async fn endpoints(State(ctl): State<Controller>) -> Json<Vec<meshwire_controller::EndpointView>> {
-    Json(ctl.endpoints())
+#[derive(Deserialize)]
+struct EndpointQuery {
+    service: Option<String>,
+    /// `k=v,k2=v2`: endpoints whose labels contain all of them.
+    selector: Option<String>,
+}
+
+async fn endpoints(
+    State(ctl): State<Controller>,
+    Query(q): Query<EndpointQuery>,
+) -> ApiResult<Json<Vec<meshwire_controller::EndpointView>>> {
+    let mut selector = meshwire_models::Labels::new();
+    for part in q
+        .selector
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = meshwire_models::labels::parse_label(part).map_err(|e| {
+            let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e);
+            p.field = Some("selector".into());
+            p
+        })?;
+        selector.insert(k, v);
+    }
+    Ok(Json(ctl.find_endpoints(q.service.as_deref(), &selector)))
 }
 
 async fn topology(State(ctl): State<Controller>) -> Json<meshwire_models::Topology> {
@@ -355,6 +379,13 @@ mod tests {
         );
         assert_eq!(v["detail"], "bad.yaml: document 1: metadata.name: required");
         assert_eq!(v["field"], "metadata.name");
+
+        let (_, v, _) = call(&app, "GET", "/api/v1/endpoints?service=s&selector=", "").await;
+        assert_eq!(v.as_array().unwrap().len(), 1);
+        let (_, v, _) = call(&app, "GET", "/api/v1/endpoints?selector=app=nope", "").await;
+        assert_eq!(v.as_array().unwrap().len(), 0);
+        let (st, _, _) = call(&app, "GET", "/api/v1/endpoints?selector=novalue", "").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
 
         let (st, c, _) = call(
             &app,
