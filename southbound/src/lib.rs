@@ -7,5 +7,6 @@
 //! The Open vSwitch driver (our own OVSDB client and OpenFlow 1.3 channel) arrives with its issue.
 
 pub mod kernel;
+pub mod openflow;
 
 pub use kernel::KernelDriver;
