@@ -8,5 +8,6 @@
 
 pub mod kernel;
 pub mod openflow;
+pub mod ovsdb;
 
 pub use kernel::KernelDriver;

@@ -6,133 +6,12 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use meshwire_southbound::openflow::*;
 
-/// An ovsdb-server and ovs-vswitchd in a temp dir, and one bridge; all removed on drop. The
-/// daemons are our children (not `--detach`ed), so they are killed and reaped.
-struct Ovs {
-    dir: tempfile::TempDir,
-    bridge: String,
-    daemons: Vec<std::process::Child>,
-}
-
-impl Ovs {
-    fn start(controller_port: u16) -> Option<Ovs> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        let have = Command::new("sh")
-            .args(["-c", "command -v ovs-vswitchd && command -v ovsdb-server"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !root || !have {
-            assert!(
-                std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
-                "the OVS test needs root and openvswitch-switch"
-            );
-            eprintln!("SKIP: needs root and openvswitch-switch");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        let bridge = format!("mwof{}", std::process::id() % 100_000);
-        let mut ovs = Ovs {
-            dir,
-            bridge,
-            daemons: Vec::new(),
-        };
-        let sh = |cmd: String| {
-            let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{cmd}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let daemon = |args: Vec<String>| {
-            Command::new(&args[0])
-                .args(&args[1..])
-                .env("OVS_RUNDIR", &d)
-                .env("OVS_LOGDIR", &d)
-                .env("OVS_DBDIR", &d)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        sh(format!(
-            "ovsdb-tool create {d}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
-        ));
-        ovs.daemons.push(daemon(vec![
-            "ovsdb-server".into(),
-            format!("{d}/conf.db"),
-            format!("--remote=punix:{d}/db.sock"),
-            format!("--log-file={d}/ovsdb-server.log"),
-        ]));
-        for _ in 0..100 {
-            if ovs.path("db.sock").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        sh(format!("ovs-vsctl --db=unix:{d}/db.sock --no-wait init"));
-        ovs.daemons.push(daemon(vec![
-            "ovs-vswitchd".into(),
-            format!("unix:{d}/db.sock"),
-            format!("--log-file={d}/ovs-vswitchd.log"),
-        ]));
-        sh(format!(
-            "OVS_RUNDIR={d} ovs-vsctl --db=unix:{d}/db.sock --timeout=20 add-br {b} -- set bridge {b} datapath_type=netdev protocols=OpenFlow13 fail-mode=secure -- set-controller {b} tcp:127.0.0.1:{controller_port}",
-            b = ovs.bridge
-        ));
-        Some(ovs)
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    fn ofctl(&self, args: &str) -> String {
-        let out = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "ovs-ofctl -O OpenFlow13 {args} unix:{}",
-                    self.path(&format!("{}.mgmt", self.bridge)).display()
-                ),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-}
-
-impl Drop for Ovs {
-    fn drop(&mut self) {
-        let d = self.dir.path().display().to_string();
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "ovs-vsctl --db=unix:{d}/db.sock --timeout=5 del-br {} 2>/dev/null",
-                    self.bridge
-                ),
-            ])
-            .status();
-        // vswitchd first, then the database.
-        for mut child in self.daemons.drain(..).rev() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+mod support;
+use support::Ovs;
 
 /// A minimal blocking controller connection for the test.
 struct Switch {
@@ -179,7 +58,9 @@ impl Switch {
 fn dev_real_ovs_handshake_features_flow_mod_and_error() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let Some(ovs) = Ovs::start(port) else { return };
+    let Some(ovs) = Ovs::start(Some(port)) else {
+        return;
+    };
     let (stream, _) = listener.accept().unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -1,0 +1,262 @@
+//! A thin OVSDB client task.
+//!
+//! ```text
+//!  callers ──call(method, params)──▶ writer (mutex) ──▶ socket ──▶ ovsdb-server
+//!     ▲                                                               │
+//!     └── oneshot by id ◀── reader task ◀── Framer ◀── bytes ◀───────┘
+//!                              ├─ echo requests answered at once
+//!                              └─ update notifications ──▶ notifications channel
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::framing::Framer;
+use super::ops::Op;
+use super::rpc::RpcMessage;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OvsdbError {
+    #[error("ovsdb {peer}: {what}: {reason}")]
+    Io {
+        peer: String,
+        what: String,
+        reason: String,
+    },
+    #[error("ovsdb {peer}: {method} failed: {error}")]
+    Rpc {
+        peer: String,
+        method: String,
+        error: String,
+    },
+    #[error(
+        "ovsdb {peer}: transaction on {db}: operation {index} ({op}) failed: {error}{details}"
+    )]
+    Transaction {
+        peer: String,
+        db: String,
+        index: usize,
+        op: String,
+        error: String,
+        details: String,
+    },
+    #[error("ovsdb {peer}: connection closed")]
+    Closed { peer: String },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(Value, Value)>>>>;
+type Writer = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
+
+pub struct Client {
+    peer: String,
+    writer: Writer,
+    pending: Pending,
+    next_id: AtomicU64,
+    notifications: Mutex<Option<mpsc::Receiver<(String, Value)>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Client {
+    /// Connects to `unix:PATH` or `tcp:HOST:PORT`.
+    pub async fn connect(target: &str) -> Result<Client, OvsdbError> {
+        let io = |reason: std::io::Error| OvsdbError::Io {
+            peer: target.to_string(),
+            what: "connect".into(),
+            reason: reason.to_string(),
+        };
+        if let Some(path) = target.strip_prefix("unix:") {
+            Ok(Client::over(
+                target,
+                tokio::net::UnixStream::connect(path).await.map_err(io)?,
+            ))
+        } else if let Some(addr) = target.strip_prefix("tcp:") {
+            Ok(Client::over(
+                target,
+                tokio::net::TcpStream::connect(addr).await.map_err(io)?,
+            ))
+        } else {
+            Err(OvsdbError::Io {
+                peer: target.to_string(),
+                what: "connect".into(),
+                reason: "use unix:PATH or tcp:HOST:PORT".into(),
+            })
+        }
+    }
+
+    fn over<S: AsyncRead + AsyncWrite + Send + 'static>(peer: &str, stream: S) -> Client {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let writer: Writer = Arc::new(tokio::sync::Mutex::new(Box::new(wr)));
+        let pending: Pending = Arc::default();
+        let (ntx, nrx) = mpsc::channel(1024);
+        let (w, p, name) = (writer.clone(), pending.clone(), peer.to_string());
+        let reader = tokio::spawn(async move {
+            let mut framer = Framer::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                framer.push(&chunk[..n]);
+                while let Some(v) = framer.next_value() {
+                    let v = match v {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(peer = %name, error = %e, "malformed stream; closing");
+                            return;
+                        }
+                    };
+                    match RpcMessage::from_value(v) {
+                        Some(RpcMessage::Response { id, result, error }) => {
+                            let tx = id.as_u64().and_then(|id| {
+                                p.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+                            });
+                            if let Some(tx) = tx {
+                                let _ = tx.send((result, error));
+                            }
+                        }
+                        Some(RpcMessage::Request { id, method, params }) if method == "echo" => {
+                            let reply = RpcMessage::Response {
+                                id,
+                                result: params,
+                                error: Value::Null,
+                            }
+                            .encode();
+                            if w.lock().await.write_all(&reply).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(RpcMessage::Notification { method, params }) => {
+                            let _ = ntx.try_send((method, params));
+                        }
+                        other => tracing::debug!(peer = %name, message = ?other, "ignored"),
+                    }
+                }
+            }
+        });
+        Client {
+            peer: peer.to_string(),
+            writer,
+            pending,
+            next_id: AtomicU64::new(1),
+            notifications: Mutex::new(Some(nrx)),
+            reader,
+        }
+    }
+
+    /// Update notifications (`update`, `update2`, ...), for one taker.
+    pub fn notifications(&self) -> Option<mpsc::Receiver<(String, Value)>> {
+        self.notifications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Calls `method` and waits for its result.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, OvsdbError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let bytes = RpcMessage::Request {
+            id: json!(id),
+            method: method.to_string(),
+            params,
+        }
+        .encode();
+        if let Err(e) = self.writer.lock().await.write_all(&bytes).await {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(OvsdbError::Io {
+                peer: self.peer.clone(),
+                what: method.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let (result, error) = rx.await.map_err(|_| OvsdbError::Closed {
+            peer: self.peer.clone(),
+        })?;
+        if !error.is_null() {
+            return Err(OvsdbError::Rpc {
+                peer: self.peer.clone(),
+                method: method.to_string(),
+                error: error.to_string(),
+            });
+        }
+        Ok(result)
+    }
+
+    pub async fn list_dbs(&self) -> Result<Vec<String>, OvsdbError> {
+        let v = self.call("list_dbs", json!([])).await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect())
+    }
+
+    pub async fn get_schema(&self, db: &str) -> Result<Value, OvsdbError> {
+        self.call("get_schema", json!([db])).await
+    }
+
+    /// Runs `ops` as one transaction. If an operation fails, the error names it, and OVSDB
+    /// guarantees nothing of the transaction was applied.
+    pub async fn transact(&self, db: &str, ops: &[Op]) -> Result<Vec<Value>, OvsdbError> {
+        let mut params = vec![json!(db)];
+        params.extend(ops.iter().map(Op::to_json));
+        let results = self.call("transact", Value::Array(params)).await?;
+        let results = results.as_array().cloned().unwrap_or_default();
+        for (index, r) in results.iter().enumerate() {
+            if let Some(error) = r.get("error").filter(|e| !e.is_null()) {
+                let op = ops
+                    .get(index)
+                    .map(Op::summary)
+                    .unwrap_or_else(|| "commit".into());
+                let details = r
+                    .get("details")
+                    .and_then(|d| d.as_str())
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                return Err(OvsdbError::Transaction {
+                    peer: self.peer.clone(),
+                    db: db.to_string(),
+                    index,
+                    op,
+                    error: error.as_str().unwrap_or_default().to_string(),
+                    details,
+                });
+            }
+        }
+        Ok(results)
+    }
+
+    /// Starts a monitor; returns the initial contents. Changes arrive as `update` notifications.
+    pub async fn monitor(
+        &self,
+        db: &str,
+        monitor_id: &str,
+        requests: Value,
+    ) -> Result<Value, OvsdbError> {
+        self.call("monitor", json!([db, monitor_id, requests]))
+            .await
+    }
+
+    pub async fn echo(&self) -> Result<(), OvsdbError> {
+        self.call("echo", json!(["meshwire"])).await.map(|_| ())
+    }
+}

@@ -1,0 +1,153 @@
+//! Real Open vSwitch daemons for tests: ovsdb-server and, when asked, ovs-vswitchd with the
+//! userspace datapath, in a temp dir, as children of the test that are killed and reaped on drop.
+//! Tests skip without root or openvswitch-switch, unless MESHWIRE_REQUIRE_ALL is set.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// An ovsdb-server and ovs-vswitchd in a temp dir, and one bridge; all removed on drop. The
+/// daemons are our children (not `--detach`ed), so they are killed and reaped.
+pub struct Ovs {
+    dir: tempfile::TempDir,
+    pub bridge: String,
+    daemons: Vec<std::process::Child>,
+}
+
+impl Ovs {
+    /// ovsdb-server alone (`controller_port: None`), or with ovs-vswitchd and one bridge whose
+    /// controller is `tcp:127.0.0.1:<port>`.
+    pub fn start(controller_port: Option<u16>) -> Option<Ovs> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let have = Command::new("sh")
+            .args(["-c", "command -v ovs-vswitchd && command -v ovsdb-server"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !root || !have {
+            assert!(
+                std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
+                "the OVS test needs root and openvswitch-switch"
+            );
+            eprintln!("SKIP: needs root and openvswitch-switch");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let bridge = format!("mwof{}", std::process::id() % 100_000);
+        let mut ovs = Ovs {
+            dir,
+            bridge,
+            daemons: Vec::new(),
+        };
+        let sh = |cmd: String| {
+            let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let daemon = |args: Vec<String>| {
+            Command::new(&args[0])
+                .args(&args[1..])
+                .env("OVS_RUNDIR", &d)
+                .env("OVS_LOGDIR", &d)
+                .env("OVS_DBDIR", &d)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        sh(format!(
+            "ovsdb-tool create {d}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
+        ));
+        ovs.daemons.push(daemon(vec![
+            "ovsdb-server".into(),
+            format!("{d}/conf.db"),
+            format!("--remote=punix:{d}/db.sock"),
+            format!("--log-file={d}/ovsdb-server.log"),
+        ]));
+        for _ in 0..100 {
+            if ovs.path("db.sock").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sh(format!("ovs-vsctl --db=unix:{d}/db.sock --no-wait init"));
+        let Some(controller_port) = controller_port else {
+            return Some(ovs);
+        };
+        ovs.daemons.push(daemon(vec![
+            "ovs-vswitchd".into(),
+            format!("unix:{d}/db.sock"),
+            format!("--log-file={d}/ovs-vswitchd.log"),
+        ]));
+        sh(format!(
+            "OVS_RUNDIR={d} ovs-vsctl --db=unix:{d}/db.sock --timeout=20 add-br {b} -- set bridge {b} datapath_type=netdev protocols=OpenFlow13 fail-mode=secure -- set-controller {b} tcp:127.0.0.1:{controller_port}",
+            b = ovs.bridge
+        ));
+        Some(ovs)
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    /// `unix:<dir>/db.sock`.
+    pub fn db(&self) -> String {
+        format!("unix:{}", self.path("db.sock").display())
+    }
+
+    /// Runs ovs-vsctl against this database; returns stdout.
+    pub fn vsctl(&self, args: &str) -> String {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!("ovs-vsctl --db={} --no-wait --timeout=10 {args}", self.db()),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[allow(dead_code)]
+    pub fn ofctl(&self, args: &str) -> String {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ovs-ofctl -O OpenFlow13 {args} unix:{}",
+                    self.path(&format!("{}.mgmt", self.bridge)).display()
+                ),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        let d = self.dir.path().display().to_string();
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ovs-vsctl --db=unix:{d}/db.sock --timeout=5 del-br {} 2>/dev/null",
+                    self.bridge
+                ),
+            ])
+            .status();
+        // vswitchd first, then the database.
+        for mut child in self.daemons.drain(..).rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
