@@ -157,3 +157,110 @@ fn dev_real_ovs_handshake_features_flow_mod_and_error() {
     let (offending, _) = OfpMessage::decode(&data).unwrap();
     assert_eq!(offending.xid, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_real_ovs_channel_requests_errors_and_hostile_input() {
+    use meshwire_southbound::openflow::channel::SwitchEvent;
+    async fn next(ev: &mut tokio::sync::mpsc::Receiver<SwitchEvent>) -> SwitchEvent {
+        tokio::time::timeout(Duration::from_secs(15), ev.recv())
+            .await
+            .expect("event in time")
+            .expect("listener alive")
+    }
+    use meshwire_southbound::openflow::channel::listen;
+    let (addr, mut events) = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let Some(ovs) = Ovs::start(Some(addr.port())) else {
+        return;
+    };
+    let sw = loop {
+        if let SwitchEvent::Connected(sw) = next(&mut events).await {
+            break sw;
+        }
+    };
+    assert!(sw.datapath_id != 0);
+
+    // Multipart replies come back whole.
+    let reply = sw
+        .request(Message::MultipartRequest(MultipartRequest::PortDesc {
+            flags: 0,
+        }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply[0], Message::MultipartReply(MultipartReply::PortDesc { ports, .. }) if ports.iter().any(|p| p.name == ovs.bridge))
+    );
+
+    // Fire-and-forget flow_mods, confirmed by a barrier; an error names its request.
+    for i in 0..100u16 {
+        let fm = FlowMod::add(
+            0x4d57,
+            0,
+            1000 + i,
+            vec![OxmField::InPort(u32::from(i) + 1)],
+            vec![Action::Output {
+                port: 2,
+                max_len: 0,
+            }],
+        );
+        sw.send(Message::FlowMod(fm)).await.unwrap();
+    }
+    let bad_xid = sw
+        .send(Message::FlowMod(FlowMod::add(
+            0x4d57,
+            0,
+            1,
+            vec![],
+            vec![Action::Group(4242)],
+        )))
+        .await
+        .unwrap();
+    sw.barrier().await.unwrap();
+    let err = loop {
+        if let e @ SwitchEvent::Error { .. } = next(&mut events).await {
+            break e;
+        }
+    };
+    let SwitchEvent::Error {
+        xid,
+        kind,
+        offending,
+        ..
+    } = err
+    else {
+        unreachable!()
+    };
+    assert_eq!((xid, kind), (bad_xid, 2));
+    assert!(matches!(offending.map(|o| o.body), Some(Message::FlowMod(f)) if f.priority == 1));
+    let stats = sw
+        .request(Message::MultipartRequest(MultipartRequest::Flow {
+            flags: 0,
+            table_id: 0xff,
+            out_port: ANY,
+            out_group: ANY,
+            cookie: 0x4d57,
+            cookie_mask: u64::MAX,
+            matches: vec![],
+        }))
+        .await
+        .unwrap();
+    let n: usize = stats
+        .iter()
+        .map(|m| match m {
+            Message::MultipartReply(MultipartReply::Flow { flows, .. }) => flows.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(n, 100);
+
+    // A hostile peer pretending to be a switch: a malformed message closes only its channel.
+    let mut bad = std::net::TcpStream::connect(addr).unwrap();
+    bad.write_all(
+        &OfpMessage::new(0, Message::Hello { versions: None })
+            .encode()
+            .unwrap(),
+    )
+    .unwrap();
+    bad.write_all(&[0x04, 14, 0, 9, 0, 0, 0, 1, 0xff]).unwrap(); // a 9-byte "flow_mod"
+                                                                 // The real switch still answers.
+    sw.barrier().await.unwrap();
+}

@@ -9,6 +9,7 @@
 //! `Other` with its bytes, so decoding never loses a message it does not model, and a hostile or
 //! malformed message yields a [`DecodeError`], never a panic (property-tested and fuzzed).
 
+pub mod channel;
 mod codec;
 mod message;
 mod oxm;

@@ -39,7 +39,10 @@ impl Ovs {
         }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
-        let bridge = format!("mwof{}", std::process::id() % 100_000);
+        // Unique per test: a userspace bridge creates a host tap device of its name.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bridge = format!("mwof{}x{n}", std::process::id() % 100_000);
         let mut ovs = Ovs {
             dir,
             bridge,

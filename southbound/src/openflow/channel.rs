@@ -1,0 +1,329 @@
+//! The controller side of OpenFlow 1.3 connections: a listener, and one task per switch that
+//! owns its socket.
+//!
+//! ```text
+//!  ovs-vswitchd ──TCP──▶ listener ──spawn──▶ switch task (owns the socket)
+//!                                              │  handshake: hello ⇄ hello, features
+//!                                              │  assigns xids; matches replies (gathers multipart)
+//!                                              │  answers echo; closes on a malformed message
+//!  Switch handle ──Cmd (mpsc)──▶ switch task ──▶ SwitchEvent (mpsc) ──▶ controller
+//!                                                 Connected / Error(with the offending request)
+//!                                                 / PortStatus / PacketIn / Disconnected
+//! ```
+//! A malformed or hostile message closes that switch's channel with a logged error and a
+//! `Disconnected` event; it never takes the controller down.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{frame_len, Features, Message, MultipartReply, OfpMessage, VERSION};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("switch {dpid:#x}: channel closed")]
+    Closed { dpid: u64 },
+    #[error("switch {dpid:#x}: request {xid} refused: error type {kind} code {code}")]
+    Refused {
+        dpid: u64,
+        xid: u32,
+        kind: u16,
+        code: u16,
+    },
+    #[error("switch {peer}: {reason}")]
+    Handshake { peer: String, reason: String },
+    #[error("listener: {0}")]
+    Listen(String),
+}
+
+/// Something a switch said or did, for the controller.
+#[derive(Debug)]
+pub enum SwitchEvent {
+    Connected(Switch),
+    /// An error for a request nobody waits on (a flow_mod, say), with that request decoded.
+    Error {
+        dpid: u64,
+        xid: u32,
+        kind: u16,
+        code: u16,
+        offending: Option<OfpMessage>,
+    },
+    PortStatus {
+        dpid: u64,
+        reason: u8,
+        port: super::Port,
+    },
+    PacketIn {
+        dpid: u64,
+        packet: super::PacketIn,
+    },
+    Disconnected {
+        dpid: u64,
+        reason: String,
+    },
+}
+
+enum Cmd {
+    /// Send; if `reply` is set, deliver the reply (all parts of a multipart) or the error.
+    Send {
+        body: Message,
+        reply: Option<oneshot::Sender<Result<Vec<Message>, ChannelError>>>,
+        xid: oneshot::Sender<u32>,
+    },
+}
+
+/// A handle on one connected switch.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub datapath_id: u64,
+    pub features: Features,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cmd")
+    }
+}
+
+impl Switch {
+    /// Sends a message that expects no reply (flow_mod, packet_out); returns its xid. Errors for
+    /// it arrive as [`SwitchEvent::Error`].
+    pub async fn send(&self, body: Message) -> Result<u32, ChannelError> {
+        let (xtx, xrx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Send {
+                body,
+                reply: None,
+                xid: xtx,
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        xrx.await.map_err(|_| self.closed())
+    }
+
+    /// Sends a request and waits for its reply (all parts of a multipart reply).
+    pub async fn request(&self, body: Message) -> Result<Vec<Message>, ChannelError> {
+        let (rtx, rrx) = oneshot::channel();
+        let (xtx, _xrx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Send {
+                body,
+                reply: Some(rtx),
+                xid: xtx,
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        rrx.await.map_err(|_| self.closed())?
+    }
+
+    /// Waits until the switch has processed everything sent before.
+    pub async fn barrier(&self) -> Result<(), ChannelError> {
+        self.request(Message::BarrierRequest).await.map(|_| ())
+    }
+
+    fn closed(&self) -> ChannelError {
+        ChannelError::Closed {
+            dpid: self.datapath_id,
+        }
+    }
+}
+
+/// Listens for switches on `addr`; returns the bound address and the event stream.
+pub async fn listen(
+    addr: SocketAddr,
+) -> Result<(SocketAddr, mpsc::Receiver<SwitchEvent>), ChannelError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| ChannelError::Listen(format!("{addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ChannelError::Listen(e.to_string()))?;
+    let (events, rx) = mpsc::channel(4096);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let events = events.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = run_switch(stream, peer, events).await {
+                            tracing::warn!(%peer, error = %e, "switch connection failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok((local, rx))
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn write(&mut self, m: &OfpMessage) -> Result<(), String> {
+        let bytes = m.encode().map_err(|e| e.to_string())?;
+        self.stream
+            .write_all(&bytes)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn read(&mut self) -> Result<OfpMessage, String> {
+        loop {
+            if let Some(n) = frame_len(&self.buf).map_err(|e| e.to_string())? {
+                let (m, _) = OfpMessage::decode(&self.buf[..n])
+                    .map_err(|e| format!("malformed message: {e}"))?;
+                self.buf.drain(..n);
+                return Ok(m);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("connection closed by the switch".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+async fn run_switch(
+    stream: TcpStream,
+    peer: SocketAddr,
+    events: mpsc::Sender<SwitchEvent>,
+) -> Result<(), ChannelError> {
+    let hs = |reason: String| ChannelError::Handshake {
+        peer: peer.to_string(),
+        reason,
+    };
+    let mut c = Conn {
+        stream,
+        buf: Vec::new(),
+    };
+    c.write(&OfpMessage::new(
+        0,
+        Message::Hello {
+            versions: Some(1 << VERSION),
+        },
+    ))
+    .await
+    .map_err(hs)?;
+    let hello = tokio::time::timeout(Duration::from_secs(10), c.read())
+        .await
+        .map_err(|_| hs("no hello within 10 s".into()))?
+        .map_err(hs)?;
+    match hello.body {
+        Message::Hello { versions: Some(v) } if v & (1 << VERSION) == 0 => {
+            return Err(hs(format!(
+                "switch does not speak OpenFlow 1.3 (versions {v:#x})"
+            )))
+        }
+        Message::Hello { .. } => {}
+        other => return Err(hs(format!("expected hello, got {other:?}"))),
+    }
+    c.write(&OfpMessage::new(1, Message::FeaturesRequest))
+        .await
+        .map_err(hs)?;
+    let features = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), c.read())
+            .await
+            .map_err(|_| hs("no features reply within 10 s".into()))?
+            .map_err(hs)?;
+        match m.body {
+            Message::FeaturesReply(f) => break f,
+            Message::EchoRequest(d) => c
+                .write(&OfpMessage::new(m.xid, Message::EchoReply(d)))
+                .await
+                .map_err(hs)?,
+            _ => {}
+        }
+    };
+    let dpid = features.datapath_id;
+    let (tx, mut rx) = mpsc::channel::<Cmd>(1024);
+    let _ = events
+        .send(SwitchEvent::Connected(Switch {
+            datapath_id: dpid,
+            features,
+            tx,
+        }))
+        .await;
+    tracing::info!(%peer, dpid = format!("{dpid:#x}"), "switch connected");
+
+    let mut next_xid: u32 = 2;
+    let mut waiting: HashMap<
+        u32,
+        (
+            oneshot::Sender<Result<Vec<Message>, ChannelError>>,
+            Vec<Message>,
+        ),
+    > = HashMap::new();
+    let mut sent: HashMap<u32, Message> = HashMap::new();
+    let reason = loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(Cmd::Send { body, reply, xid }) = cmd else { break "controller dropped the switch".to_string() };
+                next_xid = next_xid.wrapping_add(1).max(2);
+                let m = OfpMessage::new(next_xid, body);
+                if let Err(e) = c.write(&m).await {
+                    break e;
+                }
+                let _ = xid.send(next_xid);
+                match reply {
+                    Some(r) => { waiting.insert(next_xid, (r, Vec::new())); }
+                    None => {
+                        // Remember recent fire-and-forget requests to name them in errors.
+                        if sent.len() > 4096 { sent.clear(); }
+                        sent.insert(next_xid, m.body);
+                    }
+                }
+            }
+            msg = c.read() => {
+                let m = match msg { Ok(m) => m, Err(e) => break e };
+                match m.body {
+                    Message::EchoRequest(d) => {
+                        if let Err(e) = c.write(&OfpMessage::new(m.xid, Message::EchoReply(d))).await { break e; }
+                    }
+                    Message::Error { kind, code, data } => {
+                        if let Some((r, _)) = waiting.remove(&m.xid) {
+                            let _ = r.send(Err(ChannelError::Refused { dpid, xid: m.xid, kind, code }));
+                        } else {
+                            sent.remove(&m.xid);
+                            let offending = OfpMessage::decode(&data).ok().map(|(o, _)| o);
+                            let _ = events.send(SwitchEvent::Error { dpid, xid: m.xid, kind, code, offending }).await;
+                        }
+                    }
+                    Message::PortStatus { reason, port } => { let _ = events.send(SwitchEvent::PortStatus { dpid, reason, port }).await; }
+                    Message::PacketIn(packet) => { let _ = events.send(SwitchEvent::PacketIn { dpid, packet }).await; }
+                    body => {
+                        let more = matches!(&body, Message::MultipartReply(MultipartReply::Flow { flags, .. } | MultipartReply::PortDesc { flags, .. } | MultipartReply::Other { flags, .. }) if flags & 1 == 1);
+                        if let Some((_, parts)) = waiting.get_mut(&m.xid) {
+                            parts.push(body);
+                            if !more {
+                                if let Some((r, parts)) = waiting.remove(&m.xid) { let _ = r.send(Ok(parts)); }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tracing::warn!(%peer, dpid = format!("{dpid:#x}"), %reason, "switch channel closed");
+    let _ = events
+        .send(SwitchEvent::Disconnected { dpid, reason })
+        .await;
+    Ok(())
+}
