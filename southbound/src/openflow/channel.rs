@@ -264,13 +264,7 @@ async fn run_switch(
     tracing::info!(%peer, dpid = format!("{dpid:#x}"), "switch connected");
 
     let mut next_xid: u32 = 2;
-    let mut waiting: HashMap<
-        u32,
-        (
-            oneshot::Sender<Result<Vec<Message>, ChannelError>>,
-            Vec<Message>,
-        ),
-    > = HashMap::new();
+    let mut waiting: HashMap<u32, (ReplyTx, Vec<Message>)> = HashMap::new();
     let mut sent: HashMap<u32, Message> = HashMap::new();
     let reason = loop {
         tokio::select! {
