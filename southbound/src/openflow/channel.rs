@@ -67,6 +67,9 @@ pub enum SwitchEvent {
     },
 }
 
+/// Where a request's reply (all parts of a multipart) or error goes.
+type ReplyTx = oneshot::Sender<Result<Vec<Message>, ChannelError>>;
+
 enum Cmd {
     /// Send; if `reply` is set, deliver the reply (all parts of a multipart) or the error.
     Send {
