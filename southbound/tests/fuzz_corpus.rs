@@ -1,13 +1,20 @@
 //! Input: every file of fuzz/corpus/openflow_decode (seeds written by this test with
-//! MESHWIRE_REGENERATE=1, plus what `cargo fuzz` found). Output: the decoder's contract holds
-//! for each (`openflow::check_decode`), on stable, in every CI run.
+//! MESHWIRE_REGENERATE=1, plus what `cargo fuzz` found) and fuzz/corpus/ovsdb_decode. Output:
+//! each decoder's contract holds for each input (`openflow::check_decode`,
+//! `ovsdb::check_decode`), on stable, in every CI run.
 
 use std::path::PathBuf;
 
 use meshwire_southbound::openflow::*;
 
 fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/openflow_decode")
+    corpus_of("openflow_decode")
+}
+
+fn corpus_of(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
 }
 
 fn seeds() -> Vec<(&'static str, OfpMessage)> {
@@ -124,4 +131,23 @@ fn dev_fuzz_corpus_replays() {
         n += 1;
     }
     assert!(n >= seeds().len(), "corpus has {n} inputs");
+}
+
+#[test]
+fn dev_ovsdb_fuzz_corpus_replays() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(corpus_of("ovsdb_decode"))
+        .expect("the corpus directory is in the repository")
+    {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let result = std::panic::catch_unwind(|| meshwire_southbound::ovsdb::check_decode(&data));
+        assert!(
+            result.is_ok(),
+            "corpus input {} breaks the decoder's contract",
+            path.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 6, "corpus has {n} inputs");
 }

@@ -18,3 +18,22 @@ pub mod ops;
 pub mod rpc;
 
 pub use client::{Client, OvsdbError};
+
+/// The decoder's contract, for the fuzz target and the corpus replay: any bytes, in any chunks,
+/// yield messages or framing errors, never a panic; every JSON-RPC message read re-encodes to one
+/// that reads back the same.
+pub fn check_decode(data: &[u8]) {
+    let mut f = framing::Framer::new();
+    for chunk in data.chunks(7) {
+        f.push(chunk);
+        while let Some(v) = f.next_value() {
+            if let Ok(v) = v {
+                if let Some(m) = rpc::RpcMessage::from_value(v) {
+                    let again: serde_json::Value =
+                        serde_json::from_slice(&m.encode()).expect("encoded messages are JSON");
+                    assert_eq!(rpc::RpcMessage::from_value(again).as_ref(), Some(&m));
+                }
+            }
+        }
+    }
+}
