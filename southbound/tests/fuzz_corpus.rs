@@ -110,6 +110,25 @@ fn seeds() -> Vec<(&'static str, OfpMessage)> {
     ]
 }
 
+/// Runs `check` on every input of `target`'s corpus; returns how many there were.
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let mut n = 0;
+    for entry in
+        std::fs::read_dir(corpus_of(target)).expect("the corpus directory is in the repository")
+    {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let result = std::panic::catch_unwind(|| check(&data));
+        assert!(
+            result.is_ok(),
+            "corpus input {} breaks the decoder's contract",
+            path.display()
+        );
+        n += 1;
+    }
+    n
+}
+
 #[test]
 fn dev_fuzz_corpus_replays() {
     if std::env::var("MESHWIRE_REGENERATE").is_ok() {
@@ -118,36 +137,12 @@ fn dev_fuzz_corpus_replays() {
             std::fs::write(corpus().join(format!("seed-{name}")), m.encode().unwrap()).unwrap();
         }
     }
-    let mut n = 0;
-    for entry in std::fs::read_dir(corpus()).expect("the corpus directory is in the repository") {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        let result = std::panic::catch_unwind(|| check_decode(&data));
-        assert!(
-            result.is_ok(),
-            "corpus input {} breaks the decoder's contract",
-            path.display()
-        );
-        n += 1;
-    }
+    let n = replay("openflow_decode", check_decode);
     assert!(n >= seeds().len(), "corpus has {n} inputs");
 }
 
 #[test]
 fn dev_ovsdb_fuzz_corpus_replays() {
-    let mut n = 0;
-    for entry in std::fs::read_dir(corpus_of("ovsdb_decode"))
-        .expect("the corpus directory is in the repository")
-    {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        let result = std::panic::catch_unwind(|| meshwire_southbound::ovsdb::check_decode(&data));
-        assert!(
-            result.is_ok(),
-            "corpus input {} breaks the decoder's contract",
-            path.display()
-        );
-        n += 1;
-    }
+    let n = replay("ovsdb_decode", meshwire_southbound::ovsdb::check_decode);
     assert!(n >= 6, "corpus has {n} inputs");
 }
