@@ -71,15 +71,7 @@ fn seeds() -> Vec<(&'static str, OfpMessage)> {
             "multipart-flow-request",
             OfpMessage::new(
                 5,
-                Message::MultipartRequest(MultipartRequest::Flow {
-                    flags: 0,
-                    table_id: 0xff,
-                    out_port: ANY,
-                    out_group: ANY,
-                    cookie: 0x4d57,
-                    cookie_mask: u64::MAX,
-                    matches: vec![],
-                }),
+                Message::MultipartRequest(MultipartRequest::flows_by_cookie(0x4d57)),
             ),
         ),
         (

@@ -128,15 +128,7 @@ fn dev_real_ovs_handshake_features_flow_mod_and_error() {
     // Flow stats by cookie come back through our decoder.
     sw.send(OfpMessage::new(
         6,
-        Message::MultipartRequest(MultipartRequest::Flow {
-            flags: 0,
-            table_id: 0xff,
-            out_port: ANY,
-            out_group: ANY,
-            cookie: 0x4d57,
-            cookie_mask: u64::MAX,
-            matches: vec![],
-        }),
+        Message::MultipartRequest(MultipartRequest::flows_by_cookie(0x4d57)),
     ));
     let Message::MultipartReply(MultipartReply::Flow { flows, .. }) = sw.reply(6) else {
         panic!("no flow stats")
@@ -232,15 +224,9 @@ async fn dev_real_ovs_channel_requests_errors_and_hostile_input() {
     assert_eq!((xid, kind), (bad_xid, 2));
     assert!(matches!(offending.map(|o| o.body), Some(Message::FlowMod(f)) if f.priority == 1));
     let stats = sw
-        .request(Message::MultipartRequest(MultipartRequest::Flow {
-            flags: 0,
-            table_id: 0xff,
-            out_port: ANY,
-            out_group: ANY,
-            cookie: 0x4d57,
-            cookie_mask: u64::MAX,
-            matches: vec![],
-        }))
+        .request(Message::MultipartRequest(
+            MultipartRequest::flows_by_cookie(0x4d57),
+        ))
         .await
         .unwrap();
     let n: usize = stats

@@ -257,6 +257,22 @@ pub enum MultipartRequest {
     },
 }
 
+impl MultipartRequest {
+    /// Flow stats of every table for the flows carrying `cookie` (how reconcile reads back what
+    /// is ours).
+    pub fn flows_by_cookie(cookie: u64) -> MultipartRequest {
+        MultipartRequest::Flow {
+            flags: 0,
+            table_id: 0xff,
+            out_port: ANY,
+            out_group: ANY,
+            cookie,
+            cookie_mask: u64::MAX,
+            matches: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MultipartReply {
     /// `flags` bit 0 (OFPMPF_REPLY_MORE): more replies follow.
@@ -363,26 +379,40 @@ fn encode_actions(out: &mut Vec<u8>, actions: &[Action]) -> Result<(), EncodeErr
         out.extend_from_slice(&kind.to_be_bytes());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&body);
-        pad8(out);
-        let len = out.len() - start;
-        put_len(out, start + 2, len, "ofp_action")?;
+        finish_tlv(out, start, "ofp_action")?;
     }
     Ok(())
+}
+
+/// Reads the header of an 8-byte-aligned TLV (actions and instructions share it) and returns
+/// its type, its length and a reader over its body.
+fn next_tlv<'a>(
+    r: &mut Reader<'a>,
+    what: &'static str,
+) -> Result<(u16, usize, Reader<'a>), DecodeError> {
+    let kind = r.u16(what)?;
+    let len = r.u16(what)? as usize;
+    if len < 8 || !len.is_multiple_of(8) {
+        return Err(DecodeError::BadLength {
+            what,
+            len,
+            why: "not a multiple of 8 of at least 8",
+        });
+    }
+    Ok((kind, len, r.sub(len - 4, what)?))
+}
+
+/// Pads the TLV that started at `start` to 8 bytes and writes its length.
+fn finish_tlv(out: &mut Vec<u8>, start: usize, what: &'static str) -> Result<(), EncodeError> {
+    pad8(out);
+    let len = out.len() - start;
+    put_len(out, start + 2, len, what)
 }
 
 fn decode_actions(mut r: Reader) -> Result<Vec<Action>, DecodeError> {
     let mut out = Vec::new();
     while r.left() > 0 {
-        let kind = r.u16("action type")?;
-        let len = r.u16("action length")? as usize;
-        if len < 8 || !len.is_multiple_of(8) {
-            return Err(DecodeError::BadLength {
-                what: "ofp_action",
-                len,
-                why: "not a multiple of 8 of at least 8",
-            });
-        }
-        let mut b = r.sub(len - 4, "action body")?;
+        let (kind, len, mut b) = next_tlv(&mut r, "ofp_action")?;
         let ethertype = |b: &mut Reader| b.u16("action ethertype");
         out.push(match kind {
             0 if len == 16 => {
@@ -452,13 +482,9 @@ fn encode_instructions(out: &mut Vec<u8>, ins: &[Instruction]) -> Result<(), Enc
             }
             Instruction::ClearActions => out.extend_from_slice(&[0; 4]),
             Instruction::Meter(m) => out.extend_from_slice(&m.to_be_bytes()),
-            Instruction::Other { body, .. } => {
-                out.extend_from_slice(body);
-                pad8(out);
-            }
+            Instruction::Other { body, .. } => out.extend_from_slice(body),
         }
-        let len = out.len() - start;
-        put_len(out, start + 2, len, "ofp_instruction")?;
+        finish_tlv(out, start, "ofp_instruction")?;
     }
     Ok(())
 }
@@ -466,16 +492,7 @@ fn encode_instructions(out: &mut Vec<u8>, ins: &[Instruction]) -> Result<(), Enc
 fn decode_instructions(mut r: Reader) -> Result<Vec<Instruction>, DecodeError> {
     let mut out = Vec::new();
     while r.left() > 0 {
-        let kind = r.u16("instruction type")?;
-        let len = r.u16("instruction length")? as usize;
-        if len < 8 || !len.is_multiple_of(8) {
-            return Err(DecodeError::BadLength {
-                what: "ofp_instruction",
-                len,
-                why: "not a multiple of 8 of at least 8",
-            });
-        }
-        let mut b = r.sub(len - 4, "instruction body")?;
+        let (kind, len, mut b) = next_tlv(&mut r, "ofp_instruction")?;
         out.push(match kind {
             1 if len == 8 => Instruction::GotoTable(b.u8("goto table")?),
             2 if len == 24 => {
