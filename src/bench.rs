@@ -74,6 +74,7 @@ fn node(name: String, i: usize) -> Object {
         forwarder: ForwarderKind::Kernel,
         underlay_address: Some(addr.into()),
         netns: None,
+        ovsdb: None,
         labels: Default::default(),
     })
 }

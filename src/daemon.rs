@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshwire_controller::{Config, Controller, Driver, NullDriver, SystemClock};
+use meshwire_controller::{Config, Controller, Dataplanes, Driver, NullDriver, SystemClock};
+use meshwire_models::ForwarderKind;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,10 +19,19 @@ pub struct Args {
     /// How often desired connections are compared with the data plane (repair, heal, expiry).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reconcile_interval: Duration,
-    /// Which data plane wires connections: `kernel` (veth, VXLAN and bridges in network namespaces,
-    /// over netlink; needs root) or `none` (plan, negotiate and record without touching a device).
-    #[arg(long, default_value = "none", value_parser = ["none", "kernel"])]
-    dataplane: String,
+    /// Which data planes wire connections, comma-separated: `kernel` (veth, VXLAN and bridges in
+    /// network namespaces, over netlink; needs root), `ovs` (Open vSwitch nodes over OVSDB and
+    /// OpenFlow 1.3: VXLAN, GRE, MPLS), or `none` (plan, negotiate and record without touching a
+    /// device). With both, each connection goes to the data plane of its client node's forwarder.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "kernel", "ovs"])]
+    dataplane: Vec<String>,
+    /// Where the OpenFlow listener binds (ovs data plane): Open vSwitch bridges dial this.
+    #[arg(long, default_value = "127.0.0.1:6653")]
+    openflow_listen: SocketAddr,
+    /// What bridges are told to dial (`tcp:IP:PORT`) when it differs from --openflow-listen
+    /// (listening on 0.0.0.0, or behind NAT).
+    #[arg(long)]
+    openflow_advertise: Option<String>,
     /// Connection addresses come from here when an endpoint has no ipamPrefix.
     #[arg(long, default_value = "172.16.0.0/16")]
     ipam_prefix: ipnet::IpNet,
@@ -38,9 +48,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = meshwire_controller::store::open(&args.store)
         .await
         .with_context(|| format!("opening store {}", args.store))?;
-    let driver: Arc<dyn Driver> = match args.dataplane.as_str() {
-        "kernel" => Arc::new(meshwire_southbound::KernelDriver::new()),
-        _ => Arc::new(NullDriver),
+    let mut planes: Vec<(ForwarderKind, Arc<dyn Driver>)> = Vec::new();
+    for d in &args.dataplane {
+        match d.as_str() {
+            "kernel" => planes.push((
+                ForwarderKind::Kernel,
+                Arc::new(meshwire_southbound::KernelDriver::new()),
+            )),
+            "ovs" => {
+                let ovs = meshwire_southbound::OvsDriver::start(meshwire_southbound::OvsConfig {
+                    listen: args.openflow_listen,
+                    advertise: args.openflow_advertise.clone(),
+                    ..Default::default()
+                })
+                .await
+                .context("starting the OVS data plane")?;
+                planes.push((ForwarderKind::Ovs, Arc::new(ovs)));
+            }
+            _ => {}
+        }
+    }
+    let driver: Arc<dyn Driver> = match planes.len() {
+        0 => Arc::new(NullDriver),
+        1 => planes.remove(0).1,
+        _ => Arc::new(Dataplanes::new(planes)),
     };
     let config = Config {
         ipam_prefix: args.ipam_prefix,

@@ -81,8 +81,24 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
         })?;
         meshwire_models::Manifest::parse(&m.display().to_string(), &text)?;
     }
-    runner::up(&lab).await?;
-    match start(&lab, interval).await {
+    let d = dir(&lab.name);
+    if !runner::namespaces(&lab.name).await.is_empty() {
+        bail!(
+            "lab {} is already up; run `meshwire lab down {}` first",
+            lab.name,
+            lab.name
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    let rt = match runner::up(&lab, &d).await {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&d);
+            return Err(e.into());
+        }
+    };
+    match start(&lab, &rt, interval).await {
         Ok(url) => {
             println!(
                 "lab {} is up: {} namespaces, controller at {url}",
@@ -99,18 +115,26 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
     }
 }
 
-async fn start(lab: &Lab, interval: Duration) -> anyhow::Result<String> {
+async fn start(lab: &Lab, rt: &runner::Runtime, interval: Duration) -> anyhow::Result<String> {
     let d = dir(&lab.name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(d.join("controller.log"))?;
     let exe = std::env::current_exe().context("finding the meshwire binary")?;
-    let child = std::process::Command::new(exe)
-        .args(["controller", "--dataplane", "kernel", "--log", "info"])
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["controller", "--log", "info"]);
+    match rt.controller_ip {
+        Some(ip) => {
+            cmd.args(["--dataplane", "kernel,ovs", "--openflow-listen"])
+                .arg(format!("{ip}:6653"));
+        }
+        None => {
+            cmd.args(["--dataplane", "kernel"]);
+        }
+    }
+    let child = cmd
         .arg("--store")
         .arg(format!("redb:{}", d.join("state.redb").display()))
         .args([
@@ -147,7 +171,7 @@ async fn start(lab: &Lab, interval: Duration) -> anyhow::Result<String> {
         );
     }
     let topo = d.join("topology.yaml");
-    std::fs::write(&topo, lab.manifests())?;
+    std::fs::write(&topo, lab.manifests_with(&|n| rt.ovsdb.get(n).cloned()))?;
     client::apply(&api, &topo, false)
         .await
         .context("registering the lab's topology")?;

@@ -116,6 +116,11 @@ struct Inner {
     events: broadcast::Sender<Event>,
 }
 
+fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
+    use meshwire_models::ObjectKind as K;
+    matches!(kind, K::Node | K::Link | K::Device)
+}
+
 fn object_key(key: &ObjectKey) -> String {
     format!("{OBJECTS}{}/{}", key.kind, key.name)
 }
@@ -156,6 +161,9 @@ impl Controller {
         }
         tracing::info!(store = %store.describe(), driver = driver.name(), objects = objects.len(), connections = conns.len(), "controller state restored");
         let (events, _) = broadcast::channel(4096);
+        if let Err(e) = driver.topology(state.topology()).await {
+            tracing::warn!(error = %e, "data plane could not take the topology yet; retried at the next change");
+        }
         Ok(Controller {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
@@ -222,7 +230,24 @@ impl Controller {
     // ---- objects ----------------------------------------------------------------------------
 
     /// Applies every object of a manifest: stored first, then made live.
+    /// Hands the driver the current topology (after a node, device or link changed).
+    async fn push_topology(&self) {
+        let t = self.topology();
+        if let Err(e) = self.inner.driver.topology(&t).await {
+            tracing::warn!(error = %e, "data plane could not take the topology; retried at the next change");
+        }
+    }
+
     pub async fn apply(&self, manifest: Manifest) -> Result<Vec<Applied>, ControllerError> {
+        let topo_changed = manifest.objects.iter().any(|o| is_topology(o.key().kind));
+        let out = self.apply_objects(manifest).await;
+        if topo_changed {
+            self.push_topology().await;
+        }
+        out
+    }
+
+    async fn apply_objects(&self, manifest: Manifest) -> Result<Vec<Applied>, ControllerError> {
         let mut out = Vec::new();
         for obj in manifest.objects {
             let key = obj.key();
@@ -253,6 +278,14 @@ impl Controller {
     /// Deletes objects. Endpoints and links go at once (their connections heal); a service, node
     /// or device still in use is refused.
     pub async fn delete(&self, keys: &[ObjectKey]) -> Result<Vec<Applied>, ControllerError> {
+        let out = self.delete_objects(keys).await;
+        if keys.iter().any(|k| is_topology(k.kind)) {
+            self.push_topology().await;
+        }
+        out
+    }
+
+    async fn delete_objects(&self, keys: &[ObjectKey]) -> Result<Vec<Applied>, ControllerError> {
         let mut out = Vec::new();
         for key in keys {
             self.state().remove(key)?;

@@ -9,10 +9,10 @@
 //!   why, so the reconcile loop can repair in place or heal elsewhere.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use meshwire_models::Connection;
+use meshwire_models::{Connection, ForwarderKind, Topology};
 
 /// A data-plane operation that failed, naming the driver, the object and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +60,97 @@ pub trait Driver: Send + Sync + 'static {
     async fn apply(&self, connection: &Connection) -> Result<(), DriverError>;
     async fn remove(&self, connection: &Connection) -> Result<(), DriverError>;
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError>;
+    /// The topology changed (and once at start): drivers that manage nodes (bridges, tunnel
+    /// ports, switch channels) bring them in line here. Errors are logged, never fatal: a node
+    /// that cannot be reached now is retried at the next change or reconcile.
+    async fn topology(&self, _topology: &Topology) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+/// Routes each connection to the driver of its client node's forwarder (kernel nodes to the
+/// netlink driver, ovs nodes to the Open vSwitch driver). A forwarder with no driver here gets an
+/// error naming it.
+pub struct Dataplanes {
+    drivers: Vec<(ForwarderKind, Arc<dyn Driver>)>,
+    topology: Mutex<Topology>,
+    name: String,
+}
+
+impl Dataplanes {
+    pub fn new(drivers: Vec<(ForwarderKind, Arc<dyn Driver>)>) -> Self {
+        let name = drivers
+            .iter()
+            .map(|(k, d)| format!("{k}={}", d.name()))
+            .collect::<Vec<_>>()
+            .join(",");
+        Dataplanes {
+            drivers,
+            topology: Mutex::new(Topology::default()),
+            name,
+        }
+    }
+
+    fn forwarder_of(&self, c: &Connection) -> ForwarderKind {
+        self.topology
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .get(&c.client.node)
+            .map(|n| n.forwarder)
+            .unwrap_or_default()
+    }
+
+    fn driver_for(&self, c: &Connection) -> Result<&Arc<dyn Driver>, DriverError> {
+        let kind = self.forwarder_of(c);
+        self.drivers
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, d)| d)
+            .ok_or_else(|| DriverError {
+                driver: self.name.clone(),
+                target: format!("connection {}", c.id),
+                reason: format!(
+                    "node {} has forwarder {kind}, which this controller does not drive (start it with --dataplane including {kind})",
+                    c.client.node
+                ),
+            })
+    }
+}
+
+#[async_trait]
+impl Driver for Dataplanes {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+        self.driver_for(c)?.apply(c).await
+    }
+    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+        self.driver_for(c)?.remove(c).await
+    }
+    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
+        let mut obs = Observation::default();
+        for (kind, d) in &self.drivers {
+            let mine: Vec<Connection> = desired
+                .iter()
+                .filter(|c| self.forwarder_of(c) == *kind)
+                .cloned()
+                .collect();
+            obs.connections.extend(d.observe(&mine).await?.connections);
+        }
+        Ok(obs)
+    }
+    async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
+        *self.topology.lock().unwrap_or_else(|p| p.into_inner()) = t.clone();
+        let mut first = None;
+        for (_, d) in &self.drivers {
+            if let Err(e) = d.topology(t).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
 }
 
 /// Wires nothing; every connection is healthy. For a controller without a data plane (planning

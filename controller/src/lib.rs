@@ -25,7 +25,9 @@ pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{Applied, ConnectionFilter, Controller, EndpointView, Event, ReconcileReport};
-pub use driver::{Driver, DriverError, Health, NullDriver, Observation, RecordingDriver};
+pub use driver::{
+    Dataplanes, Driver, DriverError, Health, NullDriver, Observation, RecordingDriver,
+};
 pub use error::ControllerError;
 pub use state::{Avoid, Change, Config, State};
 pub use store::{Store, StoreError};

@@ -231,6 +231,7 @@ mod tests {
                     forwarder: Default::default(),
                     underlay_address: None,
                     netns: None,
+                    ovsdb: None,
                     labels: Default::default(),
                 },
             );

@@ -51,8 +51,158 @@ pub async fn namespaces(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Creates the lab. On failure everything created is removed again.
-pub async fn up(lab: &Lab) -> Result<(), RunError> {
+/// What `up` started besides namespaces and links.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// The host's address on the lab's management network, where the controller's OpenFlow
+    /// listener must bind so the ovs nodes' switches reach it (only with ovs nodes).
+    pub controller_ip: Option<std::net::Ipv4Addr>,
+    /// ovs node → its OVSDB remote (`unix:<state>/ovs/<node>/db.sock`).
+    pub ovsdb: std::collections::BTreeMap<String, String>,
+}
+
+/// The host-side name of lab `lab`'s management bridge.
+fn mgmt_bridge(lab: &str) -> String {
+    format!("mwm{:06x}", fnv(lab) & 0xff_ffff)
+}
+
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Creates the management network of the ovs nodes: a host bridge with the controller's address
+/// and one veth (`mgmt0` inside) per node, on a 100.127.X.0/24 no other interface uses.
+async fn mgmt(lab: &Lab) -> Result<Option<std::net::Ipv4Addr>, (String, String)> {
+    let ovs: Vec<&crate::spec::LabNode> = lab.nodes.values().filter(|n| n.is_ovs()).collect();
+    if ovs.is_empty() {
+        return Ok(None);
+    }
+    let step = |s: String| move |reason: String| (s, reason);
+    let used = ip(&["-4", "-o", "addr", "show"]).await.unwrap_or_default();
+    let start = (fnv(&lab.name) % 250) as u8;
+    let x = (0..250u8)
+        .map(|i| (start.wrapping_add(i) % 250) + 1)
+        .find(|x| !used.contains(&format!("100.127.{x}.")))
+        .ok_or_else(|| {
+            (
+                "management network".to_string(),
+                "no free 100.127.X.0/24".to_string(),
+            )
+        })?;
+    let alias = host_alias(&lab.name);
+    let br = mgmt_bridge(&lab.name);
+    ip(&["link", "add", &br, "type", "bridge"])
+        .await
+        .map_err(step(format!("create management bridge {br}")))?;
+    let host = std::net::Ipv4Addr::new(100, 127, x, 1);
+    ip(&["link", "set", &br, "alias", &alias, "up"])
+        .await
+        .map_err(step(format!("management bridge {br} up")))?;
+    ip(&["addr", "add", &format!("{host}/24"), "dev", &br])
+        .await
+        .map_err(step(format!("address {host}/24 on {br}")))?;
+    for (i, n) in ovs.iter().enumerate() {
+        let ns = lab.netns(&n.name);
+        let hostside = format!("mw{:04x}m{i}", fnv(&lab.name) & 0xffff);
+        let what = format!("node {}: management link", n.name);
+        ip(&[
+            "link", "add", &hostside, "type", "veth", "peer", "name", "mgmt0", "netns", &ns,
+        ])
+        .await
+        .map_err(step(what.clone()))?;
+        ip(&[
+            "link", "set", &hostside, "alias", &alias, "master", &br, "up",
+        ])
+        .await
+        .map_err(step(what.clone()))?;
+        let addr = format!("100.127.{x}.{}/24", 10 + i);
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", "mgmt0"])
+            .await
+            .map_err(step(what.clone()))?;
+        ip(&["-n", &ns, "link", "set", "mgmt0", "up"])
+            .await
+            .map_err(step(what))?;
+    }
+    Ok(Some(host))
+}
+
+/// Starts ovsdb-server and ovs-vswitchd (userspace datapath) inside the node's namespace, with
+/// their database, sockets and logs in `dir`. They run detached; `down` ends them with the
+/// namespace.
+async fn start_ovs(
+    lab: &Lab,
+    node: &str,
+    dir: &std::path::Path,
+) -> Result<String, (String, String)> {
+    let ns = lab.netns(node);
+    let d = dir.display().to_string();
+    let step = |s: &str| {
+        let s = format!("node {node}: {s}");
+        move |reason: String| (s, reason)
+    };
+    std::fs::create_dir_all(dir).map_err(|e| (format!("node {node}: {d}"), e.to_string()))?;
+    run(
+        "ovsdb-tool",
+        &[
+            "create",
+            &format!("{d}/conf.db"),
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ],
+    )
+    .await
+    .map_err(step("ovsdb-tool create (is openvswitch-switch installed?)"))?;
+    let env = [
+        format!("OVS_RUNDIR={d}"),
+        format!("OVS_LOGDIR={d}"),
+        format!("OVS_DBDIR={d}"),
+    ];
+    let daemon = |prog: &str, args: Vec<String>| {
+        let mut v: Vec<String> = vec!["netns".into(), "exec".into(), ns.clone(), "env".into()];
+        v.extend(env.iter().cloned());
+        v.push(prog.to_string());
+        v.extend(args);
+        v.push("--detach".into());
+        v.push("--no-chdir".into());
+        v
+    };
+    ip(&daemon(
+        "ovsdb-server",
+        vec![
+            format!("{d}/conf.db"),
+            format!("--remote=punix:{d}/db.sock"),
+            format!("--pidfile={d}/ovsdb-server.pid"),
+            format!("--log-file={d}/ovsdb-server.log"),
+        ],
+    ))
+    .await
+    .map_err(step("start ovsdb-server"))?;
+    run(
+        "ovs-vsctl",
+        &[&format!("--db=unix:{d}/db.sock"), "--no-wait", "init"],
+    )
+    .await
+    .map_err(step("ovs-vsctl init"))?;
+    ip(&daemon(
+        "ovs-vswitchd",
+        vec![
+            format!("unix:{d}/db.sock"),
+            format!("--pidfile={d}/ovs-vswitchd.pid"),
+            format!("--log-file={d}/ovs-vswitchd.log"),
+        ],
+    ))
+    .await
+    .map_err(step("start ovs-vswitchd"))?;
+    Ok(format!("unix:{d}/db.sock"))
+}
+
+/// Creates the lab. On failure everything created is removed again. `state` holds what the lab
+/// keeps on disk (the ovs nodes' databases and logs).
+pub async fn up(lab: &Lab, state: &std::path::Path) -> Result<Runtime, RunError> {
     let existing = namespaces(&lab.name).await;
     if let Some(ns) = existing.first() {
         return Err(RunError {
@@ -61,8 +211,21 @@ pub async fn up(lab: &Lab) -> Result<(), RunError> {
             reason: format!("already up (namespace {ns} exists); run `meshwire lab down` first"),
         });
     }
-    match create(lab).await {
-        Ok(()) => Ok(()),
+    let run_all = async {
+        create(lab).await?;
+        let controller_ip = mgmt(lab).await?;
+        let mut ovsdb = std::collections::BTreeMap::new();
+        for n in lab.nodes.values().filter(|n| n.is_ovs()) {
+            let db = start_ovs(lab, &n.name, &state.join("ovs").join(&n.name)).await?;
+            ovsdb.insert(n.name.clone(), db);
+        }
+        Ok::<_, (String, String)>(Runtime {
+            controller_ip,
+            ovsdb,
+        })
+    };
+    match run_all.await {
+        Ok(rt) => Ok(rt),
         Err((step, reason)) => {
             tracing::warn!(lab = %lab.name, %step, %reason, "lab up failed; rolling back");
             let _ = down(&lab.name).await;

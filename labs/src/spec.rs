@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 pub const HOST_LABEL: &str = "meshwire.io/host";
 pub const MANIFESTS_LABEL: &str = "meshwire.io/manifests";
+/// On a host node: `kernel` (default) or `ovs` (the lab runs an Open vSwitch in the node).
+pub const FORWARDER_LABEL: &str = "meshwire.io/forwarder";
 
 /// A lab file that cannot be run, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +38,13 @@ impl LabNode {
     /// The host this node is a workload on, if it is one.
     pub fn host(&self) -> Option<&str> {
         self.labels.get(HOST_LABEL).map(String::as_str)
+    }
+
+    /// A host node whose forwarder is Open vSwitch.
+    pub fn is_ovs(&self) -> bool {
+        self.kind == Kind::Linux
+            && self.host().is_none()
+            && self.labels.get(FORWARDER_LABEL).map(String::as_str) == Some("ovs")
     }
 }
 
@@ -215,6 +224,18 @@ impl Lab {
             );
         }
         for node in nodes.values() {
+            if let Some(f) = node.labels.get(FORWARDER_LABEL) {
+                if f != "kernel" && f != "ovs" {
+                    let line = line_of(text, FORWARDER_LABEL, 0);
+                    return Err(err(
+                        line,
+                        format!(
+                            "node {}: {FORWARDER_LABEL} {f:?} is not kernel or ovs",
+                            node.name
+                        ),
+                    ));
+                }
+            }
             if let Some(h) = node.host() {
                 let line = line_of(text, &format!("{HOST_LABEL}: {h}"), 0);
                 match nodes.get(h) {
@@ -325,6 +346,12 @@ impl Lab {
     /// The `meshwire.io/v1` topology of the lab: hosts as kernel-forwarder nodes, links between
     /// hosts as links.
     pub fn manifests(&self) -> String {
+        self.manifests_with(&|_| None)
+    }
+
+    /// Like [`Lab::manifests`], with the OVSDB remote of each ovs node. Hosts on one bridge (an L2
+    /// segment, like a top-of-rack switch) get a link between each pair of them.
+    pub fn manifests_with(&self, ovsdb: &dyn Fn(&str) -> Option<String>) -> String {
         let is_host = |n: &str| {
             self.nodes
                 .get(n)
@@ -332,17 +359,54 @@ impl Lab {
         };
         let mut out = String::new();
         for n in self.nodes.values().filter(|n| is_host(&n.name)) {
+            let fwd = match (n.is_ovs(), ovsdb(&n.name)) {
+                (true, Some(db)) => format!("forwarder: ovs, ovsdb: \"{db}\""),
+                (true, None) => "forwarder: ovs".to_string(),
+                _ => "forwarder: kernel".to_string(),
+            };
             out.push_str(&format!(
-                "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{forwarder: kernel, netns: {}}}\n",
+                "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{{fwd}, netns: {}}}\n",
                 n.name,
                 self.netns(&n.name)
             ));
         }
-        for l in self
+        let mut links: Vec<LabLink> = self
             .links
             .iter()
             .filter(|l| is_host(&l.a.node) && is_host(&l.b.node))
-        {
+            .cloned()
+            .collect();
+        for br in self.nodes.values().filter(|n| n.kind == Kind::Bridge) {
+            let ends: Vec<&LabEnd> = self
+                .links
+                .iter()
+                .filter_map(|l| {
+                    if l.a.node == br.name && is_host(&l.b.node) {
+                        Some(&l.b)
+                    } else if l.b.node == br.name && is_host(&l.a.node) {
+                        Some(&l.a)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            for (i, a) in ends.iter().enumerate() {
+                for b in &ends[i + 1..] {
+                    let mtu = self
+                        .links
+                        .iter()
+                        .filter(|l| [&l.a, &l.b].iter().any(|e| e.node == br.name))
+                        .filter_map(|l| l.mtu)
+                        .min();
+                    links.push(LabLink {
+                        a: (*a).clone(),
+                        b: (*b).clone(),
+                        mtu,
+                    });
+                }
+            }
+        }
+        for l in &links {
             let mut spec = format!(
                 "endpoints: [\"{}:{}\", \"{}:{}\"]",
                 l.a.node, l.a.interface, l.b.node, l.b.interface

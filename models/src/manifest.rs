@@ -424,9 +424,20 @@ impl Ctx<'_> {
                         )
                     })?),
                 };
+                let forwarder = s.forwarder.unwrap_or_default();
+                if let Some(db) = &s.ovsdb {
+                    if !(db.starts_with("unix:") || db.starts_with("tcp:")) {
+                        return Err(self.err(
+                            obj,
+                            "spec.ovsdb",
+                            format!("{db:?} is not an OVSDB remote (unix:PATH or tcp:HOST:PORT)"),
+                        ));
+                    }
+                }
                 Object::Node(Node {
                     name,
-                    forwarder: s.forwarder.unwrap_or_default(),
+                    forwarder,
+                    ovsdb: s.ovsdb,
                     underlay_address,
                     netns: s.netns,
                     labels: labels(meta.labels),
@@ -701,6 +712,7 @@ struct RawNodeSpec {
     forwarder: Option<ForwarderKind>,
     underlay_address: Option<String>,
     netns: Option<String>,
+    ovsdb: Option<String>,
 }
 
 #[derive(Deserialize)]

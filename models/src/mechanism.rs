@@ -43,12 +43,14 @@ impl MechanismKind {
         matches!(self, MechanismKind::Vxlan | MechanismKind::Gre)
     }
 
-    /// Bytes the encapsulation adds to every packet (IPv4 underlay).
+    /// Bytes the encapsulation adds to every packet (IPv4 underlay). VXLAN and GRE carry the
+    /// whole Ethernet frame (GRE as transparent Ethernet bridging, as Open vSwitch does):
+    /// outer IPv4 20 + GRE with key 8 + inner Ethernet 14 = 42.
     pub fn overhead(self) -> u32 {
         match self {
             MechanismKind::Kernel | MechanismKind::Memif | MechanismKind::SriovVf => 0,
             MechanismKind::Vxlan => 50,
-            MechanismKind::Gre => 28,
+            MechanismKind::Gre => 42,
             MechanismKind::Mpls => 4,
             MechanismKind::Vlan => 4,
         }

@@ -63,6 +63,9 @@ pub struct Node {
     /// The node's network namespace, when it is emulated by one (labs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// ovs nodes: the OVSDB remote of the node's Open vSwitch (`unix:PATH` or `tcp:HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovsdb: Option<String>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
 }

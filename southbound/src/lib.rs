@@ -3,11 +3,13 @@
 //!
 //! - [`kernel`]: the Linux kernel data plane over rtnetlink: veth pairs between namespaces of one
 //!   node, VXLAN between nodes, bridges for Ethernet services.
-//!
-//! The Open vSwitch driver (our own OVSDB client and OpenFlow 1.3 channel) arrives with its issue.
+//! - [`ovs`]: Open vSwitch nodes, programmed over [`ovsdb`] (our RFC 7047 client: bridges, ports,
+//!   tunnels) and [`openflow`] (our OpenFlow 1.3 codec and channel: flows, bundles).
 
 pub mod kernel;
 pub mod openflow;
+pub mod ovs;
 pub mod ovsdb;
 
 pub use kernel::KernelDriver;
+pub use ovs::{OvsConfig, OvsDriver};

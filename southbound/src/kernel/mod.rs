@@ -202,11 +202,14 @@ impl KernelDriver {
             .await
             .map_err(|e| self.err(c, &at, e))?
             .ok_or_else(|| self.err(c, &at, "interface vanished while being wired"))?;
-        let set = LinkUnspec::new_with_index(f.index)
+        let mut set = LinkUnspec::new_with_index(f.index)
             .alias(alias(&c.id))
             .mtu(end.mtu)
-            .up()
-            .build();
+            .up();
+        if let Some(mac) = end.mac {
+            set = set.address(mac.to_vec());
+        }
+        let set = set.build();
         h.link()
             .set(set)
             .execute()
@@ -262,6 +265,16 @@ impl KernelDriver {
                 Err(e) => return Err(self.err(c, &at, format!("address {a}: {e}"))),
             }
         }
+        for (ip, mac) in &end.neighbors {
+            h.neighbours()
+                .add(addr_index, *ip)
+                .link_layer_address(mac)
+                .state(rtnetlink::packet_route::neighbour::NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| self.err(c, &at, format!("neighbour {ip}: {e}")))?;
+        }
         for r in &end.routes {
             let mut b = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(r.prefix.addr(), r.prefix.prefix_len())
@@ -309,6 +322,132 @@ impl KernelDriver {
             }
             None => Ok(()),
         }
+    }
+
+    /// A veth pair `a` ⇄ `b` (each in its own namespace) for connection `c`, configured;
+    /// idempotent. The OVS data plane uses it for the workload ⇄ node legs.
+    pub(crate) async fn veth_pair(
+        &self,
+        c: &Connection,
+        a: &End,
+        b: &End,
+    ) -> Result<(), DriverError> {
+        if !self.existing(c, a).await? || !self.existing(c, b).await? {
+            self.delete(c, a).await?;
+            self.delete(c, b).await?;
+            self.create_veth(c, a, b).await?;
+        }
+        self.configure(c, a).await?;
+        self.configure(c, b).await
+    }
+
+    /// Deletes `end` if it is `c`'s (the peer of a veth goes with it).
+    pub(crate) async fn delete_end(&self, c: &Connection, end: &End) -> Result<(), DriverError> {
+        self.delete(c, end).await
+    }
+
+    /// Whether `end` exists and is `c`'s; `None` when its namespace is gone.
+    pub(crate) async fn end_present(&self, c: &Connection, end: &End) -> Option<bool> {
+        if !netns::exists(&end.netns) {
+            self.namespaces.forget(&end.netns);
+            return None;
+        }
+        let h = self.namespaces.handle(&end.netns).await.ok()?;
+        match Self::find(&h, &end.ifname).await {
+            Ok(Some(f)) => Some(f.alias.as_deref() == Some(alias(&c.id).as_str())),
+            Ok(None) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    /// The IPv4 addresses (with prefix) on `ifname` in `ns`.
+    pub(crate) async fn addresses(
+        &self,
+        ns: &Option<String>,
+        ifname: &str,
+    ) -> Result<(u32, Vec<ipnet::IpNet>), String> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let h = self
+            .namespaces
+            .handle(ns)
+            .await
+            .map_err(|e| e.to_string())?;
+        let f = Self::find(&h, ifname)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{}/{ifname} does not exist", ns_name(ns)))?;
+        let mut out = Vec::new();
+        let mut st = h.address().get().set_link_index_filter(f.index).execute();
+        while let Some(m) = st.try_next().await.map_err(|e| e.to_string())? {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    if let Ok(n) = ipnet::IpNet::new(*ip, m.header.prefix_len) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        Ok((f.index, out))
+    }
+
+    /// Moves `addrs` from `from` to `to` (both in `ns`) and brings `to` up: the underlay address
+    /// of an Open vSwitch node lives on its bridge's internal port. Idempotent.
+    pub(crate) async fn move_addresses(
+        &self,
+        ns: &Option<String>,
+        from: &str,
+        to: &str,
+    ) -> Result<(), String> {
+        let h = self
+            .namespaces
+            .handle(ns)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (from_index, addrs) = self.addresses(ns, from).await?;
+        let target = Self::find(&h, to)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{}/{to} does not exist", ns_name(ns)))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(target.index).up().build())
+            .execute()
+            .await
+            .map_err(|e| format!("{to} up: {e}"))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(from_index).up().build())
+            .execute()
+            .await
+            .map_err(|e| format!("{from} up: {e}"))?;
+        for a in addrs {
+            if a.addr().is_ipv6() {
+                continue;
+            }
+            match h
+                .address()
+                .add(target.index, a.addr(), a.prefix_len())
+                .execute()
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(format!("address {a} on {to}: {e}")),
+            }
+            let mut st = h
+                .address()
+                .get()
+                .set_link_index_filter(from_index)
+                .execute();
+            while let Ok(Some(m)) = st.try_next().await {
+                if m.header.prefix_len == a.prefix_len()
+                    && m.attributes.iter().any(|x| {
+                        matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(ip) if *ip == a.addr())
+                    })
+                {
+                    let _ = h.address().del(m).execute().await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Interface name → alias of every link in `ns`, or None when the namespace is gone.

@@ -114,3 +114,73 @@ impl Namespaces {
         self.lock().remove(ns);
     }
 }
+
+/// Turns off transmit checksum offload on `ifname` in `ns` (ETHTOOL_STXCSUM over SIOCETHTOOL,
+/// from a thread that entered the namespace). A veth offloads checksums to the "hardware"; the
+/// Open vSwitch userspace datapath reads such packets with the checksum still unfilled and would
+/// tunnel them that way, so TCP across it fails while ping works.
+pub async fn disable_tx_checksum(ns: &Option<String>, ifname: &str) -> std::io::Result<()> {
+    let target = ns.as_ref().map(|n| path(n));
+    let name = ifname.to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns-ethtool".into())
+        .spawn(move || {
+            let result = (|| {
+                if let Some(p) = target {
+                    let f = File::open(&p)?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        std::io::Error::other(format!("setns {}: {e}", p.display()))
+                    })?;
+                }
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0")
+                    .or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+                ethtool_set_tx_csum(&sock, &name, false)
+            })();
+            let _ = tx.send(result);
+        })?;
+    rx.await
+        .map_err(|_| std::io::Error::other("namespace thread died"))?
+}
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: *mut EthtoolValue,
+    _pad: [u8; 16],
+}
+
+fn ethtool_set_tx_csum(sock: &std::net::UdpSocket, ifname: &str, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SIOCETHTOOL: u64 = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let bytes = ifname.as_bytes();
+    if bytes.is_empty() || bytes.len() > 15 {
+        return Err(std::io::Error::other(format!(
+            "{ifname:?} is not an interface name"
+        )));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: on as u32,
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `req` is a valid, fully initialised ifreq whose data pointer refers to `value`,
+    // which outlives the call; the kernel reads and writes only those two structures.
+    let rc = unsafe { nix::libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -32,6 +32,10 @@ pub struct End {
     pub routes: Vec<Route>,
     pub bridge: Option<String>,
     pub mtu: u32,
+    /// A fixed MAC address for the interface (the OVS data plane derives them from the id).
+    pub mac: Option<[u8; 6]>,
+    /// Permanent neighbour entries (IP payload over MPLS carries no ARP).
+    pub neighbors: Vec<(IpAddr, [u8; 6])>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,26 +82,37 @@ fn v4(a: IpAddr, what: &str) -> Result<Ipv4Addr, String> {
     }
 }
 
-/// The wiring for `c`, or why the kernel data plane cannot carry it.
-pub fn plan(c: &Connection) -> Result<Wiring, String> {
+/// The workload ends of `c` (client, endpoint): names, addresses, routes, bridge, MTU.
+pub fn plan_ends(c: &Connection) -> (End, End) {
     let p = &c.placement;
     let ethernet = c.payload == Payload::Ethernet;
-    let mut client = End {
+    let client = End {
         netns: p.client_netns.clone(),
         ifname: c.interface.clone(),
         addrs: c.ip_context.src_ip_addrs.clone(),
         routes: c.ip_context.src_routes.clone(),
         bridge: None,
         mtu: c.mtu,
+        mac: None,
+        neighbors: Vec::new(),
     };
-    let mut endpoint = End {
+    let endpoint = End {
         netns: p.endpoint_netns.clone(),
         ifname: c.endpoint_interface(),
         addrs: c.ip_context.dst_ip_addrs.clone(),
         routes: c.ip_context.dst_routes.clone(),
         bridge: if ethernet { p.bridge.clone() } else { None },
         mtu: c.mtu,
+        mac: None,
+        neighbors: Vec::new(),
     };
+    (client, endpoint)
+}
+
+/// The wiring for `c`, or why the kernel data plane cannot carry it.
+pub fn plan(c: &Connection) -> Result<Wiring, String> {
+    let p = &c.placement;
+    let (mut client, mut endpoint) = plan_ends(c);
     match c.mechanism() {
         Some(Mechanism::Kernel { interface, peer_interface }) => {
             client.ifname = interface.clone();

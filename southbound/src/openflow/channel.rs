@@ -38,6 +38,37 @@ pub enum ChannelError {
     Handshake { peer: String, reason: String },
     #[error("listener: {0}")]
     Listen(String),
+    /// Requests of a batch or bundle the switch refused, each with the request it named.
+    #[error("switch {dpid:#x}: {} request(s) refused, first: {}", refused.len(), refused.first().map(|r| r.to_string()).unwrap_or_default())]
+    Rejected { dpid: u64, refused: Vec<Refusal> },
+}
+
+/// One refused request: the error type and code, and the request as we sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub xid: u32,
+    pub kind: u16,
+    pub code: u16,
+    pub request: Message,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut req = format!("{:?}", self.request);
+        if req.len() > 300 {
+            let mut cut = 300;
+            while !req.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            req.truncate(cut);
+            req.push('…');
+        }
+        write!(
+            f,
+            "xid {} error type {} code {} for {req}",
+            self.xid, self.kind, self.code
+        )
+    }
 }
 
 /// Something a switch said or did, for the controller.
@@ -77,6 +108,19 @@ enum Cmd {
         reply: Option<oneshot::Sender<Result<Vec<Message>, ChannelError>>>,
         xid: oneshot::Sender<u32>,
     },
+    /// Send all in one write, then a barrier; report every refusal among them.
+    Batch {
+        bodies: Vec<Message>,
+        done: oneshot::Sender<Result<(), ChannelError>>,
+    },
+}
+
+/// A batch waiting for its barrier.
+struct BatchWait {
+    first_xid: u32,
+    bodies: Vec<Message>,
+    refused: Vec<Refusal>,
+    done: oneshot::Sender<Result<(), ChannelError>>,
 }
 
 /// A handle on one connected switch.
@@ -85,6 +129,7 @@ pub struct Switch {
     pub datapath_id: u64,
     pub features: Features,
     tx: mpsc::Sender<Cmd>,
+    bundles: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -127,6 +172,50 @@ impl Switch {
     /// Waits until the switch has processed everything sent before.
     pub async fn barrier(&self) -> Result<(), ChannelError> {
         self.request(Message::BarrierRequest).await.map(|_| ())
+    }
+
+    /// Sends `bodies` in as few writes as possible followed by a barrier, and returns once the
+    /// switch has processed all of them: `Rejected` lists every one it refused.
+    pub async fn batch(&self, bodies: Vec<Message>) -> Result<(), ChannelError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Batch { bodies, done })
+            .await
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Applies `bodies` atomically in one ONF bundle (ordered): either all take effect at commit or
+    /// none does; the flow table is never seen half-changed. A refused message discards the bundle.
+    pub async fn bundle(&self, bodies: Vec<Message>) -> Result<(), ChannelError> {
+        use super::{BundleControl, BundleCtrl, BUNDLE_ATOMIC, BUNDLE_ORDERED};
+        let id = self
+            .bundles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let flags = BUNDLE_ATOMIC | BUNDLE_ORDERED;
+        let ctl = |kind| {
+            Message::BundleControl(BundleControl {
+                bundle_id: id,
+                kind,
+                flags,
+            })
+        };
+        self.request(ctl(BundleCtrl::OpenRequest)).await?;
+        let adds = bodies
+            .into_iter()
+            .map(|m| Message::BundleAdd {
+                bundle_id: id,
+                flags,
+                message: Box::new(m),
+            })
+            .collect();
+        if let Err(e) = self.batch(adds).await {
+            let _ = self.request(ctl(BundleCtrl::DiscardRequest)).await;
+            return Err(e);
+        }
+        self.request(ctl(BundleCtrl::CommitRequest))
+            .await
+            .map(|_| ())
     }
 
     fn closed(&self) -> ChannelError {
@@ -262,6 +351,7 @@ async fn run_switch(
             datapath_id: dpid,
             features,
             tx,
+            bundles: Default::default(),
         }))
         .await;
     tracing::info!(%peer, dpid = format!("{dpid:#x}"), "switch connected");
@@ -269,10 +359,39 @@ async fn run_switch(
     let mut next_xid: u32 = 2;
     let mut waiting: HashMap<u32, (ReplyTx, Vec<Message>)> = HashMap::new();
     let mut sent: HashMap<u32, Message> = HashMap::new();
+    let mut batches: HashMap<u32, BatchWait> = HashMap::new();
     let reason = loop {
         tokio::select! {
             cmd = rx.recv() => {
-                let Some(Cmd::Send { body, reply, xid }) = cmd else { break "controller dropped the switch".to_string() };
+                let (body, reply, xid) = match cmd {
+                    None => break "controller dropped the switch".to_string(),
+                    Some(Cmd::Send { body, reply, xid }) => (body, reply, xid),
+                    Some(Cmd::Batch { bodies, done }) => {
+                        let first_xid = next_xid.wrapping_add(1).max(2);
+                        let mut bytes = Vec::with_capacity(bodies.len() * 96 + 8);
+                        let mut bad = None;
+                        for b in &bodies {
+                            next_xid = next_xid.wrapping_add(1).max(2);
+                            if let Err(e) = super::encode_into(next_xid, b, &mut bytes) { bad = Some(e.to_string()); break; }
+                        }
+                        if let Some(e) = bad {
+                            let _ = done.send(Err(ChannelError::Handshake { peer: peer.to_string(), reason: format!("cannot encode: {e}") }));
+                            continue;
+                        }
+                        next_xid = next_xid.wrapping_add(1).max(2);
+                        let barrier = OfpMessage::new(next_xid, Message::BarrierRequest);
+                        match barrier.encode() {
+                            Ok(v) => bytes.extend_from_slice(&v),
+                            Err(e) => { let _ = done.send(Err(ChannelError::Handshake { peer: peer.to_string(), reason: e.to_string() })); continue; }
+                        }
+                        if let Err(e) = c.stream.write_all(&bytes).await {
+                            let _ = done.send(Err(ChannelError::Closed { dpid }));
+                            break e.to_string();
+                        }
+                        batches.insert(next_xid, BatchWait { first_xid, bodies, refused: Vec::new(), done });
+                        continue;
+                    }
+                };
                 next_xid = next_xid.wrapping_add(1).max(2);
                 let m = OfpMessage::new(next_xid, body);
                 if let Err(e) = c.write(&m).await {
@@ -293,6 +412,18 @@ async fn run_switch(
                 match m.body {
                     Message::EchoRequest(d) => {
                         if let Err(e) = c.write(&OfpMessage::new(m.xid, Message::EchoReply(d))).await { break e; }
+                    }
+                    Message::Error { kind, code, .. } if batches.values().any(|b| (m.xid.wrapping_sub(b.first_xid) as usize) < b.bodies.len()) => {
+                        if let Some(b) = batches.values_mut().find(|b| (m.xid.wrapping_sub(b.first_xid) as usize) < b.bodies.len()) {
+                            let request = b.bodies[m.xid.wrapping_sub(b.first_xid) as usize].clone();
+                            b.refused.push(Refusal { xid: m.xid, kind, code, request });
+                        }
+                    }
+                    Message::BarrierReply if batches.contains_key(&m.xid) => {
+                        if let Some(b) = batches.remove(&m.xid) {
+                            let r = if b.refused.is_empty() { Ok(()) } else { Err(ChannelError::Rejected { dpid, refused: b.refused }) };
+                            let _ = b.done.send(r);
+                        }
                     }
                     Message::Error { kind, code, data } => {
                         if let Some((r, _)) = waiting.remove(&m.xid) {
@@ -318,6 +449,9 @@ async fn run_switch(
             }
         }
     };
+    for (_, b) in batches.drain() {
+        let _ = b.done.send(Err(ChannelError::Closed { dpid }));
+    }
     tracing::warn!(%peer, dpid = format!("{dpid:#x}"), %reason, "switch channel closed");
     let _ = events
         .send(SwitchEvent::Disconnected { dpid, reason })

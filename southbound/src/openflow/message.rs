@@ -22,10 +22,21 @@ const BARRIER_REQUEST: u8 = 20;
 const BARRIER_REPLY: u8 = 21;
 const ROLE_REQUEST: u8 = 24;
 const ROLE_REPLY: u8 = 25;
+const EXPERIMENTER: u8 = 4;
+
+/// The ONF experimenter id, carrying bundles in OpenFlow 1.3 (ONF extension 230).
+pub const ONF_EXPERIMENTER: u32 = 0x4F4E_4600;
+const ONF_ET_BUNDLE_CONTROL: u32 = 2300;
+const ONF_ET_BUNDLE_ADD_MESSAGE: u32 = 2301;
+/// Bundle flags.
+pub const BUNDLE_ATOMIC: u16 = 1;
+pub const BUNDLE_ORDERED: u16 = 2;
 
 // ofp_multipart_type.
 const MP_FLOW: u16 = 1;
+const MP_PORT_STATS: u16 = 4;
 const MP_PORT_DESC: u16 = 13;
+const PORT_STATS_LEN: usize = 112;
 
 /// OFP_NO_BUFFER.
 pub const NO_BUFFER: u32 = 0xffff_ffff;
@@ -72,11 +83,79 @@ pub enum Message {
     BarrierReply,
     RoleRequest(Role),
     RoleReply(Role),
+    /// ONF bundle control (open, close, commit, discard and their replies).
+    BundleControl(BundleControl),
+    /// A message added to an open bundle; its xid is the bundle add's own.
+    BundleAdd {
+        bundle_id: u32,
+        flags: u16,
+        message: Box<Message>,
+    },
     /// Any other type, body kept as is.
     Other {
         kind: u8,
         body: Vec<u8>,
     },
+}
+
+/// ONF bundle control types (ONF EXT-230).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleCtrl {
+    OpenRequest,
+    OpenReply,
+    CloseRequest,
+    CloseReply,
+    CommitRequest,
+    CommitReply,
+    DiscardRequest,
+    DiscardReply,
+}
+
+impl BundleCtrl {
+    const ALL: [BundleCtrl; 8] = [
+        BundleCtrl::OpenRequest,
+        BundleCtrl::OpenReply,
+        BundleCtrl::CloseRequest,
+        BundleCtrl::CloseReply,
+        BundleCtrl::CommitRequest,
+        BundleCtrl::CommitReply,
+        BundleCtrl::DiscardRequest,
+        BundleCtrl::DiscardReply,
+    ];
+    fn code(self) -> u16 {
+        BundleCtrl::ALL.iter().position(|k| *k == self).unwrap_or(0) as u16
+    }
+    fn from_code(c: u16) -> Result<Self, DecodeError> {
+        BundleCtrl::ALL
+            .get(c as usize)
+            .copied()
+            .ok_or(DecodeError::BadValue {
+                what: "bundle control type",
+                value: c as u64,
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleControl {
+    pub bundle_id: u32,
+    pub kind: BundleCtrl,
+    pub flags: u16,
+}
+
+/// One port's counters (ofp_port_stats).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortStats {
+    pub port_no: u32,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub duration_sec: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +329,11 @@ pub enum MultipartRequest {
     PortDesc {
         flags: u16,
     },
+    /// Counters of one port, or of all (`ANY`).
+    PortStats {
+        flags: u16,
+        port_no: u32,
+    },
     Other {
         kind: u16,
         flags: u16,
@@ -283,6 +367,10 @@ pub enum MultipartReply {
     PortDesc {
         flags: u16,
         ports: Vec<Port>,
+    },
+    PortStats {
+        flags: u16,
+        stats: Vec<PortStats>,
     },
     Other {
         kind: u16,
@@ -593,167 +681,8 @@ impl OfpMessage {
 
     /// The message as bytes on the wire.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut out = vec![VERSION, 0, 0, 0];
-        out.extend_from_slice(&self.xid.to_be_bytes());
-        let kind = match &self.body {
-            Message::Hello { versions } => {
-                if let Some(v) = versions {
-                    out.extend_from_slice(&[0, 1, 0, 8]);
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-                HELLO
-            }
-            Message::Error { kind, code, data } => {
-                out.extend_from_slice(&kind.to_be_bytes());
-                out.extend_from_slice(&code.to_be_bytes());
-                out.extend_from_slice(data);
-                ERROR
-            }
-            Message::EchoRequest(d) | Message::EchoReply(d) => {
-                out.extend_from_slice(d);
-                if matches!(self.body, Message::EchoRequest(_)) {
-                    ECHO_REQUEST
-                } else {
-                    ECHO_REPLY
-                }
-            }
-            Message::FeaturesRequest => FEATURES_REQUEST,
-            Message::FeaturesReply(f) => {
-                out.extend_from_slice(&f.datapath_id.to_be_bytes());
-                out.extend_from_slice(&f.n_buffers.to_be_bytes());
-                out.extend_from_slice(&[f.n_tables, f.auxiliary_id, 0, 0]);
-                out.extend_from_slice(&f.capabilities.to_be_bytes());
-                out.extend_from_slice(&[0; 4]);
-                FEATURES_REPLY
-            }
-            Message::PacketIn(p) => {
-                out.extend_from_slice(&p.buffer_id.to_be_bytes());
-                out.extend_from_slice(&p.total_len.to_be_bytes());
-                out.extend_from_slice(&[p.reason, p.table_id]);
-                out.extend_from_slice(&p.cookie.to_be_bytes());
-                encode_match(&mut out, &p.matches)?;
-                out.extend_from_slice(&[0, 0]);
-                out.extend_from_slice(&p.data);
-                PACKET_IN
-            }
-            Message::PortStatus { reason, port } => {
-                out.extend_from_slice(&[*reason, 0, 0, 0, 0, 0, 0, 0]);
-                encode_port(&mut out, port);
-                PORT_STATUS
-            }
-            Message::PacketOut(p) => {
-                out.extend_from_slice(&p.buffer_id.to_be_bytes());
-                out.extend_from_slice(&p.in_port.to_be_bytes());
-                let at = out.len();
-                out.extend_from_slice(&[0; 8]);
-                let start = out.len();
-                encode_actions(&mut out, &p.actions)?;
-                let alen = out.len() - start;
-                put_len(&mut out, at, alen, "packet_out actions")?;
-                out.extend_from_slice(&p.data);
-                PACKET_OUT
-            }
-            Message::FlowMod(f) => {
-                out.extend_from_slice(&f.cookie.to_be_bytes());
-                out.extend_from_slice(&f.cookie_mask.to_be_bytes());
-                out.extend_from_slice(&[f.table_id, f.command.code()]);
-                for v in [f.idle_timeout, f.hard_timeout, f.priority] {
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-                for v in [f.buffer_id, f.out_port, f.out_group] {
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-                out.extend_from_slice(&f.flags.to_be_bytes());
-                out.extend_from_slice(&[0, 0]);
-                encode_match(&mut out, &f.matches)?;
-                encode_instructions(&mut out, &f.instructions)?;
-                FLOW_MOD
-            }
-            Message::MultipartRequest(m) => {
-                match m {
-                    MultipartRequest::Flow {
-                        flags,
-                        table_id,
-                        out_port,
-                        out_group,
-                        cookie,
-                        cookie_mask,
-                        matches,
-                    } => {
-                        mp_header(&mut out, MP_FLOW, *flags);
-                        out.extend_from_slice(&[*table_id, 0, 0, 0]);
-                        out.extend_from_slice(&out_port.to_be_bytes());
-                        out.extend_from_slice(&out_group.to_be_bytes());
-                        out.extend_from_slice(&[0; 4]);
-                        out.extend_from_slice(&cookie.to_be_bytes());
-                        out.extend_from_slice(&cookie_mask.to_be_bytes());
-                        encode_match(&mut out, matches)?;
-                    }
-                    MultipartRequest::PortDesc { flags } => {
-                        mp_header(&mut out, MP_PORT_DESC, *flags)
-                    }
-                    MultipartRequest::Other { kind, flags, body } => {
-                        mp_header(&mut out, *kind, *flags);
-                        out.extend_from_slice(body);
-                    }
-                }
-                MULTIPART_REQUEST
-            }
-            Message::MultipartReply(m) => {
-                match m {
-                    MultipartReply::Flow { flags, flows } => {
-                        mp_header(&mut out, MP_FLOW, *flags);
-                        for s in flows {
-                            let start = out.len();
-                            out.extend_from_slice(&[0, 0, s.table_id, 0]);
-                            out.extend_from_slice(&s.duration_sec.to_be_bytes());
-                            out.extend_from_slice(&s.duration_nsec.to_be_bytes());
-                            for v in [s.priority, s.idle_timeout, s.hard_timeout, s.flags] {
-                                out.extend_from_slice(&v.to_be_bytes());
-                            }
-                            out.extend_from_slice(&[0; 4]);
-                            for v in [s.cookie, s.packet_count, s.byte_count] {
-                                out.extend_from_slice(&v.to_be_bytes());
-                            }
-                            encode_match(&mut out, &s.matches)?;
-                            encode_instructions(&mut out, &s.instructions)?;
-                            let len = out.len() - start;
-                            put_len(&mut out, start, len, "ofp_flow_stats")?;
-                        }
-                    }
-                    MultipartReply::PortDesc { flags, ports } => {
-                        mp_header(&mut out, MP_PORT_DESC, *flags);
-                        for p in ports {
-                            encode_port(&mut out, p);
-                        }
-                    }
-                    MultipartReply::Other { kind, flags, body } => {
-                        mp_header(&mut out, *kind, *flags);
-                        out.extend_from_slice(body);
-                    }
-                }
-                MULTIPART_REPLY
-            }
-            Message::BarrierRequest => BARRIER_REQUEST,
-            Message::BarrierReply => BARRIER_REPLY,
-            Message::RoleRequest(r) | Message::RoleReply(r) => {
-                out.extend_from_slice(&r.role.to_be_bytes());
-                out.extend_from_slice(&[0; 4]);
-                out.extend_from_slice(&r.generation_id.to_be_bytes());
-                if matches!(self.body, Message::RoleRequest(_)) {
-                    ROLE_REQUEST
-                } else {
-                    ROLE_REPLY
-                }
-            }
-            Message::Other { kind, body } => {
-                out.extend_from_slice(body);
-                *kind
-            }
-        };
-        out[1] = kind;
-        let len = out.len();
-        put_len(&mut out, 2, len, "ofp message")?;
+        let mut out = Vec::with_capacity(64);
+        encode_into(self.xid, &self.body, &mut out)?;
         Ok(out)
     }
 
@@ -920,6 +849,11 @@ impl OfpMessage {
                         }
                     }
                     MP_PORT_DESC if r.left() == 0 => MultipartRequest::PortDesc { flags },
+                    MP_PORT_STATS if r.left() == 8 => {
+                        let port_no = r.u32("port_no")?;
+                        r.skip(4, "pad")?;
+                        MultipartRequest::PortStats { flags, port_no }
+                    }
                     _ => MultipartRequest::Other {
                         kind: mkind,
                         flags,
@@ -982,6 +916,32 @@ impl OfpMessage {
                         }
                         MultipartReply::PortDesc { flags, ports }
                     }
+                    MP_PORT_STATS if r.left().is_multiple_of(PORT_STATS_LEN) => {
+                        let mut stats = Vec::new();
+                        while r.left() > 0 {
+                            let port_no = r.u32("port_no")?;
+                            r.skip(4, "pad")?;
+                            let mut c = [0u64; 12];
+                            for v in c.iter_mut() {
+                                *v = r.u64("port counter")?;
+                            }
+                            let duration_sec = r.u32("duration_sec")?;
+                            r.skip(4, "duration_nsec")?;
+                            stats.push(PortStats {
+                                port_no,
+                                rx_packets: c[0],
+                                tx_packets: c[1],
+                                rx_bytes: c[2],
+                                tx_bytes: c[3],
+                                rx_dropped: c[4],
+                                tx_dropped: c[5],
+                                rx_errors: c[6],
+                                tx_errors: c[7],
+                                duration_sec,
+                            });
+                        }
+                        MultipartReply::PortStats { flags, stats }
+                    }
                     _ => MultipartReply::Other {
                         kind: mkind,
                         flags,
@@ -1004,6 +964,51 @@ impl OfpMessage {
                     Message::RoleReply(role)
                 }
             }
+            EXPERIMENTER if r.left() >= 16 && buf[8..12] == ONF_EXPERIMENTER.to_be_bytes() => {
+                r.skip(4, "experimenter")?;
+                let exp_type = r.u32("exp_type")?;
+                match exp_type {
+                    ONF_ET_BUNDLE_CONTROL => {
+                        let bundle_id = r.u32("bundle_id")?;
+                        let kind = BundleCtrl::from_code(r.u16("bundle type")?)?;
+                        let flags = r.u16("bundle flags")?;
+                        Message::BundleControl(BundleControl {
+                            bundle_id,
+                            kind,
+                            flags,
+                        })
+                    }
+                    ONF_ET_BUNDLE_ADD_MESSAGE => {
+                        let bundle_id = r.u32("bundle_id")?;
+                        r.skip(2, "pad")?;
+                        let flags = r.u16("bundle flags")?;
+                        let rest = r.rest();
+                        let (inner, used) = OfpMessage::decode(rest)?;
+                        if matches!(inner.body, Message::BundleAdd { .. }) {
+                            return Err(DecodeError::BadValue {
+                                what: "bundle add inside a bundle add",
+                                value: 0,
+                            });
+                        }
+                        if used > rest.len() {
+                            return Err(DecodeError::BadLength {
+                                what: "bundled message",
+                                len: used,
+                                why: "longer than the bundle add",
+                            });
+                        }
+                        Message::BundleAdd {
+                            bundle_id,
+                            flags,
+                            message: Box::new(inner.body),
+                        }
+                    }
+                    _ => Message::Other {
+                        kind,
+                        body: buf[HEADER_LEN..len].to_vec(),
+                    },
+                }
+            }
             other => Message::Other {
                 kind: other,
                 body: r.rest().to_vec(),
@@ -1017,4 +1022,227 @@ fn mp_header(out: &mut Vec<u8>, kind: u16, flags: u16) {
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&[0; 4]);
+}
+
+/// Appends `body` with `xid` to `out` (no copy of the body: batches encode straight into one
+/// buffer).
+pub fn encode_into(xid: u32, body: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[VERSION, 0, 0, 0]);
+    out.extend_from_slice(&xid.to_be_bytes());
+    let kind = match body {
+        Message::Hello { versions } => {
+            if let Some(v) = versions {
+                out.extend_from_slice(&[0, 1, 0, 8]);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            HELLO
+        }
+        Message::Error { kind, code, data } => {
+            out.extend_from_slice(&kind.to_be_bytes());
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(data);
+            ERROR
+        }
+        Message::EchoRequest(d) | Message::EchoReply(d) => {
+            out.extend_from_slice(d);
+            if matches!(body, Message::EchoRequest(_)) {
+                ECHO_REQUEST
+            } else {
+                ECHO_REPLY
+            }
+        }
+        Message::FeaturesRequest => FEATURES_REQUEST,
+        Message::FeaturesReply(f) => {
+            out.extend_from_slice(&f.datapath_id.to_be_bytes());
+            out.extend_from_slice(&f.n_buffers.to_be_bytes());
+            out.extend_from_slice(&[f.n_tables, f.auxiliary_id, 0, 0]);
+            out.extend_from_slice(&f.capabilities.to_be_bytes());
+            out.extend_from_slice(&[0; 4]);
+            FEATURES_REPLY
+        }
+        Message::PacketIn(p) => {
+            out.extend_from_slice(&p.buffer_id.to_be_bytes());
+            out.extend_from_slice(&p.total_len.to_be_bytes());
+            out.extend_from_slice(&[p.reason, p.table_id]);
+            out.extend_from_slice(&p.cookie.to_be_bytes());
+            encode_match(out, &p.matches)?;
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&p.data);
+            PACKET_IN
+        }
+        Message::PortStatus { reason, port } => {
+            out.extend_from_slice(&[*reason, 0, 0, 0, 0, 0, 0, 0]);
+            encode_port(out, port);
+            PORT_STATUS
+        }
+        Message::PacketOut(p) => {
+            out.extend_from_slice(&p.buffer_id.to_be_bytes());
+            out.extend_from_slice(&p.in_port.to_be_bytes());
+            let at = out.len();
+            out.extend_from_slice(&[0; 8]);
+            let start = out.len();
+            encode_actions(out, &p.actions)?;
+            let alen = out.len() - start;
+            put_len(out, at, alen, "packet_out actions")?;
+            out.extend_from_slice(&p.data);
+            PACKET_OUT
+        }
+        Message::FlowMod(f) => {
+            out.extend_from_slice(&f.cookie.to_be_bytes());
+            out.extend_from_slice(&f.cookie_mask.to_be_bytes());
+            out.extend_from_slice(&[f.table_id, f.command.code()]);
+            for v in [f.idle_timeout, f.hard_timeout, f.priority] {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            for v in [f.buffer_id, f.out_port, f.out_group] {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            out.extend_from_slice(&f.flags.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            encode_match(out, &f.matches)?;
+            encode_instructions(out, &f.instructions)?;
+            FLOW_MOD
+        }
+        Message::MultipartRequest(m) => {
+            match m {
+                MultipartRequest::Flow {
+                    flags,
+                    table_id,
+                    out_port,
+                    out_group,
+                    cookie,
+                    cookie_mask,
+                    matches,
+                } => {
+                    mp_header(out, MP_FLOW, *flags);
+                    out.extend_from_slice(&[*table_id, 0, 0, 0]);
+                    out.extend_from_slice(&out_port.to_be_bytes());
+                    out.extend_from_slice(&out_group.to_be_bytes());
+                    out.extend_from_slice(&[0; 4]);
+                    out.extend_from_slice(&cookie.to_be_bytes());
+                    out.extend_from_slice(&cookie_mask.to_be_bytes());
+                    encode_match(out, matches)?;
+                }
+                MultipartRequest::PortDesc { flags } => mp_header(out, MP_PORT_DESC, *flags),
+                MultipartRequest::PortStats { flags, port_no } => {
+                    mp_header(out, MP_PORT_STATS, *flags);
+                    out.extend_from_slice(&port_no.to_be_bytes());
+                    out.extend_from_slice(&[0; 4]);
+                }
+                MultipartRequest::Other { kind, flags, body } => {
+                    mp_header(out, *kind, *flags);
+                    out.extend_from_slice(body);
+                }
+            }
+            MULTIPART_REQUEST
+        }
+        Message::MultipartReply(m) => {
+            match m {
+                MultipartReply::Flow { flags, flows } => {
+                    mp_header(out, MP_FLOW, *flags);
+                    for s in flows {
+                        let start = out.len();
+                        out.extend_from_slice(&[0, 0, s.table_id, 0]);
+                        out.extend_from_slice(&s.duration_sec.to_be_bytes());
+                        out.extend_from_slice(&s.duration_nsec.to_be_bytes());
+                        for v in [s.priority, s.idle_timeout, s.hard_timeout, s.flags] {
+                            out.extend_from_slice(&v.to_be_bytes());
+                        }
+                        out.extend_from_slice(&[0; 4]);
+                        for v in [s.cookie, s.packet_count, s.byte_count] {
+                            out.extend_from_slice(&v.to_be_bytes());
+                        }
+                        encode_match(out, &s.matches)?;
+                        encode_instructions(out, &s.instructions)?;
+                        let len = out.len() - start;
+                        put_len(out, start, len, "ofp_flow_stats")?;
+                    }
+                }
+                MultipartReply::PortDesc { flags, ports } => {
+                    mp_header(out, MP_PORT_DESC, *flags);
+                    for p in ports {
+                        encode_port(out, p);
+                    }
+                }
+                MultipartReply::PortStats { flags, stats } => {
+                    mp_header(out, MP_PORT_STATS, *flags);
+                    for p in stats {
+                        out.extend_from_slice(&p.port_no.to_be_bytes());
+                        out.extend_from_slice(&[0; 4]);
+                        for v in [
+                            p.rx_packets,
+                            p.tx_packets,
+                            p.rx_bytes,
+                            p.tx_bytes,
+                            p.rx_dropped,
+                            p.tx_dropped,
+                            p.rx_errors,
+                            p.tx_errors,
+                            0,
+                            0,
+                            0,
+                            0,
+                        ] {
+                            out.extend_from_slice(&v.to_be_bytes());
+                        }
+                        out.extend_from_slice(&p.duration_sec.to_be_bytes());
+                        out.extend_from_slice(&[0; 4]);
+                    }
+                }
+                MultipartReply::Other { kind, flags, body } => {
+                    mp_header(out, *kind, *flags);
+                    out.extend_from_slice(body);
+                }
+            }
+            MULTIPART_REPLY
+        }
+        Message::BarrierRequest => BARRIER_REQUEST,
+        Message::BarrierReply => BARRIER_REPLY,
+        Message::RoleRequest(r) | Message::RoleReply(r) => {
+            out.extend_from_slice(&r.role.to_be_bytes());
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&r.generation_id.to_be_bytes());
+            if matches!(body, Message::RoleRequest(_)) {
+                ROLE_REQUEST
+            } else {
+                ROLE_REPLY
+            }
+        }
+        Message::BundleControl(b) => {
+            out.extend_from_slice(&ONF_EXPERIMENTER.to_be_bytes());
+            out.extend_from_slice(&ONF_ET_BUNDLE_CONTROL.to_be_bytes());
+            out.extend_from_slice(&b.bundle_id.to_be_bytes());
+            out.extend_from_slice(&b.kind.code().to_be_bytes());
+            out.extend_from_slice(&b.flags.to_be_bytes());
+            EXPERIMENTER
+        }
+        Message::BundleAdd {
+            bundle_id,
+            flags,
+            message,
+        } => {
+            if matches!(**message, Message::BundleAdd { .. }) {
+                return Err(EncodeError {
+                    what: "bundle add (nested bundle add)",
+                    len: 0,
+                });
+            }
+            out.extend_from_slice(&ONF_EXPERIMENTER.to_be_bytes());
+            out.extend_from_slice(&ONF_ET_BUNDLE_ADD_MESSAGE.to_be_bytes());
+            out.extend_from_slice(&bundle_id.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&flags.to_be_bytes());
+            encode_into(xid, message, out)?;
+            EXPERIMENTER
+        }
+        Message::Other { kind, body } => {
+            out.extend_from_slice(body);
+            *kind
+        }
+    };
+    out[start + 1] = kind;
+    let len = out.len() - start;
+    put_len(out, start + 2, len, "ofp message")?;
+    Ok(())
 }

@@ -180,7 +180,7 @@ fn arb_flow_stats() -> impl Strategy<Value = FlowStats> {
 }
 
 fn not_known_mp(k: &u16) -> bool {
-    *k != 1 && *k != 13
+    *k != 1 && *k != 4 && *k != 13
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
@@ -282,6 +282,51 @@ fn arb_message() -> impl Strategy<Value = Message> {
             generation_id
         })),
         (26u8..=255, data()).prop_map(|(kind, body)| Message::Other { kind, body }),
+        (any::<u32>(), 0usize..8, any::<u16>()).prop_map(|(bundle_id, k, flags)| {
+            let kinds = [
+                BundleCtrl::OpenRequest,
+                BundleCtrl::OpenReply,
+                BundleCtrl::CloseRequest,
+                BundleCtrl::CloseReply,
+                BundleCtrl::CommitRequest,
+                BundleCtrl::CommitReply,
+                BundleCtrl::DiscardRequest,
+                BundleCtrl::DiscardReply,
+            ];
+            Message::BundleControl(BundleControl {
+                bundle_id,
+                kind: kinds[k],
+                flags,
+            })
+        }),
+        (any::<u32>(), any::<u16>(), arb_flow_mod()).prop_map(|(bundle_id, flags, f)| {
+            Message::BundleAdd {
+                bundle_id,
+                flags,
+                message: Box::new(Message::FlowMod(f)),
+            }
+        }),
+        (any::<u16>(), any::<u32>()).prop_map(|(flags, port_no)| Message::MultipartRequest(
+            MultipartRequest::PortStats { flags, port_no }
+        )),
+        (any::<u16>(), vec(any::<(u32, [u64; 8], u32)>(), 0..3)).prop_map(|(flags, st)| {
+            let stats = st
+                .into_iter()
+                .map(|(port_no, c, duration_sec)| PortStats {
+                    port_no,
+                    rx_packets: c[0],
+                    tx_packets: c[1],
+                    rx_bytes: c[2],
+                    tx_bytes: c[3],
+                    rx_dropped: c[4],
+                    tx_dropped: c[5],
+                    rx_errors: c[6],
+                    tx_errors: c[7],
+                    duration_sec,
+                })
+                .collect();
+            Message::MultipartReply(MultipartReply::PortStats { flags, stats })
+        }),
     ]
 }
 

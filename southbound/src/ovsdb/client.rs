@@ -100,7 +100,42 @@ impl Client {
         let pending: Pending = Arc::default();
         let (ntx, nrx) = mpsc::channel(1024);
         let (w, p, name) = (writer.clone(), pending.clone(), peer.to_string());
+        let pending_on_exit = pending.clone();
         let reader = tokio::spawn(async move {
+            Self::read_loop(&mut rd, &w, &p, &ntx, &name).await;
+            // Callers still waiting learn the connection is gone.
+            pending_on_exit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        });
+        Client {
+            peer: peer.to_string(),
+            writer,
+            pending,
+            next_id: AtomicU64::new(1),
+            notifications: Mutex::new(Some(nrx)),
+            reader,
+        }
+    }
+
+    /// Whether the connection is gone (the reader stopped): reconnect.
+    pub fn is_closed(&self) -> bool {
+        self.reader.is_finished()
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        rd: &mut R,
+        w: &Writer,
+        p: &Pending,
+        ntx: &mpsc::Sender<(String, Value)>,
+        name: &str,
+    ) {
+        {
             let mut framer = Framer::new();
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
@@ -144,14 +179,6 @@ impl Client {
                     }
                 }
             }
-        });
-        Client {
-            peer: peer.to_string(),
-            writer,
-            pending,
-            next_id: AtomicU64::new(1),
-            notifications: Mutex::new(Some(nrx)),
-            reader,
         }
     }
 

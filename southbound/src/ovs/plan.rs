@@ -1,0 +1,530 @@
+//! What Open vSwitch must hold for one connection, computed from the connection alone. Pure: no
+//! OVSDB, no OpenFlow socket, no netlink. [`super::OvsDriver`] resolves port names to OpenFlow
+//! port numbers and installs the result.
+//!
+//! On every node a connection touches, the workload's interface is one end of a veth pair whose
+//! other end (`mwc…`/`mwe…`) is a port of `br-int`. Flows then join the ports:
+//!
+//! | mechanism | client node | endpoint node | transit node |
+//! |-----------|-------------|---------------|--------------|
+//! | kernel (same node) | client port ⇄ endpoint port | | |
+//! | VXLAN / GRE | port → set tun_id, tun_dst → flow-based tunnel port; tunnel port + tun_id → port | mirror | – |
+//! | MPLS | port (IPv4) → push label_out → uplink; uplink + label_in → pop → port | mirror | uplink ⇄ uplink by label |
+//!
+//! Every flow carries the connection's cookie: [`COOKIE_TAG`] in the top 16 bits marks the flow as
+//! Meshwire's, the low 48 bits identify the connection. Resync reads and deletes only flows whose
+//! cookie carries the tag.
+
+use std::net::IpAddr;
+
+use meshwire_models::{Connection, Mechanism, Payload};
+
+use crate::kernel::wiring::{self, End};
+use crate::openflow::{Action, OxmField};
+
+/// "MW": the top 16 bits of every cookie Meshwire installs.
+pub const COOKIE_TAG: u64 = 0x4d57 << 48;
+pub const COOKIE_TAG_MASK: u64 = 0xffff << 48;
+/// The cookie of a node's own flows (uplink ⇄ bridge wiring).
+pub const INFRA_COOKIE: u64 = COOKIE_TAG;
+/// The integration bridge Meshwire owns on every ovs node.
+pub const BRIDGE: &str = "br-int";
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_MPLS: u16 = 0x8847;
+
+/// FNV-1a, 64 bits: stable across runs and versions (unlike `DefaultHasher`).
+pub fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The cookie of a connection's flows (never the infra cookie).
+pub fn cookie(connection_id: &str) -> u64 {
+    COOKIE_TAG | (fnv1a(connection_id) & 0xffff_ffff_ffff).max(1)
+}
+
+/// The datapath id Meshwire gives a node's bridge, so a switch that connects is known by it.
+pub fn datapath_id(node: &str) -> u64 {
+    // Top 16 bits 0x4d57 too: an id never clashes with OVS's MAC-derived defaults in practice.
+    COOKIE_TAG | (fnv1a(node) & 0xffff_ffff_ffff)
+}
+
+/// A locally administered MAC for one end of a connection (0: client, 1: endpoint).
+pub fn mac(connection_id: &str, end: u8) -> [u8; 6] {
+    let h = fnv1a(connection_id).to_be_bytes();
+    [0x02, 0x4d ^ end, h[0], h[1], h[2], h[3]]
+}
+
+/// The node-side name of a connection's veth on `br-int` (`mwc` client, `mwe` endpoint).
+pub fn port_name(connection_id: &str, endpoint: bool) -> String {
+    let short: String = connection_id
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(8)
+        .collect();
+    format!("mw{}{short}", if endpoint { 'e' } else { 'c' })
+}
+
+/// A port of `br-int`, by name until the driver knows its number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortRef {
+    /// The bridge's internal port, where the node's underlay address lives.
+    Local,
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    Output(PortRef),
+    Raw(Action),
+}
+
+/// A flow before port numbers are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowTemplate {
+    pub node: String,
+    pub cookie: u64,
+    pub priority: u16,
+    pub in_port: PortRef,
+    pub matches: Vec<OxmField>,
+    pub actions: Vec<Act>,
+}
+
+/// A flow-based tunnel port a connection needs on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TunnelPort {
+    pub name: String,
+    /// `vxlan` or `gre`.
+    pub kind: &'static str,
+    pub dst_port: Option<u16>,
+}
+
+/// One workload leg: the workload's interface and its peer on the node's bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    pub node: String,
+    pub workload: End,
+    pub bridge_port: End,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub cookie: u64,
+    pub legs: Vec<Leg>,
+    pub tunnels: Vec<(String, TunnelPort)>,
+    pub flows: Vec<FlowTemplate>,
+}
+
+impl Plan {
+    /// Every node the connection touches (legs, tunnels and transit).
+    pub fn nodes(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.flows.iter().map(|f| f.node.clone()).collect();
+        n.extend(self.legs.iter().map(|l| l.node.clone()));
+        n.sort();
+        n.dedup();
+        n
+    }
+}
+
+/// The uplink (the underlay interface) of `node` on `link`, from the topology.
+pub trait Uplinks {
+    fn uplink(&self, node: &str, link: &str) -> Option<String>;
+}
+
+fn output(p: &PortRef) -> Act {
+    Act::Output(p.clone())
+}
+
+fn tunnel_port(m: &Mechanism) -> Option<TunnelPort> {
+    match m {
+        Mechanism::Vxlan { port, .. } => Some(TunnelPort {
+            name: if *port == 4789 {
+                "mw-vxlan".into()
+            } else {
+                format!("mw-vxlan{port}")
+            },
+            kind: "vxlan",
+            dst_port: (*port != 4789).then_some(*port),
+        }),
+        Mechanism::Gre { .. } => Some(TunnelPort {
+            name: "mw-gre".into(),
+            kind: "gre",
+            dst_port: None,
+        }),
+        _ => None,
+    }
+}
+
+fn v4(a: IpAddr) -> Result<std::net::Ipv4Addr, String> {
+    match a {
+        IpAddr::V4(v) => Ok(v),
+        IpAddr::V6(_) => Err(format!(
+            "underlay address {a} is IPv6; the OVS tunnels here use an IPv4 underlay"
+        )),
+    }
+}
+
+/// The plan for `c`, or why Open vSwitch cannot carry it.
+pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
+    let w = wiring::plan_ends(c);
+    let (mut client, mut endpoint) = (w.0, w.1);
+    let client_node = c.client.node.clone();
+    let endpoint_node = c
+        .hops
+        .last()
+        .map(|h| h.to.clone())
+        .ok_or("connection has no hops")?;
+    let mechanism = c.mechanism().ok_or("connection has no mechanism")?;
+    let cookie = cookie(&c.id);
+    let node_end = |node_ns: &Option<String>, endpoint_side: bool| End {
+        netns: node_ns.clone(),
+        ifname: port_name(&c.id, endpoint_side),
+        addrs: vec![],
+        routes: vec![],
+        bridge: None,
+        mtu: c.mtu,
+        mac: None,
+        neighbors: vec![],
+    };
+    client.mac = Some(mac(&c.id, 0));
+    endpoint.mac = Some(mac(&c.id, 1));
+    if let Mechanism::Kernel {
+        interface,
+        peer_interface,
+    } = mechanism
+    {
+        client.ifname = interface.clone();
+        endpoint.ifname = peer_interface.clone();
+    }
+    if matches!(mechanism, Mechanism::Mpls { .. }) {
+        if c.payload == Payload::Ethernet {
+            return Err("MPLS here carries IPv4 payload only (no pseudowire); an Ethernet service needs VXLAN or GRE".into());
+        }
+        // No ARP crosses an MPLS path: each side knows the other's MAC.
+        for a in &c.ip_context.dst_ip_addrs {
+            client.neighbors.push((a.addr(), mac(&c.id, 1)));
+        }
+        for a in &c.ip_context.src_ip_addrs {
+            endpoint.neighbors.push((a.addr(), mac(&c.id, 0)));
+        }
+    }
+    let pc = PortRef::Name(port_name(&c.id, false));
+    let pe = PortRef::Name(port_name(&c.id, true));
+    let legs = vec![
+        Leg {
+            node: client_node.clone(),
+            workload: client,
+            bridge_port: node_end(&c.placement.client_node_netns, false),
+        },
+        Leg {
+            node: endpoint_node.clone(),
+            workload: endpoint,
+            bridge_port: node_end(&c.placement.endpoint_node_netns, true),
+        },
+    ];
+    let flow =
+        |node: &str, in_port: &PortRef, matches: Vec<OxmField>, actions: Vec<Act>| FlowTemplate {
+            node: node.to_string(),
+            cookie,
+            priority: 100,
+            in_port: in_port.clone(),
+            matches,
+            actions,
+        };
+    let mut flows = Vec::new();
+    let mut tunnels = Vec::new();
+    match mechanism {
+        Mechanism::Kernel { .. } => {
+            if client_node != endpoint_node {
+                return Err(format!(
+                    "a veth joins two ends on one node, but the client is on {client_node} and the endpoint on {endpoint_node}"
+                ));
+            }
+            flows.push(flow(&client_node, &pc, vec![], vec![output(&pe)]));
+            flows.push(flow(&client_node, &pe, vec![], vec![output(&pc)]));
+        }
+        Mechanism::Vxlan {
+            vni: key,
+            src_ip,
+            dst_ip,
+            ..
+        }
+        | Mechanism::Gre {
+            key,
+            src_ip,
+            dst_ip,
+        } => {
+            let tp = tunnel_port(mechanism).ok_or("not a tunnel")?;
+            let t = PortRef::Name(tp.name.clone());
+            for (node, port, remote) in [
+                (&client_node, &pc, v4(*dst_ip)?),
+                (&endpoint_node, &pe, v4(*src_ip)?),
+            ] {
+                tunnels.push((node.clone(), tp.clone()));
+                flows.push(flow(
+                    node,
+                    port,
+                    vec![],
+                    vec![
+                        Act::Raw(Action::SetField(OxmField::TunnelId(*key as u64, None))),
+                        Act::Raw(Action::SetField(OxmField::TunIpv4Dst(remote))),
+                        output(&t),
+                    ],
+                ));
+                flows.push(flow(
+                    node,
+                    &t,
+                    vec![OxmField::TunnelId(*key as u64, None)],
+                    vec![output(port)],
+                ));
+            }
+        }
+        Mechanism::Mpls {
+            label_out,
+            label_in,
+        } => {
+            let mpls = |label: u32| vec![OxmField::EthType(ETH_MPLS), OxmField::MplsLabel(label)];
+            let up = |node: &str, link: &Option<String>| -> Result<PortRef, String> {
+                let link = link.as_deref().ok_or("an MPLS hop has no link")?;
+                uplinks
+                    .uplink(node, link)
+                    .map(PortRef::Name)
+                    .ok_or_else(|| format!("{node} has no interface on link {link}"))
+            };
+            let first = c.hops.first().ok_or("connection has no hops")?;
+            let last = c.hops.last().ok_or("connection has no hops")?;
+            let (u_c, u_e) = (
+                up(&client_node, &first.link)?,
+                up(&endpoint_node, &last.link)?,
+            );
+            let push = |label: u32, out: &PortRef| {
+                vec![
+                    Act::Raw(Action::PushMpls(ETH_MPLS)),
+                    Act::Raw(Action::SetField(OxmField::MplsLabel(label))),
+                    output(out),
+                ]
+            };
+            let pop = |out: &PortRef| vec![Act::Raw(Action::PopMpls(ETH_IPV4)), output(out)];
+            flows.push(flow(
+                &client_node,
+                &pc,
+                vec![OxmField::EthType(ETH_IPV4)],
+                push(*label_out, &u_c),
+            ));
+            flows.push(flow(&client_node, &u_c, mpls(*label_in), pop(&pc)));
+            flows.push(flow(&endpoint_node, &u_e, mpls(*label_out), pop(&pe)));
+            flows.push(flow(
+                &endpoint_node,
+                &pe,
+                vec![OxmField::EthType(ETH_IPV4)],
+                push(*label_in, &u_e),
+            ));
+            // Transit nodes switch by label between the link they come in on and the next.
+            for pair in c.hops.windows(2) {
+                let node = &pair[0].to;
+                let (a, b) = (up(node, &pair[0].link)?, up(node, &pair[1].link)?);
+                flows.push(flow(node, &a, mpls(*label_out), vec![output(&b)]));
+                flows.push(flow(node, &b, mpls(*label_in), vec![output(&a)]));
+            }
+        }
+        other => {
+            return Err(format!(
+                "Open vSwitch here does not wire {} connections",
+                other.kind()
+            ))
+        }
+    }
+    tunnels.sort();
+    tunnels.dedup();
+    Ok(Plan {
+        cookie,
+        legs,
+        tunnels,
+        flows,
+    })
+}
+
+/// A node's own flows: the uplinks and the bridge's internal port (which holds the underlay
+/// address) wired to each other, so tunnel packets and ARP reach the host stack and leave by the
+/// uplinks. Lowest priority: connection flows win.
+pub fn infra_flows(node: &str, uplinks: &[String]) -> Vec<FlowTemplate> {
+    let mut flows = Vec::new();
+    for u in uplinks {
+        flows.push(FlowTemplate {
+            node: node.to_string(),
+            cookie: INFRA_COOKIE,
+            priority: 1,
+            in_port: PortRef::Name(u.clone()),
+            matches: vec![],
+            actions: vec![Act::Output(PortRef::Local)],
+        });
+    }
+    if !uplinks.is_empty() {
+        flows.push(FlowTemplate {
+            node: node.to_string(),
+            cookie: INFRA_COOKIE,
+            priority: 1,
+            in_port: PortRef::Local,
+            matches: vec![],
+            actions: uplinks
+                .iter()
+                .map(|u| Act::Output(PortRef::Name(u.clone())))
+                .collect(),
+        });
+    }
+    flows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshwire_models::{ClientRef, ConnectionState, Hop, IpContext, Placement};
+
+    struct Links;
+    impl Uplinks for Links {
+        fn uplink(&self, node: &str, link: &str) -> Option<String> {
+            Some(format!("{node}-{link}"))
+        }
+    }
+
+    fn conn(hops: Vec<Hop>) -> Connection {
+        Connection {
+            id: "0123abcd-ffff".into(),
+            network_service: "s".into(),
+            network_service_endpoint_name: "e".into(),
+            payload: Payload::Ip,
+            client: ClientRef {
+                node: hops[0].from.clone(),
+                name: None,
+            },
+            labels: Default::default(),
+            interface: "nsm-1".into(),
+            preferences: vec![],
+            path: vec![],
+            hops,
+            placement: Placement {
+                client_netns: Some("c".into()),
+                client_node_netns: Some("n1".into()),
+                endpoint_netns: Some("e".into()),
+                endpoint_node_netns: Some("n3".into()),
+                bridge: None,
+            },
+            ip_context: IpContext {
+                src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()],
+                dst_ip_addrs: vec!["172.16.0.0/31".parse().unwrap()],
+                ..Default::default()
+            },
+            address_pool: None,
+            mtu: 1450,
+            state: ConnectionState::Up,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            generation: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn mpls_pushes_on_the_way_out_pops_on_the_way_in_and_transit_switches() {
+        let m = Mechanism::Mpls {
+            label_out: 1001,
+            label_in: 1002,
+        };
+        let hop = |a: &str, b: &str, l: &str| Hop {
+            from: a.into(),
+            to: b.into(),
+            link: Some(l.into()),
+            mechanism: m.clone(),
+        };
+        let p = plan(
+            &conn(vec![hop("n1", "n2", "l12"), hop("n2", "n3", "l23")]),
+            &Links,
+        )
+        .unwrap();
+        assert_eq!(p.nodes(), vec!["n1", "n2", "n3"]);
+        let on = |n: &str| p.flows.iter().filter(|f| f.node == n).count();
+        assert_eq!((on("n1"), on("n2"), on("n3")), (2, 2, 2));
+        let out = p
+            .flows
+            .iter()
+            .find(|f| f.node == "n1" && f.in_port == PortRef::Name("mwc0123abcd".into()))
+            .unwrap();
+        assert_eq!(
+            out.actions,
+            vec![
+                Act::Raw(Action::PushMpls(0x8847)),
+                Act::Raw(Action::SetField(OxmField::MplsLabel(1001))),
+                Act::Output(PortRef::Name("n1-l12".into())),
+            ]
+        );
+        let transit = p
+            .flows
+            .iter()
+            .find(|f| f.node == "n2" && f.in_port == PortRef::Name("n2-l12".into()))
+            .unwrap();
+        assert_eq!(
+            transit.actions,
+            vec![Act::Output(PortRef::Name("n2-l23".into()))]
+        );
+        // No ARP over MPLS: the client knows the endpoint's MAC.
+        assert_eq!(
+            p.legs[0].workload.neighbors,
+            vec![("172.16.0.0".parse().unwrap(), mac("0123abcd-ffff", 1))]
+        );
+        assert!(p
+            .flows
+            .iter()
+            .all(|f| f.cookie & COOKIE_TAG_MASK == COOKIE_TAG && f.cookie != INFRA_COOKIE));
+    }
+
+    #[test]
+    fn tunnels_set_key_and_remote_and_mirror_each_other() {
+        let m = Mechanism::Gre {
+            key: 77,
+            src_ip: "10.0.0.1".parse().unwrap(),
+            dst_ip: "10.0.0.3".parse().unwrap(),
+        };
+        let p = plan(
+            &conn(vec![Hop {
+                from: "n1".into(),
+                to: "n3".into(),
+                link: None,
+                mechanism: m,
+            }]),
+            &Links,
+        )
+        .unwrap();
+        assert_eq!(p.tunnels.len(), 2);
+        let to_remote = |n: &str| {
+            p.flows
+                .iter()
+                .filter(|f| f.node == n)
+                .flat_map(|f| f.actions.iter())
+                .find_map(|a| match a {
+                    Act::Raw(Action::SetField(OxmField::TunIpv4Dst(d))) => Some(d.to_string()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            (to_remote("n1"), to_remote("n3")),
+            ("10.0.0.3".into(), "10.0.0.1".into())
+        );
+    }
+
+    #[test]
+    fn names_and_ids_are_stable_and_fit_linux() {
+        assert_eq!(port_name("9f8e7d6c-5b4a", true), "mwe9f8e7d6c");
+        assert!(port_name("9f8e7d6c-5b4a", false).len() <= 15);
+        assert_eq!(cookie("x"), cookie("x"));
+        assert_ne!(cookie("x"), cookie("y"));
+        assert_eq!(datapath_id("n1") >> 48, 0x4d57);
+        assert_ne!(mac("x", 0), mac("x", 1));
+        assert_eq!(mac("x", 0)[0] & 0x03, 0x02, "unicast, locally administered");
+    }
+}
