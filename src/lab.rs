@@ -5,6 +5,7 @@
 //! /run/meshwire/labs/<lab>/), register the lab's hosts and links as the topology, and apply the
 //! manifests the lab lists. `down` stops that controller and removes everything by name.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +30,14 @@ pub enum LabCommand {
     Down { lab: String },
     /// Show the lab's nodes, interfaces, addresses and connections.
     Inspect { file: PathBuf },
+    /// Restart the lab's controller on the same store and addresses (the data plane keeps
+    /// forwarding): after an upgrade, or to watch it resync without touching unchanged flows.
+    Restart {
+        lab: String,
+        /// SIGKILL instead of SIGTERM: emulate a crash.
+        #[arg(long)]
+        kill: bool,
+    },
 }
 
 pub const LAB_DIR: &str = "/run/meshwire/labs";
@@ -65,6 +74,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Inspect { file } => inspect(&file).await,
+        LabCommand::Restart { lab, kill } => restart(&lab, kill).await,
     }
 }
 
@@ -121,55 +131,28 @@ async fn start(lab: &Lab, rt: &runner::Runtime, interval: Duration) -> anyhow::R
         .local_addr()?
         .port();
     let url = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(d.join("controller.log"))?;
-    let exe = std::env::current_exe().context("finding the meshwire binary")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["controller", "--log", "info"]);
+    let mut args: Vec<String> = vec!["controller".into(), "--log".into(), "info".into()];
     match rt.controller_ip {
-        Some(ip) => {
-            cmd.args(["--dataplane", "kernel,ovs", "--openflow-listen"])
-                .arg(format!("{ip}:6653"));
-        }
-        None => {
-            cmd.args(["--dataplane", "kernel"]);
-        }
+        Some(ip) => args.extend([
+            "--dataplane".into(),
+            "kernel,ovs".into(),
+            "--openflow-listen".into(),
+            format!("{ip}:6653"),
+        ]),
+        None => args.extend(["--dataplane".into(), "kernel".into()]),
     }
-    let child = cmd
-        .arg("--store")
-        .arg(format!("redb:{}", d.join("state.redb").display()))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--reconcile-interval",
-            &humantime::format_duration(interval).to_string(),
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the lab's controller")?;
-    std::fs::write(d.join("controller.pid"), child.id().to_string())?;
+    args.extend([
+        "--store".into(),
+        format!("redb:{}", d.join("state.redb").display()),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--reconcile-interval".into(),
+        humantime::format_duration(interval).to_string(),
+    ]);
+    std::fs::write(d.join("controller.args"), serde_json::to_vec(&args)?)?;
     std::fs::write(d.join("controller.url"), &url)?;
+    spawn_controller(&d, &args, &url).await?;
     let api = Api::new(&url);
-    let mut ready = false;
-    for _ in 0..200 {
-        if api
-            .get::<serde_json::Value>("/api/v1/resources")
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !ready {
-        let tail = std::fs::read_to_string(d.join("controller.log")).unwrap_or_default();
-        bail!(
-            "the lab's controller did not start: {}",
-            tail.lines().last().unwrap_or("(no log)")
-        );
-    }
     let topo = d.join("topology.yaml");
     std::fs::write(&topo, lab.manifests_with(&|n| rt.ovsdb.get(n).cloned()))?;
     client::apply(&api, &topo, false)
@@ -183,24 +166,91 @@ async fn start(lab: &Lab, rt: &runner::Runtime, interval: Duration) -> anyhow::R
     Ok(url)
 }
 
+/// Starts the lab's controller with `args` (appending to its log) and waits until it answers.
+async fn spawn_controller(d: &Path, args: &[String], url: &str) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.join("controller.log"))?;
+    let exe = std::env::current_exe().context("finding the meshwire binary")?;
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the lab's controller")?;
+    std::fs::write(d.join("controller.pid"), child.id().to_string())?;
+    let api = Api::new(url);
+    for _ in 0..200 {
+        if api
+            .get::<serde_json::Value>("/api/v1/resources")
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tail = std::fs::read_to_string(d.join("controller.log")).unwrap_or_default();
+    bail!(
+        "the lab's controller did not start: {}",
+        tail.lines().last().unwrap_or("(no log)")
+    )
+}
+
+/// Stops the lab's controller (SIGTERM, or SIGKILL to emulate a crash) and waits until it is gone.
+async fn stop_controller(d: &Path, signal: &str) -> Option<String> {
+    let pid = std::fs::read_to_string(d.join("controller.pid")).ok()?;
+    let pid = pid.trim().to_string();
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .unwrap_or(false)
+    };
+    if !alive(&pid) {
+        return None;
+    }
+    let _ = tokio::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .await;
+    for _ in 0..250 {
+        if !alive(&pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(pid)
+}
+
+/// Restarts the lab's controller on the same store and addresses; the data plane keeps running.
+async fn restart(name: &str, kill: bool) -> anyhow::Result<()> {
+    let d = dir(name);
+    let args: Vec<String> = serde_json::from_slice(
+        &std::fs::read(d.join("controller.args"))
+            .with_context(|| format!("lab {name} is not up"))?,
+    )?;
+    let url = controller_url(name)?;
+    let old = stop_controller(&d, if kill { "-KILL" } else { "-TERM" }).await;
+    spawn_controller(&d, &args, &url).await?;
+    println!(
+        "lab {name}: controller {} and started again at {url}",
+        match old {
+            Some(pid) if kill => format!("(pid {pid}) killed"),
+            Some(pid) => format!("(pid {pid}) stopped"),
+            None => "was not running".into(),
+        }
+    );
+    Ok(())
+}
+
 async fn down(name: &str) -> anyhow::Result<Vec<String>> {
     let d = dir(name);
     let mut removed = Vec::new();
-    if let Ok(pid) = std::fs::read_to_string(d.join("controller.pid")) {
-        let pid = pid.trim().to_string();
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = tokio::process::Command::new("kill")
-                .arg(&pid)
-                .status()
-                .await;
-            for _ in 0..100 {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            removed.push(format!("controller (pid {pid})"));
-        }
+    if let Some(pid) = stop_controller(&d, "-TERM").await {
+        removed.push(format!("controller (pid {pid})"));
     }
     removed.extend(runner::down(name).await.map_err(|e| anyhow!(e))?);
     if d.exists() {

@@ -360,68 +360,32 @@ impl KernelDriver {
         }
     }
 
-    /// The IPv4 addresses (with prefix) on `ifname` in `ns`.
-    pub(crate) async fn addresses(
+    /// Puts the underlay addresses `addrs` on `bridge` (an Open vSwitch node's internal port, the
+    /// userspace tunnelling layout) and takes them off the `uplinks`; brings all of them up.
+    /// Idempotent, and stateless: after ovs-vswitchd restarts (its internal port is a new tap
+    /// without addresses) the same call restores them.
+    pub(crate) async fn underlay_on_bridge(
         &self,
         ns: &Option<String>,
-        ifname: &str,
-    ) -> Result<(u32, Vec<ipnet::IpNet>), String> {
-        use rtnetlink::packet_route::address::AddressAttribute;
-        let h = self
-            .namespaces
-            .handle(ns)
-            .await
-            .map_err(|e| e.to_string())?;
-        let f = Self::find(&h, ifname)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}/{ifname} does not exist", ns_name(ns)))?;
-        let mut out = Vec::new();
-        let mut st = h.address().get().set_link_index_filter(f.index).execute();
-        while let Some(m) = st.try_next().await.map_err(|e| e.to_string())? {
-            for a in &m.attributes {
-                if let AddressAttribute::Address(ip) = a {
-                    if let Ok(n) = ipnet::IpNet::new(*ip, m.header.prefix_len) {
-                        out.push(n);
-                    }
-                }
-            }
-        }
-        Ok((f.index, out))
-    }
-
-    /// Moves `addrs` from `from` to `to` (both in `ns`) and brings `to` up: the underlay address
-    /// of an Open vSwitch node lives on its bridge's internal port. Idempotent.
-    pub(crate) async fn move_addresses(
-        &self,
-        ns: &Option<String>,
-        from: &str,
-        to: &str,
+        uplinks: &[String],
+        addrs: &[ipnet::IpNet],
+        bridge: &str,
     ) -> Result<(), String> {
         let h = self
             .namespaces
             .handle(ns)
             .await
             .map_err(|e| e.to_string())?;
-        let (from_index, addrs) = self.addresses(ns, from).await?;
-        let target = Self::find(&h, to)
+        let target = Self::find(&h, bridge)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}/{to} does not exist", ns_name(ns)))?;
+            .ok_or_else(|| format!("{}/{bridge} does not exist", ns_name(ns)))?;
         h.link()
             .set(LinkUnspec::new_with_index(target.index).up().build())
             .execute()
             .await
-            .map_err(|e| format!("{to} up: {e}"))?;
-        h.link()
-            .set(LinkUnspec::new_with_index(from_index).up().build())
-            .execute()
-            .await
-            .map_err(|e| format!("{from} up: {e}"))?;
+            .map_err(|e| format!("{bridge} up: {e}"))?;
         for a in addrs {
-            if a.addr().is_ipv6() {
-                continue;
-            }
             match h
                 .address()
                 .add(target.index, a.addr(), a.prefix_len())
@@ -430,21 +394,32 @@ impl KernelDriver {
             {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(EEXIST) => {}
-                Err(e) => return Err(format!("address {a} on {to}: {e}")),
+                Err(e) => return Err(format!("address {a} on {bridge}: {e}")),
             }
-            let mut st = h
-                .address()
-                .get()
-                .set_link_index_filter(from_index)
-                .execute();
+        }
+        for u in uplinks {
+            let f = Self::find(&h, u)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{}/{u} does not exist", ns_name(ns)))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(f.index).up().build())
+                .execute()
+                .await
+                .map_err(|e| format!("{u} up: {e}"))?;
+            let mut st = h.address().get().set_link_index_filter(f.index).execute();
+            let mut stale = Vec::new();
             while let Ok(Some(m)) = st.try_next().await {
-                if m.header.prefix_len == a.prefix_len()
-                    && m.attributes.iter().any(|x| {
-                        matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(ip) if *ip == a.addr())
-                    })
-                {
-                    let _ = h.address().del(m).execute().await;
+                let on_bridge = m.attributes.iter().any(|x| {
+                    matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(ip)
+                        if addrs.iter().any(|a| a.addr() == *ip))
+                });
+                if on_bridge {
+                    stale.push(m);
                 }
+            }
+            for m in stale {
+                let _ = h.address().del(m).execute().await;
             }
         }
         Ok(())

@@ -225,6 +225,16 @@ fn from_stats(s: &crate::openflow::FlowStats) -> FlowSpec {
     }
 }
 
+/// What the driver needs of an ovs node.
+struct NodeInfo {
+    netns: Option<String>,
+    ovsdb: String,
+    /// Its ends of every link: ports of br-int.
+    uplinks: Vec<String>,
+    /// The addresses of those ends: they live on br-int's internal port.
+    addrs: Vec<ipnet::IpNet>,
+}
+
 /// The OVSDB connection of one node, with its reconnect state.
 #[derive(Default)]
 struct DbConn {
@@ -252,6 +262,10 @@ struct Inner {
     switches: Mutex<HashMap<u64, Switch>>,
     switch_up: tokio::sync::Notify,
     desired: Mutex<Desired>,
+    /// Set by the first `observe`, which brings the complete desired set. Until then (a
+    /// controller that just restarted) no connection flow is deleted: the switch keeps forwarding
+    /// what it has.
+    desired_known: std::sync::atomic::AtomicBool,
     node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     bootstrapped: Mutex<HashSet<String>>,
     stats: Mutex<SyncTotals>,
@@ -340,6 +354,7 @@ impl OvsDriver {
             switches: Mutex::default(),
             switch_up: Default::default(),
             desired: Mutex::default(),
+            desired_known: Default::default(),
             node_locks: Mutex::default(),
             bootstrapped: Mutex::default(),
             stats: Mutex::default(),
@@ -378,6 +393,11 @@ impl OvsDriver {
             SwitchEvent::Connected(sw) => {
                 let dpid = sw.datapath_id;
                 lock(&self.inner.switches).insert(dpid, sw);
+                if let Some(node) = self.node_of_dpid(dpid) {
+                    // A switch that (re)connects may be a restarted vswitchd: no flows, and a new
+                    // internal port without the underlay address. Bootstrap it again.
+                    lock(&self.inner.bootstrapped).remove(&node);
+                }
                 self.inner.switch_up.notify_waiters();
                 let Some(node) = self.node_of_dpid(dpid) else {
                     tracing::info!(
@@ -431,8 +451,8 @@ impl OvsDriver {
             .clone()
     }
 
-    /// The node's netns and OVSDB remote, from the topology.
-    fn node_info(&self, node: &str) -> Result<(Option<String>, String, Vec<String>), DriverError> {
+    /// The node as the topology describes it.
+    fn node_info(&self, node: &str) -> Result<NodeInfo, DriverError> {
         let t = lock(&self.inner.topology);
         let n = t
             .nodes
@@ -447,18 +467,31 @@ impl OvsDriver {
                 ),
             ));
         }
-        let db = n.ovsdb.clone().ok_or_else(|| {
+        let ovsdb = n.ovsdb.clone().ok_or_else(|| {
             self.err(
                 format!("node {node}"),
                 "has no spec.ovsdb (the OVSDB remote of its Open vSwitch)",
             )
         })?;
-        Ok((n.netns.clone(), db, uplinks_of(&t, node)))
+        let mut addrs: Vec<ipnet::IpNet> = t
+            .links
+            .values()
+            .filter_map(|l| l.end_at(node).and_then(|e| e.address))
+            .filter(|a| a.addr().is_ipv4())
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        Ok(NodeInfo {
+            netns: n.netns.clone(),
+            ovsdb,
+            uplinks: uplinks_of(&t, node),
+            addrs,
+        })
     }
 
     /// The node's OVSDB client, connecting (with jittered exponential backoff) when needed.
     async fn db(&self, node: &str) -> Result<Arc<Client>, DriverError> {
-        let (_, remote, _) = self.node_info(node)?;
+        let remote = self.node_info(node)?.ovsdb;
         let mut dbs = self.inner.dbs.lock().await;
         let conn = dbs.entry(node.to_string()).or_default();
         if let Some(c) = &conn.client {
@@ -520,31 +553,36 @@ impl OvsDriver {
                 return Ok(sw);
             }
         }
-        let (netns, _, uplinks) = self.node_info(node)?;
+        let info = self.node_info(node)?;
+        let uplinks = info.uplinks.clone();
         let l = self.node_lock(node);
         let _g = l.lock().await;
         self.ensure_bridge(node, &db, &uplinks).await?;
-        let ns = netns.clone();
         // The internal port appears once vswitchd has created it.
-        let mut moved = uplinks.is_empty();
+        let mut last = String::new();
+        let mut placed = false;
         for _ in 0..100 {
-            let mut ok = true;
-            for u in &uplinks {
-                if let Err(e) = self.inner.kernel.move_addresses(&ns, u, BRIDGE).await {
-                    ok = false;
-                    tracing::debug!(%node, uplink = %u, error = %e, "underlay address not moved yet");
+            match self
+                .inner
+                .kernel
+                .underlay_on_bridge(&info.netns, &uplinks, &info.addrs, BRIDGE)
+                .await
+            {
+                Ok(()) => {
+                    placed = true;
+                    break;
                 }
-            }
-            if ok {
-                moved = true;
-                break;
+                Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if !moved {
+        if !placed {
             return Err(self.err(
                 format!("node {node}"),
-                format!("could not move the underlay address of {uplinks:?} onto {BRIDGE}"),
+                format!(
+                    "could not put the underlay addresses {:?} on {BRIDGE}: {last}",
+                    info.addrs
+                ),
             ));
         }
         let sw = self.wait_switch(node, dpid).await?;
@@ -1042,7 +1080,7 @@ impl OvsDriver {
         let db = self.db(node).await?;
         let l = self.node_lock(node);
         let _g = l.lock().await;
-        let (_, _, uplinks) = self.node_info(node)?;
+        let uplinks = self.node_info(node)?.uplinks;
         let (numbers, _) = self.read_ports(node, &db).await?;
         let mut desired: Vec<FlowSpec> = Vec::new();
         for t in plan::infra_flows(node, &uplinks) {
@@ -1065,7 +1103,11 @@ impl OvsDriver {
                 }
             }
         }
-        let may_delete = |c: u64| !keep.contains(&c);
+        let known_all = self
+            .inner
+            .desired_known
+            .load(std::sync::atomic::Ordering::Acquire);
+        let may_delete = |c: u64| (known_all || c == plan::INFRA_COOKIE) && !keep.contains(&c);
         self.sync_flows(
             node,
             &sw,
@@ -1079,8 +1121,15 @@ impl OvsDriver {
 
     /// Removes our connection ports (and their veths) whose connection is not desired.
     async fn collect_orphans(&self, node: &str) -> Result<usize, DriverError> {
+        if !self
+            .inner
+            .desired_known
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(0);
+        }
         let db = self.db(node).await?;
-        let (netns, _, _) = self.node_info(node)?;
+        let netns = self.node_info(node)?.netns;
         let (_, conns) = self.read_ports(node, &db).await?;
         let desired: HashSet<String> = lock(&self.inner.desired).conns.keys().cloned().collect();
         let orphans: Vec<(String, String)> = conns
@@ -1145,9 +1194,11 @@ impl Driver for OvsDriver {
         "ovs"
     }
 
+    /// Takes the topology at once and bootstraps its ovs nodes in the background (a node whose
+    /// switch is slow to connect must not hold up the controller or the request that changed
+    /// the topology); `apply` and `observe` wait for a node they need.
     async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
         *lock(&self.inner.topology) = t.clone();
-        let mut first = None;
         let nodes: Vec<String> = t
             .nodes
             .values()
@@ -1157,12 +1208,14 @@ impl Driver for OvsDriver {
         for n in nodes {
             // Uplinks may have changed: bootstrap again.
             lock(&self.inner.bootstrapped).remove(&n);
-            if let Err(e) = self.ensure_node(&n).await {
-                tracing::warn!(node = %n, error = %e, "node not ready yet");
-                first.get_or_insert(e);
-            }
+            let d = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = d.ensure_node(&n).await {
+                    tracing::warn!(node = %n, error = %e, "node not ready yet; retried when a connection needs it");
+                }
+            });
         }
-        first.map_or(Ok(()), Err)
+        Ok(())
     }
 
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
@@ -1294,6 +1347,9 @@ impl Driver for OvsDriver {
             d.conns.extend(recent);
             d.removed.clear();
         }
+        self.inner
+            .desired_known
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut obs = Observation::default();
         let mut nodes_down: HashMap<String, String> = HashMap::new();
         let mut involved: Vec<String> = Vec::new();
