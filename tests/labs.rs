@@ -37,12 +37,15 @@ fn turn(name: &str) -> std::sync::MutexGuard<'static, ()> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static LOCKS: OnceLock<Mutex<HashMap<String, &'static Mutex<()>>>> = OnceLock::new();
-    let m: &'static Mutex<()> = *LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(name.to_string())
-        .or_insert_with(|| Box::leak(Box::new(Mutex::new(()))));
+    let m: &'static Mutex<()> = {
+        let mut all = LOCKS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.entry(name.to_string())
+            .or_insert_with(|| Box::leak(Box::new(Mutex::new(()))))
+            .to_owned()
+    };
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
