@@ -206,7 +206,7 @@ async fn stop_controller(d: &Path, signal: &str) -> Option<String> {
     let pid = pid.trim().to_string();
     let alive = |pid: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
             .unwrap_or(false)
     };
     if !alive(&pid) {
