@@ -22,8 +22,11 @@ pub struct Args {
     /// core: selection + path on 10,000 nodes / 100,000 endpoints, request/close cycles, memory
     /// per connection. store: writes per second, redb against etcd (needs etcd-server).
     /// setup: request to first packet through the kernel data plane vs an `ip` script, setup and
-    /// teardown rates (needs root).
-    #[arg(value_parser = ["core", "store", "setup"])]
+    /// teardown rates (needs root). openflow: flows per second into a real ovs-vswitchd against
+    /// `ovs-ofctl --bundle` and os-ken, and reconcile time. ovsdb: ports per second against
+    /// `ovs-vsctl` and the OVS Python IDL (needs openvswitch-switch; the Python peers come from
+    /// scripts/bench-deps.sh).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -34,6 +37,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.name.as_str() {
         "core" => core(args.scale).await,
         "setup" => crate::bench_setup::run(args.scale).await,
+        "openflow" => crate::bench_ovs::openflow(args.scale).await,
+        "ovsdb" => crate::bench_ovs::ovsdb(args.scale).await,
         _ => store(args.scale).await,
     }
 }

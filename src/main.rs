@@ -3,6 +3,7 @@
 
 mod alloc;
 mod bench;
+mod bench_ovs;
 mod bench_setup;
 mod client;
 mod daemon;

@@ -182,6 +182,49 @@ fn flow_mod(command: FlowModCommand, f: &FlowSpec, cookie_mask: u64) -> FlowMod 
     }
 }
 
+/// Reads the switch's flows in scope (`cookie`/`mask`, all tables) and applies the difference to
+/// `desired` atomically in one bundle; `may_delete` guards which installed flows may go. Flows
+/// already as desired are not touched (their counters and durations survive).
+pub async fn sync_flows(
+    sw: &Switch,
+    desired: Vec<FlowSpec>,
+    may_delete: &(dyn Fn(u64) -> bool + Sync),
+    cookie: u64,
+    mask: u64,
+) -> Result<SyncStats, channel::ChannelError> {
+    let parts = sw
+        .request(Message::MultipartRequest(MultipartRequest::Flow {
+            flags: 0,
+            table_id: 0xff,
+            out_port: ANY,
+            out_group: ANY,
+            cookie,
+            cookie_mask: mask,
+            matches: vec![],
+        }))
+        .await?;
+    let installed: Vec<FlowSpec> = parts
+        .iter()
+        .flat_map(|m| match m {
+            Message::MultipartReply(MultipartReply::Flow { flows, .. }) => {
+                flows.iter().map(from_stats).collect::<Vec<_>>()
+            }
+            _ => vec![],
+        })
+        .collect();
+    let (mods, stats) = diff_flows(&installed, &desired, may_delete);
+    if !mods.is_empty() {
+        sw.bundle(mods.into_iter().map(Message::FlowMod).collect())
+            .await?;
+    }
+    Ok(stats)
+}
+
+/// The flow mod that adds `f` (for bulk installs and benchmarks).
+pub fn add_flow(f: &FlowSpec) -> FlowMod {
+    flow_mod(FlowModCommand::Add, f, 0)
+}
+
 fn resolve(t: &FlowTemplate, ports: &HashMap<String, u32>) -> Result<FlowSpec, String> {
     let num = |p: &PortRef| match p {
         PortRef::Local => Ok(PORT_LOCAL),
@@ -1000,8 +1043,7 @@ impl OvsDriver {
         Err(self.err(format!("node {node}"), last))
     }
 
-    /// Reads our flows in scope (`cookie`/`mask`) and applies the difference to `desired` in one
-    /// bundle. `may_delete` guards which installed flows may go.
+    /// [`sync_flows`] on a node's switch, counting what changed.
     async fn sync_flows(
         &self,
         node: &str,
@@ -1011,32 +1053,10 @@ impl OvsDriver {
         cookie: u64,
         mask: u64,
     ) -> Result<SyncStats, DriverError> {
-        let parts = sw
-            .request(Message::MultipartRequest(MultipartRequest::Flow {
-                flags: 0,
-                table_id: 0xff,
-                out_port: ANY,
-                out_group: ANY,
-                cookie,
-                cookie_mask: mask,
-                matches: vec![],
-            }))
+        let stats = sync_flows(sw, desired, may_delete, cookie, mask)
             .await
             .map_err(|e| self.err(format!("node {node}"), e))?;
-        let installed: Vec<FlowSpec> = parts
-            .iter()
-            .flat_map(|m| match m {
-                Message::MultipartReply(MultipartReply::Flow { flows, .. }) => {
-                    flows.iter().map(from_stats).collect::<Vec<_>>()
-                }
-                _ => vec![],
-            })
-            .collect();
-        let (mods, stats) = diff_flows(&installed, &desired, may_delete);
-        if !mods.is_empty() {
-            sw.bundle(mods.into_iter().map(Message::FlowMod).collect())
-                .await
-                .map_err(|e| self.err(format!("node {node}"), e))?;
+        if stats.changed() > 0 {
             let mut t = lock(&self.inner.stats);
             t.added += stats.added as u64;
             t.modified += stats.modified as u64;
