@@ -706,3 +706,109 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
         "iperf3 carries data again at the end: {intervals:?}"
     );
 }
+
+#[test]
+fn nb_lab_ovs_three_node_distributed_bridge_domain_and_mpls_rerouted_through_a_transit_node() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("ovs-three-node");
+    // Distributed bridge domain: a client on each node joins its node's instance of "blue".
+    let blue: Vec<String> = (1..=3)
+        .map(|i| {
+            let c = lab.request(&[
+                "blue",
+                "--client",
+                &format!("n{i}"),
+                "--name",
+                &format!("clab-ovs-three-node-c{i}"),
+                "--label",
+                &format!("nodeName=n{i}"),
+            ]);
+            assert_eq!(
+                c["network_service_endpoint_name"],
+                format!("blue-n{i}"),
+                "{c}"
+            );
+            addr(&c, "src_ip_addrs")
+        })
+        .collect();
+    for (from, to) in [("c1", 1), ("c1", 2), ("c2", 2), ("c3", 0)] {
+        assert!(
+            lab.ping(from, &blue[to]),
+            "{from} -> {}: one L2 domain over three nodes",
+            blue[to]
+        );
+    }
+    let bps = iperf3(&lab, "c3", "c1", &blue[2], 5321, 1);
+    eprintln!(
+        "iperf3 across the distributed bridge domain (n1 -> n3): {:.2} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bps > 1e6);
+
+    // MPLS from n1 to n3 takes the direct link...
+    let c = lab.request(&[
+        "tunnel-gateway",
+        "--client",
+        "n1",
+        "--name",
+        "clab-ovs-three-node-app",
+        "--mechanism",
+        "mpls",
+    ]);
+    let path = |c: &serde_json::Value| -> Vec<String> {
+        c["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(path(&c), ["n1", "n3"]);
+    assert!(lab.ping("app", &addr(&c, "dst_ip_addrs")));
+    // ...and when that link goes down, the controller reroutes it through n2, which switches
+    // the labels.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("down.yaml");
+    std::fs::write(&f, "apiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: n1-eth2-n3-eth2}\nspec: {endpoints: [\"n1:eth2\", \"n3:eth2\"], addresses: [\"10.0.13.1/24\", \"10.0.13.3/24\"], up: false}\n").unwrap();
+    assert!(lab
+        .meshwire(&["apply", "-f", f.to_str().unwrap()])
+        .status
+        .success());
+    let id = c["id"].as_str().unwrap();
+    let mut healed = None;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        let out = lab.meshwire(&["get", "connections", "-o", "json"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(h) = all.as_array().into_iter().flatten().find(|x| {
+            x["id"] == id
+                && x["state"] == "up"
+                && x["path"].as_array().is_some_and(|p| p.len() == 3)
+        }) {
+            healed = Some(h.clone());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let healed = healed.expect("rerouted through n2");
+    assert_eq!(path(&healed), ["n1", "n2", "n3"]);
+    let transit = ovs_flows(&lab, "n2");
+    assert_eq!(
+        transit
+            .iter()
+            .filter(|f| !f.0.starts_with("0x4d57000000000000"))
+            .count(),
+        2 + 2, // two label-switching flows; blue's flows for c2 (from c2, from the tunnel)
+        "{transit:?}"
+    );
+    let dst = addr(&healed, "dst_ip_addrs");
+    assert!(lab.ping("app", &dst), "MPLS through the transit node");
+    let bps = iperf3(&lab, "gateway", "app", &dst, 5322, 1);
+    eprintln!(
+        "iperf3 over MPLS through a transit node: {:.2} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bps > 1e6);
+}

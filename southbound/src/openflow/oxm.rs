@@ -26,6 +26,7 @@ const VLAN_VID: u8 = 6;
 const IP_PROTO: u8 = 10;
 const IPV4_SRC: u8 = 11;
 const IPV4_DST: u8 = 12;
+const ARP_TPA: u8 = 23;
 const MPLS_LABEL: u8 = 34;
 const TUNNEL_ID: u8 = 38;
 // NXM_NX_TUN_IPV4_DST.
@@ -43,6 +44,8 @@ pub enum OxmField {
     IpProto(u8),
     Ipv4Src(Ipv4Addr, Option<Ipv4Addr>),
     Ipv4Dst(Ipv4Addr, Option<Ipv4Addr>),
+    /// ARP target protocol address.
+    ArpTpa(Ipv4Addr, Option<Ipv4Addr>),
     MplsLabel(u32),
     TunnelId(u64, Option<u64>),
     /// Open vSwitch's tunnel destination (NXM_NX_TUN_IPV4_DST), for flow-based tunnels.
@@ -91,6 +94,12 @@ impl OxmField {
             OxmField::Ipv4Dst(a, m) => put(
                 out,
                 IPV4_DST,
+                &a.octets(),
+                m.map(|m| m.octets()).as_ref().map(|m| &m[..]),
+            ),
+            OxmField::ArpTpa(a, m) => put(
+                out,
+                ARP_TPA,
                 &a.octets(),
                 m.map(|m| m.octets()).as_ref().map(|m| &m[..]),
             ),
@@ -161,6 +170,13 @@ impl OxmField {
                 ))
             }
             (OXM_OPENFLOW_BASIC, IP_PROTO, 1, false, _) => Some(OxmField::IpProto(value[0])),
+            (OXM_OPENFLOW_BASIC, ARP_TPA, 4, _, _) => {
+                let (v, m) = half(value);
+                Some(OxmField::ArpTpa(
+                    Ipv4Addr::from(arr::<4>(&v)),
+                    m.map(|m| Ipv4Addr::from(arr::<4>(&m))),
+                ))
+            }
             (OXM_OPENFLOW_BASIC, IPV4_SRC | IPV4_DST, 4, _, _) => {
                 let (v, m) = half(value);
                 let (a, m) = (

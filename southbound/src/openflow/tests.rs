@@ -20,6 +20,7 @@ fn arb_oxm() -> impl Strategy<Value = OxmField> {
         any::<u8>().prop_map(OxmField::IpProto),
         (ip.clone(), option::of(ip.clone())).prop_map(|(v, m)| OxmField::Ipv4Src(v, m)),
         (ip.clone(), option::of(ip.clone())).prop_map(|(v, m)| OxmField::Ipv4Dst(v, m)),
+        (ip.clone(), option::of(ip.clone())).prop_map(|(v, m)| OxmField::ArpTpa(v, m)),
         any::<u32>().prop_map(OxmField::MplsLabel),
         (any::<u64>(), option::of(any::<u64>())).prop_map(|(v, m)| OxmField::TunnelId(v, m)),
         ip.prop_map(OxmField::TunIpv4Dst),

@@ -276,6 +276,8 @@ struct NodeInfo {
     uplinks: Vec<String>,
     /// The addresses of those ends: they live on br-int's internal port.
     addrs: Vec<ipnet::IpNet>,
+    /// Each uplink with the IPv4 subnets behind it.
+    uplink_nets: Vec<(String, Vec<ipnet::Ipv4Net>)>,
 }
 
 /// The OVSDB connection of one node, with its reconnect state.
@@ -524,11 +526,31 @@ impl OvsDriver {
             .collect();
         addrs.sort();
         addrs.dedup();
+        let uplinks = uplinks_of(&t, node);
+        let uplink_nets = uplinks
+            .iter()
+            .map(|u| {
+                let mut nets: Vec<ipnet::Ipv4Net> = t
+                    .links
+                    .values()
+                    .filter_map(|l| l.end_at(node))
+                    .filter(|e| e.interface == *u)
+                    .filter_map(|e| match e.address {
+                        Some(ipnet::IpNet::V4(a)) => Some(a.trunc()),
+                        _ => None,
+                    })
+                    .collect();
+                nets.sort();
+                nets.dedup();
+                (u.clone(), nets)
+            })
+            .collect();
         Ok(NodeInfo {
             netns: n.netns.clone(),
             ovsdb,
-            uplinks: uplinks_of(&t, node),
+            uplinks,
             addrs,
+            uplink_nets,
         })
     }
 
@@ -630,7 +652,7 @@ impl OvsDriver {
         }
         let sw = self.wait_switch(node, dpid).await?;
         let flows = self
-            .resolve_all(node, &db, &plan::infra_flows(node, &uplinks))
+            .resolve_all(node, &db, &plan::infra_flows(node, &info.uplink_nets))
             .await?;
         self.sync_flows(
             node,
@@ -1100,17 +1122,28 @@ impl OvsDriver {
         let db = self.db(node).await?;
         let l = self.node_lock(node);
         let _g = l.lock().await;
-        let uplinks = self.node_info(node)?.uplinks;
+        let info = self.node_info(node)?;
         let (numbers, _) = self.read_ports(node, &db).await?;
         let mut desired: Vec<FlowSpec> = Vec::new();
-        for t in plan::infra_flows(node, &uplinks) {
+        for t in plan::infra_flows(node, &info.uplink_nets) {
             desired.push(resolve(&t, &numbers).map_err(|e| self.err(format!("node {node}"), e))?);
         }
-        let mut known: HashSet<u64> = HashSet::new();
         let mut keep: HashSet<u64> = HashSet::new();
+        for (domain, templates) in self.domain_templates(node) {
+            match templates
+                .iter()
+                .map(|t| resolve(t, &numbers))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(f) => desired.extend(f),
+                Err(e) => {
+                    tracing::debug!(%node, %domain, error = %e, "domain ports not ready; its flows stay as they are");
+                    keep.insert(plan::domain_cookie(&domain));
+                }
+            }
+        }
         for c in self.desired_snapshot() {
             let Ok(p) = self.plan(&c) else { continue };
-            known.insert(p.cookie);
             let mine: Vec<&FlowTemplate> = p.flows.iter().filter(|f| f.node == node).collect();
             match mine
                 .iter()
@@ -1137,6 +1170,72 @@ impl OvsDriver {
             plan::COOKIE_TAG_MASK,
         )
         .await
+    }
+
+    /// Each distributed domain with members, as flow templates for `node`.
+    fn domain_templates(&self, node: &str) -> Vec<(String, Vec<FlowTemplate>)> {
+        let mut members: BTreeMap<String, Vec<plan::Member>> = BTreeMap::new();
+        for c in self.desired_snapshot() {
+            if let Some(m) = plan::domain_member(&c) {
+                members.entry(m.domain.clone()).or_default().push(m);
+            }
+        }
+        let t = lock(&self.inner.topology);
+        members
+            .into_iter()
+            .map(|(domain, ms)| {
+                let mut local: Vec<String> = ms
+                    .iter()
+                    .filter(|m| m.node == node)
+                    .map(|m| m.port.clone())
+                    .collect();
+                local.sort();
+                let mut others: Vec<&str> = ms
+                    .iter()
+                    .filter(|m| m.node != node)
+                    .map(|m| m.node.as_str())
+                    .collect();
+                others.sort();
+                others.dedup();
+                let remotes: Vec<std::net::Ipv4Addr> = others
+                    .iter()
+                    .filter_map(|r| remote_addr(&t, node, r))
+                    .collect();
+                let flows = plan::domain_flows(&domain, node, &local, &remotes);
+                (domain, flows)
+            })
+            .collect()
+    }
+
+    /// Brings one domain's flows in line on every ovs node that is up (members came or went).
+    async fn sync_domain(&self, domain: &str) -> Result<(), DriverError> {
+        let nodes: Vec<String> = lock(&self.inner.topology)
+            .nodes
+            .values()
+            .filter(|n| n.forwarder == ForwarderKind::Ovs && n.ovsdb.is_some())
+            .map(|n| n.name.clone())
+            .collect();
+        let cookie = plan::domain_cookie(domain);
+        for node in nodes {
+            let templates: Vec<FlowTemplate> = self
+                .domain_templates(&node)
+                .into_iter()
+                .filter(|(d, _)| d == domain)
+                .flat_map(|(_, f)| f)
+                .collect();
+            let has_switch = lock(&self.inner.switches).contains_key(&plan::datapath_id(&node));
+            if templates.is_empty() && !has_switch {
+                continue;
+            }
+            let sw = self.ensure_node(&node).await?;
+            let db = self.db(&node).await?;
+            let l = self.node_lock(&node);
+            let _g = l.lock().await;
+            let flows = self.resolve_all(&node, &db, &templates).await?;
+            self.sync_flows(&node, &sw, flows, &|k| k == cookie, cookie, u64::MAX)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Removes our connection ports (and their veths) whose connection is not desired.
@@ -1178,6 +1277,28 @@ impl OvsDriver {
         }
         Ok(orphans.len())
     }
+}
+
+/// The underlay address of `to` as `from` reaches it: `to`'s end of a link between them, else
+/// its declared underlay address, else the address of any of its link ends.
+fn remote_addr(t: &Topology, from: &str, to: &str) -> Option<std::net::Ipv4Addr> {
+    let v4 = |a: Option<ipnet::IpNet>| match a {
+        Some(ipnet::IpNet::V4(n)) => Some(n.addr()),
+        _ => None,
+    };
+    t.links
+        .values()
+        .filter(|l| l.end_at(from).is_some())
+        .find_map(|l| v4(l.end_at(to).and_then(|e| e.address)))
+        .or_else(|| match t.nodes.get(to).and_then(|n| n.underlay_address) {
+            Some(std::net::IpAddr::V4(a)) => Some(a),
+            _ => None,
+        })
+        .or_else(|| {
+            t.links
+                .values()
+                .find_map(|l| v4(l.end_at(to).and_then(|e| e.address)))
+        })
 }
 
 /// A stand-in carrying only an id, for deleting what a forgotten connection left behind.
@@ -1309,6 +1430,9 @@ impl Driver for OvsDriver {
             self.sync_flows(&node, &sw, flows, &|k| k == cookie, cookie, u64::MAX)
                 .await?;
         }
+        if let Some(m) = plan::domain_member(c) {
+            self.sync_domain(&m.domain).await?;
+        }
         Ok(())
     }
 
@@ -1340,6 +1464,9 @@ impl Driver for OvsDriver {
                 .map(|leg| leg.bridge_port.ifname.clone())
                 .collect();
             self.remove_ports(&node, &db, &names).await?;
+        }
+        if let Some(m) = plan::domain_member(c) {
+            self.sync_domain(&m.domain).await?;
         }
         for leg in &p.legs {
             self.inner.kernel.delete_end(c, &leg.bridge_port).await?;

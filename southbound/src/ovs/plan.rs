@@ -32,6 +32,7 @@ pub const BRIDGE: &str = "br-int";
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_MPLS: u16 = 0x8847;
+const ETH_ARP: u16 = 0x0806;
 
 /// FNV-1a, 64 bits: stable across runs and versions (unlike `DefaultHasher`).
 pub fn fnv1a(s: &str) -> u64 {
@@ -213,6 +214,25 @@ pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
             endpoint.neighbors.push((a.addr(), mac(&c.id, 0)));
         }
     }
+    if let Some(m) = domain_member(c) {
+        // The endpoint is the domain itself: one leg, the client's; the domain's flows are
+        // computed across all members by the driver. Frames may cross a VXLAN tunnel to the
+        // other nodes: leave room for its header.
+        let mtu = c.mtu.saturating_sub(DOMAIN_OVERHEAD);
+        client.mtu = mtu;
+        let mut port = node_end(&c.placement.client_node_netns, false);
+        port.mtu = mtu;
+        return Ok(Plan {
+            cookie,
+            legs: vec![Leg {
+                node: m.node.clone(),
+                workload: client,
+                bridge_port: port,
+            }],
+            tunnels: vec![(m.node, domain_tunnel())],
+            flows: vec![],
+        });
+    }
     let pc = PortRef::Name(port_name(&c.id, false));
     let pe = PortRef::Name(port_name(&c.id, true));
     let legs = vec![
@@ -350,30 +370,155 @@ pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
 }
 
 /// A node's own flows: the uplinks and the bridge's internal port (which holds the underlay
-/// address) wired to each other, so tunnel packets and ARP reach the host stack and leave by the
-/// uplinks. Lowest priority: connection flows win.
-pub fn infra_flows(node: &str, uplinks: &[String]) -> Vec<FlowTemplate> {
+/// addresses) wired to each other, so tunnel packets and ARP reach the host stack and leave by
+/// the right uplink: by destination subnet when there are several, else (and as the fallback)
+/// out of all of them. Lowest priorities: connection flows win.
+pub fn infra_flows(node: &str, uplinks: &[(String, Vec<ipnet::Ipv4Net>)]) -> Vec<FlowTemplate> {
+    let f = |priority, in_port, matches, actions| FlowTemplate {
+        node: node.to_string(),
+        cookie: INFRA_COOKIE,
+        priority,
+        in_port,
+        matches,
+        actions,
+    };
     let mut flows = Vec::new();
-    for u in uplinks {
-        flows.push(FlowTemplate {
-            node: node.to_string(),
-            cookie: INFRA_COOKIE,
-            priority: 1,
-            in_port: PortRef::Name(u.clone()),
-            matches: vec![],
-            actions: vec![Act::Output(PortRef::Local)],
-        });
+    for (u, _) in uplinks {
+        flows.push(f(
+            1,
+            PortRef::Name(u.clone()),
+            vec![],
+            vec![Act::Output(PortRef::Local)],
+        ));
+    }
+    if uplinks.len() > 1 {
+        for (u, nets) in uplinks {
+            for n in nets {
+                let out = vec![Act::Output(PortRef::Name(u.clone()))];
+                flows.push(f(
+                    10,
+                    PortRef::Local,
+                    vec![
+                        OxmField::EthType(ETH_IPV4),
+                        OxmField::Ipv4Dst(n.network(), Some(n.netmask())),
+                    ],
+                    out.clone(),
+                ));
+                flows.push(f(
+                    10,
+                    PortRef::Local,
+                    vec![
+                        OxmField::EthType(ETH_ARP),
+                        OxmField::ArpTpa(n.network(), Some(n.netmask())),
+                    ],
+                    out,
+                ));
+            }
+        }
     }
     if !uplinks.is_empty() {
+        flows.push(f(
+            1,
+            PortRef::Local,
+            vec![],
+            uplinks
+                .iter()
+                .map(|(u, _)| Act::Output(PortRef::Name(u.clone())))
+                .collect(),
+        ));
+    }
+    flows
+}
+
+/// A connection that joins a distributed bridge domain: its endpoint is no workload but the
+/// domain's instance in the node's `br-int` (an Ethernet endpoint with a bridge and no
+/// namespace of its own, on an ovs node). Every node with members floods the domain's frames to its local
+/// members and, over VXLAN, to every other node with members (split horizon: frames from a
+/// tunnel go to local members only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub domain: String,
+    pub node: String,
+    pub port: String,
+}
+
+pub fn domain_member(c: &Connection) -> Option<Member> {
+    let bridge = c.placement.bridge.as_ref()?;
+    let p = &c.placement;
+    // No namespace of its own: the endpoint is the node itself.
+    let on_node = p.endpoint_netns.is_none() || p.endpoint_netns == p.endpoint_node_netns;
+    (c.payload == Payload::Ethernet && on_node).then(|| Member {
+        domain: bridge.clone(),
+        node: c.client.node.clone(),
+        port: port_name(&c.id, false),
+    })
+}
+
+/// The VNI a domain's inter-node tunnels use: 0xE00000 plus 20 bits of its name (kept out of
+/// the VNI ranges endpoints usually offer).
+pub fn domain_vni(domain: &str) -> u32 {
+    0x00E0_0000 | (fnv1a(domain) & 0x000F_FFFF) as u32
+}
+
+/// The cookie of a domain's flows on every node (recomputed as members come and go).
+pub fn domain_cookie(domain: &str) -> u64 {
+    COOKIE_TAG | (fnv1a(&format!("domain:{domain}")) & 0xffff_ffff_ffff).max(1)
+}
+
+/// What a domain's VXLAN adds to a frame (outer IPv4, UDP, VXLAN, inner Ethernet).
+pub const DOMAIN_OVERHEAD: u32 = 50;
+
+/// The VXLAN port distributed domains use.
+pub fn domain_tunnel() -> TunnelPort {
+    TunnelPort {
+        name: "mw-vxlan".into(),
+        kind: "vxlan",
+        dst_port: None,
+    }
+}
+
+/// The flows of `domain` on `node`: `local` member ports, `remotes` the underlay addresses of
+/// the other nodes with members.
+pub fn domain_flows(
+    domain: &str,
+    node: &str,
+    local: &[String],
+    remotes: &[std::net::Ipv4Addr],
+) -> Vec<FlowTemplate> {
+    let vni = domain_vni(domain) as u64;
+    let cookie = domain_cookie(domain);
+    let tunnel = PortRef::Name(domain_tunnel().name);
+    let mut flows = Vec::new();
+    for p in local {
+        let mut actions: Vec<Act> = local
+            .iter()
+            .filter(|q| *q != p)
+            .map(|q| Act::Output(PortRef::Name(q.clone())))
+            .collect();
+        for r in remotes {
+            actions.push(Act::Raw(Action::SetField(OxmField::TunnelId(vni, None))));
+            actions.push(Act::Raw(Action::SetField(OxmField::TunIpv4Dst(*r))));
+            actions.push(Act::Output(tunnel.clone()));
+        }
         flows.push(FlowTemplate {
             node: node.to_string(),
-            cookie: INFRA_COOKIE,
-            priority: 1,
-            in_port: PortRef::Local,
+            cookie,
+            priority: 100,
+            in_port: PortRef::Name(p.clone()),
             matches: vec![],
-            actions: uplinks
+            actions,
+        });
+    }
+    if !local.is_empty() && !remotes.is_empty() {
+        flows.push(FlowTemplate {
+            node: node.to_string(),
+            cookie,
+            priority: 100,
+            in_port: tunnel,
+            matches: vec![OxmField::TunnelId(vni, None)],
+            actions: local
                 .iter()
-                .map(|u| Act::Output(PortRef::Name(u.clone())))
+                .map(|q| Act::Output(PortRef::Name(q.clone())))
                 .collect(),
         });
     }
@@ -515,6 +660,55 @@ mod tests {
             (to_remote("n1"), to_remote("n3")),
             ("10.0.0.3".into(), "10.0.0.1".into())
         );
+    }
+
+    #[test]
+    fn a_domain_floods_locally_and_to_remote_nodes_with_split_horizon() {
+        let f = domain_flows(
+            "blue",
+            "n1",
+            &["a".into(), "b".into()],
+            &["10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap()],
+        );
+        assert_eq!(f.len(), 3);
+        let from_a = &f[0];
+        assert_eq!(from_a.in_port, PortRef::Name("a".into()));
+        let outs: Vec<&Act> = from_a
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Act::Output(_)))
+            .collect();
+        assert_eq!(outs.len(), 1 + 2, "to b and to both remote nodes");
+        let from_tunnel = &f[2];
+        assert_eq!(from_tunnel.in_port, PortRef::Name("mw-vxlan".into()));
+        assert!(
+            from_tunnel
+                .actions
+                .iter()
+                .all(|a| matches!(a, Act::Output(PortRef::Name(n)) if n == "a" || n == "b")),
+            "frames from a tunnel never go back into one"
+        );
+        assert!(domain_flows("blue", "n1", &["a".into()], &[]).len() == 1);
+        assert!(domain_vni("blue") >= 0xE0_0000);
+    }
+
+    #[test]
+    fn several_uplinks_route_by_subnet() {
+        let f = infra_flows(
+            "n2",
+            &[
+                ("eth1".into(), vec!["10.0.12.2/24".parse().unwrap()]),
+                ("eth2".into(), vec!["10.0.23.2/24".parse().unwrap()]),
+            ],
+        );
+        // in from each uplink, ip + arp per subnet, and the flood fallback.
+        assert_eq!(f.len(), 2 + 4 + 1);
+        assert!(f.iter().any(|x| x.priority == 10
+            && x.matches.contains(&OxmField::Ipv4Dst(
+                "10.0.23.0".parse().unwrap(),
+                Some("255.255.255.0".parse().unwrap())
+            ))
+            && x.actions == vec![Act::Output(PortRef::Name("eth2".into()))]));
     }
 
     #[test]
