@@ -127,3 +127,123 @@ async fn dev_real_ovsdb_transact_owner_tags_errors_and_monitor() {
         "only ours removed: {brs}"
     );
 }
+
+/// Input: a session with a monitor on a real ovsdb-server, changes made by ovs-vsctl, the server
+/// killed and restarted. Output: the replica follows every change (typed rows), the session
+/// reconnects by itself and the replica is whole again; echo probes go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_real_ovsdb_session_replica_follows_changes_and_survives_a_server_restart() {
+    use meshwire_southbound::ovsdb::session::{Session, SessionConfig};
+    let Some(mut ovs) = Ovs::start(None) else {
+        return;
+    };
+    // Every column of the tables the driver reads.
+    let mut monitor = serde_json::Map::new();
+    for t in ["Open_vSwitch", "Bridge", "Port", "Interface", "Controller"] {
+        monitor.insert(t.to_string(), json!([{}]));
+    }
+    let s = Session::start(
+        &ovs.db(),
+        SessionConfig {
+            db: DB.into(),
+            monitor: serde_json::Value::Object(monitor),
+            probe: Duration::from_millis(100),
+        },
+    );
+    assert!(s.wait_synced(1, Duration::from_secs(10)).await);
+    assert_eq!(s.replica().open_vswitch().unwrap().len(), 1);
+
+    ovs.vsctl("add-br brx -- add-port brx p1 -- set interface p1 type=internal -- set-controller brx tcp:127.0.0.1:1");
+    let seen = wait_for(|| {
+        let r = s.replica();
+        let br = r.bridges().unwrap();
+        br.len() == 1 && br[0].ports.len() == 2 && r.controllers().unwrap().len() == 1
+    })
+    .await;
+    assert!(seen, "replica: {:?}", s.replica().bridges());
+    // update2 "modify": a port goes, a map key comes.
+    ovs.vsctl("del-port brx p1 -- br-set-external-id brx team blue");
+    assert!(
+        wait_for(|| {
+            let b = &s.replica().bridges().unwrap()[0];
+            b.ports.len() == 1 && b.external_ids.get("team").map(String::as_str) == Some("blue")
+        })
+        .await
+    );
+    let ifaces = s.replica().interfaces().unwrap();
+    assert!(ifaces.iter().all(|i| i.name != "p1"), "{ifaces:?}");
+
+    // The server dies and comes back: the session reconnects on its own.
+    ovs.restart_db();
+    assert!(
+        s.wait_synced(2, Duration::from_secs(15)).await,
+        "reconnected: {:?}",
+        s.counters()
+    );
+    ovs.vsctl("add-br bry");
+    assert!(wait_for(|| s.replica().bridges().unwrap().len() == 2).await);
+    // The idle session probes the server every 100 ms.
+    assert!(wait_for(|| s.counters().2 >= 2).await, "{:?}", s.counters());
+    assert!(s.counters().0 >= 2);
+    // Transactions go through the session's current client.
+    let c = s.client().await.unwrap();
+    c.transact(DB, &add_our_bridge("mw-sess")).await.unwrap();
+    assert!(wait_for(|| s.replica().bridges().unwrap().len() == 3).await);
+}
+
+async fn wait_for(f: impl Fn() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// Input: two clients of one real ovsdb-server asking for the same lock. Output: one holds it,
+/// the other waits; steal moves it and tells the loser; an `assert` of a lock not held fails
+/// the transaction and names the operation.
+#[tokio::test]
+async fn dev_real_ovsdb_lock_steal_unlock_and_assert() {
+    let Some(ovs) = Ovs::start(None) else { return };
+    let a = Client::connect(&ovs.db()).await.unwrap();
+    let b = Client::connect(&ovs.db()).await.unwrap();
+    let mut a_notes = a.notifications().unwrap();
+    assert!(a.lock("meshwire_controller").await.unwrap());
+    assert!(
+        !b.lock("meshwire_controller").await.unwrap(),
+        "queued behind a"
+    );
+    // A queued request must be withdrawn before stealing.
+    b.unlock("meshwire_controller").await.unwrap();
+    let assert_lock = [Op::Assert {
+        lock: "meshwire_controller".into(),
+    }];
+    a.transact(DB, &assert_lock).await.unwrap();
+    assert!(b.steal("meshwire_controller").await.unwrap());
+    // (The server may also have told a "locked" when it got the lock.)
+    let stolen = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some((method, params)) = a_notes.recv().await {
+            if method == "stolen" {
+                return params[0].as_str().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(stolen.as_deref(), Some("meshwire_controller"));
+    match a.transact(DB, &assert_lock).await {
+        Err(OvsdbError::Transaction { op, error, .. }) => {
+            assert_eq!(op, "assert lock meshwire_controller");
+            assert_eq!(error, "not owner");
+        }
+        other => panic!("{other:?}"),
+    }
+    // b gives it up; a withdraws its stolen request and asks again: it gets it.
+    b.unlock("meshwire_controller").await.unwrap();
+    a.unlock("meshwire_controller").await.unwrap();
+    assert!(a.lock("meshwire_controller").await.unwrap());
+    a.transact(DB, &assert_lock).await.unwrap();
+}

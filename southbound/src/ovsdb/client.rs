@@ -57,7 +57,7 @@ pub struct Client {
     writer: Writer,
     pending: Pending,
     next_id: AtomicU64,
-    notifications: Mutex<Option<mpsc::Receiver<(String, Value)>>>,
+    notifications: Mutex<Option<mpsc::UnboundedReceiver<(String, Value)>>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -98,7 +98,8 @@ impl Client {
         let (mut rd, wr) = tokio::io::split(stream);
         let writer: Writer = Arc::new(tokio::sync::Mutex::new(Box::new(wr)));
         let pending: Pending = Arc::default();
-        let (ntx, nrx) = mpsc::channel(1024);
+        // Unbounded: a replica must see every update, in order; dropping one would corrupt it.
+        let (ntx, nrx) = mpsc::unbounded_channel();
         let (w, p, name) = (writer.clone(), pending.clone(), peer.to_string());
         let pending_on_exit = pending.clone();
         let reader = tokio::spawn(async move {
@@ -132,7 +133,7 @@ impl Client {
         rd: &mut R,
         w: &Writer,
         p: &Pending,
-        ntx: &mpsc::Sender<(String, Value)>,
+        ntx: &mpsc::UnboundedSender<(String, Value)>,
         name: &str,
     ) {
         {
@@ -173,7 +174,7 @@ impl Client {
                             }
                         }
                         Some(RpcMessage::Notification { method, params }) => {
-                            let _ = ntx.try_send((method, params));
+                            let _ = ntx.send((method, params));
                         }
                         other => tracing::debug!(peer = %name, message = ?other, "ignored"),
                     }
@@ -183,7 +184,7 @@ impl Client {
     }
 
     /// Update notifications (`update`, `update2`, ...), for one taker.
-    pub fn notifications(&self) -> Option<mpsc::Receiver<(String, Value)>> {
+    pub fn notifications(&self) -> Option<mpsc::UnboundedReceiver<(String, Value)>> {
         self.notifications
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -285,5 +286,68 @@ impl Client {
 
     pub async fn echo(&self) -> Result<(), OvsdbError> {
         self.call("echo", json!(["meshwire"])).await.map(|_| ())
+    }
+
+    /// `monitor_cond_since` (OVS extension): starts a monitor that reports `update3`
+    /// notifications; with `last_txn_id` known, the server may send only what changed since.
+    /// Returns `(found, last_txn_id, table-updates2)`; `found == false` means the contents are
+    /// complete and replace whatever the caller had.
+    pub async fn monitor_cond_since(
+        &self,
+        db: &str,
+        monitor_id: &str,
+        requests: Value,
+        last_txn_id: &str,
+    ) -> Result<(bool, String, Value), OvsdbError> {
+        let r = self
+            .call(
+                "monitor_cond_since",
+                json!([db, monitor_id, requests, last_txn_id]),
+            )
+            .await?;
+        let found = r.get(0).and_then(|f| f.as_bool()).unwrap_or(false);
+        let txn = r
+            .get(1)
+            .and_then(|t| t.as_str())
+            .unwrap_or(super::replica::ZERO_TXN)
+            .to_string();
+        Ok((found, txn, r.get(2).cloned().unwrap_or(Value::Null)))
+    }
+
+    /// Asks for lock `id`; `Ok(true)` if this session holds it now, `Ok(false)` if it is queued
+    /// behind another holder (a `locked` notification follows when it gets it).
+    pub async fn lock(&self, id: &str) -> Result<bool, OvsdbError> {
+        if let Some(e) = self.bad_lock_id("lock", id) {
+            return Err(e);
+        }
+        let r = self.call("lock", json!([id])).await?;
+        Ok(r.get("locked").and_then(|l| l.as_bool()).unwrap_or(false))
+    }
+
+    /// Takes lock `id` from whoever holds it (they get a `stolen` notification).
+    pub async fn steal(&self, id: &str) -> Result<bool, OvsdbError> {
+        if let Some(e) = self.bad_lock_id("steal", id) {
+            return Err(e);
+        }
+        let r = self.call("steal", json!([id])).await?;
+        Ok(r.get("locked").and_then(|l| l.as_bool()).unwrap_or(false))
+    }
+
+    /// Lock names are OVSDB ids: a letter or `_`, then letters, digits or `_`.
+    fn bad_lock_id(&self, method: &str, id: &str) -> Option<OvsdbError> {
+        let mut chars = id.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        (!ok).then(|| OvsdbError::Rpc {
+            peer: self.peer.clone(),
+            method: method.to_string(),
+            error: format!("lock name {id:?} is not an OVSDB id (letters, digits, '_'; not starting with a digit)"),
+        })
+    }
+
+    pub async fn unlock(&self, id: &str) -> Result<(), OvsdbError> {
+        self.call("unlock", json!([id])).await.map(|_| ())
     }
 }

@@ -9,13 +9,20 @@
 //! - [`client`]: a thin tokio task owning the socket: id-matched calls, echo answered, update
 //!   notifications forwarded, transaction errors naming the operation that failed.
 //!
-//! Not yet here (OVS issue): monitor_cond_since with update2/3 into a local replica, locks,
-//! reconnect with backoff, typed rows.
+//!   Also `monitor_cond_since`, and `lock`/`steal`/`unlock`.
+//! - [`replica`]: sans-IO. A local copy of monitored tables fed by `update`, `update2` and
+//!   `update3` (differences applied per column kind from the schema), property-tested.
+//! - [`rows`]: typed rows of Open_vSwitch, Bridge, Port, Interface and Controller.
+//! - [`session`]: a long-lived session that reconnects with jittered exponential backoff,
+//!   resumes its monitor from the last transaction id, and probes the server with echoes.
 
 pub mod client;
 pub mod framing;
 pub mod ops;
+pub mod replica;
+pub mod rows;
 pub mod rpc;
+pub mod session;
 
 pub use client::{Client, OvsdbError};
 

@@ -135,6 +135,37 @@ impl Ovs {
     }
 }
 
+impl Ovs {
+    /// Kills ovsdb-server (SIGKILL) and starts it again on the same database and socket.
+    pub fn restart_db(&mut self) {
+        let mut db = self.daemons.remove(0);
+        let _ = db.kill();
+        let _ = db.wait();
+        let d = self.dir.path().display().to_string();
+        let _ = std::fs::remove_file(self.path("db.sock"));
+        let child = Command::new("ovsdb-server")
+            .args([
+                format!("{d}/conf.db"),
+                format!("--remote=punix:{d}/db.sock"),
+                format!("--log-file={d}/ovsdb-server.log"),
+            ])
+            .env("OVS_RUNDIR", &d)
+            .env("OVS_LOGDIR", &d)
+            .env("OVS_DBDIR", &d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.daemons.insert(0, child);
+        for _ in 0..100 {
+            if self.path("db.sock").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Ovs {
     fn drop(&mut self) {
         let d = self.dir.path().display().to_string();
