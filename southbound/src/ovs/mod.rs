@@ -43,6 +43,7 @@ use crate::openflow::{
     OxmField, ANY, NO_BUFFER,
 };
 use crate::ovsdb::ops::{self, cond, Op, OWNER_KEY};
+use crate::ovsdb::session::{Session, SessionConfig};
 use crate::ovsdb::Client;
 use plan::{Act, FlowTemplate, PortRef, TunnelPort, Uplinks, BRIDGE};
 
@@ -280,12 +281,18 @@ struct NodeInfo {
     uplink_nets: Vec<(String, Vec<ipnet::Ipv4Net>)>,
 }
 
-/// The OVSDB connection of one node, with its reconnect state.
-#[derive(Default)]
-struct DbConn {
-    client: Option<Arc<Client>>,
-    failures: u32,
-    retry_at: Option<Instant>,
+/// Interface name → OpenFlow port number.
+type PortNumbers = HashMap<String, u32>;
+/// Port name → the connection it belongs to.
+type PortOwners = HashMap<String, String>;
+
+/// The tables a node's OVSDB session keeps in its replica.
+fn monitored() -> Value {
+    let mut m = serde_json::Map::new();
+    for t in ["Open_vSwitch", "Bridge", "Port", "Interface", "Controller"] {
+        m.insert(t.to_string(), json!([{}]));
+    }
+    Value::Object(m)
 }
 
 /// Desired connections as the driver last learnt them (apply, remove, observe), with sequence
@@ -303,7 +310,8 @@ struct Inner {
     target: String,
     switch_timeout: Duration,
     topology: Mutex<Topology>,
-    dbs: tokio::sync::Mutex<HashMap<String, DbConn>>,
+    /// Per node: its OVSDB session (reconnecting, with a replica) and the connect count last seen.
+    sessions: Mutex<HashMap<String, (Arc<Session>, u64)>>,
     switches: Mutex<HashMap<u64, Switch>>,
     switch_up: tokio::sync::Notify,
     desired: Mutex<Desired>,
@@ -381,7 +389,7 @@ impl OvsDriver {
                 .unwrap_or_else(|| format!("tcp:{listen}")),
             switch_timeout: config.switch_timeout,
             topology: Mutex::default(),
-            dbs: Default::default(),
+            sessions: Mutex::default(),
             switches: Mutex::default(),
             switch_up: Default::default(),
             desired: Mutex::default(),
@@ -540,46 +548,58 @@ impl OvsDriver {
         })
     }
 
-    /// The node's OVSDB client, connecting (with jittered exponential backoff) when needed.
-    async fn db(&self, node: &str) -> Result<Arc<Client>, DriverError> {
+    /// The node's OVSDB session, started on first use (it reconnects by itself, with jittered
+    /// exponential backoff, and keeps a replica of the node's tables).
+    fn session(&self, node: &str) -> Result<Arc<Session>, DriverError> {
         let remote = self.node_info(node)?.ovsdb;
-        let mut dbs = self.inner.dbs.lock().await;
-        let conn = dbs.entry(node.to_string()).or_default();
-        if let Some(c) = &conn.client {
-            if !c.is_closed() {
-                return Ok(c.clone());
-            }
-            tracing::warn!(%node, %remote, "OVSDB connection lost; reconnecting");
-            conn.client = None;
-            lock(&self.inner.bootstrapped).remove(node);
-        }
-        if let Some(at) = conn.retry_at {
-            let now = Instant::now();
-            if now < at {
-                return Err(self.err(
-                    format!("node {node} ovsdb {remote}"),
-                    format!(
-                        "unreachable after {} attempt(s); next attempt in {} ms",
-                        conn.failures,
-                        (at - now).as_millis()
-                    ),
-                ));
+        let mut all = lock(&self.inner.sessions);
+        if let Some((s, _)) = all.get(node) {
+            if s.remote() == remote {
+                return Ok(s.clone());
             }
         }
-        match Client::connect(&remote).await {
-            Ok(c) => {
-                let c = Arc::new(c);
-                conn.client = Some(c.clone());
-                conn.failures = 0;
-                conn.retry_at = None;
-                Ok(c)
-            }
-            Err(e) => {
-                conn.failures += 1;
-                conn.retry_at = Some(Instant::now() + backoff(conn.failures, plan::fnv1a(node)));
-                Err(self.err(format!("node {node}"), e))
+        let s = Arc::new(Session::start(
+            &remote,
+            SessionConfig {
+                db: DB.into(),
+                monitor: monitored(),
+                probe: Duration::from_secs(5),
+            },
+        ));
+        all.insert(node.to_string(), (s.clone(), 0));
+        Ok(s)
+    }
+
+    /// The node's connected OVSDB client. A session that reconnected since last time may face a
+    /// database that changed behind our back: the node is bootstrapped again.
+    async fn db(&self, node: &str) -> Result<Arc<Client>, DriverError> {
+        let s = self.session(node)?;
+        let mut client = s.client().await;
+        if client.is_none() {
+            s.wait_synced(s.counters().0 + 1, Duration::from_secs(3)).await;
+            client = s.client().await;
+        }
+        let Some(c) = client else {
+            return Err(self.err(
+                format!("node {node} ovsdb {}", s.remote()),
+                format!(
+                    "not connected ({} connect(s) so far; the session retries with backoff)",
+                    s.counters().0
+                ),
+            ));
+        };
+        let connects = s.counters().0;
+        let mut all = lock(&self.inner.sessions);
+        if let Some(entry) = all.get_mut(node) {
+            if entry.1 != connects {
+                if entry.1 != 0 {
+                    tracing::warn!(%node, remote = %s.remote(), "OVSDB session reconnected; bootstrapping the node again");
+                }
+                entry.1 = connects;
+                lock(&self.inner.bootstrapped).remove(node);
             }
         }
+        Ok(c)
     }
 
     async fn transact(
@@ -637,8 +657,7 @@ impl OvsDriver {
             ));
         }
         let sw = self.wait_switch(node, dpid).await?;
-        let flows = self
-            .resolve_all(node, &db, &plan::infra_flows(node, &info.uplink_nets))
+        let flows = self.resolve_all(node, &plan::infra_flows(node, &info.uplink_nets))
             .await?;
         self.sync_flows(
             node,
@@ -977,52 +996,24 @@ impl OvsDriver {
     }
 
     /// Interface name → OpenFlow port number (only those vswitchd has numbered), and our
-    /// connection ports (name → connection id).
-    async fn read_ports(
+    /// connection ports (name → connection id), from the session's replica.
+    fn read_ports(
         &self,
         node: &str,
-        db: &Client,
-    ) -> Result<(HashMap<String, u32>, HashMap<String, String>), DriverError> {
-        let r = self
-            .transact(
-                node,
-                db,
-                &[Op::Select {
-                    table: "Interface".into(),
-                    conditions: vec![],
-                    columns: Some(vec!["name".into(), "ofport".into(), "external_ids".into()]),
-                }],
-            )
-            .await?;
+    ) -> Result<(PortNumbers, PortOwners), DriverError> {
+        let s = self.session(node)?;
+        let ifaces = s
+            .replica()
+            .interfaces()
+            .map_err(|e| self.err(format!("node {node}"), e))?;
         let mut numbers = HashMap::new();
         let mut conns = HashMap::new();
-        for row in r
-            .first()
-            .and_then(|v| v.get("rows"))
-            .and_then(|v| v.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let Some(name) = row.get("name").and_then(|n| n.as_str()) else {
-                continue;
-            };
-            if let Some(n) = row.get("ofport").and_then(|p| p.as_i64()) {
-                if n > 0 {
-                    numbers.insert(name.to_string(), n as u32);
-                }
+        for i in ifaces {
+            if let Some(n) = i.ofport.filter(|n| *n > 0) {
+                numbers.insert(i.name.clone(), n as u32);
             }
-            if let Some(pairs) = row
-                .get("external_ids")
-                .and_then(|m| m.get(1))
-                .and_then(|m| m.as_array())
-            {
-                for p in pairs {
-                    if p.get(0).and_then(|k| k.as_str()) == Some(CONNECTION_KEY) {
-                        if let Some(id) = p.get(1).and_then(|v| v.as_str()) {
-                            conns.insert(name.to_string(), id.to_string());
-                        }
-                    }
-                }
+            if let Some(id) = i.external_ids.get(CONNECTION_KEY) {
+                conns.insert(i.name.clone(), id.clone());
             }
         }
         Ok((numbers, conns))
@@ -1032,12 +1023,11 @@ impl OvsDriver {
     async fn resolve_all(
         &self,
         node: &str,
-        db: &Client,
         templates: &[FlowTemplate],
     ) -> Result<Vec<FlowSpec>, DriverError> {
         let mut last = String::new();
         for _ in 0..100 {
-            let (numbers, _) = self.read_ports(node, db).await?;
+            let (numbers, _) = self.read_ports(node)?;
             match templates
                 .iter()
                 .map(|t| resolve(t, &numbers))
@@ -1105,11 +1095,11 @@ impl OvsDriver {
     /// applied as one bundle. Connections whose ports are not ready keep whatever they have.
     pub async fn resync_node(&self, node: &str) -> Result<SyncStats, DriverError> {
         let sw = self.ensure_node(node).await?;
-        let db = self.db(node).await?;
+        self.db(node).await?;
         let l = self.node_lock(node);
         let _g = l.lock().await;
         let info = self.node_info(node)?;
-        let (numbers, _) = self.read_ports(node, &db).await?;
+        let (numbers, _) = self.read_ports(node)?;
         let mut desired: Vec<FlowSpec> = Vec::new();
         for t in plan::infra_flows(node, &info.uplink_nets) {
             desired.push(resolve(&t, &numbers).map_err(|e| self.err(format!("node {node}"), e))?);
@@ -1214,10 +1204,10 @@ impl OvsDriver {
                 continue;
             }
             let sw = self.ensure_node(&node).await?;
-            let db = self.db(&node).await?;
+            self.db(&node).await?;
             let l = self.node_lock(&node);
             let _g = l.lock().await;
-            let flows = self.resolve_all(&node, &db, &templates).await?;
+            let flows = self.resolve_all(&node, &templates).await?;
             self.sync_flows(&node, &sw, flows, &|k| k == cookie, cookie, u64::MAX)
                 .await?;
         }
@@ -1235,7 +1225,7 @@ impl OvsDriver {
         }
         let db = self.db(node).await?;
         let netns = self.node_info(node)?.netns;
-        let (_, conns) = self.read_ports(node, &db).await?;
+        let (_, conns) = self.read_ports(node)?;
         let desired: HashSet<String> = lock(&self.inner.desired).conns.keys().cloned().collect();
         let orphans: Vec<(String, String)> = conns
             .into_iter()
@@ -1411,7 +1401,7 @@ impl Driver for OvsDriver {
             self.ensure_ports(&node, &db, &want, &recreate).await?;
             let templates: Vec<FlowTemplate> =
                 p.flows.iter().filter(|f| f.node == node).cloned().collect();
-            let flows = self.resolve_all(&node, &db, &templates).await?;
+            let flows = self.resolve_all(&node, &templates).await?;
             let cookie = p.cookie;
             self.sync_flows(&node, &sw, flows, &|k| k == cookie, cookie, u64::MAX)
                 .await?;
@@ -1509,8 +1499,8 @@ impl Driver for OvsDriver {
         for n in &involved {
             let r = async {
                 self.ensure_node(n).await?;
-                let db = self.db(n).await?;
-                self.read_ports(n, &db).await
+                self.db(n).await?;
+                self.read_ports(n)
             }
             .await;
             match r {
