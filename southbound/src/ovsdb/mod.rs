@@ -31,11 +31,18 @@ pub use client::{Client, OvsdbError};
 /// that reads back the same.
 pub fn check_decode(data: &[u8]) {
     let mut f = framing::Framer::new();
+    // Hostile update notifications must leave a replica with an error at worst.
+    let mut replica = replica::Replica::new();
     for chunk in data.chunks(7) {
         f.push(chunk);
         while let Some(v) = f.next_value() {
             if let Ok(v) = v {
                 if let Some(m) = rpc::RpcMessage::from_value(v) {
+                    if let rpc::RpcMessage::Notification { method, params } = &m {
+                        let _ = replica.apply_notification(method, params);
+                        let _ = replica.bridges();
+                        let _ = replica.interfaces();
+                    }
                     let again: serde_json::Value =
                         serde_json::from_slice(&m.encode()).expect("encoded messages are JSON");
                     assert_eq!(rpc::RpcMessage::from_value(again).as_ref(), Some(&m));
