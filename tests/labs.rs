@@ -610,6 +610,35 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
 
+    // Another tool's flow and port on the same bridge: Meshwire must never touch them.
+    let mgmt = "unix:/run/meshwire/labs/ovs-two-node/ovs/n1/br-int.mgmt";
+    assert!(Command::new("ovs-ofctl")
+        .args([
+            "-O",
+            "OpenFlow13",
+            "add-flow",
+            mgmt,
+            "cookie=0x1234,priority=5,in_port=99,actions=drop"
+        ])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ovs-vsctl")
+        .args([
+            "--db=unix:/run/meshwire/labs/ovs-two-node/ovs/n1/db.sock",
+            "add-port",
+            "br-int",
+            "other0",
+            "--",
+            "set",
+            "interface",
+            "other0",
+            "type=internal"
+        ])
+        .status()
+        .unwrap()
+        .success());
+
     // 1. The controller crashes and comes back: no flow is deleted or re-added.
     let before = ovs_flows(&lab, "n1");
     let t = Instant::now();
@@ -636,6 +665,10 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
     assert!(
         after.iter().zip(&before).any(|(a, b)| a.2 > b.2),
         "traffic kept flowing through the same flows"
+    );
+    assert!(
+        after.iter().any(|f| f.0 == "0x1234"),
+        "the foreign flow survives: {after:?}"
     );
 
     // 2. ovs-vswitchd of n1 is killed and started again: it comes back with no flows and the
@@ -681,6 +714,18 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
         }
     }
     let back = back.expect("connectivity returns after ovs-vswitchd restarts");
+    let ports = Command::new("ovs-vsctl")
+        .args([
+            "--db=unix:/run/meshwire/labs/ovs-two-node/ovs/n1/db.sock",
+            "list-ports",
+            "br-int",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ports.stdout).contains("other0"),
+        "the foreign port survives every resync"
+    );
     eprintln!(
         "ovs-vswitchd restart: connectivity back {:.0} ms after it was started again",
         back.as_secs_f64() * 1000.0

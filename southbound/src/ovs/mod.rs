@@ -52,6 +52,8 @@ pub const CONNECTION_KEY: &str = "meshwire-connection";
 const DB: &str = "Open_vSwitch";
 /// OFPP_LOCAL.
 const PORT_LOCAL: u32 = 0xffff_fffe;
+/// OFPCR_ROLE_MASTER.
+const ROLE_MASTER: u32 = 2;
 
 /// Where switches reach the controller.
 #[derive(Debug, Clone)]
@@ -447,7 +449,26 @@ impl OvsDriver {
                 };
                 tracing::info!(%node, dpid = format!("{dpid:#x}"), "switch connected; resyncing");
                 let d = self.clone();
+                let sw = lock(&self.inner.switches).get(&dpid).cloned();
                 tokio::spawn(async move {
+                    // Claim the master role; a newer generation (time based) wins over a
+                    // controller instance that came before this one.
+                    if let Some(sw) = sw {
+                        let generation_id = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|t| t.as_millis() as u64)
+                            .unwrap_or(0);
+                        match sw
+                            .request(Message::RoleRequest(crate::openflow::Role {
+                                role: ROLE_MASTER,
+                                generation_id,
+                            }))
+                            .await
+                        {
+                            Ok(_) => tracing::debug!(%node, generation_id, "master role"),
+                            Err(e) => tracing::warn!(%node, error = %e, "role request refused"),
+                        }
+                    }
                     // Jitter: a hundred switches coming back at once are not resynced in lockstep.
                     tokio::time::sleep(backoff(0, dpid) / 2).await;
                     if let Err(e) = d.resync_node(&node).await {
@@ -576,7 +597,8 @@ impl OvsDriver {
         let s = self.session(node)?;
         let mut client = s.client().await;
         if client.is_none() {
-            s.wait_synced(s.counters().0 + 1, Duration::from_secs(3)).await;
+            s.wait_synced(s.counters().0 + 1, Duration::from_secs(3))
+                .await;
             client = s.client().await;
         }
         let Some(c) = client else {
@@ -657,7 +679,8 @@ impl OvsDriver {
             ));
         }
         let sw = self.wait_switch(node, dpid).await?;
-        let flows = self.resolve_all(node, &plan::infra_flows(node, &info.uplink_nets))
+        let flows = self
+            .resolve_all(node, &plan::infra_flows(node, &info.uplink_nets))
             .await?;
         self.sync_flows(
             node,
@@ -997,10 +1020,7 @@ impl OvsDriver {
 
     /// Interface name → OpenFlow port number (only those vswitchd has numbered), and our
     /// connection ports (name → connection id), from the session's replica.
-    fn read_ports(
-        &self,
-        node: &str,
-    ) -> Result<(PortNumbers, PortOwners), DriverError> {
+    fn read_ports(&self, node: &str) -> Result<(PortNumbers, PortOwners), DriverError> {
         let s = self.session(node)?;
         let ifaces = s
             .replica()
