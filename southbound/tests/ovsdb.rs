@@ -247,3 +247,130 @@ async fn dev_real_ovsdb_lock_steal_unlock_and_assert() {
     assert!(a.lock("meshwire_controller").await.unwrap());
     a.transact(DB, &assert_lock).await.unwrap();
 }
+
+/// Input: our client over TCP to a real ovsdb-server, with the operations the resync and
+/// bootstrap paths do not use. Output: update, wait (both ways), commit, abort and delete behave
+/// as RFC 7047 says, and each failure names its operation.
+#[tokio::test]
+async fn dev_real_ovsdb_update_wait_commit_abort_delete_over_tcp() {
+    let Some(ovs) = Ovs::start(None) else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ctl = std::fs::read_dir(ovs.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.to_string_lossy().contains("ovsdb-server.")
+                && p.extension().is_some_and(|x| x == "ctl")
+        })
+        .expect("ovsdb-server control socket");
+    let out = std::process::Command::new("ovs-appctl")
+        .args([
+            "-t",
+            ctl.to_str().unwrap(),
+            "ovsdb-server/add-remote",
+            &format!("ptcp:{port}:127.0.0.1"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = None;
+    for _ in 0..100 {
+        if let Ok(x) = Client::connect(&format!("tcp:127.0.0.1:{port}")).await {
+            c = Some(x);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = c.expect("TCP remote up");
+    c.transact(DB, &add_our_bridge("mw-a")).await.unwrap();
+    let name_is = vec![ops::cond("name", "==", json!("mw-a"))];
+    // update
+    let r = c
+        .transact(
+            DB,
+            &[
+                Op::Update {
+                    table: "Bridge".into(),
+                    conditions: name_is.clone(),
+                    row: json!({"external_ids": ops::map(&[("meshwire-owner", "meshwire"), ("x", "1")])}),
+                },
+                Op::Commit { durable: false },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[0]["count"], 1);
+    assert!(ovs
+        .vsctl("get Bridge mw-a external_ids")
+        .contains("x=\"1\""));
+    // wait: holds now, and fails at once when asked for what is not so
+    let wait = |equal: bool| Op::Wait {
+        table: "Bridge".into(),
+        conditions: name_is.clone(),
+        columns: vec!["name".into()],
+        until_equal: equal,
+        rows: vec![json!({"name": "mw-a"})],
+        timeout_ms: Some(0),
+    };
+    c.transact(DB, &[wait(true)]).await.unwrap();
+    match c.transact(DB, &[wait(false)]).await {
+        Err(OvsdbError::Transaction { op, error, .. }) => {
+            assert_eq!(
+                (op.as_str(), error.as_str()),
+                ("wait on Bridge", "timed out")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // abort: the whole transaction is rolled back
+    let mut aborted = add_our_bridge("mw-b");
+    aborted.push(Op::Abort);
+    match c.transact(DB, &aborted).await {
+        Err(OvsdbError::Transaction { op, error, .. }) => {
+            assert_eq!((op.as_str(), error.as_str()), ("abort", "aborted"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!ovs.vsctl("list-br").contains("mw-b"));
+    // delete: detach and delete in one transaction
+    let sel = c
+        .transact(
+            DB,
+            &[Op::Select {
+                table: "Bridge".into(),
+                conditions: name_is.clone(),
+                columns: Some(vec!["_uuid".into()]),
+            }],
+        )
+        .await
+        .unwrap();
+    let uuid = sel[0]["rows"][0]["_uuid"].clone();
+    let r = c
+        .transact(
+            DB,
+            &[
+                Op::Mutate {
+                    table: "Open_vSwitch".into(),
+                    conditions: vec![],
+                    mutations: vec![ops::mutation("bridges", "delete", ops::set(vec![uuid]))],
+                },
+                Op::Delete {
+                    table: "Bridge".into(),
+                    conditions: name_is,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[1]["count"], 1);
+    assert!(!ovs.vsctl("list-br").contains("mw-a"));
+}
