@@ -8,6 +8,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v ovs-vswitchd >/dev/null 2>&1 || need+=(openvswitch-switch)
+[ -x /usr/sbin/netconfd ] || need+=(netconfd)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

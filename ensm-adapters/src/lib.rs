@@ -1,6 +1,12 @@
 //! eNSM adapters: physical appliances (firewalls, routers, radios) exposed as network service
 //! endpoints. An adapter registers the device's endpoints, takes part in negotiation and
-//! configures the device (NETCONF) for the negotiated tunnel. Not yet implemented; the
-//! controller already models devices (`meshwire.io/v1` `Device`) and endpoints located on them.
+//! configures the device for the negotiated tunnel.
+//!
+//! - [`netconf`]: our NETCONF client (framing and XML sans-IO, a session over SSH), tested
+//!   against a real netconfd behind sshd.
+//!
+//! Device profiles, SNMP monitoring and the adapters themselves come next (issue 5).
+
+pub mod netconf;
 
 pub use meshwire_models::Device;
