@@ -94,9 +94,18 @@ pub enum SwitchEvent {
     },
     Disconnected {
         dpid: u64,
+        /// Which connection ended: a switch that reconnected has a newer one.
+        conn_id: u64,
         reason: String,
     },
 }
+
+/// How long a request waits for its reply (or a batch for its barrier).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle channel sends an echo request after this long, and is closed after three times it.
+pub const ECHO_INTERVAL: Duration = Duration::from_secs(5);
+
+static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where a request's reply (all parts of a multipart) or error goes.
 type ReplyTx = oneshot::Sender<Result<Vec<Message>, ChannelError>>;
@@ -128,6 +137,8 @@ struct BatchWait {
 pub struct Switch {
     pub datapath_id: u64,
     pub features: Features,
+    /// Unique per connection (a reconnecting switch gets a new one).
+    pub conn_id: u64,
     tx: mpsc::Sender<Cmd>,
     bundles: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
@@ -166,7 +177,17 @@ impl Switch {
             })
             .await
             .map_err(|_| self.closed())?;
-        rrx.await.map_err(|_| self.closed())?
+        tokio::time::timeout(REQUEST_TIMEOUT, rrx)
+            .await
+            .map_err(|_| self.timeout())?
+            .map_err(|_| self.closed())?
+    }
+
+    fn timeout(&self) -> ChannelError {
+        ChannelError::Handshake {
+            peer: format!("{:#x}", self.datapath_id),
+            reason: format!("no reply within {} s", REQUEST_TIMEOUT.as_secs()),
+        }
     }
 
     /// Waits until the switch has processed everything sent before.
@@ -182,7 +203,10 @@ impl Switch {
             .send(Cmd::Batch { bodies, done })
             .await
             .map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
+        tokio::time::timeout(REQUEST_TIMEOUT, rx)
+            .await
+            .map_err(|_| self.timeout())?
+            .map_err(|_| self.closed())?
     }
 
     /// Applies `bodies` atomically in one ONF bundle (ordered): either all take effect at commit or
@@ -345,11 +369,13 @@ async fn run_switch(
         }
     };
     let dpid = features.datapath_id;
+    let conn_id = CONN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Cmd>(1024);
     let _ = events
         .send(SwitchEvent::Connected(Switch {
             datapath_id: dpid,
             features,
+            conn_id,
             tx,
             bundles: Default::default(),
         }))
@@ -357,6 +383,9 @@ async fn run_switch(
     tracing::info!(%peer, dpid = format!("{dpid:#x}"), "switch connected");
 
     let mut next_xid: u32 = 2;
+    let mut last_rx = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(ECHO_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting: HashMap<u32, (ReplyTx, Vec<Message>)> = HashMap::new();
     let mut sent: HashMap<u32, Message> = HashMap::new();
     let mut batches: HashMap<u32, BatchWait> = HashMap::new();
@@ -366,12 +395,16 @@ async fn run_switch(
                 let (body, reply, xid) = match cmd {
                     None => break "controller dropped the switch".to_string(),
                     Some(Cmd::Send { body, reply, xid }) => (body, reply, xid),
-                    Some(Cmd::Batch { bodies, done }) => {
-                        let first_xid = next_xid.wrapping_add(1).max(2);
+                                        Some(Cmd::Batch { bodies, done }) => {
+                        // The batch's xids must be contiguous: never wrap inside one.
+                        if (next_xid as u64) + bodies.len() as u64 + 4 > u32::MAX as u64 {
+                            next_xid = 2;
+                        }
+                        let first_xid = next_xid + 1;
                         let mut bytes = Vec::with_capacity(bodies.len() * 96 + 8);
                         let mut bad = None;
-                        for b in &bodies {
-                            next_xid = next_xid.wrapping_add(1).max(2);
+                                                for b in &bodies {
+                            next_xid += 1;
                             if let Err(e) = super::encode_into(next_xid, b, &mut bytes) { bad = Some(e.to_string()); break; }
                         }
                         if let Some(e) = bad {
@@ -407,8 +440,18 @@ async fn run_switch(
                     }
                 }
             }
+                        _ = ticker.tick() => {
+                let idle = last_rx.elapsed();
+                if idle > ECHO_INTERVAL * 3 {
+                    break format!("nothing from the switch for {} s", idle.as_secs());
+                }
+                if idle >= ECHO_INTERVAL {
+                    if let Err(e) = c.write(&OfpMessage::new(1, Message::EchoRequest(b"meshwire".to_vec()))).await { break e; }
+                }
+            }
             msg = c.read() => {
                 let m = match msg { Ok(m) => m, Err(e) => break e };
+                last_rx = tokio::time::Instant::now();
                 match m.body {
                     Message::EchoRequest(d) => {
                         if let Err(e) = c.write(&OfpMessage::new(m.xid, Message::EchoReply(d))).await { break e; }
@@ -437,7 +480,7 @@ async fn run_switch(
                     Message::PortStatus { reason, port } => { let _ = events.send(SwitchEvent::PortStatus { dpid, reason, port }).await; }
                     Message::PacketIn(packet) => { let _ = events.send(SwitchEvent::PacketIn { dpid, packet }).await; }
                     body => {
-                        let more = matches!(&body, Message::MultipartReply(MultipartReply::Flow { flags, .. } | MultipartReply::PortDesc { flags, .. } | MultipartReply::Other { flags, .. }) if flags & 1 == 1);
+                        let more = matches!(&body, Message::MultipartReply(MultipartReply::Flow { flags, .. } | MultipartReply::PortDesc { flags, .. } | MultipartReply::PortStats { flags, .. } | MultipartReply::Other { flags, .. }) if flags & 1 == 1);
                         if let Some((_, parts)) = waiting.get_mut(&m.xid) {
                             parts.push(body);
                             if !more {
@@ -454,7 +497,11 @@ async fn run_switch(
     }
     tracing::warn!(%peer, dpid = format!("{dpid:#x}"), %reason, "switch channel closed");
     let _ = events
-        .send(SwitchEvent::Disconnected { dpid, reason })
+        .send(SwitchEvent::Disconnected {
+            dpid,
+            conn_id,
+            reason,
+        })
         .await;
     Ok(())
 }

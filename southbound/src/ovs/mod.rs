@@ -305,6 +305,9 @@ struct Desired {
     seq: u64,
     conns: HashMap<String, (Connection, u64)>,
     removed: HashMap<String, u64>,
+    /// `seq` when the previous `observe` took its set: anything applied later may be missing
+    /// from the controller's (earlier) snapshot and is kept.
+    observed_seq: u64,
 }
 
 struct Inner {
@@ -476,8 +479,17 @@ impl OvsDriver {
                     }
                 });
             }
-            SwitchEvent::Disconnected { dpid, reason } => {
-                lock(&self.inner.switches).remove(&dpid);
+            SwitchEvent::Disconnected {
+                dpid,
+                conn_id,
+                reason,
+            } => {
+                // A late event of an older connection must not drop the switch's new one.
+                let mut switches = lock(&self.inner.switches);
+                if switches.get(&dpid).is_some_and(|s| s.conn_id == conn_id) {
+                    switches.remove(&dpid);
+                }
+                drop(switches);
                 tracing::warn!(dpid = format!("{dpid:#x}"), %reason, "switch disconnected");
             }
             SwitchEvent::Error {
@@ -639,6 +651,13 @@ impl OvsDriver {
     /// our controller and datapath id), its uplinks with the underlay address moved onto the
     /// bridge, the switch connected, and the node's own flows. Cheap once done.
     pub async fn ensure_node(&self, node: &str) -> Result<Switch, DriverError> {
+        self.ensure_node_within(node, self.inner.switch_timeout)
+            .await
+    }
+
+    /// [`OvsDriver::ensure_node`], waiting at most `wait` for the switch to connect (the
+    /// reconcile loop does not wait: a node whose switch is away is reported, not waited for).
+    async fn ensure_node_within(&self, node: &str, wait: Duration) -> Result<Switch, DriverError> {
         let db = self.db(node).await?;
         let dpid = plan::datapath_id(node);
         if lock(&self.inner.bootstrapped).contains(node) {
@@ -678,7 +697,7 @@ impl OvsDriver {
                 ),
             ));
         }
-        let sw = self.wait_switch(node, dpid).await?;
+        let sw = self.wait_switch(node, dpid, wait).await?;
         let flows = self
             .resolve_all(node, &plan::infra_flows(node, &info.uplink_nets))
             .await?;
@@ -695,8 +714,13 @@ impl OvsDriver {
         Ok(sw)
     }
 
-    async fn wait_switch(&self, node: &str, dpid: u64) -> Result<Switch, DriverError> {
-        let deadline = Instant::now() + self.inner.switch_timeout;
+    async fn wait_switch(
+        &self,
+        node: &str,
+        dpid: u64,
+        wait: Duration,
+    ) -> Result<Switch, DriverError> {
+        let deadline = Instant::now() + wait;
         loop {
             let notified = self.inner.switch_up.notified();
             if let Some(sw) = lock(&self.inner.switches).get(&dpid).cloned() {
@@ -707,9 +731,9 @@ impl OvsDriver {
                 return Err(self.err(
                     format!("node {node} switch {dpid:#x}"),
                     format!(
-                        "did not connect to {} within {} s (is ovs-vswitchd running, and can it reach the controller?)",
+                        "not connected to {} (waited {} ms; is ovs-vswitchd running, and can it reach the controller?)",
                         self.inner.target,
-                        self.inner.switch_timeout.as_secs()
+                        wait.as_millis()
                     ),
                 ));
             }
@@ -766,10 +790,11 @@ impl OvsDriver {
         let root = rows(0);
         let bridge = rows(1).into_iter().next();
         let controllers = rows(2);
-        let ports: HashSet<String> = rows(3)
-            .iter()
-            .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_string))
-            .collect();
+        let ports: HashSet<String> = if bridge.is_some() {
+            self.bridge_port_names(node, db).await?
+        } else {
+            HashSet::new()
+        };
         let dpid = format!("{:016x}", plan::datapath_id(node));
         let mut txn = Vec::new();
         match &bridge {
@@ -913,25 +938,7 @@ impl OvsDriver {
         if !recreate.is_empty() {
             self.remove_ports(node, db, recreate).await?;
         }
-        let r = self
-            .transact(
-                node,
-                db,
-                &[Op::Select {
-                    table: "Port".into(),
-                    conditions: vec![],
-                    columns: Some(vec!["name".into()]),
-                }],
-            )
-            .await?;
-        let have: HashSet<String> = r
-            .first()
-            .and_then(|v| v.get("rows"))
-            .and_then(|v| v.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_string))
-            .collect();
+        let have = self.bridge_port_names(node, db).await?;
         let mut txn = Vec::new();
         for (i, (name, iface, conn)) in want.iter().enumerate() {
             if have.contains(name) {
@@ -1018,14 +1025,83 @@ impl OvsDriver {
         .map(|_| ())
     }
 
+    /// Names of the ports of `br-int` (a port of that name on another bridge does not count).
+    async fn bridge_port_names(
+        &self,
+        node: &str,
+        db: &Client,
+    ) -> Result<HashSet<String>, DriverError> {
+        let r = self
+            .transact(
+                node,
+                db,
+                &[
+                    Op::Select {
+                        table: "Bridge".into(),
+                        conditions: vec![cond("name", "==", json!(BRIDGE))],
+                        columns: Some(vec!["ports".into()]),
+                    },
+                    Op::Select {
+                        table: "Port".into(),
+                        conditions: vec![],
+                        columns: Some(vec!["_uuid".into(), "name".into()]),
+                    },
+                ],
+            )
+            .await?;
+        let ours: HashSet<String> = r
+            .first()
+            .and_then(|v| v.get("rows"))
+            .and_then(|v| v.as_array())
+            .and_then(|rows| rows.first())
+            .and_then(|b| b.get("ports"))
+            .map(crate::ovsdb::replica::set_elements)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|u| u.get(1).and_then(|u| u.as_str()).map(str::to_string))
+            .collect();
+        Ok(r.get(1)
+            .and_then(|v| v.get("rows"))
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p.get("_uuid")
+                    .and_then(|u| u.get(1))
+                    .and_then(|u| u.as_str())
+                    .is_some_and(|u| ours.contains(u))
+            })
+            .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_string))
+            .collect())
+    }
+
     /// Interface name → OpenFlow port number (only those vswitchd has numbered), and our
-    /// connection ports (name → connection id), from the session's replica.
+    /// connection ports (name → connection id), from the session's replica; interfaces of
+    /// `br-int` only (port numbers are per bridge).
     fn read_ports(&self, node: &str) -> Result<(PortNumbers, PortOwners), DriverError> {
         let s = self.session(node)?;
-        let ifaces = s
-            .replica()
+        let replica = s.replica();
+        let bad = |e: crate::ovsdb::rows::RowError| self.err(format!("node {node}"), e);
+        let ports: HashSet<String> = replica
+            .bridges()
+            .map_err(bad)?
+            .into_iter()
+            .filter(|b| b.name == BRIDGE)
+            .flat_map(|b| b.ports)
+            .collect();
+        let on_bridge: HashSet<String> = replica
+            .ports()
+            .map_err(bad)?
+            .into_iter()
+            .filter(|p| ports.contains(&p.uuid))
+            .flat_map(|p| p.interfaces)
+            .collect();
+        let ifaces: Vec<_> = replica
             .interfaces()
-            .map_err(|e| self.err(format!("node {node}"), e))?;
+            .map_err(bad)?
+            .into_iter()
+            .filter(|i| on_bridge.contains(&i.uuid))
+            .collect();
         let mut numbers = HashMap::new();
         let mut conns = HashMap::new();
         for i in ifaces {
@@ -1212,26 +1288,44 @@ impl OvsDriver {
             .map(|n| n.name.clone())
             .collect();
         let cookie = plan::domain_cookie(domain);
+        let mut first = None;
         for node in nodes {
-            let templates: Vec<FlowTemplate> = self
-                .domain_templates(&node)
-                .into_iter()
-                .filter(|(d, _)| d == domain)
-                .flat_map(|(_, f)| f)
-                .collect();
             let has_switch = lock(&self.inner.switches).contains_key(&plan::datapath_id(&node));
-            if templates.is_empty() && !has_switch {
+            let members_here = self
+                .domain_templates(&node)
+                .iter()
+                .any(|(d, f)| d == domain && !f.is_empty());
+            if !members_here && !has_switch {
                 continue;
             }
-            let sw = self.ensure_node(&node).await?;
-            self.db(&node).await?;
-            let l = self.node_lock(&node);
-            let _g = l.lock().await;
-            let flows = self.resolve_all(&node, &templates).await?;
-            self.sync_flows(&node, &sw, flows, &|k| k == cookie, cookie, u64::MAX)
-                .await?;
+            let r = async {
+                let sw = self.ensure_node(&node).await?;
+                self.db(&node).await?;
+                let l = self.node_lock(&node);
+                let _g = l.lock().await;
+                // Members as they are now, under the node's lock: a concurrent apply of another
+                // member syncs after us with a set that includes both.
+                let templates: Vec<FlowTemplate> = self
+                    .domain_templates(&node)
+                    .into_iter()
+                    .filter(|(d, _)| d == domain)
+                    .flat_map(|(_, f)| f)
+                    .collect();
+                let flows = self.resolve_all(&node, &templates).await?;
+                self.sync_flows(&node, &sw, flows, &|k| k == cookie, cookie, u64::MAX)
+                    .await
+            }
+            .await;
+            if let Err(e) = r {
+                // One node that is down must not fail the member being wired elsewhere; the
+                // reconcile loop brings that node in line when it is back.
+                tracing::warn!(%node, %domain, error = %e, "domain flows not synced on this node");
+                if members_here {
+                    first.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Removes our connection ports (and their veths) whose connection is not desired.
@@ -1244,6 +1338,8 @@ impl OvsDriver {
             return Ok(0);
         }
         let db = self.db(node).await?;
+        let l = self.node_lock(node);
+        let _g = l.lock().await;
         let netns = self.node_info(node)?.netns;
         let (_, conns) = self.read_ports(node)?;
         let desired: HashSet<String> = lock(&self.inner.desired).conns.keys().cloned().collect();
@@ -1474,11 +1570,11 @@ impl Driver for OvsDriver {
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
         {
             let mut d = lock(&self.inner.desired);
-            let start = d.seq;
+            let since = d.observed_seq;
             let recent: Vec<(String, (Connection, u64))> = d
                 .conns
                 .iter()
-                .filter(|(_, (_, s))| *s > start)
+                .filter(|(_, (_, s))| *s > since)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             let removed = d.removed.clone();
@@ -1489,6 +1585,7 @@ impl Driver for OvsDriver {
                 .collect();
             d.conns.extend(recent);
             d.removed.clear();
+            d.observed_seq = d.seq;
         }
         self.inner
             .desired_known
@@ -1518,7 +1615,8 @@ impl Driver for OvsDriver {
         let mut ports: HashMap<String, HashMap<String, u32>> = HashMap::new();
         for n in &involved {
             let r = async {
-                self.ensure_node(n).await?;
+                self.ensure_node_within(n, Duration::from_millis(200))
+                    .await?;
                 self.db(n).await?;
                 self.read_ports(n)
             }
@@ -1587,7 +1685,24 @@ impl Driver for OvsDriver {
             }
         }
         // Flows: one atomic diff per reachable node; then ports nobody wants.
-        for n in involved.iter().filter(|n| !nodes_down.contains_key(*n)) {
+        // Nodes no desired connection touches are resynced too (when their switch is here), so
+        // what a removal could not reach on them goes once they are back.
+        let idle: Vec<String> = {
+            let t = lock(&self.inner.topology);
+            let sw = lock(&self.inner.switches);
+            t.nodes
+                .values()
+                .filter(|n| n.forwarder == ForwarderKind::Ovs && n.ovsdb.is_some())
+                .filter(|n| !involved.contains(&n.name))
+                .filter(|n| sw.contains_key(&plan::datapath_id(&n.name)))
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        for n in involved
+            .iter()
+            .filter(|n| !nodes_down.contains_key(*n))
+            .chain(idle.iter())
+        {
             if let Err(e) = self.resync_node(n).await {
                 tracing::warn!(node = %n, error = %e, "resync failed");
             }

@@ -393,14 +393,16 @@ pub fn infra_flows(node: &str, uplinks: &[(String, Vec<ipnet::Ipv4Net>)]) -> Vec
     }
     if uplinks.len() > 1 {
         for (u, nets) in uplinks {
-            for n in nets {
+            for n in nets.iter().filter(|n| n.prefix_len() > 0) {
                 let out = vec![Act::Output(PortRef::Name(u.clone()))];
+                // An all-ones mask is an exact match: OVS reports it without one, and so do we.
+                let mask = (n.prefix_len() < 32).then(|| n.netmask());
                 flows.push(f(
                     10,
                     PortRef::Local,
                     vec![
                         OxmField::EthType(ETH_IPV4),
-                        OxmField::Ipv4Dst(n.network(), Some(n.netmask())),
+                        OxmField::Ipv4Dst(n.network(), mask),
                     ],
                     out.clone(),
                 ));
@@ -409,7 +411,7 @@ pub fn infra_flows(node: &str, uplinks: &[(String, Vec<ipnet::Ipv4Net>)]) -> Vec
                     PortRef::Local,
                     vec![
                         OxmField::EthType(ETH_ARP),
-                        OxmField::ArpTpa(n.network(), Some(n.netmask())),
+                        OxmField::ArpTpa(n.network(), mask),
                     ],
                     out,
                 ));

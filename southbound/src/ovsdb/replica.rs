@@ -47,12 +47,17 @@ pub fn column_kinds(schema: &Value) -> BTreeMap<(String, String), ColumnKind> {
     for (t, table) in schema["tables"].as_object().into_iter().flatten() {
         for (c, col) in table["columns"].as_object().into_iter().flatten() {
             let ty = &col["type"];
-            let kind = if ty.get("value").is_some() {
-                ColumnKind::Map
-            } else if ty.get("max").is_some() || ty.get("min").is_some_and(|m| m == 0) {
-                ColumnKind::Set
-            } else {
-                ColumnKind::Scalar
+            // Only columns that can hold more than one value are diffed; an optional (0..1)
+            // column's "modify" carries its new value, as ovsdb_datum_diff does.
+            let many = match ty.get("max") {
+                Some(Value::String(s)) => s == "unlimited",
+                Some(m) => m.as_u64().is_some_and(|m| m > 1),
+                None => false,
+            };
+            let kind = match (many, ty.get("value").is_some()) {
+                (true, true) => ColumnKind::Map,
+                (true, false) => ColumnKind::Set,
+                _ => ColumnKind::Scalar,
             };
             out.insert((t.clone(), c.clone()), kind);
         }
@@ -326,6 +331,27 @@ mod tests {
             .apply_update2(&json!({"Port": {"nope": {"modify": {"name": "x"}}}}))
             .unwrap_err();
         assert!(e.to_string().contains("Port row nope"), "{e}");
+    }
+
+    #[test]
+    fn optional_columns_are_replaced_not_toggled() {
+        let schema = json!({"tables": {"Interface": {"columns": {
+            "ofport": {"type": {"key": "integer", "min": 0, "max": 1}},
+            "options": {"type": {"key": "string", "value": "string", "min": 0, "max": "unlimited"}},
+            "name": {"type": "string"}
+        }}}});
+        let mut r = Replica::with_schema(&schema);
+        r.apply_update2(&json!({"Interface": {"i": {"insert": {"name": "eth1", "ofport": 5}}}}))
+            .unwrap();
+        r.apply_update2(&json!({"Interface": {"i": {"modify": {"ofport": -1}}}}))
+            .unwrap();
+        assert_eq!(r.row("Interface", "i").unwrap()["ofport"], json!(-1));
+        assert_eq!(r.interfaces().unwrap()[0].ofport, Some(-1));
+        r.apply_update2(
+            &json!({"Interface": {"i": {"modify": {"options": ["map", [["key", "flow"]]]}}}}),
+        )
+        .unwrap();
+        assert_eq!(r.interfaces().unwrap()[0].options["key"], "flow");
     }
 
     fn arb_set() -> impl Strategy<Value = Vec<u8>> {

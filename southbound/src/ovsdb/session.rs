@@ -130,12 +130,25 @@ async fn supervise(
         .fold(0u64, |h, b| h.wrapping_mul(31) ^ b as u64);
     let mut failures: u32 = 0;
     loop {
-        match run_once(&remote, &config, &replica, &slot, &counters, &synced).await {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(%remote, error = %e, failures, "ovsdb session down; reconnecting");
-            }
+        let mut synced_once = false;
+        let r = run_once(
+            &remote,
+            &config,
+            &replica,
+            &slot,
+            &counters,
+            &synced,
+            &mut synced_once,
+        )
+        .await;
+        // A session that got as far as a full sync starts its backoff over.
+        failures = if synced_once {
+            1
+        } else {
+            failures.saturating_add(1)
+        };
+        if let Err(e) = r {
+            tracing::warn!(%remote, error = %e, failures, "ovsdb session down; reconnecting");
         }
         *slot.write().await = None;
         tokio::time::sleep(crate::backoff::backoff(failures, seed)).await;
@@ -150,6 +163,7 @@ async fn run_once(
     slot: &RwLock<Option<Arc<Client>>>,
     counters: &Counters,
     synced: &watch::Sender<u64>,
+    synced_once: &mut bool,
 ) -> Result<(), super::OvsdbError> {
     let c = Arc::new(Client::connect(remote).await?);
     let mut notes = c.notifications().ok_or_else(|| super::OvsdbError::Closed {
@@ -175,14 +189,19 @@ async fn run_once(
         } else {
             counters.resumed.fetch_add(1, Ordering::Relaxed);
         }
-        r.last_txn_id = Some(txn);
-        r.apply_update2(&initial)
-            .map_err(|e| super::OvsdbError::Rpc {
+        if let Err(e) = r.apply_update2(&initial) {
+            // Never resume from a replica that did not take the whole initial state.
+            r.clear();
+            r.last_txn_id = None;
+            return Err(super::OvsdbError::Rpc {
                 peer: remote.to_string(),
                 method: "monitor_cond_since".into(),
                 error: e.to_string(),
-            })?;
+            });
+        }
+        r.last_txn_id = Some(txn);
     }
+    *synced_once = true;
     *slot.write().await = Some(c.clone());
     let n = counters.connects.fetch_add(1, Ordering::Relaxed) + 1;
     let _ = synced.send(n);
