@@ -26,7 +26,8 @@ pub struct Args {
     /// `ovs-ofctl --bundle` and os-ken, and reconcile time. ovsdb: ports per second against
     /// `ovs-vsctl` and the OVS Python IDL (needs openvswitch-switch; the Python peers come from
     /// scripts/bench-deps.sh).
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb"])]
+    /// netconf: edit-config + commit round trips against a real netconfd, against ncclient.
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -39,6 +40,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "setup" => crate::bench_setup::run(args.scale).await,
         "openflow" => crate::bench_ovs::openflow(args.scale).await,
         "ovsdb" => crate::bench_ovs::ovsdb(args.scale).await,
+        "netconf" => crate::bench_netconf::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

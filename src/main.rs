@@ -3,6 +3,7 @@
 
 mod alloc;
 mod bench;
+mod bench_netconf;
 mod bench_ovs;
 mod bench_setup;
 mod client;

@@ -5,9 +5,9 @@
 //! host key refused with the fingerprint shown.
 //! Needs root, netconfd and openssh-server; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use meshwire_labs::appliance::{self, Appliance};
 
 use meshwire_ensm_adapters::netconf::framing::Framing;
 use meshwire_ensm_adapters::netconf::{
@@ -16,152 +16,30 @@ use meshwire_ensm_adapters::netconf::{
 
 const IF_NS: &str = "urn:ietf:params:xml:ns:yang:ietf-interfaces";
 
-/// netconfd and sshd in a temp dir, our children; killed and reaped on drop.
-struct Device {
-    dir: tempfile::TempDir,
-    port: u16,
-    children: Vec<Child>,
+fn device() -> Option<Appliance> {
+    if !appliance::available() {
+        assert!(
+            std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
+            "the NETCONF test needs root, netconfd and openssh-server"
+        );
+        eprintln!("SKIP: needs root, netconfd and openssh-server");
+        return None;
+    }
+    Some(Appliance::start(&Appliance::ietf_interfaces()).unwrap())
 }
 
-impl Device {
-    fn start() -> Option<Device> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        let have = Path::new("/usr/sbin/netconfd").exists() && Path::new("/usr/sbin/sshd").exists();
-        if !root || !have {
-            assert!(
-                std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
-                "the NETCONF test needs root, netconfd and openssh-server"
-            );
-            eprintln!("SKIP: needs root, netconfd and openssh-server");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_path_buf();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        for k in ["hostkey", "client"] {
-            assert!(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(d.join(k))
-                .status()
-                .unwrap()
-                .success());
-        }
-        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).unwrap();
-        let sock = d.join("ncx.sock");
-        std::fs::write(
-            d.join("sshd_config"),
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\nSubsystem netconf \"/usr/sbin/netconf-subsystem --ncxserver-sockname={port}@{sock}\"\n",
-                hk = d.join("hostkey").display(),
-                pid = d.join("sshd.pid").display(),
-                ak = d.join("authorized_keys").display(),
-                sock = sock.display(),
-            ),
-        )
-        .unwrap();
-        let mut dev = Device {
-            dir,
-            port,
-            children: vec![],
-        };
-        // Copied aside, so netconfd loads the YANG modules alone and no SIL library with them.
-        let modules = d.join("yang");
-        std::fs::create_dir_all(&modules).unwrap();
-        for m in [
-            "iana-if-type@2014-05-08.yang",
-            "ietf-interfaces@2014-05-08.yang",
-        ] {
-            std::fs::copy(
-                Path::new("/usr/share/yuma/modules/ietf").join(m),
-                modules.join(m),
-            )
-            .unwrap();
-        }
-        let modules = modules.display().to_string();
-        dev.children.push(
-            Command::new("/usr/sbin/netconfd")
-                .arg(format!("--port={port}"))
-                .arg(format!("--ncxserver-sockname={}", sock.display()))
-                .args(["--no-startup", "--superuser=root"])
-                .arg(format!("--modpath={modules}:/usr/share/yuma/modules"))
-                .arg(format!("--module={modules}/iana-if-type@2014-05-08.yang"))
-                .arg(format!(
-                    "--module={modules}/ietf-interfaces@2014-05-08.yang"
-                ))
-                .arg(format!("--log={}", d.join("netconfd.log").display()))
-                .current_dir(&d)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        dev.children.push(
-            Command::new("/usr/sbin/sshd")
-                .args(["-D", "-e", "-f"])
-                .arg(d.join("sshd_config"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        for _ in 0..200 {
-            if sock.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(dev)
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    /// The host key's fingerprint as `ssh-keygen -lf` prints it.
-    fn fingerprint(&self) -> String {
-        let out = Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(self.path("hostkey.pub"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_string()
-    }
-
-    fn target(&self, host_key: HostKey) -> Target {
-        Target {
-            device: "fw-1".into(),
-            host: "127.0.0.1".into(),
-            port: self.port,
-            user: "root".into(),
-            auth: Auth::Key {
-                path: self.path("client"),
-                passphrase: None,
-            },
-            host_key,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        for mut c in self.children.drain(..).rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+fn target(dev: &Appliance, host_key: HostKey) -> Target {
+    Target {
+        device: "fw-1".into(),
+        host: "127.0.0.1".into(),
+        port: dev.port,
+        user: "root".into(),
+        auth: Auth::Key {
+            path: dev.client_key(),
+            passphrase: None,
+        },
+        host_key,
+        timeout: Duration::from_secs(10),
     }
 }
 
@@ -171,10 +49,13 @@ fn interface(name: &str, description: &str) -> String {
 
 #[tokio::test]
 async fn dev_real_netconfd_candidate_commit_errors_confirmed_commit_and_host_key() {
-    let Some(dev) = Device::start() else { return };
-    let s = Session::connect(&dev.target(HostKey::Fingerprint(dev.fingerprint())))
-        .await
-        .unwrap();
+    let Some(dev) = device() else { return };
+    let s = Session::connect(&target(
+        &dev,
+        HostKey::Fingerprint(dev.fingerprint().unwrap()),
+    ))
+    .await
+    .unwrap();
     let caps = s.capabilities();
     assert!(caps.has(xml::CANDIDATE) && caps.has(xml::CONFIRMED_COMMIT) && caps.has(xml::VALIDATE));
     assert_eq!(s.framing(), Framing::Chunked, "both sides speak base:1.1");
@@ -276,30 +157,28 @@ async fn dev_real_netconfd_candidate_commit_errors_confirmed_commit_and_host_key
     s.close().await.unwrap();
 
     // A wrong pinned key is refused, showing the key the device presented.
-    let e = Session::connect(&dev.target(HostKey::Fingerprint(
-        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-    )))
+    let e = Session::connect(&target(
+        &dev,
+        HostKey::Fingerprint("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+    ))
     .await
     .err()
     .unwrap();
     match e {
-        NetconfError::HostKey { fingerprint, .. } => assert_eq!(fingerprint, dev.fingerprint()),
+        NetconfError::HostKey { fingerprint, .. } => {
+            assert_eq!(fingerprint, dev.fingerprint().unwrap())
+        }
         other => panic!("{other:?}"),
     }
     // known_hosts: not listed → refused; listed → accepted.
     let kh = dev.path("known_hosts");
     std::fs::write(&kh, "").unwrap();
     assert!(matches!(
-        Session::connect(&dev.target(HostKey::KnownHosts(kh.clone()))).await,
+        Session::connect(&target(&dev, HostKey::KnownHosts(kh.clone()))).await,
         Err(NetconfError::HostKey { .. })
     ));
-    let line = format!(
-        "[127.0.0.1]:{} {}",
-        dev.port,
-        std::fs::read_to_string(dev.path("hostkey.pub")).unwrap()
-    );
-    std::fs::write(&kh, line).unwrap();
-    let s = Session::connect(&dev.target(HostKey::KnownHosts(kh)))
+    std::fs::write(&kh, dev.known_hosts_line().unwrap()).unwrap();
+    let s = Session::connect(&target(&dev, HostKey::KnownHosts(kh)))
         .await
         .unwrap();
     s.close().await.unwrap();

@@ -8,6 +8,7 @@
 //!   (containerlab's naming), each `kind: bridge` as a Linux bridge, each link as a veth pair,
 //!   runs the nodes' `exec` commands, and removes all of it again, also after a crash (it finds
 //!   leftovers by name). A lab that fails half way is rolled back, naming the failed step.
+//! - [`appliance`] runs an emulated NETCONF appliance: the real netconfd behind a real sshd.
 //! - [`spec::Lab::manifests`] gives the `meshwire.io/v1` topology the lab's controller registers.
 //!
 //! Meshwire's reading of the format: a node labelled `meshwire.io/host: <node>` is a *workload*
@@ -16,6 +17,7 @@
 //! (on a node or in `topology.defaults.labels`) lists manifest files to apply, relative to the
 //! lab file.
 
+pub mod appliance;
 pub mod runner;
 pub mod spec;
 
