@@ -11,6 +11,8 @@ command -v ovs-vswitchd >/dev/null 2>&1 || need+=(openvswitch-switch)
 [ -x /usr/sbin/netconfd ] || need+=(netconfd)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+[ -x /usr/sbin/snmpd ] || need+=(snmpd)
+command -v snmpget >/dev/null 2>&1 || need+=(snmp)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

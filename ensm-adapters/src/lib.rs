@@ -5,8 +5,12 @@
 //! - [`netconf`]: our NETCONF client (framing and XML sans-IO, a session over SSH), tested
 //!   against a real netconfd behind sshd.
 //!
-//! Device profiles, SNMP monitoring and the adapters themselves come next (issue 5).
+//! - [`snmp`]: device health over SNMP v2c and v3 authPriv (sysUpTime, ifOperStatus), tested
+//!   against a real snmpd.
+//!
+//! Device profiles and the adapters themselves come next (issue 5).
 
 pub mod netconf;
+pub mod snmp;
 
 pub use meshwire_models::Device;

@@ -1,0 +1,203 @@
+//! SNMP monitoring of a device (async-snmp): sysUpTime and ifOperStatus of its data interfaces,
+//! over v2c or v3 (USM, authPriv). The eNSM polls it to learn that a device or one of its links
+//! went down, and withdraws the endpoints that depend on it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_snmp::{oid, Auth, AuthProtocol, Client, Oid, PrivProtocol, UsmConfig, Value};
+
+/// sysUpTime.0
+pub fn sys_uptime() -> Oid {
+    oid!(1, 3, 6, 1, 2, 1, 1, 3, 0)
+}
+
+/// ifDescr.<ifIndex>
+pub fn if_descr(index: u32) -> Oid {
+    Oid::new([1, 3, 6, 1, 2, 1, 2, 2, 1, 2, index])
+}
+
+/// ifOperStatus.<ifIndex>
+pub fn if_oper_status(index: u32) -> Oid {
+    Oid::new([1, 3, 6, 1, 2, 1, 2, 2, 1, 8, index])
+}
+
+#[derive(Debug, Clone)]
+pub enum SnmpAuth {
+    V2c {
+        community: String,
+    },
+    /// authPriv with SHA-256 and AES-128.
+    V3 {
+        user: String,
+        auth_password: String,
+        priv_password: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct SnmpTarget {
+    pub device: String,
+    pub addr: SocketAddr,
+    pub auth: SnmpAuth,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnmpError {
+    #[error("snmp {device} ({addr}): {what}: {reason}")]
+    Request {
+        device: String,
+        addr: String,
+        what: String,
+        reason: String,
+    },
+    #[error("snmp {device}: {what}: unexpected value {value}")]
+    Value {
+        device: String,
+        what: String,
+        value: String,
+    },
+}
+
+/// ifOperStatus values (RFC 2863).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperStatus {
+    Up,
+    Down,
+    /// testing(3), unknown(4), dormant(5), notPresent(6), lowerLayerDown(7).
+    Other(i32),
+}
+
+impl OperStatus {
+    pub fn is_up(self) -> bool {
+        self == OperStatus::Up
+    }
+}
+
+/// One poll of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Hundredths of a second since the agent started: a smaller value than the previous poll
+    /// means the device restarted.
+    pub uptime_ticks: u32,
+    /// (ifIndex, ifDescr, ifOperStatus) of the interfaces asked for.
+    pub interfaces: Vec<(u32, String, OperStatus)>,
+}
+
+pub struct Monitor {
+    target: SnmpTarget,
+    client: Client,
+}
+
+impl Monitor {
+    pub async fn connect(target: SnmpTarget) -> Result<Monitor, SnmpError> {
+        let (device, addr) = (target.device.clone(), target.addr.to_string());
+        let err = |what: &str, reason: String| SnmpError::Request {
+            device: device.clone(),
+            addr: addr.clone(),
+            what: what.to_string(),
+            reason,
+        };
+        let auth: Auth = match &target.auth {
+            SnmpAuth::V2c { community } => Auth::v2c(community.clone()),
+            SnmpAuth::V3 {
+                user,
+                auth_password,
+                priv_password,
+            } => UsmConfig::new(user.clone())
+                .auth_priv(
+                    AuthProtocol::Sha256,
+                    auth_password.clone(),
+                    PrivProtocol::Aes128,
+                    priv_password.clone(),
+                )
+                .map_err(|e| err("v3 keys", e.to_string()))?
+                .into(),
+        };
+        let mut builder = Client::builder(target.addr, auth).request_timeout(target.timeout);
+        // One retry: a poll that fails twice in a row is news for the eNSM, not noise.
+        if let Ok(r) = async_snmp::Retry::fixed(1, Duration::ZERO) {
+            builder = builder.retry(r);
+        }
+        let client = builder
+            .connect()
+            .await
+            .map_err(|e| err("connect", e.to_string()))?;
+        Ok(Monitor { target, client })
+    }
+
+    fn err(&self, what: &str, reason: impl std::fmt::Display) -> SnmpError {
+        SnmpError::Request {
+            device: self.target.device.clone(),
+            addr: self.target.addr.to_string(),
+            what: what.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// One GET of sysUpTime (the cheapest liveness probe).
+    pub async fn uptime(&self) -> Result<u32, SnmpError> {
+        let r = self
+            .client
+            .get(&sys_uptime())
+            .await
+            .map_err(|e| self.err("get sysUpTime.0", e))?;
+        match r.varbinds.first().map(|v| &v.value) {
+            Some(Value::TimeTicks(t)) => Ok(*t),
+            other => Err(SnmpError::Value {
+                device: self.target.device.clone(),
+                what: "sysUpTime.0".into(),
+                value: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// sysUpTime and, for each ifIndex, its ifDescr and ifOperStatus, in one GET.
+    pub async fn poll(&self, if_indexes: &[u32]) -> Result<Health, SnmpError> {
+        let mut oids = vec![sys_uptime()];
+        for i in if_indexes {
+            oids.push(if_descr(*i));
+            oids.push(if_oper_status(*i));
+        }
+        let r = self
+            .client
+            .get_many(&oids)
+            .await
+            .map_err(|e| self.err("get sysUpTime, ifDescr, ifOperStatus", e))?;
+        let value = |k: usize| r.varbinds.get(k).map(|v| v.value.clone());
+        let uptime_ticks = match value(0) {
+            Some(Value::TimeTicks(t)) => t,
+            other => {
+                return Err(SnmpError::Value {
+                    device: self.target.device.clone(),
+                    what: "sysUpTime.0".into(),
+                    value: format!("{other:?}"),
+                })
+            }
+        };
+        let mut interfaces = Vec::new();
+        for (n, i) in if_indexes.iter().enumerate() {
+            let descr = value(1 + 2 * n)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let status = match value(2 + 2 * n).and_then(|v| v.as_i32()) {
+                Some(1) => OperStatus::Up,
+                Some(2) => OperStatus::Down,
+                Some(x) => OperStatus::Other(x),
+                None => {
+                    return Err(SnmpError::Value {
+                        device: self.target.device.clone(),
+                        what: format!("ifOperStatus.{i}"),
+                        value: format!("{:?}", value(2 + 2 * n)),
+                    })
+                }
+            };
+            interfaces.push((*i, descr, status));
+        }
+        Ok(Health {
+            uptime_ticks,
+            interfaces,
+        })
+    }
+}
