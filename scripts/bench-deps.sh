@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The peers `meshwire bench openflow|ovsdb` compares against: os-ken (OpenFlow controller, the
-# Ryu successor), the Open vSwitch Python IDL and ncclient (NETCONF), from PyPI. The Debian peers (ovs-ofctl,
+# Ryu successor), the Open vSwitch Python IDL, ncclient (NETCONF) and pysnmp, from PyPI. The Debian peers (ovs-ofctl,
 # ovs-vsctl) come with openvswitch-switch from install-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-python3 -m pip install --quiet --disable-pip-version-check os-ken ovs ncclient
+python3 -m pip install --quiet --disable-pip-version-check os-ken ovs ncclient pysnmp

@@ -27,7 +27,8 @@ pub struct Args {
     /// `ovs-vsctl` and the OVS Python IDL (needs openvswitch-switch; the Python peers come from
     /// scripts/bench-deps.sh).
     /// netconf: edit-config + commit round trips against a real netconfd, against ncclient.
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf"])]
+    /// snmp: GETs per second against a real snmpd, against snmpget and pysnmp.
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -41,6 +42,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "openflow" => crate::bench_ovs::openflow(args.scale).await,
         "ovsdb" => crate::bench_ovs::ovsdb(args.scale).await,
         "netconf" => crate::bench_netconf::run(args.scale).await,
+        "snmp" => crate::bench_snmp::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

@@ -6,6 +6,7 @@ mod bench;
 mod bench_netconf;
 mod bench_ovs;
 mod bench_setup;
+mod bench_snmp;
 mod client;
 mod daemon;
 mod lab;

@@ -4,136 +4,38 @@
 //! wrong v3 password and a dead agent are errors naming the device.
 //! Needs root and snmpd; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use meshwire_labs::appliance::SnmpAgent;
 
 use meshwire_ensm_adapters::snmp::{Monitor, OperStatus, SnmpAuth, SnmpError, SnmpTarget};
 
 fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
+    std::process::Command::new("ip")
         .args(args)
         .status()
-        .map(|s| s.success())
+        .map(|st| st.success())
         .unwrap_or(false)
 }
 
-/// A namespace with snmpd, reachable from the host at 169.254.<k>.2:161.
-struct Agent {
-    ns: String,
-    host_if: String,
-    addr: std::net::SocketAddr,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start() -> Option<Agent> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        if !root || !std::path::Path::new("/usr/sbin/snmpd").exists() {
-            assert!(
-                std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
-                "the SNMP test needs root and snmpd"
-            );
-            eprintln!("SKIP: needs root and snmpd");
-            return None;
-        }
-        let k = std::process::id() % 200 + 20;
-        let ns = format!("mwsnmp{}", std::process::id());
-        let host_if = format!("mwsn{}", std::process::id() % 100_000);
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = Agent {
-            ns: ns.clone(),
-            host_if: host_if.clone(),
-            addr: format!("169.254.{k}.2:161").parse().unwrap(),
-            child: None,
-            _dir: dir,
-        };
-        assert!(ip(&["netns", "add", &ns]));
-        assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
-        assert!(ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", "mgmt0", "netns", &ns
-        ]));
-        assert!(ip(&[
-            "addr",
-            "add",
-            &format!("169.254.{k}.1/30"),
-            "dev",
-            &host_if
-        ]));
-        assert!(ip(&["link", "set", &host_if, "up"]));
-        assert!(ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("169.254.{k}.2/30"),
-            "dev",
-            "mgmt0"
-        ]));
-        assert!(ip(&["-n", &ns, "link", "set", "mgmt0", "up"]));
-        assert!(ip(&[
-            "-n", &ns, "link", "add", "data0", "type", "veth", "peer", "name", "data1"
-        ]));
-        assert!(ip(&["-n", &ns, "link", "set", "data0", "up"]));
-        assert!(ip(&["-n", &ns, "link", "set", "data1", "up"]));
-        let d = a._dir.path().display().to_string();
-        std::fs::write(
-            format!("{d}/snmpd.conf"),
-            "rocommunity public 169.254.0.0/16\ncreateUser mwuser SHA-256 \"authpass123\" AES \"privpass123\"\nrouser mwuser priv\n",
-        )
-        .unwrap();
-        a.child = Some(
-            Command::new("ip")
-                .args(["netns", "exec", &ns, "env"])
-                .arg(format!("SNMP_PERSISTENT_DIR={d}"))
-                .args(["snmpd", "-f", "-Lf"])
-                .arg(format!("{d}/snmpd.log"))
-                .args(["-C", "-c"])
-                .arg(format!("{d}/snmpd.conf"))
-                .arg(format!("udp:169.254.{k}.2:161"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+fn agent() -> Option<SnmpAgent> {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root || !std::path::Path::new("/usr/sbin/snmpd").exists() {
+        assert!(
+            std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
+            "the SNMP test needs root and snmpd"
         );
-        Some(a)
+        eprintln!("SKIP: needs root and snmpd");
+        return None;
     }
-
-    fn ifindex(&self, name: &str) -> u32 {
-        let out = Command::new("ip")
-            .args(["-n", &self.ns, "-o", "link", "show", name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    Some(SnmpAgent::start().unwrap())
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-        ip(&["netns", "del", &self.ns]);
-        ip(&["link", "del", &self.host_if]);
-    }
-}
-
-fn target(a: &Agent, auth: SnmpAuth) -> SnmpTarget {
+fn target(a: &SnmpAgent, auth: SnmpAuth) -> SnmpTarget {
     SnmpTarget {
         device: "radio-1".into(),
         addr: a.addr,
@@ -144,10 +46,10 @@ fn target(a: &Agent, auth: SnmpAuth) -> SnmpTarget {
 
 #[tokio::test]
 async fn dev_real_snmpd_v2c_and_v3_health_link_down_and_errors() {
-    let Some(mut agent) = Agent::start() else {
+    let Some(mut agent) = agent() else {
         return;
     };
-    let data0 = agent.ifindex("data0");
+    let data0 = agent.ifindex("data0").unwrap();
     let v2c = Monitor::connect(target(
         &agent,
         SnmpAuth::V2c {

@@ -191,3 +191,112 @@ impl Drop for Appliance {
         }
     }
 }
+
+fn ip(args: &[&str]) -> Result<(), ApplianceError> {
+    run(
+        &format!("ip {}", args.join(" ")),
+        Command::new("ip").args(args),
+    )
+}
+
+/// An emulated SNMP device: a namespace with the real `snmpd` (v2c community `public`, v3 user
+/// `mwuser` with SHA-256 / AES-128 keys `authpass123` / `privpass123`), reachable from the host
+/// over a management veth at 169.254.K.2:161, and a data link inside (`data0` ⇄ `data1`).
+/// Everything is removed on drop.
+pub struct SnmpAgent {
+    pub ns: String,
+    host_if: String,
+    pub addr: std::net::SocketAddr,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl SnmpAgent {
+    pub fn start() -> Result<SnmpAgent, ApplianceError> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = std::process::id() % 10_000 * 10 + n % 10;
+        let k = (std::process::id() + n * 7) % 200 + 20;
+        let ns = format!("mwsnmp{id}");
+        let host_if = format!("mwsn{id}");
+        let dir = tempfile::tempdir().map_err(|e| err("temp dir", e))?;
+        let mut a = SnmpAgent {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            addr: std::net::SocketAddr::from(([169, 254, k as u8, 2], 161)),
+            child: None,
+            _dir: dir,
+        };
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "mgmt0", "netns", &ns,
+        ])?;
+        ip(&["addr", "add", &format!("169.254.{k}.1/30"), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("169.254.{k}.2/30"),
+            "dev",
+            "mgmt0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "mgmt0", "up"])?;
+        ip(&[
+            "-n", &ns, "link", "add", "data0", "type", "veth", "peer", "name", "data1",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "data0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "data1", "up"])?;
+        let d = a._dir.path().display().to_string();
+        std::fs::write(
+            format!("{d}/snmpd.conf"),
+            "rocommunity public 169.254.0.0/16\ncreateUser mwuser SHA-256 \"authpass123\" AES \"privpass123\"\nrouser mwuser priv\n",
+        )
+        .map_err(|e| err("snmpd.conf", e))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "env"])
+            .arg(format!("SNMP_PERSISTENT_DIR={d}"))
+            .args(["snmpd", "-f", "-Lf"])
+            .arg(format!("{d}/snmpd.log"))
+            .args(["-C", "-c"])
+            .arg(format!("{d}/snmpd.conf"))
+            .arg(format!("udp:169.254.{k}.2:161"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| err("start snmpd", e))?;
+        a.child = Some(child);
+        Ok(a)
+    }
+
+    /// The kernel ifindex (= ifIndex) of an interface of the device.
+    pub fn ifindex(&self, name: &str) -> Result<u32, ApplianceError> {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "-o", "link", "show", name])
+            .output()
+            .map_err(|e| err("ip link show", e))?;
+        String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .ok_or_else(|| err("ifindex", format!("{name} not found in {}", self.ns)))
+    }
+
+    /// Stops snmpd (the device stops answering).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for SnmpAgent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = ip(&["netns", "del", &self.ns]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
