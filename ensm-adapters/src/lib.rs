@@ -8,9 +8,14 @@
 //! - [`snmp`]: device health over SNMP v2c and v3 authPriv (sysUpTime, ifOperStatus), tested
 //!   against a real snmpd.
 //!
-//! Device profiles and the adapters themselves come next (issue 5).
+//! - [`profile`]: device profiles (data files): a negotiated mechanism → the device's YANG
+//!   config and its undo, checked at load time. Shipped: `profiles/meshwire-appliance.yaml` (for
+//!   `yang/meshwire-appliance@2026-11-23.yang`) and `profiles/ietf-interfaces.yaml`.
+//!
+//! The adapters themselves (registration, negotiation, apply and removal) come next (issue 5).
 
 pub mod netconf;
+pub mod profile;
 pub mod snmp;
 
 pub use meshwire_models::Device;

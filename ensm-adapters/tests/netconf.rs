@@ -183,3 +183,88 @@ async fn dev_real_netconfd_candidate_commit_errors_confirmed_commit_and_host_key
         .unwrap();
     s.close().await.unwrap();
 }
+
+/// Input: the shipped meshwire-appliance profile and YANG module, a VXLAN connection to the
+/// device, and the real netconfd with that module. Output: the rendered config is accepted (the
+/// device validates it against the model), carries Meshwire's mark, and the profile's undo
+/// removes exactly it.
+#[tokio::test]
+async fn dev_real_netconfd_appliance_profile_applies_and_removes_a_tunnel() {
+    use meshwire_ensm_adapters::profile::Profile;
+    if !appliance::available() {
+        assert!(std::env::var("MESHWIRE_REQUIRE_ALL").is_err());
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dev = Appliance::start(&[root.join("yang/meshwire-appliance@2026-11-23.yang")]).unwrap();
+    let profile = Profile::load(&root.join("profiles/meshwire-appliance.yaml")).unwrap();
+    let conn: meshwire_models::Connection = serde_json::from_value(serde_json::json!({
+        "id": "5eed0001-aaaa-bbbb-cccc-000000000001",
+        "network_service": "firewall",
+        "network_service_endpoint_name": "fw-1",
+        "payload": "IP",
+        "client": {"node": "n1"},
+        "interface": "nsm-1",
+        "path": [{"name": "n1", "link": "l1"}, {"name": "fw-1"}],
+        "hops": [{"from": "n1", "to": "fw-1", "mechanism": {"type": "vxlan", "vni": 5042, "src_ip": "192.168.1.1", "dst_ip": "192.168.1.9", "port": 4789}}],
+        "placement": {},
+        "ip_context": {"src_ip_addrs": ["172.20.0.1/31"], "dst_ip_addrs": ["172.20.0.0/31"]},
+        "mtu": 1450,
+        "state": "programming",
+        "created_at_ms": 0, "updated_at_ms": 0, "generation": 0
+    }))
+    .unwrap();
+    let (config, remove) = profile.render_for(&conn).unwrap();
+    let s = Session::connect(&target(
+        &dev,
+        HostKey::Fingerprint(dev.fingerprint().unwrap()),
+    ))
+    .await
+    .unwrap();
+    // Apply as an eNSM does: lock, edit, confirmed commit, confirm, unlock.
+    s.ok(Operation::Lock {
+        target: Datastore::Candidate,
+    })
+    .await
+    .unwrap();
+    s.edit_config(Datastore::Candidate, DefaultOperation::Merge, &config)
+        .await
+        .unwrap();
+    s.ok(Operation::Commit {
+        confirm_timeout: profile.confirm_timeout,
+        persist: None,
+    })
+    .await
+    .unwrap();
+    s.ok(Operation::Commit {
+        confirm_timeout: None,
+        persist: None,
+    })
+    .await
+    .unwrap();
+    s.ok(Operation::Unlock {
+        target: Datastore::Candidate,
+    })
+    .await
+    .unwrap();
+    let running = s.get_config(Datastore::Running, None).await.unwrap();
+    assert!(
+        running.contains("<vni>5042</vni>")
+            && running.contains("meshwire:5eed0001-aaaa-bbbb-cccc-000000000001")
+            && running.contains("<name>mw5eed0001</name>"),
+        "{running}"
+    );
+    // Undo: exactly that tunnel goes.
+    s.edit_config(Datastore::Candidate, DefaultOperation::None, &remove)
+        .await
+        .unwrap();
+    s.ok(Operation::Commit {
+        confirm_timeout: None,
+        persist: None,
+    })
+    .await
+    .unwrap();
+    let running = s.get_config(Datastore::Running, None).await.unwrap();
+    assert!(!running.contains("mw5eed0001"), "{running}");
+    s.close().await.unwrap();
+}

@@ -1,0 +1,455 @@
+//! Device profiles: data, not code. A profile maps a negotiated mechanism and its parameters to
+//! the device's YANG configuration (a template to apply, and one to undo it). An operator adds a
+//! device kind by adding a profile file; it is checked when loaded: every `{{variable}}` must be
+//! one the mechanism provides, and every template must render to well-formed XML.
+//!
+//! ```yaml
+//! apiVersion: meshwire.io/v1
+//! kind: DeviceProfile
+//! metadata: {name: meshwire-appliance}
+//! spec:
+//!   commit: {confirmTimeout: 60}          # optional: confirmed commit, confirmed at once
+//!   mechanisms:
+//!     vxlan:
+//!       range: {start: 5000, end: 5999}   # the VNIs the device accepts (optional)
+//!       config: <tunnels ...>{{vni}}...</tunnels>
+//!       remove: <tunnels ...><tunnel nc:operation="remove">...</tunnel></tunnels>
+//! ```
+//! Variables: `connection`, `name` (`mw` + 8 hex digits of the id, fits 15 characters),
+//! `address` (the device's address with prefix), `peer_address`, `mtu`; VXLAN `vni`, `remote`,
+//! `local`, `port`; GRE `key`, `remote`, `local`; MPLS `label_out` (towards the device),
+//! `label_in` (towards the client); VLAN `vlan`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use meshwire_models::mechanism::{Capabilities, GreCap, MplsCap, Range, VlanCap, VxlanCap};
+use meshwire_models::{Connection, Mechanism, MechanismKind};
+use serde::Deserialize;
+
+use crate::netconf::xml::escape;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("profile {file}: {reason}")]
+pub struct ProfileError {
+    pub file: String,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawProfile {
+    api_version: String,
+    kind: String,
+    metadata: RawMeta,
+    spec: RawSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSpec {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    yang: Vec<String>,
+    #[serde(default)]
+    commit: Option<RawCommit>,
+    mechanisms: BTreeMap<String, RawMechanism>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawCommit {
+    confirm_timeout: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMechanism {
+    #[serde(default)]
+    range: Option<Range>,
+    config: String,
+    remove: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub range: Option<Range>,
+    pub config: String,
+    pub remove: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub name: String,
+    pub description: Option<String>,
+    /// YANG modules the device must have (informational, shown to operators).
+    pub yang: Vec<String>,
+    /// Confirmed commit with this timeout (seconds), confirmed once the connection is up.
+    pub confirm_timeout: Option<u32>,
+    pub mechanisms: BTreeMap<MechanismKind, Template>,
+}
+
+const COMMON: [&str; 5] = ["connection", "name", "address", "peer_address", "mtu"];
+
+fn variables(kind: MechanismKind) -> Vec<&'static str> {
+    let own: &[&str] = match kind {
+        MechanismKind::Vxlan => &["vni", "remote", "local", "port"],
+        MechanismKind::Gre => &["key", "remote", "local"],
+        MechanismKind::Mpls => &["label_in", "label_out"],
+        MechanismKind::Vlan => &["vlan"],
+        _ => &[],
+    };
+    COMMON.iter().chain(own).copied().collect()
+}
+
+/// `{{name}}` occurrences in `t`, or the first malformed one.
+fn placeholders(t: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(i) = rest.find("{{") {
+        let after = &rest[i + 2..];
+        let j = after.find("}}").ok_or_else(|| {
+            format!(
+                "unclosed {{{{ near {:?}",
+                &rest[i..(i + 20).min(rest.len())]
+            )
+        })?;
+        let name = after[..j].trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(format!(
+                "unclosed or malformed {{{{ near {:?} (variables look like {{{{vni}}}})",
+                &rest[i..(i + 24).min(rest.len())]
+            ));
+        }
+        out.push(name.to_string());
+        rest = &after[j + 2..];
+    }
+    Ok(out)
+}
+
+/// Renders `t` with `vars` (values XML-escaped); a variable not in `vars` is an error.
+pub fn render(t: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(t.len());
+    let mut rest = t;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let j = after.find("}}").ok_or("unclosed {{")?;
+        let name = after[..j].trim();
+        let v = vars
+            .get(name)
+            .ok_or_else(|| format!("no value for {{{{{name}}}}}"))?;
+        out.push_str(&escape(v));
+        rest = &after[j + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn sample(kind: MechanismKind) -> BTreeMap<&'static str, String> {
+    variables(kind)
+        .into_iter()
+        .map(|v| (v, "1".to_string()))
+        .collect()
+}
+
+fn well_formed(xml: &str) -> Result<(), String> {
+    // A config is a forest of elements: wrap it the way <config> does.
+    let doc = format!("<config xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\">{xml}</config>");
+    roxmltree::Document::parse(&doc)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+            file: path.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Profile::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
+        let err = |reason: String| ProfileError {
+            file: file.to_string(),
+            reason,
+        };
+        let raw: RawProfile = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+        if raw.api_version != "meshwire.io/v1" || raw.kind != "DeviceProfile" {
+            return Err(err(format!(
+                "expected apiVersion meshwire.io/v1 and kind DeviceProfile, got {} {}",
+                raw.api_version, raw.kind
+            )));
+        }
+        let mut mechanisms = BTreeMap::new();
+        for (k, m) in raw.spec.mechanisms {
+            let kind: MechanismKind = k
+                .parse()
+                .map_err(|_| err(format!("mechanisms.{k}: not a mechanism")))?;
+            if !matches!(
+                kind,
+                MechanismKind::Vxlan
+                    | MechanismKind::Gre
+                    | MechanismKind::Mpls
+                    | MechanismKind::Vlan
+            ) {
+                return Err(err(format!(
+                    "mechanisms.{k}: a device is reached over vxlan, gre, mpls or vlan"
+                )));
+            }
+            let known = variables(kind);
+            for (which, t) in [("config", &m.config), ("remove", &m.remove)] {
+                for v in placeholders(t).map_err(|e| err(format!("mechanisms.{k}.{which}: {e}")))? {
+                    if !known.contains(&v.as_str()) {
+                        return Err(err(format!(
+                            "mechanisms.{k}.{which}: unknown variable {{{{{v}}}}} (known for {k}: {})",
+                            known.join(", ")
+                        )));
+                    }
+                }
+                let r = render(t, &sample(kind))
+                    .map_err(|e| err(format!("mechanisms.{k}.{which}: {e}")))?;
+                well_formed(&r).map_err(|e| {
+                    err(format!("mechanisms.{k}.{which}: not well-formed XML: {e}"))
+                })?;
+            }
+            if let Some(r) = &m.range {
+                if r.start > r.end {
+                    return Err(err(format!(
+                        "mechanisms.{k}.range: start {} is above end {}",
+                        r.start, r.end
+                    )));
+                }
+            }
+            mechanisms.insert(
+                kind,
+                Template {
+                    range: m.range,
+                    config: m.config,
+                    remove: m.remove,
+                },
+            );
+        }
+        if mechanisms.is_empty() {
+            return Err(err(
+                "spec.mechanisms: a profile needs at least one mechanism".into(),
+            ));
+        }
+        Ok(Profile {
+            name: raw.metadata.name,
+            description: raw.spec.description,
+            yang: raw.spec.yang,
+            confirm_timeout: raw.spec.commit.and_then(|c| c.confirm_timeout),
+            mechanisms,
+        })
+    }
+
+    /// What the device offers, with the profile's ranges, for the endpoints it registers.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities {
+            kernel: None,
+            memif: None,
+            vxlan: None,
+            gre: None,
+            mpls: None,
+            vlan: None,
+            sriov_vf: None,
+        };
+        for (k, t) in &self.mechanisms {
+            match k {
+                MechanismKind::Vxlan => {
+                    let mut v = VxlanCap::default();
+                    if let Some(r) = t.range {
+                        v.vni_range = r;
+                    }
+                    c.vxlan = Some(v);
+                }
+                MechanismKind::Gre => {
+                    let mut g = GreCap::default();
+                    if let Some(r) = t.range {
+                        g.key_range = r;
+                    }
+                    c.gre = Some(g);
+                }
+                MechanismKind::Mpls => {
+                    let mut m = MplsCap::default();
+                    if let Some(r) = t.range {
+                        m.label_range = r;
+                    }
+                    c.mpls = Some(m);
+                }
+                MechanismKind::Vlan => {
+                    let mut v = VlanCap::default();
+                    if let Some(r) = t.range {
+                        v.id_range = r;
+                    }
+                    c.vlan = Some(v);
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// The device's config for `c` and how to undo it, or why the profile cannot express it.
+    pub fn render_for(&self, c: &Connection) -> Result<(String, String), ProfileError> {
+        let err = |reason: String| ProfileError {
+            file: self.name.clone(),
+            reason: format!("connection {}: {reason}", c.id),
+        };
+        let m = c
+            .hops
+            .last()
+            .map(|h| &h.mechanism)
+            .ok_or_else(|| err("no mechanism".into()))?;
+        let t = self
+            .mechanisms
+            .get(&m.kind())
+            .ok_or_else(|| err(format!("the profile has no {} template", m.kind())))?;
+        let vars = connection_vars(c, m);
+        Ok((
+            render(&t.config, &vars).map_err(err)?,
+            render(&t.remove, &vars).map_err(err)?,
+        ))
+    }
+}
+
+/// The template variables of connection `c` as the device (the endpoint side) sees it.
+pub fn connection_vars(c: &Connection, m: &Mechanism) -> BTreeMap<&'static str, String> {
+    let short: String =
+        c.id.chars()
+            .filter(|ch| ch.is_ascii_hexdigit())
+            .take(8)
+            .collect();
+    let mut v: BTreeMap<&'static str, String> = BTreeMap::new();
+    v.insert("connection", c.id.clone());
+    v.insert("name", format!("mw{short}"));
+    v.insert(
+        "address",
+        c.ip_context
+            .dst_ip_addrs
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
+    v.insert(
+        "peer_address",
+        c.ip_context
+            .src_ip_addrs
+            .first()
+            .map(|a| a.addr().to_string())
+            .unwrap_or_default(),
+    );
+    v.insert("mtu", c.mtu.to_string());
+    match m {
+        Mechanism::Vxlan {
+            vni,
+            src_ip,
+            dst_ip,
+            port,
+        } => {
+            v.insert("vni", vni.to_string());
+            v.insert("remote", src_ip.to_string());
+            v.insert("local", dst_ip.to_string());
+            v.insert("port", port.to_string());
+        }
+        Mechanism::Gre {
+            key,
+            src_ip,
+            dst_ip,
+        } => {
+            v.insert("key", key.to_string());
+            v.insert("remote", src_ip.to_string());
+            v.insert("local", dst_ip.to_string());
+        }
+        Mechanism::Mpls {
+            label_out,
+            label_in,
+        } => {
+            v.insert("label_out", label_out.to_string());
+            v.insert("label_in", label_in.to_string());
+        }
+        Mechanism::Vlan { id } => {
+            v.insert("vlan", id.to_string());
+        }
+        _ => {}
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: meshwire.io/v1\nkind: DeviceProfile\nmetadata: {name: t}\nspec:\n  mechanisms:\n    vxlan:\n      range: {start: 10, end: 20}\n      config: '<t xmlns=\"urn:x\"><vni>{{vni}}</vni><d>meshwire:{{connection}}</d></t>'\n      remove: '<t xmlns=\"urn:x\" xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\" nc:operation=\"remove\"/>'\n";
+
+    #[test]
+    fn file_shipped_profiles_load() {
+        for f in ["meshwire-appliance.yaml", "ietf-interfaces.yaml"] {
+            let p = Profile::load(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("profiles")
+                    .join(f),
+            )
+            .unwrap();
+            assert!(!p.mechanisms.is_empty(), "{f}");
+        }
+    }
+
+    #[test]
+    fn file_bad_profiles_are_refused_with_the_reason() {
+        let p = Profile::parse("t.yaml", GOOD).unwrap();
+        assert_eq!(
+            p.capabilities().vxlan.unwrap().vni_range,
+            Range::new(10, 20)
+        );
+        let cases = [
+            (
+                GOOD.replace("{{vni}}", "{{vnid}}"),
+                "unknown variable {{vnid}} (known for vxlan:",
+            ),
+            (GOOD.replace("</vni>", "</vn>"), "not well-formed XML"),
+            (
+                GOOD.replace("vxlan:", "kernel:"),
+                "a device is reached over vxlan, gre, mpls or vlan",
+            ),
+            (GOOD.replace("{{vni}}", "{{vni"), "unclosed or malformed"),
+            (
+                GOOD.replace("start: 10", "start: 30"),
+                "start 30 is above end 20",
+            ),
+            (
+                GOOD.replace("DeviceProfile", "Device"),
+                "expected apiVersion meshwire.io/v1 and kind DeviceProfile",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Profile::parse("t.yaml", &text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("profile t.yaml: ") && e.contains(want),
+                "{e} / {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let mut v = BTreeMap::new();
+        v.insert("name", "a<b&c".to_string());
+        assert_eq!(
+            render("<n>{{ name }}</n>", &v).unwrap(),
+            "<n>a&lt;b&amp;c</n>"
+        );
+        assert!(render("{{x}}", &v)
+            .unwrap_err()
+            .contains("no value for {{x}}"));
+    }
+}
