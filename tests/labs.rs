@@ -174,45 +174,7 @@ fn nb_lab_vpn_gateway_ping_and_iperf3_to_the_corporate_network() {
         "client reaches corp through the gateway"
     );
     // iperf3 through the gateway.
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("corp"),
-            "iperf3",
-            "-s",
-            "-p",
-            "5399",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        let listening = lab.exec("corp", &["ss", "-Hltn", "sport", "=", ":5399"]);
-        if !listening.stdout.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut result = None;
-    for _ in 0..20 {
-        let out = lab.exec(
-            "client",
-            &["iperf3", "-c", "10.60.0.10", "-p", "5399", "-t", "1", "-J"],
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if out.status.success() && v["error"].is_null() {
-            result = Some(v);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    let bps = result.expect("iperf3 ran")["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap();
+    let bps = iperf3(&lab, "corp", "client", "10.60.0.10", 5399, 1);
     eprintln!(
         "iperf3 client -> corp through the gateway: {:.2} Gbit/s",
         bps / 1e9
