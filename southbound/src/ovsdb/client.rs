@@ -49,6 +49,10 @@ pub enum OvsdbError {
     Closed { peer: String },
 }
 
+/// How long a call waits for its reply: a server that stopped answering must not hold a caller
+/// (and the locks it holds) for ever.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(Value, Value)>>>>;
 type Writer = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
 
@@ -216,9 +220,22 @@ impl Client {
                 reason: e.to_string(),
             });
         }
-        let (result, error) = rx.await.map_err(|_| OvsdbError::Closed {
-            peer: self.peer.clone(),
-        })?;
+        let (result, error) = match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(r) => r.map_err(|_| OvsdbError::Closed {
+                peer: self.peer.clone(),
+            })?,
+            Err(_) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                return Err(OvsdbError::Io {
+                    peer: self.peer.clone(),
+                    what: method.to_string(),
+                    reason: format!("no reply within {} s", CALL_TIMEOUT.as_secs()),
+                });
+            }
+        };
         if !error.is_null() {
             return Err(OvsdbError::Rpc {
                 peer: self.peer.clone(),
