@@ -1252,6 +1252,10 @@ impl OvsDriver {
                 members.entry(m.domain.clone()).or_default().push(m);
             }
         }
+        // A domain whose VNI is taken by another gets no flows (apply refuses its members).
+        for (d, _) in plan::colliding_domains(members.keys().map(String::as_str)) {
+            members.remove(&d);
+        }
         let t = lock(&self.inner.topology);
         members
             .into_iter()
@@ -1453,6 +1457,28 @@ impl Driver for OvsDriver {
 
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
         let p = self.plan(c)?;
+        if let Some(m) = plan::domain_member(c) {
+            let mut domains: Vec<String> = self
+                .desired_snapshot()
+                .iter()
+                .filter_map(plan::domain_member)
+                .map(|m| m.domain)
+                .collect();
+            domains.push(m.domain.clone());
+            if let Some((_, other)) = plan::colliding_domains(domains.iter().map(String::as_str))
+                .into_iter()
+                .find(|(d, _)| *d == m.domain)
+            {
+                return Err(self.err(
+                    format!("connection {}", c.id),
+                    format!(
+                        "bridge domain {} would share VNI {:#x} with domain {other}; rename one of them",
+                        m.domain,
+                        plan::domain_vni(&m.domain)
+                    ),
+                ));
+            }
+        }
         {
             let mut d = lock(&self.inner.desired);
             d.seq += 1;

@@ -462,6 +462,26 @@ pub fn domain_vni(domain: &str) -> u32 {
     0x00E0_0000 | (fnv1a(domain) & 0x000F_FFFF) as u32
 }
 
+/// Domains whose VNI (a hash of the name) is already another domain's, each with that other
+/// domain: first come (in name order) keeps the VNI. Their frames would mix on the wire, so
+/// they are refused instead of wired.
+pub fn colliding_domains<'a>(domains: impl IntoIterator<Item = &'a str>) -> Vec<(String, String)> {
+    let mut names: Vec<&str> = domains.into_iter().collect();
+    names.sort();
+    names.dedup();
+    let mut owner: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for d in names {
+        match owner.get(&domain_vni(d)) {
+            Some(first) => out.push((d.to_string(), first.to_string())),
+            None => {
+                owner.insert(domain_vni(d), d);
+            }
+        }
+    }
+    out
+}
+
 /// The cookie of a domain's flows on every node (recomputed as members come and go).
 pub fn domain_cookie(domain: &str) -> u64 {
     COOKIE_TAG | (fnv1a(&format!("domain:{domain}")) & 0xffff_ffff_ffff).max(1)
@@ -692,6 +712,21 @@ mod tests {
         );
         assert!(domain_flows("blue", "n1", &["a".into()], &[]).len() == 1);
         assert!(domain_vni("blue") >= 0xE0_0000);
+        // Find two names whose VNIs collide, and check the later one is refused.
+        let mut seen = std::collections::HashMap::new();
+        let mut pair = None;
+        for i in 0..5_000_000u32 {
+            let n = format!("d{i}");
+            if let Some(prev) = seen.insert(domain_vni(&n), n.clone()) {
+                pair = Some((prev, n));
+                break;
+            }
+        }
+        let (a, b) = pair.unwrap();
+        let refused = colliding_domains([a.as_str(), b.as_str(), "blue"]);
+        assert_eq!(refused.len(), 1);
+        let (first, later) = if a < b { (a, b) } else { (b, a) };
+        assert_eq!(refused[0], (later, first));
     }
 
     #[test]
