@@ -222,31 +222,10 @@ async fn dev_real_netconfd_appliance_profile_applies_and_removes_a_tunnel() {
     .await
     .unwrap();
     // Apply as an eNSM does: lock, edit, confirmed commit, confirm, unlock.
-    s.ok(Operation::Lock {
-        target: Datastore::Candidate,
-    })
-    .await
-    .unwrap();
-    s.edit_config(Datastore::Candidate, DefaultOperation::Merge, &config)
+
+    s.apply_config(DefaultOperation::Merge, &config, profile.confirm_timeout)
         .await
         .unwrap();
-    s.ok(Operation::Commit {
-        confirm_timeout: profile.confirm_timeout,
-        persist: None,
-    })
-    .await
-    .unwrap();
-    s.ok(Operation::Commit {
-        confirm_timeout: None,
-        persist: None,
-    })
-    .await
-    .unwrap();
-    s.ok(Operation::Unlock {
-        target: Datastore::Candidate,
-    })
-    .await
-    .unwrap();
     let running = s.get_config(Datastore::Running, None).await.unwrap();
     assert!(
         running.contains("<vni>5042</vni>")
@@ -254,16 +233,22 @@ async fn dev_real_netconfd_appliance_profile_applies_and_removes_a_tunnel() {
             && running.contains("<name>mw5eed0001</name>"),
         "{running}"
     );
+    // A config the device refuses: its error comes back, nothing changes, the lock is released.
+    let bad = config.replace("<vni>5042</vni>", "<vni>0</vni>");
+    let e = s
+        .apply_config(DefaultOperation::Merge, &bad, None)
+        .await
+        .unwrap_err();
+    assert!(e.error_tag().is_some(), "{e}");
+    assert!(s
+        .get_config(Datastore::Running, None)
+        .await
+        .unwrap()
+        .contains("<vni>5042</vni>"));
     // Undo: exactly that tunnel goes.
-    s.edit_config(Datastore::Candidate, DefaultOperation::None, &remove)
+    s.apply_config(DefaultOperation::None, &remove, None)
         .await
         .unwrap();
-    s.ok(Operation::Commit {
-        confirm_timeout: None,
-        persist: None,
-    })
-    .await
-    .unwrap();
     let running = s.get_config(Datastore::Running, None).await.unwrap();
     assert!(!running.contains("mw5eed0001"), "{running}");
     s.close().await.unwrap();

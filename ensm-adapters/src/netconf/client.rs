@@ -388,6 +388,49 @@ impl Session {
         .map(|_| ())
     }
 
+    /// Applies `config` as one transaction on the candidate: lock, edit, commit (confirmed with
+    /// `confirm_timeout` seconds, then confirmed at once, where given), unlock. If any step fails
+    /// after the lock, the candidate is discarded and unlocked, so the device is left as it was,
+    /// and the step's own error is returned.
+    pub async fn apply_config(
+        &self,
+        default_operation: DefaultOperation,
+        config: &str,
+        confirm_timeout: Option<u32>,
+    ) -> Result<(), NetconfError> {
+        self.ok(Operation::Lock {
+            target: Datastore::Candidate,
+        })
+        .await?;
+        let steps = async {
+            self.edit_config(Datastore::Candidate, default_operation, config)
+                .await?;
+            self.ok(Operation::Commit {
+                confirm_timeout,
+                persist: None,
+            })
+            .await?;
+            if confirm_timeout.is_some() {
+                self.ok(Operation::Commit {
+                    confirm_timeout: None,
+                    persist: None,
+                })
+                .await?;
+            }
+            Ok::<(), NetconfError>(())
+        }
+        .await;
+        if steps.is_err() {
+            let _ = self.ok(Operation::DiscardChanges).await;
+        }
+        let unlocked = self
+            .ok(Operation::Unlock {
+                target: Datastore::Candidate,
+            })
+            .await;
+        steps.and(unlocked)
+    }
+
     /// A plain op with an `<ok/>` reply.
     pub async fn ok(&self, op: Operation) -> Result<(), NetconfError> {
         self.call(op).await.map(|_| ())

@@ -137,11 +137,12 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use meshwire_models::{ClientRef, ConnectionState, Hop, IpContext, Placement};
 
-    fn conn(m: Mechanism, payload: Payload) -> Connection {
+    /// A connection for driver tests (shared with the OVS plan's tests).
+    pub(crate) fn conn(m: Mechanism, payload: Payload) -> Connection {
         Connection {
             id: "0123abcd-ffff".into(),
             network_service: "s".into(),

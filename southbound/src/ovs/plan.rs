@@ -550,7 +550,7 @@ pub fn domain_flows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshwire_models::{ClientRef, ConnectionState, Hop, IpContext, Placement};
+    use meshwire_models::Hop;
 
     struct Links;
     impl Uplinks for Links {
@@ -560,40 +560,12 @@ mod tests {
     }
 
     fn conn(hops: Vec<Hop>) -> Connection {
-        Connection {
-            id: "0123abcd-ffff".into(),
-            network_service: "s".into(),
-            network_service_endpoint_name: "e".into(),
-            payload: Payload::Ip,
-            client: ClientRef {
-                node: hops[0].from.clone(),
-                name: None,
-            },
-            labels: Default::default(),
-            interface: "nsm-1".into(),
-            preferences: vec![],
-            path: vec![],
-            hops,
-            placement: Placement {
-                client_netns: Some("c".into()),
-                client_node_netns: Some("n1".into()),
-                endpoint_netns: Some("e".into()),
-                endpoint_node_netns: Some("n3".into()),
-                bridge: None,
-            },
-            ip_context: IpContext {
-                src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()],
-                dst_ip_addrs: vec!["172.16.0.0/31".parse().unwrap()],
-                ..Default::default()
-            },
-            address_pool: None,
-            mtu: 1450,
-            state: ConnectionState::Up,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            generation: 0,
-            last_error: None,
-        }
+        let mut c = crate::kernel::wiring::tests::conn(hops[0].mechanism.clone(), Payload::Ip);
+        c.client.node = hops[0].from.clone();
+        c.hops = hops;
+        c.placement.endpoint_node_netns = Some("n3".into());
+        c.placement.bridge = None;
+        c
     }
 
     #[test]

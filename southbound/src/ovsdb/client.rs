@@ -210,30 +210,18 @@ impl Client {
         }
         .encode();
         if let Err(e) = self.writer.lock().await.write_all(&bytes).await {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            return Err(OvsdbError::Io {
-                peer: self.peer.clone(),
-                what: method.to_string(),
-                reason: e.to_string(),
-            });
+            return Err(self.abandon(id, method, e.to_string()));
         }
         let (result, error) = match tokio::time::timeout(CALL_TIMEOUT, rx).await {
             Ok(r) => r.map_err(|_| OvsdbError::Closed {
                 peer: self.peer.clone(),
             })?,
             Err(_) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                return Err(OvsdbError::Io {
-                    peer: self.peer.clone(),
-                    what: method.to_string(),
-                    reason: format!("no reply within {} s", CALL_TIMEOUT.as_secs()),
-                });
+                return Err(self.abandon(
+                    id,
+                    method,
+                    format!("no reply within {} s", CALL_TIMEOUT.as_secs()),
+                ))
             }
         };
         if !error.is_null() {
@@ -244,6 +232,19 @@ impl Client {
             });
         }
         Ok(result)
+    }
+
+    /// Forgets call `id` (nobody will wait for its reply) and names why.
+    fn abandon(&self, id: u64, method: &str, reason: String) -> OvsdbError {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        OvsdbError::Io {
+            peer: self.peer.clone(),
+            what: method.to_string(),
+            reason,
+        }
     }
 
     pub async fn list_dbs(&self) -> Result<Vec<String>, OvsdbError> {
