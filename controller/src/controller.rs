@@ -56,6 +56,12 @@ pub enum Event {
         key: String,
         change: String,
     },
+    /// An endpoint was withdrawn (down) or came back.
+    Endpoint {
+        name: String,
+        down: bool,
+        reason: String,
+    },
 }
 
 /// One object applied or deleted.
@@ -385,6 +391,60 @@ impl Controller {
     /// Whether the store answers.
     pub async fn ready(&self) -> Result<(), ControllerError> {
         Ok(self.inner.store.health().await?)
+    }
+
+    /// Marks an endpoint down (withdrawn: no new connections, and its connections heal onto
+    /// another endpoint at once) or up again. The registration is kept either way. Returns
+    /// whether anything changed; an unknown endpoint is an error.
+    pub async fn set_endpoint_down(
+        &self,
+        name: &str,
+        down: bool,
+        reason: &str,
+    ) -> Result<bool, ControllerError> {
+        let changed = {
+            let mut s = self.state();
+            let was =
+                s.endpoint(name)
+                    .map(|e| e.down)
+                    .ok_or_else(|| ControllerError::NotFound {
+                        key: format!("NetworkServiceEndpoint/{name}"),
+                    })?;
+            s.set_endpoint_down(name, down);
+            was != down
+        };
+        if changed {
+            if down {
+                tracing::warn!(endpoint = %name, %reason, "endpoint withdrawn");
+            } else {
+                tracing::info!(endpoint = %name, %reason, "endpoint back");
+            }
+            self.emit(Event::Endpoint {
+                name: name.to_string(),
+                down,
+                reason: reason.to_string(),
+            });
+            let affected = self
+                .state()
+                .connections()
+                .any(|c| c.network_service_endpoint_name == name && !c.state.is_final());
+            if down && affected {
+                // Heal now rather than at the next tick.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    match this.reconcile_once().await {
+                        Ok(r) if !r.is_quiet() => {
+                            tracing::info!(report = ?r, "reconciled after endpoint withdrawal")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reconcile after endpoint withdrawal failed")
+                        }
+                    }
+                });
+            }
+        }
+        Ok(changed)
     }
 
     // ---- connections ------------------------------------------------------------------------

@@ -71,8 +71,14 @@ pub trait Driver: Send + Sync + 'static {
 /// Routes each connection to the driver of its client node's forwarder (kernel nodes to the
 /// netlink driver, ovs nodes to the Open vSwitch driver). A forwarder with no driver here gets an
 /// error naming it.
+///
+/// A connection whose endpoint is an external device has two halves: the device's eNSM
+/// (attached with [`Dataplanes::attach_device`]) configures the device, and the node driver wires
+/// the client's side of the tunnel. The device goes first: it may refuse (its own error then
+/// fails the request, and nothing is left on the node).
 pub struct Dataplanes {
     drivers: Vec<(ForwarderKind, Arc<dyn Driver>)>,
+    devices: Mutex<HashMap<String, Arc<dyn Driver>>>,
     topology: Mutex<Topology>,
     name: String,
 }
@@ -86,9 +92,43 @@ impl Dataplanes {
             .join(",");
         Dataplanes {
             drivers,
+            devices: Mutex::default(),
             topology: Mutex::new(Topology::default()),
             name,
         }
+    }
+
+    /// `driver` (an eNSM) configures device `device` from now on.
+    pub fn attach_device(&self, device: &str, driver: Arc<dyn Driver>) {
+        tracing::info!(%device, ensm = driver.name(), "eNSM attached");
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.to_string(), driver);
+    }
+
+    pub fn detach_device(&self, device: &str) {
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(device);
+    }
+
+    fn device_driver(&self, c: &Connection) -> Result<Option<Arc<dyn Driver>>, DriverError> {
+        let Some(d) = &c.placement.endpoint_device else {
+            return Ok(None);
+        };
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| DriverError {
+                driver: self.name.clone(),
+                target: format!("connection {}", c.id),
+                reason: format!("no eNSM is attached for device {d} (start it in the controller with --ensm-device, or run `meshwire ensm`)"),
+            })
     }
 
     fn forwarder_of(&self, c: &Connection) -> ForwarderKind {
@@ -124,10 +164,30 @@ impl Driver for Dataplanes {
         &self.name
     }
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
-        self.driver_for(c)?.apply(c).await
+        let node = self.driver_for(c)?;
+        if let Some(device) = self.device_driver(c)? {
+            device.apply(c).await?;
+            if let Err(e) = node.apply(c).await {
+                let _ = device.remove(c).await;
+                return Err(e);
+            }
+            return Ok(());
+        }
+        node.apply(c).await
     }
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        self.driver_for(c)?.remove(c).await
+        let node = self.driver_for(c)?;
+        let device = self.device_driver(c);
+        node.remove(c).await?;
+        match device {
+            Ok(Some(d)) => d.remove(c).await,
+            Ok(None) => Ok(()),
+            // Nothing can be removed from a device nobody manages; its eNSM resyncs on attach.
+            Err(e) => {
+                tracing::warn!(connection = %c.id, error = %e, "device half left to its eNSM's resync");
+                Ok(())
+            }
+        }
     }
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
         let mut obs = Observation::default();
@@ -138,6 +198,38 @@ impl Driver for Dataplanes {
                 .cloned()
                 .collect();
             obs.connections.extend(d.observe(&mine).await?.connections);
+        }
+        let devices: Vec<(String, Arc<dyn Driver>)> = self
+            .devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, d) in devices {
+            let mine: Vec<Connection> = desired
+                .iter()
+                .filter(|c| c.placement.endpoint_device.as_deref() == Some(name.as_str()))
+                .cloned()
+                .collect();
+            // A device that cannot be asked is the eNSM's to report (as EndpointLost); an
+            // error here must not hide the node drivers' view.
+            let seen = match d.observe(&mine).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(device = %name, error = %e, "eNSM observe failed");
+                    continue;
+                }
+            };
+            for (id, h) in seen.connections {
+                let keep_node_view = matches!(
+                    obs.connections.get(&id),
+                    Some(Health::ClientGone { .. } | Health::PathFailed { .. })
+                );
+                if !keep_node_view && h != Health::Healthy {
+                    obs.connections.insert(id, h);
+                }
+            }
         }
         Ok(obs)
     }

@@ -16,8 +16,8 @@ pub enum ControllerError {
         "client node {node:?} is not in the topology: apply a meshwire.io/v1 Node named {node:?}"
     )]
     UnknownNode { node: String },
-    #[error("no endpoint offers network service {service:?}")]
-    NoEndpoint { service: String },
+    #[error("no endpoint offers network service {service:?}{detail}")]
+    NoEndpoint { service: String, detail: String },
     #[error("no endpoint of network service {service:?} matches client labels {labels}")]
     NoMatchingEndpoint { service: String, labels: String },
     #[error(

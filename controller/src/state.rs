@@ -346,8 +346,18 @@ impl State {
             .map(|e| &e.nse)
             .collect();
         if live.is_empty() {
+            let down: Vec<&str> = names
+                .iter()
+                .filter(|n| self.endpoints.get(*n).is_some_and(|e| e.down))
+                .map(String::as_str)
+                .collect();
             return Err(ControllerError::NoEndpoint {
                 service: service_name.clone(),
+                detail: if down.is_empty() {
+                    String::new()
+                } else {
+                    format!(" that is up (withdrawn: {})", down.join(", "))
+                },
             });
         }
         let matched = matching(service, &req.labels, &live);
@@ -444,6 +454,10 @@ impl State {
                 endpoint_node_netns,
                 bridge: (payload == Payload::Ethernet)
                     .then(|| nse.bridge.clone().unwrap_or_else(|| "nsm-br0".to_string())),
+                endpoint_device: match &nse.location {
+                    EndpointLocation::Device { device } => Some(device.clone()),
+                    EndpointLocation::Node { .. } => None,
+                },
             };
             return Ok(Connection {
                 id: id.to_string(),

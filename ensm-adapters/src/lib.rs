@@ -12,8 +12,15 @@
 //!   config and its undo, checked at load time. Shipped: `profiles/meshwire-appliance.yaml` (for
 //!   `yang/meshwire-appliance@2026-11-23.yang`) and `profiles/ietf-interfaces.yaml`.
 //!
-//! The adapters themselves (registration, negotiation, apply and removal) come next (issue 5).
+//! - [`device`]: the device file an eNSM starts from (where the device is, credentials by
+//!   reference, profile, endpoints), checked at load time.
+//!
+//! - [`ensm`]: the eNSM itself: registers the device's endpoints, checks and applies negotiated
+//!   connections on the device in one NETCONF transaction each, removes exactly its config, and
+//!   withdraws endpoints when the device or one of its data links goes down.
 
+pub mod device;
+pub mod ensm;
 pub mod netconf;
 pub mod profile;
 pub mod snmp;

@@ -60,7 +60,22 @@ struct RawSpec {
     yang: Vec<String>,
     #[serde(default)]
     commit: Option<RawCommit>,
+    #[serde(default)]
+    inventory: Option<Inventory>,
     mechanisms: BTreeMap<String, RawMechanism>,
+}
+
+/// How to find what Meshwire owns on the device, for resync: a subtree filter for get-config,
+/// the element of one entry, its key leaf and the leaf carrying `meshwire:<connection id>`, and
+/// how to remove an entry given only its key (`{{name}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Inventory {
+    pub filter: String,
+    pub entry: String,
+    pub key: String,
+    pub owner: String,
+    pub remove: String,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +108,8 @@ pub struct Profile {
     pub yang: Vec<String>,
     /// Confirmed commit with this timeout (seconds), confirmed once the connection is up.
     pub confirm_timeout: Option<u32>,
+    /// Finding Meshwire's entries on the device (without it, resync cannot see orphans).
+    pub inventory: Option<Inventory>,
     pub mechanisms: BTreeMap<MechanismKind, Template>,
 }
 
@@ -238,6 +255,33 @@ impl Profile {
                 },
             );
         }
+        if let Some(inv) = &raw.spec.inventory {
+            for v in placeholders(&inv.remove).map_err(|e| err(format!("inventory.remove: {e}")))? {
+                if v != "name" {
+                    return Err(err(format!(
+                        "inventory.remove: unknown variable {{{{{v}}}}} (only {{{{name}}}}, the entry's key)"
+                    )));
+                }
+            }
+            let vars = BTreeMap::from([("name", "1".to_string())]);
+            let r =
+                render(&inv.remove, &vars).map_err(|e| err(format!("inventory.remove: {e}")))?;
+            well_formed(&r)
+                .map_err(|e| err(format!("inventory.remove: not well-formed XML: {e}")))?;
+            well_formed(&inv.filter)
+                .map_err(|e| err(format!("inventory.filter: not well-formed XML: {e}")))?;
+            for (what, v) in [
+                ("entry", &inv.entry),
+                ("key", &inv.key),
+                ("owner", &inv.owner),
+            ] {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return Err(err(format!(
+                        "inventory.{what}: {v:?} is not an element name"
+                    )));
+                }
+            }
+        }
         if mechanisms.is_empty() {
             return Err(err(
                 "spec.mechanisms: a profile needs at least one mechanism".into(),
@@ -248,6 +292,7 @@ impl Profile {
             description: raw.spec.description,
             yang: raw.spec.yang,
             confirm_timeout: raw.spec.commit.and_then(|c| c.confirm_timeout),
+            inventory: raw.spec.inventory,
             mechanisms,
         })
     }
@@ -320,6 +365,36 @@ impl Profile {
             render(&t.remove, &vars).map_err(err)?,
         ))
     }
+}
+
+/// Meshwire's entries in a get-config reply (`data`, the inner XML of `<data>`): (key, connection
+/// id) for each `entry` whose `owner` leaf reads `meshwire:<id>` (anything after a space is free
+/// text). Entries of others are not returned.
+pub fn owned_entries(inv: &Inventory, data: &str) -> Result<Vec<(String, String)>, String> {
+    let doc = format!("<data>{data}</data>");
+    let doc = roxmltree::Document::parse(&doc).map_err(|e| format!("get-config reply: {e}"))?;
+    let mut out = Vec::new();
+    for e in doc
+        .descendants()
+        .filter(|n| n.has_tag_name(inv.entry.as_str()))
+    {
+        let leaf = |name: &str| {
+            e.children()
+                .find(|c| c.has_tag_name(name))
+                .and_then(|c| c.text())
+                .map(str::trim)
+        };
+        let (Some(key), Some(owner)) = (leaf(&inv.key), leaf(&inv.owner)) else {
+            continue;
+        };
+        if let Some(id) = owner.strip_prefix("meshwire:") {
+            let id = id.split_whitespace().next().unwrap_or_default();
+            if !id.is_empty() {
+                out.push((key.to_string(), id.to_string()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The template variables of connection `c` as the device (the endpoint side) sees it.

@@ -136,6 +136,34 @@ impl Monitor {
         }
     }
 
+    /// ifIndex of each interface named in `names` (by ifDescr), walking ifDescr once. Names the
+    /// device does not have are left out.
+    pub async fn if_indexes(
+        &self,
+        names: &[String],
+    ) -> Result<std::collections::BTreeMap<String, u32>, SnmpError> {
+        let table = Oid::new([1, 3, 6, 1, 2, 1, 2, 2, 1, 2]);
+        let rows = self
+            .client
+            .walk(table.clone())
+            .map_err(|e| self.err("walk ifDescr", e))?
+            .collect()
+            .await
+            .map_err(|e| self.err("walk ifDescr", e))?;
+        let mut out = std::collections::BTreeMap::new();
+        for vb in rows {
+            let Some(descr) = vb.value.as_str() else {
+                continue;
+            };
+            if let Some(&index) = vb.oid.arcs().get(table.arcs().len()) {
+                if names.iter().any(|n| n == descr) {
+                    out.insert(descr.to_string(), index);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// One GET of sysUpTime (the cheapest liveness probe).
     pub async fn uptime(&self) -> Result<u32, SnmpError> {
         let r = self
@@ -199,5 +227,79 @@ impl Monitor {
             uptime_ticks,
             interfaces,
         })
+    }
+}
+
+/// A linkDown or linkUp notification (RFC 2863): which ifIndex, and whether it went up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTrap {
+    pub if_index: u32,
+    pub up: bool,
+}
+
+/// linkDown (snmpTraps.3) and linkUp (snmpTraps.4).
+pub fn link_trap(trap_oid: &Oid, varbinds: &[async_snmp::VarBind]) -> Option<LinkTrap> {
+    let traps = [1u32, 3, 6, 1, 6, 3, 1, 1, 5];
+    let arcs = trap_oid.arcs();
+    if arcs.len() != 10 || arcs[..9] != traps {
+        return None;
+    }
+    let up = match arcs[9] {
+        3 => false,
+        4 => true,
+        _ => return None,
+    };
+    // The first varbind is ifIndex.<n> = n; fall back to the instance of any ifTable column.
+    let if_table = [1u32, 3, 6, 1, 2, 1, 2, 2, 1];
+    let if_index = varbinds.iter().find_map(|vb| {
+        let a = vb.oid.arcs();
+        (a.len() == 11 && a[..9] == if_table).then(|| a[10])
+    })?;
+    Some(LinkTrap { if_index, up })
+}
+
+/// Receives v2c notifications with `community` on `listen`.
+pub async fn trap_receiver(
+    listen: SocketAddr,
+    community: &str,
+) -> Result<async_snmp::notification::NotificationReceiver, String> {
+    async_snmp::notification::NotificationReceiver::builder()
+        .bind(listen.to_string())
+        .community(community.as_bytes().to_vec())
+        .accept_all_notifications()
+        .build()
+        .await
+        .map_err(|e| format!("trap receiver on {listen}: {e}"))
+}
+
+#[cfg(test)]
+mod trap_tests {
+    use super::*;
+
+    #[test]
+    fn link_traps_are_recognised() {
+        let vb = |o: Vec<u32>| async_snmp::VarBind::new(Oid::new(o), Value::Integer(1));
+        let down = Oid::new([1, 3, 6, 1, 6, 3, 1, 1, 5, 3]);
+        let up = Oid::new([1, 3, 6, 1, 6, 3, 1, 1, 5, 4]);
+        let idx = vec![vb(vec![1, 3, 6, 1, 2, 1, 2, 2, 1, 1, 7])];
+        assert_eq!(
+            link_trap(&down, &idx),
+            Some(LinkTrap {
+                if_index: 7,
+                up: false
+            })
+        );
+        assert_eq!(
+            link_trap(&up, &idx),
+            Some(LinkTrap {
+                if_index: 7,
+                up: true
+            })
+        );
+        assert_eq!(
+            link_trap(&Oid::new([1, 3, 6, 1, 6, 3, 1, 1, 5, 1]), &idx),
+            None
+        );
+        assert_eq!(link_trap(&down, &[]), None);
     }
 }

@@ -27,6 +27,7 @@ pub struct Appliance {
     dir: tempfile::TempDir,
     pub port: u16,
     children: Vec<Child>,
+    netconfd_args: Vec<String>,
 }
 
 fn err(step: &str, reason: impl std::fmt::Display) -> ApplianceError {
@@ -109,15 +110,28 @@ impl Appliance {
             dir,
             port,
             children: vec![],
+            netconfd_args: args,
         };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> Result<(), ApplianceError> {
+        let d = self.dir.path().to_path_buf();
+        let sock = d.join("ncx.sock");
+        let _ = std::fs::remove_file(&sock);
+        let port = self.port;
+        // netconfd keeps a transaction-id file under $HOME/.yuma: one home per appliance, so
+        // parallel appliances do not race on it.
         let netconfd = Command::new("/usr/sbin/netconfd")
-            .args(&args)
+            .args(&self.netconfd_args)
+            .env("HOME", &d)
             .current_dir(&d)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| err("start netconfd", e))?;
-        a.children.push(netconfd);
+        self.children.push(netconfd);
         let sshd = Command::new("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
@@ -125,10 +139,10 @@ impl Appliance {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| err("start sshd", e))?;
-        a.children.push(sshd);
+        self.children.push(sshd);
         for _ in 0..250 {
             if sock.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(a);
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -139,6 +153,21 @@ impl Appliance {
                 std::fs::read_to_string(d.join("netconfd.log")).unwrap_or_default()
             ),
         ))
+    }
+
+    /// Kills netconfd and sshd (the device goes away; its configuration with it, as netconfd
+    /// runs without a startup file).
+    pub fn stop(&mut self) {
+        for mut c in self.children.drain(..).rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts them again, same port and host key.
+    pub fn restart(&mut self) -> Result<(), ApplianceError> {
+        self.stop();
+        self.spawn()
     }
 
     /// The IETF interfaces model (with iana-if-type), as netconfd ships it.
@@ -185,10 +214,7 @@ impl Appliance {
 
 impl Drop for Appliance {
     fn drop(&mut self) {
-        for mut c in self.children.drain(..).rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 

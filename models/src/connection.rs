@@ -71,6 +71,10 @@ pub struct Placement {
     /// Ethernet services: the bridge in the endpoint that clients join.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// The endpoint is this external device: its eNSM configures the endpoint half, and node
+    /// data planes wire only the client half (the tunnel from the client's node to the device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_device: Option<String>,
 }
 
 /// A vertex a connection passes through.

@@ -469,7 +469,7 @@ impl Driver for KernelDriver {
                 vni,
                 port,
             } => {
-                for side in [client, endpoint] {
+                for side in std::iter::once(client).chain(endpoint.as_ref()) {
                     if !self.existing(c, &side.end).await? {
                         self.create_vxlan(c, side, *vni, *port).await?;
                     }
@@ -503,19 +503,18 @@ impl Driver for KernelDriver {
                 client, endpoint, ..
             } = &w
             {
-                underlays = vec![
-                    (client.underlay_netns.clone(), true),
-                    (endpoint.underlay_netns.clone(), false),
-                ];
+                underlays.push((client.underlay_netns.clone(), true));
+                if let Some(e) = endpoint {
+                    underlays.push((e.underlay_netns.clone(), false));
+                }
             }
-            let [client, endpoint] = w.ends();
+            let ends = w.ends();
             let mut health = None;
-            for (ns, is_client) in [
-                (client.netns.clone(), true),
-                (endpoint.netns.clone(), false),
-            ]
-            .into_iter()
-            .chain(underlays)
+            for (ns, is_client) in ends
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.netns.clone(), i == 0))
+                .chain(underlays)
             {
                 if !netns::exists(&ns) {
                     self.namespaces.forget(&ns);
@@ -530,7 +529,7 @@ impl Driver for KernelDriver {
             }
             if health.is_none() {
                 let ours = alias(&c.id);
-                for end in [client, endpoint] {
+                for end in ends {
                     if !links.contains_key(&end.netns) {
                         let l = self.links(&end.netns).await;
                         links.insert(end.netns.clone(), l);

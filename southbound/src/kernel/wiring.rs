@@ -46,7 +46,8 @@ pub enum Wiring {
     },
     Vxlan {
         client: Side,
-        endpoint: Side,
+        /// `None` when the endpoint is an external device (its eNSM configures that side).
+        endpoint: Option<Side>,
         vni: u32,
         port: u16,
     },
@@ -62,13 +63,15 @@ pub struct Side {
 }
 
 impl Wiring {
-    /// Both ends, client first.
-    pub fn ends(&self) -> [&End; 2] {
+    /// The ends this data plane wires, client first (one when the endpoint is a device).
+    pub fn ends(&self) -> Vec<&End> {
         match self {
-            Wiring::Veth { client, endpoint } => [client, endpoint],
+            Wiring::Veth { client, endpoint } => vec![client, endpoint],
             Wiring::Vxlan {
                 client, endpoint, ..
-            } => [&client.end, &endpoint.end],
+            } => std::iter::once(&client.end)
+                .chain(endpoint.as_ref().map(|e| &e.end))
+                .collect(),
         }
     }
 }
@@ -114,6 +117,7 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
     let p = &c.placement;
     let (mut client, mut endpoint) = plan_ends(c);
     match c.mechanism() {
+        Some(Mechanism::Kernel { .. }) if p.endpoint_device.is_some() => Err(format!("endpoint is device {}; a veth cannot reach a device (use VXLAN)", p.endpoint_device.as_deref().unwrap_or_default())),
         Some(Mechanism::Kernel { interface, peer_interface }) => {
             client.ifname = interface.clone();
             endpoint.ifname = peer_interface.clone();
@@ -126,7 +130,7 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
             let (local, remote) = (v4(*src_ip, "client underlay")?, v4(*dst_ip, "endpoint underlay")?);
             Ok(Wiring::Vxlan {
                 client: Side { end: client, underlay_netns: p.client_node_netns.clone(), local, remote },
-                endpoint: Side { end: endpoint, underlay_netns: p.endpoint_node_netns.clone(), local: remote, remote: local },
+                endpoint: p.endpoint_device.is_none().then(|| Side { end: endpoint, underlay_netns: p.endpoint_node_netns.clone(), local: remote, remote: local }),
                 vni: *vni,
                 port: *port,
             })
@@ -202,6 +206,7 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(vni, 7);
+        let endpoint = endpoint.unwrap();
         assert_eq!(
             (client.local, client.remote),
             (endpoint.remote, endpoint.local)
@@ -215,6 +220,26 @@ pub(crate) mod tests {
         );
         assert_eq!(endpoint.end.ifname, "nse-0123abcd");
         assert_eq!(endpoint.end.bridge, None, "IP payload: no bridge");
+    }
+
+    #[test]
+    fn device_endpoint_gets_only_the_client_half() {
+        let m = Mechanism::Vxlan {
+            vni: 5001,
+            src_ip: "10.0.0.1".parse().unwrap(),
+            dst_ip: "10.0.0.9".parse().unwrap(),
+            port: 4789,
+        };
+        let mut c = conn(m, Payload::Ip);
+        c.placement.endpoint_device = Some("fw1".into());
+        let w = plan(&c).unwrap();
+        assert_eq!(w.ends().len(), 1);
+        assert_eq!(w.ends()[0].ifname, "nsm-1");
+        c.hops[0].mechanism = Mechanism::Kernel {
+            interface: "nsm-1".into(),
+            peer_interface: "nse-1".into(),
+        };
+        assert!(plan(&c).unwrap_err().contains("device fw1"));
     }
 
     #[test]

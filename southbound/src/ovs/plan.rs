@@ -172,6 +172,11 @@ fn v4(a: IpAddr) -> Result<std::net::Ipv4Addr, String> {
 
 /// The plan for `c`, or why Open vSwitch cannot carry it.
 pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
+    if let Some(d) = &c.placement.endpoint_device {
+        return Err(format!(
+            "endpoint is external device {d}; the Open vSwitch data plane does not terminate device tunnels yet (put the client on a kernel node)"
+        ));
+    }
     let w = wiring::plan_ends(c);
     let (mut client, mut endpoint) = (w.0, w.1);
     let client_node = c.client.node.clone();

@@ -1,0 +1,803 @@
+//! The eNSM: one device, exposed as one or more network service endpoints.
+//!
+//! ```text
+//!  Ensm::start ── register Device + NSEs ──▶ Registrar (the controller, in process or over REST)
+//!     │
+//!     ├─ Driver::apply(c)   range check → profile render → one NETCONF transaction
+//!     │                     (lock, edit candidate, [confirmed] commit, unlock; discard on failure)
+//!     ├─ Driver::remove(c)  the profile's undo, same transaction shape
+//!     ├─ Driver::observe    device unreachable or a data link down → EndpointLost;
+//!     │                     our entry missing on the device → Missing (repaired in place);
+//!     │                     entries marked meshwire:<id> that no connection wants → removed
+//!     │                     (after two rounds, so a connection being set up is never taken)
+//!     └─ health task        NETCONF keepalive and reconnect with jittered backoff, SNMP poll
+//!                           of sysUpTime + ifOperStatus, linkDown/linkUp traps; endpoints are
+//!                           withdrawn (marked down, never deleted) and restored accordingly.
+//! ```
+//! One NETCONF session per device is shared by all its connections; transactions on it are
+//! serialized (a second `<lock>` from the same session would be refused).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
+use meshwire_models::mechanism::Capabilities;
+use meshwire_models::{
+    Connection, Device, EndpointLocation, Mechanism, MechanismKind, NetworkServiceEndpoint, Object,
+};
+
+use crate::device::DeviceFile;
+use crate::netconf::client::{NetconfError, Session};
+use crate::netconf::xml::{Datastore, DefaultOperation};
+use crate::profile::{self, Profile};
+use crate::snmp::Monitor;
+
+/// Where an eNSM registers its device and endpoints, and reports their health.
+#[async_trait]
+pub trait Registrar: Send + Sync + 'static {
+    async fn register(&self, objects: Vec<Object>) -> Result<(), String>;
+    async fn set_endpoint_down(
+        &self,
+        endpoint: &str,
+        down: bool,
+        reason: &str,
+    ) -> Result<(), String>;
+}
+
+#[async_trait]
+impl Registrar for meshwire_controller::Controller {
+    async fn register(&self, objects: Vec<Object>) -> Result<(), String> {
+        self.apply(meshwire_models::Manifest {
+            objects,
+            warnings: Vec::new(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+    async fn set_endpoint_down(
+        &self,
+        endpoint: &str,
+        down: bool,
+        reason: &str,
+    ) -> Result<(), String> {
+        meshwire_controller::Controller::set_endpoint_down(self, endpoint, down, reason)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Counters and state an operator can read (`meshwire ensm`, metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub device: String,
+    pub reachable: bool,
+    pub last_error: Option<String>,
+    pub down_interfaces: Vec<String>,
+    pub withdrawn: Vec<String>,
+    pub sessions_opened: u64,
+    pub transactions: u64,
+    pub refused: u64,
+    pub orphans_removed: u64,
+}
+
+struct Health_ {
+    reachable: bool,
+    last_error: Option<String>,
+    /// Data interfaces the device reports down (by ifDescr).
+    down_interfaces: BTreeSet<String>,
+    /// Endpoints we told the registrar are down.
+    withdrawn: BTreeSet<String>,
+    /// Entries suspected orphan at the last observe.
+    suspects: HashSet<String>,
+    next_attempt: Instant,
+    backoff: Duration,
+    if_names: HashMap<u32, String>,
+    counters: Status,
+}
+
+struct Inner {
+    device: DeviceFile,
+    profile: Profile,
+    registrar: Arc<dyn Registrar>,
+    session: tokio::sync::Mutex<Option<Session>>,
+    /// One NETCONF transaction at a time on the shared session.
+    txn: tokio::sync::Mutex<()>,
+    health: Mutex<Health_>,
+    /// Wakes the health task (a trap arrived, or a call found the session dead).
+    wake: tokio::sync::Notify,
+    name: String,
+}
+
+/// An eNSM for one device. Cheap to clone.
+#[derive(Clone)]
+pub struct Ensm {
+    inner: Arc<Inner>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// ±20% jitter from the clock's low bits (no RNG dependency; spreading, not security).
+fn jitter(d: Duration) -> Duration {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let f = 0.8 + (n % 1000) as f64 / 2500.0;
+    d.mul_f64(f)
+}
+
+fn transport_failure(e: &NetconfError) -> bool {
+    matches!(
+        e,
+        NetconfError::Connect { .. }
+            | NetconfError::Closed { .. }
+            | NetconfError::Timeout { .. }
+            | NetconfError::Protocol { .. }
+    )
+}
+
+impl Ensm {
+    /// Builds the eNSM (nothing is contacted yet).
+    pub fn new(device: DeviceFile, profile: Profile, registrar: Arc<dyn Registrar>) -> Ensm {
+        let name = format!("ensm:{}", device.name);
+        let counters = Status {
+            device: device.name.clone(),
+            ..Default::default()
+        };
+        Ensm {
+            inner: Arc::new(Inner {
+                device,
+                profile,
+                registrar,
+                session: tokio::sync::Mutex::new(None),
+                txn: tokio::sync::Mutex::new(()),
+                health: Mutex::new(Health_ {
+                    reachable: false,
+                    last_error: Some("not contacted yet".into()),
+                    down_interfaces: BTreeSet::new(),
+                    withdrawn: BTreeSet::new(),
+                    suspects: HashSet::new(),
+                    next_attempt: Instant::now(),
+                    backoff: BACKOFF_MIN,
+                    if_names: HashMap::new(),
+                    counters,
+                }),
+                wake: tokio::sync::Notify::new(),
+                name,
+            }),
+        }
+    }
+
+    pub fn device(&self) -> &DeviceFile {
+        &self.inner.device
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health_> {
+        self.inner.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        let h = self.health();
+        Status {
+            reachable: h.reachable,
+            last_error: h.last_error.clone(),
+            down_interfaces: h.down_interfaces.iter().cloned().collect(),
+            withdrawn: h.withdrawn.iter().cloned().collect(),
+            ..h.counters.clone()
+        }
+    }
+
+    /// What the device offers: its mechanisms with the profile's ranges, restricted to the
+    /// device file's `mechanisms` when it lists some.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut c = self.inner.profile.capabilities();
+        let only = &self.inner.device.mechanisms;
+        if !only.is_empty() {
+            if !only.contains(&MechanismKind::Vxlan) {
+                c.vxlan = None;
+            }
+            if !only.contains(&MechanismKind::Gre) {
+                c.gre = None;
+            }
+            if !only.contains(&MechanismKind::Mpls) {
+                c.mpls = None;
+            }
+            if !only.contains(&MechanismKind::Vlan) {
+                c.vlan = None;
+            }
+        }
+        c
+    }
+
+    /// The Device and its NetworkServiceEndpoints, as registered.
+    pub fn objects(&self) -> Vec<Object> {
+        let d = &self.inner.device;
+        let caps = self.capabilities();
+        let mut out = vec![Object::Device(Device {
+            name: d.name.clone(),
+            kind: self.inner.profile.name.clone(),
+            address: d.address,
+            underlay_address: Some(d.underlay_address),
+            mechanisms: caps.clone(),
+            labels: d.labels.clone(),
+        })];
+        for e in &d.endpoints {
+            out.push(Object::NetworkServiceEndpoint(NetworkServiceEndpoint {
+                name: e.name.clone(),
+                network_service_names: e.services.clone(),
+                network_service_labels: e
+                    .services
+                    .iter()
+                    .map(|s| (s.clone(), e.labels.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+                url: None,
+                expires_at_ms: None,
+                location: EndpointLocation::Device {
+                    device: d.name.clone(),
+                },
+                mechanisms: caps.clone(),
+                capacity: e.capacity,
+                ipam_prefix: e.ipam_prefix,
+                routes: e.routes.clone(),
+                interface: None,
+                bridge: None,
+            }));
+        }
+        out
+    }
+
+    /// Registers the device and its endpoints, tries the device once, and starts the health
+    /// task (keepalive, reconnect, SNMP, traps). Endpoints of a device that cannot be reached
+    /// now are registered and withdrawn at once; they come back when the device does.
+    pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, String> {
+        self.inner
+            .registrar
+            .register(self.objects())
+            .await
+            .map_err(|e| format!("eNSM {}: registering: {e}", self.inner.device.name))?;
+        let this = self.clone();
+        let first = this.check_device().await;
+        this.publish().await;
+        if let Err(e) = first {
+            tracing::warn!(device = %self.inner.device.name, error = %e, "device not reachable at start; endpoints withdrawn until it is");
+        }
+        let this = self.clone();
+        Ok(tokio::spawn(async move { this.run().await }))
+    }
+
+    /// The shared session, opened if there is none (respecting the backoff).
+    async fn session(&self) -> Result<Session, String> {
+        let mut guard = self.inner.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        {
+            let h = self.health();
+            if Instant::now() < h.next_attempt {
+                return Err(format!(
+                    "device unreachable: {} (next attempt in {} ms)",
+                    h.last_error.clone().unwrap_or_default(),
+                    h.next_attempt
+                        .saturating_duration_since(Instant::now())
+                        .as_millis()
+                ));
+            }
+        }
+        match Session::connect(&self.inner.device.netconf).await {
+            Ok(s) => {
+                let mut h = self.health();
+                h.backoff = BACKOFF_MIN;
+                h.counters.sessions_opened += 1;
+                tracing::info!(device = %self.inner.device.name, framing = ?s.framing(), "NETCONF session open");
+                *guard = Some(s.clone());
+                Ok(s)
+            }
+            Err(e) => {
+                let mut h = self.health();
+                let wait = jitter(h.backoff);
+                h.next_attempt = Instant::now() + wait;
+                h.backoff = (h.backoff * 2).min(BACKOFF_MAX);
+                h.reachable = false;
+                h.last_error = Some(e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Forgets a dead session and marks the device unreachable.
+    async fn lost(&self, why: &str) {
+        *self.inner.session.lock().await = None;
+        {
+            let mut h = self.health();
+            h.reachable = false;
+            h.last_error = Some(why.to_string());
+            h.next_attempt = Instant::now();
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// One NETCONF transaction on the shared session.
+    async fn transaction(&self, config: &str) -> Result<(), NetconfError> {
+        let session = self.session().await.map_err(|e| NetconfError::Connect {
+            device: self.inner.device.name.clone(),
+            addr: format!(
+                "{}:{}",
+                self.inner.device.netconf.host, self.inner.device.netconf.port
+            ),
+            reason: e,
+        })?;
+        let _t = self.inner.txn.lock().await;
+        let r = session
+            .apply_config(
+                DefaultOperation::Merge,
+                config,
+                self.inner.profile.confirm_timeout,
+            )
+            .await;
+        {
+            let mut h = self.health();
+            h.counters.transactions += 1;
+            if matches!(r, Err(NetconfError::Rpc { .. })) {
+                h.counters.refused += 1;
+            }
+        }
+        if let Err(e) = &r {
+            if transport_failure(e) {
+                drop(_t);
+                self.lost(&e.to_string()).await;
+            }
+        }
+        r
+    }
+
+    fn err(&self, c: &Connection, reason: impl std::fmt::Display) -> DriverError {
+        DriverError {
+            driver: self.inner.name.clone(),
+            target: format!("connection {}", c.id),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Whether the negotiated parameters are ones this device accepts (the eNSM's part of the
+    /// negotiation: the controller offered from the registered ranges; the device has the last
+    /// word).
+    fn accepts(&self, c: &Connection) -> Result<(), String> {
+        if c.placement.endpoint_device.as_deref() != Some(self.inner.device.name.as_str()) {
+            return Err(format!(
+                "connection's endpoint is {:?}, not device {}",
+                c.placement.endpoint_device, self.inner.device.name
+            ));
+        }
+        if !self
+            .inner
+            .device
+            .endpoints
+            .iter()
+            .any(|e| e.name == c.network_service_endpoint_name)
+        {
+            return Err(format!(
+                "endpoint {} is not one of device {}'s",
+                c.network_service_endpoint_name, self.inner.device.name
+            ));
+        }
+        let m = c
+            .hops
+            .last()
+            .map(|h| &h.mechanism)
+            .ok_or("connection has no mechanism")?;
+        let t = self
+            .inner
+            .profile
+            .mechanisms
+            .get(&m.kind())
+            .ok_or_else(|| {
+                format!(
+                    "device {} does not terminate {}",
+                    self.inner.device.name,
+                    m.kind()
+                )
+            })?;
+        let (what, value) = match m {
+            Mechanism::Vxlan { vni, .. } => ("VNI", *vni),
+            Mechanism::Gre { key, .. } => ("GRE key", *key),
+            Mechanism::Mpls { label_out, .. } => ("MPLS label", *label_out),
+            Mechanism::Vlan { id } => ("VLAN", *id),
+            _ => return Ok(()),
+        };
+        if let Some(r) = t.range {
+            if value < r.start || value > r.end {
+                return Err(format!(
+                    "{what} {value} is outside the device's range {}..{}",
+                    r.start, r.end
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads Meshwire's entries on the device: (key, connection id).
+    async fn inventory(&self) -> Result<Vec<(String, String)>, NetconfError> {
+        let Some(inv) = &self.inner.profile.inventory else {
+            return Ok(Vec::new());
+        };
+        let session = self.session().await.map_err(|e| NetconfError::Connect {
+            device: self.inner.device.name.clone(),
+            addr: self.inner.device.netconf.host.clone(),
+            reason: e,
+        })?;
+        let r = session
+            .get_config(Datastore::Running, Some(&inv.filter))
+            .await;
+        match r {
+            Ok(data) => {
+                profile::owned_entries(inv, &data).map_err(|reason| NetconfError::Protocol {
+                    device: self.inner.device.name.clone(),
+                    what: "get-config".into(),
+                    reason,
+                })
+            }
+            Err(e) => {
+                if transport_failure(&e) {
+                    self.lost(&e.to_string()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Contacts the device (opening the session if needed) and reads its inventory: the
+    /// keepalive. Updates reachability.
+    async fn check_device(&self) -> Result<Vec<(String, String)>, String> {
+        match self.inventory().await {
+            Ok(v) => {
+                let mut h = self.health();
+                if !h.reachable {
+                    tracing::info!(device = %self.inner.device.name, "device reachable");
+                }
+                h.reachable = true;
+                h.last_error = None;
+                Ok(v)
+            }
+            Err(e) => {
+                let mut h = self.health();
+                h.reachable = false;
+                h.last_error = Some(e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Endpoints that must be withdrawn now, with why.
+    fn wanted_down(&self) -> BTreeMap<String, String> {
+        let h = self.health();
+        let mut out = BTreeMap::new();
+        for e in &self.inner.device.endpoints {
+            if !h.reachable {
+                out.insert(
+                    e.name.clone(),
+                    format!(
+                        "device {} unreachable: {}",
+                        self.inner.device.name,
+                        h.last_error.clone().unwrap_or_default()
+                    ),
+                );
+            } else if let Some(i) = e.interfaces.iter().find(|i| h.down_interfaces.contains(*i)) {
+                out.insert(
+                    e.name.clone(),
+                    format!("device {} interface {i} is down", self.inner.device.name),
+                );
+            }
+        }
+        out
+    }
+
+    /// Tells the registrar about endpoints whose state changed.
+    async fn publish(&self) {
+        let want = self.wanted_down();
+        let (to_down, to_up): (Vec<(String, String)>, Vec<String>) = {
+            let h = self.health();
+            (
+                want.iter()
+                    .filter(|(n, _)| !h.withdrawn.contains(*n))
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect(),
+                h.withdrawn
+                    .iter()
+                    .filter(|n| !want.contains_key(*n))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        for (n, reason) in to_down {
+            match self
+                .inner
+                .registrar
+                .set_endpoint_down(&n, true, &reason)
+                .await
+            {
+                Ok(()) => {
+                    self.health().withdrawn.insert(n);
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %n, error = %e, "withdrawing endpoint failed; retrying")
+                }
+            }
+        }
+        for n in to_up {
+            let reason = format!("device {} healthy", self.inner.device.name);
+            match self
+                .inner
+                .registrar
+                .set_endpoint_down(&n, false, &reason)
+                .await
+            {
+                Ok(()) => {
+                    self.health().withdrawn.remove(&n);
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %n, error = %e, "restoring endpoint failed; retrying")
+                }
+            }
+        }
+    }
+
+    /// Applies what SNMP says about the data interfaces.
+    fn set_interfaces(&self, statuses: &[(String, bool)]) {
+        let mut h = self.health();
+        for (name, up) in statuses {
+            let changed = if *up {
+                h.down_interfaces.remove(name)
+            } else {
+                h.down_interfaces.insert(name.clone())
+            };
+            if changed {
+                tracing::warn!(device = %self.inner.device.name, interface = %name, up, "data interface changed");
+            }
+        }
+    }
+
+    /// The health task: keepalive/reconnect, SNMP poll and traps, publishing endpoint state.
+    async fn run(self) {
+        let snmp = self.inner.device.snmp.clone();
+        let interval = snmp
+            .as_ref()
+            .map(|s| s.poll_interval)
+            .unwrap_or(Duration::from_secs(2));
+        let (trap_tx, mut trap_rx) = tokio::sync::mpsc::channel::<crate::snmp::LinkTrap>(64);
+        if let Some(listen) = snmp.as_ref().and_then(|s| s.trap_listen) {
+            let community = snmp
+                .as_ref()
+                .and_then(|s| s.trap_community.clone())
+                .unwrap_or_else(|| "public".into());
+            let device = self.inner.device.name.clone();
+            match crate::snmp::trap_receiver(listen, &community).await {
+                Ok(rx) => {
+                    tracing::info!(%device, %listen, "listening for linkDown/linkUp traps");
+                    tokio::spawn(async move {
+                        loop {
+                            let Ok(n) = rx.recv().await else { continue };
+                            let Ok(oid) = n.notification.trap_oid() else {
+                                continue;
+                            };
+                            if let Some(t) = crate::snmp::link_trap(&oid, n.notification.varbinds())
+                            {
+                                if trap_tx.send(t).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(%device, error = %e, "no trap receiver; relying on polls"),
+            }
+        }
+        let mut monitor: Option<Monitor> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.inner.wake.notified() => {}
+                Some(t) = trap_rx.recv() => {
+                    let name = self.health().if_names.get(&t.if_index).cloned();
+                    if let Some(name) = name {
+                        tracing::info!(device = %self.inner.device.name, interface = %name, up = t.up, "link trap");
+                        self.set_interfaces(&[(name, t.up)]);
+                        self.publish().await;
+                    }
+                    continue;
+                }
+            }
+            if let Err(e) = self.check_device().await {
+                tracing::debug!(device = %self.inner.device.name, error = %e, "keepalive failed");
+            }
+            if let Some(s) = &snmp {
+                if monitor.is_none() {
+                    monitor = Monitor::connect(s.target.clone()).await.ok();
+                }
+                if let Some(m) = &monitor {
+                    let need_map = self.health().if_names.len() < s.interfaces.len();
+                    if need_map {
+                        if let Ok(map) = m.if_indexes(&s.interfaces).await {
+                            self.health().if_names = map.into_iter().map(|(n, i)| (i, n)).collect();
+                        }
+                    }
+                    let indexes: Vec<u32> = self.health().if_names.keys().copied().collect();
+                    match m.poll(&indexes).await {
+                        Ok(p) => {
+                            let names = self.health().if_names.clone();
+                            let st: Vec<(String, bool)> = p
+                                .interfaces
+                                .iter()
+                                .filter_map(|(i, _, s)| {
+                                    names.get(i).map(|n| (n.clone(), s.is_up()))
+                                })
+                                .collect();
+                            // An interface the device no longer lists is down.
+                            let missing: Vec<(String, bool)> = s
+                                .interfaces
+                                .iter()
+                                .filter(|n| !names.values().any(|v| v == *n))
+                                .map(|n| (n.clone(), false))
+                                .collect();
+                            self.set_interfaces(&st);
+                            self.set_interfaces(&missing);
+                            if !missing.is_empty() {
+                                self.health().if_names.clear();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(device = %self.inner.device.name, error = %e, "SNMP poll failed");
+                            // The device's health is judged by NETCONF; SNMP silence alone
+                            // withdraws nothing, but the ifIndex map is refreshed.
+                            self.health().if_names.clear();
+                        }
+                    }
+                }
+            }
+            self.publish().await;
+        }
+    }
+
+    /// Removes Meshwire entries no connection wants, seen orphan twice in a row.
+    async fn remove_orphans(&self, desired: &HashSet<&str>, entries: &[(String, String)]) {
+        let Some(inv) = &self.inner.profile.inventory else {
+            return;
+        };
+        let orphans: Vec<&String> = entries
+            .iter()
+            .filter(|(_, id)| !desired.contains(id.as_str()))
+            .map(|(k, _)| k)
+            .collect();
+        let confirmed: Vec<String> = {
+            let mut h = self.health();
+            let c = orphans
+                .iter()
+                .filter(|k| h.suspects.contains(k.as_str()))
+                .map(|k| k.to_string())
+                .collect();
+            h.suspects = orphans.iter().map(|k| k.to_string()).collect();
+            c
+        };
+        if confirmed.is_empty() {
+            return;
+        }
+        let mut config = String::new();
+        for k in &confirmed {
+            let vars = BTreeMap::from([("name", k.clone())]);
+            match profile::render(&inv.remove, &vars) {
+                Ok(x) => config.push_str(&x),
+                Err(e) => {
+                    tracing::warn!(device = %self.inner.device.name, entry = %k, error = %e, "cannot render removal");
+                    return;
+                }
+            }
+        }
+        match self.transaction(&config).await {
+            Ok(()) => {
+                tracing::info!(device = %self.inner.device.name, entries = ?confirmed, "removed Meshwire entries no connection wants");
+                let mut h = self.health();
+                h.counters.orphans_removed += confirmed.len() as u64;
+                for k in &confirmed {
+                    h.suspects.remove(k);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.inner.device.name, error = %e, "orphan removal failed; retrying next round")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for Ensm {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+        self.accepts(c).map_err(|r| self.err(c, r))?;
+        let (config, _) = self
+            .inner
+            .profile
+            .render_for(c)
+            .map_err(|e| self.err(c, e))?;
+        self.transaction(&config)
+            .await
+            .map_err(|e| self.err(c, e))?;
+        tracing::info!(device = %self.inner.device.name, connection = %c.id, mechanism = %c.mechanism().map(|m| m.summary()).unwrap_or_default(), "device configured");
+        Ok(())
+    }
+
+    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+        let (_, undo) = match self.inner.profile.render_for(c) {
+            Ok(x) => x,
+            // A connection this profile cannot express was never configured.
+            Err(_) => return Ok(()),
+        };
+        // Exactly ours, and only if it is there: some devices refuse removing what is absent
+        // (yuma123 checks the entry's mandatory choice even then).
+        if self.inner.profile.inventory.is_some() {
+            let entries = self.inventory().await.map_err(|e| self.err(c, e))?;
+            if !entries.iter().any(|(_, id)| *id == c.id) {
+                return Ok(());
+            }
+        }
+        self.transaction(&undo).await.map_err(|e| self.err(c, e))?;
+        tracing::info!(device = %self.inner.device.name, connection = %c.id, "device config removed");
+        Ok(())
+    }
+
+    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
+        let mut obs = Observation::default();
+        let down = self.wanted_down();
+        let entries = if self.health().reachable {
+            self.check_device().await.ok()
+        } else {
+            None
+        };
+        let entries = match entries {
+            Some(e) => e,
+            None => {
+                let why = self
+                    .health()
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "unreachable".into());
+                for c in desired {
+                    obs.connections.insert(
+                        c.id.clone(),
+                        Health::EndpointLost {
+                            reason: format!("device {} unreachable: {why}", self.inner.device.name),
+                        },
+                    );
+                }
+                return Ok(obs);
+            }
+        };
+        let present: HashSet<&str> = entries.iter().map(|(_, id)| id.as_str()).collect();
+        for c in desired {
+            if let Some(reason) = down.get(&c.network_service_endpoint_name) {
+                obs.connections.insert(
+                    c.id.clone(),
+                    Health::EndpointLost {
+                        reason: reason.clone(),
+                    },
+                );
+            } else if self.inner.profile.inventory.is_some() && !present.contains(c.id.as_str()) {
+                obs.connections.insert(
+                    c.id.clone(),
+                    Health::Missing {
+                        reason: format!("device {} has no config for it", self.inner.device.name),
+                    },
+                );
+            }
+        }
+        let want: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
+        self.remove_orphans(&want, &entries).await;
+        Ok(obs)
+    }
+}
