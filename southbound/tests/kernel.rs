@@ -205,6 +205,7 @@ async fn dev_vxlan_between_nodes_into_workload_namespaces_and_lost_endpoint() {
         endpoint_netns: Some(e_ns.clone()),
         endpoint_node_netns: Some(n2.clone()),
         bridge: None,
+        endpoint_device: None,
     };
     let c = conn(id, m, placement, Payload::Ip, 1450);
     let d = KernelDriver::new();

@@ -172,6 +172,7 @@ pub(crate) mod tests {
                 endpoint_netns: Some("e".into()),
                 endpoint_node_netns: Some("n2".into()),
                 bridge: Some("br0".into()),
+                endpoint_device: None,
             },
             ip_context: IpContext {
                 src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()],
