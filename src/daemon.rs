@@ -35,6 +35,14 @@ pub struct Args {
     /// Connection addresses come from here when an endpoint has no ipamPrefix.
     #[arg(long, default_value = "172.16.0.0/16")]
     ipam_prefix: ipnet::IpNet,
+        /// Run an eNSM in this process for the device described in FILE (repeatable): it registers
+    /// the device's endpoints and configures the device over NETCONF for connections to them.
+    #[arg(long = "ensm-device", value_name = "FILE")]
+    ensm_devices: Vec<std::path::PathBuf>,
+    /// Directories searched for device profiles named in device files (before the shipped
+    /// ones: meshwire-appliance, ietf-interfaces).
+    #[arg(long = "profile-dir", value_name = "DIR")]
+    profile_dirs: Vec<std::path::PathBuf>,
     /// Log filter, e.g. info, debug, meshwire_controller=debug.
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
@@ -68,10 +76,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let driver: Arc<dyn Driver> = match planes.len() {
-        0 => Arc::new(NullDriver),
-        1 => planes.remove(0).1,
-        _ => Arc::new(Dataplanes::new(planes)),
+        // Device files are checked before anything starts.
+    let mut devices = Vec::new();
+    for f in &args.ensm_devices {
+        devices.push(meshwire_ensm_adapters::ensm::load(f, &args.profile_dirs).map_err(anyhow::Error::msg)?);
+    }
+    let mut dataplanes = None;
+    let driver: Arc<dyn Driver> = match (planes.len(), devices.is_empty()) {
+        (0, true) => Arc::new(NullDriver),
+        (1, true) => planes.remove(0).1,
+        _ => {
+            if planes.is_empty() {
+                planes.push((ForwarderKind::Kernel, Arc::new(NullDriver)));
+            }
+            let d = Arc::new(Dataplanes::new(planes));
+            dataplanes = Some(d.clone());
+            d
+        }
     };
     let config = Config {
         ipam_prefix: args.ipam_prefix,
@@ -80,6 +101,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ctl = Controller::start(store, driver, Arc::new(SystemClock), config)
         .await
         .context("starting the controller")?;
+        let mut ensms = Vec::new();
+    if let Some(planes) = &dataplanes {
+        for (device, profile) in devices {
+            let name = device.name.clone();
+            let e = meshwire_ensm_adapters::ensm::Ensm::new(device, profile, Arc::new(ctl.clone()));
+            planes.attach_device(&name, Arc::new(e.clone()));
+            ensms.push(e.start().await.map_err(anyhow::Error::msg)?);
+        }
+    }
     let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -90,7 +120,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving the REST API")?;
-    reconciler.abort();
+        reconciler.abort();
+    for e in ensms {
+        e.abort();
+    }
     tracing::info!("meshwire controller stopped");
     Ok(())
 }

@@ -32,11 +32,22 @@ pub enum LabCommand {
     Inspect { file: PathBuf },
     /// Restart the lab's controller on the same store and addresses (the data plane keeps
     /// forwarding): after an upgrade, or to watch it resync without touching unchanged flows.
-    Restart {
+        Restart {
         lab: String,
         /// SIGKILL instead of SIGTERM: emulate a crash.
         #[arg(long)]
         kill: bool,
+    },
+    /// (Internal) the data-plane agent of an emulated appliance; `lab up` starts it in the
+    /// appliance's namespace.
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = meshwire_labs::appliance::LAB_NETCONF_PORT)]
+        port: u16,
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
     },
 }
 
@@ -75,6 +86,14 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         }
         LabCommand::Inspect { file } => inspect(&file).await,
         LabCommand::Restart { lab, kill } => restart(&lab, kill).await,
+        LabCommand::Agent {
+            dir,
+            port,
+            interval,
+        } => {
+            tracing_subscriber::fmt().with_target(false).init();
+            crate::agent::run(dir, port, interval).await
+        }
     }
 }
 
@@ -101,19 +120,23 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    let rt = match runner::up(&lab, &d).await {
+        let rt = match runner::up(&lab, &d).await {
         Ok(rt) => rt,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&d);
             return Err(e.into());
         }
     };
-    match start(&lab, &rt, interval).await {
+    let started = async {
+        let devices = appliances(&lab, &rt).await?;
+        start(&lab, &rt, interval, &devices).await
+    };
+    match started.await {
         Ok(url) => {
             println!(
                 "lab {} is up: {} namespaces, controller at {url}",
                 lab.name,
-                lab.nodes.values().filter(|n| n.kind == Kind::Linux).count()
+                                lab.nodes.values().filter(|n| n.has_netns()).count()
             );
             println!("export MESHWIRE_CONTROLLER={url}");
             Ok(())
@@ -125,14 +148,79 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
     }
 }
 
-async fn start(lab: &Lab, rt: &runner::Runtime, interval: Duration) -> anyhow::Result<String> {
+/// For each appliance: the eNSM device file (the lab's template completed with how to reach the
+/// emulated device) and its data-plane agent, started in its namespace.
+async fn appliances(lab: &Lab, rt: &runner::Runtime) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let exe = std::env::current_exe().context("finding the meshwire binary")?;
+    for (name, a) in &rt.appliances {
+        let node = &lab.nodes[name];
+        let template = node
+            .device_file
+            .as_ref()
+            .ok_or_else(|| anyhow!("appliance {name}: no device file"))?;
+        let text = std::fs::read_to_string(template)
+            .with_context(|| format!("appliance {name}: {}", template.display()))?;
+        let mut v: serde_yaml::Value = serde_yaml::from_str(&text)
+            .with_context(|| format!("appliance {name}: {}", template.display()))?;
+        let spec = v
+            .get_mut("spec")
+            .and_then(|s| s.as_mapping_mut())
+            .ok_or_else(|| anyhow!("{}: no spec", template.display()))?;
+        let y = |s: String| serde_yaml::Value::String(s);
+        let netconf = serde_yaml::from_str::<serde_yaml::Value>(&format!(
+            "{{host: \"{}\", port: {}, user: root, keyFile: \"{}\", hostKey: {{fingerprint: \"{}\"}}, timeout: 5s}}",
+            a.mgmt,
+            a.port,
+            a.client_key.display(),
+            a.fingerprint
+        ))?;
+        spec.entry(y("netconf".into())).or_insert(netconf);
+        let snmp = serde_yaml::from_str::<serde_yaml::Value>(&format!(
+            "{{address: \"{}:161\", community: public, interfaces: [{}], pollInterval: 500ms, trapListen: \"{}:{}\"}}",
+            a.mgmt,
+            a.data_interfaces.join(", "),
+            a.host, a.trap_port
+        ))?;
+        spec.entry(y("snmp".into())).or_insert(snmp);
+        if !spec.contains_key("profile") {
+            spec.insert(y("profile".into()), y("meshwire-appliance".into()));
+        }
+        let out = a.dir.join("device.yaml");
+        std::fs::write(&out, serde_yaml::to_string(&v)?)?;
+        // Fail early, with the file's own error, rather than in the controller's log.
+        meshwire_ensm_adapters::ensm::load(&out, &[]).map_err(|e| anyhow!("appliance {name}: {e} (from {})", template.display()))?;
+        files.push(out);
+        let log = std::fs::File::create(a.dir.join("agent.log"))?;
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &a.netns])
+            .arg(&exe)
+            .args(["lab", "agent", "--dir"])
+            .arg(&a.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("appliance {name}: starting its agent"))?;
+    }
+    Ok(files)
+}
+
+async fn start(
+    lab: &Lab,
+    rt: &runner::Runtime,
+    interval: Duration,
+    devices: &[PathBuf],
+) -> anyhow::Result<String> {
     let d = dir(&lab.name);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let mut args: Vec<String> = vec!["controller".into(), "--log".into(), "info".into()];
-    match rt.controller_ip {
+        let ovs = lab.nodes.values().any(|n| n.is_ovs());
+    match rt.controller_ip.filter(|_| ovs) {
         Some(ip) => args.extend([
             "--dataplane".into(),
             "kernel,ovs".into(),
@@ -146,9 +234,12 @@ async fn start(lab: &Lab, rt: &runner::Runtime, interval: Duration) -> anyhow::R
         format!("redb:{}", d.join("state.redb").display()),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
-        "--reconcile-interval".into(),
+                "--reconcile-interval".into(),
         humantime::format_duration(interval).to_string(),
     ]);
+    for f in devices {
+        args.extend(["--ensm-device".into(), f.display().to_string()]);
+    }
     std::fs::write(d.join("controller.args"), serde_json::to_vec(&args)?)?;
     std::fs::write(d.join("controller.url"), &url)?;
     spawn_controller(&d, &args, &url).await?;
@@ -276,9 +367,10 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         let kind = match (n.kind, n.host()) {
             (Kind::Bridge, _) => "bridge".to_string(),
             (Kind::Linux, Some(h)) => format!("workload on {h}"),
-            (Kind::Linux, None) => "host".to_string(),
+                        (Kind::Linux, None) => "host".to_string(),
+            (Kind::Appliance, _) => "appliance".to_string(),
         };
-        let ns = if n.kind == Kind::Linux {
+        let ns = if n.has_netns() {
             lab.netns(&n.name)
         } else {
             "-".into()

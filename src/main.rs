@@ -1,6 +1,7 @@
 //! `meshwire`: the one binary that composes Meshwire's crates: the controller daemon, the client
 //! commands (over the daemon's REST API) and the benchmarks.
 
+mod agent;
 mod alloc;
 mod bench;
 mod bench_netconf;

@@ -34,6 +34,30 @@ use crate::netconf::xml::{Datastore, DefaultOperation};
 use crate::profile::{self, Profile};
 use crate::snmp::Monitor;
 
+/// Loads a device file and its profile: a path, or a name looked up in `profile_dirs` and then
+/// among the shipped profiles.
+pub fn load(
+    device: &std::path::Path,
+    profile_dirs: &[std::path::PathBuf],
+) -> Result<(DeviceFile, Profile), String> {
+    let d = DeviceFile::load(device).map_err(|e| e.to_string())?;
+    let p = match d.profile_path(profile_dirs) {
+        Ok(path) => Profile::load(&path).map_err(|e| e.to_string())?,
+        Err(e) => match profile::BUILTIN.iter().find(|(n, _)| *n == d.profile) {
+            Some((n, text)) => {
+                Profile::parse(&format!("(built-in {n})"), text).map_err(|e| e.to_string())?
+            }
+            None => {
+                return Err(format!(
+                    "{e}; shipped profiles: {}",
+                    profile::BUILTIN.map(|(n, _)| n).join(", ")
+                ))
+            }
+        },
+    };
+    Ok((d, p))
+}
+
 /// Where an eNSM registers its device and endpoints, and reports their health.
 #[async_trait]
 pub trait Registrar: Send + Sync + 'static {
@@ -87,8 +111,11 @@ pub struct Status {
 struct Health_ {
     reachable: bool,
     last_error: Option<String>,
-    /// Data interfaces the device reports down (by ifDescr).
+        /// Data interfaces the device reports down (by ifDescr).
     down_interfaces: BTreeSet<String>,
+    /// Interfaces a poll saw not up once: a second poll in a row makes them down (a trap
+    /// makes them down at once).
+    doubtful: BTreeSet<String>,
     /// Endpoints we told the registrar are down.
     withdrawn: BTreeSet<String>,
     /// Entries suspected orphan at the last observe.
@@ -159,7 +186,8 @@ impl Ensm {
                 health: Mutex::new(Health_ {
                     reachable: false,
                     last_error: Some("not contacted yet".into()),
-                    down_interfaces: BTreeSet::new(),
+                                        down_interfaces: BTreeSet::new(),
+                    doubtful: BTreeSet::new(),
                     withdrawn: BTreeSet::new(),
                     suspects: HashSet::new(),
                     next_attempt: Instant::now(),
@@ -546,6 +574,27 @@ impl Ensm {
         }
     }
 
+        /// Applies what a poll says: an interface goes down on its second not-up poll in a row.
+    fn polled_interfaces(&self, statuses: &[(String, bool)]) {
+        let confirmed: Vec<(String, bool)> = {
+            let mut h = self.health();
+            statuses
+                .iter()
+                .filter_map(|(n, up)| {
+                    if *up {
+                        h.doubtful.remove(n);
+                        Some((n.clone(), true))
+                    } else if h.doubtful.insert(n.clone()) {
+                        None
+                    } else {
+                        Some((n.clone(), false))
+                    }
+                })
+                .collect()
+        };
+        self.set_interfaces(&confirmed);
+    }
+
     /// Applies what SNMP says about the data interfaces.
     fn set_interfaces(&self, statuses: &[(String, bool)]) {
         let mut h = self.health();
@@ -620,9 +669,18 @@ impl Ensm {
                 }
                 if let Some(m) = &monitor {
                     let need_map = self.health().if_names.len() < s.interfaces.len();
-                    if need_map {
-                        if let Ok(map) = m.if_indexes(&s.interfaces).await {
-                            self.health().if_names = map.into_iter().map(|(n, i)| (i, n)).collect();
+                                        if need_map {
+                        match m.if_indexes(&s.interfaces).await {
+                            Ok(map) => {
+                                self.health().if_names =
+                                    map.into_iter().map(|(n, i)| (i, n)).collect()
+                            }
+                            Err(e) => {
+                                // Not answering (yet) says nothing about the data links.
+                                tracing::debug!(device = %self.inner.device.name, error = %e, "SNMP walk failed");
+                                self.publish().await;
+                                continue;
+                            }
                         }
                     }
                     let indexes: Vec<u32> = self.health().if_names.keys().copied().collect();
@@ -643,8 +701,8 @@ impl Ensm {
                                 .filter(|n| !names.values().any(|v| v == *n))
                                 .map(|n| (n.clone(), false))
                                 .collect();
-                            self.set_interfaces(&st);
-                            self.set_interfaces(&missing);
+                                                        self.polled_interfaces(&st);
+                            self.polled_interfaces(&missing);
                             if !missing.is_empty() {
                                 self.health().if_names.clear();
                             }

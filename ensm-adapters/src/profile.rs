@@ -151,6 +151,16 @@ fn placeholders(t: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The profiles shipped with Meshwire, by name; a file of the same name in a profile directory
+/// takes precedence.
+pub const BUILTIN: [(&str, &str); 2] = [
+    (
+        "meshwire-appliance",
+        include_str!("../profiles/meshwire-appliance.yaml"),
+    ),
+    ("ietf-interfaces", include_str!("../profiles/ietf-interfaces.yaml")),
+];
+
 /// Renders `t` with `vars` (values XML-escaped); a variable not in `vars` is an error.
 pub fn render(t: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
     let mut out = String::with_capacity(t.len());

@@ -326,3 +326,241 @@ impl Drop for SnmpAgent {
         let _ = ip(&["link", "del", &self.host_if]);
     }
 }
+
+/// Our appliance YANG model, as the lab's emulated devices load it.
+pub const MESHWIRE_APPLIANCE_YANG: (&str, &str) = (
+    "meshwire-appliance@2026-11-23.yang",
+    include_str!("../../ensm-adapters/yang/meshwire-appliance@2026-11-23.yang"),
+);
+
+/// The NETCONF port of lab appliances (in their own namespace, so it never collides).
+pub const LAB_NETCONF_PORT: u16 = 830;
+/// Where lab appliances send linkDown/linkUp traps: this port on the management bridge's
+/// host address (unique per lab).
+pub const LAB_TRAP_PORT: u16 = 16162;
+
+/// The trap port of a lab's `n`th appliance (each eNSM listens on its own).
+pub fn lab_trap_port(n: usize) -> u16 {
+    LAB_TRAP_PORT + n as u16
+}
+
+/// How to reach a lab appliance (a `kind: meshwire-appliance` node) from the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabAppliance {
+    pub netns: String,
+    pub dir: PathBuf,
+    pub mgmt: std::net::Ipv4Addr,
+    pub port: u16,
+        /// The host's address on the management network, and the port there traps go to.
+    pub host: std::net::Ipv4Addr,
+    pub trap_port: u16,
+    pub client_key: PathBuf,
+    pub fingerprint: String,
+    /// The node's data interfaces (its link ends), for SNMP monitoring.
+    pub data_interfaces: Vec<String>,
+}
+
+/// Whether snmpd answers and reports every interface up: it loads its MIBs for a second or
+/// so, and its interface table starts out stale (links read down for a few seconds).
+async fn snmp_answers(addr: std::net::Ipv4Addr) -> bool {
+    let out = tokio::process::Command::new("snmpbulkwalk")
+        .args(["-v2c", "-c", "public", "-t", "0.2", "-r", "0", "-Oqv", &format!("{addr}:161"), "1.3.6.1.2.1.2.2.1.8"])
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            !text.trim().is_empty() && text.lines().all(|l| l.trim() == "1" || l.trim() == "up")
+        }
+        _ => false,
+    }
+}
+
+/// Runs a command that daemonizes: no pipes (a daemon holding them would keep us waiting).
+async fn daemon(step: &str, args: &[&str]) -> Result<(), ApplianceError> {
+    let st = tokio::process::Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| err(step, format!("cannot run ip: {e}")))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(err(step, format!("exited with {st} (see the log in the appliance's directory)")))
+    }
+}
+
+async fn sh(step: &str, program: &str, args: &[&str]) -> Result<String, ApplianceError> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| err(step, format!("cannot run {program}: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(err(step, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Starts a lab appliance's device daemons inside its namespace, detached (the lab's `down`
+/// kills everything in the namespace): sshd on port 830 with the netconf subsystem, netconfd
+/// with our YANG model and the node's startup configuration, and snmpd (community `public`)
+/// sending linkDown/linkUp traps to the host. Keys and logs live in `dir`.
+pub async fn start_lab_appliance(
+    lab: &crate::spec::Lab,
+    node: &crate::spec::LabNode,
+    dir: &Path,
+        mgmt: std::net::Ipv4Addr,
+    host: std::net::Ipv4Addr,
+    trap_port: u16,
+) -> Result<LabAppliance, ApplianceError> {
+    let ns = lab.netns(&node.name);
+    std::fs::create_dir_all(dir.join("yang")).map_err(|e| err("state dir", e))?;
+    std::fs::create_dir_all("/run/sshd").map_err(|e| err("/run/sshd", e))?;
+    let p = |f: &str| dir.join(f).display().to_string();
+    for k in ["hostkey", "client"] {
+        sh(
+            "ssh-keygen",
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", &p(k)],
+        )
+        .await?;
+    }
+    std::fs::copy(dir.join("client.pub"), dir.join("authorized_keys"))
+        .map_err(|e| err("authorized_keys", e))?;
+    let port = LAB_NETCONF_PORT;
+    let sock = p("ncx.sock");
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\nSubsystem netconf \"/usr/sbin/netconf-subsystem --ncxserver-sockname={port}@{sock}\"\n",
+            p("hostkey"),
+            p("sshd.pid"),
+            p("authorized_keys"),
+        ),
+    )
+    .map_err(|e| err("sshd_config", e))?;
+    let (yang_name, yang_text) = MESHWIRE_APPLIANCE_YANG;
+    std::fs::write(dir.join("yang").join(yang_name), yang_text).map_err(|e| err("yang", e))?;
+    match &node.startup {
+        Some(f) => std::fs::copy(f, dir.join("startup.xml"))
+            .map(|_| ())
+            .map_err(|e| err("startup config", format!("{}: {e}", f.display())))?,
+        None => std::fs::write(
+            dir.join("startup.xml"),
+            "<config xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"/>\n",
+        )
+        .map_err(|e| err("startup config", e))?,
+    }
+    let home = format!("HOME={}", dir.display());
+    daemon(
+        "start netconfd",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "env",
+            &home,
+            "setsid",
+            "-f",
+            "/usr/sbin/netconfd",
+            &format!("--port={port}"),
+            &format!("--ncxserver-sockname={sock}"),
+            &format!("--startup={}", p("startup.xml")),
+            "--superuser=root",
+            &format!("--modpath={}:/usr/share/yuma/modules", p("yang")),
+            &format!("--module={}", dir.join("yang").join(yang_name).display()),
+            &format!("--log={}", p("netconfd.log")),
+        ],
+    )
+    .await?;
+    daemon(
+        "start sshd",
+        &["netns", "exec", &ns, "/usr/sbin/sshd", "-f", &p("sshd_config"), "-E", &p("sshd.log")],
+    )
+    .await?;
+    std::fs::write(
+        dir.join("snmpd.conf"),
+        format!(
+            "rocommunity public\nrwcommunity mwlabrw 127.0.0.1\ncreateUser mwinternal\nrouser mwinternal noauth\niquerySecName mwinternal\ntrap2sink {host}:{trap_port} public\nnotificationEvent mwLinkUp .1.3.6.1.6.3.1.1.5.4 .1.3.6.1.2.1.2.2.1.1 .1.3.6.1.2.1.2.2.1.7 .1.3.6.1.2.1.2.2.1.8\nnotificationEvent mwLinkDown .1.3.6.1.6.3.1.1.5.3 .1.3.6.1.2.1.2.2.1.1 .1.3.6.1.2.1.2.2.1.7 .1.3.6.1.2.1.2.2.1.8\nmonitor -S -r 1 -e mwLinkUp \"linkUp\" .1.3.6.1.2.1.2.2.1.8 != 2\nmonitor -S -r 1 -e mwLinkDown \"linkDown\" .1.3.6.1.2.1.2.2.1.8 == 2\n"
+        ),
+    )
+    .map_err(|e| err("snmpd.conf", e))?;
+    daemon(
+        "start snmpd",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "env",
+            // Not `dir`: snmpd writes its persistent state to <dir>/snmpd.conf.
+            &format!("SNMP_PERSISTENT_DIR={}", dir.join("snmp-state").display()),
+            "snmpd",
+            "-Lf",
+            &p("snmpd.log"),
+            "-p",
+            &p("snmpd.pid"),
+            "-C",
+            "-c",
+            &p("snmpd.conf"),
+            &format!("udp:{mgmt}:161,udp:127.0.0.1:161"),
+        ],
+    )
+    .await?;
+    for _ in 0..500 {
+                if dir.join("ncx.sock").exists()
+            && tokio::net::TcpStream::connect((mgmt, port)).await.is_ok()
+                        && snmp_answers(mgmt).await
+        {
+            // snmpd caches its interface table for 3 s; a device that notices a link within
+            // a second is closer to real hardware (which traps from the driver's event).
+            sh(
+                "snmpset nsCacheTimeout",
+                "ip",
+                &[
+                    "netns", "exec", &ns, "snmpset", "-v2c", "-c", "mwlabrw", "127.0.0.1:161",
+                    "1.3.6.1.4.1.8072.1.5.3.1.2.1.3.6.1.2.1.2.2", "i", "1",
+                ],
+            )
+            .await?;
+            let fp = sh("ssh-keygen -lf", "ssh-keygen", &["-lf", &p("hostkey.pub")]).await?;
+            let fingerprint = fp
+                .split_whitespace()
+                .nth(1)
+                .ok_or_else(|| err("ssh-keygen -lf", "no fingerprint"))?
+                .to_string();
+            let data_interfaces = lab
+                .links
+                .iter()
+                .flat_map(|l| [&l.a, &l.b])
+                .filter(|e| e.node == node.name)
+                .map(|e| e.interface.clone())
+                .collect();
+            return Ok(LabAppliance {
+                netns: ns,
+                dir: dir.to_path_buf(),
+                mgmt,
+                port,
+                                host,
+                trap_port,
+                client_key: dir.join("client"),
+                fingerprint,
+                data_interfaces,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(err(
+        "wait",
+        format!(
+            "netconfd or sshd did not come up in {ns}; netconfd log: {}",
+            std::fs::read_to_string(dir.join("netconfd.log")).unwrap_or_default()
+        ),
+    ))
+}

@@ -57,8 +57,10 @@ pub struct Runtime {
     /// The host's address on the lab's management network, where the controller's OpenFlow
     /// listener must bind so the ovs nodes' switches reach it (only with ovs nodes).
     pub controller_ip: Option<std::net::Ipv4Addr>,
-    /// ovs node → its OVSDB remote (`unix:<state>/ovs/<node>/db.sock`).
+        /// ovs node → its OVSDB remote (`unix:<state>/ovs/<node>/db.sock`).
     pub ovsdb: std::collections::BTreeMap<String, String>,
+    /// Appliance node → how to reach its emulated device.
+    pub appliances: std::collections::BTreeMap<String, crate::appliance::LabAppliance>,
 }
 
 /// The host-side name of lab `lab`'s management bridge.
@@ -77,11 +79,19 @@ fn fnv(s: &str) -> u64 {
 
 /// Creates the management network of the ovs nodes: a host bridge with the controller's address
 /// and one veth (`mgmt0` inside) per node, on a 100.127.X.0/24 no other interface uses.
-async fn mgmt(lab: &Lab) -> Result<Option<std::net::Ipv4Addr>, (String, String)> {
-    let ovs: Vec<&crate::spec::LabNode> = lab.nodes.values().filter(|n| n.is_ovs()).collect();
+/// Appliances join it too: their NETCONF and SNMP are reached there.
+type Mgmt = Option<(std::net::Ipv4Addr, std::collections::BTreeMap<String, std::net::Ipv4Addr>)>;
+
+async fn mgmt(lab: &Lab) -> Result<Mgmt, (String, String)> {
+    let ovs: Vec<&crate::spec::LabNode> = lab
+        .nodes
+        .values()
+        .filter(|n| n.is_ovs() || n.kind == Kind::Appliance)
+        .collect();
     if ovs.is_empty() {
         return Ok(None);
     }
+    let mut addrs = std::collections::BTreeMap::new();
     let step = |s: String| move |reason: String| (s, reason);
     let used = ip(&["-4", "-o", "addr", "show"]).await.unwrap_or_default();
     let start = (fnv(&lab.name) % 250) as u8;
@@ -120,15 +130,17 @@ async fn mgmt(lab: &Lab) -> Result<Option<std::net::Ipv4Addr>, (String, String)>
         ])
         .await
         .map_err(step(what.clone()))?;
-        let addr = format!("100.127.{x}.{}/24", 10 + i);
+                let node_ip = std::net::Ipv4Addr::new(100, 127, x, 10 + i as u8);
+        addrs.insert(n.name.clone(), node_ip);
+        let addr = format!("{node_ip}/24");
         ip(&["-n", &ns, "addr", "add", &addr, "dev", "mgmt0"])
             .await
             .map_err(step(what.clone()))?;
         ip(&["-n", &ns, "link", "set", "mgmt0", "up"])
             .await
-            .map_err(step(what))?;
+                        .map_err(step(what))?;
     }
-    Ok(Some(host))
+    Ok(Some((host, addrs)))
 }
 
 /// Starts ovsdb-server and ovs-vswitchd (userspace datapath) inside the node's namespace, with
@@ -212,16 +224,39 @@ pub async fn up(lab: &Lab, state: &std::path::Path) -> Result<Runtime, RunError>
         });
     }
     let run_all = async {
-        create(lab).await?;
-        let controller_ip = mgmt(lab).await?;
+                create(lab).await?;
+        let m = mgmt(lab).await?;
+        let controller_ip = m.as_ref().map(|(h, _)| *h);
         let mut ovsdb = std::collections::BTreeMap::new();
         for n in lab.nodes.values().filter(|n| n.is_ovs()) {
             let db = start_ovs(lab, &n.name, &state.join("ovs").join(&n.name)).await?;
             ovsdb.insert(n.name.clone(), db);
         }
+        let mut appliances = std::collections::BTreeMap::new();
+        if let Some((host, addrs)) = &m {
+                        for (i, n) in lab
+                .nodes
+                .values()
+                .filter(|n| n.kind == Kind::Appliance)
+                .enumerate()
+            {
+                let a = crate::appliance::start_lab_appliance(
+                    lab,
+                    n,
+                    &state.join("appliance").join(&n.name),
+                    addrs[&n.name],
+                    *host,
+                    crate::appliance::lab_trap_port(i),
+                )
+                .await
+                .map_err(|e| (format!("appliance {}: {}", n.name, e.step), e.reason))?;
+                appliances.insert(n.name.clone(), a);
+            }
+        }
         Ok::<_, (String, String)>(Runtime {
             controller_ip,
             ovsdb,
+            appliances,
         })
     };
     match run_all.await {
@@ -243,7 +278,7 @@ async fn create(lab: &Lab) -> Result<(), (String, String)> {
     let step = |s: String| move |reason: String| (s, reason);
     for n in lab.nodes.values() {
         match n.kind {
-            Kind::Linux => {
+            Kind::Linux | Kind::Appliance => {
                 let ns = lab.netns(&n.name);
                 ip(&["netns", "add", &ns])
                     .await
@@ -267,7 +302,7 @@ async fn create(lab: &Lab) -> Result<(), (String, String)> {
             "link {}:{} <-> {}:{}",
             l.a.node, l.a.interface, l.b.node, l.b.interface
         );
-        let ns_of = |node: &str| (lab.nodes[node].kind == Kind::Linux).then(|| lab.netns(node));
+        let ns_of = |node: &str| lab.nodes[node].has_netns().then(|| lab.netns(node));
         let (ns_a, ns_b) = (ns_of(&l.a.node), ns_of(&l.b.node));
         let mut args: Vec<String> = vec!["link".into(), "add".into(), l.a.interface.clone()];
         if let Some(ns) = &ns_a {
@@ -335,7 +370,7 @@ async fn create(lab: &Lab) -> Result<(), (String, String)> {
                 .map_err(step(format!("{what}: up")))?;
         }
     }
-    for n in lab.nodes.values().filter(|n| n.kind == Kind::Linux) {
+    for n in lab.nodes.values().filter(|n| n.has_netns()) {
         let ns = lab.netns(&n.name);
         for cmd in &n.exec {
             ip(&["netns", "exec", &ns, "sh", "-c", cmd])
@@ -398,7 +433,7 @@ pub async fn down(name: &str) -> Result<Vec<String>, RunError> {
 /// `node interface state addresses` of every interface in the lab's namespaces.
 pub async fn addresses(lab: &Lab) -> Vec<(String, String, String, String)> {
     let mut out = Vec::new();
-    for n in lab.nodes.values().filter(|n| n.kind == Kind::Linux) {
+    for n in lab.nodes.values().filter(|n| n.has_netns()) {
         let text = ip(&["-n", &lab.netns(&n.name), "-br", "addr"])
             .await
             .unwrap_or_default();

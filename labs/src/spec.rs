@@ -10,6 +10,11 @@ pub const HOST_LABEL: &str = "meshwire.io/host";
 pub const MANIFESTS_LABEL: &str = "meshwire.io/manifests";
 /// On a host node: `kernel` (default) or `ovs` (the lab runs an Open vSwitch in the node).
 pub const FORWARDER_LABEL: &str = "meshwire.io/forwarder";
+/// On a `meshwire-appliance` node: its eNSM device file (endpoints, profile, underlay address;
+/// the lab fills in how to reach the emulated device).
+pub const DEVICE_LABEL: &str = "meshwire.io/device";
+/// On a `meshwire-appliance` node: the device's startup configuration (NETCONF XML).
+pub const STARTUP_LABEL: &str = "meshwire.io/startup";
 
 /// A lab file that cannot be run, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +29,9 @@ pub struct LabError {
 pub enum Kind {
     Linux,
     Bridge,
+    /// An emulated appliance: a namespace with netconfd behind sshd, snmpd and an agent that
+    /// applies the device's running configuration to the namespace's data plane.
+    Appliance,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +40,21 @@ pub struct LabNode {
     pub kind: Kind,
     pub exec: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// Appliances: the device file and the startup configuration, resolved against the lab
+    /// file's directory.
+    pub device_file: Option<PathBuf>,
+    pub startup: Option<PathBuf>,
 }
 
 impl LabNode {
     /// The host this node is a workload on, if it is one.
     pub fn host(&self) -> Option<&str> {
         self.labels.get(HOST_LABEL).map(String::as_str)
+    }
+
+        /// Whether the node is a network namespace (linux nodes and appliances).
+    pub fn has_netns(&self) -> bool {
+        matches!(self.kind, Kind::Linux | Kind::Appliance)
     }
 
     /// A host node whose forwarder is Open vSwitch.
@@ -183,11 +200,12 @@ impl Lab {
                 .unwrap_or_else(|| "linux".into());
             let kind = match kind_name.as_str() {
                 "linux" => Kind::Linux,
-                "bridge" => Kind::Bridge,
+                                "bridge" => Kind::Bridge,
+                "meshwire-appliance" => Kind::Appliance,
                 other => {
                     return Err(err(
                         line,
-                        format!("node {n}: kind {other:?} is not supported here (linux or bridge)"),
+                        format!("node {n}: kind {other:?} is not supported here (linux, bridge or meshwire-appliance)"),
                     ))
                 }
             };
@@ -212,14 +230,45 @@ impl Lab {
                 ));
             }
             add_manifests(&raw_node.labels);
-            let exec = [topo.defaults.exec.clone(), kind_def.exec, raw_node.exec].concat();
+                        let exec = [topo.defaults.exec.clone(), kind_def.exec, raw_node.exec].concat();
+            let base = path.parent().unwrap_or(Path::new("."));
+            let file_label = |l: &str| labels.get(l).map(|f| base.join(f));
+            let (device_file, startup) = (file_label(DEVICE_LABEL), file_label(STARTUP_LABEL));
+            if kind == Kind::Appliance {
+                match &device_file {
+                    None => {
+                        return Err(err(
+                            line,
+                            format!("appliance {n}: label {DEVICE_LABEL} must name its eNSM device file"),
+                        ))
+                    }
+                    Some(f) if !f.exists() => {
+                        return Err(err(
+                            line_of(text, DEVICE_LABEL, 0),
+                            format!("appliance {n}: device file {} does not exist", f.display()),
+                        ))
+                    }
+                    _ => {}
+                }
+                if let Some(f) = startup.as_ref().filter(|f| !f.exists()) {
+                    return Err(err(
+                        line_of(text, STARTUP_LABEL, 0),
+                        format!("appliance {n}: startup file {} does not exist", f.display()),
+                    ));
+                }
+                if n.len() > 40 {
+                    return Err(err(line, format!("appliance {n}: at most 40 characters")));
+                }
+            }
             nodes.insert(
                 n.clone(),
-                LabNode {
+                                LabNode {
                     name: n.clone(),
                     kind,
                     exec,
                     labels,
+                    device_file: device_file.filter(|_| kind == Kind::Appliance),
+                    startup: startup.filter(|_| kind == Kind::Appliance),
                 },
             );
         }
@@ -370,10 +419,15 @@ impl Lab {
                 self.netns(&n.name)
             ));
         }
+                // Appliances are vertices too (their eNSM registers the Device): links to them are
+        // part of the topology.
+        let is_vertex = |n: &str| {
+            is_host(n) || self.nodes.get(n).is_some_and(|n| n.kind == Kind::Appliance)
+        };
         let mut links: Vec<LabLink> = self
             .links
             .iter()
-            .filter(|l| is_host(&l.a.node) && is_host(&l.b.node))
+            .filter(|l| is_vertex(&l.a.node) && is_vertex(&l.b.node))
             .cloned()
             .collect();
         for br in self.nodes.values().filter(|n| n.kind == Kind::Bridge) {

@@ -1,0 +1,310 @@
+//! The lab appliance's data-plane agent: it makes an emulated `meshwire-appliance` behave like
+//! the device its NETCONF configuration describes. Runs inside the appliance's namespace, reads
+//! the running datastore from the device's own netconfd (over SSH, like any management agent
+//! on a real box) and applies it to Linux:
+//!
+//! - `tunnels/tunnel` with `vxlan` → a VXLAN interface of that name with the address and MTU;
+//!   GRE, MPLS and VLAN tunnels are reported as unsupported (these hosts have no such modules);
+//! - `firewall/rule` → an nftables forward chain, rules in sequence order, default accept;
+//! - IPv4 forwarding on.
+//!
+//! What it creates carries the alias `mwa:<parameters>`; what is not in the configuration any
+//! more is removed. The agent is lab tooling: it stands in for the appliance's own software.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use meshwire_ensm_adapters::netconf::{Auth, Datastore, HostKey, Session, Target};
+
+const NS: &str = "urn:meshwire:params:xml:ns:yang:meshwire-appliance";
+const TABLE: &str = "meshwire_appliance";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tunnel {
+    name: String,
+    address: Option<String>,
+    mtu: Option<u32>,
+    /// (vni, remote, port), when VXLAN.
+    vxlan: Option<(u32, String, u16)>,
+    other: Option<String>,
+}
+
+impl Tunnel {
+    fn alias(&self) -> String {
+        format!(
+            "mwa:{}:{}:{}",
+            self.vxlan
+                .as_ref()
+                .map(|(v, r, p)| format!("{v}/{r}/{p}"))
+                .unwrap_or_default(),
+            self.address.clone().unwrap_or_default(),
+            self.mtu.unwrap_or(0)
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    sequence: u32,
+    tunnel: Option<String>,
+    protocol: String,
+    destination: Option<String>,
+    port: Option<u16>,
+    action: String,
+}
+
+fn parse(data: &str) -> anyhow::Result<(Vec<Tunnel>, Vec<Rule>)> {
+    let doc = format!("<data>{data}</data>");
+    let doc = roxmltree::Document::parse(&doc).context("running config")?;
+    let text = |n: roxmltree::Node, tag: &str| {
+        n.children()
+            .find(|c| c.has_tag_name((NS, tag)))
+            .and_then(|c| c.text())
+            .map(|t| t.trim().to_string())
+    };
+    let mut tunnels = Vec::new();
+    for t in doc.descendants().filter(|n| n.has_tag_name((NS, "tunnel"))) {
+        let Some(name) = text(t, "name") else { continue };
+        let child = |tag: &str| t.children().find(|c| c.has_tag_name((NS, tag)));
+        let vxlan = match child("vxlan") {
+            Some(v) => Some((
+                text(v, "vni").and_then(|x| x.parse().ok()).unwrap_or(0),
+                text(v, "remote").unwrap_or_default(),
+                text(v, "port").and_then(|x| x.parse().ok()).unwrap_or(4789),
+            )),
+            None => None,
+        };
+        let other = ["gre", "mpls", "vlan"]
+            .into_iter()
+            .find(|k| child(k).is_some())
+            .map(str::to_string);
+        tunnels.push(Tunnel {
+            name,
+            address: text(t, "address"),
+            mtu: text(t, "mtu").and_then(|x| x.parse().ok()),
+            vxlan,
+            other,
+        });
+    }
+    let mut rules = Vec::new();
+    for r in doc.descendants().filter(|n| n.has_tag_name((NS, "rule"))) {
+        rules.push(Rule {
+            sequence: text(r, "sequence").and_then(|x| x.parse().ok()).unwrap_or(0),
+            tunnel: text(r, "tunnel"),
+            protocol: text(r, "protocol").unwrap_or_else(|| "any".into()),
+            destination: text(r, "destination"),
+            port: text(r, "port").and_then(|x| x.parse().ok()),
+            action: text(r, "action").unwrap_or_else(|| "accept".into()),
+        });
+    }
+    rules.sort_by_key(|r| r.sequence);
+    Ok((tunnels, rules))
+}
+
+/// The nftables script for `rules`: the table replaced atomically.
+fn nft_script(rules: &[Rule]) -> String {
+    let mut s = format!(
+        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n"
+    );
+    for r in rules {
+        let mut m = Vec::new();
+        if let Some(t) = &r.tunnel {
+            m.push(format!("iifname \"{t}\""));
+        }
+        if let Some(d) = &r.destination {
+            let fam = if d.contains(':') { "ip6" } else { "ip" };
+            m.push(format!("{fam} daddr {d}"));
+        }
+        match r.protocol.as_str() {
+            "icmp" => m.push("meta l4proto { icmp, ipv6-icmp }".into()),
+            "tcp" | "udp" => {
+                m.push(format!("meta l4proto {}", r.protocol));
+                if let Some(p) = r.port {
+                    m.push(format!("{} dport {p}", r.protocol));
+                }
+            }
+            _ => {}
+        }
+        let action = if r.action == "drop" { "drop" } else { "accept" };
+        s.push_str(&format!(
+            "    {} counter {action} comment \"rule {}\"\n",
+            m.join(" "),
+            r.sequence
+        ));
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+async fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        if let Some(text) = stdin {
+            i.write_all(text.as_bytes()).await?;
+        }
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Our interfaces now: name → alias.
+async fn ours() -> anyhow::Result<BTreeMap<String, String>> {
+    let out = run_cmd("ip", &["-j", "link", "show"], None).await?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+                        let alias = l.get("ifalias")?.as_str()?;
+            let name = l.get("ifname")?.as_str()?;
+            alias
+                .starts_with("mwa:")
+                .then(|| (name.to_string(), alias.to_string()))
+        })
+        .collect())
+}
+
+async fn apply_tunnels(tunnels: &[Tunnel]) -> anyhow::Result<()> {
+    let have = ours().await?;
+    for (name, alias) in &have {
+        if !tunnels.iter().any(|t| t.name == *name && t.alias() == *alias) {
+            run_cmd("ip", &["link", "del", name], None).await?;
+            tracing::info!(interface = %name, "tunnel removed");
+        }
+    }
+    for t in tunnels {
+        if have.get(&t.name) == Some(&t.alias()) {
+            continue;
+        }
+        let Some((vni, remote, port)) = &t.vxlan else {
+            tracing::warn!(tunnel = %t.name, kind = ?t.other, "not supported by this emulated appliance (no GRE, MPLS or VLAN modules here)");
+            continue;
+        };
+        let (vni, port) = (vni.to_string(), port.to_string());
+        run_cmd(
+            "ip",
+            &[
+                "link", "add", &t.name, "type", "vxlan", "id", &vni, "remote", remote, "dstport",
+                &port,
+            ],
+            None,
+        )
+        .await?;
+        if let Some(a) = &t.address {
+            run_cmd("ip", &["addr", "add", a, "dev", &t.name], None).await?;
+        }
+        let mtu = t.mtu.unwrap_or(1450).to_string();
+        run_cmd(
+            "ip",
+            &["link", "set", &t.name, "alias", &t.alias(), "mtu", &mtu, "up"],
+            None,
+        )
+        .await?;
+        tracing::info!(tunnel = %t.name, vni = %vni, remote = %remote, "tunnel up");
+    }
+    Ok(())
+}
+
+async fn fingerprint(pubkey: &Path) -> anyhow::Result<String> {
+    let out = run_cmd("ssh-keygen", &["-lf", &pubkey.display().to_string()], None).await?;
+    out.split_whitespace()
+        .nth(1)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no fingerprint for {}", pubkey.display()))
+}
+
+/// Runs the agent until killed. `dir` is the appliance's state directory (keys).
+pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> anyhow::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling forwarding")?;
+    let target = Target {
+        device: "local-appliance".into(),
+        host: "127.0.0.1".into(),
+        port,
+        user: "root".into(),
+        auth: Auth::Key {
+            path: dir.join("client"),
+            passphrase: None,
+        },
+        host_key: HostKey::Fingerprint(fingerprint(&dir.join("hostkey.pub")).await?),
+        timeout: Duration::from_secs(5),
+    };
+    let mut last_tunnels: Option<Vec<Tunnel>> = None;
+    let mut last_rules: Option<Vec<Rule>> = None;
+    loop {
+        let session = match Session::connect(&target).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the device's NETCONF; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        tracing::info!("agent following the running configuration");
+        loop {
+            let data = match session.get_config(Datastore::Running, None).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "get-config failed; reconnecting");
+                    break;
+                }
+            };
+            match parse(&data) {
+                Ok((tunnels, rules)) => {
+                    if last_tunnels.as_ref() != Some(&tunnels) {
+                        match apply_tunnels(&tunnels).await {
+                            Ok(()) => last_tunnels = Some(tunnels),
+                            Err(e) => tracing::warn!(error = %e, "applying tunnels failed; retrying"),
+                        }
+                    }
+                    if last_rules.as_ref() != Some(&rules) {
+                        match run_cmd("nft", &["-f", "-"], Some(&nft_script(&rules))).await {
+                            Ok(_) => {
+                                tracing::info!(rules = rules.len(), "firewall policy applied");
+                                last_rules = Some(rules);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "applying the firewall failed; retrying"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable running config"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_config_becomes_tunnels_and_an_nft_forward_chain() {
+        let data = format!(
+            "<tunnels xmlns=\"{NS}\"><tunnel><name>mw1</name><address>172.16.20.0/31</address><mtu>1450</mtu><vxlan><vni>5001</vni><remote>192.168.70.1</remote></vxlan></tunnel><tunnel><name>mw2</name><gre><key>1</key><remote>1.1.1.1</remote></gre></tunnel></tunnels><firewall xmlns=\"{NS}\"><rule><sequence>20</sequence><protocol>icmp</protocol><action>drop</action></rule><rule><sequence>10</sequence><protocol>tcp</protocol><destination>10.70.0.0/16</destination><port>5201</port><action>accept</action></rule></firewall>"
+        );
+        let (t, r) = parse(&data).unwrap();
+        assert_eq!(t[0].vxlan, Some((5001, "192.168.70.1".into(), 4789)));
+        assert_eq!(t[1].other.as_deref(), Some("gre"));
+        assert_eq!(r[0].sequence, 10, "sorted by sequence");
+        let s = nft_script(&r);
+        assert!(s.contains("ip daddr 10.70.0.0/16 meta l4proto tcp tcp dport 5201 counter accept"), "{s}");
+        assert!(s.contains("meta l4proto { icmp, ipv6-icmp } counter drop"), "{s}");
+        assert!(s.find("rule 10") < s.find("rule 20"));
+    }
+}
