@@ -66,16 +66,17 @@ fn parse(data: &str) -> anyhow::Result<(Vec<Tunnel>, Vec<Rule>)> {
     };
     let mut tunnels = Vec::new();
     for t in doc.descendants().filter(|n| n.has_tag_name((NS, "tunnel"))) {
-        let Some(name) = text(t, "name") else { continue };
+        let Some(name) = text(t, "name") else {
+            continue;
+        };
         let child = |tag: &str| t.children().find(|c| c.has_tag_name((NS, tag)));
-        let vxlan = match child("vxlan") {
-            Some(v) => Some((
+        let vxlan = child("vxlan").map(|v| {
+            (
                 text(v, "vni").and_then(|x| x.parse().ok()).unwrap_or(0),
                 text(v, "remote").unwrap_or_default(),
                 text(v, "port").and_then(|x| x.parse().ok()).unwrap_or(4789),
-            )),
-            None => None,
-        };
+            )
+        });
         let other = ["gre", "mpls", "vlan"]
             .into_iter()
             .find(|k| child(k).is_some())
@@ -91,7 +92,9 @@ fn parse(data: &str) -> anyhow::Result<(Vec<Tunnel>, Vec<Rule>)> {
     let mut rules = Vec::new();
     for r in doc.descendants().filter(|n| n.has_tag_name((NS, "rule"))) {
         rules.push(Rule {
-            sequence: text(r, "sequence").and_then(|x| x.parse().ok()).unwrap_or(0),
+            sequence: text(r, "sequence")
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0),
             tunnel: text(r, "tunnel"),
             protocol: text(r, "protocol").unwrap_or_else(|| "any".into()),
             destination: text(r, "destination"),
@@ -171,7 +174,7 @@ async fn ours() -> anyhow::Result<BTreeMap<String, String>> {
         .into_iter()
         .flatten()
         .filter_map(|l| {
-                        let alias = l.get("ifalias")?.as_str()?;
+            let alias = l.get("ifalias")?.as_str()?;
             let name = l.get("ifname")?.as_str()?;
             alias
                 .starts_with("mwa:")
@@ -183,7 +186,10 @@ async fn ours() -> anyhow::Result<BTreeMap<String, String>> {
 async fn apply_tunnels(tunnels: &[Tunnel]) -> anyhow::Result<()> {
     let have = ours().await?;
     for (name, alias) in &have {
-        if !tunnels.iter().any(|t| t.name == *name && t.alias() == *alias) {
+        if !tunnels
+            .iter()
+            .any(|t| t.name == *name && t.alias() == *alias)
+        {
             run_cmd("ip", &["link", "del", name], None).await?;
             tracing::info!(interface = %name, "tunnel removed");
         }
@@ -212,7 +218,16 @@ async fn apply_tunnels(tunnels: &[Tunnel]) -> anyhow::Result<()> {
         let mtu = t.mtu.unwrap_or(1450).to_string();
         run_cmd(
             "ip",
-            &["link", "set", &t.name, "alias", &t.alias(), "mtu", &mtu, "up"],
+            &[
+                "link",
+                "set",
+                &t.name,
+                "alias",
+                &t.alias(),
+                "mtu",
+                &mtu,
+                "up",
+            ],
             None,
         )
         .await?;
@@ -269,7 +284,9 @@ pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> anyhow::Result<
                     if last_tunnels.as_ref() != Some(&tunnels) {
                         match apply_tunnels(&tunnels).await {
                             Ok(()) => last_tunnels = Some(tunnels),
-                            Err(e) => tracing::warn!(error = %e, "applying tunnels failed; retrying"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "applying tunnels failed; retrying")
+                            }
                         }
                     }
                     if last_rules.as_ref() != Some(&rules) {
@@ -278,7 +295,9 @@ pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> anyhow::Result<
                                 tracing::info!(rules = rules.len(), "firewall policy applied");
                                 last_rules = Some(rules);
                             }
-                            Err(e) => tracing::warn!(error = %e, "applying the firewall failed; retrying"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "applying the firewall failed; retrying")
+                            }
                         }
                     }
                 }
@@ -303,8 +322,14 @@ mod tests {
         assert_eq!(t[1].other.as_deref(), Some("gre"));
         assert_eq!(r[0].sequence, 10, "sorted by sequence");
         let s = nft_script(&r);
-        assert!(s.contains("ip daddr 10.70.0.0/16 meta l4proto tcp tcp dport 5201 counter accept"), "{s}");
-        assert!(s.contains("meta l4proto { icmp, ipv6-icmp } counter drop"), "{s}");
+        assert!(
+            s.contains("ip daddr 10.70.0.0/16 meta l4proto tcp tcp dport 5201 counter accept"),
+            "{s}"
+        );
+        assert!(
+            s.contains("meta l4proto { icmp, ipv6-icmp } counter drop"),
+            "{s}"
+        );
         assert!(s.find("rule 10") < s.find("rule 20"));
     }
 }

@@ -35,7 +35,7 @@ pub struct Args {
     /// Connection addresses come from here when an endpoint has no ipamPrefix.
     #[arg(long, default_value = "172.16.0.0/16")]
     ipam_prefix: ipnet::IpNet,
-        /// Run an eNSM in this process for the device described in FILE (repeatable): it registers
+    /// Run an eNSM in this process for the device described in FILE (repeatable): it registers
     /// the device's endpoints and configures the device over NETCONF for connections to them.
     #[arg(long = "ensm-device", value_name = "FILE")]
     ensm_devices: Vec<std::path::PathBuf>,
@@ -76,10 +76,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ => {}
         }
     }
-        // Device files are checked before anything starts.
+    // Device files are checked before anything starts.
     let mut devices = Vec::new();
     for f in &args.ensm_devices {
-        devices.push(meshwire_ensm_adapters::ensm::load(f, &args.profile_dirs).map_err(anyhow::Error::msg)?);
+        devices.push(
+            meshwire_ensm_adapters::ensm::load(f, &args.profile_dirs)
+                .map_err(anyhow::Error::msg)?,
+        );
     }
     let mut dataplanes = None;
     let driver: Arc<dyn Driver> = match (planes.len(), devices.is_empty()) {
@@ -101,7 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ctl = Controller::start(store, driver, Arc::new(SystemClock), config)
         .await
         .context("starting the controller")?;
-        let mut ensms = Vec::new();
+    let mut ensms = Vec::new();
     if let Some(planes) = &dataplanes {
         for (device, profile) in devices {
             let name = device.name.clone();
@@ -120,7 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving the REST API")?;
-        reconciler.abort();
+    reconciler.abort();
     for e in ensms {
         e.abort();
     }

@@ -32,7 +32,7 @@ pub enum LabCommand {
     Inspect { file: PathBuf },
     /// Restart the lab's controller on the same store and addresses (the data plane keeps
     /// forwarding): after an upgrade, or to watch it resync without touching unchanged flows.
-        Restart {
+    Restart {
         lab: String,
         /// SIGKILL instead of SIGTERM: emulate a crash.
         #[arg(long)]
@@ -46,7 +46,7 @@ pub enum LabCommand {
         dir: PathBuf,
         #[arg(long, default_value_t = meshwire_labs::appliance::LAB_NETCONF_PORT)]
         port: u16,
-        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
 }
@@ -120,7 +120,7 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        let rt = match runner::up(&lab, &d).await {
+    let rt = match runner::up(&lab, &d).await {
         Ok(rt) => rt,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&d);
@@ -136,7 +136,7 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
             println!(
                 "lab {} is up: {} namespaces, controller at {url}",
                 lab.name,
-                                lab.nodes.values().filter(|n| n.has_netns()).count()
+                lab.nodes.values().filter(|n| n.has_netns()).count()
             );
             println!("export MESHWIRE_CONTROLLER={url}");
             Ok(())
@@ -189,7 +189,8 @@ async fn appliances(lab: &Lab, rt: &runner::Runtime) -> anyhow::Result<Vec<PathB
         let out = a.dir.join("device.yaml");
         std::fs::write(&out, serde_yaml::to_string(&v)?)?;
         // Fail early, with the file's own error, rather than in the controller's log.
-        meshwire_ensm_adapters::ensm::load(&out, &[]).map_err(|e| anyhow!("appliance {name}: {e} (from {})", template.display()))?;
+        meshwire_ensm_adapters::ensm::load(&out, &[])
+            .map_err(|e| anyhow!("appliance {name}: {e} (from {})", template.display()))?;
         files.push(out);
         let log = std::fs::File::create(a.dir.join("agent.log"))?;
         std::process::Command::new("ip")
@@ -219,7 +220,7 @@ async fn start(
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let mut args: Vec<String> = vec!["controller".into(), "--log".into(), "info".into()];
-        let ovs = lab.nodes.values().any(|n| n.is_ovs());
+    let ovs = lab.nodes.values().any(|n| n.is_ovs());
     match rt.controller_ip.filter(|_| ovs) {
         Some(ip) => args.extend([
             "--dataplane".into(),
@@ -234,7 +235,7 @@ async fn start(
         format!("redb:{}", d.join("state.redb").display()),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
-                "--reconcile-interval".into(),
+        "--reconcile-interval".into(),
         humantime::format_duration(interval).to_string(),
     ]);
     for f in devices {
@@ -367,7 +368,7 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         let kind = match (n.kind, n.host()) {
             (Kind::Bridge, _) => "bridge".to_string(),
             (Kind::Linux, Some(h)) => format!("workload on {h}"),
-                        (Kind::Linux, None) => "host".to_string(),
+            (Kind::Linux, None) => "host".to_string(),
             (Kind::Appliance, _) => "appliance".to_string(),
         };
         let ns = if n.has_netns() {

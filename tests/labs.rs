@@ -819,3 +819,227 @@ fn nb_lab_ovs_three_node_distributed_bridge_domain_and_mpls_rerouted_through_a_t
     );
     assert!(bps > 1e6);
 }
+
+/// Whether a TCP connection to `addr:port` from `node` is refused or times out within 1 s (the
+/// firewall dropped it) rather than reaching a listener.
+fn tcp_blocked(lab: &Lab, node: &str, addr: &str, port: u16) -> bool {
+    !lab.exec(
+        node,
+        &[
+            "timeout",
+            "1",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{addr}/{port}"),
+        ],
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn nb_lab_firewall_appliance_passes_allowed_traffic_and_drops_the_rest() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("firewall");
+    let c = lab.request(&[
+        "firewall",
+        "--client",
+        "worker",
+        "--name",
+        "clab-firewall-client",
+    ]);
+    // Negotiated with the eNSM: VXLAN with a VNI from the device profile's range, to the
+    // device's underlay address.
+    let m = &c["hops"][0]["mechanism"];
+    assert_eq!(m["type"], "vxlan");
+    let vni = m["vni"].as_u64().unwrap();
+    assert!((5000..=5999).contains(&vni), "{m}");
+    assert_eq!(m["dst_ip"], "192.168.70.2");
+    assert_eq!(c["network_service_endpoint_name"], "fw1");
+    // The appliance's agent turned its NETCONF config into a VXLAN interface.
+    let id = c["id"].as_str().unwrap();
+    let tunnel = format!("mw{}", &id.replace('-', "")[..8]);
+    let fw_addr = addr(&c, "dst_ip_addrs");
+    assert!(
+        lab.ping("client", &fw_addr),
+        "the appliance's tunnel address"
+    );
+    let links = String::from_utf8(
+        lab.exec("fw1", &["ip", "-d", "link", "show", &tunnel])
+            .stdout,
+    )
+    .unwrap();
+    assert!(links.contains(&format!("vxlan id {vni}")), "{links}");
+    // Its policy: iperf3 (tcp 5201) to the protected network passes, ping and other TCP do not.
+    let bps = iperf3(&lab, "server", "client", "10.70.0.10", 5201, 2);
+    eprintln!(
+        "iperf3 client -> server through the firewall appliance: {:.2} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bps > 0.0, "allowed traffic passes");
+    assert!(
+        !lab.exec("client", &["ping", "-c", "2", "-W", "1", "10.70.0.10"])
+            .status
+            .success(),
+        "ping is dropped"
+    );
+    let mut srv = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("server"),
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5202",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        tcp_blocked(&lab, "client", "10.70.0.10", 5202),
+        "tcp 5202 is dropped"
+    );
+    assert!(
+        !tcp_blocked(&lab, "fw1", "10.70.0.10", 5202),
+        "the listener is there"
+    );
+    let _ = srv.kill();
+    let _ = srv.wait();
+    // Close: the device's config and the tunnel go; the operator's policy stays.
+    assert!(lab.meshwire(&["close", id]).status.success());
+    let mut gone = false;
+    for _ in 0..50 {
+        if !lab
+            .exec("fw1", &["ip", "link", "show", &tunnel])
+            .status
+            .success()
+        {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gone, "tunnel {tunnel} removed from the appliance");
+    let rules = String::from_utf8(lab.exec("fw1", &["nft", "list", "ruleset"]).stdout).unwrap();
+    assert!(
+        rules.contains("rule 10") && rules.contains("rule 30"),
+        "{rules}"
+    );
+}
+
+#[test]
+fn nb_lab_radio_appliance_capacity_is_enforced_and_freed() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("radio");
+    let a = lab.request(&["radio", "--client", "worker", "--name", "clab-radio-c1"]);
+    let b = lab.request(&["radio", "--client", "worker", "--name", "clab-radio-c2"]);
+    assert!(lab.ping("c1", &addr(&a, "dst_ip_addrs")) && lab.ping("c2", &addr(&b, "dst_ip_addrs")));
+    let out = lab.meshwire(&[
+        "request",
+        "radio",
+        "--client",
+        "worker",
+        "--name",
+        "clab-radio-c3",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no capacity"),
+        "{err}"
+    );
+    assert!(lab
+        .meshwire(&["close", a["id"].as_str().unwrap()])
+        .status
+        .success());
+    let c = lab.request(&["radio", "--client", "worker", "--name", "clab-radio-c3"]);
+    assert!(
+        lab.ping("c3", &addr(&c, "dst_ip_addrs")),
+        "the freed place is taken"
+    );
+}
+
+#[test]
+fn timer_lab_firewall_ha_heals_onto_the_second_appliance_when_a_link_fails() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("ha-firewall");
+    let c = lab.request(&[
+        "firewall",
+        "--client",
+        "worker",
+        "--name",
+        "clab-ha-firewall-client",
+    ]);
+    let first = c["network_service_endpoint_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = if first == "fw1" { "fw2" } else { "fw1" };
+    assert!(lab.ping("client", "10.79.0.1"));
+    // Probe every ~25 ms while the serving appliance's data link goes down: one ping process
+    // per probe (a single `ping -i` backs off while replies are missing, which would
+    // exaggerate the outage), printing the time of each reply.
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "bash", "-c",
+            "end=$((SECONDS+8)); while [ $SECONDS -lt $end ]; do ping -c1 -W0.1 -q 10.79.0.1 >/dev/null && date +%s.%N; sleep 0.01; done"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let cut = Instant::now();
+    assert!(Command::new("ip")
+        .args(["-n", &lab.ns(&first), "link", "set", "eth1", "down"])
+        .status()
+        .unwrap()
+        .success());
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let replies: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let outage = replies
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0f64, f64::max);
+    let healed = lab.meshwire(&["get", "connections", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&healed.stdout).unwrap();
+    assert_eq!(v[0]["network_service_endpoint_name"], other, "{v}");
+    assert_eq!(
+        v[0]["id"], c["id"],
+        "same connection, healed in place of the old"
+    );
+    let endpoints = String::from_utf8(lab.meshwire(&["get", "endpoints"]).stdout).unwrap();
+    assert!(
+        endpoints.contains("down"),
+        "the failed appliance's endpoint is withdrawn, not deleted: {endpoints}"
+    );
+    assert!(
+        replies.last().is_some_and(|t| *t > replies[0] + 3.0),
+        "traffic resumed after the cut ({} replies)",
+        replies.len()
+    );
+    eprintln!(
+        "appliance data link down -> traffic through {other}: outage {:.0} ms (cut at +{:.1} s)",
+        outage * 1000.0,
+        cut.elapsed().as_secs_f64()
+    );
+    let log = std::fs::read_to_string("/run/meshwire/labs/ha-firewall/controller.log")
+        .unwrap_or_default();
+    for l in log.lines().filter(|l| {
+        l.contains("trap")
+            || l.contains("withdrawn")
+            || l.contains("healed")
+            || l.contains("interface changed")
+    }) {
+        eprintln!("  {l}");
+    }
+    assert!(outage < 8.0);
+}

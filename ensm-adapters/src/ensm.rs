@@ -111,7 +111,7 @@ pub struct Status {
 struct Health_ {
     reachable: bool,
     last_error: Option<String>,
-        /// Data interfaces the device reports down (by ifDescr).
+    /// Data interfaces the device reports down (by ifDescr).
     down_interfaces: BTreeSet<String>,
     /// Interfaces a poll saw not up once: a second poll in a row makes them down (a trap
     /// makes them down at once).
@@ -186,7 +186,7 @@ impl Ensm {
                 health: Mutex::new(Health_ {
                     reachable: false,
                     last_error: Some("not contacted yet".into()),
-                                        down_interfaces: BTreeSet::new(),
+                    down_interfaces: BTreeSet::new(),
                     doubtful: BTreeSet::new(),
                     withdrawn: BTreeSet::new(),
                     suspects: HashSet::new(),
@@ -574,7 +574,7 @@ impl Ensm {
         }
     }
 
-        /// Applies what a poll says: an interface goes down on its second not-up poll in a row.
+    /// Applies what a poll says: an interface goes down on its second not-up poll in a row.
     fn polled_interfaces(&self, statuses: &[(String, bool)]) {
         let confirmed: Vec<(String, bool)> = {
             let mut h = self.health();
@@ -669,7 +669,7 @@ impl Ensm {
                 }
                 if let Some(m) = &monitor {
                     let need_map = self.health().if_names.len() < s.interfaces.len();
-                                        if need_map {
+                    if need_map {
                         match m.if_indexes(&s.interfaces).await {
                             Ok(map) => {
                                 self.health().if_names =
@@ -701,7 +701,7 @@ impl Ensm {
                                 .filter(|n| !names.values().any(|v| v == *n))
                                 .map(|n| (n.clone(), false))
                                 .collect();
-                                                        self.polled_interfaces(&st);
+                            self.polled_interfaces(&st);
                             self.polled_interfaces(&missing);
                             if !missing.is_empty() {
                                 self.health().if_names.clear();
@@ -786,6 +786,9 @@ impl Driver for Ensm {
         self.transaction(&config)
             .await
             .map_err(|e| self.err(c, e))?;
+        if !self.inner.profile.settle.is_zero() {
+            tokio::time::sleep(self.inner.profile.settle).await;
+        }
         tracing::info!(device = %self.inner.device.name, connection = %c.id, mechanism = %c.mechanism().map(|m| m.summary()).unwrap_or_default(), "device configured");
         Ok(())
     }

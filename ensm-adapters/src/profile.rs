@@ -8,7 +8,8 @@
 //! kind: DeviceProfile
 //! metadata: {name: meshwire-appliance}
 //! spec:
-//!   commit: {confirmTimeout: 60}          # optional: confirmed commit, confirmed at once
+//!   commit: {confirmTimeout: 60, settle: 100ms}  # optional: confirmed commit, confirmed at
+//!                                         # once; time the data plane needs after a commit
 //!   mechanisms:
 //!     vxlan:
 //!       range: {start: 5000, end: 5999}   # the VNIs the device accepts (optional)
@@ -82,6 +83,8 @@ pub struct Inventory {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawCommit {
     confirm_timeout: Option<u32>,
+    /// e.g. `100ms`.
+    settle: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +111,9 @@ pub struct Profile {
     pub yang: Vec<String>,
     /// Confirmed commit with this timeout (seconds), confirmed once the connection is up.
     pub confirm_timeout: Option<u32>,
+    /// How long the device takes after a commit to program its data plane: the eNSM reports
+    /// a connection up only after it (so the client's first packets do not race the device).
+    pub settle: std::time::Duration,
     /// Finding Meshwire's entries on the device (without it, resync cannot see orphans).
     pub inventory: Option<Inventory>,
     pub mechanisms: BTreeMap<MechanismKind, Template>,
@@ -158,7 +164,10 @@ pub const BUILTIN: [(&str, &str); 2] = [
         "meshwire-appliance",
         include_str!("../profiles/meshwire-appliance.yaml"),
     ),
-    ("ietf-interfaces", include_str!("../profiles/ietf-interfaces.yaml")),
+    (
+        "ietf-interfaces",
+        include_str!("../profiles/ietf-interfaces.yaml"),
+    ),
 ];
 
 /// Renders `t` with `vars` (values XML-escaped); a variable not in `vars` is an error.
@@ -292,6 +301,17 @@ impl Profile {
                 }
             }
         }
+        let settle = match raw.spec.commit.as_ref().and_then(|c| c.settle.as_deref()) {
+            None => std::time::Duration::ZERO,
+            Some(t) => {
+                let d = humantime::parse_duration(t)
+                    .map_err(|e| err(format!("commit.settle {t:?}: {e}")))?;
+                if d > std::time::Duration::from_secs(10) {
+                    return Err(err(format!("commit.settle {t}: at most 10s")));
+                }
+                d
+            }
+        };
         if mechanisms.is_empty() {
             return Err(err(
                 "spec.mechanisms: a profile needs at least one mechanism".into(),
@@ -301,7 +321,8 @@ impl Profile {
             name: raw.metadata.name,
             description: raw.spec.description,
             yang: raw.spec.yang,
-            confirm_timeout: raw.spec.commit.and_then(|c| c.confirm_timeout),
+            confirm_timeout: raw.spec.commit.as_ref().and_then(|c| c.confirm_timeout),
+            settle,
             inventory: raw.spec.inventory,
             mechanisms,
         })

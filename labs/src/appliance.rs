@@ -351,7 +351,7 @@ pub struct LabAppliance {
     pub dir: PathBuf,
     pub mgmt: std::net::Ipv4Addr,
     pub port: u16,
-        /// The host's address on the management network, and the port there traps go to.
+    /// The host's address on the management network, and the port there traps go to.
     pub host: std::net::Ipv4Addr,
     pub trap_port: u16,
     pub client_key: PathBuf,
@@ -364,7 +364,18 @@ pub struct LabAppliance {
 /// so, and its interface table starts out stale (links read down for a few seconds).
 async fn snmp_answers(addr: std::net::Ipv4Addr) -> bool {
     let out = tokio::process::Command::new("snmpbulkwalk")
-        .args(["-v2c", "-c", "public", "-t", "0.2", "-r", "0", "-Oqv", &format!("{addr}:161"), "1.3.6.1.2.1.2.2.1.8"])
+        .args([
+            "-v2c",
+            "-c",
+            "public",
+            "-t",
+            "0.2",
+            "-r",
+            "0",
+            "-Oqv",
+            &format!("{addr}:161"),
+            "1.3.6.1.2.1.2.2.1.8",
+        ])
         .stdin(Stdio::null())
         .output()
         .await;
@@ -390,7 +401,10 @@ async fn daemon(step: &str, args: &[&str]) -> Result<(), ApplianceError> {
     if st.success() {
         Ok(())
     } else {
-        Err(err(step, format!("exited with {st} (see the log in the appliance's directory)")))
+        Err(err(
+            step,
+            format!("exited with {st} (see the log in the appliance's directory)"),
+        ))
     }
 }
 
@@ -416,7 +430,7 @@ pub async fn start_lab_appliance(
     lab: &crate::spec::Lab,
     node: &crate::spec::LabNode,
     dir: &Path,
-        mgmt: std::net::Ipv4Addr,
+    mgmt: std::net::Ipv4Addr,
     host: std::net::Ipv4Addr,
     trap_port: u16,
 ) -> Result<LabAppliance, ApplianceError> {
@@ -482,7 +496,16 @@ pub async fn start_lab_appliance(
     .await?;
     daemon(
         "start sshd",
-        &["netns", "exec", &ns, "/usr/sbin/sshd", "-f", &p("sshd_config"), "-E", &p("sshd.log")],
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "/usr/sbin/sshd",
+            "-f",
+            &p("sshd_config"),
+            "-E",
+            &p("sshd.log"),
+        ],
     )
     .await?;
     std::fs::write(
@@ -514,9 +537,9 @@ pub async fn start_lab_appliance(
     )
     .await?;
     for _ in 0..500 {
-                if dir.join("ncx.sock").exists()
+        if dir.join("ncx.sock").exists()
             && tokio::net::TcpStream::connect((mgmt, port)).await.is_ok()
-                        && snmp_answers(mgmt).await
+            && snmp_answers(mgmt).await
         {
             // snmpd caches its interface table for 3 s; a device that notices a link within
             // a second is closer to real hardware (which traps from the driver's event).
@@ -524,8 +547,17 @@ pub async fn start_lab_appliance(
                 "snmpset nsCacheTimeout",
                 "ip",
                 &[
-                    "netns", "exec", &ns, "snmpset", "-v2c", "-c", "mwlabrw", "127.0.0.1:161",
-                    "1.3.6.1.4.1.8072.1.5.3.1.2.1.3.6.1.2.1.2.2", "i", "1",
+                    "netns",
+                    "exec",
+                    &ns,
+                    "snmpset",
+                    "-v2c",
+                    "-c",
+                    "mwlabrw",
+                    "127.0.0.1:161",
+                    "1.3.6.1.4.1.8072.1.5.3.1.2.1.3.6.1.2.1.2.2",
+                    "i",
+                    "1",
                 ],
             )
             .await?;
@@ -547,7 +579,7 @@ pub async fn start_lab_appliance(
                 dir: dir.to_path_buf(),
                 mgmt,
                 port,
-                                host,
+                host,
                 trap_port,
                 client_key: dir.join("client"),
                 fingerprint,

@@ -57,7 +57,7 @@ pub struct Runtime {
     /// The host's address on the lab's management network, where the controller's OpenFlow
     /// listener must bind so the ovs nodes' switches reach it (only with ovs nodes).
     pub controller_ip: Option<std::net::Ipv4Addr>,
-        /// ovs node → its OVSDB remote (`unix:<state>/ovs/<node>/db.sock`).
+    /// ovs node → its OVSDB remote (`unix:<state>/ovs/<node>/db.sock`).
     pub ovsdb: std::collections::BTreeMap<String, String>,
     /// Appliance node → how to reach its emulated device.
     pub appliances: std::collections::BTreeMap<String, crate::appliance::LabAppliance>,
@@ -80,7 +80,10 @@ fn fnv(s: &str) -> u64 {
 /// Creates the management network of the ovs nodes: a host bridge with the controller's address
 /// and one veth (`mgmt0` inside) per node, on a 100.127.X.0/24 no other interface uses.
 /// Appliances join it too: their NETCONF and SNMP are reached there.
-type Mgmt = Option<(std::net::Ipv4Addr, std::collections::BTreeMap<String, std::net::Ipv4Addr>)>;
+type Mgmt = Option<(
+    std::net::Ipv4Addr,
+    std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+)>;
 
 async fn mgmt(lab: &Lab) -> Result<Mgmt, (String, String)> {
     let ovs: Vec<&crate::spec::LabNode> = lab
@@ -130,7 +133,7 @@ async fn mgmt(lab: &Lab) -> Result<Mgmt, (String, String)> {
         ])
         .await
         .map_err(step(what.clone()))?;
-                let node_ip = std::net::Ipv4Addr::new(100, 127, x, 10 + i as u8);
+        let node_ip = std::net::Ipv4Addr::new(100, 127, x, 10 + i as u8);
         addrs.insert(n.name.clone(), node_ip);
         let addr = format!("{node_ip}/24");
         ip(&["-n", &ns, "addr", "add", &addr, "dev", "mgmt0"])
@@ -138,7 +141,7 @@ async fn mgmt(lab: &Lab) -> Result<Mgmt, (String, String)> {
             .map_err(step(what.clone()))?;
         ip(&["-n", &ns, "link", "set", "mgmt0", "up"])
             .await
-                        .map_err(step(what))?;
+            .map_err(step(what))?;
     }
     Ok(Some((host, addrs)))
 }
@@ -224,7 +227,7 @@ pub async fn up(lab: &Lab, state: &std::path::Path) -> Result<Runtime, RunError>
         });
     }
     let run_all = async {
-                create(lab).await?;
+        create(lab).await?;
         let m = mgmt(lab).await?;
         let controller_ip = m.as_ref().map(|(h, _)| *h);
         let mut ovsdb = std::collections::BTreeMap::new();
@@ -234,7 +237,7 @@ pub async fn up(lab: &Lab, state: &std::path::Path) -> Result<Runtime, RunError>
         }
         let mut appliances = std::collections::BTreeMap::new();
         if let Some((host, addrs)) = &m {
-                        for (i, n) in lab
+            for (i, n) in lab
                 .nodes
                 .values()
                 .filter(|n| n.kind == Kind::Appliance)

@@ -52,7 +52,7 @@ impl LabNode {
         self.labels.get(HOST_LABEL).map(String::as_str)
     }
 
-        /// Whether the node is a network namespace (linux nodes and appliances).
+    /// Whether the node is a network namespace (linux nodes and appliances).
     pub fn has_netns(&self) -> bool {
         matches!(self.kind, Kind::Linux | Kind::Appliance)
     }
@@ -230,7 +230,7 @@ impl Lab {
                 ));
             }
             add_manifests(&raw_node.labels);
-                        let exec = [topo.defaults.exec.clone(), kind_def.exec, raw_node.exec].concat();
+            let exec = [topo.defaults.exec.clone(), kind_def.exec, raw_node.exec].concat();
             let base = path.parent().unwrap_or(Path::new("."));
             let file_label = |l: &str| labels.get(l).map(|f| base.join(f));
             let (device_file, startup) = (file_label(DEVICE_LABEL), file_label(STARTUP_LABEL));
@@ -239,7 +239,9 @@ impl Lab {
                     None => {
                         return Err(err(
                             line,
-                            format!("appliance {n}: label {DEVICE_LABEL} must name its eNSM device file"),
+                            format!(
+                            "appliance {n}: label {DEVICE_LABEL} must name its eNSM device file"
+                        ),
                         ))
                     }
                     Some(f) if !f.exists() => {
@@ -262,7 +264,7 @@ impl Lab {
             }
             nodes.insert(
                 n.clone(),
-                                LabNode {
+                LabNode {
                     name: n.clone(),
                     kind,
                     exec,
@@ -419,11 +421,10 @@ impl Lab {
                 self.netns(&n.name)
             ));
         }
-                // Appliances are vertices too (their eNSM registers the Device): links to them are
+        // Appliances are vertices too (their eNSM registers the Device): links to them are
         // part of the topology.
-        let is_vertex = |n: &str| {
-            is_host(n) || self.nodes.get(n).is_some_and(|n| n.kind == Kind::Appliance)
-        };
+        let is_vertex =
+            |n: &str| is_host(n) || self.nodes.get(n).is_some_and(|n| n.kind == Kind::Appliance);
         let mut links: Vec<LabLink> = self
             .links
             .iter()
