@@ -13,6 +13,7 @@ command -v ovs-vswitchd >/dev/null 2>&1 || need+=(openvswitch-switch)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/sbin/snmpd ] || need+=(snmpd)
 command -v snmpget >/dev/null 2>&1 || need+=(snmp)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
