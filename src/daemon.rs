@@ -84,19 +84,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
         );
     }
-    let mut dataplanes = None;
-    let driver: Arc<dyn Driver> = match (planes.len(), devices.is_empty()) {
-        (0, true) => Arc::new(NullDriver),
-        (1, true) => planes.remove(0).1,
-        _ => {
-            if planes.is_empty() {
-                planes.push((ForwarderKind::Kernel, Arc::new(NullDriver)));
-            }
-            let d = Arc::new(Dataplanes::new(planes));
-            dataplanes = Some(d.clone());
-            d
-        }
-    };
+    // Always behind Dataplanes: it routes by the client node's forwarder and sends the device
+    // half of a connection to the device's eNSM (in process, or remote by its URL).
+    if planes.is_empty() {
+        planes.push((ForwarderKind::Kernel, Arc::new(NullDriver)));
+        planes.push((ForwarderKind::Ovs, Arc::new(NullDriver)));
+    }
+    let planes = Arc::new(Dataplanes::new(planes));
+    let dataplanes = Some(planes.clone());
+    let driver: Arc<dyn Driver> = planes;
     let config = Config {
         ipam_prefix: args.ipam_prefix,
         ..Config::default()
@@ -106,6 +102,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the controller")?;
     let mut ensms = Vec::new();
     if let Some(planes) = &dataplanes {
+        // Devices whose eNSM runs in its own process are reached at the URL their endpoints
+        // registered with.
+        let lookup = ctl.clone();
+        planes.set_resolver(Box::new(move |device: &str| {
+            let url = lookup
+                .endpoints()
+                .into_iter()
+                .find_map(|v| match &v.endpoint.location {
+                    meshwire_models::EndpointLocation::Device { device: d } if d == device => {
+                        v.endpoint.url.clone()
+                    }
+                    _ => None,
+                })?;
+            tracing::info!(%device, %url, "remote eNSM found");
+            Some(Arc::new(meshwire_ensm_adapters::remote::RemoteEnsm::new(
+                device, &url,
+            )) as Arc<dyn Driver>)
+        }));
         for (device, profile) in devices {
             let name = device.name.clone();
             let e = meshwire_ensm_adapters::ensm::Ensm::new(device, profile, Arc::new(ctl.clone()));
@@ -140,4 +154,61 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+#[derive(clap::Args)]
+pub struct EnsmArgs {
+    /// The device file: which appliance, how to reach it, its profile and endpoints.
+    #[arg(long, value_name = "FILE")]
+    device: std::path::PathBuf,
+    /// The controller's REST address, where the device's endpoints are registered.
+    #[arg(
+        long,
+        env = "MESHWIRE_CONTROLLER",
+        default_value = "http://127.0.0.1:7600"
+    )]
+    controller: String,
+    /// Where this eNSM listens for the controller's calls (apply, remove, observe).
+    #[arg(long, default_value = "127.0.0.1:7610")]
+    listen: SocketAddr,
+    /// The URL the controller uses to reach this eNSM (default http://<listen>).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directories searched for the device's profile (before the shipped ones).
+    #[arg(long = "profile-dir", value_name = "DIR")]
+    profile_dirs: Vec<std::path::PathBuf>,
+    #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
+    log: String,
+}
+
+/// `meshwire ensm`: one device's eNSM in its own process.
+pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_target(false)
+        .init();
+    let (device, profile) = meshwire_ensm_adapters::ensm::load(&args.device, &args.profile_dirs)
+        .map_err(anyhow::Error::msg)?;
+    let name = device.name.clone();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let url = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let e = meshwire_ensm_adapters::ensm::Ensm::new(
+        device,
+        profile,
+        meshwire_ensm_adapters::remote::RestRegistrar::new(&args.controller),
+    );
+    e.set_url(&url);
+    let health = e.start().await.map_err(anyhow::Error::msg)?;
+    tracing::info!(device = %name, %url, controller = %args.controller, "eNSM ready");
+    axum::serve(listener, meshwire_ensm_adapters::remote::router(e))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving the eNSM API")?;
+    health.abort();
+    Ok(())
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod alloc;
 mod bench;
+mod bench_ensm;
 mod bench_netconf;
 mod bench_ovs;
 mod bench_setup;
@@ -65,6 +66,11 @@ pub enum Kind {
 enum Command {
     /// Run the controller daemon (REST API, store, reconcile loop).
     Controller(daemon::Args),
+    /// Run the eNSM of one physical appliance in its own process (a device in another site):
+    /// it registers the device's endpoints with the controller, configures the device over
+    /// NETCONF for the connections routed to them, and withdraws them when the device or one
+    /// of its data links goes down (SNMP).
+    Ensm(daemon::EnsmArgs),
     /// Create or update the objects of manifest files (a file, or every .yaml/.yml/.json of a directory).
     Apply {
         /// File or directory.
@@ -158,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let api = client::Api::new(&cli.controller);
     match cli.command {
         Command::Controller(args) => daemon::run(args).await,
+        Command::Ensm(args) => daemon::ensm(args).await,
         Command::Apply { file } => client::apply(&api, &file, false).await,
         Command::Delete { file } => client::apply(&api, &file, true).await,
         Command::Validate { file } => client::validate(&file),

@@ -93,6 +93,43 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Waits up to 15 s for `ifname` to exist on `node` (an appliance's agent programs its
+    /// data plane from the device's running config, asynchronously).
+    fn wait_link(&self, node: &str, ifname: &str) -> bool {
+        for _ in 0..150 {
+            if self
+                .exec(node, &["ip", "link", "show", ifname])
+                .status
+                .success()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// The lab controller's log and every appliance agent's, for failure messages.
+    fn logs(&self) -> String {
+        let d = format!("/run/meshwire/labs/{}", self.name);
+        let mut out = format!(
+            "controller: {}",
+            std::fs::read_to_string(format!("{d}/controller.log")).unwrap_or_default()
+        );
+        for e in std::fs::read_dir(format!("{d}/appliance"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push_str(&format!(
+                "\nagent {}: {}",
+                e.file_name().to_string_lossy(),
+                std::fs::read_to_string(e.path().join("agent.log")).unwrap_or_default()
+            ));
+        }
+        out
+    }
+
     fn ns(&self, node: &str) -> String {
         format!("clab-{}-{node}", self.name)
     }
@@ -862,9 +899,11 @@ fn nb_lab_firewall_appliance_passes_allowed_traffic_and_drops_the_rest() {
     let id = c["id"].as_str().unwrap();
     let tunnel = format!("mw{}", &id.replace('-', "")[..8]);
     let fw_addr = addr(&c, "dst_ip_addrs");
+    assert!(lab.wait_link("fw1", &tunnel), "{}", lab.logs());
     assert!(
         lab.ping("client", &fw_addr),
-        "the appliance's tunnel address"
+        "the appliance's tunnel address; {}",
+        lab.logs()
     );
     let links = String::from_utf8(
         lab.exec("fw1", &["ip", "-d", "link", "show", &tunnel])
@@ -941,7 +980,19 @@ fn nb_lab_radio_appliance_capacity_is_enforced_and_freed() {
     let lab = Lab::up("radio");
     let a = lab.request(&["radio", "--client", "worker", "--name", "clab-radio-c1"]);
     let b = lab.request(&["radio", "--client", "worker", "--name", "clab-radio-c2"]);
-    assert!(lab.ping("c1", &addr(&a, "dst_ip_addrs")) && lab.ping("c2", &addr(&b, "dst_ip_addrs")));
+    for c in [&a, &b] {
+        let id = c["id"].as_str().unwrap().replace('-', "");
+        assert!(
+            lab.wait_link("radio1", &format!("mw{}", &id[..8])),
+            "{}",
+            lab.logs()
+        );
+    }
+    assert!(
+        lab.ping("c1", &addr(&a, "dst_ip_addrs")) && lab.ping("c2", &addr(&b, "dst_ip_addrs")),
+        "{}",
+        lab.logs()
+    );
     let out = lab.meshwire(&[
         "request",
         "radio",

@@ -25,7 +25,8 @@ pub struct DriverError {
 }
 
 /// What a driver sees of one desired connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "health", rename_all = "kebab-case")]
 pub enum Health {
     Healthy,
     /// Our wiring is gone or partial while both ends exist: repair in place.
@@ -49,7 +50,7 @@ pub enum Health {
 }
 
 /// The result of `observe`: health per connection id (absent ids are healthy).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Observation {
     pub connections: HashMap<String, Health>,
 }
@@ -76,9 +77,14 @@ pub trait Driver: Send + Sync + 'static {
 /// (attached with [`Dataplanes::attach_device`]) configures the device, and the node driver wires
 /// the client's side of the tunnel. The device goes first: it may refuse (its own error then
 /// fails the request, and nothing is left on the node).
+/// Finds the driver of a device no eNSM attached in process (an eNSM in another process, by the
+/// URL its endpoints registered with).
+pub type DeviceResolver = Box<dyn Fn(&str) -> Option<Arc<dyn Driver>> + Send + Sync>;
+
 pub struct Dataplanes {
     drivers: Vec<(ForwarderKind, Arc<dyn Driver>)>,
     devices: Mutex<HashMap<String, Arc<dyn Driver>>>,
+    resolver: Mutex<Option<DeviceResolver>>,
     topology: Mutex<Topology>,
     name: String,
 }
@@ -93,6 +99,7 @@ impl Dataplanes {
         Dataplanes {
             drivers,
             devices: Mutex::default(),
+            resolver: Mutex::default(),
             topology: Mutex::new(Topology::default()),
             name,
         }
@@ -107,6 +114,31 @@ impl Dataplanes {
             .insert(device.to_string(), driver);
     }
 
+    /// How devices with no attached eNSM are found (called again each time one is missing).
+    pub fn set_resolver(&self, r: DeviceResolver) {
+        *self.resolver.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// The attached driver of `device`, or a resolved one (which is then attached).
+    fn device(&self, device: &str) -> Option<Arc<dyn Driver>> {
+        if let Some(d) = self
+            .devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device)
+        {
+            return Some(d.clone());
+        }
+        let found = self
+            .resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|r| r(device))?;
+        self.attach_device(device, found.clone());
+        Some(found)
+    }
+
     pub fn detach_device(&self, device: &str) {
         self.devices
             .lock()
@@ -118,13 +150,7 @@ impl Dataplanes {
         let Some(d) = &c.placement.endpoint_device else {
             return Ok(None);
         };
-        self.devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(d)
-            .cloned()
-            .map(Some)
-            .ok_or_else(|| DriverError {
+        self.device(d).map(Some).ok_or_else(|| DriverError {
                 driver: self.name.clone(),
                 target: format!("connection {}", c.id),
                 reason: format!("no eNSM is attached for device {d} (start it in the controller with --ensm-device, or run `meshwire ensm`)"),
@@ -198,6 +224,12 @@ impl Driver for Dataplanes {
                 .cloned()
                 .collect();
             obs.connections.extend(d.observe(&mine).await?.connections);
+        }
+        for d in desired
+            .iter()
+            .filter_map(|c| c.placement.endpoint_device.as_deref())
+        {
+            let _ = self.device(d);
         }
         let devices: Vec<(String, Arc<dyn Driver>)> = self
             .devices

@@ -137,6 +137,8 @@ struct Inner {
     /// Wakes the health task (a trap arrived, or a call found the session dead).
     wake: tokio::sync::Notify,
     name: String,
+    /// Where the controller reaches this eNSM when it runs in its own process.
+    url: std::sync::OnceLock<String>,
 }
 
 /// An eNSM for one device. Cheap to clone.
@@ -197,8 +199,15 @@ impl Ensm {
                 }),
                 wake: tokio::sync::Notify::new(),
                 name,
+                url: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Registers the endpoints with this URL: the controller calls it for their connections
+    /// (an eNSM in its own process). Set before [`Ensm::start`].
+    pub fn set_url(&self, url: &str) {
+        let _ = self.inner.url.set(url.to_string());
     }
 
     pub fn device(&self) -> &DeviceFile {
@@ -263,7 +272,7 @@ impl Ensm {
                     .iter()
                     .map(|s| (s.clone(), e.labels.clone()))
                     .collect::<BTreeMap<_, _>>(),
-                url: None,
+                url: self.inner.url.get().cloned(),
                 expires_at_ms: None,
                 location: EndpointLocation::Device {
                     device: d.name.clone(),

@@ -18,11 +18,15 @@
 //! - [`ensm`]: the eNSM itself: registers the device's endpoints, checks and applies negotiated
 //!   connections on the device in one NETCONF transaction each, removes exactly its config, and
 //!   withdraws endpoints when the device or one of its data links goes down.
+//!
+//! - [`remote`]: the same eNSM in its own process, reached by the controller at the URL its
+//!   endpoints register with.
 
 pub mod device;
 pub mod ensm;
 pub mod netconf;
 pub mod profile;
+pub mod remote;
 pub mod snmp;
 
 pub use meshwire_models::Device;

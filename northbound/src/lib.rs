@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use meshwire_controller::{ConnectionFilter, Controller, ControllerError};
 use meshwire_models::{ConnectionRequest, ConnectionState, Manifest};
@@ -120,6 +120,8 @@ pub fn router(ctl: Controller) -> Router {
         )
         .route("/api/v1/services", get(services))
         .route("/api/v1/endpoints", get(endpoints))
+        .route("/api/v1/endpoints/{name}/status", put(endpoint_status))
+        .route("/api/v1/registry/objects", post(register_objects))
         .route("/api/v1/topology", get(topology))
         .route("/api/v1/resources", get(resources))
         .route(
@@ -234,6 +236,39 @@ async fn endpoints(
         selector.insert(k, v);
     }
     Ok(Json(ctl.find_endpoints(q.service.as_deref(), &selector)))
+}
+
+/// An endpoint withdrawn by its eNSM (device or link down) or restored.
+#[derive(serde::Deserialize)]
+struct EndpointStatus {
+    down: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn endpoint_status(
+    State(ctl): State<Controller>,
+    Path(name): Path<String>,
+    Json(s): Json<EndpointStatus>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let changed = ctl.set_endpoint_down(&name, s.down, &s.reason).await?;
+    Ok(Json(
+        serde_json::json!({"endpoint": name, "down": s.down, "changed": changed}),
+    ))
+}
+
+/// Registration by eNSMs: objects in the controller's own JSON form.
+async fn register_objects(
+    State(ctl): State<Controller>,
+    Json(objects): Json<Vec<meshwire_models::Object>>,
+) -> ApiResult<Json<Vec<meshwire_controller::Applied>>> {
+    Ok(Json(
+        ctl.apply(meshwire_models::Manifest {
+            objects,
+            warnings: vec![],
+        })
+        .await?,
+    ))
 }
 
 async fn topology(State(ctl): State<Controller>) -> Json<meshwire_models::Topology> {

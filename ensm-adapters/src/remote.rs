@@ -1,0 +1,186 @@
+//! An eNSM in its own process (`meshwire ensm --device FILE --controller URL`), for a device in
+//! another site. NSM's shape: an endpoint registers with a URL, and the mesh calls that URL for
+//! the connections routed to it.
+//!
+//! ```text
+//!  meshwire ensm ── register Device + NSEs (url = our address) ──▶ controller REST
+//!        ▲          endpoint down / up                        ──▶ PUT /api/v1/endpoints/{n}/status
+//!        │
+//!  controller's Dataplanes ── POST /ensm/v1/{apply,remove,observe} (connections as JSON) ──┘
+//!        (a RemoteEnsm, found from the endpoint's url)
+//! ```
+//! The wire format is the controller's own `Connection` and `Observation` as JSON. Errors come
+//! back as 502 with the device's message, so the request fails exactly as in process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meshwire_controller::driver::{Driver, DriverError, Observation};
+use meshwire_models::{Connection, Object};
+
+use crate::ensm::{Ensm, Registrar};
+
+/// The routes a remote eNSM serves.
+pub fn router(ensm: Ensm) -> Router {
+    Router::new()
+        .route("/ensm/v1/apply", post(apply))
+        .route("/ensm/v1/remove", post(remove))
+        .route("/ensm/v1/observe", post(observe))
+        .route("/ensm/v1/status", get(status))
+        .with_state(ensm)
+}
+
+type Reply<T> = Result<Json<T>, (StatusCode, String)>;
+
+fn refused(e: DriverError) -> (StatusCode, String) {
+    (StatusCode::BAD_GATEWAY, e.reason)
+}
+
+async fn apply(State(e): State<Ensm>, Json(c): Json<Connection>) -> Reply<()> {
+    e.apply(&c).await.map(Json).map_err(refused)
+}
+
+async fn remove(State(e): State<Ensm>, Json(c): Json<Connection>) -> Reply<()> {
+    e.remove(&c).await.map(Json).map_err(refused)
+}
+
+async fn observe(State(e): State<Ensm>, Json(cs): Json<Vec<Connection>>) -> Reply<Observation> {
+    e.observe(&cs).await.map(Json).map_err(refused)
+}
+
+async fn status(State(e): State<Ensm>) -> Json<crate::ensm::Status> {
+    Json(e.status())
+}
+
+/// The controller's side: a device whose eNSM runs elsewhere, reached at `url`.
+pub struct RemoteEnsm {
+    device: String,
+    url: String,
+    http: reqwest::Client,
+    name: String,
+}
+
+impl RemoteEnsm {
+    pub fn new(device: &str, url: &str) -> RemoteEnsm {
+        RemoteEnsm {
+            device: device.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
+            name: format!("ensm:{device}@{url}"),
+        }
+    }
+
+    async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        target: &str,
+        body: &B,
+    ) -> Result<T, DriverError> {
+        let err = |reason: String| DriverError {
+            driver: self.name.clone(),
+            target: target.to_string(),
+            reason,
+        };
+        let resp = self
+            .http
+            .post(format!("{}/ensm/v1/{op}", self.url))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| err(format!("eNSM of device {} unreachable: {e}", self.device)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(err(text));
+        }
+        resp.json()
+            .await
+            .map_err(|e| err(format!("unreadable answer: {e}")))
+    }
+}
+
+#[async_trait]
+impl Driver for RemoteEnsm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+        self.call("apply", &format!("connection {}", c.id), c).await
+    }
+    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+        self.call("remove", &format!("connection {}", c.id), c)
+            .await
+    }
+    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
+        self.call("observe", &format!("device {}", self.device), &desired)
+            .await
+    }
+}
+
+/// Registration with a controller over its REST API.
+pub struct RestRegistrar {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl RestRegistrar {
+    pub fn new(controller: &str) -> Arc<RestRegistrar> {
+        Arc::new(RestRegistrar {
+            base: controller.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| format!("{what}: controller {} unreachable: {e}", self.base))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}: {}",
+                resp.text().await.unwrap_or_default().trim()
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl Registrar for RestRegistrar {
+    async fn register(&self, objects: Vec<Object>) -> Result<(), String> {
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/registry/objects", self.base))
+                .json(&objects),
+            "register",
+        )
+        .await
+    }
+    async fn set_endpoint_down(
+        &self,
+        endpoint: &str,
+        down: bool,
+        reason: &str,
+    ) -> Result<(), String> {
+        self.send(
+            self.http
+                .put(format!("{}/api/v1/endpoints/{endpoint}/status", self.base))
+                .json(&serde_json::json!({"down": down, "reason": reason})),
+            "endpoint status",
+        )
+        .await
+    }
+}

@@ -1,0 +1,166 @@
+//! Input: the `meshwire` binary as three processes would run in production: a controller, and
+//! an eNSM in its own process (`meshwire ensm --device FILE --controller URL`) for a real
+//! netconfd behind sshd loaded with our appliance YANG model. Output: the eNSM registers the
+//! device's endpoint with its own URL; a request through the controller configures the device
+//! (the controller calls the eNSM at that URL); close removes it; with the eNSM process gone, a
+//! request fails with an error naming the device's eNSM.
+//! Needs root, netconfd and openssh-server; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meshwire_ensm_adapters::netconf::{Auth, Datastore, HostKey, Session, Target};
+use meshwire_labs::appliance::{self, Appliance};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshwire");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("MESHWIRE_CONTROLLER", url)
+        .output()
+        .unwrap()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
+    if !appliance::available() {
+        assert!(
+            std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
+            "needs root, netconfd and openssh-server"
+        );
+        return;
+    }
+    let yang = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("ensm-adapters/yang/meshwire-appliance@2026-11-23.yang");
+    let dev = Appliance::start(&[yang]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("fw1.yaml");
+    std::fs::write(
+        &device,
+        format!(
+            "apiVersion: meshwire.io/v1\nkind: EnsmDevice\nmetadata: {{name: fw1}}\nspec:\n  profile: meshwire-appliance\n  underlayAddress: 192.168.70.2\n  netconf:\n    host: 127.0.0.1\n    port: {}\n    user: root\n    keyFile: {}\n    hostKey: {{fingerprint: \"{}\"}}\n  endpoints:\n    - name: fw1\n      services: [firewall]\n",
+            dev.port,
+            dev.client_key().display(),
+            dev.fingerprint().unwrap()
+        ),
+    )
+    .unwrap();
+    let topo = dir.path().join("topo.yaml");
+    std::fs::write(&topo, "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: n1-fw1}\nspec: {endpoints: [\"n1:eth1\", \"fw1:eth1\"], addresses: [\"192.168.70.1/24\", \"192.168.70.2/24\"]}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: firewall}\n").unwrap();
+
+    let (cp, ep) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{cp}");
+    let _ctl = Proc(
+        Command::new(BIN)
+            .args([
+                "controller",
+                "--store",
+                "memory",
+                "--dataplane",
+                "none",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{cp}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the controller", || {
+        cli(&url, &["get", "services"]).status.success()
+    });
+    assert!(cli(&url, &["apply", "-f", topo.to_str().unwrap()])
+        .status
+        .success());
+    let ensm = Proc(
+        Command::new(BIN)
+            .args([
+                "ensm",
+                "--device",
+                device.to_str().unwrap(),
+                "--controller",
+                &url,
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{ep}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the eNSM's endpoint", || {
+        let out = cli(&url, &["get", "endpoints", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v[0]["name"] == "fw1" && v[0]["down"] == false
+    });
+    let eps: serde_json::Value =
+        serde_json::from_slice(&cli(&url, &["get", "endpoints", "-o", "json"]).stdout).unwrap();
+    assert_eq!(eps[0]["url"], format!("http://127.0.0.1:{ep}"));
+
+    let out = cli(
+        &url,
+        &["request", "firewall", "--client", "n1", "-o", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = c["id"].as_str().unwrap().to_string();
+    let s = Session::connect(&Target {
+        device: "check".into(),
+        host: "127.0.0.1".into(),
+        port: dev.port,
+        user: "root".into(),
+        auth: Auth::Key {
+            path: dev.client_key(),
+            passphrase: None,
+        },
+        host_key: HostKey::AcceptAny,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let running = s.get_config(Datastore::Running, None).await.unwrap();
+    assert!(running.contains(&format!("meshwire:{id}")), "{running}");
+    assert!(cli(&url, &["close", &id]).status.success());
+    let running = s.get_config(Datastore::Running, None).await.unwrap();
+    assert!(!running.contains(&id), "{running}");
+
+    drop(ensm);
+    let out = cli(&url, &["request", "firewall", "--client", "n1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("eNSM of device fw1 unreachable"),
+        "{err}"
+    );
+}
