@@ -25,6 +25,7 @@ const TABLE: &str = "meshwire_appliance";
 struct Tunnel {
     name: String,
     address: Option<String>,
+    peer: Option<String>,
     mtu: Option<u32>,
     /// (vni, remote, port), when VXLAN.
     vxlan: Option<(u32, String, u16)>,
@@ -45,6 +46,13 @@ impl Tunnel {
     }
 }
 
+/// A cross-connect: traffic arriving on tunnel `a` leaves by tunnel `b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CrossConnect {
+    a: String,
+    b: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     sequence: u32,
@@ -55,7 +63,9 @@ struct Rule {
     action: String,
 }
 
-fn parse(data: &str) -> anyhow::Result<(Vec<Tunnel>, Vec<Rule>)> {
+type Config = (Vec<Tunnel>, Vec<Rule>, Vec<CrossConnect>);
+
+fn parse(data: &str) -> anyhow::Result<Config> {
     let doc = format!("<data>{data}</data>");
     let doc = roxmltree::Document::parse(&doc).context("running config")?;
     let text = |n: roxmltree::Node, tag: &str| {
@@ -84,6 +94,7 @@ fn parse(data: &str) -> anyhow::Result<(Vec<Tunnel>, Vec<Rule>)> {
         tunnels.push(Tunnel {
             name,
             address: text(t, "address"),
+            peer: text(t, "peer"),
             mtu: text(t, "mtu").and_then(|x| x.parse().ok()),
             vxlan,
             other,
@@ -103,7 +114,70 @@ fn parse(data: &str) -> anyhow::Result<(Vec<Tunnel>, Vec<Rule>)> {
         });
     }
     rules.sort_by_key(|r| r.sequence);
-    Ok((tunnels, rules))
+    let mut xcs = Vec::new();
+    for x in doc
+        .descendants()
+        .filter(|n| n.has_tag_name((NS, "cross-connect")))
+    {
+        if let (Some(a), Some(b)) = (text(x, "a"), text(x, "b")) {
+            xcs.push(CrossConnect { a, b });
+        }
+    }
+    Ok((tunnels, rules, xcs))
+}
+
+/// Policy routing for cross-connects: what arrives on `a` is routed by a table of its own whose
+/// default route is `b`'s peer, and leaves `b` masqueraded (replies find their way back).
+const XC_PREF: u32 = 20000;
+const XC_TABLE: u32 = 2000;
+const NAT_TABLE: &str = "meshwire_appliance_nat";
+
+async fn apply_cross_connects(xcs: &[CrossConnect], tunnels: &[Tunnel]) -> anyhow::Result<()> {
+    let rules = run_cmd("ip", &["-j", "rule", "show"], None).await?;
+    let v: serde_json::Value = serde_json::from_str(&rules).context("ip -j rule")?;
+    for r in v.as_array().into_iter().flatten() {
+        if let Some(p) = r.get("priority").and_then(|p| p.as_u64()) {
+            if (XC_PREF as u64..XC_PREF as u64 + 1000).contains(&p) {
+                run_cmd("ip", &["rule", "del", "pref", &p.to_string()], None).await?;
+            }
+        }
+    }
+    let mut nat = format!(
+        "table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\ntable ip {NAT_TABLE} {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
+    );
+    for (i, x) in xcs.iter().enumerate().take(1000) {
+        let Some(peer) = tunnels
+            .iter()
+            .find(|t| t.name == x.b)
+            .and_then(|t| t.peer.clone())
+        else {
+            tracing::warn!(a = %x.a, b = %x.b, "cross-connect: tunnel b has no peer address");
+            continue;
+        };
+        let (pref, table) = (
+            (XC_PREF + i as u32).to_string(),
+            (XC_TABLE + i as u32).to_string(),
+        );
+        run_cmd(
+            "ip",
+            &[
+                "route", "replace", "default", "via", &peer, "dev", &x.b, "table", &table,
+            ],
+            None,
+        )
+        .await?;
+        run_cmd(
+            "ip",
+            &["rule", "add", "pref", &pref, "iif", &x.a, "lookup", &table],
+            None,
+        )
+        .await?;
+        nat.push_str(&format!("    oifname \"{}\" counter masquerade\n", x.b));
+        tracing::info!(a = %x.a, b = %x.b, via = %peer, "cross-connect applied");
+    }
+    nat.push_str("  }\n}\n");
+    run_cmd("nft", &["-f", "-"], Some(&nat)).await?;
+    Ok(())
 }
 
 /// The nftables script for `rules`: the table replaced atomically.
@@ -261,6 +335,7 @@ pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> anyhow::Result<
     };
     let mut last_tunnels: Option<Vec<Tunnel>> = None;
     let mut last_rules: Option<Vec<Rule>> = None;
+    let mut last_xcs: Option<(Vec<CrossConnect>, Vec<Tunnel>)> = None;
     loop {
         let session = match Session::connect(&target).await {
             Ok(s) => s,
@@ -280,12 +355,22 @@ pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> anyhow::Result<
                 }
             };
             match parse(&data) {
-                Ok((tunnels, rules)) => {
+                Ok((tunnels, rules, xcs)) => {
                     if last_tunnels.as_ref() != Some(&tunnels) {
                         match apply_tunnels(&tunnels).await {
-                            Ok(()) => last_tunnels = Some(tunnels),
+                            Ok(()) => last_tunnels = Some(tunnels.clone()),
                             Err(e) => {
                                 tracing::warn!(error = %e, "applying tunnels failed; retrying")
+                            }
+                        }
+                    }
+                    // Routes through a tunnel go with it: re-apply when either changed.
+                    let want = (xcs, tunnels);
+                    if last_tunnels.as_ref() == Some(&want.1) && last_xcs.as_ref() != Some(&want) {
+                        match apply_cross_connects(&want.0, &want.1).await {
+                            Ok(()) => last_xcs = Some(want),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "applying cross-connects failed; retrying")
                             }
                         }
                     }
@@ -317,7 +402,8 @@ mod tests {
         let data = format!(
             "<tunnels xmlns=\"{NS}\"><tunnel><name>mw1</name><address>172.16.20.0/31</address><mtu>1450</mtu><vxlan><vni>5001</vni><remote>192.168.70.1</remote></vxlan></tunnel><tunnel><name>mw2</name><gre><key>1</key><remote>1.1.1.1</remote></gre></tunnel></tunnels><firewall xmlns=\"{NS}\"><rule><sequence>20</sequence><protocol>icmp</protocol><action>drop</action></rule><rule><sequence>10</sequence><protocol>tcp</protocol><destination>10.70.0.0/16</destination><port>5201</port><action>accept</action></rule></firewall>"
         );
-        let (t, r) = parse(&data).unwrap();
+        let (t, r, x) = parse(&data).unwrap();
+        assert!(x.is_empty());
         assert_eq!(t[0].vxlan, Some((5001, "192.168.70.1".into(), 4789)));
         assert_eq!(t[1].other.as_deref(), Some("gre"));
         assert_eq!(r[0].sequence, 10, "sorted by sequence");

@@ -2,7 +2,7 @@
 //! packet, on the `firewall` lab (an emulated appliance: netconfd behind sshd, and its agent
 //! programming the data plane). Each round: POST a request, then probe the appliance's tunnel
 //! address from the client namespace until it answers; then close. The same is measured to a
-//! local workload endpoint on the `vpn-gateway` lab, as the baseline without a device.
+//! workload endpoint on another host (`two-node` lab), as the baseline without a device.
 //! There is no peer implementation to run side by side (upstream NSM has no eNSM), so the
 //! last line carries figures only.
 
@@ -134,9 +134,9 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
     )
     .await?;
     let local = rounds(
-        "vpn-gateway",
-        serde_json::json!({"network_service": "secure-intranet-connectivity", "client": {"node": "worker", "name": "clab-vpn-gateway-client"}, "labels": {"app": "sarah"}, "mechanisms": ["vxlan"]}),
-        "clab-vpn-gateway-client",
+        "two-node",
+        serde_json::json!({"network_service": "two-node", "client": {"node": "n1", "name": "clab-two-node-client"}, "mechanisms": ["vxlan"]}),
+        "clab-two-node-client",
         n,
     )
     .await?;
@@ -164,7 +164,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         format!("{e_fp99:.1}"),
     ]);
     t.add_row(vec![
-        format!("local workload endpoint (VXLAN, no device), {n} rounds"),
+        format!("workload endpoint on another host (VXLAN, no device), {n} rounds"),
         format!("{l_ans50:.1}"),
         format!("{l_ans99:.1}"),
         format!("{l_fp50:.1}"),

@@ -1094,3 +1094,98 @@ fn timer_lab_firewall_ha_heals_onto_the_second_appliance_when_a_link_fails() {
     }
     assert!(outage < 8.0);
 }
+
+#[test]
+fn nb_lab_sfc_client_traffic_crosses_the_firewall_appliance_then_the_vpn_gateway() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("sfc");
+    let c = lab.request(&[
+        "secure-intranet-connectivity",
+        "--client",
+        "worker",
+        "--name",
+        "clab-sfc-client",
+        "--label",
+        "app=sarah",
+    ]);
+    assert_eq!(c["network_service_endpoint_name"], "fw1");
+    // The appliance's eNSM passed the connection on: a second connection, fw1 → gateway.
+    let all: serde_json::Value =
+        serde_json::from_slice(&lab.meshwire(&["get", "connections", "-o", "json"]).stdout)
+            .unwrap();
+    let onward = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["client"]["node"] == "fw1")
+        .unwrap_or_else(|| panic!("no onward connection: {all}"))
+        .clone();
+    assert_eq!(onward["network_service_endpoint_name"], "vpn-gateway");
+    assert_eq!(onward["hops"][0]["mechanism"]["type"], "vxlan");
+    let id = c["id"].as_str().unwrap();
+    let b = onward["id"].as_str().unwrap();
+    for t in [id, b] {
+        let name = format!("mw{}", &t.replace('-', "")[..8]);
+        assert!(lab.wait_link("fw1", &name), "{}", lab.logs());
+    }
+    assert!(
+        lab.ping("client", "10.60.0.10"),
+        "client reaches corp through the chain; {}",
+        lab.logs()
+    );
+    let bps = iperf3(&lab, "corp", "client", "10.60.0.10", 5401, 1);
+    eprintln!(
+        "iperf3 client -> corp through the firewall appliance and the VPN gateway: {:.2} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bps > 0.0);
+    // Both elements carried it: the appliance's cross-connect (NAT counter) and the gateway's
+    // end of the onward connection.
+    let nat = String::from_utf8(
+        lab.exec(
+            "fw1",
+            &["nft", "list", "table", "ip", "meshwire_appliance_nat"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let packets: u64 = nat
+        .split("packets ")
+        .nth(1)
+        .and_then(|x| x.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    assert!(packets > 0, "{nat}");
+    let gw_if = format!("nse-{}", &b.replace('-', "")[..8]);
+    let stats = String::from_utf8(
+        lab.exec(
+            "gateway",
+            &[
+                "cat",
+                &format!("/sys/class/net/{gw_if}/statistics/rx_packets"),
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        stats.trim().parse::<u64>().unwrap_or(0) > 100,
+        "{gw_if}: {stats}"
+    );
+    // Closing the client's connection closes the onward one and removes both from the device.
+    assert!(lab.meshwire(&["close", id]).status.success());
+    let left = lab.meshwire(&["get", "connections", "-o", "json"]);
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "[]");
+    let mut clean = false;
+    for _ in 0..50 {
+        let links = String::from_utf8(lab.exec("fw1", &["ip", "-br", "link"]).stdout).unwrap();
+        if !links.contains("mw") {
+            clean = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(clean, "{}", lab.logs());
+}

@@ -600,7 +600,9 @@ impl Controller {
             let Some(current) = self.connection(&c.id) else {
                 continue;
             };
-            if current.generation != c.generation {
+            // Changed since the snapshot (a request finishing, a heal): what was observed may
+            // predate it. The next round looks again.
+            if current.generation != c.generation || current.updated_at_ms != c.updated_at_ms {
                 continue;
             }
             let (endpoint_ok, broken_link) = {

@@ -146,23 +146,38 @@ impl Dataplanes {
             .remove(device);
     }
 
-    fn device_driver(&self, c: &Connection) -> Result<Option<Arc<dyn Driver>>, DriverError> {
-        let Some(d) = &c.placement.endpoint_device else {
-            return Ok(None);
-        };
-        self.device(d).map(Some).ok_or_else(|| DriverError {
+    /// The eNSMs of the connection's devices (its endpoint's, its client's), in that order.
+    fn device_drivers(&self, c: &Connection) -> Result<Vec<Arc<dyn Driver>>, DriverError> {
+        let mut out = Vec::new();
+        for d in [&c.placement.endpoint_device, &c.placement.client_device]
+            .into_iter()
+            .flatten()
+        {
+            out.push(self.device_driver(c, d)?);
+        }
+        Ok(out)
+    }
+
+    fn device_driver(&self, c: &Connection, d: &str) -> Result<Arc<dyn Driver>, DriverError> {
+        self.device(d).ok_or_else(|| DriverError {
                 driver: self.name.clone(),
                 target: format!("connection {}", c.id),
                 reason: format!("no eNSM is attached for device {d} (start it in the controller with --ensm-device, or run `meshwire ensm`)"),
             })
     }
 
+    /// The forwarder of the node that wires the connection's node half: the client's node, or
+    /// the endpoint's when the client is a device.
     fn forwarder_of(&self, c: &Connection) -> ForwarderKind {
+        let node = match &c.placement.client_device {
+            Some(_) => c.hops.last().map(|h| h.to.as_str()).unwrap_or_default(),
+            None => c.client.node.as_str(),
+        };
         self.topology
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .nodes
-            .get(&c.client.node)
+            .get(node)
             .map(|n| n.forwarder)
             .unwrap_or_default()
     }
@@ -190,30 +205,49 @@ impl Driver for Dataplanes {
         &self.name
     }
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
-        let node = self.driver_for(c)?;
-        if let Some(device) = self.device_driver(c)? {
-            device.apply(c).await?;
-            if let Err(e) = node.apply(c).await {
-                let _ = device.remove(c).await;
+        let devices = self.device_drivers(c)?;
+        // Between two devices there is nothing for a node to wire.
+        let node = match (&c.placement.endpoint_device, &c.placement.client_device) {
+            (Some(_), Some(_)) => None,
+            _ => Some(self.driver_for(c)?),
+        };
+        let mut done: Vec<&Arc<dyn Driver>> = Vec::new();
+        for d in &devices {
+            if let Err(e) = d.apply(c).await {
+                for undo in done {
+                    let _ = undo.remove(c).await;
+                }
                 return Err(e);
             }
-            return Ok(());
+            done.push(d);
         }
-        node.apply(c).await
-    }
-    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        let node = self.driver_for(c)?;
-        let device = self.device_driver(c);
-        node.remove(c).await?;
-        match device {
-            Ok(Some(d)) => d.remove(c).await,
-            Ok(None) => Ok(()),
-            // Nothing can be removed from a device nobody manages; its eNSM resyncs on attach.
-            Err(e) => {
-                tracing::warn!(connection = %c.id, error = %e, "device half left to its eNSM's resync");
-                Ok(())
+        if let Some(node) = node {
+            if let Err(e) = node.apply(c).await {
+                for undo in done {
+                    let _ = undo.remove(c).await;
+                }
+                return Err(e);
             }
         }
+        Ok(())
+    }
+    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+        if c.placement.endpoint_device.is_none() || c.placement.client_device.is_none() {
+            self.driver_for(c)?.remove(c).await?;
+        }
+        for d in [&c.placement.endpoint_device, &c.placement.client_device]
+            .into_iter()
+            .flatten()
+        {
+            match self.device_driver(c, d) {
+                Ok(drv) => drv.remove(c).await?,
+                // Nothing can be removed from a device nobody manages; its eNSM resyncs.
+                Err(e) => {
+                    tracing::warn!(connection = %c.id, error = %e, "device half left to its eNSM's resync")
+                }
+            }
+        }
+        Ok(())
     }
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
         let mut obs = Observation::default();
@@ -221,15 +255,20 @@ impl Driver for Dataplanes {
             let mine: Vec<Connection> = desired
                 .iter()
                 .filter(|c| self.forwarder_of(c) == *kind)
+                .filter(|c| {
+                    c.placement.endpoint_device.is_none() || c.placement.client_device.is_none()
+                })
                 .cloned()
                 .collect();
             obs.connections.extend(d.observe(&mine).await?.connections);
         }
-        for d in desired
-            .iter()
-            .filter_map(|c| c.placement.endpoint_device.as_deref())
-        {
-            let _ = self.device(d);
+        for c in desired {
+            for d in [&c.placement.endpoint_device, &c.placement.client_device]
+                .into_iter()
+                .flatten()
+            {
+                let _ = self.device(d);
+            }
         }
         let devices: Vec<(String, Arc<dyn Driver>)> = self
             .devices
@@ -241,7 +280,10 @@ impl Driver for Dataplanes {
         for (name, d) in devices {
             let mine: Vec<Connection> = desired
                 .iter()
-                .filter(|c| c.placement.endpoint_device.as_deref() == Some(name.as_str()))
+                .filter(|c| {
+                    c.placement.endpoint_device.as_deref() == Some(name.as_str())
+                        || c.placement.client_device.as_deref() == Some(name.as_str())
+                })
                 .cloned()
                 .collect();
             // A device that cannot be asked is the eNSM's to report (as EndpointLost); an

@@ -321,7 +321,8 @@ impl State {
                 .ok_or_else(|| ControllerError::UnknownService {
                     service: service_name.clone(),
                 })?;
-        if !self.topology.nodes.contains_key(&req.client.node) {
+        let client_is_device = self.topology.devices.contains_key(&req.client.node);
+        if !self.topology.nodes.contains_key(&req.client.node) && !client_is_device {
             return Err(ControllerError::UnknownNode {
                 node: req.client.node.clone(),
             });
@@ -444,11 +445,14 @@ impl State {
                 EndpointLocation::Device { .. } => (None, None),
             };
             let placement = Placement {
-                client_netns: req
-                    .client
-                    .name
-                    .clone()
-                    .or_else(|| client_node_netns.clone()),
+                client_netns: if client_is_device {
+                    None
+                } else {
+                    req.client
+                        .name
+                        .clone()
+                        .or_else(|| client_node_netns.clone())
+                },
                 client_node_netns,
                 endpoint_netns,
                 endpoint_node_netns,
@@ -458,6 +462,7 @@ impl State {
                     EndpointLocation::Device { device } => Some(device.clone()),
                     EndpointLocation::Node { .. } => None,
                 },
+                client_device: client_is_device.then(|| req.client.node.clone()),
             };
             return Ok(Connection {
                 id: id.to_string(),

@@ -28,6 +28,8 @@
 //!       capacity: 16
 //!       ipamPrefix: 172.16.20.0/24
 //!       routes: [10.70.0.0/16]
+//!       next: {service: secure-intranet-connectivity, labels: {app: firewall}}   # optional:
+//!                                        # a chain element, passing each connection on
 //! ```
 //! Credentials are read from the environment or files named here, never stored in the
 //! controller, never logged and never returned by any API.
@@ -159,6 +161,18 @@ struct RawEndpoint {
     /// endpoint is withdrawn. Default: all of `snmp.interfaces`.
     #[serde(default)]
     interfaces: Option<Vec<String>>,
+    #[serde(default)]
+    next: Option<NextHop>,
+}
+
+/// A chain element: for each connection it accepts, the device requests `service` onward
+/// (as a client with `labels`) and joins the two (the profile's `crossConnect`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextHop {
+    pub service: String,
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 mod humantime_serde_opt {
@@ -182,6 +196,8 @@ pub struct EndpointSpec {
     pub ipam_prefix: Option<IpNet>,
     pub routes: Vec<IpNet>,
     pub interfaces: Vec<String>,
+    /// Pass connections on along a service chain.
+    pub next: Option<NextHop>,
 }
 
 /// SNMP monitoring of the device.
@@ -413,6 +429,7 @@ impl DeviceFile {
                 ipam_prefix: e.ipam_prefix,
                 routes: e.routes,
                 interfaces,
+                next: e.next,
             });
         }
         Ok(DeviceFile {

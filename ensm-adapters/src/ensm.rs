@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
 use meshwire_models::mechanism::Capabilities;
 use meshwire_models::{
-    Connection, Device, EndpointLocation, Mechanism, MechanismKind, NetworkServiceEndpoint, Object,
+    ClientRef, Connection, ConnectionRequest, Device, EndpointLocation, Mechanism, MechanismKind,
+    NetworkServiceEndpoint, Object,
 };
 
 use crate::device::DeviceFile;
@@ -68,6 +69,9 @@ pub trait Registrar: Send + Sync + 'static {
         down: bool,
         reason: &str,
     ) -> Result<(), String>;
+    /// A connection for the device itself (the onward leg of a service chain).
+    async fn request(&self, req: ConnectionRequest) -> Result<Connection, String>;
+    async fn close(&self, id: &str) -> Result<(), String>;
 }
 
 #[async_trait]
@@ -91,6 +95,17 @@ impl Registrar for meshwire_controller::Controller {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+    async fn request(&self, req: ConnectionRequest) -> Result<Connection, String> {
+        meshwire_controller::Controller::request(self, req)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn close(&self, id: &str) -> Result<(), String> {
+        match meshwire_controller::Controller::close(self, id).await {
+            Ok(_) | Err(meshwire_controller::ControllerError::UnknownConnection { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -139,6 +154,8 @@ struct Inner {
     name: String,
     /// Where the controller reaches this eNSM when it runs in its own process.
     url: std::sync::OnceLock<String>,
+    /// Chain elements: incoming connection → its onward connection.
+    onward: Mutex<HashMap<String, String>>,
 }
 
 /// An eNSM for one device. Cheap to clone.
@@ -200,6 +217,7 @@ impl Ensm {
                 wake: tokio::sync::Notify::new(),
                 name,
                 url: std::sync::OnceLock::new(),
+                onward: Mutex::default(),
             }),
         }
     }
@@ -404,18 +422,21 @@ impl Ensm {
     /// negotiation: the controller offered from the registered ranges; the device has the last
     /// word).
     fn accepts(&self, c: &Connection) -> Result<(), String> {
-        if c.placement.endpoint_device.as_deref() != Some(self.inner.device.name.as_str()) {
+        let me = Some(self.inner.device.name.as_str());
+        let as_client = c.placement.client_device.as_deref() == me;
+        if c.placement.endpoint_device.as_deref() != me && !as_client {
             return Err(format!(
                 "connection's endpoint is {:?}, not device {}",
                 c.placement.endpoint_device, self.inner.device.name
             ));
         }
-        if !self
-            .inner
-            .device
-            .endpoints
-            .iter()
-            .any(|e| e.name == c.network_service_endpoint_name)
+        if !as_client
+            && !self
+                .inner
+                .device
+                .endpoints
+                .iter()
+                .any(|e| e.name == c.network_service_endpoint_name)
         {
             return Err(format!(
                 "endpoint {} is not one of device {}'s",
@@ -729,6 +750,91 @@ impl Ensm {
         }
     }
 
+    fn onward(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.inner.onward.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the device is the connection's client (the onward leg of a chain).
+    fn is_client(&self, c: &Connection) -> bool {
+        c.placement.client_device.as_deref() == Some(self.inner.device.name.as_str())
+    }
+
+    /// The chain hop of the endpoint `c` reaches, if it is a chain element.
+    fn next_hop(&self, c: &Connection) -> Option<crate::device::NextHop> {
+        if self.is_client(c) {
+            return None;
+        }
+        self.inner
+            .device
+            .endpoints
+            .iter()
+            .find(|e| e.name == c.network_service_endpoint_name)
+            .and_then(|e| e.next.clone())
+    }
+
+    /// The onward connection of `id` as the device's cross-connect records it
+    /// (`meshwire:<id> next <onward>`).
+    async fn find_onward(&self, id: &str) -> Result<Option<String>, NetconfError> {
+        if let Some(b) = self.onward().get(id) {
+            return Ok(Some(b.clone()));
+        }
+        let session = self.session().await.map_err(|e| NetconfError::Connect {
+            device: self.inner.device.name.clone(),
+            addr: self.inner.device.netconf.host.clone(),
+            reason: e,
+        })?;
+        let data = session.get_config(Datastore::Running, None).await?;
+        let mark = format!("meshwire:{id} next ");
+        Ok(data.find(&mark).map(|i| {
+            data[i + mark.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
+                .collect()
+        }))
+    }
+
+    /// For a chain element: the onward connection (requested now, or the one it already has)
+    /// and the cross-connect config joining the two. Returns (config, onward id, newly requested).
+    async fn chain(
+        &self,
+        c: &Connection,
+        next: &crate::device::NextHop,
+    ) -> Result<(String, String, Option<String>), DriverError> {
+        let xc = self.inner.profile.cross_connect.as_ref().ok_or_else(|| {
+            self.err(
+                c,
+                format!(
+                    "endpoint {} passes connections on to {}, but profile {} has no crossConnect",
+                    c.network_service_endpoint_name, next.service, self.inner.profile.name
+                ),
+            )
+        })?;
+        let (onward, new) = match self.find_onward(&c.id).await.map_err(|e| self.err(c, e))? {
+            Some(b) => (b, None),
+            None => {
+                let req = ConnectionRequest {
+                    network_service: next.service.clone(),
+                    client: ClientRef {
+                        node: self.inner.device.name.clone(),
+                        name: None,
+                    },
+                    labels: next.labels.clone(),
+                    mechanisms: vec![],
+                    interface: None,
+                    excluded_prefixes: vec![],
+                };
+                let b = self.inner.registrar.request(req).await.map_err(|e| {
+                    self.err(c, format!("onward connection to {}: {e}", next.service))
+                })?;
+                tracing::info!(device = %self.inner.device.name, connection = %c.id, onward = %b.id, endpoint = %b.network_service_endpoint_name, "onward connection up");
+                (b.id.clone(), Some(b.id))
+            }
+        };
+        let config = profile::render(&xc.config, &cross_connect_vars(&c.id, &onward))
+            .map_err(|e| self.err(c, e))?;
+        Ok((config, onward, new))
+    }
+
     /// Removes Meshwire entries no connection wants, seen orphan twice in a row.
     async fn remove_orphans(&self, desired: &HashSet<&str>, entries: &[(String, String)]) {
         let Some(inv) = &self.inner.profile.inventory else {
@@ -779,6 +885,17 @@ impl Ensm {
     }
 }
 
+fn cross_connect_vars(id: &str, onward: &str) -> BTreeMap<&'static str, String> {
+    let a = profile::tunnel_name(id);
+    BTreeMap::from([
+        ("name", format!("xc{}", &a[2..])),
+        ("connection", id.to_string()),
+        ("next", onward.to_string()),
+        ("a", a),
+        ("b", profile::tunnel_name(onward)),
+    ])
+}
+
 #[async_trait]
 impl Driver for Ensm {
     fn name(&self) -> &str {
@@ -787,14 +904,29 @@ impl Driver for Ensm {
 
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
         self.accepts(c).map_err(|r| self.err(c, r))?;
-        let (config, _) = self
-            .inner
-            .profile
-            .render_for(c)
-            .map_err(|e| self.err(c, e))?;
-        self.transaction(&config)
-            .await
-            .map_err(|e| self.err(c, e))?;
+        let as_client = self.is_client(c);
+        let (mut config, _) = if as_client {
+            self.inner.profile.render_for_client(c)
+        } else {
+            self.inner.profile.render_for(c)
+        }
+        .map_err(|e| self.err(c, e))?;
+        let mut onward_new = None;
+        if let Some(next) = self.next_hop(c) {
+            let (xc_config, onward, new) = self.chain(c, &next).await?;
+            config.push_str(&xc_config);
+            onward_new = new;
+            self.onward().insert(c.id.clone(), onward);
+        }
+        if let Err(e) = self.transaction(&config).await {
+            if let Some(b) = onward_new {
+                self.onward().remove(&c.id);
+                if let Err(ce) = self.inner.registrar.close(&b).await {
+                    tracing::warn!(connection = %b, error = %ce, "closing the onward connection failed");
+                }
+            }
+            return Err(self.err(c, e));
+        }
         if !self.inner.profile.settle.is_zero() {
             tokio::time::sleep(self.inner.profile.settle).await;
         }
@@ -803,21 +935,48 @@ impl Driver for Ensm {
     }
 
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        let (_, undo) = match self.inner.profile.render_for(c) {
+        let rendered = if self.is_client(c) {
+            self.inner.profile.render_for_client(c)
+        } else {
+            self.inner.profile.render_for(c)
+        };
+        let (_, mut undo) = match rendered {
             Ok(x) => x,
             // A connection this profile cannot express was never configured.
             Err(_) => return Ok(()),
         };
         // Exactly ours, and only if it is there: some devices refuse removing what is absent
         // (yuma123 checks the entry's mandatory choice even then).
+        let mut present = true;
         if self.inner.profile.inventory.is_some() {
             let entries = self.inventory().await.map_err(|e| self.err(c, e))?;
-            if !entries.iter().any(|(_, id)| *id == c.id) {
-                return Ok(());
-            }
+            present = entries.iter().any(|(_, id)| *id == c.id);
         }
-        self.transaction(&undo).await.map_err(|e| self.err(c, e))?;
-        tracing::info!(device = %self.inner.device.name, connection = %c.id, "device config removed");
+        // A chain element: its cross-connect goes with the tunnel, the onward connection after.
+        let onward = match self.next_hop(c) {
+            Some(_) => self.find_onward(&c.id).await.map_err(|e| self.err(c, e))?,
+            None => None,
+        };
+        if let (Some(b), Some(xc)) = (&onward, &self.inner.profile.cross_connect) {
+            let vars = cross_connect_vars(&c.id, b);
+            let x = profile::render(&xc.remove, &vars).map_err(|e| self.err(c, e))?;
+            undo = if present { format!("{x}{undo}") } else { x };
+            present = true;
+        }
+        if present {
+            self.transaction(&undo).await.map_err(|e| self.err(c, e))?;
+            tracing::info!(device = %self.inner.device.name, connection = %c.id, "device config removed");
+        }
+        let onward = onward.or_else(|| self.onward().remove(&c.id));
+        if let Some(b) = onward {
+            self.onward().remove(&c.id);
+            self.inner
+                .registrar
+                .close(&b)
+                .await
+                .map_err(|e| self.err(c, format!("closing the onward connection {b}: {e}")))?;
+            tracing::info!(device = %self.inner.device.name, connection = %c.id, onward = %b, "onward connection closed");
+        }
         Ok(())
     }
 
@@ -837,7 +996,9 @@ impl Driver for Ensm {
                     .last_error
                     .clone()
                     .unwrap_or_else(|| "unreachable".into());
-                for c in desired {
+                // The device's own legs of chains (it is their client) are left to the
+                // connections they serve, which heal elsewhere.
+                for c in desired.iter().filter(|c| !self.is_client(c)) {
                     obs.connections.insert(
                         c.id.clone(),
                         Health::EndpointLost {

@@ -63,8 +63,28 @@ struct RawSpec {
     commit: Option<RawCommit>,
     #[serde(default)]
     inventory: Option<Inventory>,
+    #[serde(default)]
+    cross_connect: Option<RawCrossConnect>,
     mechanisms: BTreeMap<String, RawMechanism>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrossConnect {
+    config: String,
+    remove: String,
+}
+
+/// How the device joins two of its tunnels when it passes a connection on along a service
+/// chain. Variables: `name`, `connection` (the incoming connection), `next` (the onward one),
+/// `a` and `b` (their tunnels' names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossConnect {
+    pub config: String,
+    pub remove: String,
+}
+
+const CROSS_CONNECT_VARS: [&str; 5] = ["name", "connection", "next", "a", "b"];
 
 /// How to find what Meshwire owns on the device, for resync: a subtree filter for get-config,
 /// the element of one entry, its key leaf and the leaf carrying `meshwire:<connection id>`, and
@@ -116,6 +136,8 @@ pub struct Profile {
     pub settle: std::time::Duration,
     /// Finding Meshwire's entries on the device (without it, resync cannot see orphans).
     pub inventory: Option<Inventory>,
+    /// Joining two tunnels (service chains); without it the device cannot be a chain element.
+    pub cross_connect: Option<CrossConnect>,
     pub mechanisms: BTreeMap<MechanismKind, Template>,
 }
 
@@ -301,6 +323,36 @@ impl Profile {
                 }
             }
         }
+        let cross_connect = match raw.spec.cross_connect {
+            None => None,
+            Some(x) => {
+                for (which, t) in [("config", &x.config), ("remove", &x.remove)] {
+                    for v in
+                        placeholders(t).map_err(|e| err(format!("crossConnect.{which}: {e}")))?
+                    {
+                        if !CROSS_CONNECT_VARS.contains(&v.as_str()) {
+                            return Err(err(format!(
+                                "crossConnect.{which}: unknown variable {{{{{v}}}}} (known: {})",
+                                CROSS_CONNECT_VARS.join(", ")
+                            )));
+                        }
+                    }
+                    let sample = CROSS_CONNECT_VARS
+                        .iter()
+                        .map(|v| (*v, "1".to_string()))
+                        .collect();
+                    let r = render(t, &sample)
+                        .map_err(|e| err(format!("crossConnect.{which}: {e}")))?;
+                    well_formed(&r).map_err(|e| {
+                        err(format!("crossConnect.{which}: not well-formed XML: {e}"))
+                    })?;
+                }
+                Some(CrossConnect {
+                    config: x.config,
+                    remove: x.remove,
+                })
+            }
+        };
         let settle = match raw.spec.commit.as_ref().and_then(|c| c.settle.as_deref()) {
             None => std::time::Duration::ZERO,
             Some(t) => {
@@ -324,6 +376,7 @@ impl Profile {
             confirm_timeout: raw.spec.commit.as_ref().and_then(|c| c.confirm_timeout),
             settle,
             inventory: raw.spec.inventory,
+            cross_connect,
             mechanisms,
         })
     }
@@ -377,6 +430,20 @@ impl Profile {
 
     /// The device's config for `c` and how to undo it, or why the profile cannot express it.
     pub fn render_for(&self, c: &Connection) -> Result<(String, String), ProfileError> {
+        self.render_as(c, false)
+    }
+
+    /// The same for a connection whose *client* is the device (it passes traffic on along a
+    /// chain): the tunnel seen from the client's side.
+    pub fn render_for_client(&self, c: &Connection) -> Result<(String, String), ProfileError> {
+        self.render_as(c, true)
+    }
+
+    fn render_as(
+        &self,
+        c: &Connection,
+        client_side: bool,
+    ) -> Result<(String, String), ProfileError> {
         let err = |reason: String| ProfileError {
             file: self.name.clone(),
             reason: format!("connection {}: {reason}", c.id),
@@ -390,7 +457,11 @@ impl Profile {
             .mechanisms
             .get(&m.kind())
             .ok_or_else(|| err(format!("the profile has no {} template", m.kind())))?;
-        let vars = connection_vars(c, m);
+        let vars = if client_side {
+            client_vars(c, m)
+        } else {
+            connection_vars(c, m)
+        };
         Ok((
             render(&t.config, &vars).map_err(err)?,
             render(&t.remove, &vars).map_err(err)?,
@@ -428,16 +499,46 @@ pub fn owned_entries(inv: &Inventory, data: &str) -> Result<Vec<(String, String)
     Ok(out)
 }
 
+/// The tunnel's name on the device for connection `id` (`mw` + 8 hex digits).
+pub fn tunnel_name(id: &str) -> String {
+    let short: String = id
+        .chars()
+        .filter(|ch| ch.is_ascii_hexdigit())
+        .take(8)
+        .collect();
+    format!("mw{short}")
+}
+
+/// The template variables of connection `c` as the device sees it when it is the client.
+pub fn client_vars(c: &Connection, m: &Mechanism) -> BTreeMap<&'static str, String> {
+    let mut v = connection_vars(c, m);
+    let first = |a: &[ipnet::IpNet]| a.first().map(|x| x.to_string()).unwrap_or_default();
+    v.insert("address", first(&c.ip_context.src_ip_addrs));
+    v.insert(
+        "peer_address",
+        c.ip_context
+            .dst_ip_addrs
+            .first()
+            .map(|a| a.addr().to_string())
+            .unwrap_or_default(),
+    );
+    let (remote, local) = (v.get("local").cloned(), v.get("remote").cloned());
+    if let (Some(r), Some(l)) = (remote, local) {
+        v.insert("remote", r);
+        v.insert("local", l);
+    }
+    if let (Some(o), Some(i)) = (v.get("label_in").cloned(), v.get("label_out").cloned()) {
+        v.insert("label_out", o);
+        v.insert("label_in", i);
+    }
+    v
+}
+
 /// The template variables of connection `c` as the device (the endpoint side) sees it.
 pub fn connection_vars(c: &Connection, m: &Mechanism) -> BTreeMap<&'static str, String> {
-    let short: String =
-        c.id.chars()
-            .filter(|ch| ch.is_ascii_hexdigit())
-            .take(8)
-            .collect();
     let mut v: BTreeMap<&'static str, String> = BTreeMap::new();
     v.insert("connection", c.id.clone());
-    v.insert("name", format!("mw{short}"));
+    v.insert("name", tunnel_name(&c.id));
     v.insert(
         "address",
         c.ip_context

@@ -75,6 +75,10 @@ pub struct Placement {
     /// data planes wire only the client half (the tunnel from the client's node to the device).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_device: Option<String>,
+    /// The client is this external device (an appliance passing traffic on along a service
+    /// chain): its eNSM configures the client half, node data planes only the endpoint's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_device: Option<String>,
 }
 
 /// A vertex a connection passes through.

@@ -206,6 +206,7 @@ async fn dev_vxlan_between_nodes_into_workload_namespaces_and_lost_endpoint() {
         endpoint_node_netns: Some(n2.clone()),
         bridge: None,
         endpoint_device: None,
+        client_device: None,
     };
     let c = conn(id, m, placement, Payload::Ip, 1450);
     let d = KernelDriver::new();

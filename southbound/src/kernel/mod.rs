@@ -469,7 +469,7 @@ impl Driver for KernelDriver {
                 vni,
                 port,
             } => {
-                for side in std::iter::once(client).chain(endpoint.as_ref()) {
+                for side in client.iter().chain(endpoint.iter()) {
                     if !self.existing(c, &side.end).await? {
                         self.create_vxlan(c, side, *vni, *port).await?;
                     }
@@ -503,17 +503,19 @@ impl Driver for KernelDriver {
                 client, endpoint, ..
             } = &w
             {
-                underlays.push((client.underlay_netns.clone(), true));
+                if let Some(c) = client {
+                    underlays.push((c.underlay_netns.clone(), true));
+                }
                 if let Some(e) = endpoint {
                     underlays.push((e.underlay_netns.clone(), false));
                 }
             }
+            let sides = w.sides();
             let ends = w.ends();
             let mut health = None;
-            for (ns, is_client) in ends
+            for (ns, is_client) in sides
                 .iter()
-                .enumerate()
-                .map(|(i, e)| (e.netns.clone(), i == 0))
+                .map(|(e, is_client)| (e.netns.clone(), *is_client))
                 .chain(underlays)
             {
                 if !netns::exists(&ns) {

@@ -45,8 +45,9 @@ pub enum Wiring {
         endpoint: End,
     },
     Vxlan {
-        client: Side,
-        /// `None` when the endpoint is an external device (its eNSM configures that side).
+        /// `None` when the client is an external device (its eNSM configures that side).
+        client: Option<Side>,
+        /// `None` when the endpoint is an external device.
         endpoint: Option<Side>,
         vni: u32,
         port: u16,
@@ -63,14 +64,21 @@ pub struct Side {
 }
 
 impl Wiring {
-    /// The ends this data plane wires, client first (one when the endpoint is a device).
+    /// The ends this data plane wires, client first (one when the other is a device).
     pub fn ends(&self) -> Vec<&End> {
+        self.sides().into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// The ends with whether each is the client's.
+    pub fn sides(&self) -> Vec<(&End, bool)> {
         match self {
-            Wiring::Veth { client, endpoint } => vec![client, endpoint],
+            Wiring::Veth { client, endpoint } => vec![(client, true), (endpoint, false)],
             Wiring::Vxlan {
                 client, endpoint, ..
-            } => std::iter::once(&client.end)
-                .chain(endpoint.as_ref().map(|e| &e.end))
+            } => client
+                .iter()
+                .map(|c| (&c.end, true))
+                .chain(endpoint.iter().map(|e| (&e.end, false)))
                 .collect(),
         }
     }
@@ -117,7 +125,7 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
     let p = &c.placement;
     let (mut client, mut endpoint) = plan_ends(c);
     match c.mechanism() {
-        Some(Mechanism::Kernel { .. }) if p.endpoint_device.is_some() => Err(format!("endpoint is device {}; a veth cannot reach a device (use VXLAN)", p.endpoint_device.as_deref().unwrap_or_default())),
+        Some(Mechanism::Kernel { .. }) if p.endpoint_device.is_some() || p.client_device.is_some() => Err(format!("device {}: a veth cannot reach a device (use VXLAN)", p.endpoint_device.as_deref().or(p.client_device.as_deref()).unwrap_or_default())),
         Some(Mechanism::Kernel { interface, peer_interface }) => {
             client.ifname = interface.clone();
             endpoint.ifname = peer_interface.clone();
@@ -129,7 +137,7 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
         Some(Mechanism::Vxlan { vni, src_ip, dst_ip, port }) => {
             let (local, remote) = (v4(*src_ip, "client underlay")?, v4(*dst_ip, "endpoint underlay")?);
             Ok(Wiring::Vxlan {
-                client: Side { end: client, underlay_netns: p.client_node_netns.clone(), local, remote },
+                client: p.client_device.is_none().then(|| Side { end: client, underlay_netns: p.client_node_netns.clone(), local, remote }),
                 endpoint: p.endpoint_device.is_none().then(|| Side { end: endpoint, underlay_netns: p.endpoint_node_netns.clone(), local: remote, remote: local }),
                 vni: *vni,
                 port: *port,
@@ -173,6 +181,7 @@ pub(crate) mod tests {
                 endpoint_node_netns: Some("n2".into()),
                 bridge: Some("br0".into()),
                 endpoint_device: None,
+                client_device: None,
             },
             ip_context: IpContext {
                 src_ip_addrs: vec!["172.16.0.1/31".parse().unwrap()],
@@ -207,7 +216,7 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(vni, 7);
-        let endpoint = endpoint.unwrap();
+        let (client, endpoint) = (client.unwrap(), endpoint.unwrap());
         assert_eq!(
             (client.local, client.remote),
             (endpoint.remote, endpoint.local)
@@ -236,6 +245,12 @@ pub(crate) mod tests {
         let w = plan(&c).unwrap();
         assert_eq!(w.ends().len(), 1);
         assert_eq!(w.ends()[0].ifname, "nsm-1");
+        let mut chained = c.clone();
+        chained.placement.endpoint_device = None;
+        chained.placement.client_device = Some("fw1".into());
+        let w = plan(&chained).unwrap();
+        assert_eq!(w.sides().len(), 1);
+        assert!(!w.sides()[0].1, "only the endpoint's side");
         c.hops[0].mechanism = Mechanism::Kernel {
             interface: "nsm-1".into(),
             peer_interface: "nse-1".into(),

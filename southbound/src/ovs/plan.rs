@@ -172,7 +172,12 @@ fn v4(a: IpAddr) -> Result<std::net::Ipv4Addr, String> {
 
 /// The plan for `c`, or why Open vSwitch cannot carry it.
 pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
-    if let Some(d) = &c.placement.endpoint_device {
+    if let Some(d) = c
+        .placement
+        .endpoint_device
+        .as_ref()
+        .or(c.placement.client_device.as_ref())
+    {
         return Err(format!(
             "endpoint is external device {d}; the Open vSwitch data plane does not terminate device tunnels yet (put the client on a kernel node)"
         ));
