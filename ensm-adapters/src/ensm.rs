@@ -16,6 +16,10 @@
 //! ```
 //! One NETCONF session per device is shared by all its connections; transactions on it are
 //! serialized (a second `<lock>` from the same session would be refused).
+//!
+//! An endpoint with `next` in the device file is a service-chain element: for each connection
+//! it accepts, the eNSM requests the next service as the device's own client and joins the two
+//! tunnels with the profile's `crossConnect`, in the same transaction as the incoming tunnel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
