@@ -633,9 +633,21 @@ mod tests {
                 GOOD.replace("start: 10", "start: 30"),
                 "start 30 is above end 20",
             ),
-            (
+                        (
                 GOOD.replace("DeviceProfile", "Device"),
                 "expected apiVersion meshwire.io/v1 and kind DeviceProfile",
+            ),
+            (
+                GOOD.replace("spec:\n", "spec:\n  crossConnect: {config: '<x>{{vni}}</x>', remove: '<x/>'}\n"),
+                "crossConnect.config: unknown variable {{vni}}",
+            ),
+            (
+                GOOD.replace("spec:\n", "spec:\n  commit: {settle: forever}\n"),
+                "commit.settle \"forever\"",
+            ),
+            (
+                GOOD.replace("spec:\n", "spec:\n  inventory: {filter: '<t/>', entry: t, key: n, owner: d, remove: '<t>{{vni}}</t>'}\n"),
+                "inventory.remove: unknown variable {{vni}} (only {{name}}",
             ),
         ];
         for (text, want) in cases {
@@ -645,6 +657,32 @@ mod tests {
                 "{e} / {want}"
             );
         }
+    }
+
+    #[test]
+    fn client_side_vars_mirror_the_endpoint_side() {
+        let mut c: Connection = serde_json::from_str(
+            r#"{"id":"0123abcd-1111","network_service":"s","network_service_endpoint_name":"gw","payload":"IP","client":{"node":"fw1"},"interface":"nsm-1","path":[],"hops":[{"from":"fw1","to":"w","mechanism":{"type":"vxlan","vni":5001,"src_ip":"192.168.74.2","dst_ip":"192.168.74.1","port":4789}}],"placement":{"client_device":"fw1"},"ip_context":{"src_ip_addrs":["172.16.10.1/31"],"dst_ip_addrs":["172.16.10.0/31"]},"mtu":1450,"state":"up","created_at_ms":0,"updated_at_ms":0,"generation":0}"#,
+        )
+        .unwrap();
+        let m = c.hops[0].mechanism.clone();
+        let e = connection_vars(&c, &m);
+        let cl = client_vars(&c, &m);
+        assert_eq!(
+            (e["address"].as_str(), e["remote"].as_str()),
+            ("172.16.10.0/31", "192.168.74.2")
+        );
+        assert_eq!(
+            (cl["address"].as_str(), cl["peer_address"].as_str()),
+            ("172.16.10.1/31", "172.16.10.0")
+        );
+        assert_eq!(
+            (cl["remote"].as_str(), cl["local"].as_str()),
+            ("192.168.74.1", "192.168.74.2")
+        );
+        assert_eq!(tunnel_name(&c.id), "mw0123abcd");
+        c.id = "ff".into();
+        assert_eq!(tunnel_name(&c.id), "mwff");
     }
 
     #[test]
