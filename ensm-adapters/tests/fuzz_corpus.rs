@@ -3,6 +3,7 @@
 //! reply/hello parsing fails cleanly), on stable, in every CI run.
 
 use meshwire_ensm_adapters::netconf::{framing, xml};
+use meshwire_ensm_adapters::profile::{owned_entries, Inventory};
 
 #[test]
 fn corpus_netconf_decode_holds_its_contract() {
@@ -14,6 +15,16 @@ fn corpus_netconf_decode_holds_its_contract() {
         framing::check_decode(&data);
         let _ = xml::parse_reply(&data);
         let _ = xml::parse_hello(&data);
+        if let Ok(text) = std::str::from_utf8(&data) {
+            let inv = Inventory {
+                filter: String::new(),
+                entry: "tunnel".into(),
+                key: "name".into(),
+                owner: "description".into(),
+                remove: String::new(),
+            };
+            let _ = owned_entries(&inv, text);
+        }
         n += 1;
     }
     assert!(n >= 5, "corpus has {n} inputs");
