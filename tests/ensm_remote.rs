@@ -51,11 +51,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
-    if !appliance::available() {
-        assert!(
-            std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
-            "needs root, netconfd and openssh-server"
-        );
+    if !appliance::runnable("the remote eNSM test") {
         return;
     }
     let yang = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -31,12 +31,7 @@ fn crate_dir() -> PathBuf {
 }
 
 fn device() -> Option<Appliance> {
-    if !appliance::available() {
-        assert!(
-            std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
-            "the eNSM test needs root, netconfd and openssh-server"
-        );
-        eprintln!("SKIP: needs root, netconfd and openssh-server");
+    if !appliance::runnable("the eNSM test") {
         return None;
     }
     Some(Appliance::start(&[crate_dir().join("yang/meshwire-appliance@2026-11-23.yang")]).unwrap())
@@ -89,20 +84,7 @@ async fn world(dev: &Appliance, profile: &Path, capacity: u32) -> World {
     );
     planes.attach_device("fw1", Arc::new(ensm.clone()));
     ensm.start().await.unwrap();
-    let session = Session::connect(&Target {
-        device: "fw1-test".into(),
-        host: "127.0.0.1".into(),
-        port: dev.port,
-        user: "root".into(),
-        auth: Auth::Key {
-            path: dev.client_key(),
-            passphrase: None,
-        },
-        host_key: HostKey::AcceptAny,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let session = look(dev).await;
     World {
         ctl,
         ensm,
@@ -124,6 +106,24 @@ fn request(name: &str) -> ConnectionRequest {
         interface: None,
         excluded_prefixes: vec![],
     }
+}
+
+/// A session of our own to look at the device.
+async fn look(dev: &Appliance) -> Session {
+    Session::connect(&Target {
+        device: "fw1-test".into(),
+        host: "127.0.0.1".into(),
+        port: dev.port,
+        user: "root".into(),
+        auth: Auth::Key {
+            path: dev.client_key(),
+            passphrase: None,
+        },
+        host_key: HostKey::AcceptAny,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap()
 }
 
 async fn running(s: &Session) -> String {
@@ -295,20 +295,7 @@ async fn dev_ensm_unreachable_device_withdraws_endpoint_and_it_comes_back() {
     assert!(back, "endpoint back: {:?}", w.ensm.status());
     // The restarted device lost its config; the next round puts the connection back on it.
     w.ctl.reconcile_once().await.unwrap();
-    let session = Session::connect(&Target {
-        device: "fw1-test".into(),
-        host: "127.0.0.1".into(),
-        port: dev.port,
-        user: "root".into(),
-        auth: Auth::Key {
-            path: dev.client_key(),
-            passphrase: None,
-        },
-        host_key: HostKey::AcceptAny,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let session = look(&dev).await;
     assert!(running(&session).await.contains(&c.id));
     assert_eq!(
         w.ctl.connection(&c.id).unwrap().state,

@@ -17,12 +17,7 @@ use meshwire_ensm_adapters::netconf::{
 const IF_NS: &str = "urn:ietf:params:xml:ns:yang:ietf-interfaces";
 
 fn device() -> Option<Appliance> {
-    if !appliance::available() {
-        assert!(
-            std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
-            "the NETCONF test needs root, netconfd and openssh-server"
-        );
-        eprintln!("SKIP: needs root, netconfd and openssh-server");
+    if !appliance::runnable("the NETCONF test") {
         return None;
     }
     Some(Appliance::start(&Appliance::ietf_interfaces()).unwrap())
@@ -191,8 +186,7 @@ async fn dev_real_netconfd_candidate_commit_errors_confirmed_commit_and_host_key
 #[tokio::test]
 async fn dev_real_netconfd_appliance_profile_applies_and_removes_a_tunnel() {
     use meshwire_ensm_adapters::profile::Profile;
-    if !appliance::available() {
-        assert!(std::env::var("MESHWIRE_REQUIRE_ALL").is_err());
+    if !appliance::runnable("the appliance profile test") {
         return;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

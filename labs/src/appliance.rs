@@ -56,6 +56,20 @@ pub fn available() -> bool {
     root && Path::new("/usr/sbin/netconfd").exists() && Path::new("/usr/sbin/sshd").exists()
 }
 
+/// For tests: whether an appliance can run here; when not, the test is skipped, except under
+/// `MESHWIRE_REQUIRE_ALL` (CI), where that is a failure naming `what`.
+pub fn runnable(what: &str) -> bool {
+    if available() {
+        return true;
+    }
+    assert!(
+        std::env::var("MESHWIRE_REQUIRE_ALL").is_err(),
+        "{what} needs root, netconfd and openssh-server"
+    );
+    eprintln!("SKIP: {what} needs root, netconfd and openssh-server");
+    false
+}
+
 impl Appliance {
     /// Starts one with `modules` (YANG files) loaded; returns once sshd accepts connections.
     pub fn start(modules: &[PathBuf]) -> Result<Appliance, ApplianceError> {
