@@ -1189,3 +1189,49 @@ fn nb_lab_sfc_client_traffic_crosses_the_firewall_appliance_then_the_vpn_gateway
     }
     assert!(clean, "{}", lab.logs());
 }
+
+#[test]
+fn nb_lab_down_takes_only_its_own_namespaces_when_names_share_a_prefix() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for name in ["mwpfx", "mwpfx-x"] {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!("name: {name}\ntopology:\n  nodes:\n    n1: {{kind: linux}}\n"),
+        )
+        .unwrap();
+        let _ = Command::new(BIN).args(["lab", "down", name]).output();
+        let out = Command::new(BIN)
+            .args(["lab", "up"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        files.push(name);
+    }
+    let out = Command::new(BIN)
+        .args(["lab", "down", "mwpfx"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let still = list.contains("clab-mwpfx-x-n1");
+    let gone = !list.lines().any(|l| l.starts_with("clab-mwpfx-n1"));
+    let _ = Command::new(BIN).args(["lab", "down", "mwpfx-x"]).output();
+    assert!(gone && still, "{list}");
+}

@@ -38,6 +38,16 @@ fn host_alias(lab: &str) -> String {
     format!("meshwire-lab:{lab}")
 }
 
+/// Which lab created each namespace (`clab-a-b-c` may be lab `a`'s node `b-c` or lab `a-b`'s
+/// node `c`): one file per namespace, holding the lab's name.
+const OWNERS: &str = "/run/meshwire/netns-owner";
+
+fn owner(ns: &str) -> Option<String> {
+    std::fs::read_to_string(std::path::Path::new(OWNERS).join(ns))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// The namespaces of lab `name` that exist now.
 pub async fn namespaces(name: &str) -> Vec<String> {
     let prefix = format!("clab-{name}-");
@@ -47,6 +57,7 @@ pub async fn namespaces(name: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|n| n.starts_with(&prefix))
+        .filter(|n| owner(n).is_none_or(|o| o == name))
         .map(str::to_string)
         .collect()
 }
@@ -286,6 +297,9 @@ async fn create(lab: &Lab) -> Result<(), (String, String)> {
                 ip(&["netns", "add", &ns])
                     .await
                     .map_err(step(format!("create namespace {ns} for node {}", n.name)))?;
+                std::fs::create_dir_all(OWNERS)
+                    .and_then(|_| std::fs::write(std::path::Path::new(OWNERS).join(&ns), &lab.name))
+                    .map_err(|e| (format!("record the owner of {ns}"), e.to_string()))?;
                 ip(&["-n", &ns, "link", "set", "lo", "up"])
                     .await
                     .map_err(step(format!("node {}: lo up", n.name)))?;
@@ -404,6 +418,7 @@ pub async fn down(name: &str) -> Result<Vec<String>, RunError> {
         ip(&["netns", "del", &ns])
             .await
             .map_err(|r| fail(format!("delete namespace {ns}"), r))?;
+        let _ = std::fs::remove_file(std::path::Path::new(OWNERS).join(&ns));
         removed.push(format!("netns {ns}"));
     }
     let alias = host_alias(name);
