@@ -277,6 +277,8 @@ async fn apply_tunnels(tunnels: &[Tunnel]) -> anyhow::Result<()> {
             continue;
         };
         let (vni, port) = (vni.to_string(), port.to_string());
+        // A half-made interface of an earlier attempt (created, never labelled) is in the way.
+        let _ = run_cmd("ip", &["link", "del", &t.name], None).await;
         run_cmd(
             "ip",
             &[

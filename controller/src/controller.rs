@@ -120,6 +120,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     locks: Mutex<KeyLocks>,
     events: broadcast::Sender<Event>,
+    /// One reconcile round at a time (the periodic one and those an endpoint withdrawal runs).
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -178,6 +180,7 @@ impl Controller {
                 clock,
                 locks: Mutex::default(),
                 events,
+                reconciling: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -567,6 +570,7 @@ impl Controller {
     /// One round: expire lapsed endpoints, compare desired connections with what the driver
     /// observes, then repair, heal or close each that differs.
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, ControllerError> {
+        let _one = self.inner.reconciling.lock().await;
         let mut report = ReconcileReport::default();
         let now = self.now();
         let expired = self.state().expired_endpoints(now);

@@ -231,23 +231,35 @@ impl Driver for Dataplanes {
         }
         Ok(())
     }
+    /// Every half is tried; the first error is returned.
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+        let mut first = None;
         if c.placement.endpoint_device.is_none() || c.placement.client_device.is_none() {
-            self.driver_for(c)?.remove(c).await?;
+            let r = match self.driver_for(c) {
+                Ok(d) => d.remove(c).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
         }
         for d in [&c.placement.endpoint_device, &c.placement.client_device]
             .into_iter()
             .flatten()
         {
             match self.device_driver(c, d) {
-                Ok(drv) => drv.remove(c).await?,
+                Ok(drv) => {
+                    if let Err(e) = drv.remove(c).await {
+                        first.get_or_insert(e);
+                    }
+                }
                 // Nothing can be removed from a device nobody manages; its eNSM resyncs.
                 Err(e) => {
                     tracing::warn!(connection = %c.id, error = %e, "device half left to its eNSM's resync")
                 }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
         let mut obs = Observation::default();
@@ -295,12 +307,20 @@ impl Driver for Dataplanes {
                     continue;
                 }
             };
+            let ids: HashSet<&str> = mine.iter().map(|c| c.id.as_str()).collect();
             for (id, h) in seen.connections {
-                let keep_node_view = matches!(
-                    obs.connections.get(&id),
-                    Some(Health::ClientGone { .. } | Health::PathFailed { .. })
-                );
-                if !keep_node_view && h != Health::Healthy {
+                // Only its own connections, and never a milder verdict over the node's.
+                if !ids.contains(id.as_str()) || h == Health::Healthy {
+                    continue;
+                }
+                let rank = |h: &Health| match h {
+                    Health::Healthy => 0,
+                    Health::Missing { .. } => 1,
+                    Health::PathFailed { .. } => 2,
+                    Health::EndpointLost { .. } => 3,
+                    Health::ClientGone { .. } => 4,
+                };
+                if obs.connections.get(&id).is_none_or(|n| rank(&h) > rank(n)) {
                     obs.connections.insert(id, h);
                 }
             }

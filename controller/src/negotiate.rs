@@ -279,13 +279,17 @@ fn remote(offer: &Offer, ep_vertex: &str, pools: &mut NumberPools) -> Result<Wir
             continue;
         };
         // The number range both the endpoint and, for a device, the device accept.
+        // A device at either end (the endpoint, or the client of a chain's onward leg) has the
+        // last word on its numbers.
         let mut range = ep_caps.range(kind);
-        if let Some(dev) = offer.topology.devices.get(ep_vertex) {
-            range = match (range, dev.mechanisms.range(kind)) {
-                (Some(a), Some(b)) => a.intersect(&b),
-                (a, None) => a,
-                (None, b) => b,
-            };
+        for v in [ep_vertex, offer.client_vertex] {
+            if let Some(dev) = offer.topology.devices.get(v) {
+                range = match (range, dev.mechanisms.range(kind)) {
+                    (Some(a), Some(b)) => a.intersect(&b),
+                    (a, None) => a,
+                    (None, b) => b,
+                };
+            }
         }
         let Some(range) = range else {
             why.push(format!(

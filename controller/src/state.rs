@@ -340,9 +340,12 @@ impl State {
             .iter()
             .filter_map(|n| self.endpoints.get(n))
             .filter(|e| {
+                // A device passing a connection on never lands on itself.
+                let itself = client_is_device && e.nse.location.vertex() == req.client.node;
                 !e.down
                     && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
                     && !avoid.endpoints.contains(&e.nse.name)
+                    && !itself
             })
             .map(|e| &e.nse)
             .collect();

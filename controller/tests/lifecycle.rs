@@ -501,3 +501,43 @@ async fn timer_link_down_reroutes_connection() {
         vec!["n1", "n3", "n2"]
     );
 }
+
+/// A device as the client (the onward leg of a chain through an appliance): it is planned like
+/// any client, its numbers come from the device's range as well as the endpoint's, its own
+/// endpoints are never chosen, and the placement names it so its eNSM wires that side.
+#[tokio::test]
+async fn nb_device_client_uses_the_device_range_and_never_lands_on_itself() {
+    let device = "apiVersion: meshwire.io/v1\nkind: Device\nmetadata: {name: fw1}\nspec:\n  kind: meshwire-appliance\n  underlayAddress: 192.0.2.9\n  mechanisms: {vxlan: {vniRange: {start: 5000, end: 5001}}}\n---\napiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: n3-fw1}\nspec: {endpoints: [\"n3:eth3\", \"fw1:eth1\"], cost: 10}\n".to_string();
+    let own = "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: fw1-ep}\nspec:\n  network_service_names: [vpn]\n  network_service_labels: {vpn: {labels: {app: gw}}}\n  location: {device: fw1}\n  mechanisms: {vxlan: {vniRange: {start: 5000, end: 5001}}}\n".to_string();
+    let h = harness(&[
+        TOPOLOGY.to_string(),
+        device,
+        own,
+        endpoint("gw", "n3", "  mechanisms: {vxlan: {}}\n"),
+    ])
+    .await;
+    for _ in 0..2 {
+        let c = h
+            .ctl
+            .request(req("fw1", &[MechanismKind::Vxlan]))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.network_service_endpoint_name, "gw",
+            "not its own endpoint"
+        );
+        assert_eq!(c.placement.client_device.as_deref(), Some("fw1"));
+        assert_eq!(c.placement.client_netns, None);
+        let Some(Mechanism::Vxlan { vni, .. }) = c.mechanism() else {
+            panic!("{c:?}")
+        };
+        assert!((5000..=5001).contains(vni), "the device's range: {vni}");
+    }
+    // The device's range is used up: the third is refused, not given a number it would refuse.
+    let e = h
+        .ctl
+        .request(req("fw1", &[MechanismKind::Vxlan]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("vni"), "{e}");
+}

@@ -369,8 +369,16 @@ impl Ensm {
     }
 
     /// Forgets a dead session and marks the device unreachable.
-    async fn lost(&self, why: &str) {
-        *self.inner.session.lock().await = None;
+    /// Forgets `dead` (if it is still the current session) and marks the device unreachable.
+    /// A late error on an older session leaves a newer, healthy one alone.
+    async fn lost(&self, dead: &Session, why: &str) {
+        {
+            let mut current = self.inner.session.lock().await;
+            match current.as_ref() {
+                Some(s) if s.same(dead) => *current = None,
+                _ => return,
+            }
+        }
         {
             let mut h = self.health();
             h.reachable = false;
@@ -390,28 +398,39 @@ impl Ensm {
             ),
             reason: e,
         })?;
-        let _t = self.inner.txn.lock().await;
-        let r = session
-            .apply_config(
-                DefaultOperation::Merge,
-                config,
-                self.inner.profile.confirm_timeout,
-            )
-            .await;
-        {
-            let mut h = self.health();
-            h.counters.transactions += 1;
-            if matches!(r, Err(NetconfError::Rpc { .. })) {
-                h.counters.refused += 1;
+        // The transaction runs in a task of its own: if our caller is cancelled (a client
+        // hung up), it still ends with commit or discard and unlock, never leaving the
+        // candidate locked on the shared session.
+        let this = self.clone();
+        let config = config.to_string();
+        let task = tokio::spawn(async move {
+            let t = this.inner.txn.lock().await;
+            let r = session
+                .apply_config(
+                    DefaultOperation::Merge,
+                    &config,
+                    this.inner.profile.confirm_timeout,
+                )
+                .await;
+            drop(t);
+            {
+                let mut h = this.health();
+                h.counters.transactions += 1;
+                if matches!(r, Err(NetconfError::Rpc { .. })) {
+                    h.counters.refused += 1;
+                }
             }
-        }
-        if let Err(e) = &r {
-            if transport_failure(e) {
-                drop(_t);
-                self.lost(&e.to_string()).await;
+            if let Err(e) = &r {
+                // A lock held by another session of ours (a lost one) frees with a new session.
+                if transport_failure(e) || e.error_tag() == Some("lock-denied") {
+                    this.lost(&session, &e.to_string()).await;
+                }
             }
-        }
-        r
+            r
+        });
+        task.await.map_err(|e| NetconfError::Closed {
+            device: format!("{} (transaction task: {e})", self.inner.device.name),
+        })?
     }
 
     fn err(&self, c: &Connection, reason: impl std::fmt::Display) -> DriverError {
@@ -483,29 +502,32 @@ impl Ensm {
     }
 
     /// Reads Meshwire's entries on the device: (key, connection id).
+    /// Reads Meshwire's entries on the device (an empty list when the profile has no
+    /// inventory: the device is still asked, as the keepalive).
     async fn inventory(&self) -> Result<Vec<(String, String)>, NetconfError> {
-        let Some(inv) = &self.inner.profile.inventory else {
-            return Ok(Vec::new());
-        };
         let session = self.session().await.map_err(|e| NetconfError::Connect {
             device: self.inner.device.name.clone(),
             addr: self.inner.device.netconf.host.clone(),
             reason: e,
         })?;
+        let inv = self.inner.profile.inventory.as_ref();
         let r = session
-            .get_config(Datastore::Running, Some(&inv.filter))
+            .get_config(Datastore::Running, inv.map(|i| i.filter.as_str()))
             .await;
         match r {
-            Ok(data) => {
-                profile::owned_entries(inv, &data).map_err(|reason| NetconfError::Protocol {
-                    device: self.inner.device.name.clone(),
-                    what: "get-config".into(),
-                    reason,
-                })
-            }
+            Ok(data) => match inv {
+                None => Ok(Vec::new()),
+                Some(inv) => {
+                    profile::owned_entries(inv, &data).map_err(|reason| NetconfError::Protocol {
+                        device: self.inner.device.name.clone(),
+                        what: "get-config".into(),
+                        reason,
+                    })
+                }
+            },
             Err(e) => {
                 if transport_failure(&e) {
-                    self.lost(&e.to_string()).await;
+                    self.lost(&session, &e.to_string()).await;
                 }
                 Err(e)
             }
@@ -515,7 +537,14 @@ impl Ensm {
     /// Contacts the device (opening the session if needed) and reads its inventory: the
     /// keepalive. Updates reachability.
     async fn check_device(&self) -> Result<Vec<(String, String)>, String> {
-        match self.inventory().await {
+        // One failure (an idle session the device closed, one slow reply) is retried at once
+        // on a fresh session before the device counts as unreachable.
+        let first = self.inventory().await;
+        let r = match first {
+            Ok(v) => Ok(v),
+            Err(_) => self.inventory().await,
+        };
+        match r {
             Ok(v) => {
                 let mut h = self.health();
                 if !h.reachable {
@@ -561,13 +590,13 @@ impl Ensm {
     /// Tells the registrar about endpoints whose state changed.
     async fn publish(&self) {
         let want = self.wanted_down();
+        // Withdrawals are re-asserted every round: an endpoint applied again (a controller
+        // restart, an operator's re-apply) comes back up in the controller, and must not stay
+        // up while its device is down. Setting what is already set changes nothing there.
         let (to_down, to_up): (Vec<(String, String)>, Vec<String>) = {
             let h = self.health();
             (
-                want.iter()
-                    .filter(|(n, _)| !h.withdrawn.contains(*n))
-                    .map(|(n, r)| (n.clone(), r.clone()))
-                    .collect(),
+                want.iter().map(|(n, r)| (n.clone(), r.clone())).collect(),
                 h.withdrawn
                     .iter()
                     .filter(|n| !want.contains_key(*n))
@@ -652,18 +681,34 @@ impl Ensm {
             .map(|s| s.poll_interval)
             .unwrap_or(Duration::from_secs(2));
         let (trap_tx, mut trap_rx) = tokio::sync::mpsc::channel::<crate::snmp::LinkTrap>(64);
-        if let Some(listen) = snmp.as_ref().and_then(|s| s.trap_listen) {
-            let community = snmp
-                .as_ref()
-                .and_then(|s| s.trap_community.clone())
-                .unwrap_or_else(|| "public".into());
+        let trap_setup = snmp.as_ref().and_then(|s| {
+            s.trap_listen
+                .map(|l| (l, s.trap_community.clone(), s.target.addr.ip()))
+        });
+        if let Some((listen, community, agent)) = trap_setup {
             let device = self.inner.device.name.clone();
-            match crate::snmp::trap_receiver(listen, &community).await {
+            // Traps are v2c: only with the device's community, and only from the device.
+            let receiver = match &community {
+                Some(c) => crate::snmp::trap_receiver(listen, c).await,
+                None => Err("traps need snmp.community (v3 traps are not accepted)".to_string()),
+            };
+            match receiver {
                 Ok(rx) => {
                     tracing::info!(%device, %listen, "listening for linkDown/linkUp traps");
                     tokio::spawn(async move {
                         loop {
-                            let Ok(n) = rx.recv().await else { continue };
+                            let n = match rx.recv().await {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    tracing::debug!(%device, error = %e, "trap receive failed");
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    continue;
+                                }
+                            };
+                            if n.source.ip() != agent {
+                                tracing::warn!(%device, source = %n.source, "trap from another address ignored");
+                                continue;
+                            }
                             let Ok(oid) = n.notification.trap_oid() else {
                                 continue;
                             };
@@ -680,9 +725,12 @@ impl Ensm {
             }
         }
         let mut monitor: Option<Monitor> = None;
+        // A fixed cadence: traps arriving in between never postpone the next poll.
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tick.tick() => {}
                 _ = self.inner.wake.notified() => {}
                 Some(t) = trap_rx.recv() => {
                     let name = self.health().if_names.get(&t.if_index).cloned();
@@ -721,6 +769,16 @@ impl Ensm {
                     match m.poll(&indexes).await {
                         Ok(p) => {
                             let names = self.health().if_names.clone();
+                            // An index that now names another interface (the device
+                            // renumbered them, e.g. after a reboot): map again next round.
+                            if p.interfaces
+                                .iter()
+                                .any(|(i, d, _)| names.get(i).is_some_and(|n| n != d))
+                            {
+                                self.health().if_names.clear();
+                                self.publish().await;
+                                continue;
+                            }
                             let st: Vec<(String, bool)> = p
                                 .interfaces
                                 .iter()
@@ -834,8 +892,15 @@ impl Ensm {
                 (b.id.clone(), Some(b.id))
             }
         };
-        let config = profile::render(&xc.config, &cross_connect_vars(&c.id, &onward))
-            .map_err(|e| self.err(c, e))?;
+        let config = match profile::render(&xc.config, &cross_connect_vars(&c.id, &onward)) {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(b) = &new {
+                    let _ = self.inner.registrar.close(b).await;
+                }
+                return Err(self.err(c, e));
+            }
+        };
         Ok((config, onward, new))
     }
 
@@ -862,28 +927,46 @@ impl Ensm {
         if confirmed.is_empty() {
             return;
         }
-        let mut config = String::new();
+        let mut each = Vec::new();
         for k in &confirmed {
             let vars = BTreeMap::from([("name", k.clone())]);
             match profile::render(&inv.remove, &vars) {
-                Ok(x) => config.push_str(&x),
+                Ok(x) => each.push((k.clone(), x)),
                 Err(e) => {
                     tracing::warn!(device = %self.inner.device.name, entry = %k, error = %e, "cannot render removal");
                     return;
                 }
             }
         }
-        match self.transaction(&config).await {
-            Ok(()) => {
-                tracing::info!(device = %self.inner.device.name, entries = ?confirmed, "removed Meshwire entries no connection wants");
-                let mut h = self.health();
-                h.counters.orphans_removed += confirmed.len() as u64;
-                for k in &confirmed {
-                    h.suspects.remove(k);
+        let all: String = each.iter().map(|(_, x)| x.as_str()).collect();
+        let removed: Vec<String> = match self.transaction(&all).await {
+            Ok(()) => confirmed,
+            // One entry the device will not remove (something still refers to it) must not
+            // keep the others: try them one by one.
+            Err(e) if each.len() > 1 => {
+                tracing::warn!(device = %self.inner.device.name, error = %e, "orphan removal refused as a whole; trying each");
+                let mut ok = Vec::new();
+                for (k, x) in each {
+                    match self.transaction(&x).await {
+                        Ok(()) => ok.push(k),
+                        Err(e) => {
+                            tracing::warn!(device = %self.inner.device.name, entry = %k, error = %e, "orphan removal refused; retrying next round")
+                        }
+                    }
                 }
+                ok
             }
             Err(e) => {
-                tracing::warn!(device = %self.inner.device.name, error = %e, "orphan removal failed; retrying next round")
+                tracing::warn!(device = %self.inner.device.name, error = %e, "orphan removal failed; retrying next round");
+                Vec::new()
+            }
+        };
+        if !removed.is_empty() {
+            tracing::info!(device = %self.inner.device.name, entries = ?removed, "removed Meshwire entries no connection wants");
+            let mut h = self.health();
+            h.counters.orphans_removed += removed.len() as u64;
+            for k in &removed {
+                h.suspects.remove(k);
             }
         }
     }
@@ -971,14 +1054,15 @@ impl Driver for Ensm {
             self.transaction(&undo).await.map_err(|e| self.err(c, e))?;
             tracing::info!(device = %self.inner.device.name, connection = %c.id, "device config removed");
         }
-        let onward = onward.or_else(|| self.onward().remove(&c.id));
+        let onward = onward.or_else(|| self.onward().get(&c.id).cloned());
         if let Some(b) = onward {
-            self.onward().remove(&c.id);
+            // Forgotten only once closed, so a retried remove still knows it.
             self.inner
                 .registrar
                 .close(&b)
                 .await
                 .map_err(|e| self.err(c, format!("closing the onward connection {b}: {e}")))?;
+            self.onward().remove(&c.id);
             tracing::info!(device = %self.inner.device.name, connection = %c.id, onward = %b, "onward connection closed");
         }
         Ok(())
@@ -986,36 +1070,41 @@ impl Driver for Ensm {
 
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
         let mut obs = Observation::default();
-        let down = self.wanted_down();
+        // Only endpoints the health task has withdrawn count as lost (the task debounces and
+        // restores them); what this round sees alone never takes an endpoint down.
+        let down: BTreeMap<String, String> = {
+            let want = self.wanted_down();
+            let h = self.health();
+            want.into_iter()
+                .filter(|(n, _)| h.withdrawn.contains(n))
+                .collect()
+        };
         let entries = if self.health().reachable {
             self.check_device().await.ok()
         } else {
             None
         };
-        let entries = match entries {
-            Some(e) => e,
-            None => {
-                let why = self
-                    .health()
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "unreachable".into());
-                // The device's own legs of chains (it is their client) are left to the
-                // connections they serve, which heal elsewhere.
-                for c in desired.iter().filter(|c| !self.is_client(c)) {
+        let Some(entries) = entries else {
+            // The health task decides (and publishes) whether the device is down.
+            self.inner.wake.notify_one();
+            for c in desired.iter().filter(|c| !self.is_client(c)) {
+                if let Some(reason) = down.get(&c.network_service_endpoint_name) {
                     obs.connections.insert(
                         c.id.clone(),
                         Health::EndpointLost {
-                            reason: format!("device {} unreachable: {why}", self.inner.device.name),
+                            reason: reason.clone(),
                         },
                     );
                 }
-                return Ok(obs);
             }
+            return Ok(obs);
         };
         let present: HashSet<&str> = entries.iter().map(|(_, id)| id.as_str()).collect();
         for c in desired {
-            if let Some(reason) = down.get(&c.network_service_endpoint_name) {
+            if let Some(reason) = down
+                .get(&c.network_service_endpoint_name)
+                .filter(|_| !self.is_client(c))
+            {
                 obs.connections.insert(
                     c.id.clone(),
                     Health::EndpointLost {

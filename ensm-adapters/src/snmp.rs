@@ -22,7 +22,7 @@ pub fn if_oper_status(index: u32) -> Oid {
     Oid::new([1, 3, 6, 1, 2, 1, 2, 2, 1, 8, index])
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SnmpAuth {
     V2c {
         community: String,
@@ -33,6 +33,16 @@ pub enum SnmpAuth {
         auth_password: String,
         priv_password: String,
     },
+}
+
+impl std::fmt::Debug for SnmpAuth {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnmpAuth::V2c { .. } => f.write_str("V2c(***)"),
+            SnmpAuth::V3 { user, .. } => write!(f, "V3({user}, ***)"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -25,13 +25,23 @@ use tokio::sync::{mpsc, oneshot};
 use super::framing::{self, Decoder, Framing};
 use super::xml::{self, Datastore, DefaultOperation, Hello, Operation, Reply, ReplyBody, RpcError};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Auth {
     Password(String),
     Key {
         path: PathBuf,
         passphrase: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Auth {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Password(_) => f.write_str("Password(***)"),
+            Auth::Key { path, .. } => write!(f, "Key({})", path.display()),
+        }
+    }
 }
 
 /// How the device's SSH host key is checked.
@@ -305,6 +315,11 @@ impl Session {
 
     pub fn framing(&self) -> Framing {
         self.framing
+    }
+
+    /// Whether `other` is a handle to this same session (not a later one to the same device).
+    pub fn same(&self, other: &Session) -> bool {
+        self.tx.same_channel(&other.tx)
     }
 
     pub fn device(&self) -> &str {
