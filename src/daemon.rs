@@ -16,6 +16,10 @@ pub struct Args {
     /// Address of the REST API. Keep it on loopback unless a proxy in front adds TLS and auth.
     #[arg(long, env = "MESHWIRE_LISTEN", default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
+    /// Address of the NSM-compatible gRPC API (networkservice.NetworkService,
+    /// connection.MonitorConnection, the registry); `off` to not serve it.
+    #[arg(long, env = "MESHWIRE_GRPC_LISTEN", default_value = "127.0.0.1:7601")]
+    grpc_listen: String,
     /// How often desired connections are compared with the data plane (repair, heal, expiry).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reconcile_interval: Duration,
@@ -132,12 +136,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
+    let grpc = match args.grpc_listen.as_str() {
+        "off" | "none" => None,
+        a => {
+            let addr: SocketAddr = a
+                .parse()
+                .with_context(|| format!("--grpc-listen {a}: expected ADDR:PORT or off"))?;
+            // Bind here so a taken port is an error at start, not a log line later.
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (gRPC)"))?;
+            let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
+                .map_err(|e| anyhow::anyhow!("gRPC listener on {addr}: {e}"))?;
+            let router = meshwire_northbound::grpc::router(ctl.clone());
+            tracing::info!(listen = %addr, "NSM gRPC API ready");
+            Some(tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            }))
+        }
+    };
     let app = meshwire_northbound::router(ctl);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving the REST API")?;
     reconciler.abort();
+    if let Some(g) = grpc {
+        g.abort();
+    }
     for e in ensms {
         e.abort();
     }

@@ -219,7 +219,16 @@ async fn start(
         .local_addr()?
         .port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut args: Vec<String> = vec!["controller".into(), "--log".into(), "info".into()];
+    let grpc_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut args: Vec<String> = vec![
+        "controller".into(),
+        "--log".into(),
+        "info".into(),
+        "--grpc-listen".into(),
+        format!("127.0.0.1:{grpc_port}"),
+    ];
     let ovs = lab.nodes.values().any(|n| n.is_ovs());
     match rt.controller_ip.filter(|_| ovs) {
         Some(ip) => args.extend([
@@ -243,6 +252,10 @@ async fn start(
     }
     std::fs::write(d.join("controller.args"), serde_json::to_vec(&args)?)?;
     std::fs::write(d.join("controller.url"), &url)?;
+    std::fs::write(
+        d.join("controller.grpc"),
+        format!("http://127.0.0.1:{grpc_port}"),
+    )?;
     spawn_controller(&d, &args, &url).await?;
     let api = Api::new(&url);
     let topo = d.join("topology.yaml");

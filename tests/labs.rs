@@ -1235,3 +1235,61 @@ fn nb_lab_down_takes_only_its_own_namespaces_when_names_share_a_prefix() {
     let _ = Command::new(BIN).args(["lab", "down", "mwpfx-x"]).output();
     assert!(gone && still, "{list}");
 }
+
+/// Through the NSM-compatible gRPC API: a client built from the NSM v1 protos (tonic) requests
+/// the seed's VPN service for a workload of the lab, gets a working connection, and closes it.
+#[test]
+fn nb_lab_vpn_gateway_over_the_nsm_grpc_api() {
+    use meshwire_northbound::grpc::pb::{connection as c, networkservice as ns};
+    use std::collections::HashMap;
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("vpn-gateway");
+    let url = std::fs::read_to_string("/run/meshwire/labs/vpn-gateway/controller.grpc").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut nsc = rt
+        .block_on(ns::network_service_client::NetworkServiceClient::connect(
+            url,
+        ))
+        .unwrap();
+    let req = ns::NetworkServiceRequest {
+        connection: Some(c::Connection {
+            network_service: "secure-intranet-connectivity".into(),
+            labels: HashMap::from([
+                ("nodeName".to_string(), "worker".to_string()),
+                ("app".to_string(), "sarah".to_string()),
+            ]),
+            path: Some(c::Path {
+                index: 0,
+                path_segments: vec![c::PathSegment {
+                    name: "clab-vpn-gateway-client".into(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        mechanism_preferences: vec![c::Mechanism {
+            cls: "LOCAL".into(),
+            r#type: "KERNEL".into(),
+            parameters: HashMap::from([("name".to_string(), "nsm-grpc".to_string())]),
+        }],
+    };
+    let conn = rt.block_on(nsc.request(req)).unwrap().into_inner();
+    assert_eq!(conn.mechanism.as_ref().unwrap().r#type, "KERNEL");
+    assert_eq!(
+        conn.mechanism.as_ref().unwrap().parameters["name"],
+        "nsm-grpc"
+    );
+    assert!(
+        lab.ping("client", "10.60.0.10"),
+        "the workload reaches corp through the gateway"
+    );
+    let links = String::from_utf8(lab.exec("client", &["ip", "-br", "link"]).stdout).unwrap();
+    assert!(links.contains("nsm-grpc"), "{links}");
+    rt.block_on(nsc.close(conn)).unwrap();
+    assert!(!lab.ping("client", "10.60.0.10"));
+}

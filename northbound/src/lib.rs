@@ -8,6 +8,8 @@
 //! Layers, outermost first: request tracing, then a body size limit (manifests and requests are
 //! small; a large body is refused before it is read).
 
+pub mod grpc;
+
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};

@@ -1,0 +1,201 @@
+//! Input: the NSM v1 gRPC API served over a controller (memory store, recording driver), and a
+//! client generated from the same protos by tonic. Output: services and endpoints registered
+//! over the registry, Find with watch streaming additions and deletions, a Request giving a
+//! negotiated VXLAN connection in NSM's shape, a refresh returning it unchanged, the monitor
+//! streaming the initial state, the update and the delete, Close, and bad requests refused
+//! with InvalidArgument naming the field.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshwire_controller::driver::RecordingDriver;
+use meshwire_controller::store::memory::MemoryStore;
+use meshwire_controller::{Config, Controller, SystemClock};
+use meshwire_northbound::grpc::pb::connection as c;
+use meshwire_northbound::grpc::pb::networkservice as ns;
+use meshwire_northbound::grpc::pb::registry as reg;
+use tonic::transport::Channel;
+
+const TOPOLOGY: &str = "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n2}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: n1-n2}\nspec: {endpoints: [\"n1:eth1\", \"n2:eth1\"], addresses: [\"10.0.0.1/24\", \"10.0.0.2/24\"]}\n";
+
+async fn serve() -> Channel {
+    let ctl = Controller::start(
+        Arc::new(MemoryStore::default()),
+        Arc::new(RecordingDriver::new()),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    ctl.apply(meshwire_models::Manifest::parse("t", TOPOLOGY).unwrap())
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    tokio::spawn(meshwire_northbound::grpc::router(ctl).serve(addr));
+    for _ in 0..100 {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            return ch;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gRPC server did not come up");
+}
+
+fn endpoint(name: &str, node: &str) -> reg::NetworkServiceEndpoint {
+    reg::NetworkServiceEndpoint {
+        name: name.into(),
+        network_service_names: vec!["vpn".into()],
+        network_service_labels: HashMap::from([(
+            "vpn".to_string(),
+            reg::NetworkServiceLabels {
+                labels: HashMap::from([
+                    ("app".to_string(), "gw".to_string()),
+                    ("nodeName".to_string(), node.to_string()),
+                ]),
+            },
+        )]),
+        url: "tcp://10.0.0.2:5001".into(),
+        ..Default::default()
+    }
+}
+
+fn request(id: &str) -> ns::NetworkServiceRequest {
+    ns::NetworkServiceRequest {
+        connection: Some(c::Connection {
+            id: id.into(),
+            network_service: "vpn".into(),
+            labels: HashMap::from([
+                ("nodeName".to_string(), "n1".to_string()),
+                ("app".to_string(), "nsc".to_string()),
+            ]),
+            ..Default::default()
+        }),
+        mechanism_preferences: vec![c::Mechanism {
+            cls: "REMOTE".into(),
+            r#type: "VXLAN".into(),
+            parameters: HashMap::new(),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn nsm_grpc_registry_request_monitor_close() {
+    let ch = serve().await;
+    let mut services =
+        reg::network_service_registry_client::NetworkServiceRegistryClient::new(ch.clone());
+    let mut nses =
+        reg::network_service_endpoint_registry_client::NetworkServiceEndpointRegistryClient::new(
+            ch.clone(),
+        );
+    let mut nsc = ns::network_service_client::NetworkServiceClient::new(ch.clone());
+    let mut monitor = c::monitor_connection_client::MonitorConnectionClient::new(ch);
+
+    services
+        .register(reg::NetworkService {
+            name: "vpn".into(),
+            payload: "IP".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    nses.register(endpoint("gw-1", "n2")).await.unwrap();
+
+    // Find with watch: the initial state, then an addition and a deletion.
+    let mut watch = nses
+        .find(reg::NetworkServiceEndpointQuery {
+            network_service_endpoint: Some(reg::NetworkServiceEndpoint {
+                network_service_names: vec!["vpn".into()],
+                ..Default::default()
+            }),
+            watch: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.network_service_endpoint.unwrap().name, "gw-1");
+    nses.register(endpoint("gw-2", "n2")).await.unwrap();
+    let added = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            added.network_service_endpoint.unwrap().name.as_str(),
+            added.deleted
+        ),
+        ("gw-2", false)
+    );
+    nses.unregister(endpoint("gw-2", "n2")).await.unwrap();
+    let gone = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            gone.network_service_endpoint.unwrap().name.as_str(),
+            gone.deleted
+        ),
+        ("gw-2", true)
+    );
+
+    // Monitor: the initial state first.
+    let mut events = monitor
+        .monitor_connections(c::MonitorScopeSelector::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let init = events.message().await.unwrap().unwrap();
+    assert_eq!(
+        init.r#type,
+        c::ConnectionEventType::InitialStateTransfer as i32
+    );
+    assert!(init.connections.is_empty());
+
+    // Request: VXLAN across nodes, in NSM's shape.
+    let conn = nsc.request(request("")).await.unwrap().into_inner();
+    let m = conn.mechanism.clone().unwrap();
+    assert_eq!((m.cls.as_str(), m.r#type.as_str()), ("REMOTE", "VXLAN"));
+    assert!(m.parameters["vni"].parse::<u32>().is_ok(), "{m:?}");
+    assert_eq!(m.parameters["dst_ip"], "10.0.0.2");
+    let ip = conn.context.clone().unwrap().ip_context.unwrap();
+    assert_eq!((ip.src_ip_addrs.len(), ip.dst_ip_addrs.len()), (1, 1));
+    assert_eq!(conn.network_service_endpoint_name, "gw-1");
+    assert_eq!(conn.state, c::State::Up as i32);
+    let update = events.message().await.unwrap().unwrap();
+    assert_eq!(update.r#type, c::ConnectionEventType::Update as i32);
+    assert!(update.connections.contains_key(&conn.id));
+
+    // A refresh returns the same connection.
+    let again = nsc.request(request(&conn.id)).await.unwrap().into_inner();
+    assert_eq!(again.id, conn.id);
+    assert_eq!(again.mechanism, conn.mechanism);
+
+    // Close, and the monitor's delete.
+    nsc.close(conn.clone()).await.unwrap();
+    let delete = events.message().await.unwrap().unwrap();
+    assert_eq!(delete.r#type, c::ConnectionEventType::Delete as i32);
+    assert!(delete.connections.contains_key(&conn.id));
+    nsc.close(conn).await.expect("closing twice is fine");
+
+    // Bad input names the field.
+    let mut bad = request("");
+    bad.connection.as_mut().unwrap().labels.remove("nodeName");
+    let e = nsc.request(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("labels.nodeName"), "{}", e.message());
+    let e = nses.register(endpoint("", "n2")).await.unwrap_err();
+    assert!(e.message().contains("name: required"), "{}", e.message());
+    let mut nolabel = endpoint("gw-3", "n2");
+    nolabel.network_service_labels.clear();
+    let e = nses.register(nolabel).await.unwrap_err();
+    assert!(e.message().contains("nodeName"), "{}", e.message());
+    let mut unknown = request("");
+    unknown.connection.as_mut().unwrap().network_service = "nope".into();
+    let e = nsc.request(unknown).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
