@@ -29,7 +29,8 @@ pub struct Args {
     /// netconf: edit-config + commit round trips against a real netconfd, against ncclient.
     /// snmp: GETs per second against a real snmpd, against snmpget and pysnmp.
     /// ensm: connection setup through an eNSM (emulated appliance lab), request to first packet.
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm"])]
+    /// grpc: Request/Close cycles through the NSM-compatible gRPC API (and REST beside it).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -45,6 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "netconf" => crate::bench_netconf::run(args.scale).await,
         "snmp" => crate::bench_snmp::run(args.scale).await,
         "ensm" => crate::bench_ensm::run(args.scale).await,
+        "grpc" => crate::bench_grpc::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

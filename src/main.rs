@@ -5,6 +5,7 @@ mod agent;
 mod alloc;
 mod bench;
 mod bench_ensm;
+mod bench_grpc;
 mod bench_netconf;
 mod bench_ovs;
 mod bench_setup;
