@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-python3 -m pip install --quiet --disable-pip-version-check os-ken ovs ncclient pysnmp
+python3 -m pip install --quiet --disable-pip-version-check os-ken ovs ncclient pysnmp grpcio-tools
