@@ -93,6 +93,19 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Runs `cmd` in `node`'s namespace in the background until the guard is dropped.
+    fn background(&self, node: &str, cmd: &[&str]) -> Background {
+        Background(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns(node)])
+                .args(cmd)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// Waits up to 15 s for `ifname` to exist on `node` (an appliance's agent programs its
     /// data plane from the device's running config, asynchronously).
     fn wait_link(&self, node: &str, ifname: &str) -> bool {
@@ -148,6 +161,16 @@ impl Lab {
         self.exec(node, &["ping", "-c", "1", "-i", "0.2", "-w", "5", addr])
             .status
             .success()
+    }
+}
+
+/// A background process in a lab namespace, killed and reaped when dropped.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -431,13 +454,7 @@ fn nb_lab_bad_file_refused_before_anything_is_created() {
 
 /// iperf3 for `secs` seconds from `client` to `addr` (server `server` on `port`); received bits/s.
 fn iperf3(lab: &Lab, server: &str, client: &str, addr: &str, port: u16, secs: u32) -> f64 {
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(server), "iperf3", "-s", "-1", "-p"])
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let srv = lab.background(server, &["iperf3", "-s", "-1", "-p", &port.to_string()]);
     let port_s = format!(":{port}");
     for _ in 0..100 {
         if !lab
@@ -462,8 +479,7 @@ fn iperf3(lab: &Lab, server: &str, client: &str, addr: &str, port: u16, secs: u3
             "-J",
         ],
     );
-    let _ = srv.kill();
-    let _ = srv.wait();
+    drop(srv);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -571,21 +587,7 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
     ]);
     let dst = addr(&c, "dst_ip_addrs");
     assert!(lab.ping("c-vxlan", &dst));
-    let mut srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("gateway"),
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5391",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let srv = lab.background("gateway", &["iperf3", "-s", "-1", "-p", "5391"]);
     std::thread::sleep(Duration::from_millis(300));
     let client = Command::new("ip")
         .args([
@@ -730,8 +732,7 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
         back.as_secs_f64() * 1000.0
     );
     let out = client.wait_with_output().unwrap();
-    let _ = srv.kill();
-    let _ = srv.wait();
+    drop(srv);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let intervals = v["intervals"].as_array().cloned().unwrap_or_default();
     let moving = intervals
@@ -924,21 +925,7 @@ fn nb_lab_firewall_appliance_passes_allowed_traffic_and_drops_the_rest() {
             .success(),
         "ping is dropped"
     );
-    let mut srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("server"),
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5202",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let srv = lab.background("server", &["iperf3", "-s", "-1", "-p", "5202"]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         tcp_blocked(&lab, "client", "10.70.0.10", 5202),
@@ -948,8 +935,7 @@ fn nb_lab_firewall_appliance_passes_allowed_traffic_and_drops_the_rest() {
         !tcp_blocked(&lab, "fw1", "10.70.0.10", 5202),
         "the listener is there"
     );
-    let _ = srv.kill();
-    let _ = srv.wait();
+    drop(srv);
     // Close: the device's config and the tunnel go; the operator's policy stays.
     assert!(lab.meshwire(&["close", id]).status.success());
     let mut gone = false;
