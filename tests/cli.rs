@@ -46,6 +46,8 @@ fn daemon(store: &str) -> Daemon {
             "200ms",
             "--log",
             "warn",
+            "--grpc-listen",
+            "off",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

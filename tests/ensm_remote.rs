@@ -82,6 +82,8 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
                 "memory",
                 "--dataplane",
                 "none",
+                "--grpc-listen",
+                "off",
                 "--listen",
             ])
             .arg(format!("127.0.0.1:{cp}"))
