@@ -241,3 +241,95 @@ fn nb_cli_bad_input_one_line_errors() {
     let out = ok(&d, &["validate", "-f", upstream.to_str().unwrap()]);
     assert_eq!(out.lines().count(), 10, "{out}");
 }
+
+/// Reads SSE text from `resp` until `until` appears (5 s at most).
+async fn sse_until(resp: &mut reqwest::Response, text: &mut String, until: &str) {
+    while !text.contains(until) {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {until:?} in {text}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("stream ended before {until:?}: {text}"));
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+fn sse_ids(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn nb_events_stream_live_and_resume_from_an_id() {
+    let d = daemon("memory");
+    let vpn = example("vpn-gateway.yaml");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let mut live = http
+            .get(format!("{}/api/v1/events", d.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            live.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        ok(&d, &["apply", "-f", vpn.to_str().unwrap()]);
+        let mut text = String::new();
+        sse_until(&mut live, &mut text, "secure-intranet-connectivity").await;
+        let c: serde_json::Value = serde_json::from_str(&ok(
+            &d,
+            &[
+                "request",
+                "secure-intranet-connectivity",
+                "--client",
+                "client",
+                "--label",
+                "app=sarah",
+                "-o",
+                "json",
+            ],
+        ))
+        .unwrap();
+        let id = c["id"].as_str().unwrap();
+        sse_until(&mut live, &mut text, id).await;
+        assert!(
+            text.contains("event: connection") && text.contains("\"state\":\"up\""),
+            "{text}"
+        );
+        let ids = sse_ids(&text);
+        assert!(
+            ids.windows(2).all(|w| w[1] == w[0] + 1),
+            "increasing ids: {ids:?}"
+        );
+        // Resume after the first event: everything after it is replayed, in order.
+        let mut resumed = http
+            .get(format!("{}/api/v1/events", d.url))
+            .header("Last-Event-ID", ids[0].to_string())
+            .send()
+            .await
+            .unwrap();
+        let mut again = String::new();
+        sse_until(&mut resumed, &mut again, id).await;
+        assert_eq!(sse_ids(&again).first(), Some(&(ids[0] + 1)), "{again}");
+        // `?since=` does the same.
+        let mut q = http
+            .get(format!(
+                "{}/api/v1/events?since={}",
+                d.url,
+                ids[ids.len() - 2]
+            ))
+            .send()
+            .await
+            .unwrap();
+        let mut tail = String::new();
+        sse_until(&mut q, &mut tail, id).await;
+        assert_eq!(sse_ids(&tail), vec![ids[ids.len() - 1]], "{tail}");
+    });
+}

@@ -1,13 +1,15 @@
 //! Meshwire's northbound: the REST API over the [`Controller`]. It knows no driver.
 //!
 //! This is the surface the `meshwire` CLI uses (`/api/v1/manifests`, services, endpoints,
-//! topology, connections, resources) plus `/healthz` and `/readyz`. Every error is an RFC 9457
+//! topology, connections, resources) plus `/healthz`, `/readyz` and `/api/v1/events` (SSE,
+//! resumable). Every error is an RFC 9457
 //! `application/problem+json` document with a stable `code`; the mapping from controller errors
 //! to HTTP statuses lives in one place, [`Problem::from`].
 //!
 //! Layers, outermost first: request tracing, then a body size limit (manifests and requests are
 //! small; a large body is refused before it is read).
 
+pub mod events;
 pub mod grpc;
 
 use axum::body::Bytes;
@@ -113,7 +115,23 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The REST router over `ctl`.
 pub fn router(ctl: Controller) -> Router {
+    let log = events::EventLog::start(&ctl, 10_000);
     Router::new()
+        .route(
+            "/api/v1/events",
+            get(
+                move |headers: axum::http::HeaderMap, Query(q): Query<EventsQuery>| {
+                    let log = log.clone();
+                    async move {
+                        let from_header = headers
+                            .get("last-event-id")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok());
+                        events::stream(log, q.since.or(from_header))
+                    }
+                },
+            ),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route(
@@ -238,6 +256,12 @@ async fn endpoints(
         selector.insert(k, v);
     }
     Ok(Json(ctl.find_endpoints(q.service.as_deref(), &selector)))
+}
+
+/// `?since=ID`: resume after event ID (as the `Last-Event-ID` header does).
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
 }
 
 /// An endpoint withdrawn by its eNSM (device or link down) or restored.

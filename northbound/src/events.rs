@@ -1,0 +1,203 @@
+//! `GET /api/v1/events`: the controller's connection, endpoint and object changes as
+//! Server-Sent Events, each with an increasing id, resumable with `Last-Event-ID` (or
+//! `?since=ID`) from a bounded in-memory log, so an OSS can follow the mesh without polling.
+//! A client that asks for what the log no longer holds first gets an `event: reset` (re-list,
+//! then follow), never a silent gap.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use meshwire_controller::{Controller, Event};
+use tokio::sync::broadcast;
+
+/// The last `cap` events with their ids.
+pub struct EventLog {
+    inner: Mutex<Log>,
+    live: broadcast::Sender<(u64, Event)>,
+}
+
+struct Log {
+    next: u64,
+    buf: VecDeque<(u64, Event)>,
+    cap: usize,
+}
+
+impl EventLog {
+    /// Starts recording `ctl`'s events (ids from 1).
+    pub fn start(ctl: &Controller, cap: usize) -> Arc<EventLog> {
+        let (live, _) = broadcast::channel(1024);
+        let log = Arc::new(EventLog {
+            inner: Mutex::new(Log {
+                next: 1,
+                buf: VecDeque::with_capacity(cap.min(4096)),
+                cap: cap.max(1),
+            }),
+            live,
+        });
+        let mut rx = ctl.subscribe();
+        let weak = Arc::downgrade(&log);
+        tokio::spawn(async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "event log lagged behind the controller");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(log) = weak.upgrade() else { return };
+                log.push(ev);
+            }
+        });
+        log
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, ev: Event) {
+        let mut l = self.lock();
+        let id = l.next;
+        l.next += 1;
+        if l.buf.len() == l.cap {
+            l.buf.pop_front();
+        }
+        l.buf.push_back((id, ev.clone()));
+        let _ = self.live.send((id, ev));
+    }
+
+    /// Events after `after`, and whether some were already dropped from the log.
+    fn since(&self, after: u64) -> (Vec<(u64, Event)>, bool) {
+        let l = self.lock();
+        let oldest = l.buf.front().map(|(id, _)| *id).unwrap_or(l.next);
+        let gap = after + 1 < oldest && after < l.next - 1;
+        (
+            l.buf
+                .iter()
+                .filter(|(id, _)| *id > after)
+                .cloned()
+                .collect(),
+            gap,
+        )
+    }
+
+    /// The id the next event will get.
+    fn next_id(&self) -> u64 {
+        self.lock().next
+    }
+}
+
+fn sse(id: u64, ev: &Event) -> SseEvent {
+    let kind = match ev {
+        Event::Connection { .. } => "connection",
+        Event::Object { .. } => "object",
+        Event::Endpoint { .. } => "endpoint",
+    };
+    SseEvent::default()
+        .id(id.to_string())
+        .event(kind)
+        .json_data(ev)
+        .unwrap_or_else(|_| SseEvent::default().id(id.to_string()).event(kind))
+}
+
+/// The stream for a client resuming after `after` (`None`: only what happens from now on).
+pub fn stream(
+    log: Arc<EventLog>,
+    after: Option<u64>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    // Subscribe before reading the log, so nothing falls between replay and live.
+    let mut live = log.live.subscribe();
+    let (replay, gap) = match after {
+        Some(a) => log.since(a),
+        None => (Vec::new(), false),
+    };
+    let mut last = replay
+        .last()
+        .map(|(id, _)| *id)
+        .unwrap_or_else(|| after.unwrap_or(log.next_id() - 1));
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
+    tokio::spawn(async move {
+        if gap {
+            let reset = SseEvent::default()
+                .event("reset")
+                .data("events were dropped from the log; list the objects again, then follow");
+            if tx.send(reset).await.is_err() {
+                return;
+            }
+        }
+        for (id, ev) in &replay {
+            if tx.send(sse(*id, ev)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok((id, ev)) if id > last => {
+                    last = id;
+                    if tx.send(sse(id, &ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // A slow client: tell it to start over rather than skip silently.
+                    let _ = tx
+                        .send(
+                            SseEvent::default()
+                                .event("reset")
+                                .data("this stream fell behind"),
+                        )
+                        .await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let s = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshwire_controller::store::memory::MemoryStore;
+    use meshwire_controller::{Config, NullDriver, SystemClock};
+
+    #[tokio::test]
+    async fn the_log_replays_after_an_id_and_reports_what_it_dropped() {
+        let ctl = Controller::start(
+            Arc::new(MemoryStore::default()),
+            Arc::new(NullDriver),
+            Arc::new(SystemClock),
+            Config::default(),
+        )
+        .await
+        .unwrap();
+        let log = EventLog::start(&ctl, 3);
+        for i in 0..5 {
+            log.push(Event::Object {
+                key: format!("Node/n{i}"),
+                change: "created".into(),
+            });
+        }
+        let ids = |v: Vec<(u64, Event)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let (v, gap) = log.since(0);
+        assert_eq!((ids(v), gap), (vec![3, 4, 5], true), "1 and 2 were dropped");
+        let (v, gap) = log.since(2);
+        assert_eq!((ids(v), gap), (vec![3, 4, 5], false));
+        let (v, gap) = log.since(4);
+        assert_eq!((ids(v), gap), (vec![5], false));
+        let (v, gap) = log.since(9);
+        assert_eq!((ids(v), gap), (vec![], false), "ahead: nothing, no reset");
+        assert_eq!(log.next_id(), 6);
+    }
+}
