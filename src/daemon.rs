@@ -105,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("starting the controller")?;
     let mut ensms = Vec::new();
+    let mut devices_seen: Vec<meshwire_ensm_adapters::ensm::Ensm> = Vec::new();
     if let Some(planes) = &dataplanes {
         // Devices whose eNSM runs in its own process are reached at the URL their endpoints
         // registered with.
@@ -129,6 +130,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let e = meshwire_ensm_adapters::ensm::Ensm::new(device, profile, Arc::new(ctl.clone()));
             planes.attach_device(&name, Arc::new(e.clone()));
             ensms.push(e.start().await.map_err(anyhow::Error::msg)?);
+            devices_seen.push(e);
         }
     }
     let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
@@ -157,7 +159,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }))
         }
     };
-    let app = meshwire_northbound::router(ctl);
+    let extra: Option<meshwire_northbound::metrics::Extra> =
+        (!devices_seen.is_empty()).then(|| {
+            let f: meshwire_northbound::metrics::Extra =
+                Arc::new(move || device_metrics(&devices_seen));
+            f
+        });
+    let app = meshwire_northbound::router_with(ctl, extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
@@ -171,6 +179,50 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("meshwire controller stopped");
     Ok(())
+}
+
+/// The in-process eNSMs' device sessions, in the OpenMetrics text format.
+fn device_metrics(ensms: &[meshwire_ensm_adapters::ensm::Ensm]) -> String {
+    let mut out = String::from(
+        "# HELP meshwire_device_reachable Whether the eNSM's NETCONF session to the device is up.\n# TYPE meshwire_device_reachable gauge\n",
+    );
+    for e in ensms {
+        let s = e.status();
+        out.push_str(&format!(
+            "meshwire_device_reachable{{device=\"{}\"}} {}\n",
+            s.device,
+            u8::from(s.reachable)
+        ));
+    }
+    for (name, help, get) in [
+        (
+            "meshwire_device_sessions_opened",
+            "NETCONF sessions opened to the device.",
+            (|s: &meshwire_ensm_adapters::ensm::Status| s.sessions_opened)
+                as fn(&meshwire_ensm_adapters::ensm::Status) -> u64,
+        ),
+        (
+            "meshwire_device_transactions",
+            "NETCONF transactions run on the device.",
+            |s| s.transactions,
+        ),
+        (
+            "meshwire_device_refused",
+            "Transactions the device refused.",
+            |s| s.refused,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for e in ensms {
+            let s = e.status();
+            out.push_str(&format!(
+                "{name}_total{{device=\"{}\"}} {}\n",
+                s.device,
+                get(&s)
+            ));
+        }
+    }
+    out
 }
 
 async fn shutdown() {

@@ -328,8 +328,24 @@ fn nb_events_stream_live_and_resume_from_an_id() {
             .send()
             .await
             .unwrap();
-        let mut tail = String::new();
+                let mut tail = String::new();
         sse_until(&mut q, &mut tail, id).await;
         assert_eq!(sse_ids(&tail), vec![ids[ids.len() - 1]], "{tail}");
+        // The same state in /metrics.
+        let m = http
+            .get(format!("{}/metrics", d.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(m.contains("meshwire_connections{state=\"up\"} 1"), "{m}");
+        assert!(m.contains("meshwire_endpoints{state=\"up\"} 1"), "{m}");
+        assert!(
+            m.contains("meshwire_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/connections\",status=\"2xx\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("meshwire_driver_errors_total 0"), "{m}");
     });
 }

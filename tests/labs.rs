@@ -180,6 +180,17 @@ impl Drop for Lab {
     }
 }
 
+/// A plain HTTP/1.0 GET (no client library in these tests); the response, headers included.
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn lab_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("labs")
@@ -888,6 +899,12 @@ fn nb_lab_firewall_appliance_passes_allowed_traffic_and_drops_the_rest() {
         "--name",
         "clab-firewall-client",
     ]);
+    // The device's session shows in the lab controller's metrics.
+    let metrics = http_get(&lab.url, "/metrics");
+    assert!(
+        metrics.contains("meshwire_device_reachable{device=\"fw1\"} 1"),
+        "{metrics}"
+    );
     // Negotiated with the eNSM: VXLAN with a VNI from the device profile's range, to the
     // device's underlay address.
     let m = &c["hops"][0]["mechanism"];

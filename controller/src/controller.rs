@@ -122,6 +122,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     /// One reconcile round at a time (the periodic one and those an endpoint withdrawal runs).
     reconciling: tokio::sync::Mutex<()>,
+    /// Data-plane operations that failed (apply, remove, repair, heal), for metrics.
+    driver_errors: std::sync::atomic::AtomicU64,
 }
 
 fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -181,6 +183,7 @@ impl Controller {
                 locks: Mutex::default(),
                 events,
                 reconciling: tokio::sync::Mutex::new(()),
+                driver_errors: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -195,6 +198,19 @@ impl Controller {
 
     fn emit(&self, ev: Event) {
         let _ = self.inner.events.send(ev);
+    }
+
+    /// How many data-plane operations have failed since start.
+    pub fn driver_errors(&self) -> u64 {
+        self.inner
+            .driver_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn driver_failed(&self) {
+        self.inner
+            .driver_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -474,6 +490,7 @@ impl Controller {
             return Err(e);
         }
         if let Err(e) = self.inner.driver.apply(&conn).await {
+            self.driver_failed();
             tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
             if let Err(undo) = self.inner.driver.remove(&conn).await {
                 tracing::warn!(connection = %id, error = %undo, "undo of partial wiring failed; reconcile will retry");
@@ -518,6 +535,7 @@ impl Controller {
             .connection(id)
             .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
         if let Err(e) = self.inner.driver.remove(&conn).await {
+            self.driver_failed();
             let msg = e.to_string();
             let updated = self
                 .state()
@@ -738,6 +756,7 @@ impl Controller {
                 Ok(())
             }
             Err(e) => {
+                self.driver_failed();
                 let msg = e.to_string();
                 tracing::warn!(connection = %c.id, error = %msg, "repair failed; retrying next round");
                 let updated = self.state().update(&c.id, |c| c.last_error = Some(msg));
@@ -802,6 +821,7 @@ impl Controller {
             tracing::warn!(connection = %old.id, error = %e, "removing the old wiring failed; continuing");
         }
         if let Err(e) = self.inner.driver.apply(&new).await {
+            self.driver_failed();
             let _ = self.inner.driver.remove(&new).await;
             self.state().unclaim(&new);
             let msg = format!(

@@ -11,6 +11,7 @@
 
 pub mod events;
 pub mod grpc;
+pub mod metrics;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -115,8 +116,31 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The REST router over `ctl`.
 pub fn router(ctl: Controller) -> Router {
+    router_with(ctl, None)
+}
+
+/// The REST router, with extra lines for `/metrics` (what only the binary can see, such as the
+/// eNSMs' device sessions).
+pub fn router_with(ctl: Controller, extra_metrics: Option<metrics::Extra>) -> Router {
     let log = events::EventLog::start(&ctl, 10_000);
+    let m = metrics::Metrics::new(extra_metrics);
+    let scrape = m.clone();
     Router::new()
+        .route(
+            "/metrics",
+            get(move |State(ctl): State<Controller>| {
+                let scrape = scrape.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        scrape.render(&ctl),
+                    )
+                }
+            }),
+        )
         .route(
             "/api/v1/events",
             get(
@@ -160,6 +184,7 @@ pub fn router(ctl: Controller) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(m, metrics::timed))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctl)
 }
