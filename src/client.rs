@@ -17,10 +17,22 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client of the controller at `base`; `MESHWIRE_TOKEN`, when set, is sent as the bearer
+    /// token.
     pub fn new(base: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = std::env::var("MESHWIRE_TOKEN")
+            .ok()
+            .and_then(|t| format!("Bearer {}", t.trim()).parse().ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         Api {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
         }
     }
 

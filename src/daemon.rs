@@ -47,9 +47,63 @@ pub struct Args {
     /// ones: meshwire-appliance, ietf-interfaces).
     #[arg(long = "profile-dir", value_name = "DIR")]
     profile_dirs: Vec<std::path::PathBuf>,
+    /// Bearer tokens with roles (viewer, operator, admin) for the REST API, from a YAML file:
+    /// `tokens: [{name: oss, role: operator, tokenEnv: VAR}, {name: ops, role: admin,
+    /// tokenFile: PATH}]`. Without it the API is open (keep it on loopback then).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<std::path::PathBuf>,
     /// Log filter, e.g. info, debug, meshwire_controller=debug.
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    role: meshwire_northbound::auth::Role,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+/// Reads the token table; secrets come from the environment or files, never from the table.
+fn load_tokens(path: &std::path::Path) -> anyhow::Result<meshwire_northbound::auth::Tokens> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--tokens {}", path.display()))?;
+    let f: TokenFile =
+        serde_yaml::from_str(&text).with_context(|| format!("--tokens {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, t) in f.tokens.into_iter().enumerate() {
+        let at = format!("{}: tokens[{i}] ({})", path.display(), t.name);
+        let secret = match (&t.token_env, &t.token_file) {
+            (Some(v), None) => std::env::var(v)
+                .with_context(|| format!("{at}: environment variable {v} is not set"))?,
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .with_context(|| format!("{at}: {}", p.display()))?
+                .trim()
+                .to_string(),
+            _ => anyhow::bail!("{at}: give exactly one of tokenEnv, tokenFile"),
+        };
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "{at}: a token has at least 16 characters"
+        );
+        out.push(meshwire_northbound::auth::Token {
+            name: t.name,
+            role: t.role,
+            secret,
+        });
+    }
+    anyhow::ensure!(!out.is_empty(), "{}: no tokens", path.display());
+    Ok(meshwire_northbound::auth::Tokens(out))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -57,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_target(false)
         .init();
+    let tokens = args.tokens.as_deref().map(load_tokens).transpose()?;
     let store = meshwire_controller::store::open(&args.store)
         .await
         .with_context(|| format!("opening store {}", args.store))?;
@@ -165,7 +220,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Arc::new(move || device_metrics(&devices_seen));
             f
         });
-    let app = meshwire_northbound::router_with(ctl, extra);
+    if tokens.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the REST API is open on a non-loopback address: give --tokens");
+    }
+    let app = meshwire_northbound::router_with(
+        ctl,
+        meshwire_northbound::Options {
+            extra_metrics: extra,
+            tokens,
+        },
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
@@ -280,7 +344,10 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
     let e = meshwire_ensm_adapters::ensm::Ensm::new(
         device,
         profile,
-        meshwire_ensm_adapters::remote::RestRegistrar::new(&args.controller),
+        meshwire_ensm_adapters::remote::RestRegistrar::new(
+            &args.controller,
+            std::env::var("MESHWIRE_TOKEN").ok(),
+        ),
     );
     e.set_url(&url);
     let health = e.start().await.map_err(anyhow::Error::msg)?;

@@ -349,3 +349,128 @@ fn nb_events_stream_live_and_resume_from_an_id() {
         assert!(m.contains("meshwire_driver_errors_total 0"), "{m}");
     });
 }
+
+#[test]
+fn nb_bearer_tokens_401_without_403_below_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &table,
+        "tokens:\n  - {name: dash, role: viewer, tokenEnv: T_VIEW}\n  - {name: oss, role: operator, tokenEnv: T_OP}\n  - {name: ops, role: admin, tokenEnv: T_ADMIN}\n",
+    )
+    .unwrap();
+    let (view, op, admin) = (
+        "viewer-token-0123456789",
+        "operator-token-0123456789",
+        "admin-token-0123456789",
+    );
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let d = Daemon {
+        child: Command::new(BIN)
+            .args([
+                "controller",
+                "--store",
+                "memory",
+                "--grpc-listen",
+                "off",
+                "--log",
+                "warn",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--tokens")
+            .arg(&table)
+            .env("T_VIEW", view)
+            .env("T_OP", op)
+            .env("T_ADMIN", admin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+        url: url.clone(),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let status = |rb: reqwest::RequestBuilder| async move {
+            let r = rb.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.text().await.unwrap_or_default())
+        };
+        assert_eq!(
+            status(http.get(format!("{url}/healthz"))).await.0,
+            200,
+            "probes stay open"
+        );
+        for path in ["/api/v1/services", "/metrics", "/api/v1/events"] {
+            let (s, body) = status(http.get(format!("{url}{path}"))).await;
+            assert_eq!(s, 401, "{path}: {body}");
+            assert!(body.contains("\"code\":\"unauthorized\""), "{body}");
+        }
+        let (s, _) = status(
+            http.get(format!("{url}/api/v1/services"))
+                .bearer_auth("wrong-token-0123456789"),
+        )
+        .await;
+        assert_eq!(s, 401);
+        let (s, _) = status(http.get(format!("{url}/api/v1/services")).bearer_auth(view)).await;
+        assert_eq!(s, 200);
+        let (s, body) = status(
+            http.post(format!("{url}/api/v1/connections"))
+                .bearer_auth(view)
+                .json(&serde_json::json!({"network_service": "x", "client": {"node": "n"}})),
+        )
+        .await;
+        assert_eq!(s, 403, "{body}");
+        assert!(
+            body.contains("needs role operator; token dash has viewer"),
+            "{body}"
+        );
+        let (s, body) = status(
+            http.post(format!("{url}/api/v1/registry/objects"))
+                .bearer_auth(op)
+                .json(&serde_json::json!([])),
+        )
+        .await;
+        assert_eq!(s, 403, "devices are the admin's: {body}");
+        let (s, body) = status(
+            http.post(format!("{url}/api/v1/registry/objects"))
+                .bearer_auth(admin)
+                .json(&serde_json::json!([])),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    });
+    // The CLI sends MESHWIRE_TOKEN.
+    let vpn = example("vpn-gateway.yaml");
+    let out = Command::new(BIN)
+        .args(["apply", "-f", vpn.to_str().unwrap()])
+        .env("MESHWIRE_CONTROLLER", &d.url)
+        .env("MESHWIRE_TOKEN", op)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["get", "services"])
+        .env("MESHWIRE_CONTROLLER", &d.url)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("bearer token is required")
+    );
+}

@@ -129,11 +129,14 @@ impl Driver for RemoteEnsm {
 pub struct RestRegistrar {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl RestRegistrar {
-    pub fn new(controller: &str) -> Arc<RestRegistrar> {
+    /// `token`: a bearer token (role admin) when the controller requires one.
+    pub fn new(controller: &str, token: Option<String>) -> Arc<RestRegistrar> {
         Arc::new(RestRegistrar {
+            token,
             base: controller.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -142,8 +145,16 @@ impl RestRegistrar {
         })
     }
 
+    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
     async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
-        let resp = rb
+        let resp = self
+            .authed(rb)
             .send()
             .await
             .map_err(|e| format!("{what}: controller {} unreachable: {e}", self.base))?;
@@ -185,8 +196,7 @@ impl Registrar for RestRegistrar {
     }
     async fn request(&self, req: meshwire_models::ConnectionRequest) -> Result<Connection, String> {
         let resp = self
-            .http
-            .post(format!("{}/api/v1/connections", self.base))
+            .authed(self.http.post(format!("{}/api/v1/connections", self.base)))
             .json(&req)
             .send()
             .await
@@ -203,8 +213,10 @@ impl Registrar for RestRegistrar {
     }
     async fn close(&self, id: &str) -> Result<(), String> {
         let resp = self
-            .http
-            .delete(format!("{}/api/v1/connections/{id}", self.base))
+            .authed(
+                self.http
+                    .delete(format!("{}/api/v1/connections/{id}", self.base)),
+            )
             .send()
             .await
             .map_err(|e| format!("close: controller {} unreachable: {e}", self.base))?;

@@ -9,6 +9,7 @@
 //! Layers, outermost first: request tracing, then a body size limit (manifests and requests are
 //! small; a large body is refused before it is read).
 
+pub mod auth;
 pub mod events;
 pub mod grpc;
 pub mod metrics;
@@ -114,18 +115,27 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The REST router over `ctl`.
+/// The REST router over `ctl`, open (no tokens).
 pub fn router(ctl: Controller) -> Router {
-    router_with(ctl, None)
+    router_with(ctl, Options::default())
 }
 
-/// The REST router, with extra lines for `/metrics` (what only the binary can see, such as the
-/// eNSMs' device sessions).
-pub fn router_with(ctl: Controller, extra_metrics: Option<metrics::Extra>) -> Router {
+/// What the binary adds to the router.
+#[derive(Default)]
+pub struct Options {
+    /// Extra lines for `/metrics` (what only the binary sees, such as the eNSMs' sessions).
+    pub extra_metrics: Option<metrics::Extra>,
+    /// Bearer tokens with roles; `None` leaves the API open.
+    pub tokens: Option<auth::Tokens>,
+}
+
+/// The REST router with `opts`.
+pub fn router_with(ctl: Controller, opts: Options) -> Router {
     let log = events::EventLog::start(&ctl, 10_000);
-    let m = metrics::Metrics::new(extra_metrics);
+    let m = metrics::Metrics::new(opts.extra_metrics);
+    let tokens = opts.tokens.map(std::sync::Arc::new);
     let scrape = m.clone();
-    Router::new()
+    let router = Router::new()
         .route(
             "/metrics",
             get(move |State(ctl): State<Controller>| {
@@ -183,7 +193,12 @@ pub fn router_with(ctl: Controller, extra_metrics: Option<metrics::Extra>) -> Ro
                 "no such API path; see /api/v1/...",
             )
         })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    let router = match tokens {
+        Some(t) => router.layer(axum::middleware::from_fn_with_state(t, auth::check)),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn_with_state(m, metrics::timed))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctl)

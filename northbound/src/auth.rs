@@ -1,0 +1,186 @@
+//! Bearer tokens with roles for the REST API: `viewer` reads, `operator` also changes services,
+//! endpoints, topology and connections, `admin` also registers devices and their endpoints'
+//! health (the routes eNSMs use). Without a token table the API is open, as on loopback by
+//! default; with one, every route but `/healthz` and `/readyz` (probes) needs a token: none or
+//! an unknown one is 401, too small a role 403, both as problem documents. Tokens are compared
+//! in constant time and never logged.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::Problem;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// One token: who it is (for logs) and its role.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    pub role: Role,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}, {})", self.name, self.role)
+    }
+}
+
+/// The token table.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(pub Vec<Token>);
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    // Constant time in the content (the length of a secret is not the secret).
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    pub fn find(&self, presented: &str) -> Option<&Token> {
+        let mut found = None;
+        for t in &self.0 {
+            if same(t.secret.as_bytes(), presented.as_bytes()) {
+                found = Some(t);
+            }
+        }
+        found
+    }
+}
+
+/// The role a request needs.
+pub fn required(method: &Method, path: &str) -> Option<Role> {
+    if path == "/healthz" || path == "/readyz" {
+        return None;
+    }
+    let device_admin = path == "/api/v1/registry/objects"
+        || (path.starts_with("/api/v1/endpoints/") && path.ends_with("/status"));
+    Some(match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => Role::Viewer,
+        _ if device_admin => Role::Admin,
+        _ => Role::Operator,
+    })
+}
+
+fn refuse(status: StatusCode, code: &str, detail: String) -> Response {
+    let mut r = Problem::new(status, code, detail).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        if let Ok(v) = "Bearer realm=\"meshwire\"".parse() {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    r
+}
+
+/// Middleware: checks the bearer token against `tokens`.
+pub async fn check(
+    axum::extract::State(tokens): axum::extract::State<Arc<Tokens>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(need) = required(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a bearer token is required (Authorization: Bearer <token>)".into(),
+        );
+    };
+    let Some(t) = tokens.find(presented) else {
+        tracing::warn!(path = %req.uri().path(), "request with an unknown token refused");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown token".into(),
+        );
+    };
+    if t.role < need {
+        tracing::warn!(token = %t.name, role = %t.role, need = %need, path = %req.uri().path(), "request refused: role too small");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} {} needs role {need}; token {} has {}",
+                req.method(),
+                req.uri().path(),
+                t.name,
+                t.role
+            ),
+        );
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_by_method_and_route() {
+        assert_eq!(required(&Method::GET, "/healthz"), None);
+        assert_eq!(required(&Method::GET, "/metrics"), Some(Role::Viewer));
+        assert_eq!(
+            required(&Method::GET, "/api/v1/connections"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            required(&Method::POST, "/api/v1/connections"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required(&Method::DELETE, "/api/v1/connections/x"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required(&Method::POST, "/api/v1/registry/objects"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required(&Method::PUT, "/api/v1/endpoints/fw1/status"),
+            Some(Role::Admin)
+        );
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[test]
+    fn tokens_match_exactly_and_print_no_secret() {
+        let t = Tokens(vec![Token {
+            name: "oss".into(),
+            role: Role::Operator,
+            secret: "s3cret-token".into(),
+        }]);
+        assert_eq!(t.find("s3cret-token").map(|t| t.role), Some(Role::Operator));
+        assert!(t.find("s3cret-toke").is_none() && t.find("s3cret-token ").is_none());
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+}
