@@ -55,21 +55,6 @@ pub struct DeviceFileError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Raw {
-    api_version: String,
-    kind: String,
-    metadata: RawMeta,
-    spec: RawSpec,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMeta {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawSpec {
     profile: String,
     underlay_address: IpAddr,
@@ -272,14 +257,7 @@ impl DeviceFile {
             file: file.clone(),
             reason,
         };
-        let raw: Raw = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
-        if raw.api_version != "meshwire.io/v1" || raw.kind != "EnsmDevice" {
-            return Err(err(format!(
-                "expected apiVersion meshwire.io/v1 and kind EnsmDevice, got {} {}",
-                raw.api_version, raw.kind
-            )));
-        }
-        let name = raw.metadata.name;
+        let (name, s): (String, RawSpec) = crate::doc::parse(text, "EnsmDevice").map_err(err)?;
         if !valid_name(&name) {
             return Err(err(format!(
                 "metadata.name {name:?}: letters, digits, '-', '_', '.' (at most 63)"
@@ -293,7 +271,6 @@ impl DeviceFile {
                 base.join(p)
             }
         };
-        let s = raw.spec;
         let n = s.netconf;
         let secret_env = |field: &str, var: &str| {
             env(var).ok_or_else(|| err(format!("{field}: environment variable {var} is not set")))

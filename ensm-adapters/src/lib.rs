@@ -23,6 +23,7 @@
 //!   endpoints register with.
 
 pub mod device;
+mod doc;
 pub mod ensm;
 pub mod netconf;
 pub mod profile;

@@ -39,21 +39,6 @@ pub struct ProfileError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawProfile {
-    api_version: String,
-    kind: String,
-    metadata: RawMeta,
-    spec: RawSpec,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMeta {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawSpec {
     #[serde(default)]
     description: Option<String>,
@@ -240,15 +225,10 @@ impl Profile {
             file: file.to_string(),
             reason,
         };
-        let raw: RawProfile = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
-        if raw.api_version != "meshwire.io/v1" || raw.kind != "DeviceProfile" {
-            return Err(err(format!(
-                "expected apiVersion meshwire.io/v1 and kind DeviceProfile, got {} {}",
-                raw.api_version, raw.kind
-            )));
-        }
+        let (name, spec): (String, RawSpec) =
+            crate::doc::parse(text, "DeviceProfile").map_err(err)?;
         let mut mechanisms = BTreeMap::new();
-        for (k, m) in raw.spec.mechanisms {
+        for (k, m) in spec.mechanisms {
             let kind: MechanismKind = k
                 .parse()
                 .map_err(|_| err(format!("mechanisms.{k}: not a mechanism")))?;
@@ -296,7 +276,7 @@ impl Profile {
                 },
             );
         }
-        if let Some(inv) = &raw.spec.inventory {
+        if let Some(inv) = &spec.inventory {
             for v in placeholders(&inv.remove).map_err(|e| err(format!("inventory.remove: {e}")))? {
                 if v != "name" {
                     return Err(err(format!(
@@ -323,7 +303,7 @@ impl Profile {
                 }
             }
         }
-        let cross_connect = match raw.spec.cross_connect {
+        let cross_connect = match spec.cross_connect {
             None => None,
             Some(x) => {
                 for (which, t) in [("config", &x.config), ("remove", &x.remove)] {
@@ -353,7 +333,7 @@ impl Profile {
                 })
             }
         };
-        let settle = match raw.spec.commit.as_ref().and_then(|c| c.settle.as_deref()) {
+        let settle = match spec.commit.as_ref().and_then(|c| c.settle.as_deref()) {
             None => std::time::Duration::ZERO,
             Some(t) => {
                 let d = humantime::parse_duration(t)
@@ -370,12 +350,12 @@ impl Profile {
             ));
         }
         Ok(Profile {
-            name: raw.metadata.name,
-            description: raw.spec.description,
-            yang: raw.spec.yang,
-            confirm_timeout: raw.spec.commit.as_ref().and_then(|c| c.confirm_timeout),
+            name,
+            description: spec.description,
+            yang: spec.yang,
+            confirm_timeout: spec.commit.as_ref().and_then(|c| c.confirm_timeout),
             settle,
-            inventory: raw.spec.inventory,
+            inventory: spec.inventory,
             cross_connect,
             mechanisms,
         })
