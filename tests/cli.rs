@@ -34,8 +34,14 @@ fn free_port() -> u16 {
 }
 
 fn daemon(store: &str) -> Daemon {
+    daemon_with(store, &[], &[])
+}
+
+/// A controller on a free port with `extra` arguments and `env`, once it accepts connections
+/// (20 s at most: CI starts many at once right after the build).
+fn daemon_with(store: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     let port = free_port();
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args([
             "controller",
             "--store",
@@ -49,21 +55,27 @@ fn daemon(store: &str) -> Daemon {
             "--grpc-listen",
             "off",
         ])
+        .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let d = Daemon {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    for _ in 0..200 {
+    for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return d;
+            return Daemon {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            };
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("controller exited: {st}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("controller did not start");
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("controller did not start within 20 s");
 }
 
 fn run(d: &Daemon, args: &[&str]) -> Output {
@@ -364,38 +376,12 @@ fn nb_bearer_tokens_401_without_403_below_the_role() {
         "operator-token-0123456789",
         "admin-token-0123456789",
     );
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let d = Daemon {
-        child: Command::new(BIN)
-            .args([
-                "controller",
-                "--store",
-                "memory",
-                "--grpc-listen",
-                "off",
-                "--log",
-                "warn",
-                "--listen",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--tokens")
-            .arg(&table)
-            .env("T_VIEW", view)
-            .env("T_OP", op)
-            .env("T_ADMIN", admin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-        url: url.clone(),
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    let d = daemon_with(
+        "memory",
+        &["--tokens", table.to_str().unwrap()],
+        &[("T_VIEW", view), ("T_OP", op), ("T_ADMIN", admin)],
+    );
+    let url = d.url.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
