@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Peers the tests drive: schemathesis fuzzes the REST API from its OpenAPI document; grpcio-tools
+# builds a Python NSM client from the upstream protos.
+python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5" grpcio-tools
+command -v pyenv >/dev/null && pyenv rehash || true
 export MESHWIRE_REQUIRE_ALL=1   # tests needing etcd fail instead of skipping
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use meshwire_models::labels::format_labels;
-use meshwire_models::{Connection, ConnectionRequest, Manifest, NetworkService, Topology};
+use meshwire_models::{Connection, ConnectionRequest, Manifest, NetworkService, Object, Topology};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -213,7 +213,7 @@ impl Filter {
             q.push(format!("service={s}"));
         }
         if let (true, Some(s)) = (with_selector, &self.selector) {
-            q.push(format!("selector={s}"));
+            q.push(format!("labelSelector={s}"));
         }
         if q.is_empty() {
             String::new()
@@ -223,11 +223,51 @@ impl Filter {
     }
 }
 
+/// Every item of a list resource, following `metadata.continue` page by page.
+async fn list(api: &Api, path: &str) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut cont: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = match &cont {
+            Some(c) => format!("{path}{sep}limit=1000&continue={c}"),
+            None => format!("{path}{sep}limit=1000"),
+        };
+        let page: Value = api.get(&url).await?;
+        if let Some(v) = page["items"].as_array() {
+            items.extend(v.iter().cloned());
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(c) if !c.is_empty() => cont = Some(c.to_string()),
+            _ => return Ok(items),
+        }
+    }
+}
+
+/// The objects of list items (documents), each with its `status`.
+fn objects(items: &[Value]) -> Vec<(Object, Value)> {
+    items
+        .iter()
+        .filter_map(|doc| {
+            let m = Manifest::parse("(api)", &doc.to_string()).ok()?;
+            let o = m.objects.into_iter().next()?;
+            Some((o, doc["status"].clone()))
+        })
+        .collect()
+}
+
 pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyhow::Result<()> {
     match kind {
         Kind::Services => {
-            let v: Vec<NetworkService> = api.get("/api/v1/services").await?;
-            print(&v, output, || {
+            let items = list(api, "/api/v1/services").await?;
+            let v: Vec<NetworkService> = objects(&items)
+                .into_iter()
+                .filter_map(|(o, _)| match o {
+                    Object::NetworkService(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            print(&items, output, || {
                 let mut t = table(&["NAME", "PAYLOAD", "MATCHES"]);
                 for s in &v {
                     t.add_row(vec![
@@ -240,10 +280,8 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
             })
         }
         Kind::Endpoints => {
-            let v: Vec<Value> = api
-                .get(&format!("/api/v1/endpoints{}", filter.query(true)))
-                .await?;
-            print(&v, output, || {
+            let items = list(api, &format!("/api/v1/endpoints{}", filter.query(true))).await?;
+            print(&items, output, || {
                 let mut t = table(&[
                     "NAME",
                     "SERVICES",
@@ -252,10 +290,10 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
                     "CONNECTIONS",
                     "STATUS",
                 ]);
-                for e in &v {
-                    let nse: Result<meshwire_models::NetworkServiceEndpoint, _> =
-                        serde_json::from_value(e.clone());
-                    let Ok(nse) = nse else { continue };
+                for (o, status) in objects(&items) {
+                    let Object::NetworkServiceEndpoint(nse) = o else {
+                        continue;
+                    };
                     let services = nse
                         .network_service_names
                         .iter()
@@ -276,8 +314,8 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
                             .map(|k| k.as_str())
                             .collect::<Vec<_>>()
                             .join(","),
-                        format!("{}{cap}", e["connections"]),
-                        if e["down"].as_bool() == Some(true) {
+                        format!("{}{cap}", status["connections"]),
+                        if status["down"].as_bool() == Some(true) {
                             "down".into()
                         } else {
                             "up".into()
@@ -288,9 +326,11 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
             })
         }
         Kind::Connections => {
-            let v: Vec<Connection> = api
-                .get(&format!("/api/v1/connections{}", filter.query(false)))
-                .await?;
+            let items = list(api, &format!("/api/v1/connections{}", filter.query(false))).await?;
+            let v: Vec<Connection> = items
+                .iter()
+                .filter_map(|c| serde_json::from_value(c.clone()).ok())
+                .collect();
             print(&v, output, || {
                 let mut t = table(&CONN_HEADER);
                 connection_rows(&mut t, &v);

@@ -1240,7 +1240,9 @@ fn nb_lab_down_takes_only_its_own_namespaces_when_names_share_a_prefix() {
 }
 
 /// Through the NSM-compatible gRPC API: a client built from the NSM v1 protos (tonic) requests
-/// the seed's VPN service for a workload of the lab, gets a working connection, and closes it.
+/// the seed's VPN service for a workload of the lab, gets a working connection, and closes it;
+/// then a Python client with stubs generated from the upstream protos does the same (registry
+/// Find, Request, traffic, Close).
 #[test]
 fn nb_lab_vpn_gateway_over_the_nsm_grpc_api() {
     use meshwire_northbound::grpc::pb::{connection as c, networkservice as ns};
@@ -1256,7 +1258,7 @@ fn nb_lab_vpn_gateway_over_the_nsm_grpc_api() {
         .unwrap();
     let mut nsc = rt
         .block_on(ns::network_service_client::NetworkServiceClient::connect(
-            url,
+            url.clone(),
         ))
         .unwrap();
     let req = ns::NetworkServiceRequest {
@@ -1294,5 +1296,89 @@ fn nb_lab_vpn_gateway_over_the_nsm_grpc_api() {
     let links = String::from_utf8(lab.exec("client", &["ip", "-br", "link"]).stdout).unwrap();
     assert!(links.contains("nsm-grpc"), "{links}");
     rt.block_on(nsc.close(conn)).unwrap();
+    assert!(!lab.ping("client", "10.60.0.10"));
+
+    // Then a client that was not written against our code: Python stubs that grpcio-tools
+    // generates from the upstream networkservicemesh/api protos (tests/interop/nsm-api).
+    upstream_python_client(&lab, url.trim().trim_start_matches("http://"));
+}
+
+fn upstream_python_client(lab: &Lab, target: &str) {
+    let have = Command::new("python3")
+        .args(["-c", "import grpc_tools, grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        if std::env::var("MESHWIRE_REQUIRE_ALL").is_ok() {
+            panic!("grpcio-tools is required: python3 -m pip install grpcio-tools");
+        }
+        return eprintln!("SKIP: grpcio-tools not installed");
+    }
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let stubs = tempfile::tempdir().unwrap();
+    let protos = here.join("nsm-api");
+    let gen = Command::new("python3")
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", protos.display()))
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .args(
+            [
+                "connection.proto",
+                "connectioncontext.proto",
+                "networkservice.proto",
+                "registry.proto",
+            ]
+            .map(|f| protos.join(f)),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let client = |args: &[&str]| {
+        let out = Command::new("python3")
+            .arg(here.join("nsm_client.py"))
+            .arg(stubs.path())
+            .arg(target)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nsm_client.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let conn = client(&[
+        "request",
+        "secure-intranet-connectivity",
+        "worker",
+        "clab-vpn-gateway-client",
+        "nsm-py",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&conn).unwrap();
+    assert_eq!(v["mechanism"]["type"], "KERNEL", "{v}");
+    assert_eq!(v["mechanism"]["parameters"]["name"], "nsm-py", "{v}");
+    assert!(
+        v["_registry"]["endpoints"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+    assert!(
+        v["context"]["ip_context"]["src_ip_addrs"][0].is_string(),
+        "{v}"
+    );
+    assert!(
+        lab.ping("client", "10.60.0.10"),
+        "the Python client's workload reaches corp through the gateway"
+    );
+    let file = stubs.path().join("conn.json");
+    std::fs::write(&file, conn).unwrap();
+    assert_eq!(client(&["close", file.to_str().unwrap()]).trim(), "closed");
     assert!(!lab.ping("client", "10.60.0.10"));
 }

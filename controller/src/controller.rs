@@ -105,6 +105,19 @@ pub struct ConnectionFilter {
     pub endpoint: Option<String>,
 }
 
+/// What an object write expects of the stored object ([`Controller::put_object`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there.
+    Any,
+    /// Only create (`If-None-Match: *`, or a POST).
+    Absent,
+    /// Only replace (`If-Match: *`).
+    Exists,
+    /// Only when the stored object's [`Object::etag`] is one of these (`If-Match`).
+    Matches(Vec<String>),
+}
+
 #[derive(Clone)]
 pub struct Controller {
     inner: Arc<Inner>,
@@ -122,6 +135,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     /// One reconcile round at a time (the periodic one and those an endpoint withdrawal runs).
     reconciling: tokio::sync::Mutex<()>,
+    /// One object write at a time, so a conditional write sees what it replaces.
+    writes: tokio::sync::Mutex<()>,
     /// Data-plane operations that failed (apply, remove, repair, heal), for metrics.
     driver_errors: std::sync::atomic::AtomicU64,
 }
@@ -183,6 +198,7 @@ impl Controller {
                 locks: Mutex::default(),
                 events,
                 reconciling: tokio::sync::Mutex::new(()),
+                writes: tokio::sync::Mutex::new(()),
                 driver_errors: std::sync::atomic::AtomicU64::new(0),
             }),
         })
@@ -273,6 +289,11 @@ impl Controller {
     }
 
     async fn apply_objects(&self, manifest: Manifest) -> Result<Vec<Applied>, ControllerError> {
+        let _w = self.inner.writes.lock().await;
+        self.apply_locked(manifest).await
+    }
+
+    async fn apply_locked(&self, manifest: Manifest) -> Result<Vec<Applied>, ControllerError> {
         let mut out = Vec::new();
         for obj in manifest.objects {
             let key = obj.key();
@@ -311,6 +332,11 @@ impl Controller {
     }
 
     async fn delete_objects(&self, keys: &[ObjectKey]) -> Result<Vec<Applied>, ControllerError> {
+        let _w = self.inner.writes.lock().await;
+        self.delete_locked(keys).await
+    }
+
+    async fn delete_locked(&self, keys: &[ObjectKey]) -> Result<Vec<Applied>, ControllerError> {
         let mut out = Vec::new();
         for key in keys {
             self.state().remove(key)?;
@@ -329,6 +355,91 @@ impl Controller {
             });
         }
         Ok(out)
+    }
+
+    /// The object stored under `key`.
+    pub fn object(&self, key: &ObjectKey) -> Option<Object> {
+        self.state().object(key)
+    }
+
+    /// Every object of `kind`, by name.
+    pub fn objects(&self, kind: meshwire_models::ObjectKind) -> Vec<Object> {
+        self.state().objects(kind)
+    }
+
+    /// Writes one object if `cond` holds for what is stored now (checked and written under the
+    /// write lock, so two conditional writers cannot both win). Returns the change.
+    pub async fn put_object(
+        &self,
+        obj: Object,
+        cond: Precondition,
+    ) -> Result<Applied, ControllerError> {
+        let key = obj.key();
+        let topo = is_topology(key.kind);
+        let out = {
+            let _w = self.inner.writes.lock().await;
+            self.check(&key, &cond)?;
+            self.apply_locked(Manifest {
+                objects: vec![obj],
+                warnings: vec![],
+            })
+            .await
+        };
+        if topo {
+            self.push_topology().await;
+        }
+        out?.pop().ok_or(ControllerError::NotFound {
+            key: key.to_string(),
+        })
+    }
+
+    /// Deletes one object if `cond` holds (see [`Controller::put_object`]).
+    pub async fn delete_object(
+        &self,
+        key: &ObjectKey,
+        cond: Precondition,
+    ) -> Result<(), ControllerError> {
+        let out = {
+            let _w = self.inner.writes.lock().await;
+            self.check(key, &cond)?;
+            if self.object(key).is_none() {
+                return Err(ControllerError::NotFound {
+                    key: key.to_string(),
+                });
+            }
+            self.delete_locked(std::slice::from_ref(key)).await
+        };
+        if is_topology(key.kind) {
+            self.push_topology().await;
+        }
+        out.map(|_| ())
+    }
+
+    fn check(&self, key: &ObjectKey, cond: &Precondition) -> Result<(), ControllerError> {
+        let current = self.object(key).map(|o| o.etag());
+        match (cond, current) {
+            (Precondition::Any, _) | (Precondition::Absent, None) => Ok(()),
+            (Precondition::Absent, Some(_)) => Err(ControllerError::AlreadyExists {
+                key: key.to_string(),
+            }),
+            (Precondition::Exists, None) | (Precondition::Matches(_), None) => {
+                Err(ControllerError::NotFound {
+                    key: key.to_string(),
+                })
+            }
+            (Precondition::Exists, Some(_)) => Ok(()),
+            (Precondition::Matches(want), Some(have)) => {
+                if want.contains(&have) {
+                    Ok(())
+                } else {
+                    Err(ControllerError::PreconditionFailed {
+                        key: key.to_string(),
+                        expected: want.join(" or "),
+                        actual: have,
+                    })
+                }
+            }
+        }
     }
 
     pub fn services(&self) -> Vec<NetworkService> {

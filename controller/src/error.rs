@@ -40,6 +40,14 @@ pub enum ControllerError {
         count: usize,
         first: String,
     },
+    #[error("{key} already exists; PUT it to replace it")]
+    AlreadyExists { key: String },
+    #[error("{key} has changed: it is at version {actual}, the request expected {expected}; read it again")]
+    PreconditionFailed {
+        key: String,
+        expected: String,
+        actual: String,
+    },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("data plane refused connection {connection}: {source}")]
@@ -69,6 +77,8 @@ impl ControllerError {
             ControllerError::PoolExhausted { .. } => "pool-exhausted",
             ControllerError::NoCapableEndpoint { .. } => "no-capable-endpoint",
             ControllerError::InUse { .. } => "in-use",
+            ControllerError::AlreadyExists { .. } => "already-exists",
+            ControllerError::PreconditionFailed { .. } => "precondition-failed",
             ControllerError::Invalid(_) => "invalid",
             ControllerError::Driver { .. } => "driver",
             ControllerError::Store(_) => "store",

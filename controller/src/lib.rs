@@ -24,7 +24,9 @@ pub mod state;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use controller::{Applied, ConnectionFilter, Controller, EndpointView, Event, ReconcileReport};
+pub use controller::{
+    Applied, ConnectionFilter, Controller, EndpointView, Event, Precondition, ReconcileReport,
+};
 pub use driver::{
     Dataplanes, Driver, DriverError, Health, NullDriver, Observation, RecordingDriver,
 };

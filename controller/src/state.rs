@@ -232,6 +232,61 @@ impl State {
         }
     }
 
+    /// The object under `key`, as applied.
+    pub fn object(&self, key: &ObjectKey) -> Option<Object> {
+        let n = &key.name;
+        match key.kind {
+            ObjectKind::NetworkService => self.services.get(n).cloned().map(Object::NetworkService),
+            ObjectKind::NetworkServiceEndpoint => self
+                .endpoints
+                .get(n)
+                .map(|e| Object::NetworkServiceEndpoint(e.nse.clone())),
+            ObjectKind::Node => self.topology.nodes.get(n).cloned().map(Object::Node),
+            ObjectKind::Device => self.topology.devices.get(n).cloned().map(Object::Device),
+            ObjectKind::Link => self.topology.links.get(n).cloned().map(Object::Link),
+        }
+    }
+
+    /// Every object of `kind`, sorted by name.
+    pub fn objects(&self, kind: ObjectKind) -> Vec<Object> {
+        let mut v: Vec<Object> = match kind {
+            ObjectKind::NetworkService => self
+                .services
+                .values()
+                .cloned()
+                .map(Object::NetworkService)
+                .collect(),
+            ObjectKind::NetworkServiceEndpoint => self
+                .endpoints
+                .values()
+                .map(|e| Object::NetworkServiceEndpoint(e.nse.clone()))
+                .collect(),
+            ObjectKind::Node => self
+                .topology
+                .nodes
+                .values()
+                .cloned()
+                .map(Object::Node)
+                .collect(),
+            ObjectKind::Device => self
+                .topology
+                .devices
+                .values()
+                .cloned()
+                .map(Object::Device)
+                .collect(),
+            ObjectKind::Link => self
+                .topology
+                .links
+                .values()
+                .cloned()
+                .map(Object::Link)
+                .collect(),
+        };
+        v.sort_by(|a, b| a.key().name.cmp(&b.key().name));
+        v
+    }
+
     pub fn services(&self) -> Vec<&NetworkService> {
         let mut v: Vec<_> = self.services.values().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

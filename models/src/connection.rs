@@ -18,6 +18,7 @@ use crate::mechanism::{Mechanism, MechanismKind};
 use crate::service::Payload;
 
 /// Who asks: a workload on a node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClientRef {
     /// The node the client runs on.
@@ -34,6 +35,7 @@ impl ClientRef {
 }
 
 /// A request for a network service.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionRequest {
     pub network_service: String,
@@ -50,12 +52,14 @@ pub struct ConnectionRequest {
     pub interface: Option<String>,
     /// Prefixes already in use at the client; no address is allocated from them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub excluded_prefixes: Vec<IpNet>,
 }
 
 /// Where the two ends of a connection live on the data plane: network namespaces, when hosts and
 /// workloads are emulated by them (labs), `None` for the driver's own namespace. Resolved by the
 /// controller from the topology and the endpoint's location, so drivers need nothing else.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Placement {
     /// The client workload's namespace.
@@ -82,6 +86,7 @@ pub struct Placement {
 }
 
 /// A vertex a connection passes through.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathSegment {
     /// Node or device name.
@@ -93,6 +98,7 @@ pub struct PathSegment {
 
 /// One programmed hop and the mechanism on it. Tunnels (VXLAN, GRE) are one hop from the client's
 /// node to the endpoint's, riding the underlay path; MPLS and VLAN have one hop per link.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {
     pub from: String,
@@ -103,21 +109,27 @@ pub struct Hop {
 }
 
 /// A route given to one side of a connection.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub prefix: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub next_hop: Option<IpAddr>,
 }
 
 /// Addresses and routes of both sides (NSM `IPContext`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct IpContext {
     /// The client's addresses (with prefix length).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub src_ip_addrs: Vec<IpNet>,
     /// The endpoint's addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub dst_ip_addrs: Vec<IpNet>,
     /// Routes installed in the client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -126,10 +138,12 @@ pub struct IpContext {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dst_routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub excluded_prefixes: Vec<IpNet>,
 }
 
 /// Lifecycle of a connection.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionState {
@@ -213,6 +227,7 @@ pub struct StateError {
 }
 
 /// A connection between a client and an endpoint.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     pub id: String,
@@ -234,6 +249,7 @@ pub struct Connection {
     pub ip_context: IpContext,
     /// The prefix the addresses were taken from (to give them back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub address_pool: Option<IpNet>,
     /// Usable MTU inside the connection (path MTU less encapsulation).
     pub mtu: u32,

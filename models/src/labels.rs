@@ -156,6 +156,20 @@ pub fn format_labels(labels: &Labels) -> String {
         .join(",")
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Labels {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .description(Some("Labels: names to string values."))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Labels {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! every error names the file, the document, the object, the field and the rule broken.
 
 pub mod connection;
+pub mod document;
 pub mod endpoint;
 pub mod labels;
 pub mod manifest;

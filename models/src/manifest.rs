@@ -641,41 +641,51 @@ struct RawMeta {
     labels: Option<Labels>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
-struct RawServiceSpec {
+pub struct RawServiceSpec {
     payload: Option<Payload>,
     matches: Option<Vec<RawMatch>>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     extra: BTreeMap<String, Value>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMatch {
+pub struct RawMatch {
     #[serde(default, deserialize_with = "lenient_labels")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, String>>))]
     source_selector: Option<Labels>,
     routes: Option<Vec<RawDestination>>,
     fallthrough: Option<bool>,
     metadata: Option<RawMatchMeta>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
-struct RawMatchMeta {
+pub struct RawMatchMeta {
     #[serde(default, deserialize_with = "lenient_labels")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, String>>))]
     labels: Option<Labels>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDestination {
+pub struct RawDestination {
     #[serde(default, deserialize_with = "lenient_labels")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, String>>))]
     destination_selector: Option<Labels>,
     weight: Option<u32>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
-struct RawEndpointSpec {
+pub struct RawEndpointSpec {
     network_service_names: Option<Vec<String>>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, RawServiceLabels>>))]
     network_service_labels: Option<BTreeMap<String, Option<RawServiceLabels>>>,
     url: Option<String>,
     expiration_time: Option<String>,
@@ -689,44 +699,51 @@ struct RawEndpointSpec {
     interface: Option<String>,
     bridge: Option<String>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     extra: BTreeMap<String, Value>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
-struct RawServiceLabels {
+pub struct RawServiceLabels {
     #[serde(default, deserialize_with = "lenient_labels")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, String>>))]
     labels: Option<Labels>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLocation {
+pub struct RawLocation {
     node: Option<String>,
     netns: Option<String>,
     device: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawNodeSpec {
+pub struct RawNodeSpec {
     forwarder: Option<ForwarderKind>,
     underlay_address: Option<String>,
     netns: Option<String>,
     ovsdb: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawDeviceSpec {
+pub struct RawDeviceSpec {
     kind: Option<String>,
     address: Option<String>,
     underlay_address: Option<String>,
     mechanisms: Option<Capabilities>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawLinkSpec {
+pub struct RawLinkSpec {
     endpoints: Option<Vec<String>>,
     addresses: Option<Vec<String>>,
     mtu: Option<u32>,

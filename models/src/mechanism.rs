@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// The kinds of mechanism Meshwire negotiates, in NSM's vocabulary.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MechanismKind {
@@ -94,6 +95,7 @@ impl std::str::FromStr for MechanismKind {
 }
 
 /// An inclusive range of numbers (VNIs, keys, labels, VLAN ids).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
     pub start: u32,
@@ -145,6 +147,7 @@ pub mod limits {
 
 /// What an endpoint (or a node's forwarder) supports, with the ranges it accepts.
 /// A mechanism that is `None` is not supported.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Capabilities {
@@ -164,10 +167,12 @@ pub struct Capabilities {
     pub sriov_vf: Option<KernelCap>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct KernelCap {}
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VxlanCap {
@@ -177,6 +182,7 @@ pub struct VxlanCap {
     pub port: u16,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GreCap {
@@ -184,6 +190,7 @@ pub struct GreCap {
     pub key_range: Range,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MplsCap {
@@ -191,6 +198,7 @@ pub struct MplsCap {
     pub label_range: Range,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VlanCap {
@@ -343,6 +351,7 @@ impl Capabilities {
 }
 
 /// A negotiated mechanism with its parameters, as programmed on a hop.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Mechanism {
@@ -356,13 +365,17 @@ pub enum Mechanism {
     },
     Vxlan {
         vni: u32,
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         src_ip: IpAddr,
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         dst_ip: IpAddr,
         port: u16,
     },
     Gre {
         key: u32,
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         src_ip: IpAddr,
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         dst_ip: IpAddr,
     },
     /// `label_out` is pushed towards the endpoint, `label_in` towards the client.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::labels::Labels;
 
 /// What a service carries: IP packets or Ethernet frames (NSM `payload.IP` / `payload.ETHERNET`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum Payload {
     #[default]

@@ -11,6 +11,7 @@ use crate::labels::Labels;
 use crate::mechanism::{Capabilities, MechanismKind};
 
 /// The forwarder that wires connections on a node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwarderKind {

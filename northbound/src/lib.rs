@@ -12,7 +12,10 @@
 pub mod auth;
 pub mod events;
 pub mod grpc;
+pub mod idempotency;
 pub mod metrics;
+pub mod objects;
+pub mod openapi;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -66,6 +69,8 @@ impl From<ControllerError> for Problem {
             | NoPath { .. }
             | NoCapableEndpoint { .. }
             | Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AlreadyExists { .. } => StatusCode::CONFLICT,
+            PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             NoCapacity { .. } | PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InUse { .. } => StatusCode::CONFLICT,
             Driver { .. } => StatusCode::BAD_GATEWAY,
@@ -115,6 +120,41 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A query string, refused as a problem document (not axum's plain text) when it does not fit.
+pub struct Q<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| Q(q))
+            .map_err(|e| {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e.body_text()).into()
+            })
+    }
+}
+
+/// A JSON request body, refused as a problem document naming the field when it does not fit.
+fn json_body<T: serde::de::DeserializeOwned>(what: &str, body: &Bytes) -> ApiResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let mut p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            format!("{what}: {}", e.inner()),
+        );
+        if path != "." {
+            p.field = Some(path);
+        }
+        p.into()
+    })
+}
+
 /// The REST router over `ctl`, open (no tokens).
 pub fn router(ctl: Controller) -> Router {
     router_with(ctl, Options::default())
@@ -154,7 +194,7 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
         .route(
             "/api/v1/events",
             get(
-                move |headers: axum::http::HeaderMap, Query(q): Query<EventsQuery>| {
+                move |headers: axum::http::HeaderMap, Q(q): Q<EventsQuery>| {
                     let log = log.clone();
                     async move {
                         let from_header = headers
@@ -172,8 +212,6 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
             "/api/v1/manifests",
             post(apply_manifest).delete(delete_manifest),
         )
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/endpoints", get(endpoints))
         .route("/api/v1/endpoints/{name}/status", put(endpoint_status))
         .route("/api/v1/registry/objects", post(register_objects))
         .route("/api/v1/topology", get(topology))
@@ -185,7 +223,10 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
         .route(
             "/api/v1/connections/{id}",
             get(get_connection).delete(close_connection),
-        )
+        );
+    let api_doc = openapi::document();
+    let router = objects::routes(router)
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", api_doc))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -193,7 +234,11 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
                 "no such API path; see /api/v1/...",
             )
         })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            idempotency::Keys::default(),
+            idempotency::layer,
+        ));
     let router = match tokens {
         Some(t) => router.layer(axum::middleware::from_fn_with_state(t, auth::check)),
         None => router,
@@ -225,11 +270,20 @@ fn parse_manifest(q: &FileQuery, body: &Bytes) -> ApiResult<Manifest> {
             format!("{file}: not UTF-8 text"),
         )
     })?;
-    Ok(Manifest::parse(file, text).map_err(|e| {
+    let m = Manifest::parse(file, text).map_err(|e| {
         let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-manifest", e.to_string());
         p.field = Some(e.field.clone());
         p
-    })?)
+    })?;
+    if m.objects.is_empty() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-manifest",
+            format!("{file}: no documents"),
+        )
+        .into());
+    }
+    Ok(m)
 }
 
 #[derive(Serialize)]
@@ -241,7 +295,7 @@ struct ApplyResult {
 
 async fn apply_manifest(
     State(ctl): State<Controller>,
-    Query(q): Query<FileQuery>,
+    Q(q): Q<FileQuery>,
     body: Bytes,
 ) -> ApiResult<Json<ApplyResult>> {
     let m = parse_manifest(&q, &body)?;
@@ -254,7 +308,7 @@ async fn apply_manifest(
 
 async fn delete_manifest(
     State(ctl): State<Controller>,
-    Query(q): Query<FileQuery>,
+    Q(q): Q<FileQuery>,
     body: Bytes,
 ) -> ApiResult<Json<ApplyResult>> {
     let m = parse_manifest(&q, &body)?;
@@ -264,38 +318,6 @@ async fn delete_manifest(
         applied: ctl.delete(&keys).await?,
         warnings: vec![],
     }))
-}
-
-async fn services(State(ctl): State<Controller>) -> Json<Vec<meshwire_models::NetworkService>> {
-    Json(ctl.services())
-}
-
-#[derive(Deserialize)]
-struct EndpointQuery {
-    service: Option<String>,
-    /// `k=v,k2=v2`: endpoints whose labels contain all of them.
-    selector: Option<String>,
-}
-
-async fn endpoints(
-    State(ctl): State<Controller>,
-    Query(q): Query<EndpointQuery>,
-) -> ApiResult<Json<Vec<meshwire_controller::EndpointView>>> {
-    let mut selector = meshwire_models::Labels::new();
-    for part in q
-        .selector
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = meshwire_models::labels::parse_label(part).map_err(|e| {
-            let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e);
-            p.field = Some("selector".into());
-            p
-        })?;
-        selector.insert(k, v);
-    }
-    Ok(Json(ctl.find_endpoints(q.service.as_deref(), &selector)))
 }
 
 /// `?since=ID`: resume after event ID (as the `Last-Event-ID` header does).
@@ -315,8 +337,9 @@ struct EndpointStatus {
 async fn endpoint_status(
     State(ctl): State<Controller>,
     Path(name): Path<String>,
-    Json(s): Json<EndpointStatus>,
+    body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let s: EndpointStatus = json_body("endpoint status", &body)?;
     let changed = ctl.set_endpoint_down(&name, s.down, &s.reason).await?;
     Ok(Json(
         serde_json::json!({"endpoint": name, "down": s.down, "changed": changed}),
@@ -326,8 +349,9 @@ async fn endpoint_status(
 /// Registration by eNSMs: objects in the controller's own JSON form.
 async fn register_objects(
     State(ctl): State<Controller>,
-    Json(objects): Json<Vec<meshwire_models::Object>>,
+    body: Bytes,
 ) -> ApiResult<Json<Vec<meshwire_controller::Applied>>> {
+    let objects: Vec<meshwire_models::Object> = json_body("objects", &body)?;
     Ok(Json(
         ctl.apply(meshwire_models::Manifest {
             objects,
@@ -345,31 +369,45 @@ async fn resources(State(ctl): State<Controller>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "pools": ctl.pool_usage(), "connections": ctl.connection_count() }))
 }
 
-#[derive(Deserialize)]
-struct ConnQuery {
-    service: Option<String>,
-    node: Option<String>,
-    state: Option<String>,
-    endpoint: Option<String>,
-}
-
 async fn list_connections(
     State(ctl): State<Controller>,
-    Query(q): Query<ConnQuery>,
-) -> ApiResult<Json<Vec<meshwire_models::Connection>>> {
-    let state = match q.state {
+    Q(q): Q<objects::ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let state = match &q.state {
         None => None,
-        Some(s) => Some(s.parse::<ConnectionState>().map_err(|e| {
-            let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e);
-            p.field = Some("state".into());
-            p
-        })?),
+        Some(s) => Some(
+            s.parse::<ConnectionState>()
+                .map_err(|e| objects::invalid_query("state", e))?,
+        ),
     };
-    Ok(Json(ctl.connections(&ConnectionFilter {
-        service: q.service,
-        node: q.node,
-        state,
-        endpoint: q.endpoint,
+    let sel = objects::selector(&q)?;
+    let (limit, after) = (q.limit()?, q.after()?);
+    let conns: Vec<_> = ctl
+        .connections(&ConnectionFilter {
+            service: q.service.clone(),
+            node: q.node.clone(),
+            state,
+            endpoint: q.endpoint.clone(),
+        })
+        .into_iter()
+        .filter(|c| sel.matches(&c.labels))
+        .collect();
+    // Sorted by creation time, then id: a fixed-width key keeps that order as strings.
+    let (items, next) = objects::page(
+        conns,
+        |c| format!("{:020}/{}", c.created_at_ms, c.id),
+        after,
+        limit,
+    );
+    let mut metadata = serde_json::Map::new();
+    if let Some(n) = next {
+        metadata.insert("continue".into(), serde_json::Value::String(n));
+    }
+    Ok(Json(serde_json::json!({
+        "apiVersion": "meshwire.io/v1",
+        "kind": "ConnectionList",
+        "metadata": metadata,
+        "items": items,
     })))
 }
 
@@ -386,13 +424,7 @@ async fn request_connection(
     State(ctl): State<Controller>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<meshwire_models::Connection>)> {
-    let req: ConnectionRequest = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            format!("connection request: {e}"),
-        )
-    })?;
+    let req: ConnectionRequest = json_body("connection request", &body)?;
     Ok((StatusCode::CREATED, Json(ctl.request(req).await?)))
 }
 
@@ -481,12 +513,21 @@ mod tests {
         assert_eq!(v["detail"], "bad.yaml: document 1: metadata.name: required");
         assert_eq!(v["field"], "metadata.name");
 
-        let (_, v, _) = call(&app, "GET", "/api/v1/endpoints?service=s&selector=", "").await;
-        assert_eq!(v.as_array().unwrap().len(), 1);
-        let (_, v, _) = call(&app, "GET", "/api/v1/endpoints?selector=app=nope", "").await;
-        assert_eq!(v.as_array().unwrap().len(), 0);
-        let (st, _, _) = call(&app, "GET", "/api/v1/endpoints?selector=novalue", "").await;
-        assert_eq!(st, StatusCode::BAD_REQUEST);
+        let (_, v, _) = call(
+            &app,
+            "GET",
+            "/api/v1/endpoints?service=s&labelSelector=",
+            "",
+        )
+        .await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 1);
+        let (_, v, _) = call(&app, "GET", "/api/v1/endpoints?labelSelector=app=nope", "").await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 0);
+        let (st, v, _) = call(&app, "GET", "/api/v1/endpoints?labelSelector==x", "").await;
+        assert_eq!(
+            (st, v["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("labelSelector"))
+        );
 
         let (st, c, _) = call(
             &app,
@@ -498,7 +539,10 @@ mod tests {
         assert_eq!(st, StatusCode::CREATED, "{c}");
         let id = c["id"].as_str().unwrap();
         let (st, list, _) = call(&app, "GET", "/api/v1/connections?state=up&service=s", "").await;
-        assert_eq!((st, list.as_array().unwrap().len()), (StatusCode::OK, 1));
+        assert_eq!(
+            (st, list["items"].as_array().unwrap().len()),
+            (StatusCode::OK, 1)
+        );
         let (st, v, _) = call(&app, "GET", "/api/v1/connections?state=sideways", "").await;
         assert_eq!(
             (st, v["field"].as_str()),

@@ -1,0 +1,197 @@
+//! Idempotent creates: a `POST` carrying `Idempotency-Key` is done once; a retry with the same
+//! key and body gets the first answer again (with `Idempotent-Replayed: true`), a retry while the
+//! first is still running gets 409, and the same key with a different body gets 422.
+//!
+//! Keys are remembered for [`TTL`], at most [`CAPACITY`] of them (the oldest go first), per
+//! caller (the `Authorization` header) and path. Answers of 5xx are not remembered, so a retry
+//! after a server error runs again. The memory is the controller process's: a restart forgets it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::Problem;
+
+pub const HEADER: &str = "idempotency-key";
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
+pub const CAPACITY: usize = 10_000;
+
+#[derive(Clone)]
+enum Entry {
+    Running,
+    Done {
+        body: u64,
+        status: StatusCode,
+        headers: HeaderMap,
+        bytes: Bytes,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<(u64, String), (Instant, Entry)>,
+    order: VecDeque<(Instant, (u64, String))>,
+}
+
+/// The remembered keys.
+#[derive(Clone, Default)]
+pub struct Keys(Arc<Mutex<Inner>>);
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl Keys {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expire(inner: &mut Inner, now: Instant) {
+        while let Some((at, k)) = inner.order.front().cloned() {
+            if now.duration_since(at) < TTL && inner.order.len() <= CAPACITY {
+                break;
+            }
+            inner.order.pop_front();
+            if inner.entries.get(&k).is_some_and(|(t, _)| *t == at) {
+                inner.entries.remove(&k);
+            }
+        }
+    }
+}
+
+fn problem(status: StatusCode, code: &str, detail: String) -> Response {
+    let mut p = Problem::new(status, code, detail);
+    p.field = Some("Idempotency-Key".into());
+    p.into_response()
+}
+
+struct Running {
+    keys: Keys,
+    id: (u64, String),
+    armed: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.armed {
+            self.keys.lock().entries.remove(&self.id);
+        }
+    }
+}
+
+/// The middleware.
+pub async fn layer(State(keys): State<Keys>, req: Request, next: Next) -> Response {
+    let Some(key) = req.headers().get(HEADER).cloned() else {
+        return next.run(req).await;
+    };
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let key = match key.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-header",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+            )
+        }
+    };
+    let caller = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| hash(v.as_bytes()))
+        .unwrap_or(0);
+    let id = (caller, format!("{} {key}", req.uri().path()));
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, crate::BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("request body over {} bytes", crate::BODY_LIMIT),
+            )
+            .into_response()
+        }
+    };
+    let body_hash = hash(&bytes);
+    let now = Instant::now();
+    {
+        let mut inner = keys.lock();
+        Keys::expire(&mut inner, now);
+        match inner.entries.get(&id).map(|(_, e)| e.clone()) {
+            Some(Entry::Running) => {
+                return problem(
+                    StatusCode::CONFLICT,
+                    "idempotency-key-in-use",
+                    format!(
+                    "a request with Idempotency-Key {key:?} is still being processed; retry later"
+                ),
+                )
+            }
+            Some(Entry::Done { body, .. }) if body != body_hash => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    format!("Idempotency-Key {key:?} was used for a different request body"),
+                )
+            }
+            Some(Entry::Done {
+                status,
+                headers,
+                bytes,
+                ..
+            }) => {
+                let mut resp = (status, bytes).into_response();
+                *resp.headers_mut() = headers;
+                resp.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return resp;
+            }
+            None => {
+                inner.entries.insert(id.clone(), (now, Entry::Running));
+                inner.order.push_back((now, id.clone()));
+            }
+        }
+    }
+    // A request cancelled mid-way (the client went away) must not hold its key forever.
+    let mut guard = Running {
+        keys: keys.clone(),
+        id: id.clone(),
+        armed: true,
+    };
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    guard.armed = false;
+    let (parts, body) = resp.into_parts();
+    let out = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    {
+        let mut inner = keys.lock();
+        if parts.status.is_server_error() {
+            inner.entries.remove(&id);
+        } else if let Some((_, e)) = inner.entries.get_mut(&id) {
+            *e = Entry::Done {
+                body: body_hash,
+                status: parts.status,
+                headers: parts.headers.clone(),
+                bytes: out.clone(),
+            };
+        }
+    }
+    Response::from_parts(parts, Body::from(out))
+}
