@@ -18,7 +18,7 @@ pub struct Api {
 
 impl Api {
     /// A client of the controller at `base`; `MESHWIRE_TOKEN`, when set, is sent as the bearer
-    /// token.
+    /// token, and `MESHWIRE_CA_CERT` (a PEM file) is trusted for an https controller.
     pub fn new(base: &str) -> Api {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(v) = std::env::var("MESHWIRE_TOKEN")
@@ -29,10 +29,17 @@ impl Api {
         }
         Api {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap_or_default(),
+            http: {
+                let mut b = reqwest::Client::builder().default_headers(headers);
+                // An https controller with a certificate of a private CA.
+                if let Some(pem) = std::env::var_os("MESHWIRE_CA_CERT")
+                    .and_then(|p| std::fs::read(p).ok())
+                    .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok())
+                {
+                    b = b.add_root_certificate(pem);
+                }
+                b.build().unwrap_or_default()
+            },
         }
     }
 

@@ -13,7 +13,7 @@ pub struct Args {
     /// Where state lives: redb:PATH (embedded, one file), etcd://HOST:PORT[,HOST:PORT] (distributed) or memory (lost on exit).
     #[arg(long, env = "MESHWIRE_STORE", default_value = "redb:./meshwire.redb")]
     store: String,
-    /// Address of the REST API. Keep it on loopback unless a proxy in front adds TLS and auth.
+    /// Address of the REST API. Off loopback, give --tokens and --tls-cert/--tls-key.
     #[arg(long, env = "MESHWIRE_LISTEN", default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
     /// Address of the NSM-compatible gRPC API (networkservice.NetworkService,
@@ -47,11 +47,17 @@ pub struct Args {
     /// ones: meshwire-appliance, ietf-interfaces).
     #[arg(long = "profile-dir", value_name = "DIR")]
     profile_dirs: Vec<std::path::PathBuf>,
-    /// Bearer tokens with roles (viewer, operator, admin) for the REST API, from a YAML file:
+    /// Bearer tokens with roles (viewer, operator, admin) for the REST and gRPC APIs, from a YAML file:
     /// `tokens: [{name: oss, role: operator, tokenEnv: VAR}, {name: ops, role: admin,
     /// tokenFile: PATH}]`. Without it the API is open (keep it on loopback then).
     #[arg(long, value_name = "FILE")]
     tokens: Option<std::path::PathBuf>,
+    /// Serve the REST API over TLS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Log filter, e.g. info, debug, meshwire_controller=debug.
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
@@ -188,11 +194,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             devices_seen.push(e);
         }
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(meshwire_northbound::tls::server_config(c, k)?),
+        _ => None,
+    };
     let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
+    tracing::info!(listen = %args.listen, tls = tls.is_some(), store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
     let grpc = match args.grpc_listen.as_str() {
         "off" | "none" => None,
         a => {
@@ -205,7 +215,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} (gRPC)"))?;
             let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
                 .map_err(|e| anyhow::anyhow!("gRPC listener on {addr}: {e}"))?;
-            let router = meshwire_northbound::grpc::router(ctl.clone());
+            let router =
+                meshwire_northbound::grpc::router_with(ctl.clone(), tokens.clone().map(Arc::new));
             tracing::info!(listen = %addr, "NSM gRPC API ready");
             Some(tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -230,10 +241,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tokens,
         },
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving the REST API")?;
+    match &tls {
+        Some(cfg) => meshwire_northbound::tls::serve(listener, app, cfg.clone(), shutdown()).await,
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown())
+            .await
+            .context("serving the REST API")?,
+    }
     reconciler.abort();
     if let Some(g) = grpc {
         g.abort();

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use meshwire_controller::{ConnectionFilter, Controller, ControllerError, Event};
@@ -59,10 +60,22 @@ pub struct Nsm {
     ctl: Controller,
 }
 
-/// The router serving all four services.
-pub fn router(ctl: Controller) -> tonic::transport::server::Router {
+/// The router serving all four services, open.
+pub fn router(ctl: Controller) -> GrpcRouter {
+    router_with(ctl, None)
+}
+
+/// The router type: the four services behind [`GrpcAuth`].
+pub type GrpcRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<GrpcAuth, tower::layer::util::Identity>,
+>;
+
+/// The router serving all four services; with `tokens`, every call needs
+/// `authorization: Bearer <token>` metadata with the role the method needs.
+pub fn router_with(ctl: Controller, tokens: Option<Arc<crate::auth::Tokens>>) -> GrpcRouter {
     let nsm = Nsm { ctl };
     tonic::transport::Server::builder()
+        .layer(GrpcAuth { tokens })
         .add_service(ns::network_service_server::NetworkServiceServer::new(nsm.clone()))
         .add_service(c::monitor_connection_server::MonitorConnectionServer::new(nsm.clone()))
         .add_service(reg::network_service_registry_server::NetworkServiceRegistryServer::new(
@@ -73,6 +86,102 @@ pub fn router(ctl: Controller) -> tonic::transport::server::Router {
                 nsm,
             ),
         )
+}
+
+/// The role a gRPC method needs: finding and monitoring read; requests, closes and
+/// registrations change.
+pub fn grpc_role(path: &str) -> crate::auth::Role {
+    use crate::auth::Role;
+    let method = path.rsplit('/').next().unwrap_or("");
+    match method {
+        "Find" | "MonitorConnections" => Role::Viewer,
+        _ => Role::Operator,
+    }
+}
+
+/// Bearer-token check for gRPC calls (a tower layer in front of the services).
+#[derive(Clone)]
+pub struct GrpcAuth {
+    tokens: Option<Arc<crate::auth::Tokens>>,
+}
+
+impl<S> tower::Layer<S> for GrpcAuth {
+    type Service = GrpcAuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcAuthService {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcAuthService<S> {
+    inner: S,
+    tokens: Option<Arc<crate::auth::Tokens>>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for GrpcAuthService<S>
+where
+    S: tower::Service<
+            axum::http::Request<B>,
+            Response = axum::http::Response<tonic::body::BoxBody>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn futures::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        if let Some(tokens) = &self.tokens {
+            let need = grpc_role(req.uri().path());
+            let presented = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            let refusal = match presented.map(|p| tokens.find(p)) {
+                None => Some(Status::unauthenticated(
+                    "a bearer token is required (metadata authorization: Bearer <token>)",
+                )),
+                Some(None) => {
+                    tracing::warn!(method = %req.uri().path(), "gRPC call with an unknown token refused");
+                    Some(Status::unauthenticated("unknown token"))
+                }
+                Some(Some(t)) if t.role < need => {
+                    tracing::warn!(token = %t.name, role = %t.role, %need, method = %req.uri().path(), "gRPC call refused: role too small");
+                    Some(Status::permission_denied(format!(
+                        "{} needs role {need}; token {} has {}",
+                        req.uri().path(),
+                        t.name,
+                        t.role
+                    )))
+                }
+                Some(Some(_)) => None,
+            };
+            if let Some(status) = refusal {
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        }
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
+        Box::pin(inner.call(req))
+    }
 }
 
 fn status(e: ControllerError) -> Status {

@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;
+pub mod tls;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};

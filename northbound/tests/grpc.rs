@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err)] // tonic interceptors return Status by value
 //! Input: the NSM v1 gRPC API served over a controller (memory store, recording driver), and a
 //! client generated from the same protos by tonic. Output: services and endpoints registered
 //! over the registry, Find with watch streaming additions and deletions, a Request giving a
@@ -20,6 +21,10 @@ use tonic::transport::Channel;
 const TOPOLOGY: &str = "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n2}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: n1-n2}\nspec: {endpoints: [\"n1:eth1\", \"n2:eth1\"], addresses: [\"10.0.0.1/24\", \"10.0.0.2/24\"]}\n";
 
 async fn serve() -> Channel {
+    serve_with(None).await
+}
+
+async fn serve_with(tokens: Option<meshwire_northbound::auth::Tokens>) -> Channel {
     let ctl = Controller::start(
         Arc::new(MemoryStore::default()),
         Arc::new(RecordingDriver::new()),
@@ -37,7 +42,7 @@ async fn serve() -> Channel {
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    tokio::spawn(meshwire_northbound::grpc::router(ctl).serve(addr));
+    tokio::spawn(meshwire_northbound::grpc::router_with(ctl, tokens.map(Arc::new)).serve(addr));
     for _ in 0..100 {
         if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -198,4 +203,74 @@ async fn nsm_grpc_registry_request_monitor_close() {
     unknown.connection.as_mut().unwrap().network_service = "nope".into();
     let e = nsc.request(unknown).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+/// With a token table: no token or an unknown one is UNAUTHENTICATED, a viewer may Find but not
+/// Request (PERMISSION_DENIED), an operator may Request.
+#[tokio::test]
+async fn nsm_grpc_bearer_tokens_and_roles() {
+    use meshwire_northbound::auth::{Role, Token, Tokens};
+    let ch = serve_with(Some(Tokens(vec![
+        Token {
+            name: "nsc".into(),
+            role: Role::Viewer,
+            secret: "viewer-secret-0001".into(),
+        },
+        Token {
+            name: "nse".into(),
+            role: Role::Operator,
+            secret: "operator-secret-001".into(),
+        },
+    ])))
+    .await;
+    fn with(
+        secret: Option<&'static str>,
+    ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+        move |mut r: tonic::Request<()>| {
+            if let Some(s) = secret {
+                r.metadata_mut()
+                    .insert("authorization", format!("Bearer {s}").parse().unwrap());
+            }
+            Ok(r)
+        }
+    }
+    let find = |secret| {
+        let mut reg =
+            reg::network_service_registry_client::NetworkServiceRegistryClient::with_interceptor(
+                ch.clone(),
+                with(secret),
+            );
+        async move {
+            reg.find(reg::NetworkServiceQuery {
+                network_service: Some(Default::default()),
+                watch: false,
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    assert_eq!(
+        find(None).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        find(Some("wrong-secret-000000")).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    find(Some("viewer-secret-0001")).await.unwrap();
+
+    let mut nsc = ns::network_service_client::NetworkServiceClient::with_interceptor(
+        ch.clone(),
+        with(Some("viewer-secret-0001")),
+    );
+    let e = nsc.request(request("")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("needs role operator"), "{e}");
+    let mut nsc = ns::network_service_client::NetworkServiceClient::with_interceptor(
+        ch,
+        with(Some("operator-secret-001")),
+    );
+    // Past auth: the controller itself answers (no such service yet).
+    let e = nsc.request(request("")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
 }
