@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+apt-get install -y --no-install-recommends wrk   # bench rest's load tool
 python3 -m pip install --quiet --disable-pip-version-check os-ken ovs ncclient pysnmp grpcio-tools

@@ -30,7 +30,8 @@ pub struct Args {
     /// snmp: GETs per second against a real snmpd, against snmpget and pysnmp.
     /// ensm: connection setup through an eNSM (emulated appliance lab), request to first packet.
     /// grpc: Request/Close cycles through the NSM-compatible gRPC API (and REST beside it).
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc"])]
+    /// rest: the REST API under wrk at 64 connections (GET list, GET one, POST).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -47,6 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "snmp" => crate::bench_snmp::run(args.scale).await,
         "ensm" => crate::bench_ensm::run(args.scale).await,
         "grpc" => crate::bench_grpc::run(args.scale).await,
+        "rest" => crate::bench_rest::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

@@ -8,6 +8,7 @@ mod bench_ensm;
 mod bench_grpc;
 mod bench_netconf;
 mod bench_ovs;
+mod bench_rest;
 mod bench_setup;
 mod bench_snmp;
 mod client;

@@ -370,10 +370,26 @@ async fn resources(State(ctl): State<Controller>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "pools": ctl.pool_usage(), "connections": ctl.connection_count() }))
 }
 
+/// A page of connections, serialized straight from the models (no intermediate JSON tree).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionList {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ListMeta,
+    items: Vec<meshwire_models::Connection>,
+}
+
+#[derive(Serialize)]
+struct ListMeta {
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    cont: Option<String>,
+}
+
 async fn list_connections(
     State(ctl): State<Controller>,
     Q(q): Q<objects::ListQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ConnectionList>> {
     let state = match &q.state {
         None => None,
         Some(s) => Some(
@@ -400,16 +416,12 @@ async fn list_connections(
         after,
         limit,
     );
-    let mut metadata = serde_json::Map::new();
-    if let Some(n) = next {
-        metadata.insert("continue".into(), serde_json::Value::String(n));
-    }
-    Ok(Json(serde_json::json!({
-        "apiVersion": "meshwire.io/v1",
-        "kind": "ConnectionList",
-        "metadata": metadata,
-        "items": items,
-    })))
+    Ok(Json(ConnectionList {
+        api_version: "meshwire.io/v1",
+        kind: "ConnectionList",
+        metadata: ListMeta { cont: next },
+        items,
+    }))
 }
 
 async fn get_connection(
