@@ -58,6 +58,11 @@ pub struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Keep the registry in step with the NetworkService and NetworkServiceEndpoint custom
+    /// resources (networkservicemesh.io/v1) of this Kubernetes namespace, both ways. The API
+    /// server comes from the in-cluster service account or the kubeconfig.
+    #[arg(long, value_name = "NAMESPACE")]
+    k8s_namespace: Option<String>,
     /// Log filter, e.g. info, debug, meshwire_controller=debug.
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
@@ -198,6 +203,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(meshwire_northbound::tls::server_config(c, k)?),
         _ => None,
     };
+    let k8s = match &args.k8s_namespace {
+        Some(nsname) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("--k8s-namespace: no Kubernetes API server (in-cluster service account or kubeconfig)")?;
+            tracing::info!(namespace = %nsname, "syncing the registry with Kubernetes");
+            Some(tokio::spawn(meshwire_northbound::k8s::sync::run(
+                client,
+                nsname.clone(),
+                ctl.clone(),
+            )))
+        }
+        None => None,
+    };
     let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -249,6 +268,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .context("serving the REST API")?,
     }
     reconciler.abort();
+    if let Some(k) = k8s {
+        k.abort();
+    }
     if let Some(g) = grpc {
         g.abort();
     }
@@ -303,7 +325,7 @@ fn device_metrics(ensms: &[meshwire_ensm_adapters::ensm::Ensm]) -> String {
     out
 }
 
-async fn shutdown() {
+pub async fn shutdown() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,

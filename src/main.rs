@@ -13,6 +13,7 @@ mod bench_setup;
 mod bench_snmp;
 mod client;
 mod daemon;
+mod kube_cmds;
 mod lab;
 
 use std::path::PathBuf;
@@ -67,12 +68,18 @@ pub enum Kind {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller daemon (REST API, store, reconcile loop).
-    Controller(daemon::Args),
+    Controller(Box<daemon::Args>),
     /// Run the eNSM of one physical appliance in its own process (a device in another site):
     /// it registers the device's endpoints with the controller, configures the device over
     /// NETCONF for the connections routed to them, and withdraws them when the device or one
     /// of its data links goes down (SNMP).
     Ensm(daemon::EnsmArgs),
+    /// Run the Kubernetes mutating admission webhook: pods annotated `networkservicemesh.io:
+    /// kernel://SERVICE/IFNAME?labels` get an init container that requests those services.
+    Webhook(kube_cmds::WebhookArgs),
+    /// Request a pod's network services over the NSM gRPC API, then exit (the init container
+    /// the webhook injects; reads NSM_NETWORK_SERVICES, NODE_NAME and POD_NAME).
+    NscInit(kube_cmds::NscInitArgs),
     /// Create or update the objects of manifest files (a file, or every .yaml/.yml/.json of a directory).
     Apply {
         /// File or directory.
@@ -165,8 +172,10 @@ fn one_line(e: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let api = client::Api::new(&cli.controller);
     match cli.command {
-        Command::Controller(args) => daemon::run(args).await,
+        Command::Controller(args) => daemon::run(*args).await,
         Command::Ensm(args) => daemon::ensm(args).await,
+        Command::Webhook(args) => kube_cmds::webhook(args).await,
+        Command::NscInit(args) => kube_cmds::nsc_init(args).await,
         Command::Apply { file } => client::apply(&api, &file, false).await,
         Command::Delete { file } => client::apply(&api, &file, true).await,
         Command::Validate { file } => client::validate(&file),

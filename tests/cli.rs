@@ -52,9 +52,12 @@ fn daemon_with(store: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
             "200ms",
             "--log",
             "warn",
-            "--grpc-listen",
-            "off",
         ])
+        .args(if extra.contains(&"--grpc-listen") {
+            &[][..]
+        } else {
+            &["--grpc-listen", "off"][..]
+        })
         .args(extra)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
@@ -579,4 +582,64 @@ fn nb_rest_over_tls() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Input: a controller serving the NSM gRPC API, and `meshwire nsc-init` with the environment
+/// the webhook gives the init container (NSM_NETWORK_SERVICES with two URLs, NODE_NAME,
+/// POD_NAME). Output: both connections made for the pod, with the interface names and labels
+/// of the URLs; an unknown service and a malformed annotation fail with a one-line error.
+#[test]
+fn nb_nsc_init_requests_the_annotated_services() {
+    let grpc_port = free_port();
+    let d = daemon_with(
+        "memory",
+        &["--grpc-listen", &format!("127.0.0.1:{grpc_port}")],
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("w.yaml");
+    std::fs::write(&world, "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: gw}\nspec: {network_service_names: [vpn], location: {node: n1}}\n").unwrap();
+    ok(&d, &["apply", "-f", world.to_str().unwrap()]);
+    let init = |services: &str| {
+        Command::new(BIN)
+            .arg("nsc-init")
+            .env("NSM_NETWORK_SERVICES", services)
+            .env("MESHWIRE_GRPC", format!("127.0.0.1:{grpc_port}"))
+            .env("NODE_NAME", "n1")
+            .env("POD_NAME", "pod-a")
+            .args(["--timeout", "10s"])
+            .output()
+            .unwrap()
+    };
+    let out = init("kernel://vpn/nsm-1?app=x,kernel://vpn/nsm-2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.lines().count(), 2, "{printed}");
+    let conns = ok(&d, &["get", "connections", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&conns).unwrap();
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), 2, "{conns}");
+    let mut ifaces: Vec<&str> = items
+        .iter()
+        .map(|c| c["interface"].as_str().unwrap())
+        .collect();
+    ifaces.sort();
+    assert_eq!(ifaces, ["nsm-1", "nsm-2"]);
+    assert!(items.iter().all(|c| c["client"]["name"] == "pod-a"));
+    assert!(items.iter().any(|c| c["labels"]["app"] == "x"));
+
+    for (services, want) in [
+        ("kernel://nope/nsm-1", "nope"),
+        ("vpn", "NSM_NETWORK_SERVICES"),
+    ] {
+        let out = init(services);
+        assert!(!out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{err}");
+    }
 }

@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod labels;
 pub mod manifest;
 pub mod mechanism;
+pub mod nsurl;
 pub mod service;
 pub mod topology;
 

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod events;
 pub mod grpc;
 pub mod idempotency;
+pub mod k8s;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;

@@ -1,0 +1,216 @@
+//! The mutating admission webhook: a pod (or a pod template of a Deployment, DaemonSet,
+//! StatefulSet, ReplicaSet or Job) annotated `networkservicemesh.io: kernel://vpn-gateway/nsm-1?app=foo`
+//! (upstream's format, several comma-separated) gets an init container that requests those
+//! services before the app starts (`meshwire nsc-init`, reading `NSM_NETWORK_SERVICES` as
+//! upstream's cmd-nsc-init does).
+//!
+//! The answer is an `admission.k8s.io/v1` AdmissionReview whose `patch` is a base64 RFC 6902
+//! JSON patch. A malformed annotation is refused with the reason (the pod would otherwise start
+//! without its network). Anything else (other operations, kinds, pods without the annotation)
+//! is allowed unchanged. Served over HTTPS only (the API server requires it).
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use meshwire_models::nsurl::NsUrl;
+
+/// The annotation, as upstream names it.
+pub const ANNOTATION: &str = "networkservicemesh.io";
+/// The variable the init container reads the URLs from, as upstream names it.
+pub const ENV: &str = "NSM_NETWORK_SERVICES";
+/// The init container's name.
+pub const INIT_NAME: &str = "meshwire-nsc-init";
+
+/// What the injected init container looks like.
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// The image holding the `meshwire` binary.
+    pub image: String,
+    /// The controller's gRPC address the init container requests from.
+    pub controller_grpc: String,
+}
+
+/// The webhook's routes: `POST /mutate`, and `/healthz`.
+pub fn router(inj: Injection) -> Router {
+    Router::new()
+        .route(
+            "/mutate",
+            post(move |body: Bytes| {
+                let inj = inj.clone();
+                async move { mutate(&inj, &body) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+}
+
+fn mutate(inj: &Injection, body: &Bytes) -> Response {
+    let review: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not an AdmissionReview: {e}"),
+            )
+                .into_response()
+        }
+    };
+    let Some(req) = review.get("request") else {
+        return (StatusCode::BAD_REQUEST, "AdmissionReview without request").into_response();
+    };
+    let uid = req["uid"].as_str().unwrap_or_default().to_string();
+    let api_version = review["apiVersion"]
+        .as_str()
+        .unwrap_or("admission.k8s.io/v1")
+        .to_string();
+    let response = match review_request(inj, req) {
+        Ok(None) => json!({ "uid": uid, "allowed": true }),
+        Ok(Some(patch)) => {
+            let bytes = serde_json::to_vec(&patch).unwrap_or_default();
+            tracing::info!(%uid, name = %req["name"].as_str().unwrap_or(""), namespace = %req["namespace"].as_str().unwrap_or(""), "injected the NSM init container");
+            json!({
+                "uid": uid,
+                "allowed": true,
+                "patchType": "JSONPatch",
+                "patch": base64::engine::general_purpose::STANDARD.encode(bytes),
+            })
+        }
+        Err(reason) => {
+            tracing::warn!(%uid, %reason, "refused");
+            json!({
+                "uid": uid,
+                "allowed": false,
+                "status": { "code": 400, "reason": "BadRequest", "message": reason },
+            })
+        }
+    };
+    axum::Json(json!({
+        "apiVersion": api_version,
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+    .into_response()
+}
+
+/// The JSON patch for one admission request, `None` when nothing is to change.
+pub fn review_request(inj: &Injection, req: &Value) -> Result<Option<Value>, String> {
+    if req["operation"].as_str() != Some("CREATE") {
+        return Ok(None);
+    }
+    let kind = req["kind"]["kind"].as_str().unwrap_or("");
+    let obj = &req["object"];
+    // Where the pod spec lives: the object itself for a pod, its template for workloads.
+    let (meta_ptr, spec_ptr) = match kind {
+        "Pod" => ("/metadata", "/spec"),
+        "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job" => {
+            ("/spec/template/metadata", "/spec/template/spec")
+        }
+        _ => return Ok(None),
+    };
+    let annotation = obj
+        .pointer(&format!("{meta_ptr}/annotations/{ANNOTATION}"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if annotation.trim().is_empty() {
+        return Ok(None);
+    }
+    let urls =
+        NsUrl::parse_list(annotation).map_err(|e| format!("annotation {ANNOTATION}: {e}"))?;
+    let spec = obj.pointer(spec_ptr).cloned().unwrap_or(json!({}));
+    let inits = spec["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if inits.iter().any(|c| c["name"] == INIT_NAME) {
+        return Ok(None); // already injected (a re-run of the webhook)
+    }
+    let services: Vec<&str> = urls.iter().map(|u| u.service.as_str()).collect();
+    let container = json!({
+        "name": INIT_NAME,
+        "image": inj.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["meshwire", "nsc-init"],
+        "env": [
+            { "name": ENV, "value": annotation },
+            { "name": "MESHWIRE_GRPC", "value": inj.controller_grpc },
+            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+            { "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+        ],
+        // It creates the pod's interfaces: NET_ADMIN in the pod's own network namespace.
+        "securityContext": { "capabilities": { "add": ["NET_ADMIN"] } },
+        "resources": {
+            "requests": { "cpu": "50m", "memory": "32Mi" },
+            "limits": { "cpu": "200m", "memory": "64Mi" },
+        },
+    });
+    let mut ops = Vec::new();
+    if spec.get("initContainers").is_some_and(Value::is_array) {
+        // Before the app's own init containers, so they already see the interfaces.
+        ops.push(json!({ "op": "add", "path": format!("{spec_ptr}/initContainers/0"), "value": container }));
+    } else {
+        ops.push(json!({ "op": "add", "path": format!("{spec_ptr}/initContainers"), "value": [container] }));
+    }
+    let label_path = format!("{meta_ptr}/labels");
+    let label = json!("true");
+    if obj.pointer(&label_path).is_some_and(Value::is_object) {
+        ops.push(json!({ "op": "add", "path": format!("{label_path}/meshwire.io~1nsc"), "value": label }));
+    } else {
+        ops.push(json!({ "op": "add", "path": label_path, "value": { "meshwire.io/nsc": label } }));
+    }
+    tracing::debug!(services = ?services, kind, "patch built");
+    Ok(Some(Value::Array(ops)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inj() -> Injection {
+        Injection {
+            image: "ghcr.io/meshwire/meshwire:0.1".into(),
+            controller_grpc: "meshwire.nsm-system:7601".into(),
+        }
+    }
+
+    #[test]
+    fn deployment_template_is_patched() {
+        let req = json!({
+            "operation": "CREATE", "kind": {"kind": "Deployment"},
+            "object": {"spec": {"template": {
+                "metadata": {"annotations": {ANNOTATION: "kernel://vpn/nsm-1"}},
+                "spec": {"containers": [{"name": "app"}], "initContainers": [{"name": "own"}]}}}}
+        });
+        let p = review_request(&inj(), &req).unwrap().unwrap();
+        assert_eq!(p[0]["path"], "/spec/template/spec/initContainers/0");
+        assert_eq!(p[1]["path"], "/spec/template/metadata/labels");
+        let mut obj = req["object"].clone();
+        json_patch::patch(
+            &mut obj,
+            &serde_json::from_value::<json_patch::Patch>(p).unwrap(),
+        )
+        .unwrap();
+        let inits = obj["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            (inits[0]["name"].as_str(), inits[1]["name"].as_str()),
+            (Some(INIT_NAME), Some("own"))
+        );
+    }
+
+    #[test]
+    fn others_pass_unchanged() {
+        for req in [
+            json!({"operation": "UPDATE", "kind": {"kind": "Pod"}, "object": {"metadata": {"annotations": {ANNOTATION: "kernel://vpn"}}}}),
+            json!({"operation": "CREATE", "kind": {"kind": "Service"}, "object": {}}),
+            json!({"operation": "CREATE", "kind": {"kind": "Pod"}, "object": {"metadata": {"annotations": {"other": "x"}}}}),
+        ] {
+            assert_eq!(review_request(&inj(), &req), Ok(None));
+        }
+    }
+}

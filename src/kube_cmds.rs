@@ -1,0 +1,174 @@
+//! The Kubernetes side of the binary: `meshwire webhook` (the mutating admission webhook) and
+//! `meshwire nsc-init` (what the webhook injects: it requests the pod's network services over
+//! the NSM gRPC API before the app starts).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use meshwire_models::nsurl::NsUrl;
+use meshwire_northbound::grpc::pb::{connection as c, networkservice as ns};
+
+#[derive(clap::Args)]
+pub struct WebhookArgs {
+    /// Where the webhook listens (HTTPS only: the API server requires it).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain the API server trusts (the caBundle of the webhook configuration).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: std::path::PathBuf,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: std::path::PathBuf,
+    /// The image of the injected init container (it runs `meshwire nsc-init`).
+    #[arg(long, env = "MESHWIRE_IMAGE")]
+    image: String,
+    /// The controller's NSM gRPC address, as the injected container reaches it.
+    #[arg(
+        long,
+        env = "MESHWIRE_GRPC",
+        default_value = "meshwire.nsm-system:7601"
+    )]
+    controller_grpc: String,
+    #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
+    log: String,
+}
+
+pub async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_target(false)
+        .init();
+    let cfg = meshwire_northbound::tls::server_config(&args.tls_cert, &args.tls_key)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, image = %args.image, "admission webhook ready");
+    let app =
+        meshwire_northbound::k8s::webhook::router(meshwire_northbound::k8s::webhook::Injection {
+            image: args.image,
+            controller_grpc: args.controller_grpc,
+        });
+    meshwire_northbound::tls::serve(listener, app, cfg, crate::daemon::shutdown()).await;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct NscInitArgs {
+    /// The services to request, as NSM URLs (`kernel://vpn-gateway/nsm-1?app=foo`, several
+    /// comma-separated): the pod's `networkservicemesh.io` annotation.
+    #[arg(long, env = "NSM_NETWORK_SERVICES")]
+    services: String,
+    /// The controller's NSM gRPC address (HOST:PORT or http://HOST:PORT).
+    #[arg(long, env = "MESHWIRE_GRPC", default_value = "127.0.0.1:7601")]
+    grpc: String,
+    /// The node this pod runs on (the `nodeName` label of the request).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The workload: the pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pod: String,
+    /// Give up after this long (the controller may still be starting).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// One NSM request for `u`, in upstream's shape.
+pub fn request_for(u: &NsUrl, node: &str, pod: &str) -> ns::NetworkServiceRequest {
+    let mut labels: HashMap<String, String> = u
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert("nodeName".into(), node.to_string());
+    let mut parameters = HashMap::new();
+    if let Some(i) = &u.interface {
+        parameters.insert("name".to_string(), i.clone());
+    }
+    ns::NetworkServiceRequest {
+        connection: Some(c::Connection {
+            network_service: u.service.clone(),
+            labels,
+            path: Some(c::Path {
+                index: 0,
+                path_segments: vec![c::PathSegment {
+                    name: pod.to_string(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        mechanism_preferences: vec![c::Mechanism {
+            cls: "LOCAL".into(),
+            r#type: u.mechanism.as_str().to_uppercase(),
+            parameters,
+        }],
+    }
+}
+
+pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
+    let urls = NsUrl::parse_list(&args.services)
+        .map_err(|e| anyhow::anyhow!("NSM_NETWORK_SERVICES: {e}"))?;
+    let target = if args.grpc.contains("://") {
+        args.grpc.clone()
+    } else {
+        format!("http://{}", args.grpc)
+    };
+    let deadline = Instant::now() + args.timeout;
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(target.clone())
+            .context("MESHWIRE_GRPC")?
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
+            .await
+        {
+            Ok(ch) => break ch,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the controller at {target}: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!(
+                "controller at {target} unreachable for {:?}: {e}",
+                args.timeout
+            ),
+        }
+    };
+    let mut nsc = ns::network_service_client::NetworkServiceClient::new(channel);
+    for u in &urls {
+        let req = request_for(u, &args.node, &args.pod);
+        let conn = loop {
+            match nsc.request(req.clone()).await {
+                Ok(c) => break c.into_inner(),
+                // Transient: no endpoint yet, or the controller is busy; retried until the deadline.
+                Err(s)
+                    if Instant::now() < deadline
+                        && matches!(
+                            s.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::ResourceExhausted
+                                | tonic::Code::Aborted
+                        ) =>
+                {
+                    eprintln!("{}: {} (retrying)", u.service, s.message());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(s) => anyhow::bail!("{}: {}", u.service, s.message()),
+            }
+        };
+        let addrs = conn
+            .context
+            .as_ref()
+            .and_then(|c| c.ip_context.as_ref())
+            .map(|ip| ip.src_ip_addrs.join(" "))
+            .unwrap_or_default();
+        println!(
+            "{} {} via {} ({})",
+            u.service,
+            u.interface.as_deref().unwrap_or("nsm-1"),
+            conn.network_service_endpoint_name,
+            addrs
+        );
+    }
+    Ok(())
+}
