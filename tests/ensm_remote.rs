@@ -117,11 +117,11 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
     wait_for("the eNSM's endpoint", || {
         let out = cli(&url, &["get", "endpoints", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v[0]["name"] == "fw1" && v[0]["down"] == false
+        v[0]["metadata"]["name"] == "fw1" && v[0]["status"]["down"] == false
     });
     let eps: serde_json::Value =
         serde_json::from_slice(&cli(&url, &["get", "endpoints", "-o", "json"]).stdout).unwrap();
-    assert_eq!(eps[0]["url"], format!("http://127.0.0.1:{ep}"));
+    assert_eq!(eps[0]["spec"]["url"], format!("http://127.0.0.1:{ep}"));
 
     let out = cli(
         &url,

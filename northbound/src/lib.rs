@@ -246,9 +246,46 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
         None => router,
     };
     router
+        .layer(axum::middleware::from_fn(problems_only))
         .layer(axum::middleware::from_fn_with_state(m, metrics::timed))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctl)
+}
+
+/// Every error leaves as a problem document: what axum's own extractors and router answer
+/// (a body over the limit, a method the route does not have) is rewritten with its text as the
+/// detail.
+async fn problems_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        _ => "error",
+    };
+    let detail = match (status, text.is_empty()) {
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => format!("request body over {BODY_LIMIT} bytes"),
+        (_, true) => status.canonical_reason().unwrap_or("error").to_string(),
+        (_, false) => text,
+    };
+    let mut out = Problem::new(status, code, detail).into_response();
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
 }
 
 async fn readyz(State(ctl): State<Controller>) -> ApiResult<&'static str> {
@@ -593,7 +630,15 @@ mod tests {
     async fn nb_oversized_body_refused() {
         let app = app().await;
         let big = "#".repeat(BODY_LIMIT + 1);
-        let (st, _, _) = call(&app, "POST", "/api/v1/manifests", &big).await;
+        let (st, v, ctype) = call(&app, "POST", "/api/v1/manifests", &big).await;
         assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(v["code"], "body-too-large");
+        let (st, v, ctype) = call(&app, "PATCH", "/api/v1/services", "").await;
+        assert_eq!(
+            (st, ctype.as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "application/problem+json")
+        );
+        assert_eq!(v["code"], "method-not-allowed");
     }
 }
