@@ -42,6 +42,16 @@ fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// FNV-1a, 64 bits: a stable (not cryptographic) fingerprint of bytes.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 impl Object {
     /// The object as a manifest document (`apiVersion`, `kind`, `metadata`, `spec`).
     pub fn to_document(&self) -> Value {
@@ -181,13 +191,10 @@ impl Object {
     /// A fingerprint of the object's content (FNV-1a 64 over its canonical JSON), for `ETag`.
     /// Equal objects have equal tags in every process and release that keeps the JSON form.
     pub fn etag(&self) -> String {
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        format!(
+            "{:016x}",
+            fnv1a64(&serde_json::to_vec(self).unwrap_or_default())
+        )
     }
 }
 

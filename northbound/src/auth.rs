@@ -67,6 +67,14 @@ impl Tokens {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (HTTP or gRPC metadata).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// The role a request needs.
 pub fn required(method: &Method, path: &str) -> Option<Role> {
     // Probes, and the API's own description (no state in it).
@@ -107,15 +115,7 @@ pub async fn check(
     let Some(need) = required(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let presented = bearer(req.headers());
     let Some(presented) = presented else {
         return refuse(
             StatusCode::UNAUTHORIZED,

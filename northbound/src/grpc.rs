@@ -146,15 +146,7 @@ where
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         if let Some(tokens) = &self.tokens {
             let need = grpc_role(req.uri().path());
-            let presented = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
+            let presented = crate::auth::bearer(req.headers());
             let refusal = match presented.map(|p| tokens.find(p)) {
                 None => Some(Status::unauthenticated(
                     "a bearer token is required (metadata authorization: Bearer <token>)",

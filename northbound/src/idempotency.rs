@@ -16,6 +16,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use meshwire_models::document::fnv1a64 as hash;
+
 use crate::Problem;
 
 pub const HEADER: &str = "idempotency-key";
@@ -42,15 +44,6 @@ struct Inner {
 /// The remembered keys.
 #[derive(Clone, Default)]
 pub struct Keys(Arc<Mutex<Inner>>);
-
-fn hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 impl Keys {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
