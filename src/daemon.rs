@@ -58,6 +58,10 @@ pub struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// The secret sent as the bearer token when calling eNSMs that run in their own process
+    /// (their `MESHWIRE_ENSM_TOKEN`). Give it through the environment.
+    #[arg(long, env = "MESHWIRE_ENSM_TOKEN", hide_env_values = true)]
+    ensm_token: Option<String>,
     /// Keep the registry in step with the NetworkService and NetworkServiceEndpoint custom
     /// resources (networkservicemesh.io/v1) of this Kubernetes namespace, both ways. The API
     /// server comes from the in-cluster service account or the kubeconfig.
@@ -176,6 +180,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Devices whose eNSM runs in its own process are reached at the URL their endpoints
         // registered with.
         let lookup = ctl.clone();
+        let ensm_token = args.ensm_token.clone();
         planes.set_resolver(Box::new(move |device: &str| {
             let url = lookup
                 .endpoints()
@@ -188,7 +193,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 })?;
             tracing::info!(%device, %url, "remote eNSM found");
             Some(Arc::new(meshwire_ensm_adapters::remote::RemoteEnsm::new(
-                device, &url,
+                device,
+                &url,
+                ensm_token.clone(),
             )) as Arc<dyn Driver>)
         }));
         for (device, profile) in devices {
@@ -357,6 +364,11 @@ pub struct EnsmArgs {
     /// Directories searched for the device's profile (before the shipped ones).
     #[arg(long = "profile-dir", value_name = "DIR")]
     profile_dirs: Vec<std::path::PathBuf>,
+    /// The secret the controller must present (bearer) on every call to this eNSM: the
+    /// controller's MESHWIRE_ENSM_TOKEN. Give it through the environment; without it the API
+    /// is open, so keep --listen on loopback or a management network.
+    #[arg(long, env = "MESHWIRE_ENSM_TOKEN", hide_env_values = true)]
+    ensm_token: Option<String>,
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
 }
@@ -388,10 +400,16 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
     e.set_url(&url);
     let health = e.start().await.map_err(anyhow::Error::msg)?;
     tracing::info!(device = %name, %url, controller = %args.controller, "eNSM ready");
-    axum::serve(listener, meshwire_ensm_adapters::remote::router(e))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving the eNSM API")?;
+    if args.ensm_token.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the eNSM API is open on a non-loopback address: set MESHWIRE_ENSM_TOKEN here and on the controller");
+    }
+    axum::serve(
+        listener,
+        meshwire_ensm_adapters::remote::router_with_token(e, args.ensm_token.clone()),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await
+    .context("serving the eNSM API")?;
     health.abort();
     Ok(())
 }

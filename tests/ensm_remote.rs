@@ -39,6 +39,9 @@ fn cli(url: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The secret shared by the controller and the eNSM for the eNSM's call API.
+const ENSM_TOKEN: &str = "ensm-call-secret-0123456789";
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..200 {
         if f() {
@@ -87,6 +90,7 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
                 "--listen",
             ])
             .arg(format!("127.0.0.1:{cp}"))
+            .env("MESHWIRE_ENSM_TOKEN", ENSM_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -109,6 +113,7 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
                 "--listen",
             ])
             .arg(format!("127.0.0.1:{ep}"))
+            .env("MESHWIRE_ENSM_TOKEN", ENSM_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -119,6 +124,28 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         v[0]["metadata"]["name"] == "fw1" && v[0]["status"]["down"] == false
     });
+    // The eNSM answers only the controller (its token): 401 to anyone else.
+    let http = reqwest::Client::new();
+    let anon = http
+        .get(format!("http://127.0.0.1:{ep}/ensm/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    let wrong = http
+        .get(format!("http://127.0.0.1:{ep}/ensm/v1/status"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = http
+        .get(format!("http://127.0.0.1:{ep}/ensm/v1/status"))
+        .bearer_auth(ENSM_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
     let eps: serde_json::Value =
         serde_json::from_slice(&cli(&url, &["get", "endpoints", "-o", "json"]).stdout).unwrap();
     assert_eq!(eps[0]["spec"]["url"], format!("http://127.0.0.1:{ep}"));

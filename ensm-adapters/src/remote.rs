@@ -25,14 +25,49 @@ use meshwire_models::{Connection, Object};
 
 use crate::ensm::{Ensm, Registrar};
 
-/// The routes a remote eNSM serves.
+/// The routes a remote eNSM serves, open (loopback only).
 pub fn router(ensm: Ensm) -> Router {
-    Router::new()
+    router_with_token(ensm, None)
+}
+
+/// The routes a remote eNSM serves; with `token`, every call must carry
+/// `Authorization: Bearer <token>` (the controller's `MESHWIRE_ENSM_TOKEN`), else 401.
+pub fn router_with_token(ensm: Ensm, token: Option<String>) -> Router {
+    let r = Router::new()
         .route("/ensm/v1/apply", post(apply))
         .route("/ensm/v1/remove", post(remove))
         .route("/ensm/v1/observe", post(observe))
         .route("/ensm/v1/status", get(status))
-        .with_state(ensm)
+        .with_state(ensm);
+    match token {
+        Some(t) => r.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let ok = req
+                    .headers()
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .is_some_and(|p| same(p.trim().as_bytes(), t.as_bytes()));
+                async move {
+                    if ok {
+                        next.run(req).await
+                    } else {
+                        tracing::warn!(path = %req.uri().path(), "eNSM call without the right token refused");
+                        axum::response::IntoResponse::into_response((
+                            StatusCode::UNAUTHORIZED,
+                            "this eNSM needs Authorization: Bearer <MESHWIRE_ENSM_TOKEN>",
+                        ))
+                    }
+                }
+            },
+        )),
+        None => r,
+    }
+}
+
+/// Constant time in the content.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Reply<T> = Result<Json<T>, (StatusCode, String)>;
@@ -63,11 +98,14 @@ pub struct RemoteEnsm {
     url: String,
     http: reqwest::Client,
     name: String,
+    token: Option<String>,
 }
 
 impl RemoteEnsm {
-    pub fn new(device: &str, url: &str) -> RemoteEnsm {
+    /// The eNSM of `device` at `url`; `token` is sent as the bearer token of every call.
+    pub fn new(device: &str, url: &str, token: Option<String>) -> RemoteEnsm {
         RemoteEnsm {
+            token,
             device: device.to_string(),
             url: url.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
@@ -89,9 +127,11 @@ impl RemoteEnsm {
             target: target.to_string(),
             reason,
         };
-        let resp = self
-            .http
-            .post(format!("{}/ensm/v1/{op}", self.url))
+        let mut rb = self.http.post(format!("{}/ensm/v1/{op}", self.url));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        let resp = rb
             .json(body)
             .send()
             .await
