@@ -89,6 +89,24 @@ fn run(d: &Daemon, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The seed's request: sarah's client asks for secure-intranet-connectivity.
+fn request_sarah(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&ok(
+        d,
+        &[
+            "request",
+            "secure-intranet-connectivity",
+            "--client",
+            "client",
+            "--label",
+            "app=sarah",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap()
+}
+
 fn ok(d: &Daemon, args: &[&str]) -> String {
     let out = run(d, args);
     assert!(
@@ -139,20 +157,7 @@ fn round_trip(store: String) {
             out.contains("secure-intranet-connectivity") && out.contains("IP"),
             "{out}"
         );
-        let c: serde_json::Value = serde_json::from_str(&ok(
-            &d,
-            &[
-                "request",
-                "secure-intranet-connectivity",
-                "--client",
-                "client",
-                "--label",
-                "app=sarah",
-                "-o",
-                "json",
-            ],
-        ))
-        .unwrap();
+        let c = request_sarah(&d);
         assert_eq!(c["state"], "up");
         assert_eq!(
             c["hops"][0]["mechanism"]["type"], "vxlan",
@@ -298,20 +303,7 @@ fn nb_events_stream_live_and_resume_from_an_id() {
         ok(&d, &["apply", "-f", vpn.to_str().unwrap()]);
         let mut text = String::new();
         sse_until(&mut live, &mut text, "secure-intranet-connectivity").await;
-        let c: serde_json::Value = serde_json::from_str(&ok(
-            &d,
-            &[
-                "request",
-                "secure-intranet-connectivity",
-                "--client",
-                "client",
-                "--label",
-                "app=sarah",
-                "-o",
-                "json",
-            ],
-        ))
-        .unwrap();
+        let c = request_sarah(&d);
         let id = c["id"].as_str().unwrap();
         sse_until(&mut live, &mut text, id).await;
         assert!(

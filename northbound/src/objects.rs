@@ -255,17 +255,29 @@ fn keep(obj: &Object, sel: &Selector, q: &ListQuery) -> bool {
     }
 }
 
+/// Endpoints' live state by name, read once per answer (not once per item of a list).
+type Statuses = std::collections::HashMap<String, Value>;
+
+fn statuses(ctl: &Controller, kind: ObjectKind) -> Statuses {
+    if kind != ObjectKind::NetworkServiceEndpoint {
+        return Statuses::new();
+    }
+    ctl.endpoints()
+        .into_iter()
+        .map(|v| {
+            (
+                v.endpoint.name,
+                json!({ "down": v.down, "connections": v.connections }),
+            )
+        })
+        .collect()
+}
+
 /// The resource: the document plus, for endpoints, its `status`.
-pub(crate) fn resource(ctl: &Controller, obj: &Object) -> Value {
+fn resource(obj: &Object, statuses: &Statuses) -> Value {
     let mut doc = obj.to_document();
-    if let Object::NetworkServiceEndpoint(e) = obj {
-        if let Some(v) = ctl
-            .endpoints()
-            .into_iter()
-            .find(|v| v.endpoint.name == e.name)
-        {
-            doc["status"] = json!({ "down": v.down, "connections": v.connections });
-        }
+    if let Some(s) = statuses.get(&obj.key().name) {
+        doc["status"] = s.clone();
     }
     doc
 }
@@ -380,7 +392,8 @@ fn object_response(
     obj: &Object,
     warnings: &[String],
 ) -> Response {
-    let mut resp = (status, axum::Json(resource(ctl, obj))).into_response();
+    let statuses = statuses(ctl, obj.key().kind);
+    let mut resp = (status, axum::Json(resource(obj, &statuses))).into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&quoted(&obj.etag())) {
         h.insert(header::ETAG, v);
@@ -416,7 +429,8 @@ async fn list(ctl: Controller, coll: Collection, q: ListQuery) -> ApiResult<Resp
         .filter(|o| keep(o, &sel, &q))
         .collect();
     let (items, next) = page(objects, |o| o.key().name, after, limit);
-    let items: Vec<Value> = items.iter().map(|o| resource(&ctl, o)).collect();
+    let statuses = statuses(&ctl, coll.kind);
+    let items: Vec<Value> = items.iter().map(|o| resource(o, &statuses)).collect();
     let mut metadata = serde_json::Map::new();
     if let Some(n) = next {
         metadata.insert("continue".into(), Value::String(n));
