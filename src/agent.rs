@@ -79,6 +79,10 @@ fn parse(data: &str) -> anyhow::Result<Config> {
         let Some(name) = text(t, "name") else {
             continue;
         };
+        if !safe_ifname(&name) {
+            tracing::warn!(tunnel = %name, "tunnel name is not an interface name; ignored");
+            continue;
+        }
         let child = |tag: &str| t.children().find(|c| c.has_tag_name((NS, tag)));
         let vxlan = child("vxlan").map(|v| {
             (
@@ -91,18 +95,36 @@ fn parse(data: &str) -> anyhow::Result<Config> {
             .into_iter()
             .find(|k| child(k).is_some())
             .map(str::to_string);
-        tunnels.push(Tunnel {
+        let tunnel = Tunnel {
             name,
             address: text(t, "address"),
             peer: text(t, "peer"),
             mtu: text(t, "mtu").and_then(|x| x.parse().ok()),
             vxlan,
             other,
-        });
+        };
+        // Everything below becomes an argument of `ip` or a word of an nft script.
+        let addr_ok = tunnel
+            .address
+            .as_deref()
+            .is_none_or(|a| a.parse::<ipnet::IpNet>().is_ok());
+        let peer_ok = tunnel
+            .peer
+            .as_deref()
+            .is_none_or(|a| a.parse::<std::net::IpAddr>().is_ok());
+        let remote_ok = tunnel
+            .vxlan
+            .as_ref()
+            .is_none_or(|(_, r, _)| r.parse::<std::net::IpAddr>().is_ok());
+        if !(addr_ok && peer_ok && remote_ok) {
+            tracing::warn!(tunnel = %tunnel.name, "tunnel with an address that is not an IP address; ignored");
+            continue;
+        }
+        tunnels.push(tunnel);
     }
     let mut rules = Vec::new();
     for r in doc.descendants().filter(|n| n.has_tag_name((NS, "rule"))) {
-        rules.push(Rule {
+        let rule = Rule {
             sequence: text(r, "sequence")
                 .and_then(|x| x.parse().ok())
                 .unwrap_or(0),
@@ -111,7 +133,19 @@ fn parse(data: &str) -> anyhow::Result<Config> {
             destination: text(r, "destination"),
             port: text(r, "port").and_then(|x| x.parse().ok()),
             action: text(r, "action").unwrap_or_else(|| "accept".into()),
-        });
+        };
+        let ok = rule.tunnel.as_deref().is_none_or(safe_ifname)
+            && matches!(rule.protocol.as_str(), "any" | "icmp" | "tcp" | "udp")
+            && matches!(rule.action.as_str(), "accept" | "drop")
+            && rule
+                .destination
+                .as_deref()
+                .is_none_or(|d| d.parse::<ipnet::IpNet>().is_ok() || d.parse::<std::net::IpAddr>().is_ok());
+        if !ok {
+            tracing::warn!(sequence = rule.sequence, "firewall rule with a field nft cannot take safely; ignored");
+            continue;
+        }
+        rules.push(rule);
     }
     rules.sort_by_key(|r| r.sequence);
     let mut xcs = Vec::new();
@@ -120,10 +154,23 @@ fn parse(data: &str) -> anyhow::Result<Config> {
         .filter(|n| n.has_tag_name((NS, "cross-connect")))
     {
         if let (Some(a), Some(b)) = (text(x, "a"), text(x, "b")) {
-            xcs.push(CrossConnect { a, b });
+            if safe_ifname(&a) && safe_ifname(&b) {
+                xcs.push(CrossConnect { a, b });
+            } else {
+                tracing::warn!(%a, %b, "cross-connect between names that are not interface names; ignored");
+            }
         }
     }
     Ok((tunnels, rules, xcs))
+}
+
+/// A tunnel name that is a kernel interface name and a safe word inside an nft string: letters,
+/// digits, `-`, `_` and `.` only (no quote, backslash, semicolon or space can end the string).
+fn safe_ifname(n: &str) -> bool {
+    meshwire_models::validate::check_ifname(n).is_ok()
+        && n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Policy routing for cross-connects: what arrives on `a` is routed by a table of its own whose
@@ -419,5 +466,20 @@ mod tests {
             "{s}"
         );
         assert!(s.find("rule 10") < s.find("rule 20"));
+    }
+
+    /// Input: a running config whose names and addresses would inject nft statements or `ip`
+    /// arguments. Output: those entries are dropped; the script holds only well-formed words.
+    #[test]
+    fn dev_hostile_names_never_reach_the_nft_script() {
+        let data = format!(
+            "<tunnels xmlns=\"{NS}\"><tunnel><name>x\"; flush ruleset; \"</name><vxlan><vni>1</vni><remote>1.1.1.1</remote></vxlan></tunnel><tunnel><name>ok1</name><peer>1.2.3.4; rm</peer></tunnel><tunnel><name>ok2</name></tunnel></tunnels><firewall xmlns=\"{NS}\"><rule><sequence>1</sequence><tunnel>a\" accept</tunnel><action>drop</action></rule><rule><sequence>2</sequence><destination>10.0.0.0/8 accept</destination></rule><rule><sequence>3</sequence><protocol>tcp</protocol><action>drop</action></rule></firewall><cross-connects xmlns=\"{NS}\"><cross-connect><a>ok2</a><b>b;c</b></cross-connect></cross-connects>"
+        );
+        let (t, r, x) = parse(&data).unwrap();
+        assert_eq!(t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["ok2"]);
+        assert_eq!(r.iter().map(|r| r.sequence).collect::<Vec<_>>(), [3]);
+        assert!(x.is_empty());
+        let s = nft_script(&r);
+        assert!(!s.contains("flush") && !s.contains("a\""), "{s}");
     }
 }

@@ -49,7 +49,10 @@ pub struct Args {
     profile_dirs: Vec<std::path::PathBuf>,
     /// Bearer tokens with roles (viewer, operator, admin) for the REST and gRPC APIs, from a YAML file:
     /// `tokens: [{name: oss, role: operator, tokenEnv: VAR}, {name: ops, role: admin,
-    /// tokenFile: PATH}]`. Without it the API is open (keep it on loopback then).
+    /// tokenFile: PATH}, {name: fw1-ensm, role: operator, device: fw1, tokenEnv: FW1}]`. A token
+    /// with `device` is that device's eNSM: it may write only that device's objects, and the
+    /// controller presents it when calling that device's eNSM (and to no one else). Without
+    /// this file the APIs are open, so they may listen on loopback only.
     #[arg(long, value_name = "FILE")]
     tokens: Option<std::path::PathBuf>,
     /// Serve the REST API over TLS with this PEM certificate chain (leaf first); needs --tls-key.
@@ -58,10 +61,6 @@ pub struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
-    /// The secret sent as the bearer token when calling eNSMs that run in their own process
-    /// (their `MESHWIRE_ENSM_TOKEN`). Give it through the environment.
-    #[arg(long, env = "MESHWIRE_ENSM_TOKEN", hide_env_values = true)]
-    ensm_token: Option<String>,
     /// Keep the registry in step with the NetworkService and NetworkServiceEndpoint custom
     /// resources (networkservicemesh.io/v1) of this Kubernetes namespace, both ways. The API
     /// server comes from the in-cluster service account or the kubeconfig.
@@ -87,6 +86,9 @@ struct TokenEntry {
     token_env: Option<String>,
     #[serde(default)]
     token_file: Option<std::path::PathBuf>,
+    /// The device this token's eNSM speaks for.
+    #[serde(default)]
+    device: Option<String>,
 }
 
 /// Reads the token table; secrets come from the environment or files, never from the table.
@@ -111,10 +113,23 @@ fn load_tokens(path: &std::path::Path) -> anyhow::Result<meshwire_northbound::au
             secret.len() >= 16,
             "{at}: a token has at least 16 characters"
         );
+        if let Some(d) = &t.device {
+            meshwire_models::validate::check_name(d)
+                .map_err(|e| anyhow::anyhow!("{at}: device: {e}"))?;
+            anyhow::ensure!(
+                !out.iter().any(|o: &meshwire_northbound::auth::Token| o.device.as_deref() == Some(d)),
+                "{at}: device {d} has a token already: one credential per eNSM"
+            );
+        }
+        anyhow::ensure!(
+            !out.iter().any(|o: &meshwire_northbound::auth::Token| meshwire_northbound::auth::same(o.secret.as_bytes(), secret.as_bytes())),
+            "{at}: the same secret as another token: give each its own"
+        );
         out.push(meshwire_northbound::auth::Token {
             name: t.name,
             role: t.role,
             secret,
+            device: t.device,
         });
     }
     anyhow::ensure!(!out.is_empty(), "{}: no tokens", path.display());
@@ -127,6 +142,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_target(false)
         .init();
     let tokens = args.tokens.as_deref().map(load_tokens).transpose()?;
+    let grpc_addr: Option<SocketAddr> = match args.grpc_listen.as_str() {
+        "off" | "none" => None,
+        a => Some(
+            a.parse()
+                .with_context(|| format!("--grpc-listen {a}: expected ADDR:PORT or off"))?,
+        ),
+    };
+    // An API without credentials is for this host only.
+    for (what, addr) in [("--listen", Some(args.listen)), ("--grpc-listen", grpc_addr)] {
+        let Some(addr) = addr else { continue };
+        if !addr.ip().is_loopback() {
+            anyhow::ensure!(
+                tokens.is_some(),
+                "{what} {addr} is not a loopback address and no --tokens was given: anyone who reaches it could change the mesh. Give --tokens FILE (and --tls-cert/--tls-key), or listen on 127.0.0.1"
+            );
+            if args.tls_cert.is_none() {
+                tracing::warn!(listen = %addr, "{what}: tokens travel in clear text off loopback; give --tls-cert/--tls-key");
+            }
+        }
+    }
     let store = meshwire_controller::store::open(&args.store)
         .await
         .with_context(|| format!("opening store {}", args.store))?;
@@ -177,25 +212,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut ensms = Vec::new();
     let mut devices_seen: Vec<meshwire_ensm_adapters::ensm::Ensm> = Vec::new();
     if let Some(planes) = &dataplanes {
-        // Devices whose eNSM runs in its own process are reached at the URL their endpoints
-        // registered with.
+        // Devices whose eNSM runs in its own process are reached at the URL of the Device
+        // object (written only by an admin or by that device's eNSM), with that device's own
+        // token; an endpoint's `url` never decides where a credential goes.
         let lookup = ctl.clone();
-        let ensm_token = args.ensm_token.clone();
+        let secrets = tokens.clone();
         planes.set_resolver(Box::new(move |device: &str| {
-            let url = lookup
-                .endpoints()
-                .into_iter()
-                .find_map(|v| match &v.endpoint.location {
-                    meshwire_models::EndpointLocation::Device { device: d } if d == device => {
-                        v.endpoint.url.clone()
-                    }
-                    _ => None,
-                })?;
+            let key = meshwire_models::ObjectKey {
+                kind: meshwire_models::ObjectKind::Device,
+                name: device.to_string(),
+            };
+            let url = match lookup.object(&key) {
+                Some(meshwire_models::Object::Device(d)) => d.ensm?,
+                _ => return None,
+            };
+            let secret = secrets
+                .as_ref()
+                .and_then(|t| t.device_secret(device))
+                .map(str::to_string);
+            if secrets.is_some() && secret.is_none() {
+                tracing::warn!(%device, %url, "no token is bound to this device: its eNSM is called without a credential");
+            }
             tracing::info!(%device, %url, "remote eNSM found");
             Some(Arc::new(meshwire_ensm_adapters::remote::RemoteEnsm::new(
-                device,
-                &url,
-                ensm_token.clone(),
+                device, &url, secret,
             )) as Arc<dyn Driver>)
         }));
         for (device, profile) in devices {
@@ -229,12 +269,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, tls = tls.is_some(), store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
-    let grpc = match args.grpc_listen.as_str() {
-        "off" | "none" => None,
-        a => {
-            let addr: SocketAddr = a
-                .parse()
-                .with_context(|| format!("--grpc-listen {a}: expected ADDR:PORT or off"))?;
+    let grpc = match grpc_addr {
+        None => None,
+        Some(addr) => {
             // Bind here so a taken port is an error at start, not a log line later.
             let l = tokio::net::TcpListener::bind(addr)
                 .await
@@ -257,9 +294,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Arc::new(move || device_metrics(&devices_seen));
             f
         });
-    if tokens.is_none() && !args.listen.ip().is_loopback() {
-        tracing::warn!(listen = %args.listen, "the REST API is open on a non-loopback address: give --tokens");
-    }
+
     let app = meshwire_northbound::router_with(
         ctl,
         meshwire_northbound::Options {
@@ -364,9 +399,10 @@ pub struct EnsmArgs {
     /// Directories searched for the device's profile (before the shipped ones).
     #[arg(long = "profile-dir", value_name = "DIR")]
     profile_dirs: Vec<std::path::PathBuf>,
-    /// The secret the controller must present (bearer) on every call to this eNSM: the
-    /// controller's MESHWIRE_ENSM_TOKEN. Give it through the environment; without it the API
-    /// is open, so keep --listen on loopback or a management network.
+    /// This eNSM's own credential: the secret of the controller's token bound to this device
+    /// (`device:` in the controller's --tokens file). The controller must present it on every
+    /// call, and this eNSM presents it to the controller when it registers. Give it through
+    /// the environment; without it the call API is open and may listen on loopback only.
     #[arg(long, env = "MESHWIRE_ENSM_TOKEN", hide_env_values = true)]
     ensm_token: Option<String>,
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
@@ -379,6 +415,11 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_target(false)
         .init();
+    anyhow::ensure!(
+        args.ensm_token.is_some() || args.listen.ip().is_loopback(),
+        "--listen {} is not a loopback address and MESHWIRE_ENSM_TOKEN is not set: anyone who reaches it could change the device's configuration. Set this device's token, or listen on 127.0.0.1",
+        args.listen
+    );
     let (device, profile) = meshwire_ensm_adapters::ensm::load(&args.device, &args.profile_dirs)
         .map_err(anyhow::Error::msg)?;
     let name = device.name.clone();
@@ -392,17 +433,17 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
     let e = meshwire_ensm_adapters::ensm::Ensm::new(
         device,
         profile,
+        // The device's own credential authenticates it to the controller too.
         meshwire_ensm_adapters::remote::RestRegistrar::new(
             &args.controller,
-            std::env::var("MESHWIRE_TOKEN").ok(),
+            args.ensm_token
+                .clone()
+                .or_else(|| std::env::var("MESHWIRE_TOKEN").ok()),
         ),
     );
     e.set_url(&url);
     let health = e.start().await.map_err(anyhow::Error::msg)?;
     tracing::info!(device = %name, %url, controller = %args.controller, "eNSM ready");
-    if args.ensm_token.is_none() && !args.listen.ip().is_loopback() {
-        tracing::warn!(listen = %args.listen, "the eNSM API is open on a non-loopback address: set MESHWIRE_ENSM_TOKEN here and on the controller");
-    }
     axum::serve(
         listener,
         meshwire_ensm_adapters::remote::router_with_token(e, args.ensm_token.clone()),

@@ -417,17 +417,18 @@ fn nb_bearer_tokens_401_without_403_below_the_role() {
             body.contains("needs role operator; token dash has viewer"),
             "{body}"
         );
+        let device = serde_json::json!([{"kind": "Device", "object": {"name": "fw9", "kind": "meshwire-appliance", "mechanisms": {}}}]);
         let (s, body) = status(
             http.post(format!("{url}/api/v1/registry/objects"))
                 .bearer_auth(op)
-                .json(&serde_json::json!([])),
+                .json(&device),
         )
         .await;
         assert_eq!(s, 403, "devices are the admin's: {body}");
         let (s, body) = status(
             http.post(format!("{url}/api/v1/registry/objects"))
                 .bearer_auth(admin)
-                .json(&serde_json::json!([])),
+                .json(&device),
         )
         .await;
         assert_eq!(s, 200, "{body}");

@@ -3,7 +3,9 @@
 //! netconfd behind sshd loaded with our appliance YANG model. Output: the eNSM registers the
 //! device's endpoint with its own URL; a request through the controller configures the device
 //! (the controller calls the eNSM at that URL); close removes it; with the eNSM process gone, a
-//! request fails with an error naming the device's eNSM.
+//! request fails with an error naming the device's eNSM. Credentials: each eNSM has its own
+//! (a token bound to its device); another device's token is refused by it, and the controller
+//! sends it only to the URL of the Device object, never to an endpoint's `url`.
 //! Needs root, netconfd and openssh-server; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set.
 
 use std::process::{Child, Command, Stdio};
@@ -35,12 +37,16 @@ fn cli(url: &str, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
         .env("MESHWIRE_CONTROLLER", url)
+        .env("MESHWIRE_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap()
 }
 
-/// The secret shared by the controller and the eNSM for the eNSM's call API.
-const ENSM_TOKEN: &str = "ensm-call-secret-0123456789";
+/// fw1's eNSM's own credential (its token in the controller's table is bound to fw1).
+const ENSM_TOKEN: &str = "ensm-fw1-secret-0123456789";
+/// Another device's eNSM's credential.
+const OTHER_ENSM_TOKEN: &str = "ensm-fw2-secret-0123456789";
+const ADMIN_TOKEN: &str = "admin-secret-0123456789";
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..200 {
@@ -75,6 +81,8 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
     let topo = dir.path().join("topo.yaml");
     std::fs::write(&topo, "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: n1-fw1}\nspec: {endpoints: [\"n1:eth1\", \"fw1:eth1\"], addresses: [\"192.168.70.1/24\", \"192.168.70.2/24\"]}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: firewall}\n").unwrap();
 
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(&tokens, "tokens:\n  - {name: ops, role: admin, tokenEnv: T_ADMIN}\n  - {name: fw1-ensm, role: operator, device: fw1, tokenEnv: T_FW1}\n  - {name: fw2-ensm, role: operator, device: fw2, tokenEnv: T_FW2}\n").unwrap();
     let (cp, ep) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{cp}");
     let _ctl = Proc(
@@ -87,10 +95,14 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
                 "none",
                 "--grpc-listen",
                 "off",
+                "--tokens",
+                tokens.to_str().unwrap(),
                 "--listen",
             ])
             .arg(format!("127.0.0.1:{cp}"))
-            .env("MESHWIRE_ENSM_TOKEN", ENSM_TOKEN)
+            .env("T_ADMIN", ADMIN_TOKEN)
+            .env("T_FW1", ENSM_TOKEN)
+            .env("T_FW2", OTHER_ENSM_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -139,6 +151,15 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+    // Another eNSM's credential (one that sees calls to fw2) cannot call fw1's eNSM.
+    let other = http
+        .post(format!("http://127.0.0.1:{ep}/ensm/v1/observe"))
+        .bearer_auth(OTHER_ENSM_TOKEN)
+        .json(&serde_json::json!([]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 401);
     let right = http
         .get(format!("http://127.0.0.1:{ep}/ensm/v1/status"))
         .bearer_auth(ENSM_TOKEN)
@@ -180,6 +201,20 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
     assert!(cli(&url, &["close", &id]).status.success());
     let running = s.get_config(Datastore::Running, None).await.unwrap();
     assert!(!running.contains(&id), "{running}");
+
+    // An endpoint naming another URL never receives the device's credential: the controller
+    // calls the eNSM of the Device object. (Only an admin may even register it.)
+    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    evil.set_nonblocking(true).unwrap();
+    let decoy = dir.path().join("decoy.yaml");
+    std::fs::write(&decoy, format!("---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {{name: decoy}}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: decoy}}\nspec: {{network_service_names: [decoy], url: \"http://{}\", location: {{device: fw1}}, mechanisms: {{vxlan: {{}}}}}}\n", evil.local_addr().unwrap())).unwrap();
+    let out = cli(&url, &["apply", "-f", decoy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = cli(&url, &["request", "decoy", "--client", "n1"]);
+    assert!(
+        matches!(evil.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the controller called the endpoint's url"
+    );
 
     drop(ensm);
     let out = cli(&url, &["request", "firewall", "--client", "n1"]);

@@ -294,6 +294,15 @@ impl Controller {
     }
 
     async fn apply_locked(&self, manifest: Manifest) -> Result<Vec<Applied>, ControllerError> {
+        // Every way in (files, REST, gRPC, custom resources, eNSMs) ends here: nothing is
+        // stored that the validator refuses, and a refused object stores none of the batch.
+        for obj in &manifest.objects {
+            obj.validate().map_err(|e| ControllerError::Invalid {
+                what: obj.key().to_string(),
+                field: e.field,
+                rule: e.rule,
+            })?;
+        }
         let mut out = Vec::new();
         for obj in manifest.objects {
             let key = obj.key();
@@ -581,9 +590,11 @@ impl Controller {
 
     /// Requests a network service for a client: select, negotiate, claim, record, wire.
     pub async fn request(&self, req: ConnectionRequest) -> Result<Connection, ControllerError> {
-        if let Some(i) = &req.interface {
-            meshwire_models::manifest::check_ifname(i).map_err(ControllerError::Invalid)?;
-        }
+        req.validate().map_err(|e| ControllerError::Invalid {
+            what: "connection request".into(),
+            field: e.field,
+            rule: e.rule,
+        })?;
         let _guard = self
             .lock_key(req.client.workload(), &req.network_service)
             .await;

@@ -48,8 +48,17 @@ pub enum ControllerError {
         expected: String,
         actual: String,
     },
-    #[error("invalid request: {0}")]
-    Invalid(String),
+    /// A request or object breaks a rule of the one validator (`meshwire_models::validate`).
+    #[error("invalid {what}: {field}: {rule}")]
+    Invalid {
+        /// `connection request`, or the object's `Kind/name`.
+        what: String,
+        field: String,
+        rule: String,
+    },
+    /// The caller may not make this change (its role, or the object it is bound to).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("data plane refused connection {connection}: {source}")]
     Driver {
         connection: String,
@@ -79,7 +88,8 @@ impl ControllerError {
             ControllerError::InUse { .. } => "in-use",
             ControllerError::AlreadyExists { .. } => "already-exists",
             ControllerError::PreconditionFailed { .. } => "precondition-failed",
-            ControllerError::Invalid(_) => "invalid",
+            ControllerError::Invalid { .. } => "invalid",
+            ControllerError::Forbidden(_) => "forbidden",
             ControllerError::Driver { .. } => "driver",
             ControllerError::Store(_) => "store",
             ControllerError::Corrupt { .. } => "corrupt-record",

@@ -284,6 +284,7 @@ impl Ensm {
             underlay_address: Some(d.underlay_address),
             mechanisms: caps.clone(),
             labels: d.labels.clone(),
+            ensm: self.inner.url.get().cloned(),
         })];
         for e in &d.endpoints {
             out.push(Object::NetworkServiceEndpoint(NetworkServiceEndpoint {

@@ -57,7 +57,9 @@ pub async fn namespaces(name: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|n| n.starts_with(&prefix))
-        .filter(|n| owner(n).is_none_or(|o| o == name))
+        // Ours only when the owner record names exactly this lab: `clab-a-b-c` may belong to
+        // lab `a-b`, and a namespace nobody recorded is not ours to delete.
+        .filter(|n| owner(n).as_deref() == Some(name))
         .map(str::to_string)
         .collect()
 }
@@ -294,12 +296,13 @@ async fn create(lab: &Lab) -> Result<(), (String, String)> {
         match n.kind {
             Kind::Linux | Kind::Appliance => {
                 let ns = lab.netns(&n.name);
-                ip(&["netns", "add", &ns])
-                    .await
-                    .map_err(step(format!("create namespace {ns} for node {}", n.name)))?;
+                // The owner first: a namespace left by a failure half-way is still found.
                 std::fs::create_dir_all(OWNERS)
                     .and_then(|_| std::fs::write(std::path::Path::new(OWNERS).join(&ns), &lab.name))
                     .map_err(|e| (format!("record the owner of {ns}"), e.to_string()))?;
+                ip(&["netns", "add", &ns])
+                    .await
+                    .map_err(step(format!("create namespace {ns} for node {}", n.name)))?;
                 ip(&["-n", &ns, "link", "set", "lo", "up"])
                     .await
                     .map_err(step(format!("node {}: lo up", n.name)))?;
@@ -426,7 +429,11 @@ pub async fn down(name: &str) -> Result<Vec<String>, RunError> {
     let mut ours: Vec<(String, bool)> = Vec::new();
     for line in links
         .lines()
-        .filter(|l| l.contains(&format!("alias {alias}")) || l.ends_with(&alias))
+        // The alias must be exactly ours: `meshwire-lab:a` is a prefix of `meshwire-lab:a-b`.
+        .filter(|l| {
+            l.split_once(" alias ")
+                .is_some_and(|(_, a)| a.trim() == alias)
+        })
     {
         if let Some(ifname) = line
             .split(':')

@@ -213,14 +213,16 @@ impl Lab {
             let mut labels = topo.defaults.labels.clone();
             labels.extend(kind_def.labels.clone());
             labels.extend(raw_node.labels.clone());
+            // The node's namespace is `clab-<lab>-<node>`: one path component, well under 255.
             if n.is_empty()
+                || n.len() > 64
                 || !n
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(err(
                     line,
-                    format!("node {n:?}: use letters, digits, '-' or '_'"),
+                    format!("node {n:?}: use 1 to 64 letters, digits, '-' or '_'"),
                 ));
             }
             if kind == Kind::Bridge && n.len() > 15 {
@@ -337,12 +339,8 @@ impl Lab {
                         format!("link endpoint {e:?}: unknown node {node:?}"),
                     ));
                 }
-                if iface.is_empty()
-                    || iface.len() > 15
-                    || iface.contains('/')
-                    || iface.contains(char::is_whitespace)
-                {
-                    return Err(err(eline, format!("link endpoint {e:?}: {iface:?} is not a valid interface name (1 to 15 characters)")));
+                if let Err(rule) = meshwire_models::validate::check_ifname(iface) {
+                    return Err(err(eline, format!("link endpoint {e:?}: {rule}")));
                 }
                 if !used.insert((node.to_string(), iface.to_string())) {
                     return Err(err(line_of(text, e, 1), format!("link endpoint {e:?}: interface {iface} of {node} is already used by another link")));
@@ -517,6 +515,10 @@ mod tests {
             (
                 GOOD.replace("\"h2:eth1\"]", "\"h9:eth1\"]"),
                 "lab.yaml:12: link endpoint \"h9:eth1\": unknown node \"h9\"",
+            ),
+            (
+                GOOD.replace("\"h2:eth1\"]", "\"h2:a/b\"]"),
+                "lab.yaml:12: link endpoint \"h2:a/b\": interface name \"a/b\" may not contain",
             ),
             (
                 GOOD.replace("\"br1:p1\"", "\"h1:eth1\""),

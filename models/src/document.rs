@@ -166,6 +166,7 @@ impl Object {
                 put(&mut spec, "address", d.address);
                 put(&mut spec, "underlayAddress", d.underlay_address);
                 put(&mut spec, "mechanisms", Some(&d.mechanisms));
+                put(&mut spec, "ensm", d.ensm.as_ref());
                 (MESHWIRE_API, "Device", metadata(&d.name, &d.labels), spec)
             }
             Object::Link(l) => {

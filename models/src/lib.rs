@@ -19,6 +19,7 @@ pub mod mechanism;
 pub mod nsurl;
 pub mod service;
 pub mod topology;
+pub mod validate;
 
 pub use connection::{
     ClientRef, Connection, ConnectionRequest, ConnectionState, Hop, IpContext, PathSegment,
@@ -30,3 +31,4 @@ pub use manifest::{Manifest, ManifestError, Object, ObjectKey, ObjectKind};
 pub use mechanism::{Capabilities, Mechanism, MechanismKind, Range};
 pub use service::{Destination, Match, NetworkService, Payload};
 pub use topology::{Device, ForwarderKind, Link, LinkEnd, Node, Topology};
+pub use validate::Invalid;

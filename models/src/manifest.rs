@@ -188,7 +188,16 @@ impl Ctx<'_> {
         }
     }
 
+    /// The object of one document, checked by the one validator every way in shares.
     fn object(&self, raw: RawDoc, warnings: &mut Vec<String>) -> Result<Object, ManifestError> {
+        let obj = self.read(raw, warnings)?;
+        obj.validate().map_err(|e| {
+            self.err(Some(&obj.key().to_string()), &e.field, e.rule)
+        })?;
+        Ok(obj)
+    }
+
+    fn read(&self, raw: RawDoc, warnings: &mut Vec<String>) -> Result<Object, ManifestError> {
         let api = raw.api_version.as_deref().unwrap_or("");
         let kind = raw.kind.as_deref().unwrap_or("");
         let kind = match (api, kind) {
@@ -320,10 +329,8 @@ impl Ctx<'_> {
                 }
                 let expires_at_ms = match s.expiration_time {
                     None => None,
-                    Some(t) => Some(
-                        parse_time_ms(&t)
-                            .map_err(|rule| self.err(obj, "spec.expiration_time", rule))?,
-                    ),
+                    Some(t) => expiration_ms(&t)
+                        .map_err(|rule| self.err(obj, "spec.expiration_time", rule))?,
                 };
                 let location = match s.location {
                     Some(RawLocation { node: Some(node), device: None, netns }) => EndpointLocation::Node { node, netns },
@@ -426,13 +433,8 @@ impl Ctx<'_> {
                 };
                 let forwarder = s.forwarder.unwrap_or_default();
                 if let Some(db) = &s.ovsdb {
-                    if !(db.starts_with("unix:") || db.starts_with("tcp:")) {
-                        return Err(self.err(
-                            obj,
-                            "spec.ovsdb",
-                            format!("{db:?} is not an OVSDB remote (unix:PATH or tcp:HOST:PORT)"),
-                        ));
-                    }
+                    crate::validate::check_ovsdb_remote(db)
+                        .map_err(|rule| self.err(obj, "spec.ovsdb", rule))?;
                 }
                 Object::Node(Node {
                     name,
@@ -471,6 +473,7 @@ impl Ctx<'_> {
                     underlay_address: parse_ip("spec.underlayAddress", s.underlay_address)?,
                     mechanisms,
                     labels: labels(meta.labels),
+                    ensm: s.ensm,
                 })
             }
             ObjectKind::Link => {
@@ -543,49 +546,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Object names: 1 to 253 characters of letters, digits, `-`, `_` and `.`, starting with a
-/// letter or digit (Kubernetes names fit).
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!("{name:?} must be 1 to 253 characters long"));
-    }
-    if !name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-    {
-        return Err(format!("{name:?} must start with a letter or digit"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "{name:?} contains {c:?}: use letters, digits, '-', '_' and '.'"
-        ));
-    }
-    Ok(())
-}
-
-/// Linux interface names: 1 to 15 bytes, no `/`, `:` or whitespace.
-pub fn check_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!(
-            "interface name {name:?} must be 1 to 15 characters long"
-        ));
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-        || name == "."
-        || name == ".."
-    {
-        return Err(format!(
-            "interface name {name:?} may not contain '/', ':' or spaces"
-        ));
-    }
-    Ok(())
-}
+pub use crate::validate::{check_ifname, check_name};
 
 /// Go-template label values (`{{.nodeName}}`, `{{ .podName }}`) must be well formed.
 fn check_template(v: &str) -> Result<(), String> {
@@ -611,11 +572,57 @@ fn check_template(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `expiration_time` in either form: an RFC 3339 string, or `{seconds: N, nanos: M}` (upstream's
+/// registry-k8s resources, written by Go's `encoding/json`). `None` for a null or zero time.
+fn expiration_ms(v: &Value) -> Result<Option<u64>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(t) => parse_time_ms(t).map(Some),
+        Value::Mapping(m) => {
+            let field = |k: &str| -> Result<i64, String> {
+                match m.get(Value::String(k.into())) {
+                    None | Some(Value::Null) => Ok(0),
+                    Some(Value::Number(n)) => n
+                        .as_i64()
+                        .ok_or_else(|| format!("{k}: {n} is not a whole number")),
+                    Some(Value::String(s)) => s
+                        .parse::<i64>()
+                        .map_err(|_| format!("{k}: {s:?} is not a whole number")),
+                    Some(_) => Err(format!("{k}: not a number")),
+                }
+            };
+            for k in m.keys() {
+                if !matches!(k.as_str(), Some("seconds" | "nanos")) {
+                    return Err(format!("{k:?}: a timestamp has only seconds and nanos"));
+                }
+            }
+            let (secs, nanos) = (field("seconds")?, field("nanos")?);
+            if secs == 0 && nanos == 0 {
+                return Ok(None);
+            }
+            timestamp_ms(secs, nanos).map(Some)
+        }
+        _ => Err("an RFC 3339 time or {seconds, nanos}".to_string()),
+    }
+}
+
+/// A protobuf `Timestamp` as Unix milliseconds, refused when it is before 1970 or past what
+/// milliseconds in a `u64` can hold.
+pub fn timestamp_ms(seconds: i64, nanos: i64) -> Result<u64, String> {
+    if !(0..1_000_000_000).contains(&nanos) {
+        return Err(format!("nanos {nanos} is outside 0..999999999"));
+    }
+    let secs = u64::try_from(seconds).map_err(|_| format!("seconds {seconds} is before 1970"))?;
+    secs.checked_mul(1000)
+        .and_then(|ms| ms.checked_add(nanos as u64 / 1_000_000))
+        .ok_or_else(|| format!("seconds {seconds} is too far in the future"))
+}
+
 fn parse_time_ms(t: &str) -> Result<u64, String> {
     let time = humantime::parse_rfc3339_weak(t)
         .map_err(|e| format!("{t:?} is not an RFC 3339 time ({e})"))?;
     time.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .map_err(|_| format!("{t:?} is before 1970"))
 }
 
@@ -688,7 +695,10 @@ pub struct RawEndpointSpec {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, RawServiceLabels>>))]
     network_service_labels: Option<BTreeMap<String, Option<RawServiceLabels>>>,
     url: Option<String>,
-    expiration_time: Option<String>,
+    /// RFC 3339, or `{seconds, nanos}` as upstream's registry-k8s stores it (Go's
+    /// `encoding/json` of a protobuf Timestamp).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    expiration_time: Option<Value>,
     // Meshwire additions.
     location: Option<RawLocation>,
     mechanisms: Option<Capabilities>,
@@ -738,6 +748,8 @@ pub struct RawDeviceSpec {
     address: Option<String>,
     underlay_address: Option<String>,
     mechanisms: Option<Capabilities>,
+    /// The URL of the device's eNSM, when it runs in its own process.
+    ensm: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

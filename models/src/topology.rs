@@ -86,6 +86,11 @@ pub struct Device {
     pub mechanisms: Capabilities,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// The URL of the device's eNSM when it runs in its own process (`meshwire ensm`). The
+    /// controller calls the device's eNSM only here, with the device's own credential; a
+    /// device object is written by an admin or by that device's eNSM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensm: Option<String>,
 }
 
 /// One end of a link: a node or device and its interface there.

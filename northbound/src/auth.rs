@@ -1,6 +1,8 @@
 //! Bearer tokens with roles for the REST API: `viewer` reads, `operator` also changes services,
-//! endpoints, topology and connections, `admin` also registers devices and their endpoints'
-//! health (the routes eNSMs use). Without a token table the API is open, as on loopback by
+//! endpoints, topology and connections, `admin` also changes admin objects (devices, endpoints on
+//! devices, nodes with an OVSDB remote: see [`crate::policy`]) and endpoints' health. A token
+//! bound to a device (`device:` in the token file) is that device's eNSM: it may change only
+//! that device's objects. Without a token table the API is open, as on loopback by
 //! default; with one, every route but `/healthz` and `/readyz` (probes) needs a token: none or
 //! an unknown one is 401, too small a role 403, both as problem documents. Tokens are compared
 //! in constant time and never logged.
@@ -32,17 +34,33 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// One token: who it is (for logs) and its role.
+/// One token: who it is (for logs), its role, and for an eNSM's token the one device it
+/// speaks for (the controller also presents that token when it calls the device's eNSM).
 #[derive(Clone)]
 pub struct Token {
     pub name: String,
     pub role: Role,
     pub secret: String,
+    pub device: Option<String>,
 }
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Token({}, {})", self.name, self.role)
+        match &self.device {
+            Some(d) => write!(f, "Token({}, {}, device {d})", self.name, self.role),
+            None => write!(f, "Token({}, {})", self.name, self.role),
+        }
+    }
+}
+
+impl Token {
+    /// The caller this token authenticates.
+    pub fn caller(&self) -> crate::policy::Caller {
+        crate::policy::Caller {
+            name: self.name.clone(),
+            role: self.role,
+            device: self.device.clone(),
+        }
     }
 }
 
@@ -50,8 +68,8 @@ impl std::fmt::Debug for Token {
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(pub Vec<Token>);
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    // Constant time in the content (the length of a secret is not the secret).
+/// Constant time in the content (the length of a secret is not the secret).
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -65,6 +83,15 @@ impl Tokens {
         }
         found
     }
+
+    /// The secret of the token bound to `device` (what the controller presents to that
+    /// device's eNSM, and only to it).
+    pub fn device_secret(&self, device: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|t| t.device.as_deref() == Some(device))
+            .map(|t| t.secret.as_str())
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header (HTTP or gRPC metadata).
@@ -75,7 +102,9 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The role a request needs.
+/// The role a request needs at the route: reads `viewer`, changes `operator`. Which objects an
+/// operator may change is then decided per object ([`crate::policy`]): devices, endpoints on
+/// devices and nodes with an OVSDB remote are admin objects whatever route carries them.
 pub fn required(method: &Method, path: &str) -> Option<Role> {
     // Probes, and the API's own description (no state in it).
     if path == "/healthz"
@@ -85,13 +114,8 @@ pub fn required(method: &Method, path: &str) -> Option<Role> {
     {
         return None;
     }
-    let device_admin = path == "/api/v1/registry/objects"
-        || path == "/api/v1/devices"
-        || path.starts_with("/api/v1/devices/")
-        || (path.starts_with("/api/v1/endpoints/") && path.ends_with("/status"));
     Some(match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => Role::Viewer,
-        _ if device_admin => Role::Admin,
         _ => Role::Operator,
     })
 }
@@ -115,6 +139,7 @@ pub async fn check(
     let Some(need) = required(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
+    let mut req = req;
     let presented = bearer(req.headers());
     let Some(presented) = presented else {
         return refuse(
@@ -131,7 +156,9 @@ pub async fn check(
             "unknown token".into(),
         );
     };
-    if t.role < need {
+    // An eNSM's token counts as an operator at the route; the policy keeps it to its device.
+    let role = if t.device.is_some() { t.role.max(Role::Operator) } else { t.role };
+    if role < need {
         tracing::warn!(token = %t.name, role = %t.role, need = %need, path = %req.uri().path(), "request refused: role too small");
         return refuse(
             StatusCode::FORBIDDEN,
@@ -145,7 +172,36 @@ pub async fn check(
             ),
         );
     }
+    let caller = t.caller();
+    req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// Without a token table every request is the open API's caller (loopback only).
+pub async fn open(mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(crate::policy::Caller::open());
+    next.run(req).await
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for crate::policy::Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Response> {
+        parts
+            .extensions
+            .get::<crate::policy::Caller>()
+            .cloned()
+            .ok_or_else(|| {
+                refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a bearer token is required (Authorization: Bearer <token>)".into(),
+                )
+            })
+    }
 }
 
 #[cfg(test)]
@@ -168,13 +224,10 @@ mod tests {
             required(&Method::DELETE, "/api/v1/connections/x"),
             Some(Role::Operator)
         );
+        // Admin objects are decided per object (policy), whatever the route.
         assert_eq!(
             required(&Method::POST, "/api/v1/registry/objects"),
-            Some(Role::Admin)
-        );
-        assert_eq!(
-            required(&Method::PUT, "/api/v1/endpoints/fw1/status"),
-            Some(Role::Admin)
+            Some(Role::Operator)
         );
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
     }
@@ -185,6 +238,7 @@ mod tests {
             name: "oss".into(),
             role: Role::Operator,
             secret: "s3cret-token".into(),
+            device: None,
         }]);
         assert_eq!(t.find("s3cret-token").map(|t| t.role), Some(Role::Operator));
         assert!(t.find("s3cret-toke").is_none() && t.find("s3cret-token ").is_none());

@@ -143,7 +143,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        let mut caller = crate::policy::Caller::open();
         if let Some(tokens) = &self.tokens {
             let need = grpc_role(req.uri().path());
             let presented = crate::auth::bearer(req.headers());
@@ -155,7 +156,7 @@ where
                     tracing::warn!(method = %req.uri().path(), "gRPC call with an unknown token refused");
                     Some(Status::unauthenticated("unknown token"))
                 }
-                Some(Some(t)) if t.role < need => {
+                Some(Some(t)) if t.role < need && t.device.is_none() => {
                     tracing::warn!(token = %t.name, role = %t.role, %need, method = %req.uri().path(), "gRPC call refused: role too small");
                     Some(Status::permission_denied(format!(
                         "{} needs role {need}; token {} has {}",
@@ -164,31 +165,58 @@ where
                         t.role
                     )))
                 }
-                Some(Some(_)) => None,
+                Some(Some(t)) => {
+                    caller = t.caller();
+                    None
+                }
             };
             if let Some(status) = refusal {
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         }
+        req.extensions_mut().insert(caller);
         let mut inner = self.inner.clone();
         std::mem::swap(&mut self.inner, &mut inner);
         Box::pin(inner.call(req))
     }
 }
 
+/// The caller [`GrpcAuth`] authenticated (it is in every request it passes on).
+fn caller_of<T>(req: &Request<T>) -> Result<crate::policy::Caller, Status> {
+    req.extensions()
+        .get::<crate::policy::Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// The one mapping from controller errors to gRPC statuses (the REST side's is
+/// [`crate::Problem`]'s `From`). Store and record details stay in the log.
 fn status(e: ControllerError) -> Status {
-    let msg = e.to_string();
-    match e.code() {
-        "unknown-service" | "unknown-connection" | "not-found" | "unknown-node" => {
-            Status::not_found(msg)
+    use ControllerError as E;
+    match &e {
+        E::Store(_) | E::Corrupt { .. } => {
+            tracing::error!(error = %e, code = e.code(), "gRPC call failed");
+            let p = crate::Problem::from(e);
+            if p.status == 503 {
+                Status::unavailable(p.detail)
+            } else {
+                Status::internal(p.detail)
+            }
         }
-        "no-endpoint" | "no-matching-endpoint" | "no-path" | "no-capable-endpoint" | "in-use" => {
-            Status::failed_precondition(msg)
+        E::UnknownService { .. } | E::UnknownConnection { .. } | E::NotFound { .. } | E::UnknownNode { .. } => {
+            Status::not_found(e.to_string())
         }
-        "no-capacity" | "pool-exhausted" => Status::resource_exhausted(msg),
-        "invalid" => Status::invalid_argument(msg),
-        "driver" => Status::unavailable(msg),
-        _ => Status::internal(msg),
+        E::NoEndpoint { .. }
+        | E::NoMatchingEndpoint { .. }
+        | E::NoPath { .. }
+        | E::NoCapableEndpoint { .. }
+        | E::InUse { .. }
+        | E::PreconditionFailed { .. } => Status::failed_precondition(e.to_string()),
+        E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        E::NoCapacity { .. } | E::PoolExhausted { .. } => Status::resource_exhausted(e.to_string()),
+        E::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        E::Forbidden(_) => Status::permission_denied(e.to_string()),
+        E::Driver { .. } => Status::unavailable(e.to_string()),
     }
 }
 
@@ -406,6 +434,7 @@ impl ns::network_service_server::NetworkService for Nsm {
         &self,
         req: Request<ns::NetworkServiceRequest>,
     ) -> Result<Response<c::Connection>, Status> {
+        let caller = caller_of(&req)?;
         let r = req.into_inner();
         // A refresh of a live connection returns it as it is.
         if let Some(id) = r
@@ -415,16 +444,22 @@ impl ns::network_service_server::NetworkService for Nsm {
             .filter(|i| !i.is_empty())
         {
             if let Some(existing) = self.ctl.connection(id) {
+                caller.may_close(&existing).map_err(status)?;
                 return Ok(Response::new(to_pb(&existing)));
             }
         }
         let mw = from_pb(&r)?;
+        caller.may_request(&mw).map_err(status)?;
         let conn = self.ctl.request(mw).await.map_err(status)?;
         Ok(Response::new(to_pb(&conn)))
     }
 
     async fn close(&self, req: Request<c::Connection>) -> Result<Response<()>, Status> {
+        let caller = caller_of(&req)?;
         let id = req.into_inner().id;
+        if let Some(existing) = self.ctl.connection(&id) {
+            caller.may_close(&existing).map_err(status)?;
+        }
         match self.ctl.close(&id).await {
             // Closing what is not there is done (upstream's Close is idempotent).
             Ok(_) | Err(ControllerError::UnknownConnection { .. }) => Ok(Response::new(())),
@@ -636,8 +671,10 @@ fn endpoint_from_pb(e: &reg::NetworkServiceEndpoint) -> Result<MwEndpoint, Statu
     let expires_at_ms = e
         .expiration_time
         .as_ref()
-        .filter(|t| t.seconds > 0)
-        .map(|t| t.seconds as u64 * 1000 + (t.nanos.max(0) as u64) / 1_000_000);
+        .filter(|t| t.seconds != 0 || t.nanos != 0)
+        .map(|t| meshwire_models::manifest::timestamp_ms(t.seconds, t.nanos.into()))
+        .transpose()
+        .map_err(|rule| Status::invalid_argument(format!("expiration_time: {rule}")))?;
     let caps: meshwire_models::Capabilities =
         serde_json::from_value(serde_json::json!({"kernel": {}, "vxlan": {}}))
             .map_err(|err| Status::internal(err.to_string()))?;
@@ -674,14 +711,18 @@ async fn apply(ctl: &Controller, o: Object) -> Result<(), Status> {
     .map_err(status)
 }
 
-async fn unregister(ctl: &Controller, kind: ObjectKind, name: &str) -> Result<(), Status> {
-    match ctl
-        .delete(&[ObjectKey {
-            kind,
-            name: name.to_string(),
-        }])
-        .await
-    {
+async fn unregister(
+    ctl: &Controller,
+    caller: &crate::policy::Caller,
+    kind: ObjectKind,
+    name: &str,
+) -> Result<(), Status> {
+    let key = ObjectKey {
+        kind,
+        name: name.to_string(),
+    };
+    caller.may_delete(ctl, &key).map_err(status)?;
+    match ctl.delete(&[key]).await {
         Ok(_) | Err(ControllerError::NotFound { .. }) => Ok(()),
         Err(e) => Err(status(e)),
     }
@@ -745,9 +786,12 @@ impl reg::network_service_registry_server::NetworkServiceRegistry for Nsm {
         &self,
         req: Request<reg::NetworkService>,
     ) -> Result<Response<reg::NetworkService>, Status> {
+        let caller = caller_of(&req)?;
         let s = req.into_inner();
         let mw = service_from_pb(&s)?;
-        apply(&self.ctl, Object::NetworkService(mw.clone())).await?;
+        let obj = Object::NetworkService(mw.clone());
+        caller.may_write(&obj).map_err(status)?;
+        apply(&self.ctl, obj).await?;
         Ok(Response::new(service_to_pb(&mw)))
     }
 
@@ -794,8 +838,10 @@ impl reg::network_service_registry_server::NetworkServiceRegistry for Nsm {
     }
 
     async fn unregister(&self, req: Request<reg::NetworkService>) -> Result<Response<()>, Status> {
+        let caller = caller_of(&req)?;
         unregister(
             &self.ctl,
+            &caller,
             ObjectKind::NetworkService,
             &req.into_inner().name,
         )
@@ -812,9 +858,14 @@ impl reg::network_service_endpoint_registry_server::NetworkServiceEndpointRegist
         &self,
         req: Request<reg::NetworkServiceEndpoint>,
     ) -> Result<Response<reg::NetworkServiceEndpoint>, Status> {
+        let caller = caller_of(&req)?;
         let e = req.into_inner();
         let mw = endpoint_from_pb(&e)?;
-        apply(&self.ctl, Object::NetworkServiceEndpoint(mw.clone())).await?;
+        let obj = Object::NetworkServiceEndpoint(mw.clone());
+        caller.may_write(&obj).map_err(status)?;
+        // Replacing a stored admin object (an endpoint on a device) is an admin change.
+        caller.may_delete(&self.ctl, &obj.key()).map_err(status)?;
+        apply(&self.ctl, obj).await?;
         Ok(Response::new(endpoint_to_pb(&mw)))
     }
 
@@ -873,8 +924,10 @@ impl reg::network_service_endpoint_registry_server::NetworkServiceEndpointRegist
         &self,
         req: Request<reg::NetworkServiceEndpoint>,
     ) -> Result<Response<()>, Status> {
+        let caller = caller_of(&req)?;
         unregister(
             &self.ctl,
+            &caller,
             ObjectKind::NetworkServiceEndpoint,
             &req.into_inner().name,
         )

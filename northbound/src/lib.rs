@@ -17,6 +17,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;
+pub mod policy;
 pub mod tls;
 
 use axum::body::Bytes;
@@ -70,18 +71,33 @@ impl From<ControllerError> for Problem {
             | NoMatchingEndpoint { .. }
             | NoPath { .. }
             | NoCapableEndpoint { .. }
-            | Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Forbidden(_) => StatusCode::FORBIDDEN,
             AlreadyExists { .. } => StatusCode::CONFLICT,
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             NoCapacity { .. } | PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InUse { .. } => StatusCode::CONFLICT,
             Driver { .. } => StatusCode::BAD_GATEWAY,
-            Store(_) | Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // The store's own words (addresses, paths, backend errors) go to the log; callers get
+        // a stable message that says what to do.
+        let detail = match &e {
+            Store(_) => "the controller's store did not answer; nothing was changed that is not recorded. Retry shortly.".to_string(),
+            Corrupt { .. } => "a stored record could not be read; see the controller's log".to_string(),
+            other => other.to_string(),
         };
         if status.is_server_error() {
             tracing::error!(error = %e, code = e.code(), "request failed");
         }
-        Problem::new(status, e.code(), e.to_string())
+        let field = match &e {
+            Invalid { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let mut p = Problem::new(status, e.code(), detail);
+        p.field = field;
+        p
     }
 }
 
@@ -243,7 +259,7 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
         ));
     let router = match tokens {
         Some(t) => router.layer(axum::middleware::from_fn_with_state(t, auth::check)),
-        None => router,
+        None => router.layer(axum::middleware::from_fn(auth::open)),
     };
     router
         .layer(axum::middleware::from_fn(problems_only))
@@ -334,10 +350,14 @@ struct ApplyResult {
 
 async fn apply_manifest(
     State(ctl): State<Controller>,
+    caller: policy::Caller,
     Q(q): Q<FileQuery>,
     body: Bytes,
 ) -> ApiResult<Json<ApplyResult>> {
     let m = parse_manifest(&q, &body)?;
+    for o in &m.objects {
+        caller.may_write(o)?;
+    }
     let warnings = m.warnings.clone();
     Ok(Json(ApplyResult {
         applied: ctl.apply(m).await?,
@@ -347,12 +367,18 @@ async fn apply_manifest(
 
 async fn delete_manifest(
     State(ctl): State<Controller>,
+    caller: policy::Caller,
     Q(q): Q<FileQuery>,
     body: Bytes,
 ) -> ApiResult<Json<ApplyResult>> {
     let m = parse_manifest(&q, &body)?;
     // Delete in reverse order, so endpoints go before their services and links before nodes.
     let keys: Vec<_> = m.objects.iter().rev().map(|o| o.key()).collect();
+    for (o, k) in m.objects.iter().rev().zip(&keys) {
+        // Both what the file says and what is stored: either may be the admin object.
+        caller.may_write(o)?;
+        caller.may_delete(&ctl, k)?;
+    }
     Ok(Json(ApplyResult {
         applied: ctl.delete(&keys).await?,
         warnings: vec![],
@@ -375,10 +401,12 @@ struct EndpointStatus {
 
 async fn endpoint_status(
     State(ctl): State<Controller>,
+    caller: policy::Caller,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     let s: EndpointStatus = json_body("endpoint status", &body)?;
+    caller.may_set_status(&ctl, &name)?;
     let changed = ctl.set_endpoint_down(&name, s.down, &s.reason).await?;
     Ok(Json(
         serde_json::json!({"endpoint": name, "down": s.down, "changed": changed}),
@@ -388,9 +416,13 @@ async fn endpoint_status(
 /// Registration by eNSMs: objects in the controller's own JSON form.
 async fn register_objects(
     State(ctl): State<Controller>,
+    caller: policy::Caller,
     body: Bytes,
 ) -> ApiResult<Json<Vec<meshwire_controller::Applied>>> {
     let objects: Vec<meshwire_models::Object> = json_body("objects", &body)?;
+    for o in &objects {
+        caller.may_write(o)?;
+    }
     Ok(Json(
         ctl.apply(meshwire_models::Manifest {
             objects,
@@ -473,16 +505,23 @@ async fn get_connection(
 
 async fn request_connection(
     State(ctl): State<Controller>,
+    caller: policy::Caller,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<meshwire_models::Connection>)> {
     let req: ConnectionRequest = json_body("connection request", &body)?;
+    caller.may_request(&req)?;
     Ok((StatusCode::CREATED, Json(ctl.request(req).await?)))
 }
 
 async fn close_connection(
     State(ctl): State<Controller>,
+    caller: policy::Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<meshwire_models::Connection>> {
+    let conn = ctl
+        .connection(&id)
+        .ok_or_else(|| ControllerError::UnknownConnection { id: id.clone() })?;
+    caller.may_close(&conn)?;
     Ok(Json(ctl.close(&id).await?))
 }
 
@@ -624,6 +663,40 @@ mod tests {
             (st, v["code"].as_str()),
             (StatusCode::NOT_FOUND, Some("unknown-connection"))
         );
+    }
+
+    /// Input: names that would leave the namespace directory or make no interface, by REST
+    /// request and by every object door. Output: 422 naming the field; nothing stored.
+    #[tokio::test]
+    async fn nb_hostile_names_are_refused_where_they_enter() {
+        let app = app().await;
+        let docs = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e}\nspec: {network_service_names: [s], location: {node: n1}}\n";
+        let (st, _, _) = call(&app, "POST", "/api/v1/manifests", docs).await;
+        assert_eq!(st, StatusCode::OK);
+        for (body, field) in [
+            (r#"{"network_service":"s","client":{"node":"n1","name":"../../proc/1/ns/net"}}"#, "client.name"),
+            (r#"{"network_service":"s","client":{"node":"n1","name":"../netns/other"}}"#, "client.name"),
+            (r#"{"network_service":"s","client":{"node":"n1","name":"w"},"interface":"a/b"}"#, "interface"),
+            (r#"{"network_service":"s","client":{"node":"../n1"}}"#, "client.node"),
+        ] {
+            let (st, v, _) = call(&app, "POST", "/api/v1/connections", body).await;
+            assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+            assert_eq!(v["field"], field, "{body}");
+        }
+        // The registry door (the controller's own JSON) takes the same validator.
+        let objects = r#"[{"kind":"NetworkServiceEndpoint","object":{"name":"evil","network_service_names":["s"],"location":{"node":{"node":"n1","netns":"../../proc/1/ns/net"}},"mechanisms":{"kernel":{}}}}]"#;
+        let (st, v, _) = call(&app, "POST", "/api/v1/registry/objects", objects).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["field"], "spec.location.netns");
+        let (st, _, _) = call(&app, "GET", "/api/v1/endpoints/evil", "").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "nothing stored");
+        // A manifest names the field too.
+        let node = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n9}\nspec: {netns: ../x}\n";
+        let (st, v, _) = call(&app, "POST", "/api/v1/manifests", node).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["field"], "spec.netns");
+        let (_, list, _) = call(&app, "GET", "/api/v1/connections", "").await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 0);
     }
 
     #[tokio::test]

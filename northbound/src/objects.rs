@@ -444,8 +444,14 @@ async fn list(ctl: Controller, coll: Collection, q: ListQuery) -> ApiResult<Resp
     .into_response())
 }
 
-async fn create(ctl: Controller, coll: Collection, body: Bytes) -> ApiResult<Response> {
+async fn create(
+    ctl: Controller,
+    caller: crate::policy::Caller,
+    coll: Collection,
+    body: Bytes,
+) -> ApiResult<Response> {
     let (obj, warnings) = parse_body(coll, &body)?;
+    caller.may_write(&obj)?;
     ctl.put_object(obj.clone(), Precondition::Absent).await?;
     Ok(object_response(
         &ctl,
@@ -483,6 +489,7 @@ async fn read(
 
 async fn replace(
     ctl: Controller,
+    caller: crate::policy::Caller,
     coll: Collection,
     name: String,
     headers: HeaderMap,
@@ -490,6 +497,9 @@ async fn replace(
 ) -> ApiResult<Response> {
     let cond = precondition(&headers)?;
     let (obj, warnings) = parse_body(coll, &body)?;
+    caller.may_write(&obj)?;
+    // Replacing an admin object is an admin change, whatever the new one is.
+    caller.may_delete(&ctl, &obj.key())?;
     if obj.key().name != name {
         let mut p = Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -526,10 +536,12 @@ async fn replace(
 
 async fn remove(
     ctl: Controller,
+    caller: crate::policy::Caller,
     coll: Collection,
     name: String,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    caller.may_delete(&ctl, &key(coll, name.clone()))?;
     let cond = match precondition(&headers)? {
         Precondition::Absent => Precondition::Any,
         c => c,
@@ -545,9 +557,11 @@ pub fn routes(mut router: Router<Controller>) -> Router<Controller> {
             .route(
                 &format!("/api/v1/{}", coll.path),
                 get(move |State(ctl): State<Controller>, Q(q): Q<ListQuery>| list(ctl, coll, q))
-                    .post(move |State(ctl): State<Controller>, body: Bytes| {
-                        create(ctl, coll, body)
-                    }),
+                    .post(
+                        move |State(ctl): State<Controller>,
+                              caller: crate::policy::Caller,
+                              body: Bytes| create(ctl, caller, coll, body),
+                    ),
             )
             .route(
                 &format!("/api/v1/{}/{{name}}", coll.path),
@@ -558,14 +572,16 @@ pub fn routes(mut router: Router<Controller>) -> Router<Controller> {
                 )
                 .put(
                     move |State(ctl): State<Controller>,
+                          caller: crate::policy::Caller,
                           Path(name): Path<String>,
                           headers: HeaderMap,
-                          body: Bytes| replace(ctl, coll, name, headers, body),
+                          body: Bytes| replace(ctl, caller, coll, name, headers, body),
                 )
                 .delete(
                     move |State(ctl): State<Controller>,
+                          caller: crate::policy::Caller,
                           Path(name): Path<String>,
-                          headers: HeaderMap| remove(ctl, coll, name, headers),
+                          headers: HeaderMap| remove(ctl, caller, coll, name, headers),
                 ),
             );
     }

@@ -215,11 +215,13 @@ async fn nsm_grpc_bearer_tokens_and_roles() {
             name: "nsc".into(),
             role: Role::Viewer,
             secret: "viewer-secret-0001".into(),
+            device: None,
         },
         Token {
             name: "nse".into(),
             role: Role::Operator,
             secret: "operator-secret-001".into(),
+            device: None,
         },
     ])))
     .await;

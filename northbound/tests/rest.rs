@@ -382,11 +382,13 @@ async fn rest_every_operation_needs_a_token_and_the_role() {
             name: "v".into(),
             role: Role::Viewer,
             secret: "view-secret".into(),
+            device: None,
         },
         Token {
             name: "o".into(),
             role: Role::Operator,
             secret: "op-secret".into(),
+            device: None,
         },
     ]);
     let app = meshwire_northbound::router_with(
@@ -430,16 +432,93 @@ async fn rest_every_operation_needs_a_token_and_the_role() {
                 let admin_only = path.starts_with("/api/v1/devices")
                     || path.ends_with("/status")
                     || path == "/api/v1/registry/objects";
+                // Admin objects are refused by what the body or the stored object is
+                // (rest_admin_objects_whatever_the_route); the route alone lets an operator in.
                 let op = call(&app, &m, &uri, &[("authorization", "Bearer op-secret")], "").await;
-                assert_eq!(
-                    op.status == StatusCode::FORBIDDEN,
-                    admin_only,
-                    "{m} {path}: {}",
-                    op.status
-                );
+                if !admin_only {
+                    assert_ne!(op.status, StatusCode::FORBIDDEN, "{m} {path}");
+                }
             }
             checked += 1;
         }
     }
     assert!(checked >= 35, "only {checked} operations");
+}
+
+/// Input: an operator's token and an eNSM's token bound to device fw1, writing admin objects
+/// (a device, an endpoint on a device, a node with an OVSDB remote) through every REST door.
+/// Output: the operator is refused (403 naming the object) whatever the route; fw1's token may
+/// write fw1's objects and set their status, and nothing of anyone else's.
+#[tokio::test]
+async fn rest_admin_objects_whatever_the_route() {
+    let tokens = Tokens(vec![
+        Token {
+            name: "oss".into(),
+            role: Role::Operator,
+            secret: "op-secret-000001".into(),
+            device: None,
+        },
+        Token {
+            name: "root".into(),
+            role: Role::Admin,
+            secret: "admin-secret-0001".into(),
+            device: None,
+        },
+        Token {
+            name: "fw1-ensm".into(),
+            role: Role::Operator,
+            secret: "fw1-secret-00001".into(),
+            device: Some("fw1".into()),
+        },
+    ]);
+    let app = meshwire_northbound::router_with(
+        controller().await,
+        meshwire_northbound::Options {
+            tokens: Some(tokens),
+            ..Default::default()
+        },
+    );
+    let op = [("authorization", "Bearer op-secret-000001")];
+    let admin = [("authorization", "Bearer admin-secret-0001")];
+    let fw1 = [("authorization", "Bearer fw1-secret-00001")];
+    let device = |name: &str| {
+        format!("apiVersion: meshwire.io/v1\nkind: Device\nmetadata: {{name: {name}}}\nspec: {{kind: meshwire-appliance, ensm: \"http://evil.example:1\"}}\n")
+    };
+    let ovs_node = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: ovs, ovsdb: \"tcp:192.0.2.1:6640\"}\n";
+    let on_device = "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: fw1-ep}\nspec: {network_service_names: [s], location: {device: fw1}}\n";
+    for (what, body) in [("device", device("fw1")), ("ovs node", ovs_node.to_string()), ("endpoint on a device", on_device.to_string())] {
+        let r = call(&app, "POST", "/api/v1/manifests", &op, &body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains("admin object"), "{}", r.body);
+    }
+    let r = call(&app, "POST", "/api/v1/devices", &op, &device("fw1")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(&app, "PUT", "/api/v1/nodes/n1", &op, ovs_node).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let objects = r#"[{"kind":"Device","object":{"name":"fw2","kind":"meshwire-appliance","mechanisms":{}}}]"#;
+    let r = call(&app, "POST", "/api/v1/registry/objects", &op, objects).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // An admin may; the device's own eNSM may write its own device and endpoints.
+    let r = call(&app, "POST", "/api/v1/devices", &admin, &device("fw2")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let svc = "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\n";
+    assert_eq!(call(&app, "POST", "/api/v1/manifests", &op, svc).await.status, StatusCode::OK);
+    let r = call(&app, "POST", "/api/v1/manifests", &fw1, &format!("{}---\n{on_device}", device("fw1"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = call(&app, "PUT", "/api/v1/endpoints/fw1-ep/status", &fw1, r#"{"down":true}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // ... but nothing of another device, and no plain object either.
+    let r = call(&app, "DELETE", "/api/v1/devices/fw2", &fw1, "").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = call(&app, "PUT", "/api/v1/devices/fw2", &fw1, &device("fw2")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(&app, "POST", "/api/v1/nodes", &fw1, &node("n9", "a")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The operator may not withdraw an endpoint, nor delete the device.
+    let r = call(&app, "PUT", "/api/v1/endpoints/fw1-ep/status", &op, r#"{"down":false}"#).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(&app, "DELETE", "/api/v1/manifests", &op, &device("fw1")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(&app, "DELETE", "/api/v1/devices/fw1", &op, "").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }

@@ -122,7 +122,16 @@ pub async fn reconcile(o: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, S
         match ev {
             Finalize::Apply(o) => {
                 match to_object(kind, &o) {
+                    // What the registry already holds (our own resources among them): nothing
+                    // to do.
+                    Ok(obj) if ctl.object(&key).as_ref() == Some(&obj) => {}
                     Ok(obj) => {
+                        // Custom resources may hold operator objects only (an endpoint on a
+                        // device is its eNSM's or an admin's).
+                        if let Err(e) = crate::policy::Caller::kubernetes().may_write(&obj) {
+                            tracing::warn!(object = %key, error = %e, "resource refused");
+                            return Ok(Action::requeue(RESYNC));
+                        }
                         let applied = ctl.put_object(obj, Precondition::Any).await.map_err(|source| {
                             SyncError::Registry { key: key.to_string(), source }
                         })?;

@@ -37,25 +37,31 @@ pub struct Namespaces {
     cache: Mutex<HashMap<Option<String>, Cached>>,
 }
 
-pub fn path(name: &str) -> PathBuf {
-    PathBuf::from(NETNS_DIR).join(name)
+/// The path of namespace `name`: only ever one component under [`NETNS_DIR`]. A name with a
+/// `/`, `..` or a control character is refused here too, whatever checked it before, so no
+/// caller can reach `/proc/<pid>/ns/net` or another directory's namespaces through a name.
+pub fn path(name: &str) -> std::io::Result<PathBuf> {
+    meshwire_models::validate::check_netns(name)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    Ok(PathBuf::from(NETNS_DIR).join(name))
 }
 
-/// Whether the namespace exists (`None`, our own, always does).
+/// Whether the namespace exists (`None`, our own, always does; an invalid name never does).
 pub fn exists(ns: &Option<String>) -> bool {
-    ns.as_ref().is_none_or(|n| path(n).exists())
+    ns.as_ref()
+        .is_none_or(|n| path(n).is_ok_and(|p| p.exists()))
 }
 
 fn inode(ns: &Option<String>) -> std::io::Result<u64> {
     match ns {
         None => Ok(0),
-        Some(n) => std::fs::metadata(path(n)).map(|m| m.ino()),
+        Some(n) => std::fs::metadata(path(n)?).map(|m| m.ino()),
     }
 }
 
 /// Opens a namespace for `IFLA_NET_NS_FD`.
 pub fn open(name: &str) -> std::io::Result<File> {
-    File::open(path(name))
+    File::open(path(name)?)
 }
 
 impl Namespaces {
@@ -78,7 +84,7 @@ impl Namespaces {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = tokio::runtime::Handle::current();
-        let target = ns.as_ref().map(|n| path(n));
+        let target = ns.as_deref().map(path).transpose()?;
         std::thread::Builder::new()
             .name("netns-enter".into())
             .spawn(move || {
@@ -120,7 +126,7 @@ impl Namespaces {
 /// Open vSwitch userspace datapath reads such packets with the checksum still unfilled and would
 /// tunnel them that way, so TCP across it fails while ping works.
 pub async fn disable_tx_checksum(ns: &Option<String>, ifname: &str) -> std::io::Result<()> {
-    let target = ns.as_ref().map(|n| path(n));
+    let target = ns.as_deref().map(path).transpose()?;
     let name = ifname.to_string();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -183,4 +189,19 @@ fn ethtool_set_tx_csum(sock: &std::net::UdpSocket, ifname: &str, on: bool) -> st
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_names_never_leave_the_namespace_directory() {
+        for bad in ["../../proc/1/ns/net", "../netns/x", "a/b", "..", "", "x\0"] {
+            let e = path(bad).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}");
+            assert!(!exists(&Some(bad.to_string())));
+        }
+        assert_eq!(path("clab-x-y").unwrap(), PathBuf::from("/run/netns/clab-x-y"));
+    }
 }
