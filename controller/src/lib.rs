@@ -19,6 +19,7 @@ pub mod error;
 pub mod negotiate;
 pub mod path;
 pub mod pool;
+pub mod ranges;
 pub mod select;
 pub mod state;
 pub mod store;

@@ -4,11 +4,13 @@
 //! at once, which keeps a late packet of a closed connection out of a new one. Claims are derived
 //! from the live connections at restore time, so a restart gives back exactly the same claims.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use meshwire_models::mechanism::Range;
+
+use crate::ranges::{next_free, RangeSet};
 
 /// A pool ran dry or a value was already taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +29,7 @@ pub enum PoolError {
 #[derive(Debug, Clone)]
 pub struct NumberPool {
     name: &'static str,
-    used: BTreeSet<u32>,
+    used: RangeSet,
     cursor: u32,
 }
 
@@ -35,30 +37,31 @@ impl NumberPool {
     pub fn new(name: &'static str) -> Self {
         NumberPool {
             name,
-            used: BTreeSet::new(),
+            used: RangeSet::new(),
             cursor: 0,
         }
     }
 
     pub fn in_use(&self) -> usize {
-        self.used.len()
+        self.used.len() as usize
     }
 
     pub fn is_used(&self, v: u32) -> bool {
-        self.used.contains(&v)
+        self.used.contains(v.into())
     }
 
     /// Claims the next free value of `range` at or after the cursor, wrapping around once.
+    /// O(log n): a run of claimed values is passed in one step.
     pub fn claim(&mut self, range: Range) -> Result<u32, PoolError> {
-        let from = self.cursor.clamp(range.start, range.end);
-        let found = self.first_free(from, range.end).or_else(|| {
-            (from > range.start)
-                .then(|| self.first_free(range.start, from - 1))
-                .flatten()
-        });
+        let (lo, hi) = (u128::from(range.start), u128::from(range.end));
+        let from = u128::from(self.cursor.clamp(range.start, range.end));
+        let found = next_free(&[&self.used], lo, hi, 1, 1, from)
+            .or_else(|| next_free(&[&self.used], lo, from.saturating_sub(1).max(lo), 1, 1, lo))
+            .filter(|v| *v <= hi);
         match found {
             Some(v) => {
                 self.used.insert(v);
+                let v = v as u32;
                 self.cursor = v.wrapping_add(1);
                 Ok(v)
             }
@@ -89,7 +92,7 @@ impl NumberPool {
 
     /// Claims a given value (restore).
     pub fn claim_exact(&mut self, v: u32) -> Result<(), PoolError> {
-        if !self.used.insert(v) {
+        if !self.used.insert(v.into()) {
             return Err(PoolError::Taken {
                 pool: self.name.to_string(),
                 value: v.to_string(),
@@ -99,24 +102,7 @@ impl NumberPool {
     }
 
     pub fn release(&mut self, v: u32) {
-        self.used.remove(&v);
-    }
-
-    fn first_free(&self, from: u32, to: u32) -> Option<u32> {
-        if from > to {
-            return None;
-        }
-        let mut candidate = from;
-        for &u in self.used.range(from..=to) {
-            if u != candidate {
-                break;
-            }
-            if candidate == to {
-                return None;
-            }
-            candidate += 1;
-        }
-        Some(candidate)
+        self.used.remove(v.into());
     }
 }
 
@@ -129,15 +115,18 @@ pub enum AddressShape {
     Host,
 }
 
-/// Addresses from prefixes, one sub-pool per prefix.
+/// Addresses from prefixes, one sub-pool per prefix: claimed offsets as merged runs, and a
+/// rotating cursor.
 #[derive(Debug, Clone, Default)]
 pub struct AddressPools {
-    pools: HashMap<IpNet, (BTreeSet<u128>, u128)>,
+    pools: HashMap<IpNet, (RangeSet, u128)>,
 }
 
 impl AddressPools {
     /// Claims a pair (returns `[endpoint, client]`) or a host address (returns `[client]`) from
-    /// `prefix`, skipping anything inside `excluded` and any `reserved` offsets.
+    /// `prefix`, skipping anything inside `excluded` and any `reserved` offsets. The cost is
+    /// O((exclusions + reserved) × log claims): claimed runs and excluded prefixes are each
+    /// passed in one step, never address by address.
     pub fn claim(
         &mut self,
         prefix: IpNet,
@@ -172,51 +161,51 @@ impl AddressPools {
         if size < 2 || first > last {
             return Err(exhausted());
         }
-        let (used, cursor) = self.pools.entry(prefix).or_default();
         let base = addr_to_u128(prefix.network());
-        let slots = (last - first) / step + 1;
-        let start_slot = if *cursor >= first && *cursor <= last {
-            (*cursor - first) / step
+        let top = base.saturating_add(size - 1);
+        // Excluded prefixes and reserved offsets, as offsets within `prefix`.
+        let mut blocked: Vec<(u128, u128)> = excluded
+            .iter()
+            .filter(|x| x.addr().is_ipv4() == prefix.addr().is_ipv4())
+            .filter_map(|x| {
+                let (lo, hi) = (addr_to_u128(x.network()), addr_to_u128(x.broadcast()));
+                (hi >= base && lo <= top).then(|| (lo.max(base) - base, hi.min(top) - base))
+            })
+            .collect();
+        blocked.extend(reserved.iter().map(|r| (*r, *r)));
+        let blocked = RangeSet::from_intervals(blocked);
+        let width = if shape == AddressShape::Pair { 2 } else { 1 };
+        let (used, cursor) = self.pools.entry(prefix).or_default();
+        let from = if *cursor >= first && *cursor <= last {
+            *cursor
         } else {
-            0
+            first
         };
-        for i in 0..slots.min(1 << 20) {
-            let offset = first + ((start_slot + i) % slots) * step;
-            let width = if shape == AddressShape::Pair { 2 } else { 1 };
-            if (offset..offset + width).any(|o| used.contains(&o) || reserved.contains(&o)) {
-                continue;
-            }
-            let addrs: Vec<IpAddr> = match shape {
-                AddressShape::Pair => vec![
-                    u128_to_addr(base + offset, prefix),
-                    u128_to_addr(base + offset + 1, prefix),
-                ],
-                AddressShape::Host => vec![u128_to_addr(base + offset, prefix)],
-            };
-            if addrs.iter().any(|a| excluded.iter().any(|x| x.contains(a))) {
-                continue;
-            }
-            for o in offset..offset + width {
-                used.insert(o);
-            }
-            *cursor = offset + step;
-            let len = match shape {
-                AddressShape::Pair => prefix.max_prefix_len() - 1,
-                AddressShape::Host => prefix.prefix_len(),
-            };
-            return Ok(addrs
-                .into_iter()
-                .map(|a| IpNet::new(a, len).expect("length within family"))
-                .collect());
+        let offset = next_free(&[used, &blocked], first, last, step, width, from)
+            .or_else(|| next_free(&[used, &blocked], first, last, step, width, first))
+            .ok_or_else(exhausted)?;
+        for o in offset..offset + width {
+            used.insert(o);
         }
-        Err(exhausted())
+        *cursor = offset.saturating_add(step);
+        let addrs: Vec<IpAddr> = (offset..offset + width)
+            .map(|o| u128_to_addr(base + o, prefix))
+            .collect();
+        let len = match shape {
+            AddressShape::Pair => prefix.max_prefix_len() - 1,
+            AddressShape::Host => prefix.prefix_len(),
+        };
+        addrs
+            .into_iter()
+            .map(|a| IpNet::new(a, len).map_err(|_| exhausted()))
+            .collect()
     }
 
     /// The address at `offset` of `prefix` with the prefix's length (the endpoint side of an
     /// Ethernet service).
     pub fn host_at(prefix: IpNet, offset: u128) -> IpNet {
         let a = u128_to_addr(addr_to_u128(prefix.network()) + offset, prefix);
-        IpNet::new(a, prefix.prefix_len()).expect("length within family")
+        IpNet::new(a, prefix.prefix_len()).unwrap_or(prefix)
     }
 
     /// Marks the claim holding `addr` as used (restore) or releases it. A pair occupies two
@@ -232,14 +221,14 @@ impl AddressPools {
             if used {
                 entry.0.insert(o);
             } else {
-                entry.0.remove(&o);
+                entry.0.remove(o);
             }
         }
     }
 
     /// Addresses in use over all prefixes (a pair counts two).
     pub fn in_use(&self) -> usize {
-        self.pools.values().map(|(u, _)| u.len()).sum()
+        self.pools.values().map(|(u, _)| u.len() as usize).sum()
     }
 }
 
@@ -306,6 +295,28 @@ mod tests {
         let got = a.claim(prefix, AddressShape::Host, &[], &[1]).unwrap();
         assert_eq!(got[0].to_string(), "10.1.0.2/30");
         assert!(a.claim(prefix, AddressShape::Host, &[], &[1]).is_err());
+    }
+
+    /// Input: a /8 with a quarter of it claimed in one run and 256 excluded prefixes in front of
+    /// the cursor. Output: the next claim is found at once (runs and prefixes are jumped over),
+    /// where a scan address by address would visit millions of slots.
+    #[test]
+    fn timer_claims_jump_runs_and_exclusions() {
+        let mut a = AddressPools::default();
+        let prefix: IpNet = "10.0.0.0/8".parse().unwrap();
+        for o in 0..(1u32 << 12) {
+            a.mark(prefix, AddressShape::Pair, std::net::Ipv4Addr::from(0x0a00_0000 + 2 * o).into(), true);
+        }
+        let excluded: Vec<IpNet> = (0..256u32)
+            .map(|i| IpNet::new(std::net::Ipv4Addr::from(0x0a00_0000 + (1 << 13) + i * 1024).into(), 22).unwrap())
+            .collect();
+        let got = a.claim(prefix, AddressShape::Pair, &excluded, &[]).unwrap();
+        assert_eq!(got[0].addr(), "10.4.32.0".parse::<IpAddr>().unwrap());
+        let mut p = NumberPool::new("vni");
+        for v in 0..1_000_000 {
+            p.claim_exact(v).unwrap();
+        }
+        assert_eq!(p.claim(Range::new(0, 16_777_215)).unwrap(), 1_000_000);
     }
 
     proptest! {

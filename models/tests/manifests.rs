@@ -157,3 +157,32 @@ fn file_json_and_lists_are_accepted() {
     };
     assert_eq!(n.underlay_address.unwrap().to_string(), "192.0.2.1");
 }
+
+/// Input: a NetworkServiceEndpoint as `kubectl get nse -o yaml` prints upstream registry-k8s'
+/// resources (Go's `encoding/json` of a protobuf Timestamp), and hostile timestamps.
+/// Output: the same expiry as the RFC 3339 form; overflowing or negative times are refused
+/// with the field named, never wrapped.
+#[test]
+fn file_expiration_time_in_both_forms() {
+    let nse = |t: &str| {
+        format!("apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata:\n  name: e\n  namespace: nsm-system\n  resourceVersion: \"812\"\nspec:\n  name: e\n  network_service_names: [s]\n  network_service_labels: {{s: {{labels: {{nodeName: n1}}}}}}\n  expiration_time: {t}\n")
+    };
+    let at = |m: &Manifest| match &m.objects[0] {
+        Object::NetworkServiceEndpoint(e) => e.expires_at_ms,
+        _ => panic!(),
+    };
+    let go = parse(&nse("{seconds: 1893553445, nanos: 678000000}")).unwrap();
+    let rfc = parse(&nse("\"2030-01-02T03:04:05.678Z\"")).unwrap();
+    assert_eq!(at(&go), Some(1_893_553_445_678));
+    assert_eq!(at(&go), at(&rfc));
+    assert_eq!(at(&parse(&nse("{}")).unwrap()), None, "a zero time is none");
+    for bad in [
+        "{seconds: 9223372036854775807}",
+        "{seconds: -5}",
+        "{seconds: 1, nanos: 2000000000}",
+        "{seconds: 1, minutes: 2}",
+    ] {
+        let e = parse(&nse(bad)).unwrap_err();
+        assert!(e.contains("spec.expiration_time"), "{bad}: {e}");
+    }
+}

@@ -38,6 +38,8 @@ pub enum ChannelError {
     Handshake { peer: String, reason: String },
     #[error("listener: {0}")]
     Listen(String),
+    #[error("switch {dpid:#x}: the reply to request {xid} has more than {parts} parts; refused")]
+    TooLarge { dpid: u64, xid: u32, parts: usize },
     /// Requests of a batch or bundle the switch refused, each with the request it named.
     #[error("switch {dpid:#x}: {} request(s) refused, first: {}", refused.len(), refused.first().map(|r| r.to_string()).unwrap_or_default())]
     Rejected { dpid: u64, refused: Vec<Refusal> },
@@ -102,6 +104,9 @@ pub enum SwitchEvent {
 
 /// How long a request waits for its reply (or a batch for its barrier).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most parts one multipart reply may have (each at most 64 KiB): a reply past it is
+/// refused to its requester rather than held in memory.
+pub const MAX_MULTIPART_PARTS: usize = 1024;
 /// An idle channel sends an echo request after this long, and is closed after three times it.
 pub const ECHO_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -441,6 +446,9 @@ async fn run_switch(
                 }
             }
                         _ = ticker.tick() => {
+                // Requesters that gave up (their timeout passed): forget what they waited for.
+                waiting.retain(|_, (r, _)| !r.is_closed());
+                batches.retain(|_, b| !b.done.is_closed());
                 let idle = last_rx.elapsed();
                 if idle > ECHO_INTERVAL * 3 {
                     break format!("nothing from the switch for {} s", idle.as_secs());
@@ -483,7 +491,11 @@ async fn run_switch(
                         let more = matches!(&body, Message::MultipartReply(MultipartReply::Flow { flags, .. } | MultipartReply::PortDesc { flags, .. } | MultipartReply::PortStats { flags, .. } | MultipartReply::Other { flags, .. }) if flags & 1 == 1);
                         if let Some((_, parts)) = waiting.get_mut(&m.xid) {
                             parts.push(body);
-                            if !more {
+                            if parts.len() > MAX_MULTIPART_PARTS {
+                                if let Some((r, _)) = waiting.remove(&m.xid) {
+                                    let _ = r.send(Err(ChannelError::TooLarge { dpid, xid: m.xid, parts: MAX_MULTIPART_PARTS }));
+                                }
+                            } else if !more {
                                 if let Some((r, parts)) = waiting.remove(&m.xid) { let _ = r.send(Ok(parts)); }
                             }
                         }

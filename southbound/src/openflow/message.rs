@@ -410,6 +410,15 @@ fn encode_match(out: &mut Vec<u8>, fields: &[OxmField]) -> Result<(), EncodeErro
     Ok(())
 }
 
+/// Whether `buf` starts with the header of an ONF bundle add message (experimenter message,
+/// ONF's experimenter id, exp_type bundle add).
+fn is_bundle_add(buf: &[u8]) -> bool {
+    buf.len() >= 16
+        && buf[1] == EXPERIMENTER
+        && buf[8..12] == ONF_EXPERIMENTER.to_be_bytes()
+        && buf[12..16] == ONF_ET_BUNDLE_ADD_MESSAGE.to_be_bytes()
+}
+
 fn decode_match(r: &mut Reader) -> Result<Vec<OxmField>, DecodeError> {
     let kind = r.u16("ofp_match type")?;
     let len = r.u16("ofp_match length")? as usize;
@@ -686,7 +695,8 @@ impl OfpMessage {
         Ok(out)
     }
 
-    /// Decodes the first message of `buf`; returns it and the bytes it used.
+    /// Decodes the first message of `buf`; returns it and the bytes it used. Never recurses
+    /// more than once (a bundle add's inner message, which may not be a bundle add).
     pub fn decode(buf: &[u8]) -> Result<(OfpMessage, usize), DecodeError> {
         let len = frame_len(buf)?.ok_or(DecodeError::Truncated {
             what: "ofp message",
@@ -983,13 +993,16 @@ impl OfpMessage {
                         r.skip(2, "pad")?;
                         let flags = r.u16("bundle flags")?;
                         let rest = r.rest();
-                        let (inner, used) = OfpMessage::decode(rest)?;
-                        if matches!(inner.body, Message::BundleAdd { .. }) {
+                        // A bundle add may not carry another: refuse it by its header, before
+                        // decoding it, so a peer cannot make us recurse once per nesting level
+                        // (a 64 KiB message nests some 2,700 deep).
+                        if is_bundle_add(rest) {
                             return Err(DecodeError::BadValue {
                                 what: "bundle add inside a bundle add",
                                 value: 0,
                             });
                         }
+                        let (inner, used) = OfpMessage::decode(rest)?;
                         if used > rest.len() {
                             return Err(DecodeError::BadLength {
                                 what: "bundled message",

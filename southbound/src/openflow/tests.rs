@@ -429,3 +429,34 @@ fn hostile_lengths_are_errors_not_panics() {
         Err(DecodeError::BadVersion(1))
     ));
 }
+
+/// Input: a bundle add nested 2,700 deep in under 64 KiB, as any TCP peer can send before the
+/// handshake. Output: refused at the first level, on a thread with a 64 KiB stack (the old
+/// decoder recursed once per level first).
+#[test]
+fn dev_nested_bundle_add_is_refused_before_recursing() {
+    let mut msg = OfpMessage::new(1, Message::BarrierRequest).encode().unwrap();
+    let mut levels = 0;
+    while msg.len() + 24 <= 65_535 {
+        let mut outer = Vec::with_capacity(msg.len() + 24);
+        let len = (msg.len() + 24) as u16;
+        outer.extend_from_slice(&[VERSION, 4]);
+        outer.extend_from_slice(&len.to_be_bytes());
+        outer.extend_from_slice(&7u32.to_be_bytes());
+        outer.extend_from_slice(&0x4F4E_4600u32.to_be_bytes());
+        outer.extend_from_slice(&2301u32.to_be_bytes());
+        outer.extend_from_slice(&1u32.to_be_bytes());
+        outer.extend_from_slice(&[0, 0, 0, 0]);
+        outer.extend_from_slice(&msg);
+        msg = outer;
+        levels += 1;
+    }
+    assert!(levels > 2_700, "{levels}");
+    let r = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || OfpMessage::decode(&msg).map(|_| ()))
+        .unwrap()
+        .join()
+        .expect("the decoder overflowed its stack");
+    assert!(matches!(r, Err(DecodeError::BadValue { what, .. }) if what.contains("bundle add inside")), "{r:?}");
+}
