@@ -137,12 +137,14 @@ fn parse(data: &str) -> anyhow::Result<Config> {
         let ok = rule.tunnel.as_deref().is_none_or(safe_ifname)
             && matches!(rule.protocol.as_str(), "any" | "icmp" | "tcp" | "udp")
             && matches!(rule.action.as_str(), "accept" | "drop")
-            && rule
-                .destination
-                .as_deref()
-                .is_none_or(|d| d.parse::<ipnet::IpNet>().is_ok() || d.parse::<std::net::IpAddr>().is_ok());
+            && rule.destination.as_deref().is_none_or(|d| {
+                d.parse::<ipnet::IpNet>().is_ok() || d.parse::<std::net::IpAddr>().is_ok()
+            });
         if !ok {
-            tracing::warn!(sequence = rule.sequence, "firewall rule with a field nft cannot take safely; ignored");
+            tracing::warn!(
+                sequence = rule.sequence,
+                "firewall rule with a field nft cannot take safely; ignored"
+            );
             continue;
         }
         rules.push(rule);
@@ -168,8 +170,7 @@ fn parse(data: &str) -> anyhow::Result<Config> {
 /// digits, `-`, `_` and `.` only (no quote, backslash, semicolon or space can end the string).
 fn safe_ifname(n: &str) -> bool {
     meshwire_models::validate::check_ifname(n).is_ok()
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -476,7 +477,10 @@ mod tests {
             "<tunnels xmlns=\"{NS}\"><tunnel><name>x\"; flush ruleset; \"</name><vxlan><vni>1</vni><remote>1.1.1.1</remote></vxlan></tunnel><tunnel><name>ok1</name><peer>1.2.3.4; rm</peer></tunnel><tunnel><name>ok2</name></tunnel></tunnels><firewall xmlns=\"{NS}\"><rule><sequence>1</sequence><tunnel>a\" accept</tunnel><action>drop</action></rule><rule><sequence>2</sequence><destination>10.0.0.0/8 accept</destination></rule><rule><sequence>3</sequence><protocol>tcp</protocol><action>drop</action></rule></firewall><cross-connects xmlns=\"{NS}\"><cross-connect><a>ok2</a><b>b;c</b></cross-connect></cross-connects>"
         );
         let (t, r, x) = parse(&data).unwrap();
-        assert_eq!(t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["ok2"]);
+        assert_eq!(
+            t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["ok2"]
+        );
         assert_eq!(r.iter().map(|r| r.sequence).collect::<Vec<_>>(), [3]);
         assert!(x.is_empty());
         let s = nft_script(&r);

@@ -117,12 +117,18 @@ fn load_tokens(path: &std::path::Path) -> anyhow::Result<meshwire_northbound::au
             meshwire_models::validate::check_name(d)
                 .map_err(|e| anyhow::anyhow!("{at}: device: {e}"))?;
             anyhow::ensure!(
-                !out.iter().any(|o: &meshwire_northbound::auth::Token| o.device.as_deref() == Some(d)),
+                !out.iter()
+                    .any(|o: &meshwire_northbound::auth::Token| o.device.as_deref() == Some(d)),
                 "{at}: device {d} has a token already: one credential per eNSM"
             );
         }
         anyhow::ensure!(
-            !out.iter().any(|o: &meshwire_northbound::auth::Token| meshwire_northbound::auth::same(o.secret.as_bytes(), secret.as_bytes())),
+            !out.iter().any(
+                |o: &meshwire_northbound::auth::Token| meshwire_northbound::auth::same(
+                    o.secret.as_bytes(),
+                    secret.as_bytes()
+                )
+            ),
             "{at}: the same secret as another token: give each its own"
         );
         out.push(meshwire_northbound::auth::Token {
@@ -150,7 +156,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
     };
     // An API without credentials is for this host only.
-    for (what, addr) in [("--listen", Some(args.listen)), ("--grpc-listen", grpc_addr)] {
+    for (what, addr) in [
+        ("--listen", Some(args.listen)),
+        ("--grpc-listen", grpc_addr),
+    ] {
         let Some(addr) = addr else { continue };
         if !addr.ip().is_loopback() {
             anyhow::ensure!(
@@ -269,6 +278,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, tls = tls.is_some(), store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
+    // One bound on long-lived streams for both APIs, and one signal that ends them at
+    // shutdown (an open event stream must not hold the graceful shutdown forever).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let streams = meshwire_northbound::streams::Streams::new(
+        meshwire_northbound::streams::DEFAULT_MAX_STREAMS,
+        Some(stop_rx),
+    );
     let grpc = match grpc_addr {
         None => None,
         Some(addr) => {
@@ -278,8 +294,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} (gRPC)"))?;
             let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
                 .map_err(|e| anyhow::anyhow!("gRPC listener on {addr}: {e}"))?;
-            let router =
-                meshwire_northbound::grpc::router_with(ctl.clone(), tokens.clone().map(Arc::new));
+            let router = meshwire_northbound::grpc::router_with_streams(
+                ctl.clone(),
+                tokens.clone().map(Arc::new),
+                streams.clone(),
+            );
             tracing::info!(listen = %addr, "NSM gRPC API ready");
             Some(tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -300,12 +319,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         meshwire_northbound::Options {
             extra_metrics: extra,
             tokens,
+            streams: Some(streams),
         },
     );
+    let stopping = async move {
+        shutdown().await;
+        tracing::info!("shutting down: ending open streams");
+        let _ = stop_tx.send(true);
+    };
     match &tls {
-        Some(cfg) => meshwire_northbound::tls::serve(listener, app, cfg.clone(), shutdown()).await,
+        Some(cfg) => meshwire_northbound::tls::serve(listener, app, cfg.clone(), stopping).await,
         None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
+            .with_graceful_shutdown(stopping)
             .await
             .context("serving the REST API")?,
     }

@@ -209,7 +209,11 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
     let decoy = dir.path().join("decoy.yaml");
     std::fs::write(&decoy, format!("---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {{name: decoy}}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: decoy}}\nspec: {{network_service_names: [decoy], url: \"http://{}\", location: {{device: fw1}}, mechanisms: {{vxlan: {{}}}}}}\n", evil.local_addr().unwrap())).unwrap();
     let out = cli(&url, &["apply", "-f", decoy.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = cli(&url, &["request", "decoy", "--client", "n1"]);
     assert!(
         matches!(evil.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),

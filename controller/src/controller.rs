@@ -24,19 +24,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use meshwire_models::{
-    Connection, ConnectionRequest, ConnectionState, Manifest, NetworkService, Object, ObjectKey,
-    Topology,
+    Connection, ConnectionState, Manifest, NetworkService, Object, ObjectKey, Topology,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
-use crate::driver::{Driver, Health};
+use crate::driver::Driver;
 use crate::error::ControllerError;
-use crate::state::{Avoid, Change, Config, State};
+use crate::state::{Change, Config, State};
 use crate::store::{Expect, Store};
 
 const OBJECTS: &str = "/meshwire/v1/objects/";
@@ -88,6 +86,10 @@ pub struct ReconcileReport {
     pub healed: Vec<String>,
     pub closed: Vec<String>,
     pub still_healing: Vec<String>,
+    /// Abandoned requests (a `programming` record no request owns) that were undone.
+    pub undone: Vec<String>,
+    /// What failed this round and is retried next round (connection ids, objects, `(observe)`).
+    pub failed: Vec<String>,
 }
 
 impl ReconcileReport {
@@ -120,28 +122,31 @@ pub enum Precondition {
 
 #[derive(Clone)]
 pub struct Controller {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// One async lock per (client workload, service).
 type KeyLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
 
-struct Inner {
-    state: Mutex<State>,
-    store: Arc<dyn Store>,
-    driver: Arc<dyn Driver>,
-    clock: Arc<dyn Clock>,
-    locks: Mutex<KeyLocks>,
-    events: broadcast::Sender<Event>,
+pub(crate) struct Inner {
+    pub(crate) state: Mutex<State>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) driver: Arc<dyn Driver>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) locks: Mutex<KeyLocks>,
+    pub(crate) events: broadcast::Sender<Event>,
     /// One reconcile round at a time (the periodic one and those an endpoint withdrawal runs).
-    reconciling: tokio::sync::Mutex<()>,
+    pub(crate) reconciling: tokio::sync::Mutex<()>,
     /// One object write at a time, so a conditional write sees what it replaces.
-    writes: tokio::sync::Mutex<()>,
+    pub(crate) writes: tokio::sync::Mutex<()>,
     /// Data-plane operations that failed (apply, remove, repair, heal), for metrics.
-    driver_errors: std::sync::atomic::AtomicU64,
+    pub(crate) driver_errors: std::sync::atomic::AtomicU64,
+    /// Connections a request is setting up right now: a `programming` record not in here was
+    /// abandoned (a crash, a cancelled caller) and reconcile undoes it.
+    pub(crate) in_flight: Mutex<std::collections::HashSet<String>>,
 }
 
-fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
+pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
     use meshwire_models::ObjectKind as K;
     matches!(kind, K::Node | K::Link | K::Device)
 }
@@ -150,7 +155,7 @@ fn object_key(key: &ObjectKey) -> String {
     format!("{OBJECTS}{}/{}", key.kind, key.name)
 }
 
-fn connection_key(id: &str) -> String {
+pub(crate) fn connection_key(id: &str) -> String {
     format!("{CONNECTIONS}{id}")
 }
 
@@ -200,19 +205,20 @@ impl Controller {
                 reconciling: tokio::sync::Mutex::new(()),
                 writes: tokio::sync::Mutex::new(()),
                 driver_errors: std::sync::atomic::AtomicU64::new(0),
+                in_flight: Mutex::default(),
             }),
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.inner.clock.now_ms()
     }
 
-    fn emit(&self, ev: Event) {
+    pub(crate) fn emit(&self, ev: Event) {
         let _ = self.inner.events.send(ev);
     }
 
@@ -223,7 +229,7 @@ impl Controller {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn driver_failed(&self) {
+    pub(crate) fn driver_failed(&self) {
         self.inner
             .driver_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -242,7 +248,11 @@ impl Controller {
     }
 
     /// Serializes work on one client's connections to one service.
-    async fn lock_key(&self, workload: &str, service: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock_key(
+        &self,
+        workload: &str,
+        service: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
             let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
             if locks.len() > 4096 {
@@ -256,7 +266,7 @@ impl Controller {
         m.lock_owned().await
     }
 
-    async fn persist(&self, c: &Connection) -> Result<(), ControllerError> {
+    pub(crate) async fn persist(&self, c: &Connection) -> Result<(), ControllerError> {
         let bytes = serde_json::to_vec(c).map_err(|e| ControllerError::Corrupt {
             key: connection_key(&c.id),
             reason: e.to_string(),
@@ -272,7 +282,7 @@ impl Controller {
 
     /// Applies every object of a manifest: stored first, then made live.
     /// Hands the driver the current topology (after a node, device or link changed).
-    async fn push_topology(&self) {
+    pub(crate) async fn push_topology(&self) {
         let t = self.topology();
         if let Err(e) = self.inner.driver.topology(&t).await {
             tracing::warn!(error = %e, "data plane could not take the topology; retried at the next change");
@@ -585,402 +595,4 @@ impl Controller {
         }
         Ok(changed)
     }
-
-    // ---- connections ------------------------------------------------------------------------
-
-    /// Requests a network service for a client: select, negotiate, claim, record, wire.
-    pub async fn request(&self, req: ConnectionRequest) -> Result<Connection, ControllerError> {
-        req.validate().map_err(|e| ControllerError::Invalid {
-            what: "connection request".into(),
-            field: e.field,
-            rule: e.rule,
-        })?;
-        let _guard = self
-            .lock_key(req.client.workload(), &req.network_service)
-            .await;
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = self.now();
-        let mut conn = {
-            let mut s = self.state();
-            let mut c = s.plan(&req, &id, now, &Avoid::default(), None)?;
-            c.state = ConnectionState::Programming;
-            s.commit(c.clone());
-            c
-        };
-        if let Err(e) = self.persist(&conn).await {
-            self.state().remove_connection(&id);
-            return Err(e);
-        }
-        if let Err(e) = self.inner.driver.apply(&conn).await {
-            self.driver_failed();
-            tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
-            if let Err(undo) = self.inner.driver.remove(&conn).await {
-                tracing::warn!(connection = %id, error = %undo, "undo of partial wiring failed; reconcile will retry");
-            }
-            self.state().remove_connection(&id);
-            let _ = self
-                .inner
-                .store
-                .delete(&connection_key(&id), Expect::Any)
-                .await;
-            return Err(ControllerError::Driver {
-                connection: id,
-                source: e,
-            });
-        }
-        let _ = conn.transition(ConnectionState::Up, self.now());
-        self.state().update(&id, |c| {
-            c.state = ConnectionState::Up;
-            c.updated_at_ms = conn.updated_at_ms;
-        });
-        self.persist(&conn).await?;
-        tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
-            mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
-        self.emit(Event::Connection {
-            id: id.clone(),
-            state: ConnectionState::Up,
-            endpoint: conn.network_service_endpoint_name.clone(),
-            detail: None,
-        });
-        Ok(conn)
-    }
-
-    /// Closes a connection: unwire, give back claims, delete the record.
-    pub async fn close(&self, id: &str) -> Result<Connection, ControllerError> {
-        let conn = self
-            .connection(id)
-            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
-        let _guard = self
-            .lock_key(conn.client.workload(), &conn.network_service)
-            .await;
-        let conn = self
-            .connection(id)
-            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
-        if let Err(e) = self.inner.driver.remove(&conn).await {
-            self.driver_failed();
-            let msg = e.to_string();
-            let updated = self
-                .state()
-                .update(id, |c| c.last_error = Some(format!("close: {msg}")));
-            if let Some(c) = updated {
-                let _ = self.persist(&c).await;
-            }
-            return Err(ControllerError::Driver {
-                connection: id.to_string(),
-                source: e,
-            });
-        }
-        let mut conn = self.state().remove_connection(id).unwrap_or(conn);
-        self.inner
-            .store
-            .delete(&connection_key(id), Expect::Any)
-            .await?;
-        let _ = conn.transition(ConnectionState::Closed, self.now());
-        tracing::info!(connection = %id, "connection closed");
-        self.emit(Event::Connection {
-            id: id.to_string(),
-            state: ConnectionState::Closed,
-            endpoint: conn.network_service_endpoint_name.clone(),
-            detail: None,
-        });
-        Ok(conn)
-    }
-
-    // ---- reconcile --------------------------------------------------------------------------
-
-    /// Runs [`reconcile_once`](Self::reconcile_once) every `interval` until the task is dropped.
-    pub fn spawn_reconciler(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match this.reconcile_once().await {
-                    Ok(r) if !r.is_quiet() => tracing::info!(report = ?r, "reconciled"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reconcile round failed; retrying next interval")
-                    }
-                }
-            }
-        })
-    }
-
-    /// One round: expire lapsed endpoints, compare desired connections with what the driver
-    /// observes, then repair, heal or close each that differs.
-    pub async fn reconcile_once(&self) -> Result<ReconcileReport, ControllerError> {
-        let _one = self.inner.reconciling.lock().await;
-        let mut report = ReconcileReport::default();
-        let now = self.now();
-        let expired = self.state().expired_endpoints(now);
-        for name in expired {
-            let key = ObjectKey {
-                kind: meshwire_models::ObjectKind::NetworkServiceEndpoint,
-                name: name.clone(),
-            };
-            self.delete(std::slice::from_ref(&key)).await?;
-            tracing::info!(endpoint = %name, "endpoint registration expired");
-            report.expired.push(name);
-        }
-        let desired: Vec<Connection> = self
-            .state()
-            .connections()
-            .filter(|c| !c.state.is_final())
-            .cloned()
-            .collect();
-        let observed =
-            self.inner
-                .driver
-                .observe(&desired)
-                .await
-                .map_err(|e| ControllerError::Driver {
-                    connection: "(observe)".into(),
-                    source: e,
-                })?;
-        for c in desired {
-            let _guard = self.lock_key(c.client.workload(), &c.network_service).await;
-            // The connection may have been closed or rewired while we waited.
-            let Some(current) = self.connection(&c.id) else {
-                continue;
-            };
-            // Changed since the snapshot (a request finishing, a heal): what was observed may
-            // predate it. The next round looks again.
-            if current.generation != c.generation || current.updated_at_ms != c.updated_at_ms {
-                continue;
-            }
-            let (endpoint_ok, broken_link) = {
-                let s = self.state();
-                let ep = s
-                    .endpoint(&c.network_service_endpoint_name)
-                    .is_some_and(|e| !e.down);
-                let t = s.topology();
-                let broken = c
-                    .path
-                    .iter()
-                    .filter_map(|p| p.link.as_ref())
-                    .find(|l| t.links.get(*l).is_none_or(|l| !l.up))
-                    .cloned();
-                (ep, broken)
-            };
-            let health = observed
-                .connections
-                .get(&c.id)
-                .cloned()
-                .unwrap_or(Health::Healthy);
-            let outcome = match (&health, endpoint_ok, broken_link) {
-                (Health::ClientGone { reason }, _, _) => {
-                    tracing::info!(connection = %c.id, %reason, "client gone; closing");
-                    drop(_guard);
-                    // A failed close is retried next round; it must not stall the others.
-                    match self.close(&c.id).await {
-                        Ok(_) => report.closed.push(c.id.clone()),
-                        Err(e) => {
-                            tracing::warn!(connection = %c.id, error = %e, "closing failed; retrying next round")
-                        }
-                    }
-                    continue;
-                }
-                (_, false, _) => {
-                    let why = format!("endpoint {} is gone", c.network_service_endpoint_name);
-                    self.heal(
-                        current,
-                        Avoid::endpoint(&c.network_service_endpoint_name),
-                        why,
-                    )
-                    .await
-                }
-                (Health::EndpointLost { reason }, _, _) => {
-                    self.state()
-                        .set_endpoint_down(&c.network_service_endpoint_name, true);
-                    let why = format!(
-                        "endpoint {} lost: {reason}",
-                        c.network_service_endpoint_name
-                    );
-                    self.heal(
-                        current,
-                        Avoid::endpoint(&c.network_service_endpoint_name),
-                        why,
-                    )
-                    .await
-                }
-                (
-                    Health::PathFailed {
-                        reason,
-                        links,
-                        vertices,
-                    },
-                    _,
-                    _,
-                ) => {
-                    self.heal(
-                        current,
-                        Avoid {
-                            links: links.clone(),
-                            vertices: vertices.clone(),
-                            ..Default::default()
-                        },
-                        format!("path failed: {reason}"),
-                    )
-                    .await
-                }
-                (_, true, Some(link)) => {
-                    self.heal(
-                        current,
-                        Avoid {
-                            links: vec![link.clone()],
-                            ..Default::default()
-                        },
-                        format!("link {link} is down"),
-                    )
-                    .await
-                }
-                (Health::Missing { reason }, true, None) => self
-                    .repair(current, reason)
-                    .await
-                    .map(|_| Outcome::Repaired),
-                (Health::Healthy, true, None) if current.state != ConnectionState::Up => self
-                    .repair(current, "unfinished")
-                    .await
-                    .map(|_| Outcome::Repaired),
-                (Health::Healthy, true, None) => Ok(Outcome::Nothing),
-            };
-            match outcome? {
-                Outcome::Nothing => {}
-                Outcome::Repaired => report.repaired.push(c.id.clone()),
-                Outcome::Healed => report.healed.push(c.id.clone()),
-                Outcome::StillHealing => report.still_healing.push(c.id.clone()),
-            }
-        }
-        Ok(report)
-    }
-
-    /// Re-applies a connection where it is.
-    async fn repair(&self, c: Connection, reason: &str) -> Result<(), ControllerError> {
-        tracing::info!(connection = %c.id, %reason, "repairing in place");
-        match self.inner.driver.apply(&c).await {
-            Ok(()) => {
-                let now = self.now();
-                let updated = self.state().update(&c.id, |c| {
-                    c.state = ConnectionState::Up;
-                    c.updated_at_ms = now;
-                    c.last_error = None;
-                });
-                if let Some(c) = updated {
-                    self.persist(&c).await?;
-                }
-                self.emit(Event::Connection {
-                    id: c.id.clone(),
-                    state: ConnectionState::Up,
-                    endpoint: c.network_service_endpoint_name.clone(),
-                    detail: Some("repaired".into()),
-                });
-                Ok(())
-            }
-            Err(e) => {
-                self.driver_failed();
-                let msg = e.to_string();
-                tracing::warn!(connection = %c.id, error = %msg, "repair failed; retrying next round");
-                let updated = self.state().update(&c.id, |c| c.last_error = Some(msg));
-                if let Some(c) = updated {
-                    self.persist(&c).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Moves a connection onto another endpoint or path. The old wiring and its claims are kept
-    /// until a replacement is planned, so a failed heal changes nothing but the state.
-    async fn heal(
-        &self,
-        old: Connection,
-        avoid: Avoid,
-        why: String,
-    ) -> Result<Outcome, ControllerError> {
-        let now = self.now();
-        let marked = self.state().update(&old.id, |c| {
-            c.state = ConnectionState::Healing;
-            c.updated_at_ms = now;
-            c.last_error = Some(why.clone());
-        });
-        if let Some(m) = &marked {
-            if old.state != ConnectionState::Healing {
-                self.persist(m).await?;
-                tracing::warn!(connection = %old.id, reason = %why, "healing");
-                self.emit(Event::Connection {
-                    id: old.id.clone(),
-                    state: ConnectionState::Healing,
-                    endpoint: old.network_service_endpoint_name.clone(),
-                    detail: Some(why.clone()),
-                });
-            }
-        }
-        let req = ConnectionRequest {
-            network_service: old.network_service.clone(),
-            client: old.client.clone(),
-            labels: old.labels.clone(),
-            mechanisms: old.preferences.clone(),
-            interface: Some(old.interface.clone()),
-            excluded_prefixes: old.ip_context.excluded_prefixes.clone(),
-        };
-        let planned = self
-            .state()
-            .plan(&req, &old.id, now, &avoid, Some(&old.interface));
-        let mut new = match planned {
-            Ok(n) => n,
-            Err(e) => {
-                let msg = format!("{why}; no replacement yet: {e}");
-                let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
-                if let Some(c) = updated {
-                    self.persist(&c).await?;
-                }
-                return Ok(Outcome::StillHealing);
-            }
-        };
-        // Break before make: the replacement reuses the client's interface name.
-        if let Err(e) = self.inner.driver.remove(&old).await {
-            tracing::warn!(connection = %old.id, error = %e, "removing the old wiring failed; continuing");
-        }
-        if let Err(e) = self.inner.driver.apply(&new).await {
-            self.driver_failed();
-            let _ = self.inner.driver.remove(&new).await;
-            self.state().unclaim(&new);
-            let msg = format!(
-                "{why}; replacement via {} failed: {e}",
-                new.network_service_endpoint_name
-            );
-            let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
-            if let Some(c) = updated {
-                self.persist(&c).await?;
-            }
-            return Ok(Outcome::StillHealing);
-        }
-        new.state = ConnectionState::Up;
-        new.generation = old.generation + 1;
-        new.created_at_ms = old.created_at_ms;
-        new.updated_at_ms = self.now();
-        new.last_error = Some(format!("healed: {why}"));
-        {
-            let mut s = self.state();
-            s.remove_connection(&old.id);
-            s.commit(new.clone());
-        }
-        self.persist(&new).await?;
-        tracing::info!(connection = %new.id, from = %old.network_service_endpoint_name, to = %new.network_service_endpoint_name, "healed");
-        self.emit(Event::Connection {
-            id: new.id.clone(),
-            state: ConnectionState::Up,
-            endpoint: new.network_service_endpoint_name.clone(),
-            detail: Some(format!("healed: {why}")),
-        });
-        Ok(Outcome::Healed)
-    }
-}
-
-enum Outcome {
-    Nothing,
-    Repaired,
-    Healed,
-    StillHealing,
 }

@@ -65,6 +65,8 @@ pub enum ControllerError {
         #[source]
         source: DriverError,
     },
+    #[error("the request was cancelled inside the controller; it was undone, retry it")]
+    Cancelled,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stored record {key} is unreadable: {reason}")]
@@ -91,6 +93,7 @@ impl ControllerError {
             ControllerError::Invalid { .. } => "invalid",
             ControllerError::Forbidden(_) => "forbidden",
             ControllerError::Driver { .. } => "driver",
+            ControllerError::Cancelled => "cancelled",
             ControllerError::Store(_) => "store",
             ControllerError::Corrupt { .. } => "corrupt-record",
         }

@@ -13,6 +13,7 @@
 //!   reconcile loop that repairs, heals and expires.
 
 pub mod clock;
+pub mod connections;
 pub mod controller;
 pub mod driver;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod negotiate;
 pub mod path;
 pub mod pool;
 pub mod ranges;
+pub mod reconcile;
 pub mod select;
 pub mod state;
 pub mod store;

@@ -305,10 +305,21 @@ mod tests {
         let mut a = AddressPools::default();
         let prefix: IpNet = "10.0.0.0/8".parse().unwrap();
         for o in 0..(1u32 << 12) {
-            a.mark(prefix, AddressShape::Pair, std::net::Ipv4Addr::from(0x0a00_0000 + 2 * o).into(), true);
+            a.mark(
+                prefix,
+                AddressShape::Pair,
+                std::net::Ipv4Addr::from(0x0a00_0000 + 2 * o).into(),
+                true,
+            );
         }
         let excluded: Vec<IpNet> = (0..256u32)
-            .map(|i| IpNet::new(std::net::Ipv4Addr::from(0x0a00_0000 + (1 << 13) + i * 1024).into(), 22).unwrap())
+            .map(|i| {
+                IpNet::new(
+                    std::net::Ipv4Addr::from(0x0a00_0000 + (1 << 13) + i * 1024).into(),
+                    22,
+                )
+                .unwrap()
+            })
             .collect();
         let got = a.claim(prefix, AddressShape::Pair, &excluded, &[]).unwrap();
         assert_eq!(got[0].addr(), "10.4.32.0".parse::<IpAddr>().unwrap());

@@ -87,6 +87,11 @@ async fn dev_down_takes_exactly_its_own() {
     .unwrap();
     assert!(netns.contains(&ns_long), "lab {long}'s namespace stays");
     assert!(netns.contains(&ns_foreign), "an unrecorded namespace stays");
-    assert!(!netns.contains(&format!("{ns_short} ")) && !netns.lines().any(|l| l.starts_with(&format!("{ns_short} ")) || l == ns_short));
+    assert!(
+        !netns.contains(&format!("{ns_short} "))
+            && !netns
+                .lines()
+                .any(|l| l.starts_with(&format!("{ns_short} ")) || l == ns_short)
+    );
     sh(&format!("ip link show {if_long} >/dev/null"));
 }

@@ -191,9 +191,8 @@ impl Ctx<'_> {
     /// The object of one document, checked by the one validator every way in shares.
     fn object(&self, raw: RawDoc, warnings: &mut Vec<String>) -> Result<Object, ManifestError> {
         let obj = self.read(raw, warnings)?;
-        obj.validate().map_err(|e| {
-            self.err(Some(&obj.key().to_string()), &e.field, e.rule)
-        })?;
+        obj.validate()
+            .map_err(|e| self.err(Some(&obj.key().to_string()), &e.field, e.rule))?;
         Ok(obj)
     }
 

@@ -297,9 +297,8 @@ impl Object {
                     limits::SERVICES,
                 )?;
                 for (i, s) in e.network_service_names.iter().enumerate() {
-                    check_name(s).map_err(|r| {
-                        Invalid::new(format!("spec.network_service_names[{i}]"), r)
-                    })?;
+                    check_name(s)
+                        .map_err(|r| Invalid::new(format!("spec.network_service_names[{i}]"), r))?;
                 }
                 check_count(
                     "spec.network_service_labels",
@@ -445,7 +444,12 @@ mod tests {
             assert_eq!(e.field, "client.name", "{bad:?}");
         }
         assert!(req(&"a".repeat(256)).validate().is_err());
-        for good in ["clab-vpn-gateway-client", "cni-1a2b", "a.b", &"a".repeat(255)] {
+        for good in [
+            "clab-vpn-gateway-client",
+            "cni-1a2b",
+            "a.b",
+            &"a".repeat(255),
+        ] {
             req(good).validate().unwrap();
         }
     }
@@ -463,7 +467,9 @@ mod tests {
     #[test]
     fn nb_sizes_are_bounded() {
         let mut r = req("w");
-        r.labels = (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        r.labels = (0..65)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
         assert_eq!(r.validate().unwrap_err().field, "labels");
         let mut r = req("w");
         r.excluded_prefixes = vec!["10.0.0.0/8".parse().unwrap(); 257];
@@ -475,10 +481,20 @@ mod tests {
 
     #[test]
     fn nb_ovsdb_remotes() {
-        for good in ["unix:/run/db.sock", "tcp:10.0.0.1:6640", "ssl:ovs.example:6640"] {
+        for good in [
+            "unix:/run/db.sock",
+            "tcp:10.0.0.1:6640",
+            "ssl:ovs.example:6640",
+        ] {
             check_ovsdb_remote(good).unwrap();
         }
-        for bad in ["unix:db.sock", "unix:/a/../b", "tcp:host", "punix:/x", "http://x"] {
+        for bad in [
+            "unix:db.sock",
+            "unix:/a/../b",
+            "tcp:host",
+            "punix:/x",
+            "http://x",
+        ] {
             assert!(check_ovsdb_remote(bad).is_err(), "{bad}");
         }
     }

@@ -157,7 +157,11 @@ pub async fn check(
         );
     };
     // An eNSM's token counts as an operator at the route; the policy keeps it to its device.
-    let role = if t.device.is_some() { t.role.max(Role::Operator) } else { t.role };
+    let role = if t.device.is_some() {
+        t.role.max(Role::Operator)
+    } else {
+        t.role
+    };
     if role < need {
         tracing::warn!(token = %t.name, role = %t.role, need = %need, path = %req.uri().path(), "request refused: role too small");
         return refuse(

@@ -9,10 +9,14 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use meshwire_controller::{Controller, Event};
 use tokio::sync::broadcast;
+
+use crate::streams::Streams;
 
 /// The last `cap` events with their ids.
 pub struct EventLog {
@@ -76,7 +80,7 @@ impl EventLog {
     fn since(&self, after: u64) -> (Vec<(u64, Event)>, bool) {
         let l = self.lock();
         let oldest = l.buf.front().map(|(id, _)| *id).unwrap_or(l.next);
-        let gap = after + 1 < oldest && after < l.next - 1;
+        let gap = after.saturating_add(1) < oldest && after < l.next - 1;
         (
             l.buf
                 .iter()
@@ -106,23 +110,74 @@ fn sse(id: u64, ev: &Event) -> SseEvent {
         .unwrap_or_else(|_| SseEvent::default().id(id.to_string()).event(kind))
 }
 
-/// The stream for a client resuming after `after` (`None`: only what happens from now on).
-pub fn stream(
+/// The stream for a client resuming after `after` (`None`: only what happens from now on), or
+/// a 503 problem when [`Streams`] are all taken. The stream ends when the server shuts down.
+pub fn stream(log: Arc<EventLog>, after: Option<u64>, streams: &Streams) -> Response {
+    let Some(permit) = streams.admit() else {
+        let mut r = crate::Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-streams",
+            format!(
+                "{} event streams are open, the most this controller serves; retry later",
+                streams.max()
+            ),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("5"),
+        );
+        return r;
+    };
+    let stopping = streams.stopping();
+    sse_stream(log, after, permit, stopping).into_response()
+}
+
+fn sse_stream(
     log: Arc<EventLog>,
     after: Option<u64>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    stopping: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     // Subscribe before reading the log, so nothing falls between replay and live.
-    let mut live = log.live.subscribe();
+    let live = log.live.subscribe();
+    let newest = log.next_id() - 1;
+    // An id this log never gave (another controller's, or one from before a restart): start
+    // over from now, with a reset, rather than wait for ids that will never come.
+    let ahead = after.is_some_and(|a| a > newest);
     let (replay, gap) = match after {
+        Some(_) if ahead => (Vec::new(), true),
         Some(a) => log.since(a),
         None => (Vec::new(), false),
     };
-    let mut last = replay
-        .last()
-        .map(|(id, _)| *id)
-        .unwrap_or_else(|| after.unwrap_or(log.next_id() - 1));
+    let last = replay.last().map(|(id, _)| *id).unwrap_or(if ahead {
+        newest
+    } else {
+        after.unwrap_or(newest)
+    });
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     tokio::spawn(async move {
+        let _permit = permit;
+        tokio::select! {
+            _ = stopping => {}
+            _ = feed(tx, live, replay, gap, last) => {}
+        }
+    });
+    let s = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Replays, then follows the live events, until the client goes or falls behind.
+async fn feed(
+    tx: tokio::sync::mpsc::Sender<SseEvent>,
+    mut live: broadcast::Receiver<(u64, Event)>,
+    replay: Vec<(u64, Event)>,
+    gap: bool,
+    mut last: u64,
+) {
+    {
         if gap {
             let reset = SseEvent::default()
                 .event("reset")
@@ -159,11 +214,7 @@ pub fn stream(
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
-    });
-    let s = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
-    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,19 @@ use pb::registry as reg;
 #[derive(Clone)]
 pub struct Nsm {
     ctl: Controller,
+    streams: Arc<crate::streams::Streams>,
+}
+
+impl Nsm {
+    /// A permit for one more long-lived stream.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.streams.admit().ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{} streams are open, the most this controller serves; retry later",
+                self.streams.max()
+            ))
+        })
+    }
 }
 
 /// The router serving all four services, open.
@@ -73,7 +86,20 @@ pub type GrpcRouter = tonic::transport::server::Router<
 /// The router serving all four services; with `tokens`, every call needs
 /// `authorization: Bearer <token>` metadata with the role the method needs.
 pub fn router_with(ctl: Controller, tokens: Option<Arc<crate::auth::Tokens>>) -> GrpcRouter {
-    let nsm = Nsm { ctl };
+    router_with_streams(
+        ctl,
+        tokens,
+        crate::streams::Streams::new(crate::streams::DEFAULT_MAX_STREAMS, None),
+    )
+}
+
+/// As [`router_with`], with the stream bound and shutdown shared with the REST API.
+pub fn router_with_streams(
+    ctl: Controller,
+    tokens: Option<Arc<crate::auth::Tokens>>,
+    streams: Arc<crate::streams::Streams>,
+) -> GrpcRouter {
+    let nsm = Nsm { ctl, streams };
     tonic::transport::Server::builder()
         .layer(GrpcAuth { tokens })
         .add_service(ns::network_service_server::NetworkServiceServer::new(nsm.clone()))
@@ -203,9 +229,10 @@ fn status(e: ControllerError) -> Status {
                 Status::internal(p.detail)
             }
         }
-        E::UnknownService { .. } | E::UnknownConnection { .. } | E::NotFound { .. } | E::UnknownNode { .. } => {
-            Status::not_found(e.to_string())
-        }
+        E::UnknownService { .. }
+        | E::UnknownConnection { .. }
+        | E::NotFound { .. }
+        | E::UnknownNode { .. } => Status::not_found(e.to_string()),
         E::NoEndpoint { .. }
         | E::NoMatchingEndpoint { .. }
         | E::NoPath { .. }
@@ -216,7 +243,7 @@ fn status(e: ControllerError) -> Status {
         E::NoCapacity { .. } | E::PoolExhausted { .. } => Status::resource_exhausted(e.to_string()),
         E::Invalid { .. } => Status::invalid_argument(e.to_string()),
         E::Forbidden(_) => Status::permission_denied(e.to_string()),
-        E::Driver { .. } => Status::unavailable(e.to_string()),
+        E::Driver { .. } | E::Cancelled => Status::unavailable(e.to_string()),
     }
 }
 
@@ -476,37 +503,59 @@ impl c::monitor_connection_server::MonitorConnection for Nsm {
         &self,
         req: Request<c::MonitorScopeSelector>,
     ) -> Result<Response<Self::MonitorConnectionsStream>, Status> {
+        let permit = self.admit()?;
         let scope = req.into_inner();
         let wanted = move |x: &Connection| {
             scope.network_services.is_empty() || scope.network_services.contains(&x.network_service)
         };
         let mut events = self.ctl.subscribe();
-        let initial: HashMap<String, c::Connection> = self
+        let initial: Vec<Connection> = self
             .ctl
             .connections(&ConnectionFilter::default())
-            .iter()
+            .into_iter()
             .filter(|x| wanted(x))
-            .map(|x| (x.id.clone(), to_pb(x)))
             .collect();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let ctl = self.ctl.clone();
-        tokio::spawn(async move {
-            let first = c::ConnectionEvent {
-                r#type: c::ConnectionEventType::InitialStateTransfer as i32,
-                connections: initial,
-            };
-            if tx.send(Ok(first)).await.is_err() {
-                return;
+        let stopping = self.streams.stopping();
+        let feed = async move {
+            // The initial state in pages (one message of every connection passes gRPC's 4 MiB
+            // at a few thousand): the first is INITIAL_STATE_TRANSFER, the rest UPDATEs.
+            let mut kind = c::ConnectionEventType::InitialStateTransfer;
+            let mut pages = initial.chunks(crate::streams::INITIAL_PAGE).peekable();
+            if pages.peek().is_none() {
+                let first = c::ConnectionEvent {
+                    r#type: kind as i32,
+                    connections: HashMap::new(),
+                };
+                if tx.send(Ok(first)).await.is_err() {
+                    return;
+                }
             }
+            for page in pages {
+                let ev = c::ConnectionEvent {
+                    r#type: kind as i32,
+                    connections: page.iter().map(|x| (x.id.clone(), to_pb(x))).collect(),
+                };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+                kind = c::ConnectionEventType::Update;
+            }
+            drop(initial);
             loop {
                 let ev = match events.recv().await {
                     Ok(ev) => ev,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(
-                            missed = n,
-                            "connection monitor lagged; some updates were skipped"
-                        );
-                        continue;
+                        // Tell the watcher rather than skip: it monitors again and gets the
+                        // whole state (as SSE's reset).
+                        tracing::warn!(missed = n, "connection monitor fell behind; ending it");
+                        let _ = tx
+                            .send(Err(Status::aborted(format!(
+                                "this monitor fell behind by {n} events; monitor again for the whole state"
+                            ))))
+                            .await;
+                        return;
                     }
                     Err(_) => return,
                 };
@@ -516,20 +565,22 @@ impl c::monitor_connection_server::MonitorConnection for Nsm {
                 let (kind, conn) = match ctl.connection(&id) {
                     Some(x) if !state.is_final() => (c::ConnectionEventType::Update, x),
                     _ => {
-                        // Closed: the last known shape is enough for DELETE; the id is what
-                        // clients key on.
-                        let mut gone = c::Connection {
+                        // Closed: the id is what clients key on.
+                        let gone = c::Connection {
                             id: id.clone(),
                             state: c::State::Down as i32,
                             ..Default::default()
                         };
-                        gone.network_service_endpoint_name = String::new();
-                        let _ = tx
+                        if tx
                             .send(Ok(c::ConnectionEvent {
                                 r#type: c::ConnectionEventType::Delete as i32,
                                 connections: HashMap::from([(id, gone)]),
                             }))
-                            .await;
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                         continue;
                     }
                 };
@@ -543,6 +594,13 @@ impl c::monitor_connection_server::MonitorConnection for Nsm {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
+            }
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = stopping => {}
+                _ = feed => {}
             }
         });
         Ok(Response::new(channel_stream(rx)))
@@ -729,9 +787,11 @@ async fn unregister(
 }
 
 /// Streams `initial`, then (with `watch`) every change of objects of `kind` that `keep`
-/// accepts, as `make(object, deleted)`.
+/// accepts, as `make(object, deleted)`. A watcher that falls behind is told (ABORTED: find
+/// again) instead of silently missing changes; the stream ends at shutdown.
 fn find_stream<T, F, K>(
-    ctl: &Controller,
+    nsm: &Nsm,
+    permit: tokio::sync::OwnedSemaphorePermit,
     initial: Vec<T>,
     watch: bool,
     kind: ObjectKind,
@@ -744,9 +804,10 @@ where
     K: Fn(&T) -> bool + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut events = ctl.subscribe();
-    let ctl = ctl.clone();
-    tokio::spawn(async move {
+    let mut events = nsm.ctl.subscribe();
+    let ctl = nsm.ctl.clone();
+    let stopping = nsm.streams.stopping();
+    let feed = async move {
         for x in initial {
             if tx.send(Ok(x)).await.is_err() {
                 return;
@@ -759,7 +820,15 @@ where
         loop {
             let ev = match events.recv().await {
                 Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, %kind, "registry watcher fell behind; ending it");
+                    let _ = tx
+                        .send(Err(Status::aborted(format!(
+                            "this watch fell behind by {n} events; find again for the whole registry"
+                        ))))
+                        .await;
+                    return;
+                }
                 Err(_) => return,
             };
             let Event::Object { key, change } = ev else {
@@ -773,6 +842,13 @@ where
                     return;
                 }
             }
+        }
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        tokio::select! {
+            _ = stopping => {}
+            _ = feed => {}
         }
     });
     channel_stream(rx)
@@ -799,6 +875,7 @@ impl reg::network_service_registry_server::NetworkServiceRegistry for Nsm {
         &self,
         req: Request<reg::NetworkServiceQuery>,
     ) -> Result<Response<Self::FindStream>, Status> {
+        let permit = self.admit()?;
         let q = req.into_inner();
         let name = q.network_service.map(|s| s.name).unwrap_or_default();
         let matches = move |n: &str| name.is_empty() || name == n;
@@ -813,7 +890,8 @@ impl reg::network_service_registry_server::NetworkServiceRegistry for Nsm {
             })
             .collect();
         let stream = find_stream(
-            &self.ctl,
+            self,
+            permit,
             initial,
             q.watch,
             ObjectKind::NetworkService,
@@ -873,6 +951,7 @@ impl reg::network_service_endpoint_registry_server::NetworkServiceEndpointRegist
         &self,
         req: Request<reg::NetworkServiceEndpointQuery>,
     ) -> Result<Response<Self::FindStream>, Status> {
+        let permit = self.admit()?;
         let q = req.into_inner();
         let want = q.network_service_endpoint.unwrap_or_default();
         let keep = move |e: &reg::NetworkServiceEndpoint| {
@@ -896,7 +975,8 @@ impl reg::network_service_endpoint_registry_server::NetworkServiceEndpointRegist
             .collect();
         let keep2 = keep.clone();
         let stream = find_stream(
-            &self.ctl,
+            self,
+            permit,
             initial,
             q.watch,
             ObjectKind::NetworkServiceEndpoint,

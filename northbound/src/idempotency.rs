@@ -2,8 +2,8 @@
 //! key and body gets the first answer again (with `Idempotent-Replayed: true`), a retry while the
 //! first is still running gets 409, and the same key with a different body gets 422.
 //!
-//! Keys are remembered for [`TTL`], at most [`CAPACITY`] of them (the oldest go first), per
-//! caller (the `Authorization` header) and path. Answers of 5xx are not remembered, so a retry
+//! Keys are remembered for [`TTL`], at most [`CAPACITY`] of them and [`MAX_BYTES`] of answers
+//! (the oldest go first), per caller (the `Authorization` header) and path. Answers of 5xx are not remembered, so a retry
 //! after a server error runs again. The memory is the controller process's: a restart forgets it.
 
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +23,10 @@ use crate::Problem;
 pub const HEADER: &str = "idempotency-key";
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
 pub const CAPACITY: usize = 10_000;
+/// Bytes of remembered answers, over all keys: the oldest go first past it.
+pub const MAX_BYTES: usize = 32 * 1024 * 1024;
+/// An answer larger than this is not kept (the key is forgotten, as after a 5xx).
+pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
 
 #[derive(Clone)]
 enum Entry {
@@ -39,6 +43,29 @@ enum Entry {
 struct Inner {
     entries: HashMap<(u64, String), (Instant, Entry)>,
     order: VecDeque<(Instant, (u64, String))>,
+    /// Bytes of the answers held (bodies and header values).
+    bytes: usize,
+}
+
+fn size(e: &Entry) -> usize {
+    match e {
+        Entry::Running => 0,
+        Entry::Done { headers, bytes, .. } => {
+            bytes.len()
+                + headers
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len())
+                    .sum::<usize>()
+        }
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, k: &(u64, String)) {
+        if let Some((_, e)) = self.entries.remove(k) {
+            self.bytes -= size(&e);
+        }
+    }
 }
 
 /// The remembered keys.
@@ -52,12 +79,15 @@ impl Keys {
 
     fn expire(inner: &mut Inner, now: Instant) {
         while let Some((at, k)) = inner.order.front().cloned() {
-            if now.duration_since(at) < TTL && inner.order.len() <= CAPACITY {
+            if now.duration_since(at) < TTL
+                && inner.order.len() <= CAPACITY
+                && inner.bytes <= MAX_BYTES
+            {
                 break;
             }
             inner.order.pop_front();
             if inner.entries.get(&k).is_some_and(|(t, _)| *t == at) {
-                inner.entries.remove(&k);
+                inner.remove(&k);
             }
         }
     }
@@ -78,7 +108,7 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if self.armed {
-            self.keys.lock().entries.remove(&self.id);
+            self.keys.lock().remove(&self.id);
         }
     }
 }
@@ -173,18 +203,58 @@ pub async fn layer(State(keys): State<Keys>, req: Request, next: Next) -> Respon
     let out = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
+    // (Our own handlers' answers: bounded by what they render, a page at most.)
     {
         let mut inner = keys.lock();
-        if parts.status.is_server_error() {
-            inner.entries.remove(&id);
+        let done = Entry::Done {
+            body: body_hash,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            bytes: out.clone(),
+        };
+        let n = size(&done);
+        if parts.status.is_server_error() || n > MAX_ENTRY_BYTES {
+            inner.remove(&id);
         } else if let Some((_, e)) = inner.entries.get_mut(&id) {
-            *e = Entry::Done {
-                body: body_hash,
-                status: parts.status,
-                headers: parts.headers.clone(),
-                bytes: out.clone(),
-            };
+            *e = done;
+            inner.bytes += n;
+            Keys::expire(&mut inner, Instant::now());
         }
     }
     Response::from_parts(parts, Body::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Input: more remembered answers than the byte budget holds. Output: the oldest are
+    /// dropped until the bytes fit; the count of bytes matches what is held.
+    #[test]
+    fn nb_answers_are_bounded_by_bytes() {
+        let keys = Keys::default();
+        let body = Bytes::from(vec![b'x'; 200 * 1024]);
+        let now = Instant::now();
+        {
+            let mut inner = keys.lock();
+            for i in 0..400u64 {
+                let id = (0, format!("/p k{i}"));
+                let e = Entry::Done {
+                    body: 1,
+                    status: StatusCode::CREATED,
+                    headers: HeaderMap::new(),
+                    bytes: body.clone(),
+                };
+                inner.bytes += size(&e);
+                inner.entries.insert(id.clone(), (now, e));
+                inner.order.push_back((now, id));
+                Keys::expire(&mut inner, now);
+            }
+            assert!(inner.bytes <= MAX_BYTES, "{}", inner.bytes);
+            let held: usize = inner.entries.values().map(|(_, e)| size(e)).sum();
+            assert_eq!(held, inner.bytes);
+            assert!(inner.entries.contains_key(&(0, "/p k399".to_string())));
+            assert!(!inner.entries.contains_key(&(0, "/p k0".to_string())));
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod policy;
+pub mod streams;
 pub mod tls;
 
 use axum::body::Bytes;
@@ -78,7 +79,7 @@ impl From<ControllerError> for Problem {
             NoCapacity { .. } | PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InUse { .. } => StatusCode::CONFLICT,
             Driver { .. } => StatusCode::BAD_GATEWAY,
-            Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Store(_) | Cancelled => StatusCode::SERVICE_UNAVAILABLE,
             Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         // The store's own words (addresses, paths, backend errors) go to the log; callers get
@@ -185,11 +186,17 @@ pub struct Options {
     pub extra_metrics: Option<metrics::Extra>,
     /// Bearer tokens with roles; `None` leaves the API open.
     pub tokens: Option<auth::Tokens>,
+    /// The bound on long-lived streams and the shutdown that ends them (shared with the gRPC
+    /// API); by default 256 streams, ended never.
+    pub streams: Option<std::sync::Arc<streams::Streams>>,
 }
 
 /// The REST router with `opts`.
 pub fn router_with(ctl: Controller, opts: Options) -> Router {
     let log = events::EventLog::start(&ctl, 10_000);
+    let streams = opts
+        .streams
+        .unwrap_or_else(|| streams::Streams::new(streams::DEFAULT_MAX_STREAMS, None));
     let m = metrics::Metrics::new(opts.extra_metrics);
     let tokens = opts.tokens.map(std::sync::Arc::new);
     let scrape = m.clone();
@@ -214,12 +221,13 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
             get(
                 move |headers: axum::http::HeaderMap, Q(q): Q<EventsQuery>| {
                     let log = log.clone();
+                    let streams = streams.clone();
                     async move {
                         let from_header = headers
                             .get("last-event-id")
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.trim().parse::<u64>().ok());
-                        events::stream(log, q.since.or(from_header))
+                        events::stream(log, q.since.or(from_header), &streams)
                     }
                 },
             ),
@@ -674,10 +682,22 @@ mod tests {
         let (st, _, _) = call(&app, "POST", "/api/v1/manifests", docs).await;
         assert_eq!(st, StatusCode::OK);
         for (body, field) in [
-            (r#"{"network_service":"s","client":{"node":"n1","name":"../../proc/1/ns/net"}}"#, "client.name"),
-            (r#"{"network_service":"s","client":{"node":"n1","name":"../netns/other"}}"#, "client.name"),
-            (r#"{"network_service":"s","client":{"node":"n1","name":"w"},"interface":"a/b"}"#, "interface"),
-            (r#"{"network_service":"s","client":{"node":"../n1"}}"#, "client.node"),
+            (
+                r#"{"network_service":"s","client":{"node":"n1","name":"../../proc/1/ns/net"}}"#,
+                "client.name",
+            ),
+            (
+                r#"{"network_service":"s","client":{"node":"n1","name":"../netns/other"}}"#,
+                "client.name",
+            ),
+            (
+                r#"{"network_service":"s","client":{"node":"n1","name":"w"},"interface":"a/b"}"#,
+                "interface",
+            ),
+            (
+                r#"{"network_service":"s","client":{"node":"../n1"}}"#,
+                "client.node",
+            ),
         ] {
             let (st, v, _) = call(&app, "POST", "/api/v1/connections", body).await;
             assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
@@ -691,7 +711,8 @@ mod tests {
         let (st, _, _) = call(&app, "GET", "/api/v1/endpoints/evil", "").await;
         assert_eq!(st, StatusCode::NOT_FOUND, "nothing stored");
         // A manifest names the field too.
-        let node = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n9}\nspec: {netns: ../x}\n";
+        let node =
+            "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n9}\nspec: {netns: ../x}\n";
         let (st, v, _) = call(&app, "POST", "/api/v1/manifests", node).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
         assert_eq!(v["field"], "spec.netns");

@@ -221,7 +221,10 @@ mod tests {
         .unwrap();
         assert!(!text.contains("/x1"), "raw paths in labels");
         assert!(text.contains(r#"route="unmatched""#));
-        assert!(text.contains(r#"route="/api/v1/connections/{id}""#), "{text}");
+        assert!(
+            text.contains(r#"route="/api/v1/connections/{id}""#),
+            "{text}"
+        );
         let series = text
             .lines()
             .filter(|l| l.starts_with("meshwire_http_request_duration_seconds_count"))

@@ -575,13 +575,17 @@ pub fn routes(mut router: Router<Controller>) -> Router<Controller> {
                           caller: crate::policy::Caller,
                           Path(name): Path<String>,
                           headers: HeaderMap,
-                          body: Bytes| replace(ctl, caller, coll, name, headers, body),
+                          body: Bytes| {
+                        replace(ctl, caller, coll, name, headers, body)
+                    },
                 )
                 .delete(
                     move |State(ctl): State<Controller>,
                           caller: crate::policy::Caller,
                           Path(name): Path<String>,
-                          headers: HeaderMap| remove(ctl, caller, coll, name, headers),
+                          headers: HeaderMap| {
+                        remove(ctl, caller, coll, name, headers)
+                    },
                 ),
             );
     }

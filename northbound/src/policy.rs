@@ -71,12 +71,12 @@ impl Caller {
         }
         let admin = admin_reason(obj);
         match admin {
-            Some(why) if self.role < Role::Admin && self.device.is_none() => Err(self.refuse(
-                format!(
+            Some(why) if self.role < Role::Admin && self.device.is_none() => {
+                Err(self.refuse(format!(
                     "{key} is an admin object ({why}); token {} has role {}",
                     self.name, self.role
-                ),
-            )),
+                )))
+            }
             _ if self.role < Role::Operator => Err(self.refuse(format!(
                 "changing {key} needs role operator; token {} has {}",
                 self.name, self.role
@@ -205,7 +205,10 @@ mod tests {
         let plain = doc("apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n}\n");
         let op = caller(Role::Operator, None);
         for o in [&device, &on_device, &ovs] {
-            assert!(matches!(op.may_write(o), Err(ControllerError::Forbidden(_))));
+            assert!(matches!(
+                op.may_write(o),
+                Err(ControllerError::Forbidden(_))
+            ));
             caller(Role::Admin, None).may_write(o).unwrap();
         }
         op.may_write(&plain).unwrap();

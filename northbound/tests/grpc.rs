@@ -276,3 +276,133 @@ async fn nsm_grpc_bearer_tokens_and_roles() {
     let e = nsc.request(request("")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
 }
+
+/// Input: 600 connections, a stream bound of 2, a watcher that never reads while 6,000
+/// registry changes happen, then the server's shutdown signal. Output: the monitor's initial
+/// state comes in pages (INITIAL_STATE_TRANSFER, then UPDATEs, 600 in all); a third stream is
+/// RESOURCE_EXHAUSTED; the lagging watcher is told (ABORTED) instead of silently skipping; at
+/// shutdown every open stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nsm_grpc_streams_are_bounded_paged_and_end_at_shutdown() {
+    let ctl = Controller::start(
+        Arc::new(MemoryStore::default()),
+        Arc::new(RecordingDriver::quiet()),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    ctl.apply(meshwire_models::Manifest::parse("t", TOPOLOGY).unwrap())
+        .await
+        .unwrap();
+    ctl.apply(meshwire_models::Manifest::parse("t", "---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: gw}\nspec: {network_service_names: [vpn], location: {node: n2}, mechanisms: {vxlan: {}}, ipamPrefix: 10.128.0.0/16}\n").unwrap())
+        .await
+        .unwrap();
+    for i in 0..600 {
+        ctl.request(
+            serde_json::from_value(serde_json::json!({
+                "network_service": "vpn", "client": {"node": "n1", "name": format!("w{i}")}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let streams = meshwire_northbound::streams::Streams::new(2, Some(stop_rx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming =
+        tonic::transport::server::TcpIncoming::from_listener(listener, true, None).unwrap();
+    tokio::spawn(
+        meshwire_northbound::grpc::router_with_streams(ctl.clone(), None, streams)
+            .serve_with_incoming(incoming),
+    );
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut mon = c::monitor_connection_client::MonitorConnectionClient::new(ch.clone());
+    let mut s = mon
+        .monitor_connections(c::MonitorScopeSelector::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = 0;
+    let mut kinds = Vec::new();
+    while seen < 600 {
+        let ev = s.message().await.unwrap().unwrap();
+        assert!(ev.connections.len() <= meshwire_northbound::streams::INITIAL_PAGE);
+        seen += ev.connections.len();
+        kinds.push(ev.r#type);
+    }
+    assert_eq!(seen, 600);
+    assert_eq!(
+        kinds[0],
+        c::ConnectionEventType::InitialStateTransfer as i32
+    );
+    assert!(
+        kinds[1..]
+            .iter()
+            .all(|k| *k == c::ConnectionEventType::Update as i32),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.len(), 3);
+
+    // The lagging watcher's connection takes 1 KiB before it stops reading, so the server's
+    // feed blocks soon and the controller's event queue (4,096) overflows behind it.
+    let slow = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut reg = reg::network_service_registry_client::NetworkServiceRegistryClient::new(slow);
+    let mut lagging = reg
+        .find(reg::NetworkServiceQuery {
+            network_service: None,
+            watch: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let third = reg
+        .find(reg::NetworkServiceQuery {
+            network_service: None,
+            watch: true,
+        })
+        .await;
+    assert_eq!(third.unwrap_err().code(), tonic::Code::ResourceExhausted);
+    for i in 0..6000 {
+        ctl.apply(meshwire_models::Manifest::parse("t", &format!("apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {{name: s{i}}}\n")).unwrap())
+            .await
+            .unwrap();
+    }
+    // Bounded so a regression fails instead of hanging the suite.
+    let status = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match lagging.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without saying it fell behind"),
+                Err(st) => break st,
+            }
+        }
+    })
+    .await
+    .expect("the lagging watcher was never told it fell behind");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    // Shutdown ends the monitor that is still open.
+    stop.send(true).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the monitor did not end at shutdown");
+}

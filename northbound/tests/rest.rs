@@ -486,10 +486,18 @@ async fn rest_admin_objects_whatever_the_route() {
     };
     let ovs_node = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: ovs, ovsdb: \"tcp:192.0.2.1:6640\"}\n";
     let on_device = "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: fw1-ep}\nspec: {network_service_names: [s], location: {device: fw1}}\n";
-    for (what, body) in [("device", device("fw1")), ("ovs node", ovs_node.to_string()), ("endpoint on a device", on_device.to_string())] {
+    for (what, body) in [
+        ("device", device("fw1")),
+        ("ovs node", ovs_node.to_string()),
+        ("endpoint on a device", on_device.to_string()),
+    ] {
         let r = call(&app, "POST", "/api/v1/manifests", &op, &body).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.body);
-        assert!(r.body["detail"].as_str().unwrap().contains("admin object"), "{}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("admin object"),
+            "{}",
+            r.body
+        );
     }
     let r = call(&app, "POST", "/api/v1/devices", &op, &device("fw1")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -502,10 +510,29 @@ async fn rest_admin_objects_whatever_the_route() {
     let r = call(&app, "POST", "/api/v1/devices", &admin, &device("fw2")).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let svc = "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\n";
-    assert_eq!(call(&app, "POST", "/api/v1/manifests", &op, svc).await.status, StatusCode::OK);
-    let r = call(&app, "POST", "/api/v1/manifests", &fw1, &format!("{}---\n{on_device}", device("fw1"))).await;
+    assert_eq!(
+        call(&app, "POST", "/api/v1/manifests", &op, svc)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = call(
+        &app,
+        "POST",
+        "/api/v1/manifests",
+        &fw1,
+        &format!("{}---\n{on_device}", device("fw1")),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = call(&app, "PUT", "/api/v1/endpoints/fw1-ep/status", &fw1, r#"{"down":true}"#).await;
+    let r = call(
+        &app,
+        "PUT",
+        "/api/v1/endpoints/fw1-ep/status",
+        &fw1,
+        r#"{"down":true}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // ... but nothing of another device, and no plain object either.
     let r = call(&app, "DELETE", "/api/v1/devices/fw2", &fw1, "").await;
@@ -515,7 +542,14 @@ async fn rest_admin_objects_whatever_the_route() {
     let r = call(&app, "POST", "/api/v1/nodes", &fw1, &node("n9", "a")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // The operator may not withdraw an endpoint, nor delete the device.
-    let r = call(&app, "PUT", "/api/v1/endpoints/fw1-ep/status", &op, r#"{"down":false}"#).await;
+    let r = call(
+        &app,
+        "PUT",
+        "/api/v1/endpoints/fw1-ep/status",
+        &op,
+        r#"{"down":false}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = call(&app, "DELETE", "/api/v1/manifests", &op, &device("fw1")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);

@@ -65,6 +65,11 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// Bytes of `buf` already consumed.
     pos: usize,
+    /// 1.0 framing: bytes after `pos` already searched for `]]>]]>` without finding it, so a
+    /// large reply arriving in pieces is scanned once (linear), not once per piece.
+    eom_scanned: usize,
+    /// Bytes compared while looking for end-of-message markers (for the linearity test).
+    examined: usize,
     /// Set after an error: the stream is unusable and yields nothing more.
     failed: bool,
 }
@@ -82,6 +87,8 @@ impl Decoder {
             framing: Framing::EndOfMessage,
             partial: Vec::new(),
             pos: 0,
+            eom_scanned: 0,
+            examined: 0,
             failed: false,
         }
     }
@@ -130,9 +137,18 @@ impl Decoder {
 
     fn next_eom(&mut self) -> Option<Result<Vec<u8>, FramingError>> {
         let rest = &self.buf[self.pos..];
-        let at = rest.windows(EOM.len()).position(|w| w == EOM)?;
+        // A marker may straddle what was searched and what is new: step back 5 bytes.
+        let from = self.eom_scanned.saturating_sub(EOM.len() - 1);
+        let window = &rest[from..];
+        self.examined += window.len();
+        let Some(at) = window.windows(EOM.len()).position(|w| w == EOM) else {
+            self.eom_scanned = rest.len();
+            return None;
+        };
+        let at = from + at;
         let msg = rest[..at].to_vec();
         self.pos += at + EOM.len();
+        self.eom_scanned = 0;
         if msg.len() > MAX_MESSAGE {
             return Some(Err(FramingError::TooLong));
         }
@@ -237,6 +253,30 @@ pub fn check_decode(data: &[u8]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Input: a 4 MiB NETCONF 1.0 reply arriving in 1 KiB pieces, with a marker split across
+    /// two pieces at the end. Output: one message; the decoder compared each byte about once
+    /// (it used to rescan everything on every piece: 8 GiB of comparisons here).
+    #[test]
+    fn dev_large_eom_reply_is_scanned_once() {
+        let mut stream = vec![b'x'; 4 * 1024 * 1024];
+        stream.extend_from_slice(EOM);
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for piece in stream.chunks(1024 + 3) {
+            d.push(piece);
+            while let Some(m) = d.next_message() {
+                got.push(m.unwrap());
+            }
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].len(), 4 * 1024 * 1024);
+        assert!(
+            d.examined < 2 * stream.len(),
+            "{} bytes compared",
+            d.examined
+        );
+    }
 
     fn decode_all(
         stream: &[u8],

@@ -202,6 +202,9 @@ mod tests {
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}");
             assert!(!exists(&Some(bad.to_string())));
         }
-        assert_eq!(path("clab-x-y").unwrap(), PathBuf::from("/run/netns/clab-x-y"));
+        assert_eq!(
+            path("clab-x-y").unwrap(),
+            PathBuf::from("/run/netns/clab-x-y")
+        );
     }
 }

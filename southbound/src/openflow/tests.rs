@@ -435,7 +435,9 @@ fn hostile_lengths_are_errors_not_panics() {
 /// decoder recursed once per level first).
 #[test]
 fn dev_nested_bundle_add_is_refused_before_recursing() {
-    let mut msg = OfpMessage::new(1, Message::BarrierRequest).encode().unwrap();
+    let mut msg = OfpMessage::new(1, Message::BarrierRequest)
+        .encode()
+        .unwrap();
     let mut levels = 0;
     while msg.len() + 24 <= 65_535 {
         let mut outer = Vec::with_capacity(msg.len() + 24);
@@ -458,5 +460,8 @@ fn dev_nested_bundle_add_is_refused_before_recursing() {
         .unwrap()
         .join()
         .expect("the decoder overflowed its stack");
-    assert!(matches!(r, Err(DecodeError::BadValue { what, .. }) if what.contains("bundle add inside")), "{r:?}");
+    assert!(
+        matches!(r, Err(DecodeError::BadValue { what, .. }) if what.contains("bundle add inside")),
+        "{r:?}"
+    );
 }

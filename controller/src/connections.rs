@@ -1,0 +1,216 @@
+//! Requesting and closing connections, with the store as the truth.
+//!
+//! The order every step keeps, so that what the store says is never less than what callers
+//! were told, and a restart never brings back what was removed:
+//! - **request**: plan and claim under the state mutex; record `programming` in the store
+//!   *before* touching the data plane; wire; record `up`; only then answer. A failure after
+//!   the first record undoes the wiring and deletes the record (store first, then memory).
+//!   If the store cannot take the `up` record, the connection is undone and the request fails
+//!   with a retryable error: it is never reported done unless stored as done.
+//! - **a caller that goes away** (a client disconnecting, a short gRPC deadline): the request
+//!   runs on in its own task, so it is never cut half-way, and once it has finished it is
+//!   *undone on purpose* (closed), because nobody was told it exists. Retrying with the same
+//!   `Idempotency-Key` is the way to get one connection exactly once.
+//! - **a `programming` record no request owns** (the controller died mid-request): undone by
+//!   the reconcile loop, for the same reason.
+//! - **close**: unwire; delete the record; then forget it in memory and give back its claims.
+//!   If the store cannot delete it, the connection stays (with the error) and the close fails
+//!   retryably: a record that came back after a restart would resurrect it.
+
+use meshwire_models::{Connection, ConnectionRequest, ConnectionState};
+
+use crate::controller::{connection_key, Controller, Event};
+use crate::error::ControllerError;
+use crate::state::Avoid;
+use crate::store::Expect;
+
+/// Marks a connection as being set up by a live request, for as long as it lives.
+struct InFlight<'a> {
+    ctl: &'a Controller,
+    id: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ctl
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Controller {
+    fn in_flight(&self, id: &str) -> InFlight<'_> {
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        InFlight {
+            ctl: self,
+            id: id.to_string(),
+        }
+    }
+
+    /// Whether a request is setting `id` up right now.
+    pub(crate) fn is_in_flight(&self, id: &str) -> bool {
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    /// Requests a network service for a client: select, negotiate, claim, record, wire. The
+    /// work runs to its end even if the caller stops waiting; then it is undone (see the
+    /// module's doc).
+    pub async fn request(&self, req: ConnectionRequest) -> Result<Connection, ControllerError> {
+        req.validate().map_err(|e| ControllerError::Invalid {
+            what: "connection request".into(),
+            field: e.field,
+            rule: e.rule,
+        })?;
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let result = this.request_now(req).await;
+            if let Err(Ok(conn)) = tx.send(result) {
+                tracing::warn!(connection = %conn.id, "the requester went away before the answer; undoing the connection");
+                if let Err(e) = this.close(&conn.id).await {
+                    tracing::warn!(connection = %conn.id, error = %e, "undoing an unanswered connection failed; reconcile retries");
+                }
+            }
+        });
+        rx.await.map_err(|_| ControllerError::Cancelled)?
+    }
+
+    async fn request_now(&self, req: ConnectionRequest) -> Result<Connection, ControllerError> {
+        let _guard = self
+            .lock_key(req.client.workload(), &req.network_service)
+            .await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let _flight = self.in_flight(&id);
+        let now = self.now();
+        let mut conn = {
+            let mut s = self.state();
+            let mut c = s.plan(&req, &id, now, &Avoid::default(), None)?;
+            c.state = ConnectionState::Programming;
+            s.commit(c.clone());
+            c
+        };
+        if let Err(e) = self.persist(&conn).await {
+            self.state().remove_connection(&id);
+            return Err(e);
+        }
+        if let Err(e) = self.inner.driver.apply(&conn).await {
+            self.driver_failed();
+            tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
+            self.undo(&conn, &format!("wiring failed: {e}")).await;
+            return Err(ControllerError::Driver {
+                connection: id,
+                source: e,
+            });
+        }
+        let _ = conn.transition(ConnectionState::Up, self.now());
+        if let Err(e) = self.persist(&conn).await {
+            // Live on the data plane but not stored as up: never report it done.
+            tracing::warn!(connection = %id, error = %e, "recording the connection up failed; undoing it");
+            self.undo(&conn, &format!("recording it up failed: {e}"))
+                .await;
+            return Err(e);
+        }
+        self.state().update(&id, |c| {
+            c.state = ConnectionState::Up;
+            c.updated_at_ms = conn.updated_at_ms;
+        });
+        tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
+            mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
+        self.emit(Event::Connection {
+            id: id.clone(),
+            state: ConnectionState::Up,
+            endpoint: conn.network_service_endpoint_name.clone(),
+            detail: None,
+        });
+        Ok(conn)
+    }
+
+    /// Undoes a connection nobody was told about: its wiring, then its record, then its
+    /// claims. When the store cannot delete the record, the connection stays in memory as an
+    /// abandoned `programming` one (with the reason), and the reconcile loop finishes the undo.
+    pub(crate) async fn undo(&self, conn: &Connection, why: &str) -> bool {
+        if let Err(e) = self.inner.driver.remove(conn).await {
+            tracing::warn!(connection = %conn.id, error = %e, "undo of partial wiring failed; reconcile will retry");
+        }
+        match self
+            .inner
+            .store
+            .delete(&connection_key(&conn.id), Expect::Any)
+            .await
+        {
+            Ok(_) => {
+                self.state().remove_connection(&conn.id);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(connection = %conn.id, error = %e, "deleting the record of an undone connection failed; reconcile will retry");
+                self.state().update(&conn.id, |c| {
+                    c.state = ConnectionState::Programming;
+                    c.last_error = Some(format!("undoing: {why}"));
+                });
+                false
+            }
+        }
+    }
+
+    /// Closes a connection: unwire, delete the record, give back claims.
+    pub async fn close(&self, id: &str) -> Result<Connection, ControllerError> {
+        let conn = self
+            .connection(id)
+            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+        let _guard = self
+            .lock_key(conn.client.workload(), &conn.network_service)
+            .await;
+        let conn = self
+            .connection(id)
+            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+        if let Err(e) = self.inner.driver.remove(&conn).await {
+            self.driver_failed();
+            let msg = e.to_string();
+            let updated = self
+                .state()
+                .update(id, |c| c.last_error = Some(format!("close: {msg}")));
+            if let Some(c) = updated {
+                let _ = self.persist(&c).await;
+            }
+            return Err(ControllerError::Driver {
+                connection: id.to_string(),
+                source: e,
+            });
+        }
+        // The store first: a record left behind would bring the connection back at restart.
+        if let Err(e) = self
+            .inner
+            .store
+            .delete(&connection_key(id), Expect::Any)
+            .await
+        {
+            let msg = e.to_string();
+            self.state().update(id, |c| {
+                c.last_error = Some(format!("close: unwired, but {msg}"))
+            });
+            return Err(e.into());
+        }
+        let mut conn = self.state().remove_connection(id).unwrap_or(conn);
+        let _ = conn.transition(ConnectionState::Closed, self.now());
+        tracing::info!(connection = %id, "connection closed");
+        self.emit(Event::Connection {
+            id: id.to_string(),
+            state: ConnectionState::Closed,
+            endpoint: conn.network_service_endpoint_name.clone(),
+            detail: None,
+        });
+        Ok(conn)
+    }
+}

@@ -1,0 +1,381 @@
+//! The reconcile loop: desired connections against what the data plane observes.
+//!
+//! Each round expires lapsed endpoint registrations, asks the driver what it sees (time-boxed
+//! by [`OBSERVE_TIMEOUT`]), then for each connection repairs it in place, heals it onto another
+//! endpoint or path, closes it (client gone) or undoes it (an abandoned request). Every step
+//! records in the store before memory follows, and one connection that fails (a store that does
+//! not answer, a driver that refuses) is retried next round without stopping the others.
+
+use std::time::Duration;
+
+use meshwire_models::{Connection, ConnectionRequest, ConnectionState, ObjectKey};
+
+use crate::controller::{Controller, Event, ReconcileReport};
+use crate::driver::{Health, Observation};
+use crate::error::ControllerError;
+use crate::state::Avoid;
+
+/// How long one round waits for the data plane's observation.
+pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Controller {
+    /// Runs [`reconcile_once`](Self::reconcile_once) every `interval` until the task is dropped.
+    pub fn spawn_reconciler(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.reconcile_once().await {
+                    Ok(r) if !r.is_quiet() => tracing::info!(report = ?r, "reconciled"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconcile round failed; retrying next interval")
+                    }
+                }
+            }
+        })
+    }
+
+    /// One round: expire lapsed endpoints, compare desired connections with what the driver
+    /// observes, then repair, heal or close each that differs.
+    pub async fn reconcile_once(&self) -> Result<ReconcileReport, ControllerError> {
+        let _one = self.inner.reconciling.lock().await;
+        let mut report = ReconcileReport::default();
+        let now = self.now();
+        let expired = self.state().expired_endpoints(now);
+        for name in expired {
+            let key = ObjectKey {
+                kind: meshwire_models::ObjectKind::NetworkServiceEndpoint,
+                name: name.clone(),
+            };
+            // One endpoint the store cannot delete now is tried again next round; it must not
+            // stop the others, nor the healing below.
+            match self.delete(std::slice::from_ref(&key)).await {
+                Ok(_) => {
+                    tracing::info!(endpoint = %name, "endpoint registration expired");
+                    report.expired.push(name);
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %name, error = %e, "expiring the endpoint failed; retrying next round");
+                    report.failed.push(format!("NetworkServiceEndpoint/{name}"));
+                }
+            }
+        }
+        let desired: Vec<Connection> = self
+            .state()
+            .connections()
+            .filter(|c| !c.state.is_final())
+            .cloned()
+            .collect();
+        // A data plane that does not answer in time (or fails) is reported and treated as
+        // having seen nothing wrong: withdrawn endpoints, failed links and abandoned requests
+        // are still acted on this round.
+        let observed = match tokio::time::timeout(
+            OBSERVE_TIMEOUT,
+            self.inner.driver.observe(&desired),
+        )
+        .await
+        {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                self.driver_failed();
+                tracing::warn!(error = %e, "observing the data plane failed; acting on what the controller knows");
+                report.failed.push("(observe)".into());
+                Observation::default()
+            }
+            Err(_) => {
+                self.driver_failed();
+                tracing::warn!(timeout = ?OBSERVE_TIMEOUT, "observing the data plane timed out; acting on what the controller knows");
+                report.failed.push("(observe)".into());
+                Observation::default()
+            }
+        };
+        for c in desired {
+            let _guard = self.lock_key(c.client.workload(), &c.network_service).await;
+            // The connection may have been closed or rewired while we waited.
+            let Some(current) = self.connection(&c.id) else {
+                continue;
+            };
+            // Changed since the snapshot (a request finishing, a heal): what was observed may
+            // predate it. The next round looks again.
+            if current.generation != c.generation || current.updated_at_ms != c.updated_at_ms {
+                continue;
+            }
+            // A request being set up is its request's; one nobody sets up was abandoned (a
+            // crash, a cancelled caller): nobody was told it exists, so it is undone.
+            if current.state == ConnectionState::Programming {
+                if self.is_in_flight(&current.id) {
+                    continue;
+                }
+                tracing::info!(connection = %current.id, "abandoned request; undoing it");
+                if self.undo(&current, "abandoned request").await {
+                    self.emit(Event::Connection {
+                        id: current.id.clone(),
+                        state: ConnectionState::Failed,
+                        endpoint: current.network_service_endpoint_name.clone(),
+                        detail: Some("abandoned request undone".into()),
+                    });
+                    report.undone.push(current.id.clone());
+                } else {
+                    report.failed.push(current.id.clone());
+                }
+                continue;
+            }
+            let (endpoint_ok, broken_link) = {
+                let s = self.state();
+                let ep = s
+                    .endpoint(&c.network_service_endpoint_name)
+                    .is_some_and(|e| !e.down);
+                let t = s.topology();
+                let broken = c
+                    .path
+                    .iter()
+                    .filter_map(|p| p.link.as_ref())
+                    .find(|l| t.links.get(*l).is_none_or(|l| !l.up))
+                    .cloned();
+                (ep, broken)
+            };
+            let health = observed
+                .connections
+                .get(&c.id)
+                .cloned()
+                .unwrap_or(Health::Healthy);
+            let outcome = match (&health, endpoint_ok, broken_link) {
+                (Health::ClientGone { reason }, _, _) => {
+                    tracing::info!(connection = %c.id, %reason, "client gone; closing");
+                    drop(_guard);
+                    // A failed close is retried next round; it must not stall the others.
+                    match self.close(&c.id).await {
+                        Ok(_) => report.closed.push(c.id.clone()),
+                        Err(e) => {
+                            tracing::warn!(connection = %c.id, error = %e, "closing failed; retrying next round")
+                        }
+                    }
+                    continue;
+                }
+                (_, false, _) => {
+                    let why = format!("endpoint {} is gone", c.network_service_endpoint_name);
+                    self.heal(
+                        current,
+                        Avoid::endpoint(&c.network_service_endpoint_name),
+                        why,
+                    )
+                    .await
+                }
+                (Health::EndpointLost { reason }, _, _) => {
+                    self.state()
+                        .set_endpoint_down(&c.network_service_endpoint_name, true);
+                    let why = format!(
+                        "endpoint {} lost: {reason}",
+                        c.network_service_endpoint_name
+                    );
+                    self.heal(
+                        current,
+                        Avoid::endpoint(&c.network_service_endpoint_name),
+                        why,
+                    )
+                    .await
+                }
+                (
+                    Health::PathFailed {
+                        reason,
+                        links,
+                        vertices,
+                    },
+                    _,
+                    _,
+                ) => {
+                    self.heal(
+                        current,
+                        Avoid {
+                            links: links.clone(),
+                            vertices: vertices.clone(),
+                            ..Default::default()
+                        },
+                        format!("path failed: {reason}"),
+                    )
+                    .await
+                }
+                (_, true, Some(link)) => {
+                    self.heal(
+                        current,
+                        Avoid {
+                            links: vec![link.clone()],
+                            ..Default::default()
+                        },
+                        format!("link {link} is down"),
+                    )
+                    .await
+                }
+                (Health::Missing { reason }, true, None) => self
+                    .repair(current, reason)
+                    .await
+                    .map(|_| Outcome::Repaired),
+                (Health::Healthy, true, None) if current.state != ConnectionState::Up => self
+                    .repair(current, "unfinished")
+                    .await
+                    .map(|_| Outcome::Repaired),
+                (Health::Healthy, true, None) => Ok(Outcome::Nothing),
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                // One connection the store cannot record now is retried next round; it never
+                // stops the round.
+                Err(e) => {
+                    tracing::warn!(connection = %c.id, error = %e, "reconciling the connection failed; retrying next round");
+                    report.failed.push(c.id.clone());
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Nothing => {}
+                Outcome::Repaired => report.repaired.push(c.id.clone()),
+                Outcome::Healed => report.healed.push(c.id.clone()),
+                Outcome::StillHealing => report.still_healing.push(c.id.clone()),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Re-applies a connection where it is.
+    async fn repair(&self, c: Connection, reason: &str) -> Result<(), ControllerError> {
+        tracing::info!(connection = %c.id, %reason, "repairing in place");
+        match self.inner.driver.apply(&c).await {
+            Ok(()) => {
+                let now = self.now();
+                let mut up = c.clone();
+                up.state = ConnectionState::Up;
+                up.updated_at_ms = now;
+                up.last_error = None;
+                // Stored first; memory follows what the store holds.
+                self.persist(&up).await?;
+                self.state().update(&c.id, |m| {
+                    m.state = ConnectionState::Up;
+                    m.updated_at_ms = now;
+                    m.last_error = None;
+                });
+                self.emit(Event::Connection {
+                    id: c.id.clone(),
+                    state: ConnectionState::Up,
+                    endpoint: c.network_service_endpoint_name.clone(),
+                    detail: Some("repaired".into()),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.driver_failed();
+                let msg = e.to_string();
+                tracing::warn!(connection = %c.id, error = %msg, "repair failed; retrying next round");
+                let updated = self.state().update(&c.id, |c| c.last_error = Some(msg));
+                if let Some(c) = updated {
+                    self.persist(&c).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves a connection onto another endpoint or path. The old wiring and its claims are kept
+    /// until a replacement is planned, so a failed heal changes nothing but the state.
+    async fn heal(
+        &self,
+        old: Connection,
+        avoid: Avoid,
+        why: String,
+    ) -> Result<Outcome, ControllerError> {
+        let now = self.now();
+        let marked = self.state().update(&old.id, |c| {
+            c.state = ConnectionState::Healing;
+            c.updated_at_ms = now;
+            c.last_error = Some(why.clone());
+        });
+        if let Some(m) = &marked {
+            if old.state != ConnectionState::Healing {
+                self.persist(m).await?;
+                tracing::warn!(connection = %old.id, reason = %why, "healing");
+                self.emit(Event::Connection {
+                    id: old.id.clone(),
+                    state: ConnectionState::Healing,
+                    endpoint: old.network_service_endpoint_name.clone(),
+                    detail: Some(why.clone()),
+                });
+            }
+        }
+        let req = ConnectionRequest {
+            network_service: old.network_service.clone(),
+            client: old.client.clone(),
+            labels: old.labels.clone(),
+            mechanisms: old.preferences.clone(),
+            interface: Some(old.interface.clone()),
+            excluded_prefixes: old.ip_context.excluded_prefixes.clone(),
+        };
+        let planned = self
+            .state()
+            .plan(&req, &old.id, now, &avoid, Some(&old.interface));
+        let mut new = match planned {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = format!("{why}; no replacement yet: {e}");
+                let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
+                if let Some(c) = updated {
+                    self.persist(&c).await?;
+                }
+                return Ok(Outcome::StillHealing);
+            }
+        };
+        // Break before make: the replacement reuses the client's interface name.
+        if let Err(e) = self.inner.driver.remove(&old).await {
+            tracing::warn!(connection = %old.id, error = %e, "removing the old wiring failed; continuing");
+        }
+        if let Err(e) = self.inner.driver.apply(&new).await {
+            self.driver_failed();
+            let _ = self.inner.driver.remove(&new).await;
+            self.state().unclaim(&new);
+            let msg = format!(
+                "{why}; replacement via {} failed: {e}",
+                new.network_service_endpoint_name
+            );
+            let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
+            if let Some(c) = updated {
+                self.persist(&c).await?;
+            }
+            return Ok(Outcome::StillHealing);
+        }
+        new.state = ConnectionState::Up;
+        new.generation = old.generation + 1;
+        new.created_at_ms = old.created_at_ms;
+        new.updated_at_ms = self.now();
+        new.last_error = Some(format!("healed: {why}"));
+        // Stored before it is live in memory: if the store cannot take it, the replacement is
+        // taken down again and the connection stays healing with its old claims.
+        if let Err(e) = self.persist(&new).await {
+            let _ = self.inner.driver.remove(&new).await;
+            self.state().unclaim(&new);
+            let msg = format!("{why}; recording the replacement failed: {e}");
+            self.state().update(&old.id, |c| c.last_error = Some(msg));
+            return Err(e);
+        }
+        {
+            let mut s = self.state();
+            s.remove_connection(&old.id);
+            s.commit(new.clone());
+        }
+        tracing::info!(connection = %new.id, from = %old.network_service_endpoint_name, to = %new.network_service_endpoint_name, "healed");
+        self.emit(Event::Connection {
+            id: new.id.clone(),
+            state: ConnectionState::Up,
+            endpoint: new.network_service_endpoint_name.clone(),
+            detail: Some(format!("healed: {why}")),
+        });
+        Ok(Outcome::Healed)
+    }
+}
+
+enum Outcome {
+    Nothing,
+    Repaired,
+    Healed,
+    StillHealing,
+}
