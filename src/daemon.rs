@@ -13,11 +13,27 @@ pub struct Args {
     /// Where state lives: redb:PATH (embedded, one file), etcd://HOST:PORT[,HOST:PORT] (distributed) or memory (lost on exit).
     #[arg(long, env = "MESHWIRE_STORE", default_value = "redb:./meshwire.redb")]
     store: String,
+    /// Reach etcd over TLS (https), trusting this PEM CA for its servers. Off loopback, give it.
+    #[arg(long, env = "MESHWIRE_ETCD_CA", value_name = "FILE")]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) presented to etcd, where etcd runs with --client-cert-auth;
+    /// needs --etcd-key and --etcd-ca.
+    #[arg(long, env = "MESHWIRE_ETCD_CERT", value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --etcd-cert.
+    #[arg(
+        long,
+        env = "MESHWIRE_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
+    etcd_key: Option<std::path::PathBuf>,
     /// Address of the REST API. Off loopback, give --tokens and --tls-cert/--tls-key.
     #[arg(long, env = "MESHWIRE_LISTEN", default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
     /// Address of the NSM-compatible gRPC API (networkservice.NetworkService,
-    /// connection.MonitorConnection, the registry); `off` to not serve it.
+    /// connection.MonitorConnection, the registry); `off` to not serve it. With
+    /// --tls-cert/--tls-key it is served over TLS with the same certificate as the REST API.
     #[arg(long, env = "MESHWIRE_GRPC_LISTEN", default_value = "127.0.0.1:7601")]
     grpc_listen: String,
     /// How often desired connections are compared with the data plane (repair, heal, expiry).
@@ -55,7 +71,8 @@ pub struct Args {
     /// this file the APIs are open, so they may listen on loopback only.
     #[arg(long, value_name = "FILE")]
     tokens: Option<std::path::PathBuf>,
-    /// Serve the REST API over TLS with this PEM certificate chain (leaf first); needs --tls-key.
+    /// Serve the REST and gRPC APIs over TLS with this PEM certificate chain (leaf first);
+    /// needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
     /// The PEM private key of --tls-cert.
@@ -171,7 +188,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let store = meshwire_controller::store::open(&args.store)
+    let store_opts = meshwire_controller::store::OpenOptions {
+        etcd_tls: args
+            .etcd_ca
+            .clone()
+            .map(|ca| meshwire_controller::store::etcd_store::EtcdTls {
+                ca,
+                cert: args.etcd_cert.clone(),
+                key: args.etcd_key.clone(),
+            }),
+    };
+    let store = meshwire_controller::store::open_with(&args.store, &store_opts)
         .await
         .with_context(|| format!("opening store {}", args.store))?;
     let mut planes: Vec<(ForwarderKind, Arc<dyn Driver>)> = Vec::new();
@@ -294,12 +321,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} (gRPC)"))?;
             let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
                 .map_err(|e| anyhow::anyhow!("gRPC listener on {addr}: {e}"))?;
-            let router = meshwire_northbound::grpc::router_with_streams(
+            // The same certificate as the REST API: one --tls-cert/--tls-key serves both.
+            let grpc_tls = match (&args.tls_cert, &args.tls_key) {
+                (Some(c), Some(k)) => Some(meshwire_northbound::tls::grpc_server_config(c, k)?),
+                _ => None,
+            };
+            let router = meshwire_northbound::grpc::router_with_options(
                 ctl.clone(),
-                tokens.clone().map(Arc::new),
-                streams.clone(),
-            );
-            tracing::info!(listen = %addr, "NSM gRPC API ready");
+                meshwire_northbound::grpc::GrpcOptions {
+                    tokens: tokens.clone().map(Arc::new),
+                    streams: Some(streams.clone()),
+                    tls: grpc_tls,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("gRPC TLS with --tls-cert/--tls-key: {e}"))?;
+            tracing::info!(listen = %addr, tls = args.tls_cert.is_some(), "NSM gRPC API ready");
             Some(tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(incoming).await {
                     tracing::error!(error = %e, "gRPC server stopped");

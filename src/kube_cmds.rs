@@ -31,6 +31,11 @@ pub struct WebhookArgs {
         default_value = "meshwire.nsm-system:7601"
     )]
     controller_grpc: String,
+    /// The Secret, in each annotated pod's namespace, holding `token` (a bearer token with role
+    /// operator) and `ca.crt` (the CA of the controller's certificate); the init container
+    /// mounts it, speaks TLS and sends the token. `none` for an open, plain-text controller.
+    #[arg(long, env = "MESHWIRE_NSC_SECRET", default_value = "meshwire-nsc")]
+    nsc_secret: String,
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
 }
@@ -49,6 +54,7 @@ pub async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
         meshwire_northbound::k8s::webhook::router(meshwire_northbound::k8s::webhook::Injection {
             image: args.image,
             controller_grpc: args.controller_grpc,
+            credentials: (args.nsc_secret != "none").then_some(args.nsc_secret),
         });
     meshwire_northbound::tls::serve(listener, app, cfg, crate::daemon::shutdown()).await;
     Ok(())
@@ -60,9 +66,17 @@ pub struct NscInitArgs {
     /// comma-separated): the pod's `networkservicemesh.io` annotation.
     #[arg(long, env = "NSM_NETWORK_SERVICES")]
     services: String,
-    /// The controller's NSM gRPC address (HOST:PORT or http://HOST:PORT).
+    /// The controller's NSM gRPC address (HOST:PORT, http://HOST:PORT or https://HOST:PORT).
+    /// With --ca-cert, a bare HOST:PORT is reached over TLS.
     #[arg(long, env = "MESHWIRE_GRPC", default_value = "127.0.0.1:7601")]
     grpc: String,
+    /// The PEM CA that signed the controller's certificate: the API is reached over TLS.
+    #[arg(long, env = "MESHWIRE_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// A file holding the bearer token (a mounted secret; read again before each retry, so a
+    /// rotated or late secret is picked up). MESHWIRE_TOKEN is used when no file is given.
+    #[arg(long, env = "MESHWIRE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// The node this pod runs on (the `nodeName` label of the request).
     #[arg(long, env = "NODE_NAME")]
     node: String,
@@ -72,6 +86,36 @@ pub struct NscInitArgs {
     /// Give up after this long (the controller may still be starting).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+}
+
+/// The bearer token: the token file's (read now), else MESHWIRE_TOKEN, else none.
+fn token(args: &NscInitArgs) -> anyhow::Result<Option<String>> {
+    match &args.token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty())),
+            // Not mounted yet: the request goes without one and is retried.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("--token-file {}", p.display())),
+        },
+        None => Ok(std::env::var("MESHWIRE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())),
+    }
+}
+
+/// An error and its sources on one line (tonic's transport errors say little at the top).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 /// One NSM request for `u`, in upstream's shape.
@@ -110,37 +154,57 @@ pub fn request_for(u: &NsUrl, node: &str, pod: &str) -> ns::NetworkServiceReques
 pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
     let urls = NsUrl::parse_list(&args.services)
         .map_err(|e| anyhow::anyhow!("NSM_NETWORK_SERVICES: {e}"))?;
+    let tls = args.ca_cert.is_some() || args.grpc.starts_with("https://");
     let target = if args.grpc.contains("://") {
         args.grpc.clone()
+    } else if tls {
+        format!("https://{}", args.grpc)
     } else {
         format!("http://{}", args.grpc)
     };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(target.clone())
+        .context("MESHWIRE_GRPC")?
+        .connect_timeout(Duration::from_secs(3));
+    if tls {
+        let ca = args.ca_cert.as_ref().with_context(|| {
+            format!("{target}: TLS needs the CA of the controller's certificate (--ca-cert or MESHWIRE_CA_CERT)")
+        })?;
+        let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+        let cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint
+            .tls_config(cfg)
+            .with_context(|| format!("TLS toward {target}"))?;
+    }
     let deadline = Instant::now() + args.timeout;
     let channel = loop {
-        match tonic::transport::Endpoint::from_shared(target.clone())
-            .context("MESHWIRE_GRPC")?
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-        {
+        match endpoint.connect().await {
             Ok(ch) => break ch,
             Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for the controller at {target}: {e}");
+                eprintln!("waiting for the controller at {target}: {}", chain(&e));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => anyhow::bail!(
-                "controller at {target} unreachable for {:?}: {e}",
-                args.timeout
+                "controller at {target} unreachable for {:?}: {}",
+                args.timeout,
+                chain(&e)
             ),
         }
     };
     let mut nsc = ns::network_service_client::NetworkServiceClient::new(channel);
     for u in &urls {
-        let req = request_for(u, &args.node, &args.pod);
         let conn = loop {
-            match nsc.request(req.clone()).await {
+            let mut req = tonic::Request::new(request_for(u, &args.node, &args.pod));
+            if let Some(token) = token(&args)? {
+                let v = format!("Bearer {token}")
+                    .parse()
+                    .context("the token is not a valid header value")?;
+                req.metadata_mut().insert("authorization", v);
+            }
+            match nsc.request(req).await {
                 Ok(c) => break c.into_inner(),
-                // Transient: no endpoint yet, or the controller is busy; retried until the deadline.
+                // Transient: no endpoint yet, the controller busy, or a token secret not yet
+                // mounted or just rotated; retried until the deadline.
                 Err(s)
                     if Instant::now() < deadline
                         && matches!(
@@ -148,6 +212,7 @@ pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
                             tonic::Code::Unavailable
                                 | tonic::Code::ResourceExhausted
                                 | tonic::Code::Aborted
+                                | tonic::Code::Unauthenticated
                         ) =>
                 {
                     eprintln!("{}: {} (retrying)", u.service, s.message());

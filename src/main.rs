@@ -146,6 +146,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 fn main() {
     let cli = Cli::parse();
+    // One TLS provider for the whole process (etcd's and gRPC clients build their TLS from the
+    // process default, and more than one provider is linked in).
+    meshwire_controller::store::etcd_store::ensure_crypto_provider();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

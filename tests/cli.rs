@@ -636,3 +636,110 @@ fn nb_nsc_init_requests_the_annotated_services() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// Input: a controller serving REST and gRPC over TLS with bearer tokens (as `deploy/` runs it),
+/// and `meshwire nsc-init` with the CA and a token file holding a wrong token at first (a secret
+/// not yet rotated in). Output: nsc-init retries while UNAUTHENTICATED, picks up the right token
+/// when the file changes and gets the connection; a plain-text client is refused.
+#[test]
+fn nb_nsc_init_over_tls_with_a_token_file() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let table = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &table,
+        "tokens:\n  - {name: nsc, role: operator, tokenEnv: T_NSC}\n  - {name: ops, role: admin, tokenEnv: T_ADMIN}\n",
+    )
+    .unwrap();
+    let (nsc, admin) = ("nsc-token-0123456789", "admin-token-0123456789");
+    let grpc_port = free_port();
+    let d = daemon_with(
+        "memory",
+        &[
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc_port}"),
+            "--tokens",
+            table.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("T_NSC", nsc), ("T_ADMIN", admin)],
+    );
+    let world = dir.path().join("w.yaml");
+    std::fs::write(&world, "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: gw}\nspec: {network_service_names: [vpn], location: {node: n1}}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["apply", "-f", world.to_str().unwrap()])
+        .env("MESHWIRE_CONTROLLER", d.url.replace("http://", "https://"))
+        .env("MESHWIRE_CA_CERT", &cert)
+        .env("MESHWIRE_TOKEN", admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "not-the-token-000000").unwrap();
+    let init = |ca: Option<&std::path::Path>, timeout: &str| {
+        let mut c = Command::new(BIN);
+        c.arg("nsc-init")
+            .env("NSM_NETWORK_SERVICES", "kernel://vpn/nsm-1")
+            .env("MESHWIRE_GRPC", format!("127.0.0.1:{grpc_port}"))
+            .env("MESHWIRE_TOKEN_FILE", &token_file)
+            .env("NODE_NAME", "n1")
+            .env("POD_NAME", "pod-a")
+            .env_remove("MESHWIRE_CA_CERT")
+            .args(["--timeout", timeout])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ca) = ca {
+            c.env("MESHWIRE_CA_CERT", ca);
+        }
+        c.spawn().unwrap()
+    };
+    let mut child = init(Some(&cert), "60s");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let mut said = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let retrying = line.contains("(retrying)");
+        said.push(line);
+        if retrying {
+            break;
+        }
+    }
+    assert!(
+        said.last().is_some_and(|l| l.contains("vpn:")),
+        "nsc-init never retried: {said:?}"
+    );
+    // The secret is rotated in: the next try reads it.
+    std::fs::write(&token_file, nsc).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{said:?} {rest:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.starts_with("vpn nsm-1 via gw"), "{printed}");
+
+    // Plain text toward a TLS listener never gets through.
+    let out = init(None, "3s").wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("error:")),
+        "{err}"
+    );
+}

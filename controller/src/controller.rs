@@ -358,11 +358,16 @@ impl Controller {
     async fn delete_locked(&self, keys: &[ObjectKey]) -> Result<Vec<Applied>, ControllerError> {
         let mut out = Vec::new();
         for key in keys {
-            self.state().remove(key)?;
-            self.inner
-                .store
-                .delete(&object_key(key), Expect::Any)
-                .await?;
+            // Out of memory first (this also checks it is not in use, and no request plans
+            // onto it meanwhile), out of the store next; when the store cannot delete it, it
+            // goes back, so memory never says less than the store, which a restart would
+            // bring back.
+            let removed = self.state().remove(key)?;
+            if let Err(e) = self.inner.store.delete(&object_key(key), Expect::Any).await {
+                tracing::warn!(object = %key, error = %e, "the store could not delete the object; it stays");
+                self.state().upsert(removed);
+                return Err(e.into());
+            }
             tracing::info!(object = %key, "deleted");
             self.emit(Event::Object {
                 key: key.to_string(),

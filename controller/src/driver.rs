@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use meshwire_models::{Connection, ForwarderKind, Topology};
@@ -23,6 +24,9 @@ pub struct DriverError {
     pub target: String,
     pub reason: String,
 }
+
+/// How long one data-plane peer (a node driver, a device's eNSM) may take to observe.
+pub const PEER_OBSERVE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What a driver sees of one desired connection.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -261,9 +265,12 @@ impl Driver for Dataplanes {
         }
         first.map_or(Ok(()), Err)
     }
+    /// Every node driver and every device's eNSM is asked at once, each within
+    /// [`PEER_OBSERVE_TIMEOUT`]: one dead eNSM costs a round that timeout, not one call after
+    /// another. A node driver that fails or does not answer fails the observation; a device that
+    /// does not answer is skipped (its eNSM reports the device's loss through its endpoints).
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
-        let mut obs = Observation::default();
-        for (kind, d) in &self.drivers {
+        let nodes = self.drivers.iter().map(|(kind, d)| {
             let mine: Vec<Connection> = desired
                 .iter()
                 .filter(|c| self.forwarder_of(c) == *kind)
@@ -272,8 +279,20 @@ impl Driver for Dataplanes {
                 })
                 .cloned()
                 .collect();
-            obs.connections.extend(d.observe(&mine).await?.connections);
-        }
+            async move {
+                match tokio::time::timeout(PEER_OBSERVE_TIMEOUT, d.observe(&mine)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DriverError {
+                        driver: d.name().to_string(),
+                        target: format!("{kind} nodes"),
+                        reason: format!(
+                            "no observation within {} s",
+                            PEER_OBSERVE_TIMEOUT.as_secs()
+                        ),
+                    }),
+                }
+            }
+        });
         for c in desired {
             for d in [&c.placement.endpoint_device, &c.placement.client_device]
                 .into_iter()
@@ -289,7 +308,7 @@ impl Driver for Dataplanes {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (name, d) in devices {
+        let device_views = devices.into_iter().map(|(name, d)| {
             let mine: Vec<Connection> = desired
                 .iter()
                 .filter(|c| {
@@ -298,12 +317,31 @@ impl Driver for Dataplanes {
                 })
                 .cloned()
                 .collect();
+            async move {
+                let seen = tokio::time::timeout(PEER_OBSERVE_TIMEOUT, d.observe(&mine)).await;
+                (name, mine, seen)
+            }
+        });
+        let (node_views, device_views) = futures::future::join(
+            futures::future::join_all(nodes),
+            futures::future::join_all(device_views),
+        )
+        .await;
+        let mut obs = Observation::default();
+        for v in node_views {
+            obs.connections.extend(v?.connections);
+        }
+        for (name, mine, seen) in device_views {
             // A device that cannot be asked is the eNSM's to report (as EndpointLost); an
             // error here must not hide the node drivers' view.
-            let seen = match d.observe(&mine).await {
-                Ok(o) => o,
-                Err(e) => {
+            let seen = match seen {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
                     tracing::warn!(device = %name, error = %e, "eNSM observe failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(device = %name, timeout = ?PEER_OBSERVE_TIMEOUT, "eNSM observe timed out");
                     continue;
                 }
             };

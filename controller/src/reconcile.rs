@@ -15,8 +15,9 @@ use crate::driver::{Health, Observation};
 use crate::error::ControllerError;
 use crate::state::Avoid;
 
-/// How long one round waits for the data plane's observation.
-pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one round waits for the data plane's observation: a last resort above the
+/// per-peer bound ([`crate::driver::PEER_OBSERVE_TIMEOUT`]) that composite drivers apply.
+pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(12);
 
 impl Controller {
     /// Runs [`reconcile_once`](Self::reconcile_once) every `interval` until the task is dropped.

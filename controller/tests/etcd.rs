@@ -117,3 +117,236 @@ async fn dev_etcd_controller_restart_restores_state() {
     );
     assert_eq!(ctl.endpoints().len(), 1);
 }
+
+/// Input: one real connection, then 100,000 connection records like it (each its own client and
+/// address pair) written straight into etcd: tens of megabytes under one prefix, far past the
+/// client's 4 MiB reply limit. Output: a controller starts on that store (the list is read in
+/// pages at one revision) with every record restored and every address claimed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_etcd_restart_with_100000_connection_records() {
+    const N: usize = 100_000;
+    let Some(e) = etcd().await else { return };
+    let docs = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e}\nspec: {network_service_names: [s], location: {node: n1}, ipamPrefix: 10.0.0.0/8}\n";
+    let template = {
+        let store: Arc<dyn Store> = Arc::new(connect(&e).await);
+        let ctl = Controller::start(
+            store,
+            Arc::new(NullDriver),
+            Arc::new(SystemClock),
+            Config::default(),
+        )
+        .await
+        .unwrap();
+        ctl.apply(Manifest::parse("t.yaml", docs).unwrap())
+            .await
+            .unwrap();
+        ctl.request(ConnectionRequest {
+            network_service: "s".into(),
+            client: ClientRef {
+                node: "n1".into(),
+                name: Some("w0".into()),
+            },
+            labels: Default::default(),
+            mechanisms: vec![],
+            interface: None,
+            excluded_prefixes: vec![],
+        })
+        .await
+        .unwrap()
+    };
+    let base = match template.address_pool.unwrap() {
+        ipnet::IpNet::V4(p) => u32::from(p.network()),
+        other => panic!("{other}"),
+    };
+    let record = |i: usize| {
+        let mut c = template.clone();
+        c.id = format!("bulk-{i:06}");
+        c.client.name = Some(format!("w{i}"));
+        let pair = base + 2 * i as u32;
+        c.ip_context.dst_ip_addrs = vec![format!("{}/31", std::net::Ipv4Addr::from(pair))
+            .parse()
+            .unwrap()];
+        c.ip_context.src_ip_addrs = vec![format!("{}/31", std::net::Ipv4Addr::from(pair + 1))
+            .parse()
+            .unwrap()];
+        (
+            format!("/meshwire/v1/connections/{}", c.id),
+            serde_json::to_vec(&c).unwrap(),
+        )
+    };
+    // Written 128 to a transaction (etcd's default limit), four transactions at a time.
+    let client = etcd_client::Client::connect([format!("http://{}", e.endpoint)], None)
+        .await
+        .unwrap();
+    let mut bytes = 0usize;
+    let batches: Vec<Vec<(String, Vec<u8>)>> = (1..=N)
+        .map(record)
+        .inspect(|(_, v)| bytes += v.len())
+        .collect::<Vec<_>>()
+        .chunks(128)
+        .map(|c| c.to_vec())
+        .collect();
+    assert!(bytes > 16 * 1024 * 1024, "{bytes} bytes");
+    use futures::StreamExt;
+    futures::stream::iter(batches)
+        .map(|batch| {
+            let mut kv = client.kv_client();
+            async move {
+                let ops = batch
+                    .into_iter()
+                    .map(|(k, v)| etcd_client::TxnOp::put(k, v, None))
+                    .collect::<Vec<_>>();
+                kv.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+            }
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await;
+
+    let store: Arc<dyn Store> = Arc::new(connect(&e).await);
+    let ctl = Controller::start(
+        store,
+        Arc::new(NullDriver),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ctl.connection_count(), N + 1);
+    assert_eq!(ctl.pool_usage()["addresses"], 2 * (N + 1));
+    // The next request takes a pair no record holds.
+    let next = ctl
+        .request(ConnectionRequest {
+            network_service: "s".into(),
+            client: ClientRef {
+                node: "n1".into(),
+                name: Some("new".into()),
+            },
+            labels: Default::default(),
+            mechanisms: vec![],
+            interface: None,
+            excluded_prefixes: vec![],
+        })
+        .await
+        .unwrap();
+    let taken = match next.ip_context.dst_ip_addrs[0].addr() {
+        std::net::IpAddr::V4(a) => u32::from(a),
+        other => panic!("{other}"),
+    };
+    assert!(taken >= base + 2 * (N as u32 + 1), "{taken}");
+}
+
+/// A CA, and a certificate it signed for `name` (server: 127.0.0.1; client: any), as PEM files.
+fn signed(
+    dir: &std::path::Path,
+    ca: &(rcgen::Certificate, rcgen::KeyPair),
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut p =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.0, &ca.1).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+fn ca(
+    dir: &std::path::Path,
+    name: &str,
+) -> ((rcgen::Certificate, rcgen::KeyPair), std::path::PathBuf) {
+    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, cert.pem()).unwrap();
+    ((cert, key), path)
+}
+
+/// Input: etcd serving clients over TLS and requiring client certificates. Output: the store
+/// opened as `etcd://` with the CA and a client certificate works (a controller restores from
+/// it); without a client certificate, with a certificate from another CA, or in plain HTTP, it
+/// is refused with an error naming etcd.
+#[tokio::test]
+async fn dev_etcd_over_tls_with_client_certificates() {
+    use meshwire_controller::store::etcd_store::{EtcdTls, ServerTls};
+    use meshwire_controller::store::{open_with, OpenOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (authority, ca_path) = ca(dir.path(), "ca");
+    let (server_cert, server_key) = signed(dir.path(), &authority, "etcd");
+    let (client_cert, client_key) = signed(dir.path(), &authority, "meshwire");
+    let (rogue, _) = ca(dir.path(), "rogue-ca");
+    let (rogue_cert, rogue_key) = signed(dir.path(), &rogue, "intruder");
+    let good = EtcdTls {
+        ca: ca_path.clone(),
+        cert: Some(client_cert),
+        key: Some(client_key),
+    };
+    let started = LocalEtcd::start_tls(
+        &ServerTls {
+            cert: server_cert,
+            key: server_key,
+            client_ca: ca_path.clone(),
+        },
+        good.clone(),
+    )
+    .await;
+    let e = match started {
+        Ok(e) => e,
+        Err(err) if std::env::var("MESHWIRE_REQUIRE_ALL").is_err() => {
+            eprintln!("SKIP: {err}");
+            return;
+        }
+        Err(err) => panic!("etcd is required: {err}"),
+    };
+    let spec = format!("etcd://{}", e.endpoint);
+    let opts = OpenOptions {
+        etcd_tls: Some(good),
+    };
+    let store = open_with(&spec, &opts).await.unwrap();
+    store
+        .put("/t/x", b"1".to_vec(), Expect::Absent)
+        .await
+        .unwrap();
+    assert_eq!(store.get("/t/x").await.unwrap().unwrap().value, b"1");
+    let ctl = Controller::start(
+        store,
+        Arc::new(NullDriver),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ctl.connection_count(), 0);
+
+    for (what, tls) in [
+        (
+            "no client certificate",
+            Some(EtcdTls {
+                ca: ca_path.clone(),
+                cert: None,
+                key: None,
+            }),
+        ),
+        (
+            "another CA's certificate",
+            Some(EtcdTls {
+                ca: ca_path.clone(),
+                cert: Some(rogue_cert.clone()),
+                key: Some(rogue_key.clone()),
+            }),
+        ),
+        ("plain HTTP", None),
+    ] {
+        let refused = open_with(&spec, &OpenOptions { etcd_tls: tls }).await;
+        let err = refused.err().unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(err.to_string().contains("etcd"), "{what}: {err}");
+    }
+}

@@ -25,6 +25,11 @@ use meshwire_models::{Connection, Object};
 
 use crate::ensm::{Ensm, Registrar};
 
+/// How long reaching a remote eNSM (or the controller) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one call to a remote eNSM may take, its device transaction included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The routes a remote eNSM serves, open (loopback only).
 pub fn router(ensm: Ensm) -> Router {
     router_with_token(ensm, None)
@@ -108,8 +113,11 @@ impl RemoteEnsm {
             token,
             device: device.to_string(),
             url: url.trim_end_matches('/').to_string(),
+            // A device transaction may take a confirmed commit's while; reaching the eNSM
+            // may not: a dead eNSM costs one connect timeout, not a minute, per call.
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(CALL_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
             name: format!("ensm:{device}@{url}"),
@@ -179,6 +187,7 @@ impl RestRegistrar {
             token,
             base: controller.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap_or_default(),

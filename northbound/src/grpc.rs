@@ -99,8 +99,43 @@ pub fn router_with_streams(
     tokens: Option<Arc<crate::auth::Tokens>>,
     streams: Arc<crate::streams::Streams>,
 ) -> GrpcRouter {
+    build(tonic::transport::Server::builder(), ctl, tokens, streams)
+}
+
+/// How the gRPC API is served beyond its controller.
+#[derive(Default)]
+pub struct GrpcOptions {
+    /// Bearer tokens with roles; `None` leaves the API open.
+    pub tokens: Option<Arc<crate::auth::Tokens>>,
+    /// The stream bound and shutdown shared with the REST API (by default its own).
+    pub streams: Option<Arc<crate::streams::Streams>>,
+    /// Serve over TLS (HTTP/2 with ALPN `h2`) with this certificate and key.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// The router with `opts`; fails only on a TLS configuration rustls will not take.
+pub fn router_with_options(
+    ctl: Controller,
+    opts: GrpcOptions,
+) -> Result<GrpcRouter, tonic::transport::Error> {
+    let streams = opts
+        .streams
+        .unwrap_or_else(|| crate::streams::Streams::new(crate::streams::DEFAULT_MAX_STREAMS, None));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = opts.tls {
+        server = server.tls_config(tls)?;
+    }
+    Ok(build(server, ctl, opts.tokens, streams))
+}
+
+fn build(
+    server: tonic::transport::Server,
+    ctl: Controller,
+    tokens: Option<Arc<crate::auth::Tokens>>,
+    streams: Arc<crate::streams::Streams>,
+) -> GrpcRouter {
     let nsm = Nsm { ctl, streams };
-    tonic::transport::Server::builder()
+    server
         .layer(GrpcAuth { tokens })
         .add_service(ns::network_service_server::NetworkServiceServer::new(nsm.clone()))
         .add_service(c::monitor_connection_server::MonitorConnectionServer::new(nsm.clone()))

@@ -56,6 +56,27 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(cfg))
 }
 
+/// The gRPC API's TLS from the same PEM files as the REST API's (checked here, so a bad file is
+/// named at start rather than at the first handshake).
+pub fn grpc_server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<tonic::transport::ServerTlsConfig, TlsError> {
+    server_config(cert, key)?;
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| TlsError::File {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    Ok(
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+            read(cert)?,
+            read(key)?,
+        )),
+    )
+}
+
 /// Serves `app` over TLS on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,

@@ -422,6 +422,7 @@ async fn k8s_webhook_over_https() {
     let app = webhook::router(Injection {
         image: "meshwire:test".into(),
         controller_grpc: "meshwire:7601".into(),
+        credentials: None,
     });
     let server = tokio::spawn(meshwire_northbound::tls::serve(
         listener,
@@ -574,4 +575,56 @@ fn k8s_deploy_manifests_match_the_code() {
         .as_array()
         .unwrap();
     assert!(args.contains(&json!("--k8s-namespace=nsm-system")));
+    // Off loopback, both APIs need tokens and TLS (the controller refuses to start otherwise, and
+    // gRPC shares the REST certificate); etcd is reached over TLS.
+    let has = |prefix: &str| {
+        args.iter()
+            .any(|a| a.as_str().is_some_and(|a| a.starts_with(prefix)))
+    };
+    for need in [
+        "--grpc-listen=0.0.0.0",
+        "--tokens=",
+        "--tls-cert=",
+        "--tls-key=",
+        "--etcd-ca=",
+        "--etcd-cert=",
+    ] {
+        assert!(has(need), "controller args lack {need}: {args:?}");
+    }
+    // Every token the table names comes from a variable the container sets, and one of them is
+    // the init containers' operator token.
+    let table = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "meshwire")
+        .unwrap();
+    let tokens: Value =
+        serde_yaml::from_str(table["data"]["tokens.yaml"].as_str().unwrap()).unwrap();
+    let env: Vec<&str> = ctl["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for t in tokens["tokens"].as_array().unwrap() {
+        let var = t["tokenEnv"].as_str().unwrap();
+        assert!(
+            env.contains(&var),
+            "token {} reads {var}, which is not set",
+            t["name"]
+        );
+    }
+    assert!(tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "nsc" && t["role"] == "operator"));
+    // The webhook injects the credentials Secret into the init containers.
+    let hook_deploy = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "meshwire-webhook")
+        .unwrap();
+    let hook_args = hook_deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(hook_args.contains(&json!("--nsc-secret=meshwire-nsc")));
 }

@@ -1,14 +1,69 @@
-//! The distributed store: etcd v3 (tested against Debian's `etcd-server`).
-//! Conditions are etcd transactions comparing `version` (absent) or `mod_revision`.
+//! The distributed store: etcd v3 (tested against Debian's `etcd-server`, plain and over TLS
+//! with client certificates).
+//! Conditions are etcd transactions comparing `version` (absent) or `mod_revision`. Lists are
+//! read in pages of [`LIST_PAGE`] keys, all at the revision of the first page, so a prefix of any
+//! size (a hundred thousand connection records) is read without passing a message limit.
+
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
 use super::{Entry, Expect, Revision, Store, StoreError, WatchEvent};
+
+/// Keys per range request of a list.
+pub const LIST_PAGE: i64 = 500;
+/// The largest reply the client decodes (a page of large records stays well under it).
+const MAX_DECODE: usize = 64 * 1024 * 1024;
+
+/// TLS toward etcd: the CA that signed the servers' certificates and, where etcd requires
+/// client certificates (`--client-cert-auth`), ours.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    fn options(&self) -> Result<TlsOptions, StoreError> {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).map_err(|e| StoreError::Open {
+                store: "etcd".into(),
+                path: p.display().to_string(),
+                reason: format!("cannot read the {what}: {e}"),
+            })
+        };
+        let mut o = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&self.ca, "CA")?));
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                o = o.identity(Identity::from_pem(
+                    read(c, "client certificate")?,
+                    read(k, "client key")?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(StoreError::Open {
+                    store: "etcd".into(),
+                    path: "(tls)".into(),
+                    reason: "a client certificate needs its key, and a key its certificate".into(),
+                })
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Installs the process's TLS provider (aws-lc-rs) if none is: the etcd client's TLS builds its
+/// configuration from the process default, and more than one provider is linked in.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
 
 pub struct EtcdStore {
     endpoints: Vec<String>,
@@ -16,22 +71,45 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
+    /// Connects to `endpoints` (`http://HOST:PORT`), plain.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore, StoreError> {
-        let opts = ConnectOptions::new()
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// Connects to `endpoints`; with `tls`, over TLS (`https://HOST:PORT`; a bare or `http://`
+    /// endpoint is taken as `https://`).
+    pub async fn connect_with(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+    ) -> Result<EtcdStore, StoreError> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_timeout(std::time::Duration::from_secs(10));
+        let endpoints: Vec<String> = match tls {
+            None => endpoints.to_vec(),
+            Some(t) => {
+                ensure_crypto_provider();
+                opts = opts.with_tls(t.options()?);
+                endpoints
+                    .iter()
+                    .map(|e| {
+                        let bare = e
+                            .trim_start_matches("http://")
+                            .trim_start_matches("https://");
+                        format!("https://{bare}")
+                    })
+                    .collect()
+            }
+        };
         let client =
-            Client::connect(endpoints, Some(opts))
+            Client::connect(&endpoints, Some(opts))
                 .await
                 .map_err(|e| StoreError::Open {
                     store: format!("etcd://{}", endpoints.join(",")),
                     path: endpoints.join(","),
                     reason: e.to_string(),
                 })?;
-        let s = EtcdStore {
-            endpoints: endpoints.to_vec(),
-            client,
-        };
+        let s = EtcdStore { endpoints, client };
         s.health().await?;
         Ok(s)
     }
@@ -42,6 +120,7 @@ impl EtcdStore {
             self.endpoints
                 .iter()
                 .map(|e| e.trim_start_matches("http://"))
+                .map(|e| e.trim_start_matches("https://"))
                 .collect::<Vec<_>>()
                 .join(",")
         )
@@ -83,6 +162,19 @@ impl EtcdStore {
     }
 }
 
+/// The end of the key range holding every key that starts with `prefix` (etcd's convention:
+/// the prefix with its last byte below 0xff incremented; all-0xff: to the end of the keyspace).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Revision {
     h.map(|h| h.revision().max(0) as u64).unwrap_or(0)
 }
@@ -108,26 +200,50 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, Revision), StoreError> {
-        let resp = self
+        let mut kv = self
             .client
             .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.backend("list", prefix, e))?;
+            .max_decoding_message_size(MAX_DECODE);
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut at: i64 = 0;
         let mut out = Vec::new();
-        for kv in resp.kvs() {
-            let key = kv
-                .key_str()
-                .map_err(|e| self.backend("list", prefix, e))?
-                .to_string();
-            out.push(Entry {
-                key,
-                value: kv.value().to_vec(),
-                mod_revision: kv.mod_revision() as u64,
-            });
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE)
+                .with_sort(SortTarget::Key, SortOrder::Ascend);
+            if at > 0 {
+                opts = opts.with_revision(at);
+            }
+            let resp = kv
+                .get(from.clone(), Some(opts))
+                .await
+                .map_err(|e| self.backend("list", prefix, e))?;
+            if at == 0 {
+                at = header_rev(resp.header()) as i64;
+            }
+            for kv in resp.kvs() {
+                let key = kv
+                    .key_str()
+                    .map_err(|e| self.backend("list", prefix, e))?
+                    .to_string();
+                out.push(Entry {
+                    key,
+                    value: kv.value().to_vec(),
+                    mod_revision: kv.mod_revision() as u64,
+                });
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok((out, header_rev(resp.header())))
+        Ok((out, at.max(0) as u64))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {
@@ -262,12 +378,33 @@ pub struct LocalEtcd {
     child: std::process::Child,
     /// `127.0.0.1:PORT`, the client endpoint.
     pub endpoint: String,
+    /// How clients reach it over TLS (`None`: plain HTTP).
+    pub tls: Option<EtcdTls>,
     _dir: tempfile::TempDir,
+}
+
+/// The server side of a TLS etcd: its certificate and key, and the CA its clients' certificates
+/// must chain to (client certificates are then required).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 impl LocalEtcd {
     /// Starts `etcd` from PATH and waits until it accepts connections.
     pub async fn start() -> Result<LocalEtcd, StoreError> {
+        Self::start_with(None).await
+    }
+
+    /// Starts `etcd` serving clients over TLS with client certificates (`server`), reached with
+    /// `client`.
+    pub async fn start_tls(server: &ServerTls, client: EtcdTls) -> Result<LocalEtcd, StoreError> {
+        Self::start_with(Some((server, client))).await
+    }
+
+    async fn start_with(tls: Option<(&ServerTls, EtcdTls)>) -> Result<LocalEtcd, StoreError> {
         let fail = |reason: String| StoreError::Open {
             store: "etcd (local)".into(),
             path: "etcd".into(),
@@ -284,14 +421,15 @@ impl LocalEtcd {
             port().map_err(|e| fail(e.to_string()))?,
         );
         let endpoint = format!("127.0.0.1:{client}");
-        let child = std::process::Command::new("etcd")
-            .arg("--data-dir")
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut cmd = std::process::Command::new("etcd");
+        cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .args([
                 "--listen-client-urls",
-                &format!("http://{endpoint}"),
+                &format!("{scheme}://{endpoint}"),
                 "--advertise-client-urls",
-                &format!("http://{endpoint}"),
+                &format!("{scheme}://{endpoint}"),
             ])
             .args([
                 "--listen-peer-urls",
@@ -304,7 +442,17 @@ impl LocalEtcd {
                 &format!("default=http://127.0.0.1:{peer}"),
                 "--log-level",
                 "error",
-            ])
+            ]);
+        if let Some((server, _)) = &tls {
+            cmd.arg("--cert-file")
+                .arg(&server.cert)
+                .arg("--key-file")
+                .arg(&server.key)
+                .arg("--trusted-ca-file")
+                .arg(&server.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -316,13 +464,11 @@ impl LocalEtcd {
         let e = LocalEtcd {
             child,
             endpoint,
+            tls: tls.map(|(_, c)| c),
             _dir: dir,
         };
         for _ in 0..200 {
-            if EtcdStore::connect(&[format!("http://{}", e.endpoint)])
-                .await
-                .is_ok()
-            {
+            if e.store().await.is_ok() {
                 return Ok(e);
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -331,7 +477,7 @@ impl LocalEtcd {
     }
 
     pub async fn store(&self) -> Result<EtcdStore, StoreError> {
-        EtcdStore::connect(&[format!("http://{}", self.endpoint)]).await
+        EtcdStore::connect_with(&[format!("http://{}", self.endpoint)], self.tls.as_ref()).await
     }
 }
 

@@ -106,16 +106,40 @@ pub trait Store: Send + Sync + 'static {
     async fn health(&self) -> Result<(), StoreError>;
 }
 
+/// How stores are reached beyond their spec.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// etcd over TLS (https), with a client certificate where etcd requires one.
+    pub etcd_tls: Option<etcd_store::EtcdTls>,
+}
+
 /// Opens a store from its spec: `redb:PATH`, `etcd://HOST:PORT[,HOST:PORT]` or `memory`.
 pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_with(spec, &OpenOptions::default()).await
+}
+
+/// As [`open`], with `opts` (etcd over TLS).
+pub async fn open_with(
+    spec: &str,
+    opts: &OpenOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(path) = spec.strip_prefix("redb:") {
         Ok(std::sync::Arc::new(redb_store::RedbStore::open(
             std::path::Path::new(path),
         )?))
     } else if let Some(rest) = spec.strip_prefix("etcd://") {
         let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
+        if opts.etcd_tls.is_none() {
+            let remote = rest.split(',').any(|e| {
+                let host = e.rsplit_once(':').map_or(e, |(h, _)| h);
+                !matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1")
+            });
+            if remote {
+                tracing::warn!(store = %spec, "etcd off loopback without TLS: every record in transit can be read and changed on the path; give --etcd-ca (and --etcd-cert/--etcd-key)");
+            }
+        }
         Ok(std::sync::Arc::new(
-            etcd_store::EtcdStore::connect(&endpoints).await?,
+            etcd_store::EtcdStore::connect_with(&endpoints, opts.etcd_tls.as_ref()).await?,
         ))
     } else if spec == "memory" {
         Ok(std::sync::Arc::new(memory::MemoryStore::default()))

@@ -184,7 +184,25 @@ pub struct Session {
 }
 
 impl Session {
+    /// Opens a session: SSH, authentication, the `netconf` subsystem and the hellos, all within
+    /// twice the target's timeout (the caller may hold the device's session lock meanwhile, so
+    /// no step may wait unbounded on a peer that stopped answering).
     pub async fn connect(t: &Target) -> Result<Session, NetconfError> {
+        let deadline = t.timeout.saturating_mul(2);
+        match tokio::time::timeout(deadline, Self::connect_steps(t)).await {
+            Ok(r) => r,
+            Err(_) => Err(NetconfError::Connect {
+                device: t.device.clone(),
+                addr: format!("{}:{}", t.host, t.port),
+                reason: format!(
+                    "the session was not set up within {} s (SSH, authentication, subsystem, hello)",
+                    deadline.as_secs()
+                ),
+            }),
+        }
+    }
+
+    async fn connect_steps(t: &Target) -> Result<Session, NetconfError> {
         let addr = format!("{}:{}", t.host, t.port);
         let cerr = |reason: String| NetconfError::Connect {
             device: t.device.clone(),

@@ -33,7 +33,16 @@ pub struct Injection {
     pub image: String,
     /// The controller's gRPC address the init container requests from.
     pub controller_grpc: String,
+    /// A Secret in the pod's namespace with keys `token` (a bearer token with role operator) and
+    /// `ca.crt` (the CA of the controller's certificate): mounted into the init container, which
+    /// then speaks TLS and sends the token. `None`: a plain, open gRPC API (a lab).
+    pub credentials: Option<String>,
 }
+
+/// Where the credentials Secret is mounted in the init container.
+pub const CREDENTIALS_DIR: &str = "/var/run/meshwire";
+/// The name of the injected volume.
+pub const CREDENTIALS_VOLUME: &str = "meshwire-nsc-credentials";
 
 /// The webhook's routes: `POST /mutate`, and `/healthz`.
 pub fn router(inj: Injection) -> Router {
@@ -129,7 +138,7 @@ pub fn review_request(inj: &Injection, req: &Value) -> Result<Option<Value>, Str
         return Ok(None); // already injected (a re-run of the webhook)
     }
     let services: Vec<&str> = urls.iter().map(|u| u.service.as_str()).collect();
-    let container = json!({
+    let mut container = json!({
         "name": INIT_NAME,
         "image": inj.image,
         "imagePullPolicy": "IfNotPresent",
@@ -148,12 +157,34 @@ pub fn review_request(inj: &Injection, req: &Value) -> Result<Option<Value>, Str
             "limits": { "cpu": "200m", "memory": "64Mi" },
         },
     });
+    if inj.credentials.is_some() {
+        if let Some(env) = container["env"].as_array_mut() {
+            env.push(json!({ "name": "MESHWIRE_TOKEN_FILE", "value": format!("{CREDENTIALS_DIR}/token") }));
+            env.push(
+                json!({ "name": "MESHWIRE_CA_CERT", "value": format!("{CREDENTIALS_DIR}/ca.crt") }),
+            );
+        }
+        container["volumeMounts"] =
+            json!([{ "name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": true }]);
+    }
     let mut ops = Vec::new();
     if spec.get("initContainers").is_some_and(Value::is_array) {
         // Before the app's own init containers, so they already see the interfaces.
         ops.push(json!({ "op": "add", "path": format!("{spec_ptr}/initContainers/0"), "value": container }));
     } else {
         ops.push(json!({ "op": "add", "path": format!("{spec_ptr}/initContainers"), "value": [container] }));
+    }
+    if let Some(secret) = &inj.credentials {
+        let volume = json!({ "name": CREDENTIALS_VOLUME, "secret": { "secretName": secret } });
+        if spec.get("volumes").is_some_and(Value::is_array) {
+            ops.push(
+                json!({ "op": "add", "path": format!("{spec_ptr}/volumes/-"), "value": volume }),
+            );
+        } else {
+            ops.push(
+                json!({ "op": "add", "path": format!("{spec_ptr}/volumes"), "value": [volume] }),
+            );
+        }
     }
     let label_path = format!("{meta_ptr}/labels");
     let label = json!("true");
@@ -174,6 +205,7 @@ mod tests {
         Injection {
             image: "ghcr.io/meshwire/meshwire:0.1".into(),
             controller_grpc: "meshwire.nsm-system:7601".into(),
+            credentials: None,
         }
     }
 
@@ -200,6 +232,48 @@ mod tests {
         assert_eq!(
             (inits[0]["name"].as_str(), inits[1]["name"].as_str()),
             (Some(INIT_NAME), Some("own"))
+        );
+    }
+
+    /// Input: a pod with a volume of its own, and a webhook configured with the credentials
+    /// Secret. Output: the init container mounts the Secret and is told where the token and CA
+    /// are; the pod's own volume stays.
+    #[test]
+    fn nb_credentials_secret_is_mounted_for_the_init_container() {
+        let inj = Injection {
+            credentials: Some("meshwire-nsc".into()),
+            ..inj()
+        };
+        let req = json!({
+            "operation": "CREATE", "kind": {"kind": "Pod"},
+            "object": {"metadata": {"annotations": {ANNOTATION: "kernel://vpn/nsm-1"}},
+                "spec": {"containers": [{"name": "app"}], "volumes": [{"name": "own"}]}}
+        });
+        let p = review_request(&inj, &req).unwrap().unwrap();
+        let mut obj = req["object"].clone();
+        json_patch::patch(
+            &mut obj,
+            &serde_json::from_value::<json_patch::Patch>(p).unwrap(),
+        )
+        .unwrap();
+        let vols = obj["spec"]["volumes"].as_array().unwrap();
+        assert_eq!(vols[0]["name"], "own");
+        assert_eq!(vols[1]["secret"]["secretName"], "meshwire-nsc");
+        let init = &obj["spec"]["initContainers"][0];
+        assert_eq!(init["volumeMounts"][0]["name"], CREDENTIALS_VOLUME);
+        let env = init["env"].as_array().unwrap();
+        let var = |n: &str| {
+            env.iter()
+                .find(|e| e["name"] == n)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            var("MESHWIRE_TOKEN_FILE"),
+            Some(json!("/var/run/meshwire/token"))
+        );
+        assert_eq!(
+            var("MESHWIRE_CA_CERT"),
+            Some(json!("/var/run/meshwire/ca.crt"))
         );
     }
 
