@@ -52,6 +52,17 @@ pub struct Args {
     /// (listening on 0.0.0.0, or behind NAT).
     #[arg(long)]
     openflow_advertise: Option<String>,
+    /// Speak OpenFlow over TLS with this PEM certificate chain (switches dial `ssl:IP:PORT`);
+    /// needs --openflow-tls-key and --openflow-tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["openflow_tls_key", "openflow_tls_ca"])]
+    openflow_tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --openflow-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "openflow_tls_cert")]
+    openflow_tls_key: Option<std::path::PathBuf>,
+    /// Switches must present a certificate this PEM CA signed (on each node: `ovs-vsctl set-ssl
+    /// KEY CERT CA`).
+    #[arg(long, value_name = "FILE", requires = "openflow_tls_cert")]
+    openflow_tls_ca: Option<std::path::PathBuf>,
     /// Connection addresses come from here when an endpoint has no ipamPrefix.
     #[arg(long, default_value = "172.16.0.0/16")]
     ipam_prefix: ipnet::IpNet,
@@ -209,9 +220,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Arc::new(meshwire_southbound::KernelDriver::new()),
             )),
             "ovs" => {
+                let tls = match (
+                    &args.openflow_tls_cert,
+                    &args.openflow_tls_key,
+                    &args.openflow_tls_ca,
+                ) {
+                    (Some(c), Some(k), Some(ca)) => Some(
+                        meshwire_southbound::openflow::channel::tls_server_config(c, k, ca)
+                            .context("--openflow-tls-cert/--openflow-tls-key/--openflow-tls-ca")?,
+                    ),
+                    _ => None,
+                };
+                if tls.is_none() && !args.openflow_listen.ip().is_loopback() {
+                    tracing::warn!(listen = %args.openflow_listen, "OpenFlow off loopback without TLS: any host that reaches it can pose as a switch; give --openflow-tls-cert/--openflow-tls-key/--openflow-tls-ca");
+                }
                 let ovs = meshwire_southbound::OvsDriver::start(meshwire_southbound::OvsConfig {
                     listen: args.openflow_listen,
                     advertise: args.openflow_advertise.clone(),
+                    tls,
                     ..Default::default()
                 })
                 .await

@@ -250,3 +250,70 @@ async fn dev_real_ovs_channel_requests_errors_and_hostile_input() {
                                                                  // The real switch still answers.
     sw.barrier().await.unwrap();
 }
+
+/// Input: the OpenFlow listener over TLS requiring switch certificates from our CA, and a real
+/// ovs-vswitchd whose bridge dials `ssl:` with a key and certificate that CA signed (`ovs-vsctl
+/// set-ssl`). Output: the switch connects over TLS, and its channel carries requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_real_ovs_over_tls_with_client_certificates() {
+    use meshwire_southbound::openflow::channel::{
+        listen_with, tls_server_config, ListenOptions, SwitchEvent,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = p.self_signed(&ca_key).unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    for name in ["controller", "switch"] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(path(&format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+    let cfg = tls_server_config(
+        path("controller.pem").as_ref(),
+        path("controller-key.pem").as_ref(),
+        path("ca.pem").as_ref(),
+    )
+    .unwrap();
+    let (addr, mut events) = listen_with(
+        "127.0.0.1:0".parse().unwrap(),
+        ListenOptions { tls: Some(cfg) },
+    )
+    .await
+    .unwrap();
+    let Some(ovs) = Ovs::start_ssl(
+        addr.port(),
+        &path("switch-key.pem"),
+        &path("switch.pem"),
+        &path("ca.pem"),
+    ) else {
+        return;
+    };
+    let sw = loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Some(SwitchEvent::Connected(sw))) => break sw,
+            Ok(Some(_)) => continue,
+            other => panic!(
+                "the switch did not connect over TLS: {other:?}; {}",
+                std::fs::read_to_string(ovs.path("ovs-vswitchd.log")).unwrap_or_default()
+            ),
+        }
+    };
+    sw.barrier().await.unwrap();
+    let reply = sw
+        .request(Message::MultipartRequest(MultipartRequest::PortDesc {
+            flags: 0,
+        }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply[0], Message::MultipartReply(MultipartReply::PortDesc { ports, .. }) if ports.iter().any(|p| p.name == ovs.bridge))
+    );
+}

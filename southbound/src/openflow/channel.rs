@@ -12,13 +12,21 @@
 //! ```
 //! A malformed or hostile message closes that switch's channel with a logged error and a
 //! `Disconnected` event; it never takes the controller down.
+//!
+//! With TLS ([`ListenOptions::tls`]), a switch must present a certificate the configured CA
+//! signed (Open vSwitch's `ssl:` controller targets with `ovs-vsctl set-ssl`), so only switches
+//! holding a key the operator issued can connect. Either way a datapath id belongs to the first
+//! live session that claimed it: a second connection claiming it is refused while the first
+//! still answers an echo within [`TAKEOVER_PROBE`]; a first session that no longer answers is
+//! closed and the newcomer takes over (a switch that restarted behind a dead TCP session).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{frame_len, Features, Message, MultipartReply, OfpMessage, VERSION};
@@ -109,6 +117,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_MULTIPART_PARTS: usize = 1024;
 /// An idle channel sends an echo request after this long, and is closed after three times it.
 pub const ECHO_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the live session of a datapath id has to answer when another connection claims it.
+pub const TAKEOVER_PROBE: Duration = Duration::from_secs(3);
+/// How long a switch has for the TLS handshake.
+pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -127,6 +139,10 @@ enum Cmd {
         bodies: Vec<Message>,
         done: oneshot::Sender<Result<(), ChannelError>>,
     },
+    /// Send an echo request; `alive` fires at the next message from the switch.
+    Probe { alive: oneshot::Sender<()> },
+    /// Close the channel: another connection took the datapath id over.
+    Replaced,
 }
 
 /// A batch waiting for its barrier.
@@ -254,9 +270,117 @@ impl Switch {
     }
 }
 
-/// Listens for switches on `addr`; returns the bound address and the event stream.
+/// How the listener takes switches.
+#[derive(Clone, Default)]
+pub struct ListenOptions {
+    /// TLS with client certificates (see [`tls_server_config`]); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS server configuration for switches: our certificate chain and key, and the CA whose
+/// certificates switches must present. All PEM.
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, ChannelError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad =
+        |p: &std::path::Path, e: String| ChannelError::Listen(format!("{}: {e}", p.display()));
+    let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, ChannelError> {
+        let v: Vec<_> = CertificateDer::pem_file_iter(p)
+            .map_err(|e| bad(p, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(p, format!("not a PEM certificate: {e}")))?;
+        if v.is_empty() {
+            return Err(bad(p, "no CERTIFICATE block".into()));
+        }
+        Ok(v)
+    };
+    let chain = certs(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad(key, format!("no usable PRIVATE KEY block: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(client_ca)? {
+        roots
+            .add(c)
+            .map_err(|e| bad(client_ca, format!("not a CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad(client_ca, e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ChannelError::Listen(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .map_err(|e| bad(cert, e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// The live session of each datapath id.
+#[derive(Clone, Default)]
+struct Sessions(Arc<Mutex<HashMap<u64, Live>>>);
+
+#[derive(Clone)]
+struct Live {
+    conn_id: u64,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `dpid` for a new session: refused while the live one answers a probe.
+    async fn claim(&self, dpid: u64, new: Live) -> Result<(), String> {
+        let old = self.lock().get(&dpid).cloned();
+        if let Some(old) = old {
+            let (alive, answered) = oneshot::channel();
+            let probed = old.tx.send(Cmd::Probe { alive }).await.is_ok();
+            let answers = probed
+                && tokio::time::timeout(TAKEOVER_PROBE, answered)
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            if answers {
+                return Err(format!(
+                    "datapath id {dpid:#x} is connected from {} and still answers; a second session is refused",
+                    old.peer
+                ));
+            }
+            tracing::warn!(dpid = format!("{dpid:#x}"), old = %old.peer, new = %new.peer, "the switch's old session no longer answers; the new one takes over");
+            let _ = old.tx.try_send(Cmd::Replaced);
+        }
+        self.lock().insert(dpid, new);
+        Ok(())
+    }
+
+    fn release(&self, dpid: u64, conn_id: u64) {
+        let mut l = self.lock();
+        if l.get(&dpid).is_some_and(|s| s.conn_id == conn_id) {
+            l.remove(&dpid);
+        }
+    }
+}
+
+/// Listens for switches on `addr` (plain TCP); returns the bound address and the event stream.
 pub async fn listen(
     addr: SocketAddr,
+) -> Result<(SocketAddr, mpsc::Receiver<SwitchEvent>), ChannelError> {
+    listen_with(addr, ListenOptions::default()).await
+}
+
+/// Listens for switches on `addr` with `opts`; returns the bound address and the event stream.
+pub async fn listen_with(
+    addr: SocketAddr,
+    opts: ListenOptions,
 ) -> Result<(SocketAddr, mpsc::Receiver<SwitchEvent>), ChannelError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -265,13 +389,36 @@ pub async fn listen(
         .local_addr()
         .map_err(|e| ChannelError::Listen(e.to_string()))?;
     let (events, rx) = mpsc::channel(4096);
+    let sessions = Sessions::default();
+    let acceptor = opts.tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let events = events.clone();
+                    let sessions = sessions.clone();
+                    let acceptor = acceptor.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = run_switch(stream, peer, events).await {
+                        let r = match acceptor {
+                            None => run_switch(stream, peer, events, sessions).await,
+                            Some(a) => {
+                                match tokio::time::timeout(TLS_HANDSHAKE, a.accept(stream)).await {
+                                    Ok(Ok(tls)) => run_switch(tls, peer, events, sessions).await,
+                                    Ok(Err(e)) => Err(ChannelError::Handshake {
+                                        peer: peer.to_string(),
+                                        reason: format!("TLS: {e}"),
+                                    }),
+                                    Err(_) => Err(ChannelError::Handshake {
+                                        peer: peer.to_string(),
+                                        reason: format!(
+                                            "no TLS handshake within {} s",
+                                            TLS_HANDSHAKE.as_secs()
+                                        ),
+                                    }),
+                                }
+                            }
+                        };
+                        if let Err(e) = r {
                             tracing::warn!(%peer, error = %e, "switch connection failed");
                         }
                     });
@@ -286,18 +433,19 @@ pub async fn listen(
     Ok((local, rx))
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     buf: Vec<u8>,
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn write(&mut self, m: &OfpMessage) -> Result<(), String> {
         let bytes = m.encode().map_err(|e| e.to_string())?;
         self.stream
             .write_all(&bytes)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.stream.flush().await.map_err(|e| e.to_string())
     }
 
     async fn read(&mut self) -> Result<OfpMessage, String> {
@@ -322,10 +470,16 @@ impl Conn {
     }
 }
 
-async fn run_switch(
-    stream: TcpStream,
+async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
+}
+
+async fn run_switch<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer: SocketAddr,
     events: mpsc::Sender<SwitchEvent>,
+    sessions: Sessions,
 ) -> Result<(), ChannelError> {
     let hs = |reason: String| ChannelError::Handshake {
         peer: peer.to_string(),
@@ -376,6 +530,17 @@ async fn run_switch(
     let dpid = features.datapath_id;
     let conn_id = CONN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Cmd>(1024);
+    sessions
+        .claim(
+            dpid,
+            Live {
+                conn_id,
+                peer,
+                tx: tx.clone(),
+            },
+        )
+        .await
+        .map_err(hs)?;
     let _ = events
         .send(SwitchEvent::Connected(Switch {
             datapath_id: dpid,
@@ -394,11 +559,18 @@ async fn run_switch(
     let mut waiting: HashMap<u32, (ReplyTx, Vec<Message>)> = HashMap::new();
     let mut sent: HashMap<u32, Message> = HashMap::new();
     let mut batches: HashMap<u32, BatchWait> = HashMap::new();
+    let mut probes: Vec<oneshot::Sender<()>> = Vec::new();
     let reason = loop {
         tokio::select! {
             cmd = rx.recv() => {
                 let (body, reply, xid) = match cmd {
                     None => break "controller dropped the switch".to_string(),
+                    Some(Cmd::Replaced) => break "a new session took the datapath id over".to_string(),
+                    Some(Cmd::Probe { alive }) => {
+                        probes.push(alive);
+                        if let Err(e) = c.write(&OfpMessage::new(1, Message::EchoRequest(b"meshwire".to_vec()))).await { break e; }
+                        continue;
+                    }
                     Some(Cmd::Send { body, reply, xid }) => (body, reply, xid),
                                         Some(Cmd::Batch { bodies, done }) => {
                         // The batch's xids must be contiguous: never wrap inside one.
@@ -422,7 +594,7 @@ async fn run_switch(
                             Ok(v) => bytes.extend_from_slice(&v),
                             Err(e) => { let _ = done.send(Err(ChannelError::Handshake { peer: peer.to_string(), reason: e.to_string() })); continue; }
                         }
-                        if let Err(e) = c.stream.write_all(&bytes).await {
+                        if let Err(e) = write_flush(&mut c.stream, &bytes).await {
                             let _ = done.send(Err(ChannelError::Closed { dpid }));
                             break e.to_string();
                         }
@@ -460,6 +632,9 @@ async fn run_switch(
             msg = c.read() => {
                 let m = match msg { Ok(m) => m, Err(e) => break e };
                 last_rx = tokio::time::Instant::now();
+                for p in probes.drain(..) {
+                    let _ = p.send(());
+                }
                 match m.body {
                     Message::EchoRequest(d) => {
                         if let Err(e) = c.write(&OfpMessage::new(m.xid, Message::EchoReply(d))).await { break e; }
@@ -504,6 +679,7 @@ async fn run_switch(
             }
         }
     };
+    sessions.release(dpid, conn_id);
     for (_, b) in batches.drain() {
         let _ = b.done.send(Err(ChannelError::Closed { dpid }));
     }

@@ -65,6 +65,8 @@ pub struct OvsConfig {
     pub advertise: Option<String>,
     /// How long `apply` waits for a node's switch to connect.
     pub switch_timeout: Duration,
+    /// TLS with client certificates for switches (`ssl:` targets); `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for OvsConfig {
@@ -73,6 +75,7 @@ impl Default for OvsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6653)),
             advertise: None,
             switch_timeout: Duration::from_secs(15),
+            tls: None,
         }
     }
 }
@@ -378,8 +381,9 @@ fn uplinks_of(t: &Topology, node: &str) -> Vec<String> {
 impl OvsDriver {
     /// Starts the OpenFlow listener and the task that tracks switches.
     pub async fn start(config: OvsConfig) -> Result<OvsDriver, DriverError> {
+        let tls = config.tls.is_some();
         let (listen, mut events) =
-            channel::listen(config.listen)
+            channel::listen_with(config.listen, channel::ListenOptions { tls: config.tls })
                 .await
                 .map_err(|e| DriverError {
                     driver: "ovs".into(),
@@ -388,10 +392,13 @@ impl OvsDriver {
                 })?;
         let inner = Arc::new(Inner {
             kernel: KernelDriver::new(),
-            target: config
-                .advertise
-                .clone()
-                .unwrap_or_else(|| format!("tcp:{listen}")),
+            target: config.advertise.clone().unwrap_or_else(|| {
+                if tls {
+                    format!("ssl:{listen}")
+                } else {
+                    format!("tcp:{listen}")
+                }
+            }),
             switch_timeout: config.switch_timeout,
             topology: Mutex::default(),
             sessions: Mutex::default(),

@@ -19,6 +19,19 @@ impl Ovs {
     /// ovsdb-server alone (`controller_port: None`), or with ovs-vswitchd and one bridge whose
     /// controller is `tcp:127.0.0.1:<port>`.
     pub fn start(controller_port: Option<u16>) -> Option<Ovs> {
+        Self::start_with(controller_port.map(|p| format!("tcp:127.0.0.1:{p}")), None)
+    }
+
+    /// With ovs-vswitchd and one bridge whose controller is `ssl:127.0.0.1:<port>`, the switch
+    /// presenting `ssl = (key, cert, ca)` (`ovs-vsctl set-ssl`).
+    pub fn start_ssl(port: u16, key: &str, cert: &str, ca: &str) -> Option<Ovs> {
+        Self::start_with(
+            Some(format!("ssl:127.0.0.1:{port}")),
+            Some(format!("set-ssl {key} {cert} {ca} --")),
+        )
+    }
+
+    fn start_with(target: Option<String>, ssl: Option<String>) -> Option<Ovs> {
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -83,7 +96,7 @@ impl Ovs {
             std::thread::sleep(Duration::from_millis(20));
         }
         sh(format!("ovs-vsctl --db=unix:{d}/db.sock --no-wait init"));
-        let Some(controller_port) = controller_port else {
+        let Some(target) = target else {
             return Some(ovs);
         };
         ovs.daemons.push(daemon(vec![
@@ -92,8 +105,9 @@ impl Ovs {
             format!("--log-file={d}/ovs-vswitchd.log"),
         ]));
         sh(format!(
-            "OVS_RUNDIR={d} ovs-vsctl --db=unix:{d}/db.sock --timeout=20 add-br {b} -- set bridge {b} datapath_type=netdev protocols=OpenFlow13 fail-mode=secure -- set-controller {b} tcp:127.0.0.1:{controller_port}",
-            b = ovs.bridge
+            "OVS_RUNDIR={d} ovs-vsctl --db=unix:{d}/db.sock --timeout=20 {ssl} add-br {b} -- set bridge {b} datapath_type=netdev protocols=OpenFlow13 fail-mode=secure -- set-controller {b} {target}",
+            b = ovs.bridge,
+            ssl = ssl.unwrap_or_default()
         ));
         Some(ovs)
     }
