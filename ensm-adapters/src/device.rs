@@ -186,7 +186,7 @@ pub struct EndpointSpec {
 }
 
 /// SNMP monitoring of the device.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SnmpSpec {
     pub target: SnmpTarget,
     pub interfaces: Vec<String>,
@@ -194,6 +194,22 @@ pub struct SnmpSpec {
     pub trap_listen: Option<SocketAddr>,
     /// v2c community accepted on traps (v3 traps are not accepted).
     pub trap_community: Option<String>,
+}
+
+impl std::fmt::Debug for SnmpSpec {
+    // The trap community is a credential: only whether there is one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnmpSpec")
+            .field("target", &self.target)
+            .field("interfaces", &self.interfaces)
+            .field("poll_interval", &self.poll_interval)
+            .field("trap_listen", &self.trap_listen)
+            .field(
+                "trap_community",
+                &self.trap_community.as_ref().map(|_| "***"),
+            )
+            .finish()
+    }
 }
 
 /// A loaded, checked device file.
@@ -472,6 +488,10 @@ mod tests {
         assert!(matches!(&d.netconf.auth, Auth::Password(p) if p == "s3cret"));
         assert_eq!(d.endpoints[0].interfaces, vec!["eth1".to_string()]);
         assert!(!format!("{d:?}").contains("s3cret"));
+        // The SNMP community (used for polls and accepted on traps) is a credential too.
+        let snmp = d.snmp.as_ref().unwrap();
+        assert_eq!(snmp.trap_community.as_deref(), Some("public"));
+        assert!(!format!("{snmp:?}").contains("public"), "{snmp:?}");
     }
 
     #[test]

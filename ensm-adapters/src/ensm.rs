@@ -729,22 +729,28 @@ impl Ensm {
         // A fixed cadence: traps arriving in between never postpone the next poll.
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A trap is a hint, never a verdict (v2c traps are easy to forge from the device's
+        // address): it triggers a poll at once, and only what the poll confirms is applied.
+        let mut trapped: Vec<(String, bool)> = Vec::new();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.inner.wake.notified() => {}
+            let by_trap = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.inner.wake.notified() => false,
                 Some(t) = trap_rx.recv() => {
                     let name = self.health().if_names.get(&t.if_index).cloned();
-                    if let Some(name) = name {
-                        tracing::info!(device = %self.inner.device.name, interface = %name, up = t.up, "link trap");
-                        self.set_interfaces(&[(name, t.up)]);
-                        self.publish().await;
+                    let Some(name) = name else { continue };
+                    tracing::info!(device = %self.inner.device.name, interface = %name, up = t.up, "link trap; confirming by a poll");
+                    if trapped.len() >= 64 {
+                        trapped.remove(0);
                     }
-                    continue;
+                    trapped.push((name, t.up));
+                    true
                 }
-            }
-            if let Err(e) = self.check_device().await {
-                tracing::debug!(device = %self.inner.device.name, error = %e, "keepalive failed");
+            };
+            if !by_trap {
+                if let Err(e) = self.check_device().await {
+                    tracing::debug!(device = %self.inner.device.name, error = %e, "keepalive failed");
+                }
             }
             if let Some(s) = &snmp {
                 if monitor.is_none() {
@@ -794,8 +800,11 @@ impl Ensm {
                                 .filter(|n| !names.values().any(|v| v == *n))
                                 .map(|n| (n.clone(), false))
                                 .collect();
+                            // A trap the poll agrees with is two observations: applied now.
+                            let confirmed = confirmed_traps(&mut trapped, &st, &missing);
                             self.polled_interfaces(&st);
                             self.polled_interfaces(&missing);
+                            self.set_interfaces(&confirmed);
                             if !missing.is_empty() {
                                 self.health().if_names.clear();
                             }
@@ -809,6 +818,8 @@ impl Ensm {
                     }
                 }
             }
+            // Traps no poll could confirm this round are dropped.
+            trapped.clear();
             self.publish().await;
         }
     }
@@ -1124,5 +1135,51 @@ impl Driver for Ensm {
         let want: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
         self.remove_orphans(&want, &entries).await;
         Ok(obs)
+    }
+}
+
+/// The link traps (`(interface, up)`) a poll agrees with: `polled` is what the poll read,
+/// `missing` the interfaces the device no longer lists (down). Drains `trapped`: a trap the poll
+/// contradicts is forgotten, never applied.
+fn confirmed_traps(
+    trapped: &mut Vec<(String, bool)>,
+    polled: &[(String, bool)],
+    missing: &[(String, bool)],
+) -> Vec<(String, bool)> {
+    trapped
+        .drain(..)
+        .filter(|t| polled.contains(t) || (!t.1 && missing.contains(t)))
+        .collect()
+}
+
+#[cfg(test)]
+mod trap_tests {
+    use super::*;
+
+    /// Input: linkDown traps for eth1 and eth2 and a linkUp for eth3, then a poll that reads
+    /// eth1 up, eth2 down and eth3 up. Output: only what the poll confirms (eth2 down, eth3 up);
+    /// the forged or stale linkDown for eth1 withdraws nothing.
+    #[test]
+    fn dev_a_trap_is_applied_only_when_a_poll_confirms_it() {
+        let mut trapped = vec![
+            ("eth1".to_string(), false),
+            ("eth2".to_string(), false),
+            ("eth3".to_string(), true),
+        ];
+        let polled = vec![
+            ("eth1".to_string(), true),
+            ("eth2".to_string(), false),
+            ("eth3".to_string(), true),
+        ];
+        let got = confirmed_traps(&mut trapped, &polled, &[]);
+        assert_eq!(
+            got,
+            vec![("eth2".to_string(), false), ("eth3".to_string(), true)]
+        );
+        assert!(trapped.is_empty());
+        // An interface the device stopped listing confirms a linkDown.
+        let mut trapped = vec![("eth4".to_string(), false)];
+        let got = confirmed_traps(&mut trapped, &[], &[("eth4".to_string(), false)]);
+        assert_eq!(got, vec![("eth4".to_string(), false)]);
     }
 }

@@ -139,23 +139,30 @@ fn variables(kind: MechanismKind) -> Vec<&'static str> {
     COMMON.iter().chain(own).copied().collect()
 }
 
+/// At most `n` bytes of `s` from byte `from` (a char boundary), cut back to a char boundary: for
+/// quoting a template near an error, whatever its characters.
+fn near(s: &str, from: usize, n: usize) -> &str {
+    let mut end = (from + n).min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[from..end]
+}
+
 /// `{{name}}` occurrences in `t`, or the first malformed one.
 fn placeholders(t: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut rest = t;
     while let Some(i) = rest.find("{{") {
         let after = &rest[i + 2..];
-        let j = after.find("}}").ok_or_else(|| {
-            format!(
-                "unclosed {{{{ near {:?}",
-                &rest[i..(i + 20).min(rest.len())]
-            )
-        })?;
+        let j = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed {{{{ near {:?}", near(rest, i, 20)))?;
         let name = after[..j].trim();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
             return Err(format!(
                 "unclosed or malformed {{{{ near {:?} (variables look like {{{{vni}}}})",
-                &rest[i..(i + 24).min(rest.len())]
+                near(rest, i, 24)
             ));
         }
         out.push(name.to_string());
@@ -575,6 +582,24 @@ pub fn connection_vars(c: &Connection, m: &Mechanism) -> BTreeMap<&'static str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Input: templates whose error quote would end inside a multi-byte character (4-byte
+    /// characters after `{{`, unclosed and malformed). Output: an error quoting the text up to a
+    /// character boundary, never a panic.
+    #[test]
+    fn file_error_quotes_cut_at_character_boundaries() {
+        let unclosed = format!("<a>{{{{{}", "𝄞".repeat(10));
+        let e = placeholders(&unclosed).unwrap_err();
+        assert!(e.starts_with("unclosed {{ near"), "{e}");
+        let malformed = format!("{{{{{}}}}}", "𝄞".repeat(10));
+        let e = placeholders(&malformed).unwrap_err();
+        assert!(e.contains("malformed"), "{e}");
+        for cut in 0..malformed.len() {
+            if malformed.is_char_boundary(cut) {
+                let _ = placeholders(&malformed[..cut]);
+            }
+        }
+    }
 
     const GOOD: &str = "apiVersion: meshwire.io/v1\nkind: DeviceProfile\nmetadata: {name: t}\nspec:\n  mechanisms:\n    vxlan:\n      range: {start: 10, end: 20}\n      config: '<t xmlns=\"urn:x\"><vni>{{vni}}</vni><d>meshwire:{{connection}}</d></t>'\n      remove: '<t xmlns=\"urn:x\" xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\" nc:operation=\"remove\"/>'\n";
 
