@@ -743,3 +743,62 @@ fn nb_nsc_init_over_tls_with_a_token_file() {
         "{err}"
     );
 }
+
+/// Input: daemons asked to listen off loopback without credentials: the controller's REST and
+/// gRPC APIs without --tokens, an eNSM's call API without its token. Output: each refuses to
+/// start, with one line naming the listener and what to give.
+#[test]
+fn nb_exposed_listeners_refused_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("fw1.yaml");
+    std::fs::write(&device, "apiVersion: meshwire.io/v1\nkind: EnsmDevice\nmetadata: {name: fw1}\nspec:\n  profile: meshwire-appliance\n  underlayAddress: 192.168.70.2\n  netconf: {host: 127.0.0.1, user: root, passwordEnv: NOPE, hostKey: {fingerprint: \"SHA256:x\"}}\n  endpoints: [{name: fw1, services: [firewall]}]\n").unwrap();
+    let port = free_port().to_string();
+    for (args, want) in [
+        (
+            vec![
+                "controller",
+                "--store",
+                "memory",
+                "--listen",
+                "0.0.0.0:0",
+                "--grpc-listen",
+                "off",
+            ],
+            "--listen 0.0.0.0:0 is not a loopback address and no --tokens",
+        ),
+        (
+            vec![
+                "controller",
+                "--store",
+                "memory",
+                "--grpc-listen",
+                "0.0.0.0:0",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "--grpc-listen 0.0.0.0:0 is not a loopback address and no --tokens",
+        ),
+        (
+            vec![
+                "ensm",
+                "--device",
+                device.to_str().unwrap(),
+                "--listen",
+                "0.0.0.0:7610",
+                "--controller",
+                &format!("http://127.0.0.1:{port}"),
+            ],
+            "MESHWIRE_ENSM_TOKEN is not set",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("MESHWIRE_ENSM_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -251,4 +251,41 @@ mod tests {
         assert_eq!((ids(v), gap), (vec![], false), "ahead: nothing, no reset");
         assert_eq!(log.next_id(), 6);
     }
+
+    /// Input: a resume from the largest id there is (an overflow before), and more streams than
+    /// the bound, then the server's shutdown. Output: the first stream opens with a `reset` (an
+    /// id this log never gave); the one past the bound is a 503 problem with Retry-After; the
+    /// shutdown ends the open stream.
+    #[tokio::test]
+    async fn nb_streams_are_bounded_resume_from_any_id_and_end_at_shutdown() {
+        use futures::StreamExt;
+        let ctl = Controller::start(
+            Arc::new(MemoryStore::default()),
+            Arc::new(NullDriver),
+            Arc::new(SystemClock),
+            Config::default(),
+        )
+        .await
+        .unwrap();
+        let log = EventLog::start(&ctl, 16);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let streams = Streams::new(1, Some(stop_rx));
+        let first = stream(log.clone(), Some(u64::MAX), &streams);
+        assert_eq!(first.status(), StatusCode::OK);
+        let mut body = first.into_body().into_data_stream();
+        let frame = body.next().await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&frame).into_owned();
+        assert!(text.contains("event: reset"), "{text}");
+
+        let second = stream(log.clone(), None, &streams);
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(second.headers().contains_key("retry-after"));
+
+        stop.send(true).unwrap();
+        while let Some(f) = body.next().await {
+            f.unwrap();
+        }
+        // Its permit is back: a new stream opens.
+        assert_eq!(stream(log, None, &streams).status(), StatusCode::OK);
+    }
 }

@@ -901,7 +901,7 @@ impl reg::network_service_registry_server::NetworkServiceRegistry for Nsm {
         let s = req.into_inner();
         let mw = service_from_pb(&s)?;
         let obj = Object::NetworkService(mw.clone());
-        caller.may_write(&obj).map_err(status)?;
+        caller.may_put(&self.ctl, &obj).map_err(status)?;
         apply(&self.ctl, obj).await?;
         Ok(Response::new(service_to_pb(&mw)))
     }

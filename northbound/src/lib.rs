@@ -364,7 +364,7 @@ async fn apply_manifest(
 ) -> ApiResult<Json<ApplyResult>> {
     let m = parse_manifest(&q, &body)?;
     for o in &m.objects {
-        caller.may_write(o)?;
+        caller.may_put(&ctl, o)?;
     }
     let warnings = m.warnings.clone();
     Ok(Json(ApplyResult {
@@ -429,7 +429,7 @@ async fn register_objects(
 ) -> ApiResult<Json<Vec<meshwire_controller::Applied>>> {
     let objects: Vec<meshwire_models::Object> = json_body("objects", &body)?;
     for o in &objects {
-        caller.may_write(o)?;
+        caller.may_put(&ctl, o)?;
     }
     Ok(Json(
         ctl.apply(meshwire_models::Manifest {

@@ -451,7 +451,7 @@ async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (obj, warnings) = parse_body(coll, &body)?;
-    caller.may_write(&obj)?;
+    caller.may_put(&ctl, &obj)?;
     ctl.put_object(obj.clone(), Precondition::Absent).await?;
     Ok(object_response(
         &ctl,

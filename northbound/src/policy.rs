@@ -85,6 +85,17 @@ impl Caller {
         }
     }
 
+    /// Whether this caller may create `obj` or replace what is stored under its key: both the
+    /// new object and the one it replaces are checked (turning a stored admin object into a
+    /// plain one is an admin change).
+    pub fn may_put(&self, ctl: &Controller, obj: &Object) -> Result<(), ControllerError> {
+        self.may_write(obj)?;
+        match ctl.object(&obj.key()) {
+            Some(stored) => self.may_write(&stored),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this caller may delete `key`: decided by the stored object when there is one
     /// (deleting an admin object is an admin change), else by what its kind can be.
     pub fn may_delete(&self, ctl: &Controller, key: &ObjectKey) -> Result<(), ControllerError> {

@@ -203,6 +203,49 @@ async fn nsm_grpc_registry_request_monitor_close() {
     unknown.connection.as_mut().unwrap().network_service = "nope".into();
     let e = nsc.request(unknown).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // Names that would leave the namespace directory or break an interface name are refused
+    // where they enter, naming the field: the client's path segment (its netns), an endpoint's
+    // `netns` label, the interface asked for.
+    for hostile in ["../../proc/1/ns/net", "../netns/other", "a/b", ".."] {
+        let mut r = request("");
+        r.connection.as_mut().unwrap().path = Some(c::Path {
+            index: 0,
+            path_segments: vec![c::PathSegment {
+                name: hostile.into(),
+                ..Default::default()
+            }],
+        });
+        let e = nsc.request(r).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{hostile}: {e}");
+        let mut ep = endpoint("gw-9", "n2");
+        ep.network_service_labels
+            .get_mut("vpn")
+            .unwrap()
+            .labels
+            .insert("netns".into(), hostile.into());
+        let e = nses.register(ep).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{hostile}: {e}");
+        assert!(e.message().contains("netns"), "{}", e.message());
+    }
+    let mut long_if = request("");
+    long_if.mechanism_preferences.push(c::Mechanism {
+        cls: "LOCAL".into(),
+        r#type: "KERNEL".into(),
+        parameters: HashMap::from([("name".to_string(), "a-name-longer-than-15".to_string())]),
+    });
+    let e = nsc.request(long_if).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(nses
+        .register(reg::NetworkServiceEndpoint {
+            expiration_time: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            }),
+            ..endpoint("gw-10", "n2")
+        })
+        .await
+        .is_err_and(|e| e.code() == tonic::Code::InvalidArgument));
 }
 
 /// With a token table: no token or an unknown one is UNAUTHENTICATED, a viewer may Find but not

@@ -293,6 +293,52 @@ async fn rest_pages_selectors_and_filters() {
     let r = call(&app, "GET", "/api/v1/links?node=n1", &[], "").await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
 
+    // Hostile names are refused where they enter, naming the field: the client's namespace,
+    // the interface, an endpoint's namespace (through manifests and registry objects).
+    for (body, field) in [
+        (
+            json!({"network_service": "vpn", "client": {"node": "n0", "name": "../../proc/1/ns/net"}}),
+            "client.name",
+        ),
+        (
+            json!({"network_service": "vpn", "client": {"node": "n0", "name": "../netns/other"}}),
+            "client.name",
+        ),
+        (
+            json!({"network_service": "vpn", "client": {"node": "n0", "name": "w1"}, "interface": "a/b"}),
+            "interface",
+        ),
+        (
+            json!({"network_service": "vpn", "client": {"node": "n0", "name": "w1"}, "interface": "sixteen-bytes-xx"}),
+            "interface",
+        ),
+    ] {
+        let r = call(&app, "POST", "/api/v1/connections", &[], &body.to_string()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(r.body["field"], field, "{}", r.body);
+    }
+    let hostile_ep = "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: evil}\nspec: {network_service_names: [vpn], location: {node: n0, netns: \"../../proc/1/ns/net\"}}\n";
+    let r = call(&app, "POST", "/api/v1/manifests", &[], hostile_ep).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body["field"].as_str().unwrap().contains("netns"),
+        "{}",
+        r.body
+    );
+    let objects = r#"[{"kind":"NetworkServiceEndpoint","object":{"name":"evil","network_service_names":["vpn"],"location":{"node":{"node":"n0","netns":"../x"}},"mechanisms":{}}}]"#;
+    let r = call(&app, "POST", "/api/v1/registry/objects", &[], objects).await;
+    assert!(r.status.is_client_error(), "{}: {}", r.status, r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("netns"),
+        "{}",
+        r.body
+    );
+
     // Idempotent connection requests: one connection however often the client retries.
     let req = json!({"network_service": "vpn", "client": {"node": "n0", "name": "w1"}, "labels": {"team": "x"}}).to_string();
     let key = [("idempotency-key", "req-1")];
@@ -555,4 +601,149 @@ async fn rest_admin_objects_whatever_the_route() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = call(&app, "DELETE", "/api/v1/devices/fw1", &op, "").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Nor turn a stored admin object into a plain one of the same name, by any door: the
+    // endpoint on fw1 re-located onto a node, the OVS node (stored by the admin) without its
+    // OVSDB remote.
+    let r = call(&app, "PUT", "/api/v1/nodes/n1", &admin, ovs_node).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let plain_ep = "apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {name: fw1-ep}
+spec: {network_service_names: [s], location: {node: n1}}
+";
+    let plain_node = "apiVersion: meshwire.io/v1
+kind: Node
+metadata: {name: n1}
+spec: {forwarder: kernel}
+";
+    for body in [plain_ep, plain_node] {
+        let r = call(&app, "POST", "/api/v1/manifests", &op, body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{body}: {}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("admin object"),
+            "{}",
+            r.body
+        );
+    }
+    let objects = r#"[{"kind":"Node","object":{"name":"n1","forwarder":"kernel"}}]"#;
+    let r = call(&app, "POST", "/api/v1/registry/objects", &op, objects).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = call(&app, "PUT", "/api/v1/endpoints/fw1-ep", &op, plain_ep).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+}
+
+/// A memory store whose writes fail, as a backend that lost its disk would, naming a path.
+struct BrokenStore {
+    inner: MemoryStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl meshwire_controller::store::Store for BrokenStore {
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<meshwire_controller::store::Entry>, meshwire_controller::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<meshwire_controller::store::Entry>, u64), meshwire_controller::StoreError>
+    {
+        self.inner.list(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: meshwire_controller::store::Expect,
+    ) -> Result<u64, meshwire_controller::StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(meshwire_controller::StoreError::Backend {
+                store: "broken".into(),
+                op: "put",
+                key: key.into(),
+                reason: "/var/lib/secret-volume/meshwire.redb: input/output error".into(),
+            });
+        }
+        self.inner.put(key, value, expect).await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expect: meshwire_controller::store::Expect,
+    ) -> Result<bool, meshwire_controller::StoreError> {
+        self.inner.delete(key, expect).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> Result<
+        tokio::sync::mpsc::Receiver<
+            Result<meshwire_controller::store::WatchEvent, meshwire_controller::StoreError>,
+        >,
+        meshwire_controller::StoreError,
+    > {
+        self.inner.watch(prefix, after).await
+    }
+    async fn health(&self) -> Result<(), meshwire_controller::StoreError> {
+        Ok(())
+    }
+}
+
+/// Input: a store that fails every write with an error naming a file of the server. Output: a
+/// write answers 503 with a stable message saying to retry; neither the path nor the backend's
+/// words reach the caller; a connection request gets the same and leaves nothing behind.
+#[tokio::test]
+async fn rest_store_failures_answer_a_stable_message() {
+    let store = Arc::new(BrokenStore {
+        inner: MemoryStore::default(),
+        broken: false.into(),
+    });
+    let ctl = Controller::start(
+        store.clone(),
+        Arc::new(RecordingDriver::new()),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    let app = meshwire_northbound::router(ctl.clone());
+    let world = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: gw}\nspec: {network_service_names: [vpn], location: {node: n1}}\n";
+    let r = call(&app, "POST", "/api/v1/manifests", &[], world).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    store
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let svc =
+        "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: other}\n";
+    let conn =
+        json!({"network_service": "vpn", "client": {"node": "n1", "name": "w1"}}).to_string();
+    for (path, body) in [
+        ("/api/v1/services", svc),
+        ("/api/v1/connections", conn.as_str()),
+    ] {
+        let r = call(&app, "POST", path, &[], body).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {}",
+            r.body
+        );
+        let text = r.body.to_string();
+        assert!(
+            !text.contains("secret-volume") && !text.contains("input/output"),
+            "{text}"
+        );
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("Retry"),
+            "{text}"
+        );
+    }
+    assert_eq!(ctl.connection_count(), 0);
 }

@@ -267,3 +267,50 @@ async fn dev_tls_listener_takes_only_switches_with_our_certificates() {
     assert_eq!(handle.datapath_id, 9);
     handle.barrier().await.unwrap();
 }
+
+/// Input: a switch that answers a port-description request with an endless multipart reply
+/// (every part flagged "more"). Output: past MAX_MULTIPART_PARTS parts the requester gets
+/// TooLarge instead of the controller holding the reply in memory, and the channel stays up.
+#[tokio::test]
+async fn dev_endless_multipart_reply_is_refused() {
+    use meshwire_southbound::openflow::channel::{ChannelError, MAX_MULTIPART_PARTS};
+    use meshwire_southbound::openflow::{MultipartReply, MultipartRequest};
+    let (addr, mut events) = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut sw = Fake {
+        io: tokio::net::TcpStream::connect(addr).await.unwrap(),
+        buf: Vec::new(),
+    };
+    sw.handshake(11).await;
+    let handle = connected(&mut events).await;
+    tokio::spawn(async move {
+        while let Some(m) = sw.recv().await {
+            match m.body {
+                Message::MultipartRequest(MultipartRequest::PortDesc { .. }) => {
+                    for _ in 0..=MAX_MULTIPART_PARTS + 10 {
+                        sw.send(
+                            m.xid,
+                            Message::MultipartReply(MultipartReply::PortDesc {
+                                flags: 1,
+                                ports: vec![],
+                            }),
+                        )
+                        .await;
+                    }
+                }
+                Message::EchoRequest(d) => sw.send(m.xid, Message::EchoReply(d)).await,
+                Message::BarrierRequest => sw.send(m.xid, Message::BarrierReply).await,
+                _ => {}
+            }
+        }
+    });
+    let r = handle
+        .request(Message::MultipartRequest(MultipartRequest::PortDesc {
+            flags: 0,
+        }))
+        .await;
+    assert!(
+        matches!(r, Err(ChannelError::TooLarge { parts, .. }) if parts == MAX_MULTIPART_PARTS),
+        "{r:?}"
+    );
+    handle.barrier().await.unwrap();
+}

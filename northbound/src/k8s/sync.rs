@@ -128,7 +128,7 @@ pub async fn reconcile(o: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, S
                     Ok(obj) => {
                         // Custom resources may hold operator objects only (an endpoint on a
                         // device is its eNSM's or an admin's).
-                        if let Err(e) = crate::policy::Caller::kubernetes().may_write(&obj) {
+                        if let Err(e) = crate::policy::Caller::kubernetes().may_put(&ctl, &obj) {
                             tracing::warn!(object = %key, error = %e, "resource refused");
                             return Ok(Action::requeue(RESYNC));
                         }
