@@ -439,12 +439,7 @@ async fn nsm_grpc_streams_are_bounded_paged_and_end_at_shutdown() {
     // Shutdown ends the monitor that is still open.
     stop.send(true).unwrap();
     let end = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.message().await {
-                Ok(Some(_)) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Some(_)) = s.message().await {}
     })
     .await;
     assert!(end.is_ok(), "the monitor did not end at shutdown");

@@ -628,3 +628,25 @@ fn k8s_deploy_manifests_match_the_code() {
         .unwrap();
     assert!(hook_args.contains(&json!("--nsc-secret=meshwire-nsc")));
 }
+
+/// Input: NetworkServiceEndpoint custom resources whose namespace or name would leave the
+/// namespace directory. Output: refused by the same validator as every other door, naming the
+/// field; nothing reaches the registry.
+#[test]
+fn k8s_hostile_names_in_custom_resources_are_refused() {
+    for (name, netns, field) in [
+        ("gw", "../../proc/1/ns/net", "spec.location.netns"),
+        ("gw", "../netns/other", "spec.location.netns"),
+        ("a..b/c", "ok", "metadata.name"),
+    ] {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networkservicemesh.io/v1",
+            "kind": "NetworkServiceEndpoint",
+            "metadata": {"name": name, "namespace": "nsm-system"},
+            "spec": {"network_service_names": ["vpn"], "location": {"node": "n1", "netns": netns}},
+        }))
+        .unwrap();
+        let e = sync::to_object(ObjectKind::NetworkServiceEndpoint, &o).unwrap_err();
+        assert!(e.contains(field), "{name} {netns}: {e}");
+    }
+}

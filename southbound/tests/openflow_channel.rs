@@ -147,12 +147,7 @@ async fn dev_silent_session_is_replaced_by_the_newcomer() {
     assert!(second.conn_id > first.conn_id);
     second.barrier().await.unwrap();
     // A is closed: reading past our echo probe ends.
-    loop {
-        match a.recv().await {
-            Some(_) => continue,
-            None => break,
-        }
-    }
+    while a.recv().await.is_some() {}
 }
 
 /// A CA, a certificate it signed for `name` (for 127.0.0.1), as PEM files.
