@@ -25,6 +25,10 @@ async fn serve() -> Channel {
 }
 
 async fn serve_with(tokens: Option<meshwire_northbound::auth::Tokens>) -> Channel {
+    serve_ctl(tokens).await.0
+}
+
+async fn serve_ctl(tokens: Option<meshwire_northbound::auth::Tokens>) -> (Channel, Controller) {
     let ctl = Controller::start(
         Arc::new(MemoryStore::default()),
         Arc::new(RecordingDriver::new()),
@@ -42,14 +46,16 @@ async fn serve_with(tokens: Option<meshwire_northbound::auth::Tokens>) -> Channe
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    tokio::spawn(meshwire_northbound::grpc::router_with(ctl, tokens.map(Arc::new)).serve(addr));
+    tokio::spawn(
+        meshwire_northbound::grpc::router_with(ctl.clone(), tokens.map(Arc::new)).serve(addr),
+    );
     for _ in 0..100 {
         if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
         {
-            return ch;
+            return (ch, ctl);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -253,7 +259,7 @@ async fn nsm_grpc_registry_request_monitor_close() {
 #[tokio::test]
 async fn nsm_grpc_bearer_tokens_and_roles() {
     use meshwire_northbound::auth::{Role, Token, Tokens};
-    let ch = serve_with(Some(Tokens(vec![
+    let (ch, ctl) = serve_ctl(Some(Tokens(vec![
         Token {
             name: "nsc".into(),
             role: Role::Viewer,
@@ -312,12 +318,27 @@ async fn nsm_grpc_bearer_tokens_and_roles() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert!(e.message().contains("needs role operator"), "{e}");
     let mut nsc = ns::network_service_client::NetworkServiceClient::with_interceptor(
-        ch,
+        ch.clone(),
         with(Some("operator-secret-001")),
     );
     // Past auth: the controller itself answers (no such service yet).
     let e = nsc.request(request("")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+
+    // Roles follow the object through the gRPC registry too: an operator may not replace an
+    // endpoint that lives on a device (an admin object) with one of its own.
+    ctl.apply(meshwire_models::Manifest::parse("t", "---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: meshwire.io/v1\nkind: Device\nmetadata: {name: fw1}\nspec: {kind: meshwire-appliance}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: gw-1}\nspec: {network_service_names: [vpn], location: {device: fw1}}\n").unwrap())
+        .await
+        .unwrap();
+    let mut nses =
+        reg::network_service_endpoint_registry_client::NetworkServiceEndpointRegistryClient::with_interceptor(
+            ch,
+            with(Some("operator-secret-001")),
+        );
+    let e = nses.register(endpoint("gw-1", "n2")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("admin object"), "{e}");
+    nses.register(endpoint("gw-2", "n2")).await.unwrap();
 }
 
 /// Input: 600 connections, a stream bound of 2, a watcher that never reads while 6,000
