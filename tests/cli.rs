@@ -25,6 +25,18 @@ impl Drop for Daemon {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1 and localhost, written to `dir` as `tls.crt` and
+/// `tls.key`.
+fn self_signed(dir: &Path) -> (rcgen::CertifiedKey, PathBuf, PathBuf) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (ck, cert, key)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -519,12 +531,7 @@ fn nb_schemathesis_no_server_errors_no_schema_violations() {
 #[test]
 fn nb_rest_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (ck, cert, key) = self_signed(dir.path());
     let d = daemon_with(
         "memory",
         &[
@@ -645,12 +652,7 @@ fn nb_nsc_init_requests_the_annotated_services() {
 fn nb_nsc_init_over_tls_with_a_token_file() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (_, cert, key) = self_signed(dir.path());
     let table = dir.path().join("tokens.yaml");
     std::fs::write(
         &table,

@@ -27,6 +27,34 @@ async fn connect(e: &LocalEtcd) -> EtcdStore {
     e.store().await.unwrap()
 }
 
+/// A controller (no data plane) on the etcd `e`.
+async fn start_on(e: &LocalEtcd) -> Controller {
+    let store: Arc<dyn Store> = Arc::new(connect(e).await);
+    Controller::start(
+        store,
+        Arc::new(NullDriver),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A request for service `s` from node `n1` (as workload `name`).
+fn req(name: Option<&str>) -> ConnectionRequest {
+    ConnectionRequest {
+        network_service: "s".into(),
+        client: ClientRef {
+            node: "n1".into(),
+            name: name.map(Into::into),
+        },
+        labels: Default::default(),
+        mechanisms: vec![],
+        interface: None,
+        excluded_prefixes: vec![],
+    }
+}
+
 #[tokio::test]
 async fn dev_etcd_conditions_watch_and_resume() {
     let Some(e) = etcd().await else { return };
@@ -70,44 +98,17 @@ async fn dev_etcd_controller_restart_restores_state() {
     let Some(e) = etcd().await else { return };
     let docs = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e}\nspec: {network_service_names: [s], location: {node: n1}}\n";
     let before = {
-        let store: Arc<dyn Store> = Arc::new(connect(&e).await);
-        let ctl = Controller::start(
-            store,
-            Arc::new(NullDriver),
-            Arc::new(SystemClock),
-            Config::default(),
-        )
-        .await
-        .unwrap();
+        let ctl = start_on(&e).await;
         ctl.apply(Manifest::parse("t.yaml", docs).unwrap())
             .await
             .unwrap();
-        let req = ConnectionRequest {
-            network_service: "s".into(),
-            client: ClientRef {
-                node: "n1".into(),
-                name: None,
-            },
-            labels: Default::default(),
-            mechanisms: vec![],
-            interface: None,
-            excluded_prefixes: vec![],
-        };
-        ctl.request(req).await.unwrap();
+        ctl.request(req(None)).await.unwrap();
         (
             ctl.connections(&ConnectionFilter::default()),
             ctl.pool_usage(),
         )
     };
-    let store: Arc<dyn Store> = Arc::new(connect(&e).await);
-    let ctl = Controller::start(
-        store,
-        Arc::new(NullDriver),
-        Arc::new(SystemClock),
-        Config::default(),
-    )
-    .await
-    .unwrap();
+    let ctl = start_on(&e).await;
     assert_eq!(
         (
             ctl.connections(&ConnectionFilter::default()),
@@ -128,31 +129,11 @@ async fn dev_etcd_restart_with_100000_connection_records() {
     let Some(e) = etcd().await else { return };
     let docs = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e}\nspec: {network_service_names: [s], location: {node: n1}, ipamPrefix: 10.0.0.0/8}\n";
     let template = {
-        let store: Arc<dyn Store> = Arc::new(connect(&e).await);
-        let ctl = Controller::start(
-            store,
-            Arc::new(NullDriver),
-            Arc::new(SystemClock),
-            Config::default(),
-        )
-        .await
-        .unwrap();
+        let ctl = start_on(&e).await;
         ctl.apply(Manifest::parse("t.yaml", docs).unwrap())
             .await
             .unwrap();
-        ctl.request(ConnectionRequest {
-            network_service: "s".into(),
-            client: ClientRef {
-                node: "n1".into(),
-                name: Some("w0".into()),
-            },
-            labels: Default::default(),
-            mechanisms: vec![],
-            interface: None,
-            excluded_prefixes: vec![],
-        })
-        .await
-        .unwrap()
+        ctl.request(req(Some("w0"))).await.unwrap()
     };
     let base = match template.address_pool.unwrap() {
         ipnet::IpNet::V4(p) => u32::from(p.network()),
@@ -203,32 +184,11 @@ async fn dev_etcd_restart_with_100000_connection_records() {
         .collect::<Vec<_>>()
         .await;
 
-    let store: Arc<dyn Store> = Arc::new(connect(&e).await);
-    let ctl = Controller::start(
-        store,
-        Arc::new(NullDriver),
-        Arc::new(SystemClock),
-        Config::default(),
-    )
-    .await
-    .unwrap();
+    let ctl = start_on(&e).await;
     assert_eq!(ctl.connection_count(), N + 1);
     assert_eq!(ctl.pool_usage()["addresses"], 2 * (N + 1));
     // The next request takes a pair no record holds.
-    let next = ctl
-        .request(ConnectionRequest {
-            network_service: "s".into(),
-            client: ClientRef {
-                node: "n1".into(),
-                name: Some("new".into()),
-            },
-            labels: Default::default(),
-            mechanisms: vec![],
-            interface: None,
-            excluded_prefixes: vec![],
-        })
-        .await
-        .unwrap();
+    let next = ctl.request(req(Some("new"))).await.unwrap();
     let taken = match next.ip_context.dst_ip_addrs[0].addr() {
         std::net::IpAddr::V4(a) => u32::from(a),
         other => panic!("{other}"),

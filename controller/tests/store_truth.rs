@@ -5,104 +5,24 @@
 //! store first; a request nobody waits for any more is undone on purpose; one record the store
 //! refuses never stops a reconcile round.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use meshwire_controller::driver::{
     Dataplanes, Driver, DriverError, Health, Observation, PEER_OBSERVE_TIMEOUT,
 };
-use meshwire_controller::store::memory::MemoryStore;
-use meshwire_controller::store::{Entry, Expect, Revision, Store, StoreError, WatchEvent};
+use meshwire_controller::store::faulty::FaultyStore;
+use meshwire_controller::store::Store;
 use meshwire_controller::{
     Config, ConnectionFilter, Controller, ControllerError, Event, ManualClock, RecordingDriver,
 };
 use meshwire_models::{
     ClientRef, Connection, ConnectionRequest, ConnectionState, ForwarderKind, Manifest,
 };
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 const TOPOLOGY: &str = "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: kernel}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e1}\nspec: {network_service_names: [vpn], location: {node: n1}}\n";
-
-const CONNECTIONS: &str = "/meshwire/v1/connections/";
-
-/// A memory store whose connection writes and deletes can be refused.
-#[derive(Default)]
-struct FaultyStore {
-    inner: MemoryStore,
-    /// Connection puts that still succeed (negative: all of them).
-    put_budget: AtomicI64,
-    /// Connection ids whose puts fail.
-    refuse_puts_of: Mutex<HashSet<String>>,
-    refuse_deletes: AtomicBool,
-}
-
-impl FaultyStore {
-    fn new() -> Arc<FaultyStore> {
-        let s = FaultyStore::default();
-        s.put_budget.store(-1, Ordering::SeqCst);
-        Arc::new(s)
-    }
-
-    fn refused(op: &'static str, key: &str) -> StoreError {
-        StoreError::Backend {
-            store: "faulty".into(),
-            op,
-            key: key.into(),
-            reason: "the store is unavailable (test)".into(),
-        }
-    }
-
-    async fn connection_keys(&self) -> Vec<String> {
-        let (entries, _) = self.inner.list(CONNECTIONS).await.unwrap();
-        entries.into_iter().map(|e| e.key).collect()
-    }
-}
-
-#[async_trait]
-impl Store for FaultyStore {
-    fn describe(&self) -> String {
-        "faulty".into()
-    }
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, Revision), StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {
-        if let Some(id) = key.strip_prefix(CONNECTIONS) {
-            if self.refuse_puts_of.lock().unwrap().contains(id) {
-                return Err(Self::refused("put", key));
-            }
-            let left = self.put_budget.load(Ordering::SeqCst);
-            if left == 0 {
-                return Err(Self::refused("put", key));
-            }
-            if left > 0 {
-                self.put_budget.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.inner.put(key, value, expect).await
-    }
-    async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
-        if self.refuse_deletes.load(Ordering::SeqCst) {
-            return Err(Self::refused("delete", key));
-        }
-        self.inner.delete(key, expect).await
-    }
-    async fn watch(
-        &self,
-        prefix: &str,
-        after: Revision,
-    ) -> Result<mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
-        self.inner.watch(prefix, after).await
-    }
-    async fn health(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
 
 /// A recording driver whose `apply` can be held at a gate.
 struct GatedDriver {
@@ -181,7 +101,7 @@ fn live(ctl: &Controller) -> Vec<Connection> {
 /// claimed.
 #[tokio::test]
 async fn dev_store_refusing_the_up_record_undoes_the_request() {
-    let store = FaultyStore::new();
+    let store = Arc::new(FaultyStore::default());
     let driver = Arc::new(RecordingDriver::new());
     let ctl = start(store.clone(), driver.clone()).await;
     let usage = ctl.pool_usage();
@@ -199,7 +119,7 @@ async fn dev_store_refusing_the_up_record_undoes_the_request() {
 /// the reason); the second closes it; the restart brings nothing back.
 #[tokio::test]
 async fn dev_store_refusing_a_delete_keeps_the_connection() {
-    let store = FaultyStore::new();
+    let store = Arc::new(FaultyStore::default());
     let driver = Arc::new(RecordingDriver::new());
     let ctl = start(store.clone(), driver.clone()).await;
     let c = ctl.request(req("w1")).await.unwrap();
@@ -234,7 +154,7 @@ async fn dev_store_refusing_a_delete_keeps_the_connection() {
 /// back, finds nothing to do.
 #[tokio::test]
 async fn timer_one_unstorable_connection_never_stops_a_round() {
-    let store = FaultyStore::new();
+    let store = Arc::new(FaultyStore::default());
     let driver = Arc::new(RecordingDriver::new());
     let ctl = start(store.clone(), driver.clone()).await;
     let a = ctl.request(req("w1")).await.unwrap();
@@ -264,7 +184,7 @@ async fn timer_one_unstorable_connection_never_stops_a_round() {
 /// stays wired or stored, and a Closed event says so.
 #[tokio::test]
 async fn nb_cancelled_request_is_undone_on_purpose() {
-    let store = FaultyStore::new();
+    let store = Arc::new(FaultyStore::default());
     let driver = GatedDriver::new(true);
     let ctl = start(store.clone(), driver.clone()).await;
     let mut events = ctl.subscribe();
@@ -295,7 +215,7 @@ async fn nb_cancelled_request_is_undone_on_purpose() {
 /// abandoned request: record deleted, claims released, nothing wired.
 #[tokio::test]
 async fn dev_abandoned_programming_record_is_undone_at_reconcile() {
-    let store = FaultyStore::new();
+    let store = Arc::new(FaultyStore::default());
     let stuck = GatedDriver::new(true);
     let first = start(store.clone(), stuck.clone()).await;
     tokio::spawn({
@@ -372,7 +292,11 @@ impl Driver for Lost {
 /// are asked at once, not one after another) and carries the live device's verdict.
 #[tokio::test(start_paused = true)]
 async fn timer_dead_ensms_cost_one_timeout_together() {
-    let ctl = start(FaultyStore::new(), Arc::new(RecordingDriver::new())).await;
+    let ctl = start(
+        Arc::new(FaultyStore::default()),
+        Arc::new(RecordingDriver::new()),
+    )
+    .await;
     let base = ctl.request(req("w1")).await.unwrap();
     let dp = Dataplanes::new(vec![(
         ForwarderKind::Kernel,

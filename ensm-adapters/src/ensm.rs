@@ -801,7 +801,8 @@ impl Ensm {
                                 .map(|n| (n.clone(), false))
                                 .collect();
                             // A trap the poll agrees with is two observations: applied now.
-                            let confirmed = confirmed_traps(&mut trapped, &st, &missing);
+                            let confirmed =
+                                crate::snmp::confirmed_traps(&mut trapped, &st, &missing);
                             self.polled_interfaces(&st);
                             self.polled_interfaces(&missing);
                             self.set_interfaces(&confirmed);
@@ -1135,51 +1136,5 @@ impl Driver for Ensm {
         let want: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
         self.remove_orphans(&want, &entries).await;
         Ok(obs)
-    }
-}
-
-/// The link traps (`(interface, up)`) a poll agrees with: `polled` is what the poll read,
-/// `missing` the interfaces the device no longer lists (down). Drains `trapped`: a trap the poll
-/// contradicts is forgotten, never applied.
-fn confirmed_traps(
-    trapped: &mut Vec<(String, bool)>,
-    polled: &[(String, bool)],
-    missing: &[(String, bool)],
-) -> Vec<(String, bool)> {
-    trapped
-        .drain(..)
-        .filter(|t| polled.contains(t) || (!t.1 && missing.contains(t)))
-        .collect()
-}
-
-#[cfg(test)]
-mod trap_tests {
-    use super::*;
-
-    /// Input: linkDown traps for eth1 and eth2 and a linkUp for eth3, then a poll that reads
-    /// eth1 up, eth2 down and eth3 up. Output: only what the poll confirms (eth2 down, eth3 up);
-    /// the forged or stale linkDown for eth1 withdraws nothing.
-    #[test]
-    fn dev_a_trap_is_applied_only_when_a_poll_confirms_it() {
-        let mut trapped = vec![
-            ("eth1".to_string(), false),
-            ("eth2".to_string(), false),
-            ("eth3".to_string(), true),
-        ];
-        let polled = vec![
-            ("eth1".to_string(), true),
-            ("eth2".to_string(), false),
-            ("eth3".to_string(), true),
-        ];
-        let got = confirmed_traps(&mut trapped, &polled, &[]);
-        assert_eq!(
-            got,
-            vec![("eth2".to_string(), false), ("eth3".to_string(), true)]
-        );
-        assert!(trapped.is_empty());
-        // An interface the device stopped listing confirms a linkDown.
-        let mut trapped = vec![("eth4".to_string(), false)];
-        let got = confirmed_traps(&mut trapped, &[], &[("eth4".to_string(), false)]);
-        assert_eq!(got, vec![("eth4".to_string(), false)]);
     }
 }

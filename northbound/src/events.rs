@@ -129,15 +129,14 @@ pub fn stream(log: Arc<EventLog>, after: Option<u64>, streams: &Streams) -> Resp
         );
         return r;
     };
-    let stopping = streams.stopping();
-    sse_stream(log, after, permit, stopping).into_response()
+    sse_stream(log, after, permit, streams).into_response()
 }
 
 fn sse_stream(
     log: Arc<EventLog>,
     after: Option<u64>,
     permit: tokio::sync::OwnedSemaphorePermit,
-    stopping: impl std::future::Future<Output = ()> + Send + 'static,
+    streams: &Streams,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     // Subscribe before reading the log, so nothing falls between replay and live.
     let live = log.live.subscribe();
@@ -156,13 +155,7 @@ fn sse_stream(
         after.unwrap_or(newest)
     });
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
-    tokio::spawn(async move {
-        let _permit = permit;
-        tokio::select! {
-            _ = stopping => {}
-            _ = feed(tx, live, replay, gap, last) => {}
-        }
-    });
+    streams.spawn(permit, feed(tx, live, replay, gap, last));
     let s = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -177,42 +170,40 @@ async fn feed(
     gap: bool,
     mut last: u64,
 ) {
-    {
-        if gap {
-            let reset = SseEvent::default()
-                .event("reset")
-                .data("events were dropped from the log; list the objects again, then follow");
-            if tx.send(reset).await.is_err() {
-                return;
-            }
+    if gap {
+        let reset = SseEvent::default()
+            .event("reset")
+            .data("events were dropped from the log; list the objects again, then follow");
+        if tx.send(reset).await.is_err() {
+            return;
         }
-        for (id, ev) in &replay {
-            if tx.send(sse(*id, ev)).await.is_err() {
-                return;
-            }
+    }
+    for (id, ev) in &replay {
+        if tx.send(sse(*id, ev)).await.is_err() {
+            return;
         }
-        loop {
-            match live.recv().await {
-                Ok((id, ev)) if id > last => {
-                    last = id;
-                    if tx.send(sse(id, &ev)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // A slow client: tell it to start over rather than skip silently.
-                    let _ = tx
-                        .send(
-                            SseEvent::default()
-                                .event("reset")
-                                .data("this stream fell behind"),
-                        )
-                        .await;
+    }
+    loop {
+        match live.recv().await {
+            Ok((id, ev)) if id > last => {
+                last = id;
+                if tx.send(sse(id, &ev)).await.is_err() {
                     return;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // A slow client: tell it to start over rather than skip silently.
+                let _ = tx
+                    .send(
+                        SseEvent::default()
+                            .event("reset")
+                            .data("this stream fell behind"),
+                    )
+                    .await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -223,16 +214,20 @@ mod tests {
     use meshwire_controller::store::memory::MemoryStore;
     use meshwire_controller::{Config, NullDriver, SystemClock};
 
-    #[tokio::test]
-    async fn the_log_replays_after_an_id_and_reports_what_it_dropped() {
-        let ctl = Controller::start(
+    async fn controller() -> Controller {
+        Controller::start(
             Arc::new(MemoryStore::default()),
             Arc::new(NullDriver),
             Arc::new(SystemClock),
             Config::default(),
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_log_replays_after_an_id_and_reports_what_it_dropped() {
+        let ctl = controller().await;
         let log = EventLog::start(&ctl, 3);
         for i in 0..5 {
             log.push(Event::Object {
@@ -259,14 +254,7 @@ mod tests {
     #[tokio::test]
     async fn nb_streams_are_bounded_resume_from_any_id_and_end_at_shutdown() {
         use futures::StreamExt;
-        let ctl = Controller::start(
-            Arc::new(MemoryStore::default()),
-            Arc::new(NullDriver),
-            Arc::new(SystemClock),
-            Config::default(),
-        )
-        .await
-        .unwrap();
+        let ctl = controller().await;
         let log = EventLog::start(&ctl, 16);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let streams = Streams::new(1, Some(stop_rx));

@@ -48,6 +48,23 @@ impl Streams {
         self.permits.clone().try_acquire_owned().ok()
     }
 
+    /// Runs `feed` in a task of its own, holding `permit` for its life, until it ends or the
+    /// server shuts down.
+    pub fn spawn(
+        &self,
+        permit: OwnedSemaphorePermit,
+        feed: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let stopping = self.stopping();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = stopping => {}
+                _ = feed => {}
+            }
+        });
+    }
+
     /// Resolves when the server is shutting down.
     pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stop.clone();

@@ -28,10 +28,11 @@ async fn serve_with(tokens: Option<meshwire_northbound::auth::Tokens>) -> Channe
     serve_ctl(tokens).await.0
 }
 
-async fn serve_ctl(tokens: Option<meshwire_northbound::auth::Tokens>) -> (Channel, Controller) {
+/// A controller (memory store, `driver`) with the two-node topology.
+async fn controller(driver: RecordingDriver) -> Controller {
     let ctl = Controller::start(
         Arc::new(MemoryStore::default()),
-        Arc::new(RecordingDriver::new()),
+        Arc::new(driver),
         Arc::new(SystemClock),
         Config::default(),
     )
@@ -40,6 +41,11 @@ async fn serve_ctl(tokens: Option<meshwire_northbound::auth::Tokens>) -> (Channe
     ctl.apply(meshwire_models::Manifest::parse("t", TOPOLOGY).unwrap())
         .await
         .unwrap();
+    ctl
+}
+
+async fn serve_ctl(tokens: Option<meshwire_northbound::auth::Tokens>) -> (Channel, Controller) {
+    let ctl = controller(RecordingDriver::new()).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -348,17 +354,7 @@ async fn nsm_grpc_bearer_tokens_and_roles() {
 /// shutdown every open stream ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nsm_grpc_streams_are_bounded_paged_and_end_at_shutdown() {
-    let ctl = Controller::start(
-        Arc::new(MemoryStore::default()),
-        Arc::new(RecordingDriver::quiet()),
-        Arc::new(SystemClock),
-        Config::default(),
-    )
-    .await
-    .unwrap();
-    ctl.apply(meshwire_models::Manifest::parse("t", TOPOLOGY).unwrap())
-        .await
-        .unwrap();
+    let ctl = controller(RecordingDriver::quiet()).await;
     ctl.apply(meshwire_models::Manifest::parse("t", "---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: gw}\nspec: {network_service_names: [vpn], location: {node: n2}, mechanisms: {vxlan: {}}, ipamPrefix: 10.128.0.0/16}\n").unwrap())
         .await
         .unwrap();

@@ -632,79 +632,12 @@ spec: {forwarder: kernel}
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
 }
 
-/// A memory store whose writes fail, as a backend that lost its disk would, naming a path.
-struct BrokenStore {
-    inner: MemoryStore,
-    broken: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl meshwire_controller::store::Store for BrokenStore {
-    fn describe(&self) -> String {
-        "broken".into()
-    }
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<meshwire_controller::store::Entry>, meshwire_controller::StoreError> {
-        self.inner.get(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> Result<(Vec<meshwire_controller::store::Entry>, u64), meshwire_controller::StoreError>
-    {
-        self.inner.list(prefix).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expect: meshwire_controller::store::Expect,
-    ) -> Result<u64, meshwire_controller::StoreError> {
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(meshwire_controller::StoreError::Backend {
-                store: "broken".into(),
-                op: "put",
-                key: key.into(),
-                reason: "/var/lib/secret-volume/meshwire.redb: input/output error".into(),
-            });
-        }
-        self.inner.put(key, value, expect).await
-    }
-    async fn delete(
-        &self,
-        key: &str,
-        expect: meshwire_controller::store::Expect,
-    ) -> Result<bool, meshwire_controller::StoreError> {
-        self.inner.delete(key, expect).await
-    }
-    async fn watch(
-        &self,
-        prefix: &str,
-        after: u64,
-    ) -> Result<
-        tokio::sync::mpsc::Receiver<
-            Result<meshwire_controller::store::WatchEvent, meshwire_controller::StoreError>,
-        >,
-        meshwire_controller::StoreError,
-    > {
-        self.inner.watch(prefix, after).await
-    }
-    async fn health(&self) -> Result<(), meshwire_controller::StoreError> {
-        Ok(())
-    }
-}
-
 /// Input: a store that fails every write with an error naming a file of the server. Output: a
 /// write answers 503 with a stable message saying to retry; neither the path nor the backend's
 /// words reach the caller; a connection request gets the same and leaves nothing behind.
 #[tokio::test]
 async fn rest_store_failures_answer_a_stable_message() {
-    let store = Arc::new(BrokenStore {
-        inner: MemoryStore::default(),
-        broken: false.into(),
-    });
+    let store = Arc::new(meshwire_controller::store::faulty::FaultyStore::default());
     let ctl = Controller::start(
         store.clone(),
         Arc::new(RecordingDriver::new()),
@@ -718,7 +651,7 @@ async fn rest_store_failures_answer_a_stable_message() {
     let r = call(&app, "POST", "/api/v1/manifests", &[], world).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     store
-        .broken
+        .refuse_puts
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let svc =
         "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: other}\n";
@@ -737,7 +670,7 @@ async fn rest_store_failures_answer_a_stable_message() {
         );
         let text = r.body.to_string();
         assert!(
-            !text.contains("secret-volume") && !text.contains("input/output"),
+            !text.contains("/var/lib/meshwire") && !text.contains("input/output"),
             "{text}"
         );
         assert!(

@@ -13,6 +13,9 @@ use meshwire_southbound::openflow::{frame_len, Features, Message, OfpMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod support;
+use support::pki;
+
 /// A switch played by the test.
 struct Fake<S> {
     io: S,
@@ -148,37 +151,6 @@ async fn dev_silent_session_is_replaced_by_the_newcomer() {
     second.barrier().await.unwrap();
     // A is closed: reading past our echo probe ends.
     while a.recv().await.is_some() {}
-}
-
-/// A CA, a certificate it signed for `name` (for 127.0.0.1), as PEM files.
-fn pki(
-    dir: &std::path::Path,
-) -> (
-    std::path::PathBuf,
-    Vec<(std::path::PathBuf, std::path::PathBuf)>,
-) {
-    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = p.self_signed(&ca_key).unwrap();
-    let ca_path = dir.join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    let mut leaves = Vec::new();
-    for name in ["controller", "switch"] {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        leaves.push((c, k));
-    }
-    (ca_path, leaves)
 }
 
 fn client_config(

@@ -260,39 +260,20 @@ async fn dev_real_ovs_over_tls_with_client_certificates() {
         listen_with, tls_server_config, ListenOptions, SwitchEvent,
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = p.self_signed(&ca_key).unwrap();
-    let path = |n: &str| dir.path().join(n).display().to_string();
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    for name in ["controller", "switch"] {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        std::fs::write(path(&format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(path(&format!("{name}-key.pem")), key.serialize_pem()).unwrap();
-    }
-    let cfg = tls_server_config(
-        path("controller.pem").as_ref(),
-        path("controller-key.pem").as_ref(),
-        path("ca.pem").as_ref(),
-    )
-    .unwrap();
+    let (ca, leaves) = support::pki(dir.path());
+    let cfg = tls_server_config(&leaves[0].0, &leaves[0].1, &ca).unwrap();
     let (addr, mut events) = listen_with(
         "127.0.0.1:0".parse().unwrap(),
         ListenOptions { tls: Some(cfg) },
     )
     .await
     .unwrap();
+    let path = |p: &std::path::Path| p.display().to_string();
     let Some(ovs) = Ovs::start_ssl(
         addr.port(),
-        &path("switch-key.pem"),
-        &path("switch.pem"),
-        &path("ca.pem"),
+        &path(&leaves[1].1),
+        &path(&leaves[1].0),
+        &path(&ca),
     ) else {
         return;
     };

@@ -1,12 +1,14 @@
 //! Persistent state: a small key-value [`Store`] trait with revisions for optimistic
 //! concurrency and watch, and three backends: [`redb`](redb_store) (embedded, one file, the
-//! default), [`etcd`](etcd_store) (distributed) and [`memory`] (tests and benchmarks).
+//! default), [`etcd`](etcd_store) (distributed) and [`memory`] (tests and benchmarks); and
+//! [`faulty`], a memory store that refuses chosen writes, for tests of store failures.
 //!
 //! Keys are paths (`/meshwire/v1/connections/<id>`), values are JSON. Every write bumps a
 //! store-wide revision; `put` and `delete` can require the key to be absent or at a given
 //! `mod_revision`, so two controllers never overwrite each other's changes unseen.
 
 pub mod etcd_store;
+pub mod faulty;
 pub mod memory;
 pub mod redb_store;
 mod watch;

@@ -199,3 +199,32 @@ impl Drop for Ovs {
         }
     }
 }
+
+/// A test CA and two certificates it signed for 127.0.0.1, `controller` and `switch`, as PEM
+/// files in `dir` (`ca.pem`, `NAME.pem`, `NAME-key.pem`). Returns the CA's path and each
+/// (certificate, key) pair in that order.
+pub fn pki(dir: &std::path::Path) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
+    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = p.self_signed(&ca_key).unwrap();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let mut leaves = Vec::new();
+    for name in ["controller", "switch"] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        leaves.push((c, k));
+    }
+    (ca_path, leaves)
+}
