@@ -18,15 +18,22 @@ use meshwire_controller::{Config, Controller, RecordingDriver, SystemClock};
 
 const WORLD: &str = "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n2}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: n1-n2}\nspec: {endpoints: [\"n1:eth1\", \"n2:eth1\"], addresses: [\"10.0.0.1/24\", \"10.0.0.2/24\"]}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: vpn}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: gw}\nspec: {network_service_names: [vpn], location: {node: n2}, mechanisms: {kernel: {}, vxlan: {}}, ipamPrefix: 10.128.0.0/9}\n";
 
-/// A new client per POST: wrk's Lua keeps a counter per thread.
+/// A new client per POST: wrk's Lua keeps a counter per thread, and each thread gets its own
+/// id in `setup` (an unseeded `math.random` gives every thread the same names, so two threads
+/// would ask for the same client at once and wait on each other's per-client lock).
 const POST_LUA: &str = r#"
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
 local n = 0
-local t = math.random(1, 1000000000)
+local t = os.time()
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   n = n + 1
-  local body = string.format('{"network_service":"vpn","client":{"node":"n1","name":"w-%d-%d"},"mechanisms":["vxlan"]}', t, n)
+  local body = string.format('{"network_service":"vpn","client":{"node":"n1","name":"w-%d-%d-%d"},"mechanisms":["vxlan"]}', t, tid, n)
   return wrk.format(nil, nil, nil, body)
 end
 "#;

@@ -194,6 +194,15 @@ impl Controller {
         if let Err(e) = driver.topology(state.topology()).await {
             tracing::warn!(error = %e, "data plane could not take the topology yet; retried at the next change");
         }
+        let held: Vec<Connection> = state
+            .connections()
+            .filter(|c| !c.state.is_final())
+            .cloned()
+            .collect();
+        let swept = driver.sweep(&held, state.topology()).await;
+        if swept > 0 {
+            tracing::info!(swept, "removed what a crash left in the data plane");
+        }
         Ok(Controller {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),

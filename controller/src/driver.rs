@@ -71,6 +71,12 @@ pub trait Driver: Send + Sync + 'static {
     async fn topology(&self, _topology: &Topology) -> Result<(), DriverError> {
         Ok(())
     }
+    /// Once at start, with every connection the controller holds: remove what carries our mark
+    /// in the data plane and belongs to none of them (what a crash left). Returns how many
+    /// objects went. Never fatal: what cannot be swept now stays until the next start.
+    async fn sweep(&self, _desired: &[Connection], _topology: &Topology) -> usize {
+        0
+    }
 }
 
 /// Routes each connection to the driver of its client node's forwarder (kernel nodes to the
@@ -365,6 +371,15 @@ impl Driver for Dataplanes {
         }
         Ok(obs)
     }
+    /// Every node driver sweeps with the whole desired set (a kernel leg of an Open vSwitch
+    /// connection is still wanted when the kernel driver looks).
+    async fn sweep(&self, desired: &[Connection], topology: &Topology) -> usize {
+        let mut n = 0;
+        for (_, d) in &self.drivers {
+            n += d.sweep(desired, topology).await;
+        }
+        n
+    }
     async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
         *self.topology.lock().unwrap_or_else(|p| p.into_inner()) = t.clone();
         let mut first = None;
@@ -406,7 +421,7 @@ pub struct RecordingDriver {
 
 #[derive(Default)]
 struct Recording {
-    installed: HashMap<String, Connection>,
+    installed: std::collections::BTreeMap<String, Connection>,
     log: Vec<String>,
     fail_apply_endpoints: HashSet<String>,
     broken: HashMap<String, Health>,

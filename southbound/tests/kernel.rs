@@ -7,6 +7,7 @@ use std::process::Command;
 use meshwire_controller::driver::{Driver, Health};
 use meshwire_models::{
     ClientRef, Connection, ConnectionState, Hop, IpContext, Mechanism, Payload, Placement, Route,
+    Topology,
 };
 use meshwire_southbound::KernelDriver;
 
@@ -167,8 +168,17 @@ async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
 
     d.remove(&c).await.unwrap();
     d.remove(&c).await.unwrap();
+    // Out of service and the client's name free at once (the endpoint's end has lost its
+    // carrier); both deleted from the kernel in the next batch.
     assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
+    assert!(
+        sh(&format!("ip -n {e_ns} link")).contains("LOWERLAYERDOWN")
+            || !sh(&format!("ip -n {e_ns} link")).contains("nse-")
+    );
+    d.settled().await;
     assert!(!sh(&format!("ip -n {e_ns} link")).contains("nse-"));
+    assert!(!sh(&format!("ip -n {c_ns} link")).contains("mwr"));
+    assert!(!sh(&format!("ip -n {e_ns} link")).contains("mwr"));
 
     // An interface of the same name that is not ours: refused, and left alone by remove.
     sh(&format!("ip -n {c_ns} link add nsm-1 type bridge"));
@@ -268,5 +278,112 @@ async fn dev_ethernet_endpoint_side_joins_bridge() {
     assert!(
         ping(&ns.name(1), "10.9.0.1"),
         "client to the bridge's address"
+    );
+}
+
+/// Teardown is fast because removal retires (down, renamed, its name free) and deletion follows
+/// in batches; whatever a crash left (an interface of a connection nobody holds, a retired one
+/// never deleted, a route of ours on nothing desired) is removed by the start sweep, and what
+/// is desired or not ours stays.
+#[tokio::test]
+async fn dev_removal_retires_at_once_and_the_start_sweep_removes_what_a_crash_left() {
+    let Some(ns) = Netns::new("sweep", &["c", "e"]) else {
+        return;
+    };
+    let (c_ns, e_ns) = (ns.name(0), ns.name(1));
+    let placement = Placement {
+        client_netns: Some(c_ns.clone()),
+        endpoint_netns: Some(e_ns.clone()),
+        ..Default::default()
+    };
+    let kernel = |i: u32| Mechanism::Kernel {
+        interface: format!("nsm-{i}"),
+        peer_interface: format!("nse-{i}"),
+    };
+    let mut wanted = conn(
+        "aaaaaaaa-1",
+        kernel(1),
+        placement.clone(),
+        Payload::Ip,
+        1500,
+    );
+    wanted.ip_context.src_ip_addrs = vec!["172.16.1.1/31".parse().unwrap()];
+    wanted.ip_context.dst_ip_addrs = vec!["172.16.1.0/31".parse().unwrap()];
+    wanted.ip_context.src_routes = vec![Route {
+        prefix: "10.60.0.0/16".parse().unwrap(),
+        next_hop: Some("172.16.1.0".parse().unwrap()),
+    }];
+    let mut orphan = conn(
+        "bbbbbbbb-2",
+        kernel(2),
+        placement.clone(),
+        Payload::Ip,
+        1500,
+    );
+    orphan.ip_context.src_ip_addrs = vec!["172.16.2.1/31".parse().unwrap()];
+    orphan.ip_context.dst_ip_addrs = vec!["172.16.2.0/31".parse().unwrap()];
+    orphan.ip_context.src_routes = vec![Route {
+        prefix: "10.61.0.0/16".parse().unwrap(),
+        next_hop: Some("172.16.2.0".parse().unwrap()),
+    }];
+    let retired = conn(
+        "cccccccc-3",
+        kernel(3),
+        placement.clone(),
+        Payload::Ip,
+        1500,
+    );
+
+    let crashed = KernelDriver::new();
+    for c in [&wanted, &orphan, &retired] {
+        crashed.apply(c).await.unwrap();
+    }
+    // Removal returns with the name free, before the kernel has deleted anything.
+    crashed.remove(&retired).await.unwrap();
+    assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-3"));
+    // A crash now: the retired interfaces may or may not be deleted yet; the orphan's wiring
+    // stays. Somebody else's interface, with somebody else's alias, is not ours.
+    drop(crashed);
+    sh(&format!(
+        "ip -n {c_ns} link add other0 type bridge && ip -n {c_ns} link set other0 alias theirs:1"
+    ));
+    // A route of ours that no desired connection installs, on a desired interface.
+    sh(&format!(
+        "ip -n {c_ns} route add 10.62.0.0/16 via 172.16.1.0 dev nsm-1 proto 200"
+    ));
+    // A retired interface of the crashed driver that was never deleted.
+    sh(&format!(
+        "ip -n {c_ns} link add mwr999 type bridge && ip -n {c_ns} link set mwr999 group 19799"
+    ));
+
+    let d = KernelDriver::new();
+    let swept = d
+        .sweep(std::slice::from_ref(&wanted), &Topology::default())
+        .await;
+    let links = sh(&format!("ip -n {c_ns} link"));
+    assert!(
+        !links.contains("nsm-2") && !links.contains("mwr"),
+        "{links}"
+    );
+    assert!(
+        links.contains("nsm-1") && links.contains("other0"),
+        "{links}"
+    );
+    assert!(!sh(&format!("ip -n {e_ns} link")).contains("nse-2"));
+    let routes = sh(&format!("ip -n {c_ns} route show proto 200"));
+    assert!(
+        routes.contains("10.60.0.0/16") && !routes.contains("10.62.0.0/16"),
+        "the desired connection's route stays, the stray one goes: {routes}"
+    );
+    assert!(swept >= 3, "swept {swept}");
+    assert!(
+        ping(&c_ns, "172.16.1.0"),
+        "the desired connection still carries traffic"
+    );
+    // A second sweep finds nothing.
+    assert_eq!(
+        d.sweep(std::slice::from_ref(&wanted), &Topology::default())
+            .await,
+        0
     );
 }

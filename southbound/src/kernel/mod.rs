@@ -14,6 +14,8 @@
 //! a complete or half-done wiring converges, and removing what is already gone succeeds.
 
 pub mod netns;
+pub mod retire;
+pub mod sweep;
 pub mod wiring;
 
 use std::collections::HashMap;
@@ -31,6 +33,7 @@ use rtnetlink::{
 };
 
 use netns::Namespaces;
+use retire::Retirer;
 use wiring::{alias, End, Wiring};
 
 const EEXIST: i32 = 17;
@@ -40,6 +43,8 @@ const ENODEV: i32 = 19;
 #[derive(Default)]
 pub struct KernelDriver {
     namespaces: Namespaces,
+    /// Removal retires interfaces at once and deletes them in batches ([`retire`]).
+    retirer: Retirer,
 }
 
 /// An interface as we found it.
@@ -73,6 +78,12 @@ fn found(msg: &LinkMessage) -> Found {
 impl KernelDriver {
     pub fn new() -> Self {
         KernelDriver::default()
+    }
+
+    /// Returns once every interface removed so far is deleted from the kernel (removal takes
+    /// it out of service at once; deletion follows in batches).
+    pub async fn settled(&self) {
+        self.retirer.settled().await
     }
 
     fn err(
@@ -297,11 +308,12 @@ impl KernelDriver {
         Ok(())
     }
 
-    /// Deletes `end`'s interface if it is this connection's.
-    async fn delete(&self, c: &Connection, end: &End) -> Result<(), DriverError> {
+    /// Takes `end`'s interface out of service if it is this connection's: retired at once (down,
+    /// renamed, its name free), deleted in the next batch ([`retire`]). Whether it retired one.
+    async fn delete(&self, c: &Connection, end: &End) -> Result<bool, DriverError> {
         if !netns::exists(&end.netns) {
             self.namespaces.forget(&end.netns);
-            return Ok(());
+            return Ok(false);
         }
         let h = self.handle(c, &end.netns).await?;
         let at = format!("{}/{}", ns_name(&end.netns), end.ifname);
@@ -309,18 +321,17 @@ impl KernelDriver {
             .await
             .map_err(|e| self.err(c, &at, e))?
         {
-            Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => {
-                match h.link().del(f.index).execute().await {
-                    Ok(()) => Ok(()),
-                    Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
-                    Err(e) => Err(self.err(c, &at, format!("delete: {e}"))),
-                }
-            }
+            Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => self
+                .retirer
+                .retire(&h, &end.netns, f.index)
+                .await
+                .map(|()| true)
+                .map_err(|e| self.err(c, &at, format!("delete: {e}"))),
             Some(f) => {
                 tracing::warn!(connection = %c.id, interface = %at, alias = ?f.alias, "not ours; left in place");
-                Ok(())
+                Ok(false)
             }
-            None => Ok(()),
+            None => Ok(false),
         }
     }
 
@@ -343,7 +354,7 @@ impl KernelDriver {
 
     /// Deletes `end` if it is `c`'s (the peer of a veth goes with it).
     pub(crate) async fn delete_end(&self, c: &Connection, end: &End) -> Result<(), DriverError> {
-        self.delete(c, end).await
+        self.delete(c, end).await.map(|_| ())
     }
 
     /// Whether `end` exists and is `c`'s; `None` when its namespace is gone.
@@ -482,12 +493,29 @@ impl Driver for KernelDriver {
         Ok(())
     }
 
+    async fn sweep(&self, desired: &[Connection], topology: &meshwire_models::Topology) -> usize {
+        let s = self.sweep_unwanted(desired, topology).await;
+        s.interfaces + s.routes
+    }
+
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
         let Ok(w) = wiring::plan(c) else {
             return Ok(());
         };
-        for end in w.ends() {
-            self.delete(c, end).await?;
+        match &w {
+            // A veth's peer goes with it: retiring the client's end stops both (the peer loses
+            // its carrier) and the batch deletes both. The endpoint's end is only retired by
+            // itself when the client's is gone (a leftover half, a deleted client namespace).
+            Wiring::Veth { client, endpoint } => {
+                if !self.delete(c, client).await? {
+                    self.delete(c, endpoint).await?;
+                }
+            }
+            Wiring::Vxlan { .. } => {
+                for end in w.ends() {
+                    self.delete(c, end).await?;
+                }
+            }
         }
         Ok(())
     }

@@ -1438,6 +1438,12 @@ impl Driver for OvsDriver {
         "ovs"
     }
 
+    /// The workload legs are kernel veths: swept as the kernel driver sweeps its own.
+    async fn sweep(&self, desired: &[Connection], topology: &Topology) -> usize {
+        let s = self.inner.kernel.sweep_unwanted(desired, topology).await;
+        s.interfaces + s.routes
+    }
+
     /// Takes the topology at once and bootstraps its ovs nodes in the background (a node whose
     /// switch is slow to connect must not hold up the controller or the request that changed
     /// the topology); `apply` and `observe` wait for a node they need.

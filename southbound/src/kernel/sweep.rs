@@ -1,0 +1,230 @@
+//! The start sweep: what carries our mark and belongs to no desired connection is removed.
+//!
+//! Run once when the controller starts, over the namespaces this controller wires (its nodes'
+//! and its connections' ends), never over every namespace of the host: another controller's
+//! interfaces in namespaces we do not manage are not ours to judge. Removed are
+//! - interfaces with a `meshwire:<id>` alias whose connection is not desired (a crash between
+//!   wiring and recording, a record deleted by hand), and interfaces retired but not yet deleted
+//!   (a crash during teardown);
+//! - routes with our protocol ([`super::wiring::ROUTE_PROTOCOL`]) that no desired connection
+//!   installs on that interface.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use meshwire_models::{Connection, Topology};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use super::netns;
+use super::retire::{delete_retired, RETIRED_GROUP};
+use super::wiring::{self, Wiring, ROUTE_PROTOCOL};
+use super::KernelDriver;
+
+/// What a sweep removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub interfaces: usize,
+    pub routes: usize,
+}
+
+/// One interface as the sweep sees it.
+struct Link {
+    name: String,
+    alias: Option<String>,
+    group: u32,
+}
+
+const ALIAS_PREFIX: &str = "meshwire:";
+
+fn namespaces_of(desired: &[Connection], topology: &Topology) -> BTreeSet<Option<String>> {
+    let mut out: BTreeSet<Option<String>> = topology
+        .nodes
+        .values()
+        .filter_map(|n| n.netns.clone())
+        .map(Some)
+        .collect();
+    for c in desired {
+        let Ok(w) = wiring::plan(c) else { continue };
+        for e in w.ends() {
+            out.insert(e.netns.clone());
+        }
+        if let Wiring::Vxlan {
+            client, endpoint, ..
+        } = &w
+        {
+            for s in client.iter().chain(endpoint.iter()) {
+                out.insert(s.underlay_netns.clone());
+            }
+        }
+    }
+    out
+}
+
+/// (namespace, interface, prefix) of every route a desired connection installs.
+type RouteKey = (Option<String>, String, IpNet);
+
+fn desired_routes(desired: &[Connection]) -> HashSet<RouteKey> {
+    let mut out = HashSet::new();
+    for c in desired {
+        let Ok(w) = wiring::plan(c) else { continue };
+        for e in w.ends() {
+            let on = e.bridge.clone().unwrap_or_else(|| e.ifname.clone());
+            for r in &e.routes {
+                out.insert((e.netns.clone(), on.clone(), r.prefix.trunc()));
+            }
+        }
+    }
+    out
+}
+
+async fn links(h: &Handle) -> Result<HashMap<u32, Link>, rtnetlink::Error> {
+    let mut out = HashMap::new();
+    let mut s = h.link().get().execute();
+    while let Some(m) = s.try_next().await? {
+        let mut l = Link {
+            name: String::new(),
+            alias: None,
+            group: 0,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+                LinkAttribute::Group(g) => l.group = *g,
+                _ => {}
+            }
+        }
+        out.insert(m.header.index, l);
+    }
+    Ok(out)
+}
+
+/// Our routes (by protocol) in `h`'s namespace, both families.
+async fn our_routes(h: &Handle) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
+    let mut out = Vec::new();
+    for filter in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let mut s = h.route().get(filter).execute();
+        while let Some(m) = s.try_next().await? {
+            if m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) {
+                out.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn route_prefix(m: &RouteMessage) -> Option<IpNet> {
+    let len = m.header.destination_prefix_length;
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })?;
+    IpNet::new(dst, len).ok().map(|n| n.trunc())
+}
+
+fn route_oif(m: &RouteMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+impl KernelDriver {
+    /// Removes what carries our mark in the namespaces this controller wires and belongs to
+    /// none of `desired`. Namespaces that cannot be entered are skipped (logged).
+    pub async fn sweep_unwanted(&self, desired: &[Connection], topology: &Topology) -> Swept {
+        let ids: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
+        let routes = desired_routes(desired);
+        let mut swept = Swept::default();
+        for ns in namespaces_of(desired, topology) {
+            if !netns::exists(&ns) {
+                continue;
+            }
+            let label = ns.as_deref().unwrap_or("(own)").to_string();
+            match self.sweep_one(&ns, &ids, &routes).await {
+                Ok(s) => {
+                    if s != Swept::default() {
+                        tracing::info!(netns = %label, interfaces = s.interfaces, routes = s.routes, "swept what no desired connection holds");
+                    }
+                    swept.interfaces += s.interfaces;
+                    swept.routes += s.routes;
+                }
+                Err(e) => {
+                    tracing::warn!(netns = %label, error = %e, "sweeping the namespace failed; left as it is")
+                }
+            }
+        }
+        swept
+    }
+
+    async fn sweep_one(
+        &self,
+        ns: &Option<String>,
+        ids: &HashSet<&str>,
+        routes: &HashSet<RouteKey>,
+    ) -> Result<Swept, String> {
+        let h = self
+            .namespaces
+            .handle(ns)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut swept = Swept::default();
+        let all = links(&h).await.map_err(|e| format!("list links: {e}"))?;
+        // Routes first: deleting an interface takes its routes with it, uncounted.
+        for m in our_routes(&h)
+            .await
+            .map_err(|e| format!("list routes: {e}"))?
+        {
+            let (Some(prefix), Some(oif)) = (route_prefix(&m), route_oif(&m)) else {
+                continue;
+            };
+            let Some(on) = all.get(&oif) else { continue };
+            if routes.contains(&(ns.clone(), on.name.clone(), prefix)) {
+                continue;
+            }
+            if h.route().del(m).execute().await.is_ok() {
+                swept.routes += 1;
+            }
+        }
+        let mut retired = false;
+        for (index, l) in &all {
+            if l.group == RETIRED_GROUP {
+                retired = true;
+                swept.interfaces += 1;
+                continue;
+            }
+            let Some(id) = l
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
+            else {
+                continue;
+            };
+            if ids.contains(id) {
+                continue;
+            }
+            let retire = LinkUnspec::new_with_index(*index)
+                .down()
+                .link_group(RETIRED_GROUP)
+                .build();
+            if h.link().set(retire).execute().await.is_ok() {
+                retired = true;
+                swept.interfaces += 1;
+            }
+        }
+        if retired {
+            delete_retired(&h)
+                .await
+                .map_err(|e| format!("delete retired interfaces: {e}"))?;
+        }
+        Ok(swept)
+    }
+}
