@@ -70,10 +70,7 @@ pub fn router_with_token(ensm: Ensm, token: Option<String>) -> Router {
     }
 }
 
-/// Constant time in the content.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use meshwire_models::secret::constant_time_eq as same;
 
 type Reply<T> = Result<Json<T>, (StatusCode, String)>;
 

@@ -82,12 +82,7 @@ fn mgmt_bridge(lab: &str) -> String {
 }
 
 fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    meshwire_models::document::fnv1a64(s.as_bytes())
 }
 
 /// Creates the management network of the ovs nodes: a host bridge with the controller's address

@@ -17,6 +17,7 @@ pub mod labels;
 pub mod manifest;
 pub mod mechanism;
 pub mod nsurl;
+pub mod secret;
 pub mod service;
 pub mod topology;
 pub mod validate;

@@ -68,10 +68,7 @@ impl Token {
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(pub Vec<Token>);
 
-/// Constant time in the content (the length of a secret is not the secret).
-pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use meshwire_models::secret::constant_time_eq as same;
 
 impl Tokens {
     pub fn find(&self, presented: &str) -> Option<&Token> {

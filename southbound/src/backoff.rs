@@ -2,21 +2,14 @@
 
 use std::time::Duration;
 
-fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+use meshwire_models::document::fnv1a64;
 
 fn jitter(seed: u64) -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
-    let h = fnv1a(&format!("{seed}{nanos}"));
+    let h = fnv1a64(format!("{seed}{nanos}").as_bytes());
     0.5 + (h % 1000) as f64 / 2000.0
 }
 

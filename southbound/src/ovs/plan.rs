@@ -34,14 +34,9 @@ const ETH_IPV4: u16 = 0x0800;
 const ETH_MPLS: u16 = 0x8847;
 const ETH_ARP: u16 = 0x0806;
 
-/// FNV-1a, 64 bits: stable across runs and versions (unlike `DefaultHasher`).
+/// FNV-1a, 64 bits, of a name: stable across runs and versions (unlike `DefaultHasher`).
 pub fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    meshwire_models::document::fnv1a64(s.as_bytes())
 }
 
 /// The cookie of a connection's flows (never the infra cookie).
