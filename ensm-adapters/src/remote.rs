@@ -21,6 +21,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshwire_controller::driver::{Driver, DriverError, Observation};
+use meshwire_models::secret::constant_time_eq as same;
 use meshwire_models::{Connection, Object};
 
 use crate::ensm::{Ensm, Registrar};
@@ -69,8 +70,6 @@ pub fn router_with_token(ensm: Ensm, token: Option<String>) -> Router {
         None => r,
     }
 }
-
-use meshwire_models::secret::constant_time_eq as same;
 
 type Reply<T> = Result<Json<T>, (StatusCode, String)>;
 

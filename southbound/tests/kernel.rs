@@ -300,32 +300,19 @@ async fn dev_removal_retires_at_once_and_the_start_sweep_removes_what_a_crash_le
         interface: format!("nsm-{i}"),
         peer_interface: format!("nse-{i}"),
     };
-    let mut wanted = conn(
-        "aaaaaaaa-1",
-        kernel(1),
-        placement.clone(),
-        Payload::Ip,
-        1500,
-    );
-    wanted.ip_context.src_ip_addrs = vec!["172.16.1.1/31".parse().unwrap()];
-    wanted.ip_context.dst_ip_addrs = vec!["172.16.1.0/31".parse().unwrap()];
-    wanted.ip_context.src_routes = vec![Route {
-        prefix: "10.60.0.0/16".parse().unwrap(),
-        next_hop: Some("172.16.1.0".parse().unwrap()),
-    }];
-    let mut orphan = conn(
-        "bbbbbbbb-2",
-        kernel(2),
-        placement.clone(),
-        Payload::Ip,
-        1500,
-    );
-    orphan.ip_context.src_ip_addrs = vec!["172.16.2.1/31".parse().unwrap()];
-    orphan.ip_context.dst_ip_addrs = vec!["172.16.2.0/31".parse().unwrap()];
-    orphan.ip_context.src_routes = vec![Route {
-        prefix: "10.61.0.0/16".parse().unwrap(),
-        next_hop: Some("172.16.2.0".parse().unwrap()),
-    }];
+    // Connection `i`: nsm-i ⇄ nse-i on 172.16.i.0/31, with a route of ours to `route`.
+    let routed = |id: &str, i: u32, route: &str| {
+        let mut c = conn(id, kernel(i), placement.clone(), Payload::Ip, 1500);
+        c.ip_context.src_ip_addrs = vec![format!("172.16.{i}.1/31").parse().unwrap()];
+        c.ip_context.dst_ip_addrs = vec![format!("172.16.{i}.0/31").parse().unwrap()];
+        c.ip_context.src_routes = vec![Route {
+            prefix: route.parse().unwrap(),
+            next_hop: Some(format!("172.16.{i}.0").parse().unwrap()),
+        }];
+        c
+    };
+    let wanted = routed("aaaaaaaa-1", 1, "10.60.0.0/16");
+    let orphan = routed("bbbbbbbb-2", 2, "10.61.0.0/16");
     let retired = conn(
         "cccccccc-3",
         kernel(3),

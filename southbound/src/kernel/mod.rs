@@ -37,7 +37,7 @@ use retire::Retirer;
 use wiring::{alias, End, Wiring};
 
 const EEXIST: i32 = 17;
-const ENODEV: i32 = 19;
+pub(crate) const ENODEV: i32 = 19;
 
 /// Wires connections with veth pairs, VXLAN devices and bridges in network namespaces.
 #[derive(Default)]
@@ -53,7 +53,7 @@ struct Found {
     alias: Option<String>,
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
         _ => None,

@@ -26,12 +26,11 @@ use rtnetlink::{Handle, LinkUnspec};
 use tokio::sync::{watch, Notify};
 
 use super::netns::{self, Namespaces};
+use super::{errno, ENODEV};
 
 /// The link group of interfaces Meshwire has retired (0x4d57, "MW"): only ever ours, only ever
 /// waiting for deletion (`ip link show group 19799`).
 pub const RETIRED_GROUP: u32 = 0x4d57;
-
-const ENODEV: i32 = 19;
 
 /// How long retirements gather before one deletion per namespace.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
@@ -68,13 +67,6 @@ impl Drop for Retirer {
     }
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
 impl Default for Retirer {
     fn default() -> Self {
         Retirer::new()
@@ -105,11 +97,7 @@ impl Retirer {
         ns: &Option<String>,
         index: u32,
     ) -> Result<(), rtnetlink::Error> {
-        let down = LinkUnspec::new_with_index(index)
-            .down()
-            .link_group(RETIRED_GROUP)
-            .build();
-        match h.link().set(down).execute().await {
+        match take_out_of_service(h, index).await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(ENODEV) => return Ok(()),
             Err(e) => return Err(e),
@@ -160,6 +148,16 @@ impl Retirer {
         let mut rx = self.shared.reaped.subscribe();
         let _ = rx.wait_for(|r| *r >= target).await;
     }
+}
+
+/// Sets interface `index` down and into [`RETIRED_GROUP`]: no traffic, and the next group
+/// deletion in its namespace takes it.
+pub async fn take_out_of_service(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    let down = LinkUnspec::new_with_index(index)
+        .down()
+        .link_group(RETIRED_GROUP)
+        .build();
+    h.link().set(down).execute().await
 }
 
 /// Deletes every retired interface of one namespace in one request.

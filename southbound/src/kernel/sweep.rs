@@ -17,10 +17,10 @@ use ipnet::IpNet;
 use meshwire_models::{Connection, Topology};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::netns;
-use super::retire::{delete_retired, RETIRED_GROUP};
+use super::retire::{delete_retired, take_out_of_service, RETIRED_GROUP};
 use super::wiring::{self, Wiring, ROUTE_PROTOCOL};
 use super::KernelDriver;
 
@@ -211,11 +211,7 @@ impl KernelDriver {
             if ids.contains(id) {
                 continue;
             }
-            let retire = LinkUnspec::new_with_index(*index)
-                .down()
-                .link_group(RETIRED_GROUP)
-                .build();
-            if h.link().set(retire).execute().await.is_ok() {
+            if take_out_of_service(&h, *index).await.is_ok() {
                 retired = true;
                 swept.interfaces += 1;
             }
