@@ -177,6 +177,7 @@ fn endpoint(name: String, service: &str, node: &str, zone: usize) -> Object {
         routes: vec![],
         interface: None,
         bridge: None,
+        next: None,
     })
 }
 

@@ -1177,6 +1177,14 @@ fn nb_lab_sfc_client_traffic_crosses_the_firewall_appliance_then_the_vpn_gateway
         stats.trim().parse::<u64>().unwrap_or(0) > 100,
         "{gw_if}: {stats}"
     );
+    // The onward leg is the chain's, not a client's: closing it alone is refused.
+    let alone = lab.meshwire(&["close", b]);
+    assert!(!alone.status.success());
+    assert!(
+        String::from_utf8_lossy(&alone.stderr).contains("onward leg"),
+        "{}",
+        String::from_utf8_lossy(&alone.stderr)
+    );
     // Closing the client's connection closes the onward one and removes both from the device.
     assert!(lab.meshwire(&["close", id]).status.success());
     let left = lab.meshwire(&["get", "connections", "-o", "json"]);

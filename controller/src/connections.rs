@@ -90,50 +90,92 @@ impl Controller {
         let _guard = self
             .lock_key(req.client.workload(), &req.network_service)
             .await;
-        let id = uuid::Uuid::new_v4().to_string();
-        let _flight = self.in_flight(&id);
-        let now = self.now();
-        let mut conn = {
-            let mut s = self.state();
-            let mut c = s.plan(&req, &id, now, &Avoid::default(), None)?;
-            c.state = ConnectionState::Programming;
-            s.commit(c.clone());
-            c
-        };
-        if let Err(e) = self.persist(&conn).await {
-            self.state().remove_connection(&id);
-            return Err(e);
-        }
-        if let Err(e) = self.inner.driver.apply(&conn).await {
-            self.driver_failed();
-            tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
-            self.undo(&conn, &format!("wiring failed: {e}")).await;
-            return Err(ControllerError::Driver {
-                connection: id,
-                source: e,
+        self.request_leg(req, None).await
+    }
+
+    /// Plans, records and wires one leg; for a chain element, its onward leg first (see
+    /// [`crate::chain`]). `previous`: the leg this one continues and the endpoints of its chain.
+    /// Onward legs take no per-client lock: each belongs to its previous leg alone.
+    pub(crate) fn request_leg(
+        &self,
+        req: ConnectionRequest,
+        previous: Option<(String, Vec<String>)>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Connection, ControllerError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            let _flight = self.in_flight(&id);
+            let now = self.now();
+            let mut conn = {
+                let mut s = self.state();
+                let avoid = Avoid {
+                    chain: previous.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
+                    ..Default::default()
+                };
+                let mut c = s.plan(&req, &id, now, &avoid, None)?;
+                c.state = ConnectionState::Programming;
+                c.chain.previous = previous.map(|p| p.0);
+                s.commit(c.clone());
+                c
+            };
+            if let Err(e) = self.persist(&conn).await {
+                self.state().remove_connection(&id);
+                return Err(e);
+            }
+            // A chain element: its onward leg is up before this one is wired, and both are
+            // recorded with the link between them.
+            match self.compose_onward(&conn).await {
+                Ok(None) => {}
+                Ok(Some(onward)) => {
+                    conn.chain.onward = Some(onward.id.clone());
+                    self.state()
+                        .update(&id, |c| c.chain.onward = Some(onward.id.clone()));
+                    if let Err(e) = self.persist(&conn).await {
+                        tracing::warn!(connection = %id, error = %e, "recording the onward leg failed; undoing");
+                        self.undo(&conn, &format!("recording the onward leg failed: {e}"))
+                            .await;
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "the onward leg failed; undoing");
+                    self.undo(&conn, &format!("the onward leg failed: {e}"))
+                        .await;
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.inner.driver.apply(&conn).await {
+                self.driver_failed();
+                tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
+                self.undo(&conn, &format!("wiring failed: {e}")).await;
+                return Err(ControllerError::Driver {
+                    connection: id,
+                    source: e,
+                });
+            }
+            let _ = conn.transition(ConnectionState::Up, self.now());
+            if let Err(e) = self.persist(&conn).await {
+                // Live on the data plane but not stored as up: never report it done.
+                tracing::warn!(connection = %id, error = %e, "recording the connection up failed; undoing it");
+                self.undo(&conn, &format!("recording it up failed: {e}"))
+                    .await;
+                return Err(e);
+            }
+            self.state().update(&id, |c| {
+                c.state = ConnectionState::Up;
+                c.updated_at_ms = conn.updated_at_ms;
             });
-        }
-        let _ = conn.transition(ConnectionState::Up, self.now());
-        if let Err(e) = self.persist(&conn).await {
-            // Live on the data plane but not stored as up: never report it done.
-            tracing::warn!(connection = %id, error = %e, "recording the connection up failed; undoing it");
-            self.undo(&conn, &format!("recording it up failed: {e}"))
-                .await;
-            return Err(e);
-        }
-        self.state().update(&id, |c| {
-            c.state = ConnectionState::Up;
-            c.updated_at_ms = conn.updated_at_ms;
-        });
-        tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
-            mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
-        self.emit(Event::Connection {
-            id: id.clone(),
-            state: ConnectionState::Up,
-            endpoint: conn.network_service_endpoint_name.clone(),
-            detail: None,
-        });
-        Ok(conn)
+            tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
+                mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
+            self.emit(Event::Connection {
+                id: id.clone(),
+                state: ConnectionState::Up,
+                endpoint: conn.network_service_endpoint_name.clone(),
+                detail: None,
+            });
+            Ok(conn)
+        })
     }
 
     /// Undoes a connection nobody was told about: its wiring, then its record, then its
@@ -151,6 +193,8 @@ impl Controller {
         {
             Ok(_) => {
                 self.state().remove_connection(&conn.id);
+                self.close_onward(&conn.id, conn.chain.onward.as_deref())
+                    .await;
                 true
             }
             Err(e) => {
@@ -164,8 +208,27 @@ impl Controller {
         }
     }
 
-    /// Closes a connection: unwire, delete the record, give back claims.
+    /// Closes a connection: unwire, delete the record, give back claims; then its onward leg,
+    /// if it is a chain element. An onward leg is closed with the leg it continues, never alone.
     pub async fn close(&self, id: &str) -> Result<Connection, ControllerError> {
+        let conn = self
+            .connection(id)
+            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+        if let Some(p) = conn.chain.previous.as_deref() {
+            if self.connection(p).is_some() {
+                return Err(ControllerError::InUse {
+                    object: format!("connection {id} (the onward leg of a service chain)"),
+                    count: 1,
+                    first: p.to_string(),
+                });
+            }
+        }
+        self.close_leg(id).await
+    }
+
+    /// [`close`](Self::close) without the onward-leg check (the controller closing a leg it
+    /// composed).
+    pub(crate) async fn close_leg(&self, id: &str) -> Result<Connection, ControllerError> {
         let conn = self
             .connection(id)
             .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
@@ -205,6 +268,7 @@ impl Controller {
         let mut conn = self.state().remove_connection(id).unwrap_or(conn);
         let _ = conn.transition(ConnectionState::Closed, self.now());
         tracing::info!(connection = %id, "connection closed");
+        self.close_onward(id, conn.chain.onward.as_deref()).await;
         self.emit(Event::Connection {
             id: id.to_string(),
             state: ConnectionState::Closed,

@@ -59,6 +59,12 @@ pub enum ControllerError {
     /// The caller may not make this change (its role, or the object it is bound to).
     #[error("{0}")]
     Forbidden(String),
+    /// A service chain would pass a connection through the same endpoint twice.
+    #[error("service chain {chain} loops back to endpoint {endpoint:?}: refused (an endpoint may appear once in a chain; check the onward services and labels of its elements)")]
+    ChainCycle { chain: String, endpoint: String },
+    /// A chain element that cannot pass connections on (not on a device, a chain too long).
+    #[error("service chain at endpoint {endpoint:?}: {detail}")]
+    Chain { endpoint: String, detail: String },
     #[error("data plane refused connection {connection}: {source}")]
     Driver {
         connection: String,
@@ -92,6 +98,8 @@ impl ControllerError {
             ControllerError::PreconditionFailed { .. } => "precondition-failed",
             ControllerError::Invalid { .. } => "invalid",
             ControllerError::Forbidden(_) => "forbidden",
+            ControllerError::ChainCycle { .. } => "chain-cycle",
+            ControllerError::Chain { .. } => "chain",
             ControllerError::Driver { .. } => "driver",
             ControllerError::Cancelled => "cancelled",
             ControllerError::Store(_) => "store",

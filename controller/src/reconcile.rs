@@ -124,6 +124,20 @@ impl Controller {
                 }
                 continue;
             }
+            // An onward leg whose previous leg is gone (a crash between the two legs, a close
+            // that failed half-way): nobody uses it.
+            if self.is_orphan_leg(&current) {
+                tracing::info!(connection = %current.id, previous = ?current.chain.previous, "orphan onward leg of a service chain; closing");
+                drop(_guard);
+                match self.close(&current.id).await {
+                    Ok(_) => report.closed.push(current.id.clone()),
+                    Err(e) => {
+                        tracing::warn!(connection = %current.id, error = %e, "closing the orphan leg failed; retrying next round");
+                        report.failed.push(current.id.clone());
+                    }
+                }
+                continue;
+            }
             let (endpoint_ok, broken_link) = {
                 let s = self.state();
                 let ep = s
@@ -283,9 +297,18 @@ impl Controller {
     async fn heal(
         &self,
         old: Connection,
-        avoid: Avoid,
+        mut avoid: Avoid,
         why: String,
     ) -> Result<Outcome, ControllerError> {
+        // An onward leg never heals onto an endpoint already in its chain.
+        if let Some(previous) = old
+            .chain
+            .previous
+            .as_deref()
+            .and_then(|p| self.connection(p))
+        {
+            avoid.chain = self.chain_endpoints(&previous);
+        }
         let now = self.now();
         let marked = self.state().update(&old.id, |c| {
             c.state = ConnectionState::Healing;
@@ -326,6 +349,32 @@ impl Controller {
                 return Ok(Outcome::StillHealing);
             }
         };
+        new.chain.previous = old.chain.previous.clone();
+        // A chain element keeps its onward leg on the same endpoint; another endpoint gets an
+        // onward leg of its own, and the old one is closed once the heal holds.
+        let mut fresh_onward = None;
+        if new.network_service_endpoint_name == old.network_service_endpoint_name {
+            new.chain.onward = old.chain.onward.clone();
+        } else {
+            match self.compose_onward(&new).await {
+                Ok(b) => {
+                    fresh_onward = b.map(|b| b.id);
+                    new.chain.onward = fresh_onward.clone();
+                }
+                Err(e) => {
+                    self.state().unclaim(&new);
+                    let msg = format!(
+                        "{why}; replacement via {} has no onward leg: {e}",
+                        new.network_service_endpoint_name
+                    );
+                    let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
+                    if let Some(c) = updated {
+                        self.persist(&c).await?;
+                    }
+                    return Ok(Outcome::StillHealing);
+                }
+            }
+        }
         // Break before make: the replacement reuses the client's interface name.
         if let Err(e) = self.inner.driver.remove(&old).await {
             tracing::warn!(connection = %old.id, error = %e, "removing the old wiring failed; continuing");
@@ -334,6 +383,7 @@ impl Controller {
             self.driver_failed();
             let _ = self.inner.driver.remove(&new).await;
             self.state().unclaim(&new);
+            self.close_onward(&old.id, fresh_onward.as_deref()).await;
             let msg = format!(
                 "{why}; replacement via {} failed: {e}",
                 new.network_service_endpoint_name
@@ -354,6 +404,7 @@ impl Controller {
         if let Err(e) = self.persist(&new).await {
             let _ = self.inner.driver.remove(&new).await;
             self.state().unclaim(&new);
+            self.close_onward(&old.id, fresh_onward.as_deref()).await;
             let msg = format!("{why}; recording the replacement failed: {e}");
             self.state().update(&old.id, |c| c.last_error = Some(msg));
             return Err(e);
@@ -364,6 +415,10 @@ impl Controller {
             s.commit(new.clone());
         }
         tracing::info!(connection = %new.id, from = %old.network_service_endpoint_name, to = %new.network_service_endpoint_name, "healed");
+        if old.chain.onward != new.chain.onward {
+            self.close_onward(&old.id, old.chain.onward.as_deref())
+                .await;
+        }
         self.emit(Event::Connection {
             id: new.id.clone(),
             state: ConnectionState::Up,

@@ -117,6 +117,7 @@ mod tests {
             routes: vec![],
             interface: None,
             bridge: None,
+            next: None,
         }
     }
 

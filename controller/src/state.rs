@@ -48,6 +48,9 @@ pub struct EndpointEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Avoid {
     pub endpoints: Vec<String>,
+    /// The endpoints of the service chain this leg continues, root first: never selected again
+    /// (a chain that can only go back to one of them is refused as a cycle).
+    pub chain: Vec<String>,
     pub links: Vec<String>,
     pub vertices: Vec<String>,
 }
@@ -429,6 +432,7 @@ impl State {
                 labels: format_labels(&req.labels),
             });
         }
+        let matched = without_chain(matched, &avoid.chain)?;
         let with_room: Vec<(&NetworkServiceEndpoint, u32)> = matched
             .iter()
             .map(|e| (*e, self.load.get(&e.name).copied().unwrap_or(0)))
@@ -548,6 +552,7 @@ impl State {
                 updated_at_ms: now_ms,
                 generation: 0,
                 last_error: None,
+                chain: Default::default(),
             });
         }
         Err(classify(service_name, rejects))
@@ -676,6 +681,28 @@ fn address(
 }
 
 /// One error for all the endpoints that were refused: the specific kind when they agree.
+/// The matching endpoints less those already in the chain; a chain left with none would loop.
+fn without_chain<'a>(
+    matched: Vec<&'a NetworkServiceEndpoint>,
+    chain: &[String],
+) -> Result<Vec<&'a NetworkServiceEndpoint>, ControllerError> {
+    if chain.is_empty() {
+        return Ok(matched);
+    }
+    let rest: Vec<&NetworkServiceEndpoint> = matched
+        .iter()
+        .filter(|e| !chain.contains(&e.name))
+        .copied()
+        .collect();
+    match (rest.is_empty(), matched.first()) {
+        (true, Some(back)) => Err(ControllerError::ChainCycle {
+            chain: format!("{} → {}", chain.join(" → "), back.name),
+            endpoint: back.name.clone(),
+        }),
+        _ => Ok(rest),
+    }
+}
+
 fn classify(service: &str, rejects: Vec<Reject>) -> ControllerError {
     let detail = rejects
         .iter()

@@ -150,8 +150,9 @@ struct RawEndpoint {
     next: Option<NextHop>,
 }
 
-/// A chain element: for each connection it accepts, the device requests `service` onward
-/// (as a client with `labels`) and joins the two (the profile's `crossConnect`).
+/// A chain element: for each connection it accepts, the controller requests `service` onward
+/// (the device as the client, with `labels`) and the device joins the two (the profile's
+/// `crossConnect`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NextHop {

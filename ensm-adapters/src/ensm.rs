@@ -17,9 +17,11 @@
 //! One NETCONF session per device is shared by all its connections; transactions on it are
 //! serialized (a second `<lock>` from the same session would be refused).
 //!
-//! An endpoint with `next` in the device file is a service-chain element: for each connection
-//! it accepts, the eNSM requests the next service as the device's own client and joins the two
-//! tunnels with the profile's `crossConnect`, in the same transaction as the incoming tunnel.
+//! An endpoint with `next` in the device file is a service-chain element: it is registered with
+//! that onward service, the controller composes the onward leg (the device as its client) and
+//! hands over the incoming leg with `chain.onward` set; the eNSM joins the two tunnels with the
+//! profile's `crossConnect`, in the same transaction as the incoming tunnel. It never calls
+//! back into the controller.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,8 +31,7 @@ use async_trait::async_trait;
 use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
 use meshwire_models::mechanism::Capabilities;
 use meshwire_models::{
-    ClientRef, Connection, ConnectionRequest, Device, EndpointLocation, Mechanism, MechanismKind,
-    NetworkServiceEndpoint, Object,
+    Connection, Device, EndpointLocation, Mechanism, MechanismKind, NetworkServiceEndpoint, Object,
 };
 
 use crate::device::DeviceFile;
@@ -73,9 +74,6 @@ pub trait Registrar: Send + Sync + 'static {
         down: bool,
         reason: &str,
     ) -> Result<(), String>;
-    /// A connection for the device itself (the onward leg of a service chain).
-    async fn request(&self, req: ConnectionRequest) -> Result<Connection, String>;
-    async fn close(&self, id: &str) -> Result<(), String>;
 }
 
 #[async_trait]
@@ -99,17 +97,6 @@ impl Registrar for meshwire_controller::Controller {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
-    }
-    async fn request(&self, req: ConnectionRequest) -> Result<Connection, String> {
-        meshwire_controller::Controller::request(self, req)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    async fn close(&self, id: &str) -> Result<(), String> {
-        match meshwire_controller::Controller::close(self, id).await {
-            Ok(_) | Err(meshwire_controller::ControllerError::UnknownConnection { .. }) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
     }
 }
 
@@ -158,8 +145,6 @@ struct Inner {
     name: String,
     /// Where the controller reaches this eNSM when it runs in its own process.
     url: std::sync::OnceLock<String>,
-    /// Chain elements: incoming connection → its onward connection.
-    onward: Mutex<HashMap<String, String>>,
 }
 
 /// An eNSM for one device. Cheap to clone.
@@ -221,7 +206,6 @@ impl Ensm {
                 wake: tokio::sync::Notify::new(),
                 name,
                 url: std::sync::OnceLock::new(),
-                onward: Mutex::default(),
             }),
         }
     }
@@ -306,6 +290,10 @@ impl Ensm {
                 routes: e.routes.clone(),
                 interface: None,
                 bridge: None,
+                next: e.next.as_ref().map(|n| meshwire_models::ChainNext {
+                    service: n.service.clone(),
+                    labels: n.labels.clone(),
+                }),
             }));
         }
         out
@@ -825,96 +813,32 @@ impl Ensm {
         }
     }
 
-    fn onward(&self) -> MutexGuard<'_, HashMap<String, String>> {
-        self.inner.onward.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether the device is the connection's client (the onward leg of a chain).
     fn is_client(&self, c: &Connection) -> bool {
         c.placement.client_device.as_deref() == Some(self.inner.device.name.as_str())
     }
 
-    /// The chain hop of the endpoint `c` reaches, if it is a chain element.
-    fn next_hop(&self, c: &Connection) -> Option<crate::device::NextHop> {
-        if self.is_client(c) {
-            return None;
-        }
-        self.inner
-            .device
-            .endpoints
-            .iter()
-            .find(|e| e.name == c.network_service_endpoint_name)
-            .and_then(|e| e.next.clone())
-    }
-
-    /// The onward connection of `id` as the device's cross-connect records it
-    /// (`meshwire:<id> next <onward>`).
-    async fn find_onward(&self, id: &str) -> Result<Option<String>, NetconfError> {
-        if let Some(b) = self.onward().get(id) {
-            return Ok(Some(b.clone()));
-        }
-        let session = self.session().await.map_err(|e| NetconfError::Connect {
-            device: self.inner.device.name.clone(),
-            addr: self.inner.device.netconf.host.clone(),
-            reason: e,
-        })?;
-        let data = session.get_config(Datastore::Running, None).await?;
-        let mark = format!("meshwire:{id} next ");
-        Ok(data.find(&mark).map(|i| {
-            data[i + mark.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
-                .collect()
-        }))
-    }
-
-    /// For a chain element: the onward connection (requested now, or the one it already has)
-    /// and the cross-connect config joining the two. Returns (config, onward id, newly requested).
-    async fn chain(
-        &self,
-        c: &Connection,
-        next: &crate::device::NextHop,
-    ) -> Result<(String, String, Option<String>), DriverError> {
+    /// The cross-connect joining `c` to its onward leg, when the controller gave it one
+    /// (`c` reaches a chain element): (config, undo).
+    fn cross_connect(&self, c: &Connection) -> Result<Option<(String, String)>, DriverError> {
+        // The cross-connect lives on the endpoint's device; the device that is the client of
+        // the onward leg configures only that leg's client half.
+        let Some(onward) = c.chain.onward.as_deref().filter(|_| !self.is_client(c)) else {
+            return Ok(None);
+        };
         let xc = self.inner.profile.cross_connect.as_ref().ok_or_else(|| {
             self.err(
                 c,
                 format!(
-                    "endpoint {} passes connections on to {}, but profile {} has no crossConnect",
-                    c.network_service_endpoint_name, next.service, self.inner.profile.name
+                    "endpoint {} passes connections on (onward leg {onward}), but profile {} has no crossConnect",
+                    c.network_service_endpoint_name, self.inner.profile.name
                 ),
             )
         })?;
-        let (onward, new) = match self.find_onward(&c.id).await.map_err(|e| self.err(c, e))? {
-            Some(b) => (b, None),
-            None => {
-                let req = ConnectionRequest {
-                    network_service: next.service.clone(),
-                    client: ClientRef {
-                        node: self.inner.device.name.clone(),
-                        name: None,
-                    },
-                    labels: next.labels.clone(),
-                    mechanisms: vec![],
-                    interface: None,
-                    excluded_prefixes: vec![],
-                };
-                let b = self.inner.registrar.request(req).await.map_err(|e| {
-                    self.err(c, format!("onward connection to {}: {e}", next.service))
-                })?;
-                tracing::info!(device = %self.inner.device.name, connection = %c.id, onward = %b.id, endpoint = %b.network_service_endpoint_name, "onward connection up");
-                (b.id.clone(), Some(b.id))
-            }
-        };
-        let config = match profile::render(&xc.config, &cross_connect_vars(&c.id, &onward)) {
-            Ok(x) => x,
-            Err(e) => {
-                if let Some(b) = &new {
-                    let _ = self.inner.registrar.close(b).await;
-                }
-                return Err(self.err(c, e));
-            }
-        };
-        Ok((config, onward, new))
+        let vars = cross_connect_vars(&c.id, onward);
+        let config = profile::render(&xc.config, &vars).map_err(|e| self.err(c, e))?;
+        let undo = profile::render(&xc.remove, &vars).map_err(|e| self.err(c, e))?;
+        Ok(Some((config, undo)))
     }
 
     /// Removes Meshwire entries no connection wants, seen orphan twice in a row.
@@ -1011,22 +935,14 @@ impl Driver for Ensm {
             self.inner.profile.render_for(c)
         }
         .map_err(|e| self.err(c, e))?;
-        let mut onward_new = None;
-        if let Some(next) = self.next_hop(c) {
-            let (xc_config, onward, new) = self.chain(c, &next).await?;
-            config.push_str(&xc_config);
-            onward_new = new;
-            self.onward().insert(c.id.clone(), onward);
+        // A chain element: the controller composed the onward leg; the cross-connect joining
+        // the two goes in the same transaction as the incoming tunnel.
+        if let Some((xc, _)) = self.cross_connect(c)? {
+            config.push_str(&xc);
         }
-        if let Err(e) = self.transaction(&config).await {
-            if let Some(b) = onward_new {
-                self.onward().remove(&c.id);
-                if let Err(ce) = self.inner.registrar.close(&b).await {
-                    tracing::warn!(connection = %b, error = %ce, "closing the onward connection failed");
-                }
-            }
-            return Err(self.err(c, e));
-        }
+        self.transaction(&config)
+            .await
+            .map_err(|e| self.err(c, e))?;
         if !self.inner.profile.settle.is_zero() {
             tokio::time::sleep(self.inner.profile.settle).await;
         }
@@ -1052,31 +968,14 @@ impl Driver for Ensm {
             let entries = self.inventory().await.map_err(|e| self.err(c, e))?;
             present = entries.iter().any(|(_, id)| *id == c.id);
         }
-        // A chain element: its cross-connect goes with the tunnel, the onward connection after.
-        let onward = match self.next_hop(c) {
-            Some(_) => self.find_onward(&c.id).await.map_err(|e| self.err(c, e))?,
-            None => None,
-        };
-        if let (Some(b), Some(xc)) = (&onward, &self.inner.profile.cross_connect) {
-            let vars = cross_connect_vars(&c.id, b);
-            let x = profile::render(&xc.remove, &vars).map_err(|e| self.err(c, e))?;
-            undo = if present { format!("{x}{undo}") } else { x };
-            present = true;
+        // A chain element: its cross-connect was written with the tunnel, so it goes with it
+        // (first: it refers to the tunnel). The controller closes the onward leg.
+        if let Some((_, xc_undo)) = self.cross_connect(c)? {
+            undo = format!("{xc_undo}{undo}");
         }
         if present {
             self.transaction(&undo).await.map_err(|e| self.err(c, e))?;
             tracing::info!(device = %self.inner.device.name, connection = %c.id, "device config removed");
-        }
-        let onward = onward.or_else(|| self.onward().get(&c.id).cloned());
-        if let Some(b) = onward {
-            // Forgotten only once closed, so a retried remove still knows it.
-            self.inner
-                .registrar
-                .close(&b)
-                .await
-                .map_err(|e| self.err(c, format!("closing the onward connection {b}: {e}")))?;
-            self.onward().remove(&c.id);
-            tracing::info!(device = %self.inner.device.name, connection = %c.id, onward = %b, "onward connection closed");
         }
         Ok(())
     }

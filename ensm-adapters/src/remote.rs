@@ -239,39 +239,4 @@ impl Registrar for RestRegistrar {
         )
         .await
     }
-    async fn request(&self, req: meshwire_models::ConnectionRequest) -> Result<Connection, String> {
-        let resp = self
-            .authed(self.http.post(format!("{}/api/v1/connections", self.base)))
-            .json(&req)
-            .send()
-            .await
-            .map_err(|e| format!("request: controller {} unreachable: {e}", self.base))?;
-        if !resp.status().is_success() {
-            return Err(format!(
-                "request: {}",
-                resp.text().await.unwrap_or_default().trim()
-            ));
-        }
-        resp.json()
-            .await
-            .map_err(|e| format!("request: unreadable answer: {e}"))
-    }
-    async fn close(&self, id: &str) -> Result<(), String> {
-        let resp = self
-            .authed(
-                self.http
-                    .delete(format!("{}/api/v1/connections/{id}", self.base)),
-            )
-            .send()
-            .await
-            .map_err(|e| format!("close: controller {} unreachable: {e}", self.base))?;
-        if resp.status().is_success() || resp.status() == reqwest::StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(format!(
-                "close {id}: {}",
-                resp.text().await.unwrap_or_default().trim()
-            ))
-        }
-    }
 }

@@ -263,6 +263,28 @@ pub struct Connection {
     /// Why the connection last failed or healed, for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Service chains: the legs this one is joined to.
+    #[serde(default, skip_serializing_if = "ChainLink::is_empty")]
+    pub chain: ChainLink,
+}
+
+/// The link between the legs of a service chain, persisted with each leg. A leg whose
+/// `previous` is gone is an orphan, and is closed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ChainLink {
+    /// The connection this leg continues (its client is that connection's endpoint device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// The connection that continues this one, which the endpoint device cross-connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onward: Option<String>,
+}
+
+impl ChainLink {
+    pub fn is_empty(&self) -> bool {
+        self.previous.is_none() && self.onward.is_none()
+    }
 }
 
 impl Connection {

@@ -66,6 +66,19 @@ pub struct NetworkServiceEndpoint {
     /// Ethernet services: the bridge in the endpoint that clients join.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// A service-chain element: each connection it accepts is passed on (see [`ChainNext`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ChainNext>,
+}
+
+/// The onward hop of a service-chain element (an appliance): for each connection the element
+/// accepts, the controller requests `service` with `labels` for the element's device as the
+/// client, and the element joins the two legs (its profile's cross-connect).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainNext {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 impl NetworkServiceEndpoint {

@@ -23,10 +23,10 @@ pub mod topology;
 pub mod validate;
 
 pub use connection::{
-    ClientRef, Connection, ConnectionRequest, ConnectionState, Hop, IpContext, PathSegment,
-    Placement, Route, StateError,
+    ChainLink, ClientRef, Connection, ConnectionRequest, ConnectionState, Hop, IpContext,
+    PathSegment, Placement, Route, StateError,
 };
-pub use endpoint::{EndpointLocation, NetworkServiceEndpoint};
+pub use endpoint::{ChainNext, EndpointLocation, NetworkServiceEndpoint};
 pub use labels::Labels;
 pub use manifest::{Manifest, ManifestError, Object, ObjectKey, ObjectKind};
 pub use mechanism::{Capabilities, Mechanism, MechanismKind, Range};

@@ -416,6 +416,7 @@ impl Ctx<'_> {
                     routes,
                     interface: s.interface,
                     bridge: s.bridge,
+                    next: None,
                 })
             }
             ObjectKind::Node => {

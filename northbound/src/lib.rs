@@ -72,6 +72,8 @@ impl From<ControllerError> for Problem {
             | NoMatchingEndpoint { .. }
             | NoPath { .. }
             | NoCapableEndpoint { .. }
+            | ChainCycle { .. }
+            | Chain { .. }
             | Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Forbidden(_) => StatusCode::FORBIDDEN,
             AlreadyExists { .. } => StatusCode::CONFLICT,

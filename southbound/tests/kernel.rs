@@ -121,6 +121,7 @@ fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32
         updated_at_ms: 0,
         generation: 0,
         last_error: None,
+        chain: Default::default(),
     }
 }
 

@@ -40,6 +40,8 @@ pub(super) fn status(e: ControllerError) -> Status {
         | E::NoMatchingEndpoint { .. }
         | E::NoPath { .. }
         | E::NoCapableEndpoint { .. }
+        | E::ChainCycle { .. }
+        | E::Chain { .. }
         | E::InUse { .. }
         | E::PreconditionFailed { .. } => Status::failed_precondition(e.to_string()),
         E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
@@ -396,5 +398,6 @@ pub(super) fn endpoint_from_pb(e: &reg::NetworkServiceEndpoint) -> Result<MwEndp
         routes: vec![],
         interface: None,
         bridge: None,
+        next: None,
     })
 }

@@ -195,6 +195,7 @@ pub(crate) mod tests {
             updated_at_ms: 0,
             generation: 0,
             last_error: None,
+            chain: Default::default(),
         }
     }
 

@@ -40,6 +40,25 @@ pub fn owned_by_us() -> Value {
     cond("external_ids", "includes", owner_ids())
 }
 
+/// The value of `key` in a row's `external_ids` map (`["map", [[k, v], ...]]`), read as data,
+/// never by matching text.
+pub fn external_id<'a>(row: &'a Value, key: &str) -> Option<&'a str> {
+    let pairs = row.get("external_ids")?.as_array()?;
+    if pairs.first()?.as_str()? != "map" {
+        return None;
+    }
+    pairs.get(1)?.as_array()?.iter().find_map(|p| {
+        let kv = p.as_array()?;
+        (kv.first()?.as_str()? == key).then_some(())?;
+        kv.get(1)?.as_str()
+    })
+}
+
+/// Whether a row carries our owner mark (`external_ids:meshwire-owner=meshwire`).
+pub fn is_ours(row: &Value) -> bool {
+    external_id(row, OWNER_KEY) == Some(OWNER)
+}
+
 /// A mutation `[column, mutator, value]`.
 pub fn mutation(column: &str, mutator: &str, value: Value) -> Value {
     json!([column, mutator, value])
@@ -165,5 +184,26 @@ impl Op {
             Op::Comment(_) => "comment".into(),
             Op::Assert { lock } => format!("assert lock {lock}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_is_read_from_the_map_not_from_text() {
+        assert!(is_ours(&json!({"external_ids": owner_ids()})));
+        // The key as a value, or the owner key with another owner: not ours.
+        assert!(!is_ours(
+            &json!({"external_ids": ["map", [["note", "meshwire-owner"]]]})
+        ));
+        assert!(!is_ours(
+            &json!({"external_ids": ["map", [["meshwire-owner", "someone-else"]]]})
+        ));
+        assert!(!is_ours(&json!({"name": "br-int"})));
+        let row = json!({"external_ids": map(&[("a", "1"), ("meshwire-connection", "c-1")])});
+        assert_eq!(external_id(&row, "meshwire-connection"), Some("c-1"));
+        assert_eq!(external_id(&row, "b"), None);
     }
 }
