@@ -9,10 +9,12 @@
 //! - [`pool`]: rotating number and address pools.
 //! - [`driver`]: the one trait southbound drivers implement (`apply`/`remove`/`observe`).
 //! - [`store`]: persistence (redb, etcd, memory) with revisions and watch.
+//! - [`backoff`]: the one jittered exponential backoff (peers, requeued connections).
 //! - [`chain`]: service chains: onward legs composed, linked, cycle-checked and closed.
 //! - [`controller`]: the async shell: write-ahead persistence, per-client serialization, the
 //!   reconcile loop that repairs, heals and expires.
 
+pub mod backoff;
 pub mod chain;
 pub mod clock;
 pub mod connections;

@@ -6,7 +6,6 @@
 //! - [`ovs`]: Open vSwitch nodes, programmed over [`ovsdb`] (our RFC 7047 client: bridges, ports,
 //!   tunnels) and [`openflow`] (our OpenFlow 1.3 codec and channel: flows, bundles).
 
-pub mod backoff;
 pub mod kernel;
 pub mod openflow;
 pub mod ovs;

@@ -12,8 +12,8 @@
 //!                                             flows diffed by cookie, changes applied in one bundle
 //! ```
 //!
-//! Rooms: [`flows`] (diff and bundle), [`switches`] (OpenFlow and OVSDB connections),
-//! [`bridge`] (OVSDB rows), [`domains`] (distributed L2), [`collection`] (orphans), [`driver`]
+//! Rooms: [`flows`] (diff and bundle), `switches` (OpenFlow and OVSDB connections),
+//! `bridge` (OVSDB rows), `domains` (distributed L2), `collection` (orphans), `driver`
 //! (the `Driver` impl and node resync), [`plan`] (pure: what a connection needs).
 //!
 //! Ownership: rows we create carry `external_ids:meshwire-owner=meshwire` (ports also
@@ -161,8 +161,6 @@ pub struct OvsDriver {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-pub use crate::backoff::backoff;
 
 struct TopoUplinks<'a>(&'a Topology);
 

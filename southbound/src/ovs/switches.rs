@@ -1,6 +1,7 @@
 //! Switches: the OpenFlow connection of each ovs node (found by the datapath id we gave its
 //! br-int), its OVSDB session, and waiting for both.
 
+use meshwire_controller::backoff::Backoff;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,7 @@ impl OvsDriver {
                         }
                     }
                     // Jitter: a hundred switches coming back at once are not resynced in lockstep.
-                    tokio::time::sleep(backoff(0, dpid) / 2).await;
+                    tokio::time::sleep(Backoff::RECONNECT.delay(0, dpid) / 2).await;
                     if let Err(e) = d.resync_node(&node).await {
                         tracing::warn!(%node, error = %e, "resync after reconnect failed; the reconcile loop retries");
                     }

@@ -10,6 +10,7 @@
 //!        └──── backoff(failures) ◀── closed ◀──────┘
 //! ```
 
+use meshwire_controller::backoff::Backoff;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -151,7 +152,7 @@ async fn supervise(
             tracing::warn!(%remote, error = %e, failures, "ovsdb session down; reconnecting");
         }
         *slot.write().await = None;
-        tokio::time::sleep(crate::backoff::backoff(failures, seed)).await;
+        tokio::time::sleep(Backoff::RECONNECT.delay(failures, seed)).await;
     }
 }
 
