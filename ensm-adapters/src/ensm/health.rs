@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-
 use crate::snmp::Monitor;
 
 use super::*;

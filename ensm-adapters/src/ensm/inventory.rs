@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-
 use crate::netconf::client::NetconfError;
 use crate::netconf::xml::Datastore;
 use crate::profile::{self};

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-
 use crate::netconf::client::{NetconfError, Session};
 use crate::netconf::xml::DefaultOperation;
 
