@@ -151,7 +151,7 @@ impl Controller {
                 self.undo(&conn, &format!("wiring failed: {e}")).await;
                 return Err(ControllerError::Driver {
                     connection: id,
-                    source: e,
+                    source: Box::new(e),
                 });
             }
             let _ = conn.transition(ConnectionState::Up, self.now());
@@ -249,7 +249,7 @@ impl Controller {
             }
             return Err(ControllerError::Driver {
                 connection: id.to_string(),
-                source: e,
+                source: Box::new(e),
             });
         }
         // The store first: a record left behind would bring the connection back at restart.

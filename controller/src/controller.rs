@@ -90,11 +90,17 @@ pub struct ReconcileReport {
     pub undone: Vec<String>,
     /// What failed this round and is retried next round (connection ids, objects, `(observe)`).
     pub failed: Vec<String>,
+    /// Connections left alone this round: they wait after a failed repair or heal.
+    pub deferred: Vec<String>,
 }
 
 impl ReconcileReport {
+    /// Nothing happened (connections only waiting out a backoff count as nothing).
     pub fn is_quiet(&self) -> bool {
-        *self == ReconcileReport::default()
+        ReconcileReport {
+            deferred: vec![],
+            ..self.clone()
+        } == ReconcileReport::default()
     }
 }
 
@@ -144,6 +150,8 @@ pub(crate) struct Inner {
     /// Connections a request is setting up right now: a `programming` record not in here was
     /// abandoned (a crash, a cancelled caller) and reconcile undoes it.
     pub(crate) in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Connections waiting after a failed repair or heal (see [`crate::requeue`]).
+    pub(crate) requeue: Mutex<crate::requeue::Requeues>,
 }
 
 pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -215,6 +223,7 @@ impl Controller {
                 writes: tokio::sync::Mutex::new(()),
                 driver_errors: std::sync::atomic::AtomicU64::new(0),
                 in_flight: Mutex::default(),
+                requeue: Mutex::default(),
             }),
         })
     }

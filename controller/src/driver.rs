@@ -15,14 +15,65 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meshwire_models::{Connection, ForwarderKind, Topology};
 
-/// A data-plane operation that failed, naming the driver, the object and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A data-plane operation that failed, naming the driver, the object, the reason and what kind
+/// of failure it was (so callers know whether trying again may help). Serializable, so it
+/// crosses a wire (a remote eNSM, a node agent) unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{driver} driver: {target}: {reason}")]
 pub struct DriverError {
     pub driver: String,
     /// What was being wired (`connection 1a2b…`, `netns clab-x-client`, `switch br-int`).
     pub target: String,
     pub reason: String,
+    #[serde(default)]
+    pub failure: Failure,
+}
+
+/// The kind of a data-plane failure.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Failure {
+    /// The peer answered, and said no: `by` names it (`device fw1`, `switch n1`), `peer_error`
+    /// is its own error (a NETCONF error-tag and message, an errno). The same request will be
+    /// refused again until something changes.
+    Refused { by: String, peer_error: String },
+    /// The peer did not answer (connect failed, timed out, session closed). Later may work.
+    Unreachable { peer: String },
+    /// Something in the way is not Meshwire's (it carries no mark of ours), so it is left
+    /// alone: an operator has to act.
+    Conflict { object: String },
+    /// The request cannot be expressed for this peer (a profile without the needed template, a
+    /// number outside its range).
+    Invalid,
+    /// A local failure (an OS call, a namespace not there yet). Later may work.
+    #[default]
+    Local,
+}
+
+impl DriverError {
+    /// A local failure (see [`Failure::Local`]); use [`with`](Self::with) to say otherwise.
+    pub fn new(
+        driver: impl Into<String>,
+        target: impl Into<String>,
+        reason: impl std::fmt::Display,
+    ) -> DriverError {
+        DriverError {
+            driver: driver.into(),
+            target: target.into(),
+            reason: reason.to_string(),
+            failure: Failure::Local,
+        }
+    }
+
+    pub fn with(mut self, failure: Failure) -> DriverError {
+        self.failure = failure;
+        self
+    }
+
+    /// Whether the same operation may succeed later without anyone changing anything.
+    pub fn retryable(&self) -> bool {
+        matches!(self.failure, Failure::Unreachable { .. } | Failure::Local)
+    }
 }
 
 /// How long one data-plane peer (a node driver, a device's eNSM) may take to observe.
@@ -169,42 +220,61 @@ impl Dataplanes {
     }
 
     fn device_driver(&self, c: &Connection, d: &str) -> Result<Arc<dyn Driver>, DriverError> {
-        self.device(d).ok_or_else(|| DriverError {
-                driver: self.name.clone(),
-                target: format!("connection {}", c.id),
-                reason: format!("no eNSM is attached for device {d} (start it in the controller with --ensm-device, or run `meshwire ensm`)"),
+        self.device(d).ok_or_else(|| {
+            DriverError::new(
+                self.name.clone(),
+                format!("connection {}", c.id),
+                format!("no eNSM is attached for device {d} (start it in the controller with --ensm-device, or run `meshwire ensm`)"),
+            )
+            .with(Failure::Unreachable {
+                peer: format!("the eNSM of device {d}"),
             })
+        })
     }
 
-    /// The forwarder of the node that wires the connection's node half: the client's node, or
-    /// the endpoint's when the client is a device.
-    fn forwarder_of(&self, c: &Connection) -> ForwarderKind {
-        let node = match &c.placement.client_device {
+    /// The node that wires the connection's node half: the client's node, or the endpoint's
+    /// when the client is a device.
+    fn node_of(c: &Connection) -> &str {
+        match &c.placement.client_device {
             Some(_) => c.hops.last().map(|h| h.to.as_str()).unwrap_or_default(),
             None => c.client.node.as_str(),
-        };
+        }
+    }
+
+    /// The forwarder of [`node_of`](Self::node_of); `None` when the node is not in the
+    /// topology this driver was given (never guessed).
+    fn forwarder_of(&self, c: &Connection) -> Option<ForwarderKind> {
         self.topology
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .nodes
-            .get(node)
+            .get(Self::node_of(c))
             .map(|n| n.forwarder)
-            .unwrap_or_default()
     }
 
     fn driver_for(&self, c: &Connection) -> Result<&Arc<dyn Driver>, DriverError> {
-        let kind = self.forwarder_of(c);
+        let node = Self::node_of(c);
+        let Some(kind) = self.forwarder_of(c) else {
+            return Err(DriverError::new(
+                self.name.clone(),
+                format!("connection {}", c.id),
+                format!("node {node} is not in the data plane's topology (apply a meshwire.io/v1 Node named {node:?})"),
+            )
+            .with(Failure::Invalid));
+        };
         self.drivers
             .iter()
             .find(|(k, _)| *k == kind)
             .map(|(_, d)| d)
-            .ok_or_else(|| DriverError {
-                driver: self.name.clone(),
-                target: format!("connection {}", c.id),
-                reason: format!(
-                    "node {} has forwarder {kind}, which this controller does not drive (start it with --dataplane including {kind})",
-                    c.client.node
-                ),
+            .ok_or_else(|| {
+                DriverError::new(
+                    self.name.clone(),
+                    format!("connection {}", c.id),
+                    format!(
+                        "node {node} has forwarder {kind}, which this controller does not drive (start it with --dataplane including {kind})"
+                    ),
+                )
+                .with(Failure::Invalid)
             })
     }
 }
@@ -279,7 +349,7 @@ impl Driver for Dataplanes {
         let nodes = self.drivers.iter().map(|(kind, d)| {
             let mine: Vec<Connection> = desired
                 .iter()
-                .filter(|c| self.forwarder_of(c) == *kind)
+                .filter(|c| self.forwarder_of(c) == Some(*kind))
                 .filter(|c| {
                     c.placement.endpoint_device.is_none() || c.placement.client_device.is_none()
                 })
@@ -288,14 +358,14 @@ impl Driver for Dataplanes {
             async move {
                 match tokio::time::timeout(PEER_OBSERVE_TIMEOUT, d.observe(&mine)).await {
                     Ok(r) => r,
-                    Err(_) => Err(DriverError {
-                        driver: d.name().to_string(),
-                        target: format!("{kind} nodes"),
-                        reason: format!(
-                            "no observation within {} s",
-                            PEER_OBSERVE_TIMEOUT.as_secs()
-                        ),
-                    }),
+                    Err(_) => Err(DriverError::new(
+                        d.name().to_string(),
+                        format!("{kind} nodes"),
+                        format!("no observation within {} s", PEER_OBSERVE_TIMEOUT.as_secs()),
+                    )
+                    .with(Failure::Unreachable {
+                        peer: format!("the {kind} data plane"),
+                    })),
                 }
             }
         });
@@ -487,14 +557,18 @@ impl Driver for RecordingDriver {
         if r.fail_apply_endpoints
             .contains(&c.network_service_endpoint_name)
         {
-            return Err(DriverError {
-                driver: "recording".into(),
-                target: format!("connection {}", c.id),
-                reason: format!(
+            return Err(DriverError::new(
+                "recording",
+                format!("connection {}", c.id),
+                format!(
                     "endpoint {} refuses wiring",
                     c.network_service_endpoint_name
                 ),
-            });
+            )
+            .with(Failure::Refused {
+                by: format!("endpoint {}", c.network_service_endpoint_name),
+                peer_error: "refuses wiring".into(),
+            }));
         }
         r.broken.remove(&c.id);
         r.installed.insert(c.id.clone(), c.clone());

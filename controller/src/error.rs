@@ -69,7 +69,7 @@ pub enum ControllerError {
     Driver {
         connection: String,
         #[source]
-        source: DriverError,
+        source: Box<DriverError>,
     },
     #[error("the request was cancelled inside the controller; it was undone, retry it")]
     Cancelled,

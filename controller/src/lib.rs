@@ -11,6 +11,7 @@
 //! - [`store`]: persistence (redb, etcd, memory) with revisions and watch.
 //! - [`backoff`]: the one jittered exponential backoff (peers, requeued connections).
 //! - [`chain`]: service chains: onward legs composed, linked, cycle-checked and closed.
+//! - [`requeue`]: per-connection backoff after a failed repair or heal.
 //! - [`controller`]: the async shell: write-ahead persistence, per-client serialization, the
 //!   reconcile loop that repairs, heals and expires.
 
@@ -26,6 +27,7 @@ pub mod path;
 pub mod pool;
 pub mod ranges;
 pub mod reconcile;
+pub mod requeue;
 pub mod select;
 pub mod state;
 pub mod store;

@@ -4,7 +4,8 @@
 //! by [`OBSERVE_TIMEOUT`]), then for each connection repairs it in place, heals it onto another
 //! endpoint or path, closes it (client gone) or undoes it (an abandoned request). Every step
 //! records in the store before memory follows, and one connection that fails (a store that does
-//! not answer, a driver that refuses) is retried next round without stopping the others.
+//! not answer, a driver that refuses) never stops the others: a data-plane failure requeues it
+//! with its own backoff ([`crate::requeue`]), a store failure is retried next round.
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ impl Controller {
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, ControllerError> {
         let _one = self.inner.reconciling.lock().await;
         let mut report = ReconcileReport::default();
+        self.prune_requeue();
         let now = self.now();
         let expired = self.state().expired_endpoints(now);
         for name in expired {
@@ -157,6 +159,16 @@ impl Controller {
                 .get(&c.id)
                 .cloned()
                 .unwrap_or(Health::Healthy);
+            // One that failed lately waits out its backoff alone; the round goes on.
+            let fine = matches!(health, Health::Healthy)
+                && endpoint_ok
+                && broken_link.is_none()
+                && current.state == ConnectionState::Up;
+            let gone = matches!(health, Health::ClientGone { .. });
+            if !fine && !gone && self.is_deferred(&c.id) {
+                report.deferred.push(c.id.clone());
+                continue;
+            }
             let outcome = match (&health, endpoint_ok, broken_link) {
                 (Health::ClientGone { reason }, _, _) => {
                     tracing::info!(connection = %c.id, %reason, "client gone; closing");
@@ -224,14 +236,10 @@ impl Controller {
                     )
                     .await
                 }
-                (Health::Missing { reason }, true, None) => self
-                    .repair(current, reason)
-                    .await
-                    .map(|_| Outcome::Repaired),
-                (Health::Healthy, true, None) if current.state != ConnectionState::Up => self
-                    .repair(current, "unfinished")
-                    .await
-                    .map(|_| Outcome::Repaired),
+                (Health::Missing { reason }, true, None) => self.repair(current, reason).await,
+                (Health::Healthy, true, None) if current.state != ConnectionState::Up => {
+                    self.repair(current, "unfinished").await
+                }
                 (Health::Healthy, true, None) => Ok(Outcome::Nothing),
             };
             let outcome = match outcome {
@@ -249,16 +257,18 @@ impl Controller {
                 Outcome::Repaired => report.repaired.push(c.id.clone()),
                 Outcome::Healed => report.healed.push(c.id.clone()),
                 Outcome::StillHealing => report.still_healing.push(c.id.clone()),
+                Outcome::Requeued => report.failed.push(c.id.clone()),
             }
         }
         Ok(report)
     }
 
-    /// Re-applies a connection where it is.
-    async fn repair(&self, c: Connection, reason: &str) -> Result<(), ControllerError> {
+    /// Re-applies a connection where it is. A data plane that fails requeues it.
+    async fn repair(&self, c: Connection, reason: &str) -> Result<Outcome, ControllerError> {
         tracing::info!(connection = %c.id, %reason, "repairing in place");
         match self.inner.driver.apply(&c).await {
             Ok(()) => {
+                self.requeue_clear(&c.id);
                 let now = self.now();
                 let mut up = c.clone();
                 up.state = ConnectionState::Up;
@@ -277,17 +287,18 @@ impl Controller {
                     endpoint: c.network_service_endpoint_name.clone(),
                     detail: Some("repaired".into()),
                 });
-                Ok(())
+                Ok(Outcome::Repaired)
             }
             Err(e) => {
                 self.driver_failed();
+                let wait = self.requeue_after(&c.id, &e);
                 let msg = e.to_string();
-                tracing::warn!(connection = %c.id, error = %msg, "repair failed; retrying next round");
+                tracing::warn!(connection = %c.id, error = %msg, retryable = e.retryable(), retry_in_ms = wait.as_millis() as u64, "repair failed; requeued");
                 let updated = self.state().update(&c.id, |c| c.last_error = Some(msg));
                 if let Some(c) = updated {
                     self.persist(&c).await?;
                 }
-                Ok(())
+                Ok(Outcome::Requeued)
             }
         }
     }
@@ -381,6 +392,8 @@ impl Controller {
         }
         if let Err(e) = self.inner.driver.apply(&new).await {
             self.driver_failed();
+            let wait = self.requeue_after(&old.id, &e);
+            tracing::warn!(connection = %old.id, endpoint = %new.network_service_endpoint_name, error = %e, retryable = e.retryable(), retry_in_ms = wait.as_millis() as u64, "replacement failed; requeued");
             let _ = self.inner.driver.remove(&new).await;
             self.state().unclaim(&new);
             self.close_onward(&old.id, fresh_onward.as_deref()).await;
@@ -414,6 +427,7 @@ impl Controller {
             s.remove_connection(&old.id);
             s.commit(new.clone());
         }
+        self.requeue_clear(&new.id);
         tracing::info!(connection = %new.id, from = %old.network_service_endpoint_name, to = %new.network_service_endpoint_name, "healed");
         if old.chain.onward != new.chain.onward {
             self.close_onward(&old.id, old.chain.onward.as_deref())
@@ -434,4 +448,6 @@ enum Outcome {
     Repaired,
     Healed,
     StillHealing,
+    /// The data plane failed it; it waits its backoff.
+    Requeued,
 }

@@ -541,3 +541,40 @@ async fn nb_device_client_uses_the_device_range_and_never_lands_on_itself() {
         .unwrap_err();
     assert!(e.to_string().contains("vni"), "{e}");
 }
+
+#[tokio::test]
+async fn timer_a_failed_repair_is_requeued_alone_with_backoff() {
+    let h = harness(&[TOPOLOGY.into(), endpoint("a", "n2", "")]).await;
+    let c = h.ctl.request(req("n1", &[])).await.unwrap();
+    let other = h.ctl.request(req("n3", &[])).await.unwrap();
+    let missing = || Health::Missing {
+        reason: "vxlan device gone".into(),
+    };
+    // The endpoint refuses wiring: the repair fails and the connection is requeued.
+    h.driver.fail_endpoint("a", true);
+    h.driver.break_connection(&c.id, missing());
+    let r = h.ctl.reconcile_once().await.unwrap();
+    assert!(r.repaired.is_empty(), "{r:?}");
+    assert_eq!(r.failed, vec![c.id.clone()], "{r:?}");
+    // A refusal will not pass by itself: it waits the longest (60 s) while the others go on.
+    h.driver.break_connection(&c.id, missing());
+    h.driver.break_connection(&other.id, missing());
+    h.driver.fail_endpoint("a", false);
+    let r = h.ctl.reconcile_once().await.unwrap();
+    assert_eq!(r.deferred, vec![c.id.clone()], "{r:?}");
+    assert_eq!(r.repaired, vec![other.id.clone()], "{r:?}");
+    assert!(h.ctl.connection(&c.id).unwrap().last_error.is_some());
+    // Its time comes: repaired, and forgotten by the requeue.
+    h.clock.advance(60_001);
+    h.driver.break_connection(&c.id, missing());
+    let r = h.ctl.reconcile_once().await.unwrap();
+    assert_eq!(r.repaired, vec![c.id.clone()], "{r:?}");
+    assert!(r.deferred.is_empty());
+    h.driver.break_connection(&c.id, missing());
+    let r = h.ctl.reconcile_once().await.unwrap();
+    assert_eq!(
+        r.repaired,
+        vec![c.id.clone()],
+        "a success clears the backoff: {r:?}"
+    );
+}

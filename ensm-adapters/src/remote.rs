@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use meshwire_controller::driver::{Driver, DriverError, Observation};
+use meshwire_controller::driver::{Driver, DriverError, Failure, Observation};
 use meshwire_models::secret::constant_time_eq as same;
 use meshwire_models::{Connection, Object};
 
@@ -73,8 +73,11 @@ pub fn router_with_token(ensm: Ensm, token: Option<String>) -> Router {
 
 type Reply<T> = Result<Json<T>, (StatusCode, String)>;
 
+/// The eNSM's error whole (its kind and the device's own words), as JSON: the controller's
+/// side reads it back typed.
 fn refused(e: DriverError) -> (StatusCode, String) {
-    (StatusCode::BAD_GATEWAY, e.reason)
+    let body = serde_json::to_string(&e).unwrap_or_else(|_| e.reason.clone());
+    (StatusCode::BAD_GATEWAY, body)
 }
 
 async fn apply(State(e): State<Ensm>, Json(c): Json<Connection>) -> Reply<()> {
@@ -126,24 +129,29 @@ impl RemoteEnsm {
         target: &str,
         body: &B,
     ) -> Result<T, DriverError> {
-        let err = |reason: String| DriverError {
-            driver: self.name.clone(),
-            target: target.to_string(),
-            reason,
-        };
+        let err = |reason: String| DriverError::new(self.name.clone(), target.to_string(), reason);
         let mut rb = self.http.post(format!("{}/ensm/v1/{op}", self.url));
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
         }
-        let resp = rb
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| err(format!("eNSM of device {} unreachable: {e}", self.device)))?;
+        let resp = rb.json(body).send().await.map_err(|e| {
+            err(format!("eNSM of device {} unreachable: {e}", self.device)).with(
+                Failure::Unreachable {
+                    peer: format!("the eNSM of device {} at {}", self.device, self.url),
+                },
+            )
+        })?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            return Err(err(text));
+            // The eNSM's typed error when it sent one; otherwise its words, refused by it.
+            return Err(match serde_json::from_str::<DriverError>(&text) {
+                Ok(remote) => err(remote.reason).with(remote.failure),
+                Err(_) => err(format!("{status}: {}", text.trim())).with(Failure::Refused {
+                    by: format!("the eNSM of device {}", self.device),
+                    peer_error: status.to_string(),
+                }),
+            });
         }
         resp.json()
             .await

@@ -80,7 +80,15 @@ impl From<ControllerError> for Problem {
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             NoCapacity { .. } | PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InUse { .. } => StatusCode::CONFLICT,
-            Driver { .. } => StatusCode::BAD_GATEWAY,
+            // What the data plane said decides: nobody answered (try later), something not ours
+            // is in the way (an operator must act), or a refusal.
+            Driver { source, .. } => match source.failure {
+                meshwire_controller::driver::Failure::Unreachable { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                meshwire_controller::driver::Failure::Conflict { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
             Store(_) | Cancelled => StatusCode::SERVICE_UNAVAILABLE,
             Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

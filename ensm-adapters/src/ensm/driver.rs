@@ -30,7 +30,7 @@ impl Driver for Ensm {
         }
         self.transaction(&config)
             .await
-            .map_err(|e| self.err(c, e))?;
+            .map_err(|e| self.device_err(c, e))?;
         if !self.inner.profile.settle.is_zero() {
             tokio::time::sleep(self.inner.profile.settle).await;
         }
@@ -53,7 +53,7 @@ impl Driver for Ensm {
         // (yuma123 checks the entry's mandatory choice even then).
         let mut present = true;
         if self.inner.profile.inventory.is_some() {
-            let entries = self.inventory().await.map_err(|e| self.err(c, e))?;
+            let entries = self.inventory().await.map_err(|e| self.device_err(c, e))?;
             present = entries.iter().any(|(_, id)| *id == c.id);
         }
         // A chain element: its cross-connect was written with the tunnel, so it goes with it
@@ -62,7 +62,9 @@ impl Driver for Ensm {
             undo = format!("{xc_undo}{undo}");
         }
         if present {
-            self.transaction(&undo).await.map_err(|e| self.err(c, e))?;
+            self.transaction(&undo)
+                .await
+                .map_err(|e| self.device_err(c, e))?;
             tracing::info!(device = %self.inner.device.name, connection = %c.id, "device config removed");
         }
         Ok(())

@@ -8,15 +8,51 @@ use meshwire_models::{Connection, Mechanism};
 
 use crate::profile::{self};
 
+use meshwire_controller::driver::Failure;
+
+use crate::netconf::client::NetconfError;
+
 use super::*;
 
 impl Ensm {
+    /// A failure that is the request's (a number outside the device's range, a profile that
+    /// cannot express it): the device was not asked.
     pub(super) fn err(&self, c: &Connection, reason: impl std::fmt::Display) -> DriverError {
-        DriverError {
-            driver: self.inner.name.clone(),
-            target: format!("connection {}", c.id),
-            reason: reason.to_string(),
-        }
+        DriverError::new(
+            self.inner.name.clone(),
+            format!("connection {}", c.id),
+            reason,
+        )
+        .with(Failure::Invalid)
+    }
+
+    /// A failure talking to the device, typed by what the device did: refused (with its own
+    /// error), or did not answer.
+    pub(super) fn device_err(&self, c: &Connection, e: NetconfError) -> DriverError {
+        let by = format!("device {}", self.inner.device.name);
+        let failure = match &e {
+            NetconfError::Rpc { errors, .. } => Failure::Refused {
+                by,
+                peer_error: errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            NetconfError::HostKey { why, .. } => Failure::Refused {
+                by,
+                peer_error: format!("host key: {why}"),
+            },
+            NetconfError::Auth { user, .. } => Failure::Refused {
+                by,
+                peer_error: format!("authentication as {user} failed"),
+            },
+            NetconfError::Connect { .. }
+            | NetconfError::Protocol { .. }
+            | NetconfError::Timeout { .. }
+            | NetconfError::Closed { .. } => Failure::Unreachable { peer: by },
+        };
+        DriverError::new(self.inner.name.clone(), format!("connection {}", c.id), e).with(failure)
     }
 
     /// Whether the negotiated parameters are ones this device accepts (the eNSM's part of the

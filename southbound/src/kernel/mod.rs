@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
+use meshwire_controller::driver::{Driver, DriverError, Failure, Health, Observation};
 use meshwire_models::Connection;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::RouteProtocol;
@@ -92,11 +92,11 @@ impl KernelDriver {
         what: impl std::fmt::Display,
         reason: impl std::fmt::Display,
     ) -> DriverError {
-        DriverError {
-            driver: "kernel".into(),
-            target: format!("connection {} {what}", c.id),
-            reason: reason.to_string(),
-        }
+        DriverError::new(
+            "kernel",
+            format!("connection {} {what}", c.id),
+            reason.to_string(),
+        )
     }
 
     async fn handle(&self, c: &Connection, ns: &Option<String>) -> Result<Handle, DriverError> {
@@ -129,11 +129,13 @@ impl KernelDriver {
         match Self::find(&h, &end.ifname).await.map_err(|e| self.err(c, at(), e))? {
             None => Ok(false),
             Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => Ok(true),
-            Some(f) => Err(self.err(
-                c,
-                at(),
-                format!("an interface of that name already exists and is not this connection's (alias {:?}); Meshwire leaves it alone", f.alias.unwrap_or_default()),
-            )),
+            Some(f) => Err(self
+                .err(
+                    c,
+                    at(),
+                    format!("an interface of that name already exists and is not this connection's (alias {:?}); Meshwire leaves it alone", f.alias.unwrap_or_default()),
+                )
+                .with(Failure::Conflict { object: format!("interface {}", at()) })),
         }
     }
 

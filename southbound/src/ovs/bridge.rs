@@ -7,6 +7,8 @@ use meshwire_controller::driver::DriverError;
 use serde_json::{json, Value};
 
 use super::plan::{TunnelPort, BRIDGE};
+use meshwire_controller::driver::Failure;
+
 use super::*;
 use crate::ovsdb::ops::{self, cond, Op, OWNER_KEY};
 use crate::ovsdb::Client;
@@ -123,10 +125,14 @@ impl OvsDriver {
             }
             Some(b) => {
                 if !ops::is_ours(b) {
-                    return Err(self.err(
-                        format!("node {node} bridge {BRIDGE}"),
-                        "exists and is not Meshwire's (no external_ids:meshwire-owner); Meshwire leaves it alone",
-                    ));
+                    return Err(self
+                        .err(
+                            format!("node {node} bridge {BRIDGE}"),
+                            "exists and is not Meshwire's (no external_ids:meshwire-owner); Meshwire leaves it alone",
+                        )
+                        .with(Failure::Conflict {
+                            object: format!("bridge {BRIDGE} on node {node}"),
+                        }));
                 }
                 let targets: Vec<&str> = controllers
                     .iter()

@@ -193,10 +193,12 @@ impl OvsDriver {
         let (listen, mut events) =
             channel::listen_with(config.listen, channel::ListenOptions { tls: config.tls })
                 .await
-                .map_err(|e| DriverError {
-                    driver: "ovs".into(),
-                    target: format!("openflow listener {}", config.listen),
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    DriverError::new(
+                        "ovs",
+                        format!("openflow listener {}", config.listen),
+                        e.to_string(),
+                    )
                 })?;
         let inner = Arc::new(Inner {
             kernel: KernelDriver::new(),

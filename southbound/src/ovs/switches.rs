@@ -10,6 +10,10 @@ use meshwire_models::ForwarderKind;
 use serde_json::Value;
 
 use super::plan::BRIDGE;
+use meshwire_controller::driver::Failure;
+
+use crate::ovsdb::client::OvsdbError;
+
 use super::*;
 use crate::openflow::channel::{Switch, SwitchEvent};
 use crate::openflow::Message;
@@ -107,11 +111,7 @@ impl OvsDriver {
         target: impl std::fmt::Display,
         reason: impl std::fmt::Display,
     ) -> DriverError {
-        DriverError {
-            driver: "ovs".into(),
-            target: target.to_string(),
-            reason: reason.to_string(),
-        }
+        DriverError::new("ovs", target.to_string(), reason.to_string())
     }
 
     pub(super) fn node_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -212,13 +212,17 @@ impl OvsDriver {
             client = s.client().await;
         }
         let Some(c) = client else {
-            return Err(self.err(
-                format!("node {node} ovsdb {}", s.remote()),
-                format!(
-                    "not connected ({} connect(s) so far; the session retries with backoff)",
-                    s.counters().0
-                ),
-            ));
+            return Err(self
+                .err(
+                    format!("node {node} ovsdb {}", s.remote()),
+                    format!(
+                        "not connected ({} connect(s) so far; the session retries with backoff)",
+                        s.counters().0
+                    ),
+                )
+                .with(Failure::Unreachable {
+                    peer: format!("ovsdb-server of node {node} at {}", s.remote()),
+                }));
         };
         let connects = s.counters().0;
         let mut all = lock(&self.inner.sessions);
@@ -240,9 +244,19 @@ impl OvsDriver {
         db: &Client,
         ops: &[Op],
     ) -> Result<Vec<Value>, DriverError> {
-        db.transact(DB, ops)
-            .await
-            .map_err(|e| self.err(format!("node {node}"), e))
+        db.transact(DB, ops).await.map_err(|e| {
+            let failure = match &e {
+                OvsdbError::Io { peer, .. } | OvsdbError::Closed { peer } => Failure::Unreachable {
+                    peer: format!("ovsdb-server {peer}"),
+                },
+                OvsdbError::Rpc { peer, error, .. }
+                | OvsdbError::Transaction { peer, error, .. } => Failure::Refused {
+                    by: format!("ovsdb-server {peer}"),
+                    peer_error: error.clone(),
+                },
+            };
+            self.err(format!("node {node}"), e).with(failure)
+        })
     }
 
     /// Makes the node ready: `br-int` (ours, netdev datapath, secure fail mode, OpenFlow 1.3,
@@ -337,7 +351,9 @@ impl OvsDriver {
                         self.inner.target,
                         wait.as_millis()
                     ),
-                ));
+                ).with(Failure::Unreachable {
+                    peer: format!("ovs-vswitchd of node {node} (datapath {dpid:#x})"),
+                }));
             }
             let _ = tokio::time::timeout(deadline - now, notified).await;
         }
