@@ -331,6 +331,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, tls = tls.is_some(), store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
+    announce_ready(&args.listen.to_string());
     // One bound on long-lived streams for both APIs, and one signal that ends them at
     // shutdown (an open event stream must not hold the graceful shutdown forever).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -531,6 +532,7 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
     e.set_url(&url);
     let health = e.start().await.map_err(anyhow::Error::msg)?;
     tracing::info!(device = %name, %url, controller = %args.controller, "eNSM ready");
+    announce_ready(&url);
     axum::serve(
         listener,
         meshwire_ensm_adapters::remote::router_with_token(e, args.ensm_token.clone()),
@@ -540,4 +542,14 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
     .context("serving the eNSM API")?;
     health.abort();
     Ok(())
+}
+
+/// One line on stdout for supervisors and scripts, `ready <address>`: the API accepts
+/// connections from now on (its listener is bound; the eNSM has registered). Nothing else goes
+/// to stdout; a closed stdout is not an error.
+fn announce_ready(at: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready {at}");
+    let _ = out.flush();
 }

@@ -72,25 +72,45 @@ fn daemon_with(store: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         })
         .args(extra)
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Daemon {
-                child,
-                url: format!("http://127.0.0.1:{port}"),
-            };
+    // The daemon says `ready <address>` on stdout once it accepts connections.
+    match ready_line(&mut child, std::time::Duration::from_secs(20)) {
+        Ok(_) => Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        },
+        Err(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("controller did not start: {why}");
         }
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("controller exited: {st}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("controller did not start within 20 s");
+}
+
+/// Waits for a daemon's `ready ...` line on its (piped) stdout.
+fn ready_line(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> Result<String, String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().ok_or("stdout is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(out).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        // Keep draining so the daemon never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(within) {
+        Ok(Some(Ok(l))) if l.starts_with("ready ") => Ok(l),
+        Ok(Some(Ok(l))) => Err(format!("unexpected first line {l:?}")),
+        Ok(_) => Err(format!("exited: {:?}", child.try_wait())),
+        Err(_) => Err(format!("no ready line within {within:?}")),
+    }
 }
 
 fn run(d: &Daemon, args: &[&str]) -> Output {

@@ -48,14 +48,20 @@ const ENSM_TOKEN: &str = "ensm-fw1-secret-0123456789";
 const OTHER_ENSM_TOKEN: &str = "ensm-fw2-secret-0123456789";
 const ADMIN_TOKEN: &str = "admin-secret-0123456789";
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// Waits for a daemon's `ready ...` line on its (piped) stdout: the event that it serves.
+fn ready(p: &mut Proc, what: &str) {
+    use std::io::BufRead;
+    let out = p.0.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(out).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Some(Ok(l))) if l.starts_with("ready ") => {}
+        other => panic!("{what} did not become ready: {other:?}"),
     }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,7 +91,7 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
     std::fs::write(&tokens, "tokens:\n  - {name: ops, role: admin, tokenEnv: T_ADMIN}\n  - {name: fw1-ensm, role: operator, device: fw1, tokenEnv: T_FW1}\n  - {name: fw2-ensm, role: operator, device: fw2, tokenEnv: T_FW2}\n").unwrap();
     let (cp, ep) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{cp}");
-    let _ctl = Proc(
+    let mut ctl = Proc(
         Command::new(BIN)
             .args([
                 "controller",
@@ -103,18 +109,16 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
             .env("T_ADMIN", ADMIN_TOKEN)
             .env("T_FW1", ENSM_TOKEN)
             .env("T_FW2", OTHER_ENSM_TOKEN)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_for("the controller", || {
-        cli(&url, &["get", "services"]).status.success()
-    });
+    ready(&mut ctl, "the controller");
     assert!(cli(&url, &["apply", "-f", topo.to_str().unwrap()])
         .status
         .success());
-    let ensm = Proc(
+    let mut ensm = Proc(
         Command::new(BIN)
             .args([
                 "ensm",
@@ -126,16 +130,19 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
             ])
             .arg(format!("127.0.0.1:{ep}"))
             .env("MESHWIRE_ENSM_TOKEN", ENSM_TOKEN)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_for("the eNSM's endpoint", || {
-        let out = cli(&url, &["get", "endpoints", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v[0]["metadata"]["name"] == "fw1" && v[0]["status"]["down"] == false
-    });
+    // Ready once registered, and the device answered its first contact: the endpoint is up.
+    ready(&mut ensm, "the eNSM");
+    let out = cli(&url, &["get", "endpoints", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        v[0]["metadata"]["name"] == "fw1" && v[0]["status"]["down"] == false,
+        "{v}"
+    );
     // The eNSM answers only the controller (its token): 401 to anyone else.
     let http = reqwest::Client::new();
     let anon = http
@@ -167,6 +174,16 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
         .await
         .unwrap();
     assert_eq!(right.status(), 200);
+    // The eNSM's own credential speaks for its device's objects only: it may not request
+    // connections (the controller composes chains itself).
+    let request = http
+        .post(format!("{url}/api/v1/connections"))
+        .bearer_auth(ENSM_TOKEN)
+        .json(&serde_json::json!({"network_service": "firewall", "client": {"node": "fw1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(request.status(), 403);
     let eps: serde_json::Value =
         serde_json::from_slice(&cli(&url, &["get", "endpoints", "-o", "json"]).stdout).unwrap();
     assert_eq!(eps[0]["spec"]["url"], format!("http://127.0.0.1:{ep}"));

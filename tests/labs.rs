@@ -93,33 +93,140 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Runs `cmd` in `node`'s namespace in the background until the guard is dropped.
-    fn background(&self, node: &str, cmd: &[&str]) -> Background {
-        Background(
-            Command::new("ip")
-                .args(["netns", "exec", &self.ns(node)])
-                .args(cmd)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+    /// Follows the lab controller's event stream (SSE, from the start of its log, so an event
+    /// that came before the call counts) and returns the first event `pred` accepts, or `None`
+    /// when `within` passes first.
+    fn wait_event(
+        &self,
+        within: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        use std::io::{BufRead, Write};
+        let addr = self
+            .url
+            .trim()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(within)).ok()?;
+        // HTTP/1.0: the body is the bare stream, one event per `data:` line.
+        write!(
+            s,
+            "GET /api/v1/events?since=0 HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
         )
+        .ok()?;
+        let start = Instant::now();
+        for line in std::io::BufReader::new(s).lines() {
+            let line = line.ok()?;
+            if start.elapsed() > within {
+                return None;
+            }
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) {
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    /// The connection `id` as the controller has it now.
+    fn connection(&self, id: &str) -> serde_json::Value {
+        let out = self.meshwire(&["get", "connections", "-o", "json"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["id"] == id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A one-off iperf3 server on `node`, returned once it listens: iperf3 says so on stdout
+    /// (flushed), which is the event waited for.
+    fn iperf3_server(&self, node: &str, port: u16) -> Background {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(node)])
+            .args([
+                "iperf3",
+                "-s",
+                "-1",
+                "--forceflush",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = false;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if !said && line.contains("Server listening") {
+                    said = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let srv = Background(child);
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("iperf3 server on {node}:{port} did not start listening"));
+        srv
     }
 
     /// Waits up to 15 s for `ifname` to exist on `node` (an appliance's agent programs its
     /// data plane from the device's running config, asynchronously).
     fn wait_link(&self, node: &str, ifname: &str) -> bool {
-        for _ in 0..150 {
-            if self
-                .exec(node, &["ip", "link", "show", ifname])
-                .status
-                .success()
-            {
+        self.wait_links(node, Duration::from_secs(15), |links| {
+            links
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ifname))
+        })
+    }
+
+    /// Waits until `pred` holds of `ip -br link` on `node`, looking again at each link event
+    /// of its namespace (`ip monitor link`), with a once-a-second look as a safety net for an
+    /// event that came before the monitor listened.
+    fn wait_links(&self, node: &str, within: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        use std::io::BufRead;
+        let links = || {
+            String::from_utf8_lossy(&self.exec(node, &["ip", "-br", "link"]).stdout).into_owned()
+        };
+        let mut mon = Background(
+            Command::new("ip")
+                .args(["-n", &self.ns(node), "monitor", "link"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let out = mon.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + within;
+        loop {
+            if pred(&links()) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = rx.recv_timeout(left.min(Duration::from_secs(1)));
         }
-        false
     }
 
     /// The lab controller's log and every appliance agent's, for failure messages.
@@ -359,10 +466,10 @@ fn timer_lab_heal_moves_client_to_the_other_endpoint() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // A measurement window, not a wait for a state: 500 ms of replies before the loss.
     std::thread::sleep(Duration::from_millis(500));
     // The endpoint is lost: its side stops forwarding and its namespace is deleted.
     let ep_if = format!("nse-{}", &id.replace('-', "")[..8]);
-    let lost = Instant::now();
     assert!(Command::new("ip")
         .args(["-n", &lab.ns(&first), "link", "set", &ep_if, "down"])
         .status()
@@ -373,21 +480,20 @@ fn timer_lab_heal_moves_client_to_the_other_endpoint() {
         .status()
         .unwrap()
         .success());
-    let mut healed = None;
-    while lost.elapsed() < Duration::from_secs(20) {
-        let out = lab.meshwire(&["get", "connections", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if v[0]["state"] == "up" && v[0]["network_service_endpoint_name"] != first.as_str() {
-            healed = Some(v[0].clone());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let healed = healed.expect("healed onto the other endpoint");
+    // The controller's own event: the connection is up again, on another endpoint.
+    lab.wait_event(Duration::from_secs(20), |e| {
+        e["event"] == "connection"
+            && e["id"] == id.as_str()
+            && e["state"] == "up"
+            && e["endpoint"] != first.as_str()
+    })
+    .expect("healed onto the other endpoint");
+    let healed = lab.connection(&id);
     assert_eq!(
         (healed["id"].as_str(), healed["interface"].as_str()),
         (Some(id.as_str()), Some("nsm-1"))
     );
+    // A measurement window: 500 ms of replies after the heal.
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill")
         .args(["-INT", &ping.id().to_string()])
@@ -465,18 +571,7 @@ fn nb_lab_bad_file_refused_before_anything_is_created() {
 
 /// iperf3 for `secs` seconds from `client` to `addr` (server `server` on `port`); received bits/s.
 fn iperf3(lab: &Lab, server: &str, client: &str, addr: &str, port: u16, secs: u32) -> f64 {
-    let srv = lab.background(server, &["iperf3", "-s", "-1", "-p", &port.to_string()]);
-    let port_s = format!(":{port}");
-    for _ in 0..100 {
-        if !lab
-            .exec(server, &["ss", "-Hltn", "sport", "=", &port_s])
-            .stdout
-            .is_empty()
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let srv = lab.iperf3_server(server, port);
     let out = lab.exec(
         client,
         &[
@@ -598,8 +693,7 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
     ]);
     let dst = addr(&c, "dst_ip_addrs");
     assert!(lab.ping("c-vxlan", &dst));
-    let srv = lab.background("gateway", &["iperf3", "-s", "-1", "-p", "5391"]);
-    std::thread::sleep(Duration::from_millis(300));
+    let srv = lab.iperf3_server("gateway", 5391);
     let client = Command::new("ip")
         .args([
             "netns",
@@ -620,6 +714,7 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // A measurement window: iperf3 runs 1.5 s before anything is touched.
     std::thread::sleep(Duration::from_millis(1500));
 
     // Another tool's flow and port on the same bridge: Meshwire must never touch them.
@@ -660,7 +755,9 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(1500)); // a few reconcile rounds
+    // A stability window, not a wait: over 1.5 s (six reconcile rounds of 250 ms) of the
+    // restarted controller, no flow may change.
+    std::thread::sleep(Duration::from_millis(1500));
     let after = ovs_flows(&lab, "n1");
     let elapsed = t.elapsed().as_secs_f64();
     assert_eq!(before.len(), after.len());
@@ -692,7 +789,12 @@ fn timer_lab_ovs_controller_and_vswitchd_restart_during_iperf3() {
         .status()
         .unwrap()
         .success());
-    std::thread::sleep(Duration::from_millis(300));
+    // Gone, not just signalled: `tail --pid` returns when the process has exited.
+    assert!(Command::new("tail")
+        .args(["--pid", pid.trim(), "-f", "/dev/null"])
+        .status()
+        .unwrap()
+        .success());
     let restarted = Instant::now();
     assert!(Command::new("ip")
         .args(["netns", "exec", &lab.ns("n1"), "env"])
@@ -833,22 +935,17 @@ fn nb_lab_ovs_three_node_distributed_bridge_domain_and_mpls_rerouted_through_a_t
         .status
         .success());
     let id = c["id"].as_str().unwrap();
-    let mut healed = None;
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        let out = lab.meshwire(&["get", "connections", "-o", "json"]);
-        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(h) = all.as_array().into_iter().flatten().find(|x| {
-            x["id"] == id
-                && x["state"] == "up"
-                && x["path"].as_array().is_some_and(|p| p.len() == 3)
-        }) {
-            healed = Some(h.clone());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let healed = healed.expect("rerouted through n2");
+    // The controller's own event: the connection healed (onto another path).
+    lab.wait_event(Duration::from_secs(20), |e| {
+        e["event"] == "connection"
+            && e["id"] == id
+            && e["state"] == "up"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("healed"))
+    })
+    .expect("rerouted through n2");
+    let healed = lab.connection(id);
     assert_eq!(path(&healed), ["n1", "n2", "n3"]);
     let transit = ovs_flows(&lab, "n2");
     assert_eq!(
@@ -942,8 +1039,7 @@ fn nb_lab_firewall_appliance_passes_allowed_traffic_and_drops_the_rest() {
             .success(),
         "ping is dropped"
     );
-    let srv = lab.background("server", &["iperf3", "-s", "-1", "-p", "5202"]);
-    std::thread::sleep(Duration::from_millis(300));
+    let srv = lab.iperf3_server("server", 5202);
     assert!(
         tcp_blocked(&lab, "client", "10.70.0.10", 5202),
         "tcp 5202 is dropped"
@@ -955,18 +1051,11 @@ fn nb_lab_firewall_appliance_passes_allowed_traffic_and_drops_the_rest() {
     drop(srv);
     // Close: the device's config and the tunnel go; the operator's policy stays.
     assert!(lab.meshwire(&["close", id]).status.success());
-    let mut gone = false;
-    for _ in 0..50 {
-        if !lab
-            .exec("fw1", &["ip", "link", "show", &tunnel])
-            .status
-            .success()
-        {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let gone = lab.wait_links("fw1", Duration::from_secs(5), |links| {
+        !links
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(tunnel.as_str()))
+    });
     assert!(gone, "tunnel {tunnel} removed from the appliance");
     let rules = String::from_utf8(lab.exec("fw1", &["nft", "list", "ruleset"]).stdout).unwrap();
     assert!(
@@ -1049,6 +1138,7 @@ fn timer_lab_firewall_ha_heals_onto_the_second_appliance_when_a_link_fails() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // A measurement window: 1.5 s of probes before the cut.
     std::thread::sleep(Duration::from_millis(1500));
     let cut = Instant::now();
     assert!(Command::new("ip")
@@ -1189,15 +1279,7 @@ fn nb_lab_sfc_client_traffic_crosses_the_firewall_appliance_then_the_vpn_gateway
     assert!(lab.meshwire(&["close", id]).status.success());
     let left = lab.meshwire(&["get", "connections", "-o", "json"]);
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "[]");
-    let mut clean = false;
-    for _ in 0..50 {
-        let links = String::from_utf8(lab.exec("fw1", &["ip", "-br", "link"]).stdout).unwrap();
-        if !links.contains("mw") {
-            clean = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let clean = lab.wait_links("fw1", Duration::from_secs(5), |links| !links.contains("mw"));
     assert!(clean, "{}", lab.logs());
 }
 

@@ -250,6 +250,30 @@ async fn dev_ensm_refused_config_leaves_device_and_pools_as_they_were() {
     assert_eq!(w.ensm.status().refused, 1, "{:?}", w.ensm.status());
 }
 
+/// Waits for the controller's event that `endpoint` went down (or came back).
+async fn endpoint_event(
+    events: &mut tokio::sync::broadcast::Receiver<meshwire_controller::Event>,
+    endpoint: &str,
+    down: bool,
+) {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(meshwire_controller::Event::Endpoint { name, down: d, .. })
+                    if name == endpoint && d == down =>
+                {
+                    return
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no event: endpoint {endpoint} down={down}"));
+}
+
 #[tokio::test]
 async fn dev_ensm_unreachable_device_withdraws_endpoint_and_it_comes_back() {
     let Some(mut dev) = device() else { return };
@@ -260,22 +284,17 @@ async fn dev_ensm_unreachable_device_withdraws_endpoint_and_it_comes_back() {
     )
     .await;
     let c = w.ctl.request(request("c1")).await.unwrap();
+    let mut events = w.ctl.subscribe();
     dev.stop();
-    // The health task notices within its keepalive interval (2 s by default).
-    let mut down = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if w.ctl.endpoints().first().is_some_and(|e| e.down) {
-            down = true;
-            break;
-        }
-    }
-    assert!(down, "endpoint withdrawn: {:?}", w.ensm.status());
+    // The health task notices within its keepalive interval (2 s by default) and withdraws.
+    endpoint_event(&mut events, "fw1", true).await;
+    assert!(w.ctl.endpoints()[0].down, "{:?}", w.ensm.status());
     assert_eq!(w.ctl.endpoints().len(), 1, "withdrawn, not deleted");
     let e = w.ctl.request(request("c2")).await.unwrap_err().to_string();
     assert!(e.contains("withdrawn: fw1"), "{e}");
     // The connection waits (healing: there is no other firewall) with the old claims kept.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = w.ctl.reconcile_once().await.unwrap();
+    assert_eq!(r.still_healing, vec![c.id.clone()], "{r:?}");
     let now = w.ctl.connection(&c.id).unwrap();
     assert_eq!(
         now.state,
@@ -284,15 +303,8 @@ async fn dev_ensm_unreachable_device_withdraws_endpoint_and_it_comes_back() {
     );
 
     dev.restart().unwrap();
-    let mut back = false;
-    for _ in 0..150 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if w.ctl.endpoints().first().is_some_and(|e| !e.down) {
-            back = true;
-            break;
-        }
-    }
-    assert!(back, "endpoint back: {:?}", w.ensm.status());
+    endpoint_event(&mut events, "fw1", false).await;
+    assert!(!w.ctl.endpoints()[0].down, "{:?}", w.ensm.status());
     // The restarted device lost its config; the next round puts the connection back on it.
     w.ctl.reconcile_once().await.unwrap();
     let session = look(&dev).await;

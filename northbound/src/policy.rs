@@ -9,8 +9,8 @@
 //!   caller bound to that very device (a remote eNSM writing its own objects).
 //! - everything else needs `operator`.
 //! - a caller bound to a device (an eNSM's token, `device:` in the token file) may write only
-//!   that device's objects, set only its endpoints' status, and request or close only
-//!   connections whose client is that device (a service chain's onward leg).
+//!   that device's objects and set only its endpoints' status. It may not request or close
+//!   connections: the controller composes service chains itself, so an eNSM never needs to.
 
 use meshwire_controller::{Controller, ControllerError};
 use meshwire_models::{Connection, ConnectionRequest, EndpointLocation, Object, ObjectKey};
@@ -131,11 +131,11 @@ impl Caller {
     }
 
     /// Whether this caller may request `req`.
-    pub fn may_request(&self, req: &ConnectionRequest) -> Result<(), ControllerError> {
+    pub fn may_request(&self, _req: &ConnectionRequest) -> Result<(), ControllerError> {
         match &self.device {
-            Some(d) if *d != req.client.node => Err(self.refuse(format!(
-                "token {} may request connections for device {d} only, not for {}",
-                self.name, req.client.node
+            Some(d) => Err(self.refuse(format!(
+                "token {} speaks for device {d}'s eNSM, which never requests connections (the controller composes service chains); use an operator token",
+                self.name
             ))),
             _ if self.role < Role::Operator && self.device.is_none() => Err(self.refuse(format!(
                 "requesting a connection needs role operator; token {} has {}",
@@ -148,8 +148,8 @@ impl Caller {
     /// Whether this caller may close `conn`.
     pub fn may_close(&self, conn: &Connection) -> Result<(), ControllerError> {
         match &self.device {
-            Some(d) if *d != conn.client.node => Err(self.refuse(format!(
-                "token {} may close connections of device {d} only, not {}",
+            Some(d) => Err(self.refuse(format!(
+                "token {} speaks for device {d}'s eNSM, which never closes connections; use an operator token for {}",
                 self.name, conn.id
             ))),
             _ if self.role < Role::Operator && self.device.is_none() => Err(self.refuse(format!(

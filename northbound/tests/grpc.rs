@@ -46,26 +46,21 @@ async fn controller(driver: RecordingDriver) -> Controller {
 
 async fn serve_ctl(tokens: Option<meshwire_northbound::auth::Tokens>) -> (Channel, Controller) {
     let ctl = controller(RecordingDriver::new()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Bound before the server runs: it accepts as soon as it is spawned, nothing to wait for.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming =
+        tonic::transport::server::TcpIncoming::from_listener(listener, true, None).unwrap();
     tokio::spawn(
-        meshwire_northbound::grpc::router_with(ctl.clone(), tokens.map(Arc::new)).serve(addr),
+        meshwire_northbound::grpc::router_with(ctl.clone(), tokens.map(Arc::new))
+            .serve_with_incoming(incoming),
     );
-    for _ in 0..100 {
-        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            return (ch, ctl);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("gRPC server did not come up");
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (ch, ctl)
 }
 
 fn endpoint(name: &str, node: &str) -> reg::NetworkServiceEndpoint {

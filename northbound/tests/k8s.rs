@@ -388,19 +388,30 @@ async fn k8s_runtime_watch_to_registry() {
             }
         }
     });
-    let run = tokio::spawn(sync::run(client, "nsm-system".into(), ctl.clone()));
     let key = ObjectKey {
         kind: ObjectKind::NetworkServiceEndpoint,
         name: "gw9".into(),
     };
-    let mut found = false;
-    for _ in 0..100 {
-        if ctl.object(&key).is_some() {
-            found = true;
-            break;
+    // The registry's own event says when the object arrives.
+    let mut events = ctl.subscribe();
+    let run = tokio::spawn(sync::run(client, "nsm-system".into(), ctl.clone()));
+    let arrived = async {
+        loop {
+            match events.recv().await {
+                Ok(meshwire_controller::Event::Object { key: k, .. })
+                    if k.ends_with("NetworkServiceEndpoint/gw9") =>
+                {
+                    return
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let found = tokio::time::timeout(Duration::from_secs(10), arrived)
+        .await
+        .is_ok()
+        && ctl.object(&key).is_some();
     run.abort();
     server.abort();
     assert!(found, "the watched resource never reached the registry");

@@ -154,17 +154,18 @@ async fn dev_real_ovsdb_session_replica_follows_changes_and_survives_a_server_re
     assert_eq!(s.replica().open_vswitch().unwrap().len(), 1);
 
     ovs.vsctl("add-br brx -- add-port brx p1 -- set interface p1 type=internal -- set-controller brx tcp:127.0.0.1:1");
-    let seen = wait_for(|| {
-        let r = s.replica();
-        let br = r.bridges().unwrap();
-        br.len() == 1 && br[0].ports.len() == 2 && r.controllers().unwrap().len() == 1
-    })
-    .await;
+    let seen = s
+        .wait_until(Duration::from_secs(5), |s| {
+            let r = s.replica();
+            let br = r.bridges().unwrap();
+            br.len() == 1 && br[0].ports.len() == 2 && r.controllers().unwrap().len() == 1
+        })
+        .await;
     assert!(seen, "replica: {:?}", s.replica().bridges());
     // update2 "modify": a port goes, a map key comes.
     ovs.vsctl("del-port brx p1 -- br-set-external-id brx team blue");
     assert!(
-        wait_for(|| {
+        s.wait_until(Duration::from_secs(5), |s| {
             let b = &s.replica().bridges().unwrap()[0];
             b.ports.len() == 1 && b.external_ids.get("team").map(String::as_str) == Some("blue")
         })
@@ -181,24 +182,35 @@ async fn dev_real_ovsdb_session_replica_follows_changes_and_survives_a_server_re
         s.counters()
     );
     ovs.vsctl("add-br bry");
-    assert!(wait_for(|| s.replica().bridges().unwrap().len() == 2).await);
+    assert!(
+        s.wait_until(Duration::from_secs(5), |s| s
+            .replica()
+            .bridges()
+            .unwrap()
+            .len()
+            == 2)
+            .await
+    );
     // The idle session probes the server every 100 ms.
-    assert!(wait_for(|| s.counters().2 >= 2).await, "{:?}", s.counters());
+    assert!(
+        s.wait_until(Duration::from_secs(5), |s| s.counters().2 >= 2)
+            .await,
+        "{:?}",
+        s.counters()
+    );
     assert!(s.counters().0 >= 2);
     // Transactions go through the session's current client.
     let c = s.client().await.unwrap();
     c.transact(DB, &add_our_bridge("mw-sess")).await.unwrap();
-    assert!(wait_for(|| s.replica().bridges().unwrap().len() == 3).await);
-}
-
-async fn wait_for(f: impl Fn() -> bool) -> bool {
-    for _ in 0..200 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
+    assert!(
+        s.wait_until(Duration::from_secs(5), |s| s
+            .replica()
+            .bridges()
+            .unwrap()
+            .len()
+            == 3)
+            .await
+    );
 }
 
 /// Input: two clients of one real ovsdb-server asking for the same lock. Output: one holds it,
@@ -282,13 +294,19 @@ async fn dev_real_ovsdb_update_wait_commit_abort_delete_over_tcp() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The server opens a new remote in its next main-loop turn; a second control command is
+    // answered in a later turn, so once it returns the listener is up.
     let mut c = None;
-    for _ in 0..100 {
+    for _ in 0..3 {
+        let barrier = std::process::Command::new("ovs-appctl")
+            .args(["-t", ctl.to_str().unwrap(), "ovsdb-server/list-remotes"])
+            .output()
+            .unwrap();
+        assert!(barrier.status.success());
         if let Ok(x) = Client::connect(&format!("tcp:127.0.0.1:{port}")).await {
             c = Some(x);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let c = c.expect("TCP remote up");
     c.transact(DB, &add_our_bridge("mw-a")).await.unwrap();

@@ -15,6 +15,9 @@ use super::*;
 use crate::kernel::netns;
 use crate::openflow::channel::Switch;
 
+/// How long flows wait for vswitchd to number the ports they use.
+const PORT_NUMBER_WAIT: Duration = Duration::from_secs(5);
+
 impl OvsDriver {
     /// Resolves templates, waiting (briefly) for vswitchd to number new ports.
     pub(super) async fn resolve_all(
@@ -22,20 +25,17 @@ impl OvsDriver {
         node: &str,
         templates: &[FlowTemplate],
     ) -> Result<Vec<FlowSpec>, DriverError> {
-        let mut last = String::new();
-        for _ in 0..100 {
-            let (numbers, _) = self.read_ports(node)?;
-            match templates
-                .iter()
-                .map(|t| resolve(t, &numbers))
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(f) => return Ok(f),
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(self.err(format!("node {node}"), last))
+        let attempt = || -> Result<Vec<FlowSpec>, String> {
+            let (numbers, _) = self.read_ports(node).map_err(|e| e.reason)?;
+            templates.iter().map(|t| resolve(t, &numbers)).collect()
+        };
+        // vswitchd numbers a new port a moment after the transaction that added it: look again
+        // at each update of the node's replica, not on a timer.
+        let session = self.session(node)?;
+        session
+            .wait_until(PORT_NUMBER_WAIT, |_| attempt().is_ok())
+            .await;
+        attempt().map_err(|e| self.err(format!("node {node}"), e))
     }
 
     /// [`sync_flows`] on a node's switch, counting what changed.

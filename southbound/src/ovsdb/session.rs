@@ -26,6 +26,8 @@ pub struct Session {
     replica: Arc<Mutex<Replica>>,
     client: Arc<RwLock<Option<Arc<Client>>>>,
     connected: watch::Receiver<u64>,
+    /// Bumped at every sync, replica update and answered probe: what waits listen to.
+    activity: watch::Receiver<u64>,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -60,19 +62,24 @@ impl Session {
         let client: Arc<RwLock<Option<Arc<Client>>>> = Arc::default();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = watch::channel(0u64);
+        let (act_tx, act_rx) = watch::channel(0u64);
         let task = tokio::spawn(supervise(
             remote.to_string(),
             config,
             replica.clone(),
             client.clone(),
             counters.clone(),
-            tx,
+            Signals {
+                synced: tx,
+                activity: act_tx,
+            },
         ));
         Session {
             remote: remote.to_string(),
             replica,
             client,
             connected: rx,
+            activity: act_rx,
             counters,
             task,
         }
@@ -103,6 +110,24 @@ impl Session {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Waits until `f` holds, looking again at every sync, replica update and answered probe
+    /// (never on a timer); false when `timeout` passes first.
+    pub async fn wait_until(&self, timeout: Duration, f: impl Fn(&Session) -> bool) -> bool {
+        let mut rx = self.activity.clone();
+        let until = async {
+            loop {
+                rx.borrow_and_update();
+                if f(self) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return f(self);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, until).await.unwrap_or(false)
+    }
+
     /// How many times it connected, how many of those resumed from the last transaction id
     /// (the server had the history), and how many echo probes it sent.
     pub fn counters(&self) -> (u64, u64, u64) {
@@ -111,6 +136,19 @@ impl Session {
             self.counters.resumed.load(Ordering::Relaxed),
             self.counters.echoes.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// What the session task tells its owner.
+struct Signals {
+    /// The number of full syncs so far.
+    synced: watch::Sender<u64>,
+    activity: watch::Sender<u64>,
+}
+
+impl Signals {
+    fn bump(&self) {
+        self.activity.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -124,7 +162,7 @@ async fn supervise(
     replica: Arc<Mutex<Replica>>,
     slot: Arc<RwLock<Option<Arc<Client>>>>,
     counters: Arc<Counters>,
-    synced: watch::Sender<u64>,
+    signals: Signals,
 ) {
     let seed = remote
         .bytes()
@@ -138,7 +176,7 @@ async fn supervise(
             &replica,
             &slot,
             &counters,
-            &synced,
+            &signals,
             &mut synced_once,
         )
         .await;
@@ -163,7 +201,7 @@ async fn run_once(
     replica: &Mutex<Replica>,
     slot: &RwLock<Option<Arc<Client>>>,
     counters: &Counters,
-    synced: &watch::Sender<u64>,
+    signals: &Signals,
     synced_once: &mut bool,
 ) -> Result<(), super::OvsdbError> {
     let c = Arc::new(Client::connect(remote).await?);
@@ -205,7 +243,8 @@ async fn run_once(
     *synced_once = true;
     *slot.write().await = Some(c.clone());
     let n = counters.connects.fetch_add(1, Ordering::Relaxed) + 1;
-    let _ = synced.send(n);
+    let _ = signals.synced.send(n);
+    signals.bump();
     tracing::info!(%remote, resumed = found, "ovsdb session synced");
     let mut probe = tokio::time::interval(config.probe);
     probe.tick().await;
@@ -220,11 +259,12 @@ async fn run_once(
                     lock(replica).last_txn_id = None;
                     return Err(super::OvsdbError::Rpc { peer: remote.to_string(), method, error: e.to_string() });
                 }
+                signals.bump();
             }
             _ = probe.tick() => {
                 counters.echoes.fetch_add(1, Ordering::Relaxed);
                 match tokio::time::timeout(config.probe.max(Duration::from_secs(1)), c.echo()).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => signals.bump(),
                     Ok(Err(e)) => return Err(e),
                     Err(_) => return Err(super::OvsdbError::Io { peer: remote.to_string(), what: "echo".into(), reason: "no reply in time".into() }),
                 }

@@ -1,18 +1,59 @@
 //! Real Open vSwitch daemons for tests: ovsdb-server and, when asked, ovs-vswitchd with the
-//! userspace datapath, in a temp dir, as children of the test that are killed and reaped on drop.
+//! userspace datapath, in a temp dir, killed on drop. They are started with `--detach`, whose
+//! parent exits only once the daemon is ready (its sockets bound): that exit is what the tests
+//! wait for, never a timer.
 //! Tests skip without root or openvswitch-switch, unless MESHWIRE_REQUIRE_ALL is set.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-/// An ovsdb-server and ovs-vswitchd in a temp dir, and one bridge; all removed on drop. The
-/// daemons are our children (not `--detach`ed), so they are killed and reaped.
+/// An ovsdb-server and ovs-vswitchd in a temp dir, and one bridge; all removed on drop.
 pub struct Ovs {
     dir: tempfile::TempDir,
     pub bridge: String,
-    daemons: Vec<std::process::Child>,
+    /// The daemons' pid files, ovsdb-server first.
+    daemons: Vec<PathBuf>,
+}
+
+/// Starts a daemon with `--detach --pidfile=<dir>/<name>.pid` and returns once it is ready.
+fn detached(dir: &std::path::Path, args: &[String]) -> PathBuf {
+    let name = std::path::Path::new(&args[0])
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let pidfile = dir.join(format!("{name}.pid"));
+    let out = Command::new(&args[0])
+        .args(&args[1..])
+        .arg("--detach")
+        .arg(format!("--pidfile={}", pidfile.display()))
+        .env("OVS_RUNDIR", dir)
+        .env("OVS_LOGDIR", dir)
+        .env("OVS_DBDIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pidfile
+}
+
+/// SIGKILLs the daemon of `pidfile` and waits until it is gone (its pid file lock is released
+/// only by its death, so `kill -0` failing is the event).
+fn kill(pidfile: &std::path::Path) {
+    let Ok(pid) = std::fs::read_to_string(pidfile) else {
+        return;
+    };
+    let pid = pid.trim().to_string();
+    let _ = Command::new("kill").args(["-9", &pid]).status();
+    // `tail --pid` returns when the process has exited.
+    let _ = Command::new("tail")
+        .args(["--pid", &pid, "-f", "/dev/null"])
+        .status();
+    let _ = std::fs::remove_file(pidfile);
 }
 
 impl Ovs {
@@ -69,41 +110,32 @@ impl Ovs {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        let daemon = |args: Vec<String>| {
-            Command::new(&args[0])
-                .args(&args[1..])
-                .env("OVS_RUNDIR", &d)
-                .env("OVS_LOGDIR", &d)
-                .env("OVS_DBDIR", &d)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
         sh(format!(
             "ovsdb-tool create {d}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
         ));
-        ovs.daemons.push(daemon(vec![
-            "ovsdb-server".into(),
-            format!("{d}/conf.db"),
-            format!("--remote=punix:{d}/db.sock"),
-            format!("--log-file={d}/ovsdb-server.log"),
-        ]));
-        for _ in 0..100 {
-            if ovs.path("db.sock").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let here = ovs.dir.path().to_path_buf();
+        ovs.daemons.push(detached(
+            &here,
+            &[
+                "ovsdb-server".into(),
+                format!("{d}/conf.db"),
+                format!("--remote=punix:{d}/db.sock"),
+                format!("--unixctl={d}/ovsdb-server.ctl"),
+                format!("--log-file={d}/ovsdb-server.log"),
+            ],
+        ));
         sh(format!("ovs-vsctl --db=unix:{d}/db.sock --no-wait init"));
         let Some(target) = target else {
             return Some(ovs);
         };
-        ovs.daemons.push(daemon(vec![
-            "ovs-vswitchd".into(),
-            format!("unix:{d}/db.sock"),
-            format!("--log-file={d}/ovs-vswitchd.log"),
-        ]));
+        ovs.daemons.push(detached(
+            &here,
+            &[
+                "ovs-vswitchd".into(),
+                format!("unix:{d}/db.sock"),
+                format!("--log-file={d}/ovs-vswitchd.log"),
+            ],
+        ));
         sh(format!(
             "OVS_RUNDIR={d} ovs-vsctl --db=unix:{d}/db.sock --timeout=20 {ssl} add-br {b} -- set bridge {b} datapath_type=netdev protocols=OpenFlow13 fail-mode=secure -- set-controller {b} {target}",
             b = ovs.bridge,
@@ -152,31 +184,20 @@ impl Ovs {
 impl Ovs {
     /// Kills ovsdb-server (SIGKILL) and starts it again on the same database and socket.
     pub fn restart_db(&mut self) {
-        let mut db = self.daemons.remove(0);
-        let _ = db.kill();
-        let _ = db.wait();
+        kill(&self.daemons[0]);
         let d = self.dir.path().display().to_string();
         let _ = std::fs::remove_file(self.path("db.sock"));
-        let child = Command::new("ovsdb-server")
-            .args([
+        let here = self.dir.path().to_path_buf();
+        self.daemons[0] = detached(
+            &here,
+            &[
+                "ovsdb-server".into(),
                 format!("{d}/conf.db"),
                 format!("--remote=punix:{d}/db.sock"),
+                format!("--unixctl={d}/ovsdb-server.ctl"),
                 format!("--log-file={d}/ovsdb-server.log"),
-            ])
-            .env("OVS_RUNDIR", &d)
-            .env("OVS_LOGDIR", &d)
-            .env("OVS_DBDIR", &d)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        self.daemons.insert(0, child);
-        for _ in 0..100 {
-            if self.path("db.sock").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            ],
+        );
     }
 }
 
@@ -193,9 +214,8 @@ impl Drop for Ovs {
             ])
             .status();
         // vswitchd first, then the database.
-        for mut child in self.daemons.drain(..).rev() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for pidfile in self.daemons.drain(..).rev() {
+            kill(&pidfile);
         }
     }
 }
