@@ -10,7 +10,7 @@ use meshwire_controller::state::{Avoid, Config, State};
 use meshwire_controller::store::{
     etcd_store::LocalEtcd, memory::MemoryStore, redb_store::RedbStore, Expect, Store,
 };
-use meshwire_controller::{Controller, RecordingDriver, SystemClock};
+use meshwire_controller::{Controller, NullDriver, SystemClock};
 use meshwire_models::mechanism::Capabilities;
 use meshwire_models::{
     ClientRef, ConnectionRequest, Destination, EndpointLocation, ForwarderKind, Link, LinkEnd,
@@ -255,16 +255,16 @@ async fn core(scale: f64) -> anyhow::Result<()> {
 
     // 2. Heap per live connection: 100,000 planned and recorded connections in the state.
     let live = ((100_000.0 * scale).round() as usize).max(1000);
-    let before = crate::alloc::live_bytes();
+    let before = crate::heap::in_use() as i64;
     for i in 0..live {
         let req = bench_request(&leaves, services, &mut rng);
         let c = state.plan(&req, &format!("{:032x}", i), 0, &Avoid::default(), None)?;
         state.commit(c);
     }
-    let per_conn = (crate::alloc::live_bytes() - before) as f64 / live as f64;
+    let per_conn = (crate::heap::in_use() as i64 - before) as f64 / live as f64;
     drop(state);
 
-    // 3. Request/close cycles through the controller (memory store, recording driver), one core.
+    // 3. Request/close cycles through the controller (memory store, no data plane), one core.
     let cycles = ((100_000.0 * scale).round() as usize).max(1000);
     let rate = std::thread::spawn(move || -> anyhow::Result<f64> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -273,7 +273,7 @@ async fn core(scale: f64) -> anyhow::Result<()> {
         rt.block_on(async move {
             let ctl = Controller::start(
                 Arc::new(MemoryStore::default()),
-                Arc::new(RecordingDriver::quiet()),
+                Arc::new(NullDriver),
                 Arc::new(SystemClock),
                 config,
             )

@@ -2,7 +2,6 @@
 //! commands (over the daemon's REST API) and the benchmarks.
 
 mod agent;
-mod alloc;
 mod bench;
 mod bench_ensm;
 mod bench_grpc;
@@ -13,15 +12,13 @@ mod bench_setup;
 mod bench_snmp;
 mod client;
 mod daemon;
+mod heap;
 mod kube_cmds;
 mod lab;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
-#[global_allocator]
-static ALLOC: alloc::Counting = alloc::Counting;
 
 /// Meshwire: L2/L3 network services for cloud-native workloads, in the Network Service Mesh model.
 ///

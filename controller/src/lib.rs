@@ -31,14 +31,16 @@ pub mod requeue;
 pub mod select;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{
     Applied, ConnectionFilter, Controller, EndpointView, Event, Precondition, ReconcileReport,
 };
-pub use driver::{
-    Dataplanes, Driver, DriverError, Health, NullDriver, Observation, RecordingDriver,
-};
+pub use driver::{Dataplanes, Driver, DriverError, Health, NullDriver, Observation};
 pub use error::ControllerError;
 pub use state::{Avoid, Change, Config, State};
 pub use store::{Store, StoreError};
+#[cfg(any(test, feature = "testing"))]
+pub use testing::RecordingDriver;
