@@ -60,6 +60,15 @@ struct World {
 }
 
 async fn world(dev: &Appliance, profile: &Path, capacity: u32) -> World {
+    world_with_clock(dev, profile, capacity, Arc::new(SystemClock)).await
+}
+
+async fn world_with_clock(
+    dev: &Appliance,
+    profile: &Path,
+    capacity: u32,
+    clock: Arc<dyn meshwire_controller::Clock>,
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let node = Arc::new(RecordingDriver::new());
     let planes = Arc::new(Dataplanes::new(vec![(
@@ -81,7 +90,8 @@ async fn world(dev: &Appliance, profile: &Path, capacity: u32) -> World {
         device_file(dev, dir.path(), capacity),
         Profile::load(profile).unwrap(),
         Arc::new(ctl.clone()),
-    );
+    )
+    .with_clock(clock);
     planes.attach_device("fw1", Arc::new(ensm.clone()));
     ensm.start().await.unwrap();
     let session = look(dev).await;
@@ -314,4 +324,41 @@ async fn dev_ensm_unreachable_device_withdraws_endpoint_and_it_comes_back() {
         meshwire_models::ConnectionState::Up
     );
     assert!(w.ensm.status().sessions_opened >= 2);
+}
+
+/// Input: an eNSM (not started: no health task) whose clock only moves by hand, a device
+/// that goes away and comes back. Output: after a failed session open the eNSM waits its
+/// backoff on that clock: while the clock stands still it does not try the device again, even
+/// once the device is back; moved past the backoff, it reconnects and applies.
+#[tokio::test]
+async fn dev_ensm_session_backoff_follows_the_injected_clock() {
+    let Some(mut dev) = device() else { return };
+    let w = world(
+        &dev,
+        &crate_dir().join("profiles/meshwire-appliance.yaml"),
+        8,
+    )
+    .await;
+    let c = w.ctl.request(request("c1")).await.unwrap();
+    let clock = meshwire_controller::ManualClock::new(1_000_000);
+    let ensm = Ensm::new(
+        w.ensm.device().clone(),
+        Profile::load(&crate_dir().join("profiles/meshwire-appliance.yaml")).unwrap(),
+        Arc::new(w.ctl.clone()),
+    )
+    .with_clock(Arc::new(clock.clone()));
+    dev.stop();
+    let first = ensm.apply(&c).await.unwrap_err();
+    assert!(!first.reason.contains("next attempt in"), "{first}");
+    assert!(first.retryable(), "{first:?}");
+    let waiting = ensm.apply(&c).await.unwrap_err();
+    assert!(waiting.reason.contains("next attempt in"), "{waiting}");
+    dev.restart().unwrap();
+    // The device is back, but the clock has not moved: no new attempt.
+    let again = ensm.apply(&c).await.unwrap_err();
+    assert!(again.reason.contains("next attempt in"), "{again}");
+    // Past the longest backoff (10 s): it reconnects and applies.
+    clock.advance(10_001);
+    ensm.apply(&c).await.unwrap();
+    assert_eq!(ensm.status().sessions_opened, 1);
 }

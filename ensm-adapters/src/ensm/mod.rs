@@ -35,9 +35,9 @@ mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use async_trait::async_trait;
+use meshwire_controller::clock::{Clock, SystemClock};
 use meshwire_models::mechanism::Capabilities;
 use meshwire_models::{Device, EndpointLocation, MechanismKind, NetworkServiceEndpoint, Object};
 
@@ -131,7 +131,8 @@ struct Health_ {
     withdrawn: BTreeSet<String>,
     /// Entries suspected orphan at the last observe.
     suspects: HashSet<String>,
-    next_attempt: Instant,
+    /// Unix ms (the eNSM's clock) before which no new session is tried.
+    next_attempt_ms: u64,
     /// Failed session opens in a row (the backoff's exponent).
     failures: u32,
     if_names: HashMap<u32, String>,
@@ -151,6 +152,8 @@ struct Inner {
     name: String,
     /// Where the controller reaches this eNSM when it runs in its own process.
     url: std::sync::OnceLock<String>,
+    /// Time, injected (the session backoff reads it).
+    clock: Arc<dyn Clock>,
 }
 
 /// An eNSM for one device. Cheap to clone.
@@ -181,7 +184,7 @@ impl Ensm {
                     doubtful: BTreeSet::new(),
                     withdrawn: BTreeSet::new(),
                     suspects: HashSet::new(),
-                    next_attempt: Instant::now(),
+                    next_attempt_ms: 0,
                     failures: 0,
                     if_names: HashMap::new(),
                     counters,
@@ -189,8 +192,27 @@ impl Ensm {
                 wake: tokio::sync::Notify::new(),
                 name,
                 url: std::sync::OnceLock::new(),
+                clock: Arc::new(SystemClock),
             }),
         }
+    }
+
+    /// The same eNSM reading time from `clock` (tests move it by hand). Call before sharing it.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Ensm {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.clock = clock;
+                Ensm {
+                    inner: Arc::new(inner),
+                }
+            }
+            // Already shared: keep it as it is rather than split its state.
+            Err(inner) => Ensm { inner },
+        }
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
     }
 
     /// Registers the endpoints with this URL: the controller calls it for their connections

@@ -1,8 +1,6 @@
 //! The session: one shared NETCONF session per device, reopened with jittered backoff, and
 //! the transactions on it (lock, edit candidate, commit, unlock; discard on failure).
 
-use std::time::Instant;
-
 use crate::netconf::client::{NetconfError, Session};
 use crate::netconf::xml::DefaultOperation;
 
@@ -29,13 +27,12 @@ impl Ensm {
         }
         {
             let h = self.health();
-            if Instant::now() < h.next_attempt {
+            let now = self.now_ms();
+            if now < h.next_attempt_ms {
                 return Err(format!(
                     "device unreachable: {} (next attempt in {} ms)",
                     h.last_error.clone().unwrap_or_default(),
-                    h.next_attempt
-                        .saturating_duration_since(Instant::now())
-                        .as_millis()
+                    h.next_attempt_ms - now
                 ));
             }
         }
@@ -52,7 +49,7 @@ impl Ensm {
                 let mut h = self.health();
                 let seed = meshwire_models::document::fnv1a64(self.inner.device.name.as_bytes());
                 let wait = Backoff::DEVICE.delay(h.failures, seed);
-                h.next_attempt = Instant::now() + wait;
+                h.next_attempt_ms = self.now_ms().saturating_add(wait.as_millis() as u64);
                 h.failures = h.failures.saturating_add(1);
                 h.reachable = false;
                 h.last_error = Some(e.to_string());
@@ -76,7 +73,7 @@ impl Ensm {
             let mut h = self.health();
             h.reachable = false;
             h.last_error = Some(why.to_string());
-            h.next_attempt = Instant::now();
+            h.next_attempt_ms = self.now_ms();
         }
         self.inner.wake.notify_one();
     }
