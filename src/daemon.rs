@@ -545,8 +545,8 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
 }
 
 /// One line on stdout for supervisors and scripts, `ready <address>`: the API accepts
-/// connections from now on (its listener is bound; the eNSM has registered). Nothing else goes
-/// to stdout; a closed stdout is not an error.
+/// connections from now on (its listener is bound; the eNSM has registered). The log shares
+/// stdout; no log line starts with `ready `. A closed stdout is not an error.
 fn announce_ready(at: &str) {
     use std::io::Write;
     let mut out = std::io::stdout();

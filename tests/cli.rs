@@ -98,17 +98,21 @@ fn ready_line(
     use std::io::BufRead;
     let out = child.stdout.take().ok_or("stdout is not piped")?;
     let (tx, rx) = std::sync::mpsc::channel();
+    // Its log shares stdout: the ready line is the one that starts with `ready `. The thread
+    // keeps draining so the daemon never blocks on a full pipe.
     std::thread::spawn(move || {
-        let mut lines = std::io::BufReader::new(out).lines();
-        let first = lines.next();
-        let _ = tx.send(first);
-        // Keep draining so the daemon never blocks on a full pipe.
-        for _ in lines {}
+        let mut sent = false;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent && l.starts_with("ready ") {
+                sent = tx.send(l).is_ok();
+            }
+        }
     });
     match rx.recv_timeout(within) {
-        Ok(Some(Ok(l))) if l.starts_with("ready ") => Ok(l),
-        Ok(Some(Ok(l))) => Err(format!("unexpected first line {l:?}")),
-        Ok(_) => Err(format!("exited: {:?}", child.try_wait())),
+        Ok(l) => Ok(l),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(format!("exited: {:?}", child.try_wait()))
+        }
         Err(_) => Err(format!("no ready line within {within:?}")),
     }
 }

@@ -53,14 +53,17 @@ fn ready(p: &mut Proc, what: &str) {
     use std::io::BufRead;
     let out = p.0.stdout.take().expect("stdout piped");
     let (tx, rx) = std::sync::mpsc::channel();
+    // Its log shares stdout: the ready line is the one that starts with `ready `.
     std::thread::spawn(move || {
-        let mut lines = std::io::BufReader::new(out).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
+        let mut sent = false;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent && l.starts_with("ready ") {
+                sent = tx.send(l).is_ok();
+            }
+        }
     });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(Ok(l))) if l.starts_with("ready ") => {}
-        other => panic!("{what} did not become ready: {other:?}"),
+    if let Err(e) = rx.recv_timeout(Duration::from_secs(20)) {
+        panic!("{what} did not become ready: {e}");
     }
 }
 
