@@ -381,7 +381,9 @@ pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> anyhow::Result<
             passphrase: None,
         },
         host_key: HostKey::Fingerprint(fingerprint(&dir.join("hostkey.pub")).await?),
-        timeout: Duration::from_secs(5),
+        // Short: a get-config that gets no reply (seen under load, while the eNSM commits on
+        // another session) costs 2 s before the agent reconnects, not 5.
+        timeout: Duration::from_secs(2),
     };
     let mut last_tunnels: Option<Vec<Tunnel>> = None;
     let mut last_rules: Option<Vec<Rule>> = None;
