@@ -262,10 +262,6 @@ impl Lab {
             .unwrap()
     }
 
-    /// Whether `addr` answers within 15 s, probing every 200 ms (a new bridge port may stay
-    /// disabled until the kernel's rate-limited link-watch work runs; an appliance's agent
-    /// programs its data plane from the device's running config, which on a loaded machine can
-    /// take seconds).
     /// Whether `addr` stays silent for 5 s (no reply to pings every 200 ms).
     fn silent(&self, node: &str, addr: &str) -> bool {
         !self
@@ -274,6 +270,10 @@ impl Lab {
             .success()
     }
 
+    /// Whether `addr` answers within 15 s, probing every 200 ms (a new bridge port may stay
+    /// disabled until the kernel's rate-limited link-watch work runs; an appliance's agent
+    /// programs its data plane from the device's running config, which on a loaded machine can
+    /// take seconds).
     fn ping(&self, node: &str, addr: &str) -> bool {
         self.exec(node, &["ping", "-c", "1", "-i", "0.2", "-w", "15", addr])
             .status
