@@ -211,17 +211,23 @@ impl Controller {
     /// Closes a connection: unwire, delete the record, give back claims; then its onward leg,
     /// if it is a chain element. An onward leg is closed with the leg it continues, never alone.
     pub async fn close(&self, id: &str) -> Result<Connection, ControllerError> {
-        let conn = self
-            .connection(id)
-            .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
-        if let Some(p) = conn.chain.previous.as_deref() {
-            if self.connection(p).is_some() {
-                return Err(ControllerError::InUse {
-                    object: format!("connection {id} (the onward leg of a service chain)"),
-                    count: 1,
-                    first: p.to_string(),
-                });
-            }
+        let held_by = {
+            let s = self.state();
+            let conn = s
+                .connection(id)
+                .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
+            conn.chain
+                .previous
+                .as_deref()
+                .filter(|p| s.connection(p).is_some())
+                .map(str::to_string)
+        };
+        if let Some(p) = held_by {
+            return Err(ControllerError::InUse {
+                object: format!("connection {id} (the onward leg of a service chain)"),
+                count: 1,
+                first: p,
+            });
         }
         self.close_leg(id).await
     }
@@ -229,12 +235,13 @@ impl Controller {
     /// [`close`](Self::close) without the onward-leg check (the controller closing a leg it
     /// composed).
     pub(crate) async fn close_leg(&self, id: &str) -> Result<Connection, ControllerError> {
-        let conn = self
+        // Only the lock key is needed before the lock: no copy of the whole connection.
+        let (workload, service) = self
+            .state()
             .connection(id)
+            .map(|c| (c.client.workload().to_string(), c.network_service.clone()))
             .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
-        let _guard = self
-            .lock_key(conn.client.workload(), &conn.network_service)
-            .await;
+        let _guard = self.lock_key(&workload, &service).await;
         let conn = self
             .connection(id)
             .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
