@@ -83,13 +83,20 @@ async fn look(dev: &Appliance) -> Session {
     .unwrap()
 }
 
-/// Meshwire's entries on a device (tunnels and cross-connects carry `meshwire:<id>`).
+/// Meshwire's entries on a device (tunnels and cross-connects carry `meshwire:<id>`). Asked
+/// on a fresh session, twice at most: under load netconfd has been seen to leave a reply out.
 async fn entries(dev: &Appliance) -> Vec<String> {
-    let cfg = look(dev)
-        .await
-        .get_config(Datastore::Running, None)
-        .await
-        .unwrap();
+    let cfg = match look(dev).await.get_config(Datastore::Running, None).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("get-config unanswered ({e}); asking again on a new session");
+            look(dev)
+                .await
+                .get_config(Datastore::Running, None)
+                .await
+                .unwrap()
+        }
+    };
     cfg.match_indices(">meshwire:")
         .map(|(i, _)| cfg[i + 1..].chars().take_while(|c| *c != '<').collect())
         .collect()

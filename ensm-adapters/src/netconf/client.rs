@@ -470,8 +470,17 @@ impl Session {
     }
 
     /// Closes the session politely.
+    /// Ends the session politely (`<close-session>`). A device that does not answer in time,
+    /// or a transport already gone, ends it all the same: the channel goes with the last handle
+    /// of this session. Only the device's own refusal is an error.
     pub async fn close(&self) -> Result<(), NetconfError> {
-        self.ok(Operation::CloseSession).await
+        match self.ok(Operation::CloseSession).await {
+            Err(e @ (NetconfError::Timeout { .. } | NetconfError::Closed { .. })) => {
+                tracing::debug!(error = %e, "close-session unanswered; the session ends with its channel");
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
