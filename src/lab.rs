@@ -321,12 +321,15 @@ async fn stop_controller(d: &Path, signal: &str) -> Option<String> {
         .args([signal, &pid])
         .status()
         .await;
-    for _ in 0..250 {
+    // A killed process may take seconds to finish exiting on a loaded host (a thread inside a
+    // netlink call waits for the kernel first); its store stays locked until it has.
+    for _ in 0..1500 {
         if !alive(&pid) {
-            break;
+            return Some(pid);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tracing::warn!(%pid, "the lab controller has not exited within 30 s");
     Some(pid)
 }
 
