@@ -96,14 +96,12 @@ impl Controller {
     /// Plans, records and wires one leg; for a chain element, its onward leg first (see
     /// [`crate::chain`]). `previous`: the leg this one continues and the endpoints of its chain.
     /// Onward legs take no per-client lock: each belongs to its previous leg alone.
-    pub(crate) fn request_leg(
+    pub(crate) async fn request_leg(
         &self,
         req: ConnectionRequest,
         previous: Option<(String, Vec<String>)>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Connection, ControllerError>> + Send + '_>,
-    > {
-        Box::pin(async move {
+    ) -> Result<Connection, ControllerError> {
+        {
             let id = uuid::Uuid::new_v4().to_string();
             let _flight = self.in_flight(&id);
             let now = self.now();
@@ -175,7 +173,7 @@ impl Controller {
                 detail: None,
             });
             Ok(conn)
-        })
+        }
     }
 
     /// Undoes a connection nobody was told about: its wiring, then its record, then its

@@ -12,9 +12,11 @@
 //!
 //! Needs root, netconfd and openssh-server; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use support::look;
 
 use async_trait::async_trait;
 use meshwire_controller::driver::{Dataplanes, Driver, DriverError, Observation, RecordingDriver};
@@ -23,7 +25,7 @@ use meshwire_controller::store::{memory::MemoryStore, Store};
 use meshwire_controller::{Config, Controller, ControllerError, SystemClock};
 use meshwire_ensm_adapters::device::DeviceFile;
 use meshwire_ensm_adapters::ensm::{Ensm, Registrar};
-use meshwire_ensm_adapters::netconf::{Auth, Datastore, HostKey, Session, Target};
+use meshwire_ensm_adapters::netconf::Datastore;
 use meshwire_ensm_adapters::profile::Profile;
 use meshwire_labs::appliance::{self, Appliance};
 use meshwire_models::{
@@ -63,24 +65,6 @@ fn device_file(
     let f = dir.join(format!("{name}.yaml"));
     std::fs::write(&f, text).unwrap();
     DeviceFile::load(&f).unwrap()
-}
-
-/// A session of our own to look at a device.
-async fn look(dev: &Appliance) -> Session {
-    Session::connect(&Target {
-        device: "chain-test".into(),
-        host: "127.0.0.1".into(),
-        port: dev.port,
-        user: "root".into(),
-        auth: Auth::Key {
-            path: dev.client_key(),
-            passphrase: None,
-        },
-        host_key: HostKey::AcceptAny,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap()
 }
 
 /// Meshwire's entries on a device (tunnels and cross-connects carry `meshwire:<id>`). Asked

@@ -8,18 +8,19 @@
 //! endpoint, which comes back with the device.
 //! Needs root, netconfd and openssh-server; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::look;
 
 use meshwire_controller::driver::{Dataplanes, Driver, RecordingDriver};
 use meshwire_controller::store::memory::MemoryStore;
 use meshwire_controller::{Config, Controller, SystemClock};
 use meshwire_ensm_adapters::device::DeviceFile;
 use meshwire_ensm_adapters::ensm::Ensm;
-use meshwire_ensm_adapters::netconf::{
-    Auth, Datastore, DefaultOperation, HostKey, Session, Target,
-};
+use meshwire_ensm_adapters::netconf::{Datastore, DefaultOperation, Session};
 use meshwire_ensm_adapters::profile::Profile;
 use meshwire_labs::appliance::{self, Appliance};
 use meshwire_models::{ClientRef, ConnectionRequest, ForwarderKind, Manifest, MechanismKind};
@@ -60,15 +61,6 @@ struct World {
 }
 
 async fn world(dev: &Appliance, profile: &Path, capacity: u32) -> World {
-    world_with_clock(dev, profile, capacity, Arc::new(SystemClock)).await
-}
-
-async fn world_with_clock(
-    dev: &Appliance,
-    profile: &Path,
-    capacity: u32,
-    clock: Arc<dyn meshwire_controller::Clock>,
-) -> World {
     let dir = tempfile::tempdir().unwrap();
     let node = Arc::new(RecordingDriver::new());
     let planes = Arc::new(Dataplanes::new(vec![(
@@ -90,8 +82,7 @@ async fn world_with_clock(
         device_file(dev, dir.path(), capacity),
         Profile::load(profile).unwrap(),
         Arc::new(ctl.clone()),
-    )
-    .with_clock(clock);
+    );
     planes.attach_device("fw1", Arc::new(ensm.clone()));
     ensm.start().await.unwrap();
     let session = look(dev).await;
@@ -116,24 +107,6 @@ fn request(name: &str) -> ConnectionRequest {
         interface: None,
         excluded_prefixes: vec![],
     }
-}
-
-/// A session of our own to look at the device.
-async fn look(dev: &Appliance) -> Session {
-    Session::connect(&Target {
-        device: "fw1-test".into(),
-        host: "127.0.0.1".into(),
-        port: dev.port,
-        user: "root".into(),
-        auth: Auth::Key {
-            path: dev.client_key(),
-            passphrase: None,
-        },
-        host_key: HostKey::AcceptAny,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap()
 }
 
 async fn running(s: &Session) -> String {
@@ -341,12 +314,12 @@ async fn dev_ensm_session_backoff_follows_the_injected_clock() {
     .await;
     let c = w.ctl.request(request("c1")).await.unwrap();
     let clock = meshwire_controller::ManualClock::new(1_000_000);
-    let ensm = Ensm::new(
+    let ensm = Ensm::with_clock(
         w.ensm.device().clone(),
         Profile::load(&crate_dir().join("profiles/meshwire-appliance.yaml")).unwrap(),
         Arc::new(w.ctl.clone()),
-    )
-    .with_clock(Arc::new(clock.clone()));
+        Arc::new(clock.clone()),
+    );
     dev.stop();
     let first = ensm.apply(&c).await.unwrap_err();
     assert!(!first.reason.contains("next attempt in"), "{first}");

@@ -165,6 +165,16 @@ pub struct Ensm {
 impl Ensm {
     /// Builds the eNSM (nothing is contacted yet).
     pub fn new(device: DeviceFile, profile: Profile, registrar: Arc<dyn Registrar>) -> Ensm {
+        Self::with_clock(device, profile, registrar, Arc::new(SystemClock))
+    }
+
+    /// [`new`](Self::new), reading time from `clock` (tests move it by hand).
+    pub fn with_clock(
+        device: DeviceFile,
+        profile: Profile,
+        registrar: Arc<dyn Registrar>,
+        clock: Arc<dyn Clock>,
+    ) -> Ensm {
         let name = format!("ensm:{}", device.name);
         let counters = Status {
             device: device.name.clone(),
@@ -192,22 +202,8 @@ impl Ensm {
                 wake: tokio::sync::Notify::new(),
                 name,
                 url: std::sync::OnceLock::new(),
-                clock: Arc::new(SystemClock),
+                clock,
             }),
-        }
-    }
-
-    /// The same eNSM reading time from `clock` (tests move it by hand). Call before sharing it.
-    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Ensm {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.clock = clock;
-                Ensm {
-                    inner: Arc::new(inner),
-                }
-            }
-            // Already shared: keep it as it is rather than split its state.
-            Err(inner) => Ensm { inner },
         }
     }
 
