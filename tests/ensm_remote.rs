@@ -163,9 +163,12 @@ async fn dev_remote_ensm_process_configures_the_device_for_the_controller() {
     assert_eq!(wrong.status(), 401);
     // Another eNSM's credential (one that sees calls to fw2) cannot call fw1's eNSM.
     let other = http
-        .post(format!("http://127.0.0.1:{ep}/ensm/v1/observe"))
+        .post(format!("http://127.0.0.1:{ep}/ensm/v1/converge"))
         .bearer_auth(OTHER_ENSM_TOKEN)
-        .json(&serde_json::json!([]))
+        .json(
+            &serde_json::json!({"scope": {"kind": "device", "name": "fw1"}, "version": 1,
+            "update": {"kind": "full", "connections": []}}),
+        )
         .send()
         .await
         .unwrap();

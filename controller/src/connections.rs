@@ -143,7 +143,7 @@ impl Controller {
                     return Err(e);
                 }
             }
-            if let Err(e) = self.inner.driver.apply(&conn).await {
+            if let Err(e) = self.wire(&conn).await {
                 self.driver_failed();
                 tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
                 self.undo(&conn, &format!("wiring failed: {e}")).await;
@@ -180,7 +180,7 @@ impl Controller {
     /// claims. When the store cannot delete the record, the connection stays in memory as an
     /// abandoned `programming` one (with the reason), and the reconcile loop finishes the undo.
     pub(crate) async fn undo(&self, conn: &Connection, why: &str) -> bool {
-        if let Err(e) = self.inner.driver.remove(conn).await {
+        if let Err(e) = self.unwire(conn).await {
             tracing::warn!(connection = %conn.id, error = %e, "undo of partial wiring failed; reconcile will retry");
         }
         match self
@@ -243,7 +243,7 @@ impl Controller {
         let conn = self
             .connection(id)
             .ok_or_else(|| ControllerError::UnknownConnection { id: id.to_string() })?;
-        if let Err(e) = self.inner.driver.remove(&conn).await {
+        if let Err(e) = self.unwire(&conn).await {
             self.driver_failed();
             let msg = e.to_string();
             let updated = self

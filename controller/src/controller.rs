@@ -7,15 +7,16 @@
 //!                                                     ▼  │
 //!                                                   Store (redb | etcd | memory)
 //!                                                     │
-//!                              apply/remove/observe   ▼
+//!                    Desired: delta (versioned)       ▼      ▲ events (device, switch, interface)
 //!                                                   Driver (southbound)
-//!  reconcile loop (every interval) ── observe ──▶ repair in place | heal elsewhere | close | expire
+//!  reconcile loop (every interval, or at an event) ── full set ──▶ swept, Report per connection
+//!                       ──▶ repair in place | heal elsewhere | close | expire
 //! ```
 //!
 //! Life of a request: take the per-(client, service) lock; plan under the state mutex (select,
 //! path, negotiate, claim); record the connection as `programming` in the store *before* touching
-//! the data plane (so a crash leaves a record the reconcile loop finishes or cleans); apply
-//! through the driver; record `up`. If the driver fails, its partial work is removed, the claims
+//! the data plane (so a crash leaves a record the reconcile loop finishes or cleans); hand the
+//! driver a delta that wires it; record `up`. If the driver fails, its partial work is removed, the claims
 //! are given back and the record deleted: a failed request leaks nothing.
 //!
 //! Guarantees: connection records in the store are a superset of what the data plane may hold;
@@ -59,6 +60,13 @@ pub enum Event {
         name: String,
         down: bool,
         reason: String,
+    },
+    /// A driver reported something in the data plane (a device down, a switch reconnected, an
+    /// interface gone); the reconcile loop looks at once.
+    DataPlane {
+        scope: String,
+        happened: crate::driver::Happened,
+        detail: String,
     },
 }
 
@@ -152,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) in_flight: Mutex<std::collections::HashSet<String>>,
     /// Connections waiting after a failed repair or heal (see [`crate::requeue`]).
     pub(crate) requeue: Mutex<crate::requeue::Requeues>,
+    /// The desired state's version (see [`crate::desired`]).
+    pub(crate) version: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -207,9 +217,24 @@ impl Controller {
             .filter(|c| !c.state.is_final())
             .cloned()
             .collect();
-        let swept = driver.sweep(&held, state.topology()).await;
-        if swept > 0 {
-            tracing::info!(swept, "removed what a crash left in the data plane");
+        // The first full set: what a crash left in the data plane goes before anything else is
+        // wired (its observation is the first reconcile round's to act on).
+        let first = crate::driver::Desired::full(crate::driver::Scope::All, 1, held);
+        match tokio::time::timeout(crate::reconcile::OBSERVE_TIMEOUT, driver.converge(&first)).await
+        {
+            Ok(Ok(r)) if r.swept > 0 => {
+                tracing::info!(
+                    swept = r.swept,
+                    "removed what a crash left in the data plane"
+                )
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the data plane did not take the first full set; the first reconcile round sends it again")
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?crate::reconcile::OBSERVE_TIMEOUT, "the data plane did not answer the first full set; the first reconcile round sends it again")
+            }
         }
         Ok(Controller {
             inner: Arc::new(Inner {
@@ -224,6 +249,7 @@ impl Controller {
                 driver_errors: std::sync::atomic::AtomicU64::new(0),
                 in_flight: Mutex::default(),
                 requeue: Mutex::default(),
+                version: std::sync::atomic::AtomicU64::new(1),
             }),
         })
     }

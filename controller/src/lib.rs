@@ -7,7 +7,8 @@
 //!   k-shortest alternatives for healing.
 //! - [`negotiate`]: the mechanism and its parameters (VNI, GRE key, MPLS labels, VLAN id).
 //! - [`pool`]: rotating number and address pools.
-//! - [`driver`]: the one trait southbound drivers implement (`apply`/`remove`/`observe`).
+//! - [`driver`]: the southbound boundary: versioned desired sets in, reports and events out.
+//! - [`desired`]: what the controller hands its driver (deltas and full sets, versioned).
 //! - [`store`]: persistence (redb, etcd, memory) with revisions and watch.
 //! - [`backoff`]: the one jittered exponential backoff (peers, requeued connections).
 //! - [`chain`]: service chains: onward legs composed, linked, cycle-checked and closed.
@@ -20,6 +21,7 @@ pub mod chain;
 pub mod clock;
 pub mod connections;
 pub mod controller;
+pub mod desired;
 pub mod driver;
 pub mod error;
 pub mod negotiate;
@@ -38,7 +40,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{
     Applied, ConnectionFilter, Controller, EndpointView, Event, Precondition, ReconcileReport,
 };
-pub use driver::{Dataplanes, Driver, DriverError, Health, NullDriver, Observation};
+pub use driver::{
+    Dataplanes, Desired, Driver, DriverError, DriverEvent, Health, NullDriver, Observation, Report,
+    Scope, Update,
+};
 pub use error::ControllerError;
 pub use state::{Avoid, Change, Config, State};
 pub use store::{Store, StoreError};

@@ -1,7 +1,7 @@
 //! The reconcile loop: desired connections against what the data plane observes.
 //!
-//! Each round expires lapsed endpoint registrations, asks the driver what it sees (time-boxed
-//! by [`OBSERVE_TIMEOUT`]), then for each connection repairs it in place, heals it onto another
+//! Each round expires lapsed endpoint registrations, hands the driver the full desired set (it
+//! sweeps leftovers and says what it sees, time-boxed by [`OBSERVE_TIMEOUT`]), then for each connection repairs it in place, heals it onto another
 //! endpoint or path, closes it (client gone) or undoes it (an abandoned request). Every step
 //! records in the store before memory follows, and one connection that fails (a store that does
 //! not answer, a driver that refuses) never stops the others: a data-plane failure requeues it
@@ -12,7 +12,9 @@ use std::time::Duration;
 use meshwire_models::{Connection, ConnectionRequest, ConnectionState, ObjectKey};
 
 use crate::controller::{Controller, Event, ReconcileReport};
-use crate::driver::{Health, Observation};
+use tokio::sync::broadcast;
+
+use crate::driver::{DriverEvent, Health, Observation, Update};
 use crate::error::ControllerError;
 use crate::state::Avoid;
 
@@ -21,14 +23,33 @@ use crate::state::Avoid;
 pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(12);
 
 impl Controller {
-    /// Runs [`reconcile_once`](Self::reconcile_once) every `interval` until the task is dropped.
+    /// Runs [`reconcile_once`](Self::reconcile_once) every `interval`, and at once when the
+    /// driver reports something in the data plane (events that arrive together make one
+    /// round), until the task is dropped.
     pub fn spawn_reconciler(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
+        // Subscribed before the task runs: nothing reported from here on is missed.
+        let mut events = this.inner.driver.subscribe();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    got = next_event(&mut events) => {
+                        let Some(first) = got else {
+                            events = None;
+                            continue;
+                        };
+                        if let Some(e) = first {
+                            this.note(e);
+                        }
+                        // What else arrived with it joins this round.
+                        while let Some(Ok(e)) = events.as_mut().map(|rx| rx.try_recv()) {
+                            this.note(e);
+                        }
+                    }
+                }
                 match this.reconcile_once().await {
                     Ok(r) if !r.is_quiet() => tracing::info!(report = ?r, "reconciled"),
                     Ok(_) => {}
@@ -38,6 +59,16 @@ impl Controller {
                 }
             }
         })
+    }
+
+    /// Logs a driver's event and passes it on to watchers.
+    fn note(&self, e: DriverEvent) {
+        tracing::info!(scope = %e.scope, happened = ?e.happened, detail = %e.detail, "data-plane event");
+        self.emit(Event::DataPlane {
+            scope: e.scope.to_string(),
+            happened: e.happened,
+            detail: e.detail,
+        });
     }
 
     /// One round: expire lapsed endpoints, compare desired connections with what the driver
@@ -66,34 +97,40 @@ impl Controller {
                 }
             }
         }
-        let desired: Vec<Connection> = self
-            .state()
-            .connections()
-            .filter(|c| !c.state.is_final())
-            .cloned()
-            .collect();
+        let full = self.desired_set();
         // A data plane that does not answer in time (or fails) is reported and treated as
         // having seen nothing wrong: withdrawn endpoints, failed links and abandoned requests
         // are still acted on this round.
-        let observed = match tokio::time::timeout(
-            OBSERVE_TIMEOUT,
-            self.inner.driver.observe(&desired),
-        )
-        .await
-        {
-            Ok(Ok(o)) => o,
+        let observed = match tokio::time::timeout(OBSERVE_TIMEOUT, self.converge_all(&full)).await {
+            Ok(Ok(r)) => {
+                if r.swept > 0 {
+                    tracing::info!(
+                        swept = r.swept,
+                        version = r.version,
+                        "removed leftovers no desired connection holds"
+                    );
+                }
+                r.observation
+            }
             Ok(Err(e)) => {
                 self.driver_failed();
-                tracing::warn!(error = %e, "observing the data plane failed; acting on what the controller knows");
+                tracing::warn!(error = %e, "the data plane did not take the full set; acting on what the controller knows");
                 report.failed.push("(observe)".into());
                 Observation::default()
             }
             Err(_) => {
                 self.driver_failed();
-                tracing::warn!(timeout = ?OBSERVE_TIMEOUT, "observing the data plane timed out; acting on what the controller knows");
+                tracing::warn!(timeout = ?OBSERVE_TIMEOUT, "the data plane did not answer the full set in time; acting on what the controller knows");
                 report.failed.push("(observe)".into());
                 Observation::default()
             }
+        };
+        let Update::Full {
+            connections: desired,
+            ..
+        } = full.update
+        else {
+            return Ok(report);
         };
         for c in desired {
             let _guard = self.lock_key(c.client.workload(), &c.network_service).await;
@@ -266,7 +303,7 @@ impl Controller {
     /// Re-applies a connection where it is. A data plane that fails requeues it.
     async fn repair(&self, c: Connection, reason: &str) -> Result<Outcome, ControllerError> {
         tracing::info!(connection = %c.id, %reason, "repairing in place");
-        match self.inner.driver.apply(&c).await {
+        match self.wire(&c).await {
             Ok(()) => {
                 self.requeue_clear(&c.id);
                 let now = self.now();
@@ -387,14 +424,14 @@ impl Controller {
             }
         }
         // Break before make: the replacement reuses the client's interface name.
-        if let Err(e) = self.inner.driver.remove(&old).await {
+        if let Err(e) = self.unwire(&old).await {
             tracing::warn!(connection = %old.id, error = %e, "removing the old wiring failed; continuing");
         }
-        if let Err(e) = self.inner.driver.apply(&new).await {
+        if let Err(e) = self.wire(&new).await {
             self.driver_failed();
             let wait = self.requeue_after(&old.id, &e);
             tracing::warn!(connection = %old.id, endpoint = %new.network_service_endpoint_name, error = %e, retryable = e.retryable(), retry_in_ms = wait.as_millis() as u64, "replacement failed; requeued");
-            let _ = self.inner.driver.remove(&new).await;
+            let _ = self.unwire(&new).await;
             self.state().unclaim(&new);
             self.close_onward(&old.id, fresh_onward.as_deref()).await;
             let msg = format!(
@@ -415,7 +452,7 @@ impl Controller {
         // Stored before it is live in memory: if the store cannot take it, the replacement is
         // taken down again and the connection stays healing with its old claims.
         if let Err(e) = self.persist(&new).await {
-            let _ = self.inner.driver.remove(&new).await;
+            let _ = self.unwire(&new).await;
             self.state().unclaim(&new);
             self.close_onward(&old.id, fresh_onward.as_deref()).await;
             let msg = format!("{why}; recording the replacement failed: {e}");
@@ -450,4 +487,25 @@ enum Outcome {
     StillHealing,
     /// The data plane failed it; it waits its backoff.
     Requeued,
+}
+
+/// The driver's next event: `Some(Some(e))`, or `Some(None)` when some were missed (look
+/// anyway), or `None` when the stream ended. Never returns without a stream.
+async fn next_event(
+    events: &mut Option<broadcast::Receiver<DriverEvent>>,
+) -> Option<Option<DriverEvent>> {
+    let Some(rx) = events.as_mut() else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(e) => Some(Some(e)),
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            tracing::warn!(
+                missed = n,
+                "data-plane events lagged; looking at everything"
+            );
+            Some(None)
+        }
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
 }

@@ -7,13 +7,30 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use meshwire_models::Connection;
 
-use crate::driver::{Driver, DriverError, Failure, Health, Observation};
+use tokio::sync::broadcast;
+
+use crate::driver::{
+    Desired, Driver, DriverError, DriverEvent, Failure, Health, Observation, Report, Update,
+    EVENT_BUFFER,
+};
 
 /// An in-memory driver that records what it was asked and holds "installed" state, with knobs
 /// to make it fail or report breakage. For tests and benchmarks of the controller core.
-#[derive(Default)]
 pub struct RecordingDriver {
     inner: Mutex<Recording>,
+    events: broadcast::Sender<DriverEvent>,
+    /// Full sets answered so far (`watch`, so tests wait for one without sleeping).
+    fulls: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RecordingDriver {
+    fn default() -> Self {
+        RecordingDriver {
+            inner: Mutex::default(),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            fulls: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -51,7 +68,7 @@ impl RecordingDriver {
         }
     }
 
-    /// Reports `health` for a connection at the next `observe` (and forgets its wiring).
+    /// Reports `health` for a connection at the next full set (and forgets its wiring).
     pub fn break_connection(&self, id: &str, health: Health) {
         let mut r = self.lock();
         r.installed.remove(id);
@@ -65,15 +82,21 @@ impl RecordingDriver {
     pub fn log(&self) -> Vec<String> {
         self.lock().log.clone()
     }
-}
 
-#[async_trait]
-impl Driver for RecordingDriver {
-    fn name(&self) -> &str {
-        "recording"
+    /// Returns once `n` full sets have been answered (one at the controller's start, then one
+    /// per reconcile round).
+    pub async fn full_sets(&self, n: u64) {
+        let mut rx = self.fulls.subscribe();
+        let _ = rx.wait_for(|seen| *seen >= n).await;
     }
 
-    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+    /// Sends `event` to the driver's subscribers, as a real driver does when the data plane
+    /// changes under it.
+    pub fn report(&self, event: DriverEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn apply(&self, c: &Connection) -> Result<(), DriverError> {
         let mut r = self.lock();
         if r.record_log {
             r.log.push(format!(
@@ -102,7 +125,7 @@ impl Driver for RecordingDriver {
         Ok(())
     }
 
-    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+    fn remove(&self, c: &Connection) {
         let mut r = self.lock();
         if r.record_log {
             r.log.push(format!(
@@ -111,10 +134,9 @@ impl Driver for RecordingDriver {
             ));
         }
         r.installed.remove(&c.id);
-        Ok(())
     }
 
-    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
+    fn observe(&self, desired: &[Connection]) -> Observation {
         let r = self.lock();
         let mut obs = Observation::default();
         for c in desired {
@@ -129,6 +151,36 @@ impl Driver for RecordingDriver {
                 );
             }
         }
-        Ok(obs)
+        obs
+    }
+}
+
+#[async_trait]
+impl Driver for RecordingDriver {
+    fn name(&self) -> &str {
+        "recording"
+    }
+
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        let mut report = Report::at(desired.version);
+        match &desired.update {
+            Update::Delta { upsert, remove } => {
+                for c in remove {
+                    self.remove(c);
+                }
+                for c in upsert {
+                    self.apply(c)?;
+                }
+            }
+            Update::Full { connections, .. } => {
+                report.observation = self.observe(connections);
+                self.fulls.send_modify(|n| *n += 1);
+            }
+        }
+        Ok(report)
+    }
+
+    fn subscribe(&self) -> Option<broadcast::Receiver<DriverEvent>> {
+        Some(self.events.subscribe())
     }
 }

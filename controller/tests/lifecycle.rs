@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use meshwire_controller::driver::Health;
+use meshwire_controller::driver::{DriverEvent, Happened, Health, Scope};
 use meshwire_controller::store::{memory::MemoryStore, redb_store::RedbStore, Store};
 use meshwire_controller::{
-    Config, ConnectionFilter, Controller, ControllerError, ManualClock, RecordingDriver,
+    Config, ConnectionFilter, Controller, ControllerError, Event, ManualClock, RecordingDriver,
 };
 use meshwire_models::{
     ClientRef, ConnectionRequest, ConnectionState, Manifest, Mechanism, MechanismKind, ObjectKey,
@@ -577,4 +577,51 @@ async fn timer_a_failed_repair_is_requeued_alone_with_backoff() {
         vec![c.id.clone()],
         "a success clears the backoff: {r:?}"
     );
+}
+
+/// Input: a connection up, a reconcile loop whose interval is an hour, then the driver reports
+/// an interface of it gone (and its wiring is broken). Output: the controller passes the event
+/// to watchers and repairs the connection at once, without waiting for the interval.
+#[tokio::test]
+async fn event_a_driver_event_runs_a_round_at_once() {
+    let h = harness(&[TOPOLOGY.into(), endpoint("a", "n2", "")]).await;
+    let c = h.ctl.request(req("n1", &[])).await.unwrap();
+    let mut events = h.ctl.subscribe();
+    let _loop = h.ctl.spawn_reconciler(std::time::Duration::from_secs(3600));
+    // The start's full set and the loop's first round.
+    h.driver.full_sets(2).await;
+    h.driver.break_connection(
+        &c.id,
+        Health::Missing {
+            reason: "nsm-1 deleted".into(),
+        },
+    );
+    h.driver.report(DriverEvent {
+        scope: Scope::Node("n1".into()),
+        happened: Happened::InterfaceGone {
+            netns: "n1".into(),
+            ifname: "nsm-1".into(),
+        },
+        detail: "nsm-1 was deleted".into(),
+    });
+    let mut noted = false;
+    let repaired = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match events.recv().await.unwrap() {
+                Event::DataPlane { happened, .. } => {
+                    noted = matches!(happened, Happened::InterfaceGone { .. })
+                }
+                Event::Connection { id, state, .. }
+                    if id == c.id && state == ConnectionState::Up =>
+                {
+                    break
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(repaired.is_ok(), "not repaired within 30 s of the event");
+    assert!(noted, "the event reached watchers first");
+    assert!(h.driver.installed().iter().any(|i| i.id == c.id));
 }

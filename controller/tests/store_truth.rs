@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use meshwire_controller::driver::{
-    Dataplanes, Driver, DriverError, Health, Observation, PEER_OBSERVE_TIMEOUT,
+    Dataplanes, Desired, Driver, DriverError, Health, Observation, Report, Scope, Update,
+    PEER_OBSERVE_TIMEOUT,
 };
 use meshwire_controller::store::faulty::FaultyStore;
 use meshwire_controller::store::Store;
@@ -48,18 +49,13 @@ impl Driver for GatedDriver {
     fn name(&self) -> &str {
         "gated"
     }
-    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
-        if self.hold.load(Ordering::SeqCst) {
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        let wires = matches!(&desired.update, Update::Delta { upsert, .. } if !upsert.is_empty());
+        if wires && self.hold.load(Ordering::SeqCst) {
             self.entered.notify_one();
             self.release.notified().await;
         }
-        self.inner.apply(c).await
-    }
-    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        self.inner.remove(c).await
-    }
-    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
-        self.inner.observe(desired).await
+        self.inner.converge(desired).await
     }
 }
 
@@ -245,14 +241,11 @@ impl Driver for Silent {
     fn name(&self) -> &str {
         "silent"
     }
-    async fn apply(&self, _: &Connection) -> Result<(), DriverError> {
-        Ok(())
-    }
-    async fn remove(&self, _: &Connection) -> Result<(), DriverError> {
-        Ok(())
-    }
-    async fn observe(&self, _: &[Connection]) -> Result<Observation, DriverError> {
-        std::future::pending().await
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        if desired.is_full() {
+            std::future::pending().await
+        }
+        Ok(Report::at(desired.version))
     }
 }
 
@@ -264,25 +257,26 @@ impl Driver for Lost {
     fn name(&self) -> &str {
         "lost"
     }
-    async fn apply(&self, _: &Connection) -> Result<(), DriverError> {
-        Ok(())
-    }
-    async fn remove(&self, _: &Connection) -> Result<(), DriverError> {
-        Ok(())
-    }
-    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
-        Ok(Observation {
-            connections: desired
-                .iter()
-                .map(|c| {
-                    (
-                        c.id.clone(),
-                        Health::EndpointLost {
-                            reason: "device down".into(),
-                        },
-                    )
-                })
-                .collect(),
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        let Update::Full { connections, .. } = &desired.update else {
+            return Ok(Report::at(desired.version));
+        };
+        Ok(Report {
+            version: desired.version,
+            swept: 0,
+            observation: Observation {
+                connections: connections
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.id.clone(),
+                            Health::EndpointLost {
+                                reason: "device down".into(),
+                            },
+                        )
+                    })
+                    .collect(),
+            },
         })
     }
 }
@@ -313,7 +307,11 @@ async fn timer_dead_ensms_cost_one_timeout_together() {
         desired.push(c);
     }
     let t0 = tokio::time::Instant::now();
-    let obs = dp.observe(&desired).await.unwrap();
+    let obs = dp
+        .converge(&Desired::full(Scope::All, 7, desired))
+        .await
+        .unwrap()
+        .observation;
     let took = t0.elapsed();
     assert!(
         took >= PEER_OBSERVE_TIMEOUT && took < PEER_OBSERVE_TIMEOUT * 2,

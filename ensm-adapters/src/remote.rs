@@ -6,11 +6,13 @@
 //!  meshwire ensm ── register Device + NSEs (url = our address) ──▶ controller REST
 //!        ▲          endpoint down / up                        ──▶ PUT /api/v1/endpoints/{n}/status
 //!        │
-//!  controller's Dataplanes ── POST /ensm/v1/{apply,remove,observe} (connections as JSON) ──┘
+//!  controller's Dataplanes ── POST /ensm/v1/converge (a Desired as JSON → a Report) ──┘
 //!        (a RemoteEnsm, found from the endpoint's url)
 //! ```
-//! The wire format is the controller's own `Connection` and `Observation` as JSON. Errors come
-//! back as 502 with the device's message, so the request fails exactly as in process.
+//! The wire format is the driver boundary itself: the controller's `Desired` (a versioned delta
+//! or full set) in, its `Report` out, as JSON. Errors come back as 502 carrying the typed
+//! `DriverError`, so the request fails exactly as in process. Its events (endpoints withdrawn
+//! and restored) reach the controller through the registrar's endpoint status calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +22,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use meshwire_controller::driver::{Driver, DriverError, Failure, Observation};
+use meshwire_controller::driver::{Desired, Driver, DriverError, Failure, Report, Update};
 use meshwire_models::secret::constant_time_eq as same;
-use meshwire_models::{Connection, Object};
+use meshwire_models::Object;
 
 use crate::ensm::{Ensm, Registrar};
 
@@ -40,9 +42,7 @@ pub fn router(ensm: Ensm) -> Router {
 /// `Authorization: Bearer <token>` (the controller's `MESHWIRE_ENSM_TOKEN`), else 401.
 pub fn router_with_token(ensm: Ensm, token: Option<String>) -> Router {
     let r = Router::new()
-        .route("/ensm/v1/apply", post(apply))
-        .route("/ensm/v1/remove", post(remove))
-        .route("/ensm/v1/observe", post(observe))
+        .route("/ensm/v1/converge", post(converge))
         .route("/ensm/v1/status", get(status))
         .with_state(ensm);
     match token {
@@ -80,16 +80,8 @@ fn refused(e: DriverError) -> (StatusCode, String) {
     (StatusCode::BAD_GATEWAY, body)
 }
 
-async fn apply(State(e): State<Ensm>, Json(c): Json<Connection>) -> Reply<()> {
-    e.apply(&c).await.map(Json).map_err(refused)
-}
-
-async fn remove(State(e): State<Ensm>, Json(c): Json<Connection>) -> Reply<()> {
-    e.remove(&c).await.map(Json).map_err(refused)
-}
-
-async fn observe(State(e): State<Ensm>, Json(cs): Json<Vec<Connection>>) -> Reply<Observation> {
-    e.observe(&cs).await.map(Json).map_err(refused)
+async fn converge(State(e): State<Ensm>, Json(d): Json<Desired>) -> Reply<Report> {
+    e.converge(&d).await.map(Json).map_err(refused)
 }
 
 async fn status(State(e): State<Ensm>) -> Json<crate::ensm::Status> {
@@ -164,16 +156,19 @@ impl Driver for RemoteEnsm {
     fn name(&self) -> &str {
         &self.name
     }
-    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
-        self.call("apply", &format!("connection {}", c.id), c).await
-    }
-    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        self.call("remove", &format!("connection {}", c.id), c)
-            .await
-    }
-    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
-        self.call("observe", &format!("device {}", self.device), &desired)
-            .await
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        let target = match &desired.update {
+            Update::Delta { upsert, remove } => {
+                let ids: Vec<&str> = remove
+                    .iter()
+                    .chain(upsert.iter())
+                    .map(|c| c.id.as_str())
+                    .collect();
+                format!("connection {}", ids.join(","))
+            }
+            Update::Full { .. } => format!("device {}", self.device),
+        };
+        self.call("converge", &target, desired).await
     }
 }
 

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use support::look;
 
 use async_trait::async_trait;
-use meshwire_controller::driver::{Dataplanes, Driver, DriverError, Observation, RecordingDriver};
+use meshwire_controller::driver::{
+    Dataplanes, Desired, Driver, DriverError, RecordingDriver, Report, Update,
+};
 use meshwire_controller::store::redb_store::RedbStore;
 use meshwire_controller::store::{memory::MemoryStore, Store};
 use meshwire_controller::{Config, Controller, ControllerError, SystemClock};
@@ -183,18 +185,14 @@ impl Driver for DieBeforeFirstLeg {
     fn name(&self) -> &str {
         "die-before-first-leg"
     }
-    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
-        if c.chain.onward.is_some() {
-            let _ = self.reached.send(c.clone());
-            std::future::pending::<()>().await;
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        if let Update::Delta { upsert, .. } = &desired.update {
+            if let Some(c) = upsert.iter().find(|c| c.chain.onward.is_some()) {
+                let _ = self.reached.send(c.clone());
+                std::future::pending::<()>().await;
+            }
         }
-        self.ensm.apply(c).await
-    }
-    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        self.ensm.remove(c).await
-    }
-    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
-        self.ensm.observe(desired).await
+        self.ensm.converge(desired).await
     }
 }
 

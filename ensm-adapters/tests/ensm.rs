@@ -200,7 +200,7 @@ async fn dev_ensm_registers_configures_removes_and_resyncs() {
 
     // Close removes exactly ours; removing again is a no-op.
     w.ctl.close(&c.id).await.unwrap();
-    w.ensm.remove(&c).await.unwrap();
+    support::remove(&w.ensm, &c).await.unwrap();
     let cfg = running(&w.session).await;
     assert!(!cfg.contains(&c.id) && cfg.contains("ops1"), "{cfg}");
 }
@@ -321,17 +321,17 @@ async fn dev_ensm_session_backoff_follows_the_injected_clock() {
         Arc::new(clock.clone()),
     );
     dev.stop();
-    let first = ensm.apply(&c).await.unwrap_err();
+    let first = support::apply(&ensm, &c).await.unwrap_err();
     assert!(!first.reason.contains("next attempt in"), "{first}");
     assert!(first.retryable(), "{first:?}");
-    let waiting = ensm.apply(&c).await.unwrap_err();
+    let waiting = support::apply(&ensm, &c).await.unwrap_err();
     assert!(waiting.reason.contains("next attempt in"), "{waiting}");
     dev.restart().unwrap();
     // The device is back, but the clock has not moved: no new attempt.
-    let again = ensm.apply(&c).await.unwrap_err();
+    let again = support::apply(&ensm, &c).await.unwrap_err();
     assert!(again.reason.contains("next attempt in"), "{again}");
     // Past the longest backoff (10 s): it reconnects and applies.
     clock.advance(10_001);
-    ensm.apply(&c).await.unwrap();
+    support::apply(&ensm, &c).await.unwrap();
     assert_eq!(ensm.status().sessions_opened, 1);
 }

@@ -19,7 +19,7 @@ use crate::service::Payload;
 
 /// Who asks: a workload on a node.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct ClientRef {
     /// The node the client runs on.
     pub node: String,
@@ -144,9 +144,10 @@ pub struct IpContext {
 
 /// Lifecycle of a connection.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionState {
+    #[default]
     Requested,
     Programming,
     Up,
@@ -228,7 +229,7 @@ pub struct StateError {
 
 /// A connection between a client and an endpoint.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Connection {
     pub id: String,
     pub network_service: String,

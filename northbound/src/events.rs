@@ -102,6 +102,7 @@ fn sse(id: u64, ev: &Event) -> SseEvent {
         Event::Connection { .. } => "connection",
         Event::Object { .. } => "object",
         Event::Endpoint { .. } => "endpoint",
+        Event::DataPlane { .. } => "data-plane",
     };
     SseEvent::default()
         .id(id.to_string())

@@ -4,12 +4,54 @@
 
 use std::process::Command;
 
-use meshwire_controller::driver::{Driver, Health};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use meshwire_controller::driver::{
+    Desired, Driver, DriverError, Happened, Health, Observation, Scope,
+};
 use meshwire_models::{
     ClientRef, Connection, ConnectionState, Hop, IpContext, Mechanism, Payload, Placement, Route,
     Topology,
 };
 use meshwire_southbound::KernelDriver;
+
+static VERSION: AtomicU64 = AtomicU64::new(1);
+
+fn version() -> u64 {
+    VERSION.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+const SCOPE: Scope = Scope::Forwarder(meshwire_models::ForwarderKind::Kernel);
+
+async fn apply(d: &KernelDriver, c: &Connection) -> Result<(), DriverError> {
+    d.converge(&Desired::upsert(SCOPE, version(), c))
+        .await
+        .map(drop)
+}
+
+async fn remove(d: &KernelDriver, c: &Connection) -> Result<(), DriverError> {
+    d.converge(&Desired::remove(SCOPE, version(), c))
+        .await
+        .map(drop)
+}
+
+/// A full set: what the driver sees of `desired` (it sweeps too).
+async fn observe(d: &KernelDriver, desired: &[Connection]) -> Result<Observation, DriverError> {
+    Ok(
+        d.converge(&Desired::full(SCOPE, version(), desired.to_vec()))
+            .await?
+            .observation,
+    )
+}
+
+/// A full set in `topology`: how many objects it swept.
+async fn sweep(d: &KernelDriver, desired: &[Connection], topology: &Topology) -> usize {
+    d.topology(topology).await.unwrap();
+    d.converge(&Desired::full(SCOPE, version(), desired.to_vec()))
+        .await
+        .unwrap()
+        .swept
+}
 
 /// Namespaces created for one test and deleted when it ends, even on failure.
 struct Netns(Vec<String>);
@@ -143,32 +185,42 @@ async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
     };
     let c = conn(id, m, placement, Payload::Ip, 1500);
     let d = KernelDriver::new();
-    d.apply(&c).await.unwrap();
-    d.apply(&c).await.unwrap();
+    apply(&d, &c).await.unwrap();
+    apply(&d, &c).await.unwrap();
     assert!(ping(&c_ns, "172.16.0.0"));
     assert!(sh(&format!("ip -n {c_ns} route show proto 200"))
         .contains("10.60.0.0/16 via 172.16.0.0 dev nsm-1"));
     assert!(sh(&format!("ip -n {e_ns} -d link show nse-11111111"))
         .contains(&format!("alias meshwire:{id}")));
-    assert!(d
-        .observe(std::slice::from_ref(&c))
+    assert!(observe(&d, std::slice::from_ref(&c))
         .await
         .unwrap()
         .connections
         .is_empty());
 
-    // Somebody deletes the endpoint side: observed missing, repaired by applying again.
+    // Somebody deletes the endpoint side: the driver reports it at once (both ends of the pair
+    // go), then a full set sees it missing, and a delta repairs it.
+    let mut events = d.subscribe().expect("the kernel driver reports events");
     sh(&format!("ip -n {e_ns} link del nse-11111111"));
-    let obs = d.observe(std::slice::from_ref(&c)).await.unwrap();
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10 s")
+        .unwrap();
+    assert!(
+        matches!(&gone.happened, Happened::InterfaceGone { ifname, .. } if ifname == "nse-11111111" || ifname == "nsm-1"),
+        "{gone:?}"
+    );
+    assert!(gone.detail.contains(id), "{gone:?}");
+    let obs = observe(&d, std::slice::from_ref(&c)).await.unwrap();
     assert!(
         matches!(obs.connections.get(id), Some(Health::Missing { .. })),
         "{obs:?}"
     );
-    d.apply(&c).await.unwrap();
+    apply(&d, &c).await.unwrap();
     assert!(ping(&c_ns, "172.16.0.0"));
 
-    d.remove(&c).await.unwrap();
-    d.remove(&c).await.unwrap();
+    remove(&d, &c).await.unwrap();
+    remove(&d, &c).await.unwrap();
     // Out of service and the client's name free at once (the endpoint's end has lost its
     // carrier); both deleted from the kernel in the next batch.
     assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
@@ -183,13 +235,13 @@ async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
 
     // An interface of the same name that is not ours: refused, and left alone by remove.
     sh(&format!("ip -n {c_ns} link add nsm-1 type bridge"));
-    let err = d.apply(&c).await.unwrap_err();
+    let err = apply(&d, &c).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("already exists and is not this connection's"),
         "{err}"
     );
-    d.remove(&c).await.unwrap();
+    remove(&d, &c).await.unwrap();
     assert!(sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
 }
 
@@ -221,8 +273,8 @@ async fn dev_vxlan_between_nodes_into_workload_namespaces_and_lost_endpoint() {
     };
     let c = conn(id, m, placement, Payload::Ip, 1450);
     let d = KernelDriver::new();
-    d.apply(&c).await.unwrap();
-    d.apply(&c).await.unwrap();
+    apply(&d, &c).await.unwrap();
+    apply(&d, &c).await.unwrap();
     assert!(ping(&c_ns, "172.16.0.0"), "ping across VXLAN");
     let link = sh(&format!("ip -n {c_ns} -d link show nsm-1"));
     assert!(
@@ -236,12 +288,12 @@ async fn dev_vxlan_between_nodes_into_workload_namespaces_and_lost_endpoint() {
 
     // The endpoint's namespace disappears: reported lost, and remove still succeeds.
     sh(&format!("ip netns del {e_ns}"));
-    let obs = d.observe(std::slice::from_ref(&c)).await.unwrap();
+    let obs = observe(&d, std::slice::from_ref(&c)).await.unwrap();
     assert!(
         matches!(obs.connections.get(id), Some(Health::EndpointLost { .. })),
         "{obs:?}"
     );
-    d.remove(&c).await.unwrap();
+    remove(&d, &c).await.unwrap();
     assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
 }
 
@@ -270,7 +322,7 @@ async fn dev_ethernet_endpoint_side_joins_bridge() {
             dst_ip_addrs: vec!["10.9.0.1/24".parse().unwrap()],
             ..Default::default()
         };
-        d.apply(&c).await.unwrap();
+        apply(&d, &c).await.unwrap();
     }
     assert!(
         ping(&ns.name(0), "10.9.0.3"),
@@ -324,10 +376,10 @@ async fn dev_removal_retires_at_once_and_the_start_sweep_removes_what_a_crash_le
 
     let crashed = KernelDriver::new();
     for c in [&wanted, &orphan, &retired] {
-        crashed.apply(c).await.unwrap();
+        apply(&crashed, c).await.unwrap();
     }
     // Removal returns with the name free, before the kernel has deleted anything.
-    crashed.remove(&retired).await.unwrap();
+    remove(&crashed, &retired).await.unwrap();
     assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-3"));
     // A crash now: the retired interfaces may or may not be deleted yet; the orphan's wiring
     // stays. Somebody else's interface, with somebody else's alias, is not ours.
@@ -345,9 +397,7 @@ async fn dev_removal_retires_at_once_and_the_start_sweep_removes_what_a_crash_le
     ));
 
     let d = KernelDriver::new();
-    let swept = d
-        .sweep(std::slice::from_ref(&wanted), &Topology::default())
-        .await;
+    let swept = sweep(&d, std::slice::from_ref(&wanted), &Topology::default()).await;
     let links = sh(&format!("ip -n {c_ns} link"));
     assert!(
         !links.contains("nsm-2") && !links.contains("mwr"),
@@ -370,8 +420,18 @@ async fn dev_removal_retires_at_once_and_the_start_sweep_removes_what_a_crash_le
     );
     // A second sweep finds nothing.
     assert_eq!(
-        d.sweep(std::slice::from_ref(&wanted), &Topology::default())
-            .await,
+        sweep(&d, std::slice::from_ref(&wanted), &Topology::default()).await,
         0
     );
+    // Once this driver has wired something, a full set is a snapshot that may predate it: what
+    // one full set finds unwanted goes only when the next finds it unwanted too.
+    let late = routed("dddddddd-4", 4, "10.63.0.0/16");
+    apply(&d, &late).await.unwrap();
+    assert_eq!(
+        sweep(&d, std::slice::from_ref(&wanted), &Topology::default()).await,
+        0
+    );
+    assert!(sh(&format!("ip -n {c_ns} link")).contains("nsm-4"));
+    assert!(sweep(&d, std::slice::from_ref(&wanted), &Topology::default()).await >= 2);
+    assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-4"));
 }

@@ -1,9 +1,12 @@
-//! The driver: `Driver` for a device (apply, remove, observe).
+//! The driver: `Driver` for a device (deltas configure and unconfigure; a full set observes
+//! and removes orphan entries).
 
 use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
-use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
+use meshwire_controller::driver::{
+    Desired, Driver, DriverError, DriverEvent, Health, Observation, Report, Update,
+};
 use meshwire_models::Connection;
 
 use super::*;
@@ -14,6 +17,32 @@ impl Driver for Ensm {
         &self.inner.name
     }
 
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        let mut report = Report::at(desired.version);
+        match &desired.update {
+            Update::Delta { upsert, remove } => {
+                for c in remove {
+                    self.remove(c).await?;
+                }
+                for c in upsert {
+                    self.apply(c).await?;
+                }
+            }
+            // Orphans go only when two full sets in a row find them (see `remove_orphans`):
+            // a full set is a snapshot that may predate a connection configured since.
+            Update::Full { connections, .. } => {
+                report.observation = self.observe(connections).await?
+            }
+        }
+        Ok(report)
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<DriverEvent>> {
+        Some(self.inner.events.subscribe())
+    }
+}
+
+impl Ensm {
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
         self.accepts(c).map_err(|r| self.err(c, r))?;
         let as_client = self.is_client(c);

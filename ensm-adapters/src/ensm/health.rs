@@ -58,7 +58,9 @@ impl Ensm {
                 .await
             {
                 Ok(()) => {
-                    self.health().withdrawn.insert(n);
+                    if self.health().withdrawn.insert(n.clone()) {
+                        self.tell(Happened::EndpointWithdrawn { endpoint: n }, reason);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %n, error = %e, "withdrawing endpoint failed; retrying")
@@ -74,13 +76,24 @@ impl Ensm {
                 .await
             {
                 Ok(()) => {
-                    self.health().withdrawn.remove(&n);
+                    if self.health().withdrawn.remove(&n) {
+                        self.tell(Happened::EndpointRestored { endpoint: n }, reason);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %n, error = %e, "restoring endpoint failed; retrying")
                 }
             }
         }
+    }
+
+    /// Tells the controller (nobody listening is fine: the registrar was told too).
+    fn tell(&self, happened: Happened, detail: String) {
+        let _ = self.inner.events.send(DriverEvent {
+            scope: Scope::Device(self.inner.device.name.clone()),
+            happened,
+            detail,
+        });
     }
 
     /// Applies what a poll says: an interface goes down on its second not-up poll in a row.

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use meshwire_controller::clock::{Clock, SystemClock};
+use meshwire_controller::driver::{DriverEvent, Happened, Scope, EVENT_BUFFER};
 use meshwire_models::mechanism::Capabilities;
 use meshwire_models::{Device, EndpointLocation, MechanismKind, NetworkServiceEndpoint, Object};
 
@@ -154,6 +155,8 @@ struct Inner {
     url: std::sync::OnceLock<String>,
     /// Time, injected (the session backoff reads it).
     clock: Arc<dyn Clock>,
+    /// Endpoints withdrawn and restored, for the controller (see [`Driver::subscribe`]).
+    events: tokio::sync::broadcast::Sender<DriverEvent>,
 }
 
 /// An eNSM for one device. Cheap to clone.
@@ -203,6 +206,7 @@ impl Ensm {
                 name,
                 url: std::sync::OnceLock::new(),
                 clock,
+                events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             }),
         }
     }

@@ -1,7 +1,7 @@
 //! The Linux kernel data plane, over rtnetlink.
 //!
 //! ```text
-//!  Controller ──apply/remove/observe──▶ KernelDriver ──wiring::plan (pure)──▶ Wiring
+//!  Controller ──Desired (delta | full)──▶ KernelDriver ──wiring::plan (pure)──▶ Wiring
 //!                                            │
 //!                                            ├─ Namespaces: one netlink socket per netns,
 //!                                            │  opened on a thread that entered it
@@ -24,8 +24,11 @@ use std::os::fd::AsRawFd;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use meshwire_controller::driver::{Driver, DriverError, Failure, Health, Observation};
-use meshwire_models::Connection;
+use meshwire_controller::driver::{
+    Desired, Driver, DriverError, DriverEvent, Failure, Happened, Health, Ledger, Observation,
+    Report, Scope, Update, EVENT_BUFFER,
+};
+use meshwire_models::{Connection, Topology};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{
@@ -40,11 +43,21 @@ const EEXIST: i32 = 17;
 pub(crate) const ENODEV: i32 = 19;
 
 /// Wires connections with veth pairs, VXLAN devices and bridges in network namespaces.
+/// [`KernelDriver::new`] also reports interfaces of desired connections that go away;
+/// `default()` does not (a helper inside another driver).
 #[derive(Default)]
 pub struct KernelDriver {
     namespaces: Namespaces,
     /// Removal retires interfaces at once and deletes them in batches ([`retire`]).
     retirer: Retirer,
+    /// The desired set as handed (deltas and full sets).
+    ledger: std::sync::Arc<Ledger>,
+    /// Interfaces of desired connections that went away.
+    events: Option<tokio::sync::broadcast::Sender<DriverEvent>>,
+    /// The namespaces of the topology's nodes are swept too.
+    topology: std::sync::Mutex<Topology>,
+    /// What the last sweep found unwanted ([`sweep`]).
+    suspects: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// An interface as we found it.
@@ -77,7 +90,33 @@ fn found(msg: &LinkMessage) -> Found {
 
 impl KernelDriver {
     pub fn new() -> Self {
-        KernelDriver::default()
+        let (tx, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+        let d = KernelDriver {
+            events: Some(tx.clone()),
+            ..KernelDriver::default()
+        };
+        let ledger = d.ledger.clone();
+        d.namespaces
+            .watch(std::sync::Arc::new(move |ns, ifname, alias| {
+                // Only an interface of a connection still desired is news: what a delta removed
+                // (and the peer that went with it) is not.
+                let Some(id) = alias.and_then(|a| a.strip_prefix(wiring::ALIAS_PREFIX)) else {
+                    return;
+                };
+                if !ledger.contains(id) {
+                    return;
+                }
+                let netns = ns_name(ns).to_string();
+                let _ = tx.send(DriverEvent {
+                    scope: Scope::Forwarder(meshwire_models::ForwarderKind::Kernel),
+                    happened: Happened::InterfaceGone {
+                        netns: netns.clone(),
+                        ifname: ifname.to_string(),
+                    },
+                    detail: format!("{netns}/{ifname} of connection {id} was deleted"),
+                });
+            }));
+        d
     }
 
     /// Returns once every interface removed so far is deleted from the kernel (removal takes
@@ -460,12 +499,7 @@ impl KernelDriver {
     }
 }
 
-#[async_trait]
-impl Driver for KernelDriver {
-    fn name(&self) -> &str {
-        "kernel"
-    }
-
+impl KernelDriver {
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
         let w = wiring::plan(c).map_err(|r| self.err(c, "", r))?;
         match &w {
@@ -495,11 +529,6 @@ impl Driver for KernelDriver {
         Ok(())
     }
 
-    async fn sweep(&self, desired: &[Connection], topology: &meshwire_models::Topology) -> usize {
-        let s = self.sweep_unwanted(desired, topology).await;
-        s.interfaces + s.routes
-    }
-
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
         let Ok(w) = wiring::plan(c) else {
             return Ok(());
@@ -522,7 +551,7 @@ impl Driver for KernelDriver {
         Ok(())
     }
 
-    async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
+    async fn observe(&self, desired: &[Connection]) -> Observation {
         let mut links: HashMap<Option<String>, Option<HashMap<String, Option<String>>>> =
             HashMap::new();
         let mut obs = Observation::default();
@@ -583,6 +612,57 @@ impl Driver for KernelDriver {
                 obs.connections.insert(c.id.clone(), h);
             }
         }
-        Ok(obs)
+        obs
+    }
+}
+
+#[async_trait]
+impl Driver for KernelDriver {
+    fn name(&self) -> &str {
+        "kernel"
+    }
+
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        match &desired.update {
+            Update::Delta { upsert, remove } => {
+                let _wiring = self.ledger.delta(desired.version, upsert, remove).await;
+                for c in remove {
+                    self.remove(c).await?;
+                }
+                for c in upsert {
+                    self.apply(c).await?;
+                }
+                Ok(Report::at(desired.version))
+            }
+            Update::Full {
+                connections,
+                shared,
+            } => {
+                let at_once = self.ledger.untouched();
+                let (_held, mine) = self.ledger.full(desired.version, connections).await;
+                let mut all = mine.clone();
+                all.extend(shared.iter().cloned());
+                let topology = self
+                    .topology
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let swept = self.sweep_unwanted(&all, &topology, at_once).await;
+                Ok(Report {
+                    version: desired.version,
+                    observation: self.observe(&mine).await,
+                    swept: swept.interfaces + swept.routes,
+                })
+            }
+        }
+    }
+
+    async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
+        *self.topology.lock().unwrap_or_else(|p| p.into_inner()) = t.clone();
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<DriverEvent>> {
+        self.events.as_ref().map(|tx| tx.subscribe())
     }
 }

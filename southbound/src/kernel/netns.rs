@@ -5,6 +5,10 @@
 //! connection task then runs on the runtime like any other. Nothing forks, and the runtime's own
 //! threads never change namespace.
 //!
+//! With a watcher set ([`Namespaces::watch`]), each socket also joins the kernel's link group, and
+//! every interface deleted in the namespace is passed to the watcher: the data plane's changes
+//! arrive as events instead of waiting for the next full look.
+//!
 //! Handles are cached by name and inode: a namespace deleted and created again under the same name
 //! gets a fresh socket, and [`Namespaces::forget`] drops a handle once its namespace is gone so our
 //! socket does not keep the namespace (and its interfaces) alive.
@@ -13,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rtnetlink::Handle;
 
@@ -24,17 +28,29 @@ struct Cached {
     inode: u64,
     handle: Handle,
     task: tokio::task::JoinHandle<()>,
+    watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Cached {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(w) = &self.watch {
+            w.abort();
+        }
     }
 }
+
+/// Called with (namespace, interface name, alias) for each interface deleted in a namespace
+/// we hold a socket in.
+pub type OnGone = Arc<dyn Fn(&Option<String>, &str, Option<&str>) + Send + Sync>;
+
+/// The kernel's link notification group (`RTNLGRP_LINK`).
+const RTNLGRP_LINK: u32 = 1;
 
 #[derive(Default)]
 pub struct Namespaces {
     cache: Mutex<HashMap<Option<String>, Cached>>,
+    watcher: std::sync::OnceLock<OnGone>,
 }
 
 /// The path of namespace `name`: only ever one component under [`NETNS_DIR`]. A name with a
@@ -65,6 +81,11 @@ pub fn open(name: &str) -> std::io::Result<File> {
 }
 
 impl Namespaces {
+    /// Passes every interface deletion in the namespaces handled from now on to `on_gone`.
+    pub fn watch(&self, on_gone: OnGone) {
+        let _ = self.watcher.set(on_gone);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<String>, Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -100,9 +121,23 @@ impl Namespaces {
                 })();
                 let _ = tx.send(result);
             })?;
-        let (conn, handle, _) = rx
+        let (mut conn, handle, messages) = rx
             .await
             .map_err(|_| std::io::Error::other("namespace thread died"))??;
+        let watch = match self.watcher.get() {
+            Some(on_gone) => {
+                use rtnetlink::sys::AsyncSocket;
+                conn.socket_mut()
+                    .socket_mut()
+                    .add_membership(RTNLGRP_LINK)?;
+                Some(tokio::spawn(watch_links(
+                    ns.clone(),
+                    messages,
+                    on_gone.clone(),
+                )))
+            }
+            None => None,
+        };
         let task = tokio::spawn(conn);
         self.lock().insert(
             ns.clone(),
@@ -110,6 +145,7 @@ impl Namespaces {
                 inode: ino,
                 handle: handle.clone(),
                 task,
+                watch,
             },
         );
         Ok(handle)
@@ -118,6 +154,44 @@ impl Namespaces {
     /// Drops the handle of a namespace that is gone.
     pub fn forget(&self, ns: &Option<String>) {
         self.lock().remove(ns);
+    }
+}
+
+/// Reads the link notifications of one namespace's socket until it closes.
+async fn watch_links(
+    ns: Option<String>,
+    mut messages: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    on_gone: OnGone,
+) {
+    use futures::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    while let Some((msg, _)) = messages.next().await {
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = msg.payload else {
+            continue;
+        };
+        let mut name = None;
+        let mut alias = None;
+        let mut retired = false;
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
+                LinkAttribute::Group(g) => retired = *g == super::retire::RETIRED_GROUP,
+                _ => {}
+            }
+        }
+        // What our own removal retired is expected to go.
+        if retired {
+            continue;
+        }
+        if let Some(name) = name {
+            on_gone(&ns, &name, alias.as_deref());
+        }
     }
 }
 

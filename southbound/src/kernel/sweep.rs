@@ -1,8 +1,12 @@
-//! The start sweep: what carries our mark and belongs to no desired connection is removed.
+//! The sweep: what carries our mark and belongs to no desired connection is removed.
 //!
-//! Run once when the controller starts, over the namespaces this controller wires (its nodes'
-//! and its connections' ends), never over every namespace of the host: another controller's
-//! interfaces in namespaces we do not manage are not ours to judge. Removed are
+//! Run with every full set, over the namespaces this controller wires (its nodes' and its
+//! connections' ends), never over every namespace of the host: another controller's interfaces
+//! in namespaces we do not manage are not ours to judge. A full set is a snapshot, and a
+//! connection wired just after it was taken is not in it; so an object is removed only when two
+//! full sets in a row find it unwanted (the second was taken after anything wired before the
+//! first), except before anything was wired since start, when the first full set removes at
+//! once. Removed are
 //! - interfaces with a `meshwire:<id>` alias whose connection is not desired (a crash between
 //!   wiring and recording, a record deleted by hand), and interfaces retired but not yet deleted
 //!   (a crash during teardown);
@@ -21,7 +25,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::netns;
 use super::retire::{delete_retired, take_out_of_service, RETIRED_GROUP};
-use super::wiring::{self, Wiring, ROUTE_PROTOCOL};
+use super::wiring::{self, Wiring, ALIAS_PREFIX, ROUTE_PROTOCOL};
 use super::KernelDriver;
 
 /// What a sweep removed.
@@ -37,8 +41,6 @@ struct Link {
     alias: Option<String>,
     group: u32,
 }
-
-const ALIAS_PREFIX: &str = "meshwire:";
 
 fn namespaces_of(desired: &[Connection], topology: &Topology) -> BTreeSet<Option<String>> {
     let mut out: BTreeSet<Option<String>> = topology
@@ -140,7 +142,16 @@ fn route_oif(m: &RouteMessage) -> Option<u32> {
 impl KernelDriver {
     /// Removes what carries our mark in the namespaces this controller wires and belongs to
     /// none of `desired`. Namespaces that cannot be entered are skipped (logged).
-    pub async fn sweep_unwanted(&self, desired: &[Connection], topology: &Topology) -> Swept {
+    ///
+    /// `at_once`: remove what is unwanted now (nothing was wired since start); otherwise only
+    /// what the previous sweep found unwanted too.
+    pub async fn sweep_unwanted(
+        &self,
+        desired: &[Connection],
+        topology: &Topology,
+        at_once: bool,
+    ) -> Swept {
+        let mut suspects = HashSet::new();
         let ids: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
         let routes = desired_routes(desired);
         let mut swept = Swept::default();
@@ -149,7 +160,10 @@ impl KernelDriver {
                 continue;
             }
             let label = ns.as_deref().unwrap_or("(own)").to_string();
-            match self.sweep_one(&ns, &ids, &routes).await {
+            match self
+                .sweep_one(&ns, &ids, &routes, at_once, &mut suspects)
+                .await
+            {
                 Ok(s) => {
                     if s != Swept::default() {
                         tracing::info!(netns = %label, interfaces = s.interfaces, routes = s.routes, "swept what no desired connection holds");
@@ -162,7 +176,20 @@ impl KernelDriver {
                 }
             }
         }
+        *self.suspects.lock().unwrap_or_else(|p| p.into_inner()) = suspects;
         swept
+    }
+
+    /// Whether an unwanted object goes now: at once, or when the previous sweep found it
+    /// unwanted too. Either way it is remembered for the next.
+    fn confirmed(&self, key: String, at_once: bool, suspects: &mut HashSet<String>) -> bool {
+        let before = self
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key);
+        suspects.insert(key);
+        at_once || before
     }
 
     async fn sweep_one(
@@ -170,6 +197,8 @@ impl KernelDriver {
         ns: &Option<String>,
         ids: &HashSet<&str>,
         routes: &HashSet<RouteKey>,
+        at_once: bool,
+        suspects: &mut HashSet<String>,
     ) -> Result<Swept, String> {
         let h = self
             .namespaces
@@ -188,6 +217,10 @@ impl KernelDriver {
             };
             let Some(on) = all.get(&oif) else { continue };
             if routes.contains(&(ns.clone(), on.name.clone(), prefix)) {
+                continue;
+            }
+            let key = format!("route {}/{} {prefix}", ns.as_deref().unwrap_or(""), on.name);
+            if !self.confirmed(key, at_once, suspects) {
                 continue;
             }
             if h.route().del(m).execute().await.is_ok() {
@@ -209,6 +242,10 @@ impl KernelDriver {
                 continue;
             };
             if ids.contains(id) {
+                continue;
+            }
+            let key = format!("link {}/{} {id}", ns.as_deref().unwrap_or(""), l.name);
+            if !self.confirmed(key, at_once, suspects) {
                 continue;
             }
             if take_out_of_service(&h, *index).await.is_ok() {

@@ -13,9 +13,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use meshwire_models::{Connection, Mechanism, Payload, Route};
 
+/// What every alias of ours starts with; the connection id follows.
+pub const ALIAS_PREFIX: &str = "meshwire:";
+
 /// The interface alias marking what Meshwire created, and for which connection.
 pub fn alias(connection_id: &str) -> String {
-    format!("meshwire:{connection_id}")
+    format!("{ALIAS_PREFIX}{connection_id}")
 }
 
 /// The routing protocol number on routes Meshwire installs (`ip route show proto 200`).

@@ -11,11 +11,7 @@ use crate::kernel::wiring::End;
 impl OvsDriver {
     /// Removes our connection ports (and their veths) whose connection is not desired.
     pub(super) async fn collect_orphans(&self, node: &str) -> Result<usize, DriverError> {
-        if !self
-            .inner
-            .desired_known
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if !self.inner.ledger.known() {
             return Ok(0);
         }
         let db = self.db(node).await?;
@@ -23,7 +19,13 @@ impl OvsDriver {
         let _g = l.lock().await;
         let netns = self.node_info(node)?.netns;
         let (_, conns) = self.read_ports(node)?;
-        let desired: HashSet<String> = lock(&self.inner.desired).conns.keys().cloned().collect();
+        let desired: HashSet<String> = self
+            .inner
+            .ledger
+            .snapshot()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         let orphans: Vec<(String, String)> = conns
             .into_iter()
             .filter(|(_, id)| !desired.contains(id))

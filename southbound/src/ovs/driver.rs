@@ -1,11 +1,13 @@
-//! The driver: `Driver` for Open vSwitch (apply, remove, observe, sweep) and the full resync of a
-//! node's flows.
+//! The driver: `Driver` for Open vSwitch (deltas wire and unwire; a full set sweeps, observes,
+//! resyncs every node's flows and collects leftover ports).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use meshwire_controller::driver::{Driver, DriverError, Health, Observation};
+use meshwire_controller::driver::{
+    Desired, Driver, DriverError, DriverEvent, Health, Observation, Report, Update,
+};
 use meshwire_models::{Connection, ForwarderKind, Topology};
 use serde_json::{json, Value};
 
@@ -68,11 +70,7 @@ impl OvsDriver {
     }
     /// Every desired connection (snapshot), for full node syncs.
     pub(super) fn desired_snapshot(&self) -> Vec<Connection> {
-        lock(&self.inner.desired)
-            .conns
-            .values()
-            .map(|(c, _)| c.clone())
-            .collect()
+        self.inner.ledger.snapshot()
     }
 
     /// The full flow set of `node` (infra and every desired connection whose ports are numbered),
@@ -116,10 +114,7 @@ impl OvsDriver {
                 }
             }
         }
-        let known_all = self
-            .inner
-            .desired_known
-            .load(std::sync::atomic::Ordering::Acquire);
+        let known_all = self.inner.ledger.known();
         let may_delete = |c: u64| (known_all || c == plan::INFRA_COOKIE) && !keep.contains(&c);
         self.sync_flows(
             node,
@@ -133,42 +128,7 @@ impl OvsDriver {
     }
 }
 
-#[async_trait]
-impl Driver for OvsDriver {
-    fn name(&self) -> &str {
-        "ovs"
-    }
-
-    /// The workload legs are kernel veths: swept as the kernel driver sweeps its own.
-    async fn sweep(&self, desired: &[Connection], topology: &Topology) -> usize {
-        let s = self.inner.kernel.sweep_unwanted(desired, topology).await;
-        s.interfaces + s.routes
-    }
-
-    /// Takes the topology at once and bootstraps its ovs nodes in the background (a node whose
-    /// switch is slow to connect must not hold up the controller or the request that changed
-    /// the topology); `apply` and `observe` wait for a node they need.
-    async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
-        *lock(&self.inner.topology) = t.clone();
-        let nodes: Vec<String> = t
-            .nodes
-            .values()
-            .filter(|n| n.forwarder == ForwarderKind::Ovs && n.ovsdb.is_some())
-            .map(|n| n.name.clone())
-            .collect();
-        for n in nodes {
-            // Uplinks may have changed: bootstrap again.
-            lock(&self.inner.bootstrapped).remove(&n);
-            let d = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = d.ensure_node(&n).await {
-                    tracing::warn!(node = %n, error = %e, "node not ready yet; retried when a connection needs it");
-                }
-            });
-        }
-        Ok(())
-    }
-
+impl OvsDriver {
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
         let p = self.plan(c)?;
         if let Some(m) = plan::domain_member(c) {
@@ -192,13 +152,6 @@ impl Driver for OvsDriver {
                     ),
                 ));
             }
-        }
-        {
-            let mut d = lock(&self.inner.desired);
-            d.seq += 1;
-            let seq = d.seq;
-            d.conns.insert(c.id.clone(), (c.clone(), seq));
-            d.removed.remove(&c.id);
         }
         for node in p.nodes() {
             self.ensure_node(&node).await?;
@@ -269,13 +222,6 @@ impl Driver for OvsDriver {
     }
 
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        {
-            let mut d = lock(&self.inner.desired);
-            d.seq += 1;
-            let seq = d.seq;
-            d.conns.remove(&c.id);
-            d.removed.insert(c.id.clone(), seq);
-        }
         let Ok(p) = self.plan(c) else {
             return Ok(());
         };
@@ -307,29 +253,9 @@ impl Driver for OvsDriver {
         Ok(())
     }
 
+    /// What it sees of each desired connection; then every reachable node's flows resynced and
+    /// its leftover ports collected.
     async fn observe(&self, desired: &[Connection]) -> Result<Observation, DriverError> {
-        {
-            let mut d = lock(&self.inner.desired);
-            let since = d.observed_seq;
-            let recent: Vec<(String, (Connection, u64))> = d
-                .conns
-                .iter()
-                .filter(|(_, (_, s))| *s > since)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let removed = d.removed.clone();
-            d.conns = desired
-                .iter()
-                .filter(|c| !removed.contains_key(&c.id))
-                .map(|c| (c.id.clone(), (c.clone(), 0)))
-                .collect();
-            d.conns.extend(recent);
-            d.removed.clear();
-            d.observed_seq = d.seq;
-        }
-        self.inner
-            .desired_known
-            .store(true, std::sync::atomic::Ordering::Release);
         let mut obs = Observation::default();
         let mut nodes_down: HashMap<String, String> = HashMap::new();
         let mut involved: Vec<String> = Vec::new();
@@ -451,5 +377,80 @@ impl Driver for OvsDriver {
             }
         }
         Ok(obs)
+    }
+}
+
+#[async_trait]
+impl Driver for OvsDriver {
+    fn name(&self) -> &str {
+        "ovs"
+    }
+
+    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+        match &desired.update {
+            Update::Delta { upsert, remove } => {
+                let _wiring = self
+                    .inner
+                    .ledger
+                    .delta(desired.version, upsert, remove)
+                    .await;
+                for c in remove {
+                    self.remove(c).await?;
+                }
+                for c in upsert {
+                    self.apply(c).await?;
+                }
+                Ok(Report::at(desired.version))
+            }
+            Update::Full {
+                connections,
+                shared,
+            } => {
+                let at_once = self.inner.ledger.untouched();
+                let (_held, mine) = self.inner.ledger.full(desired.version, connections).await;
+                // The workload legs are kernel veths: swept as the kernel driver sweeps its own.
+                let mut all = mine.clone();
+                all.extend(shared.iter().cloned());
+                let topology = lock(&self.inner.topology).clone();
+                let swept = self
+                    .inner
+                    .kernel
+                    .sweep_unwanted(&all, &topology, at_once)
+                    .await;
+                Ok(Report {
+                    version: desired.version,
+                    observation: self.observe(&mine).await?,
+                    swept: swept.interfaces + swept.routes,
+                })
+            }
+        }
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<DriverEvent>> {
+        Some(self.inner.events.subscribe())
+    }
+
+    /// Takes the topology at once and bootstraps its ovs nodes in the background (a node whose
+    /// switch is slow to connect must not hold up the controller or the request that changed
+    /// the topology); deltas and full sets wait for a node they need.
+    async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
+        *lock(&self.inner.topology) = t.clone();
+        let nodes: Vec<String> = t
+            .nodes
+            .values()
+            .filter(|n| n.forwarder == ForwarderKind::Ovs && n.ovsdb.is_some())
+            .map(|n| n.name.clone())
+            .collect();
+        for n in nodes {
+            // Uplinks may have changed: bootstrap again.
+            lock(&self.inner.bootstrapped).remove(&n);
+            let d = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = d.ensure_node(&n).await {
+                    tracing::warn!(node = %n, error = %e, "node not ready yet; retried when a connection needs it");
+                }
+            });
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! the veth legs between workloads and the node's bridge.
 //!
 //! ```text
-//!  Controller ─apply/remove/observe─▶ OvsDriver ──plan::plan (pure)──▶ legs, tunnel ports, flow templates
+//!  Controller ─Desired (delta | full)─▶ OvsDriver ──plan::plan (pure)──▶ legs, tunnel ports, flow templates
 //!                                        │
 //!                                        ├─ KernelDriver helpers: workload ⇄ node veth legs (netlink)
 //!                                        ├─ per node: ovsdb::Client (reconnects with jittered backoff)
@@ -21,7 +21,7 @@
 //! Resync reads only what carries these marks, so flows, ports and bridges of others are never
 //! touched.
 //!
-//! Reconciliation: `observe` computes, per node, the full set of flows the desired connections
+//! Reconciliation: a full set computes, per node, the full set of flows the desired connections
 //! need, reads the installed flows with our tag, and applies the difference (deletes, adds,
 //! modifies) atomically in one bundle. Unchanged flows are not touched, so their counters and
 //! durations survive a controller restart; after an ovs-vswitchd restart (which loses all flows)
@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use meshwire_controller::driver::DriverError;
-use meshwire_models::{Connection, Topology};
+use meshwire_models::Topology;
 use serde_json::{json, Value};
 
 use crate::kernel::KernelDriver;
@@ -110,19 +110,6 @@ fn monitored() -> Value {
     Value::Object(m)
 }
 
-/// Desired connections as the driver last learnt them (apply, remove, observe), with sequence
-/// numbers so an observe that started earlier neither resurrects a removed connection nor drops
-/// one applied meanwhile.
-#[derive(Default)]
-struct Desired {
-    seq: u64,
-    conns: HashMap<String, (Connection, u64)>,
-    removed: HashMap<String, u64>,
-    /// `seq` when the previous `observe` took its set: anything applied later may be missing
-    /// from the controller's (earlier) snapshot and is kept.
-    observed_seq: u64,
-}
-
 struct Inner {
     kernel: KernelDriver,
     target: String,
@@ -132,11 +119,11 @@ struct Inner {
     sessions: Mutex<HashMap<String, (Arc<Session>, u64)>>,
     switches: Mutex<HashMap<u64, Switch>>,
     switch_up: tokio::sync::Notify,
-    desired: Mutex<Desired>,
-    /// Set by the first `observe`, which brings the complete desired set. Until then (a
-    /// controller that just restarted) no connection flow is deleted: the switch keeps forwarding
-    /// what it has.
-    desired_known: std::sync::atomic::AtomicBool,
+    /// The desired set as handed. Until the first full set (a controller that just restarted)
+    /// no connection flow is deleted: the switch keeps forwarding what it has.
+    ledger: meshwire_controller::driver::Ledger,
+    /// Switches connected and lost, for the controller.
+    events: tokio::sync::broadcast::Sender<meshwire_controller::driver::DriverEvent>,
     node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     bootstrapped: Mutex<HashSet<String>>,
     stats: Mutex<SyncTotals>,
@@ -201,7 +188,7 @@ impl OvsDriver {
                     )
                 })?;
         let inner = Arc::new(Inner {
-            kernel: KernelDriver::new(),
+            kernel: KernelDriver::default(),
             target: config.advertise.clone().unwrap_or_else(|| {
                 if tls {
                     format!("ssl:{listen}")
@@ -214,8 +201,8 @@ impl OvsDriver {
             sessions: Mutex::default(),
             switches: Mutex::default(),
             switch_up: Default::default(),
-            desired: Mutex::default(),
-            desired_known: Default::default(),
+            ledger: Default::default(),
+            events: tokio::sync::broadcast::channel(meshwire_controller::driver::EVENT_BUFFER).0,
             node_locks: Mutex::default(),
             bootstrapped: Mutex::default(),
             stats: Mutex::default(),

@@ -2,6 +2,7 @@
 //! br-int), its OVSDB session, and waiting for both.
 
 use meshwire_controller::backoff::Backoff;
+use meshwire_controller::driver::{DriverEvent, Happened, Scope};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,14 @@ impl OvsDriver {
             .map(|n| n.name.clone())
     }
 
+    fn tell(&self, node: &str, happened: Happened, detail: String) {
+        let _ = self.inner.events.send(DriverEvent {
+            scope: Scope::Node(node.to_string()),
+            happened,
+            detail,
+        });
+    }
+
     pub(super) fn on_event(&self, ev: SwitchEvent) {
         match ev {
             SwitchEvent::Connected(sw) => {
@@ -49,6 +58,11 @@ impl OvsDriver {
                     return;
                 };
                 tracing::info!(%node, dpid = format!("{dpid:#x}"), "switch connected; resyncing");
+                self.tell(
+                    &node,
+                    Happened::SwitchConnected { node: node.clone() },
+                    format!("switch {dpid:#x} connected"),
+                );
                 let d = self.clone();
                 let sw = lock(&self.inner.switches).get(&dpid).cloned();
                 tokio::spawn(async move {
@@ -89,6 +103,13 @@ impl OvsDriver {
                 }
                 drop(switches);
                 tracing::warn!(dpid = format!("{dpid:#x}"), %reason, "switch disconnected");
+                if let Some(node) = self.node_of_dpid(dpid) {
+                    self.tell(
+                        &node,
+                        Happened::SwitchLost { node: node.clone() },
+                        format!("switch {dpid:#x}: {reason}"),
+                    );
+                }
             }
             SwitchEvent::Error {
                 dpid,
