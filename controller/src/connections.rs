@@ -21,6 +21,7 @@ use meshwire_models::{Connection, ConnectionRequest, ConnectionState};
 
 use crate::controller::{connection_key, Controller, Event};
 use crate::error::ControllerError;
+use crate::lifecycle::{Done, Steps};
 use crate::state::Avoid;
 use crate::store::Expect;
 
@@ -95,115 +96,86 @@ impl Controller {
 
     /// Plans, records and wires one leg; for a chain element, its onward leg first (see
     /// [`crate::chain`]). `previous`: the leg this one continues and the endpoints of its chain.
-    /// Onward legs take no per-client lock: each belongs to its previous leg alone.
+    /// Onward legs take no per-client lock: each belongs to its previous leg alone. The steps
+    /// are [`crate::lifecycle`]'s: a failure undoes what was done, last first.
     pub(crate) async fn request_leg(
         &self,
         req: ConnectionRequest,
         previous: Option<(String, Vec<String>)>,
     ) -> Result<Connection, ControllerError> {
-        {
-            let id = uuid::Uuid::new_v4().to_string();
-            let _flight = self.in_flight(&id);
-            let now = self.now();
-            let mut conn = {
-                let mut s = self.state();
-                let avoid = Avoid {
-                    chain: previous.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
-                    ..Default::default()
-                };
-                let mut c = s.plan(&req, &id, now, &avoid, None)?;
-                c.state = ConnectionState::Programming;
-                c.chain.previous = previous.map(|p| p.0);
-                s.commit(c.clone());
-                c
+        let id = uuid::Uuid::new_v4().to_string();
+        let _flight = self.in_flight(&id);
+        let now = self.now();
+        let mut steps = Steps::default();
+        let mut conn = {
+            let mut s = self.state();
+            let avoid = Avoid {
+                chain: previous.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
+                ..Default::default()
             };
-            if let Err(e) = self.persist(&conn).await {
-                self.state().remove_connection(&id);
-                return Err(e);
-            }
-            // A chain element: its onward leg is up before this one is wired, and both are
-            // recorded with the link between them.
-            match self.compose_onward(&conn).await {
-                Ok(None) => {}
-                Ok(Some(onward)) => {
-                    conn.chain.onward = Some(onward.id.clone());
-                    self.state()
-                        .update(&id, |c| c.chain.onward = Some(onward.id.clone()));
-                    if let Err(e) = self.persist(&conn).await {
-                        tracing::warn!(connection = %id, error = %e, "recording the onward leg failed; undoing");
-                        self.undo(&conn, &format!("recording the onward leg failed: {e}"))
-                            .await;
-                        return Err(e);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "the onward leg failed; undoing");
-                    self.undo(&conn, &format!("the onward leg failed: {e}"))
+            let mut c = s.plan(&req, &id, now, &avoid, None)?;
+            c.state = ConnectionState::Programming;
+            c.chain.previous = previous.map(|p| p.0);
+            s.commit(c.clone());
+            c
+        };
+        steps.did(Done::Committed(id.clone()));
+        if let Err(e) = self.record_step(&mut steps, &conn).await {
+            self.unwind(steps, "recording it failed").await;
+            return Err(e);
+        }
+        // A chain element: its onward leg is up before this one is wired, and both are
+        // recorded with the link between them.
+        match self.onward_step(&mut steps, &conn).await {
+            Ok(None) => {}
+            Ok(Some(onward)) => {
+                conn.chain.onward = Some(onward.id.clone());
+                self.state()
+                    .update(&id, |c| c.chain.onward = Some(onward.id.clone()));
+                if let Err(e) = self.persist(&conn).await {
+                    tracing::warn!(connection = %id, error = %e, "recording the onward leg failed; undoing");
+                    self.unwind(steps, &format!("recording the onward leg failed: {e}"))
                         .await;
                     return Err(e);
                 }
             }
-            if let Err(e) = self.wire(&conn).await {
-                self.driver_failed();
-                tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
-                self.undo(&conn, &format!("wiring failed: {e}")).await;
-                return Err(ControllerError::Driver {
-                    connection: id,
-                    source: Box::new(e),
-                });
-            }
-            let _ = conn.transition(ConnectionState::Up, self.now());
-            if let Err(e) = self.persist(&conn).await {
-                // Live on the data plane but not stored as up: never report it done.
-                tracing::warn!(connection = %id, error = %e, "recording the connection up failed; undoing it");
-                self.undo(&conn, &format!("recording it up failed: {e}"))
+            Err(e) => {
+                tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "the onward leg failed; undoing");
+                self.unwind(steps, &format!("the onward leg failed: {e}"))
                     .await;
                 return Err(e);
             }
-            self.state().update(&id, |c| {
-                c.state = ConnectionState::Up;
-                c.updated_at_ms = conn.updated_at_ms;
+        }
+        if let Err(e) = self.wire_step(&mut steps, &conn).await {
+            tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
+            self.unwind(steps, &format!("wiring failed: {e}")).await;
+            return Err(ControllerError::Driver {
+                connection: id,
+                source: Box::new(e),
             });
-            tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
-                mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
-            self.emit(Event::Connection {
-                id: id.clone(),
-                state: ConnectionState::Up,
-                endpoint: conn.network_service_endpoint_name.clone(),
-                detail: None,
-            });
-            Ok(conn)
         }
-    }
-
-    /// Undoes a connection nobody was told about: its wiring, then its record, then its
-    /// claims. When the store cannot delete the record, the connection stays in memory as an
-    /// abandoned `programming` one (with the reason), and the reconcile loop finishes the undo.
-    pub(crate) async fn undo(&self, conn: &Connection, why: &str) -> bool {
-        if let Err(e) = self.unwire(conn).await {
-            tracing::warn!(connection = %conn.id, error = %e, "undo of partial wiring failed; reconcile will retry");
+        let _ = conn.transition(ConnectionState::Up, self.now());
+        if let Err(e) = self.persist(&conn).await {
+            // Live on the data plane but not stored as up: never report it done.
+            tracing::warn!(connection = %id, error = %e, "recording the connection up failed; undoing it");
+            self.unwind(steps, &format!("recording it up failed: {e}"))
+                .await;
+            return Err(e);
         }
-        match self
-            .inner
-            .store
-            .delete(&connection_key(&conn.id), Expect::Any)
-            .await
-        {
-            Ok(_) => {
-                self.state().remove_connection(&conn.id);
-                self.close_onward(&conn.id, conn.chain.onward.as_deref())
-                    .await;
-                true
-            }
-            Err(e) => {
-                tracing::warn!(connection = %conn.id, error = %e, "deleting the record of an undone connection failed; reconcile will retry");
-                self.state().update(&conn.id, |c| {
-                    c.state = ConnectionState::Programming;
-                    c.last_error = Some(format!("undoing: {why}"));
-                });
-                false
-            }
-        }
+        steps.hold();
+        self.state().update(&id, |c| {
+            c.state = ConnectionState::Up;
+            c.updated_at_ms = conn.updated_at_ms;
+        });
+        tracing::info!(connection = %id, service = %conn.network_service, endpoint = %conn.network_service_endpoint_name,
+            mechanism = %conn.mechanism().map(|m| m.summary()).unwrap_or_default(), "connection up");
+        self.emit(Event::Connection {
+            id: id.clone(),
+            state: ConnectionState::Up,
+            endpoint: conn.network_service_endpoint_name.clone(),
+            detail: None,
+        });
+        Ok(conn)
     }
 
     /// Closes a connection: unwire, delete the record, give back claims; then its onward leg,

@@ -11,6 +11,7 @@
 //! - [`desired`]: what the controller hands its driver (deltas and full sets, versioned).
 //! - [`store`]: persistence (redb, etcd, memory) with revisions and watch.
 //! - [`backoff`]: the one jittered exponential backoff (peers, requeued connections).
+//! - `lifecycle`: the steps request, repair and heal share, each undone on a later failure.
 //! - [`chain`]: service chains: onward legs composed, linked, cycle-checked and closed.
 //! - [`requeue`]: per-connection backoff after a failed repair or heal.
 //! - [`controller`]: the async shell: write-ahead persistence, per-client serialization, the
@@ -24,6 +25,7 @@ pub mod controller;
 pub mod desired;
 pub mod driver;
 pub mod error;
+pub(crate) mod lifecycle;
 pub mod negotiate;
 pub mod path;
 pub mod pool;

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::driver::{DriverEvent, Health, Observation, Update};
 use crate::error::ControllerError;
+use crate::lifecycle::{Done, Steps};
 use crate::state::Avoid;
 
 /// How long one round waits for the data plane's observation: a last resort above the
@@ -300,10 +301,14 @@ impl Controller {
         Ok(report)
     }
 
-    /// Re-applies a connection where it is. A data plane that fails requeues it.
+    /// Re-applies a connection where it is (the lifecycle's wire and record steps). A data
+    /// plane that fails requeues it; its wiring is the desired one, so nothing is undone.
     async fn repair(&self, c: Connection, reason: &str) -> Result<Outcome, ControllerError> {
         tracing::info!(connection = %c.id, %reason, "repairing in place");
-        match self.wire(&c).await {
+        let mut steps = Steps::default();
+        let wired = self.wire_step(&mut steps, &c).await;
+        steps.hold();
+        match wired {
             Ok(()) => {
                 self.requeue_clear(&c.id);
                 let now = self.now();
@@ -327,7 +332,6 @@ impl Controller {
                 Ok(Outcome::Repaired)
             }
             Err(e) => {
-                self.driver_failed();
                 let wait = self.requeue_after(&c.id, &e);
                 let msg = e.to_string();
                 tracing::warn!(connection = %c.id, error = %msg, retryable = e.retryable(), retry_in_ms = wait.as_millis() as u64, "repair failed; requeued");
@@ -386,8 +390,12 @@ impl Controller {
         let planned = self
             .state()
             .plan(&req, &old.id, now, &avoid, Some(&old.interface));
+        let mut steps = Steps::default();
         let mut new = match planned {
-            Ok(n) => n,
+            Ok(n) => {
+                steps.did(Done::Claimed(n.clone()));
+                n
+            }
             Err(e) => {
                 let msg = format!("{why}; no replacement yet: {e}");
                 let updated = self.state().update(&old.id, |c| c.last_error = Some(msg));
@@ -400,17 +408,13 @@ impl Controller {
         new.chain.previous = old.chain.previous.clone();
         // A chain element keeps its onward leg on the same endpoint; another endpoint gets an
         // onward leg of its own, and the old one is closed once the heal holds.
-        let mut fresh_onward = None;
         if new.network_service_endpoint_name == old.network_service_endpoint_name {
             new.chain.onward = old.chain.onward.clone();
         } else {
-            match self.compose_onward(&new).await {
-                Ok(b) => {
-                    fresh_onward = b.map(|b| b.id);
-                    new.chain.onward = fresh_onward.clone();
-                }
+            match self.onward_step(&mut steps, &new).await {
+                Ok(b) => new.chain.onward = b.map(|b| b.id),
                 Err(e) => {
-                    self.state().unclaim(&new);
+                    self.unwind(steps, "no onward leg").await;
                     let msg = format!(
                         "{why}; replacement via {} has no onward leg: {e}",
                         new.network_service_endpoint_name
@@ -427,13 +431,10 @@ impl Controller {
         if let Err(e) = self.unwire(&old).await {
             tracing::warn!(connection = %old.id, error = %e, "removing the old wiring failed; continuing");
         }
-        if let Err(e) = self.wire(&new).await {
-            self.driver_failed();
+        if let Err(e) = self.wire_step(&mut steps, &new).await {
             let wait = self.requeue_after(&old.id, &e);
             tracing::warn!(connection = %old.id, endpoint = %new.network_service_endpoint_name, error = %e, retryable = e.retryable(), retry_in_ms = wait.as_millis() as u64, "replacement failed; requeued");
-            let _ = self.unwire(&new).await;
-            self.state().unclaim(&new);
-            self.close_onward(&old.id, fresh_onward.as_deref()).await;
+            self.unwind(steps, "replacement failed").await;
             let msg = format!(
                 "{why}; replacement via {} failed: {e}",
                 new.network_service_endpoint_name
@@ -452,13 +453,12 @@ impl Controller {
         // Stored before it is live in memory: if the store cannot take it, the replacement is
         // taken down again and the connection stays healing with its old claims.
         if let Err(e) = self.persist(&new).await {
-            let _ = self.unwire(&new).await;
-            self.state().unclaim(&new);
-            self.close_onward(&old.id, fresh_onward.as_deref()).await;
+            self.unwind(steps, "recording the replacement failed").await;
             let msg = format!("{why}; recording the replacement failed: {e}");
             self.state().update(&old.id, |c| c.last_error = Some(msg));
             return Err(e);
         }
+        steps.hold();
         {
             let mut s = self.state();
             s.remove_connection(&old.id);

@@ -397,6 +397,7 @@ async fn dev_removal_retires_at_once_and_the_start_sweep_removes_what_a_crash_le
     ));
 
     let d = KernelDriver::new();
+    d.set_sweep_interval(std::time::Duration::ZERO);
     let swept = sweep(&d, std::slice::from_ref(&wanted), &Topology::default()).await;
     let links = sh(&format!("ip -n {c_ns} link"));
     assert!(

@@ -44,7 +44,7 @@ pub(crate) const ENODEV: i32 = 19;
 
 /// Wires connections with veth pairs, VXLAN devices and bridges in network namespaces.
 /// [`KernelDriver::new`] also reports interfaces of desired connections that go away;
-/// `default()` does not (a helper inside another driver).
+/// [`KernelDriver::without_events`] does not (a helper inside another driver).
 #[derive(Default)]
 pub struct KernelDriver {
     namespaces: Namespaces,
@@ -58,6 +58,9 @@ pub struct KernelDriver {
     topology: std::sync::Mutex<Topology>,
     /// What the last sweep found unwanted ([`sweep`]).
     suspects: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When the last sweep ran, and the least time between two.
+    last_sweep: std::sync::Mutex<Option<tokio::time::Instant>>,
+    sweep_interval: std::sync::Mutex<std::time::Duration>,
 }
 
 /// An interface as we found it.
@@ -93,6 +96,7 @@ impl KernelDriver {
         let (tx, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
         let d = KernelDriver {
             events: Some(tx.clone()),
+            sweep_interval: std::sync::Mutex::new(sweep::SWEEP_INTERVAL),
             ..KernelDriver::default()
         };
         let ledger = d.ledger.clone();
@@ -117,6 +121,23 @@ impl KernelDriver {
                 });
             }));
         d
+    }
+
+    /// A kernel driver for use inside another driver (its workload legs): no events.
+    pub fn without_events() -> Self {
+        KernelDriver {
+            sweep_interval: std::sync::Mutex::new(sweep::SWEEP_INTERVAL),
+            ..KernelDriver::default()
+        }
+    }
+
+    /// The least time between two sweeps (default [`sweep::SWEEP_INTERVAL`]; zero: every full
+    /// set sweeps).
+    pub fn set_sweep_interval(&self, every: std::time::Duration) {
+        *self
+            .sweep_interval
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = every;
     }
 
     /// Returns once every interface removed so far is deleted from the kernel (removal takes

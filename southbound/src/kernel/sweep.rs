@@ -28,6 +28,9 @@ use super::retire::{delete_retired, take_out_of_service, RETIRED_GROUP};
 use super::wiring::{self, Wiring, ALIAS_PREFIX, ROUTE_PROTOCOL};
 use super::KernelDriver;
 
+/// The least time between two sweeps, by default.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a sweep removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Swept {
@@ -145,12 +148,27 @@ impl KernelDriver {
     ///
     /// `at_once`: remove what is unwanted now (nothing was wired since start); otherwise only
     /// what the previous sweep found unwanted too.
+    /// Between two sweeps at least [`SWEEP_INTERVAL`] passes (see
+    /// [`KernelDriver::set_sweep_interval`]): leftovers are rare (a crash, a lost delta), and a
+    /// sweep lists every link and route of every namespace we wire.
     pub async fn sweep_unwanted(
         &self,
         desired: &[Connection],
         topology: &Topology,
         at_once: bool,
     ) -> Swept {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let every = *self
+                .sweep_interval
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            if !at_once && last.is_some_and(|t| now.duration_since(t) < every) {
+                return Swept::default();
+            }
+            *last = Some(now);
+        }
         let mut suspects = HashSet::new();
         let ids: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
         let routes = desired_routes(desired);

@@ -188,7 +188,7 @@ impl OvsDriver {
                     )
                 })?;
         let inner = Arc::new(Inner {
-            kernel: KernelDriver::default(),
+            kernel: KernelDriver::without_events(),
             target: config.advertise.clone().unwrap_or_else(|| {
                 if tls {
                     format!("ssl:{listen}")
