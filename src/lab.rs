@@ -51,19 +51,14 @@ pub enum LabCommand {
     },
 }
 
-pub const LAB_DIR: &str = "/run/meshwire/labs";
 
 fn dir(name: &str) -> PathBuf {
-    Path::new(LAB_DIR).join(name)
+    runner::state_dir(name)
 }
 
 /// The REST address of a running lab's controller.
 pub fn controller_url(name: &str) -> anyhow::Result<String> {
-    let p = dir(name).join("controller.url");
-    Ok(std::fs::read_to_string(&p)
-        .with_context(|| format!("lab {name} is not up ({} missing)", p.display()))?
-        .trim()
-        .to_string())
+    Ok(runner::controller_url(name)?)
 }
 
 pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {

@@ -2,17 +2,8 @@
 //! commands (over the daemon's REST API) and the benchmarks.
 
 mod agent;
-mod bench;
-mod bench_ensm;
-mod bench_grpc;
-mod bench_netconf;
-mod bench_ovs;
-mod bench_rest;
-mod bench_setup;
-mod bench_snmp;
 mod client;
 mod daemon;
-mod heap;
 mod kube_cmds;
 mod lab;
 
@@ -134,7 +125,7 @@ enum Command {
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Run a benchmark; prints a table and a last line `NAME: key=value ...`.
-    Bench(bench::Args),
+    Bench(meshwire_bench::Args),
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -206,6 +197,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Close { id } => client::close(&api, &id).await,
         Command::Lab(cmd) => lab::run(cmd).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => meshwire_bench::run(args).await,
     }
 }

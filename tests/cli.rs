@@ -254,7 +254,7 @@ fn nb_cli_round_trip_and_restart_redb() {
 #[test]
 fn nb_cli_round_trip_and_restart_etcd() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let etcd = match rt.block_on(meshwire_controller::store::etcd_store::LocalEtcd::start()) {
+    let etcd = match rt.block_on(meshwire_labs::etcd::LocalEtcd::start()) {
         Ok(e) => e,
         Err(e) if std::env::var("MESHWIRE_REQUIRE_ALL").is_err() => return eprintln!("SKIP: {e}"),
         Err(e) => panic!("etcd is required: {e}"),

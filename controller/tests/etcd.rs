@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use meshwire_controller::store::{
-    etcd_store::{EtcdStore, LocalEtcd},
-    Expect, Store, StoreError, WatchEvent,
-};
+use meshwire_controller::store::{etcd_store::EtcdStore, Expect, Store, StoreError, WatchEvent};
+use meshwire_labs::etcd::LocalEtcd;
 use meshwire_controller::{Config, ConnectionFilter, Controller, NullDriver, SystemClock};
 use meshwire_models::{ClientRef, ConnectionRequest, Manifest};
 
@@ -24,7 +22,7 @@ async fn etcd() -> Option<LocalEtcd> {
 }
 
 async fn connect(e: &LocalEtcd) -> EtcdStore {
-    e.store().await.unwrap()
+    EtcdStore::connect_with(&[e.url()], None).await.unwrap()
 }
 
 /// A controller (no data plane) on the etcd `e`.
@@ -236,7 +234,8 @@ fn ca(
 /// is refused with an error naming etcd.
 #[tokio::test]
 async fn dev_etcd_over_tls_with_client_certificates() {
-    use meshwire_controller::store::etcd_store::{EtcdTls, ServerTls};
+    use meshwire_controller::store::etcd_store::EtcdTls;
+    use meshwire_labs::etcd::ServerTls;
     use meshwire_controller::store::{open_with, OpenOptions};
     let dir = tempfile::tempdir().unwrap();
     let (authority, ca_path) = ca(dir.path(), "ca");
@@ -249,14 +248,11 @@ async fn dev_etcd_over_tls_with_client_certificates() {
         cert: Some(client_cert),
         key: Some(client_key),
     };
-    let started = LocalEtcd::start_tls(
-        &ServerTls {
-            cert: server_cert,
-            key: server_key,
-            client_ca: ca_path.clone(),
-        },
-        good.clone(),
-    )
+    let started = LocalEtcd::start_tls(&ServerTls {
+        cert: server_cert,
+        key: server_key,
+        client_ca: ca_path.clone(),
+    })
     .await;
     let e = match started {
         Ok(e) => e,

@@ -9,6 +9,7 @@
 //!   runs the nodes' `exec` commands, and removes all of it again, also after a crash (it finds
 //!   leftovers by name). A lab that fails half way is rolled back, naming the failed step.
 //! - [`appliance`] runs an emulated NETCONF appliance: the real netconfd behind a real sshd.
+//! - [`etcd`] runs a private etcd-server (tests, benchmarks, single-machine trials).
 //! - [`spec::Lab::manifests`] gives the `meshwire.io/v1` topology the lab's controller registers.
 //!
 //! Meshwire's reading of the format: a node labelled `meshwire.io/host: <node>` is a *workload*
@@ -18,6 +19,7 @@
 //! lab file.
 
 pub mod appliance;
+pub mod etcd;
 pub mod runner;
 pub mod spec;
 

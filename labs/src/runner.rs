@@ -40,6 +40,26 @@ fn host_alias(lab: &str) -> String {
 
 /// Which lab created each namespace (`clab-a-b-c` may be lab `a`'s node `b-c` or lab `a-b`'s
 /// node `c`): one file per namespace, holding the lab's name.
+/// Where a running lab keeps its state (the controller's URL, logs, pids), one directory per lab.
+pub const LAB_DIR: &str = "/run/meshwire/labs";
+
+/// The state directory of lab `name`.
+pub fn state_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(LAB_DIR).join(name)
+}
+
+/// The REST address of lab `name`'s controller; an error naming the file when the lab is not up.
+pub fn controller_url(name: &str) -> std::io::Result<String> {
+    let p = state_dir(name).join("controller.url");
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("lab {name} is not up ({} missing)", p.display()),
+        )),
+    }
+}
+
 const OWNERS: &str = "/run/meshwire/netns-owner";
 
 fn owner(ns: &str) -> Option<String> {

@@ -59,7 +59,7 @@ async fn grpc_cycles(url: &str, clients: usize, per_client: usize) -> anyhow::Re
     Ok((clients * per_client) as f64 / t.elapsed().as_secs_f64())
 }
 
-const GRPCIO_PY: &str = include_str!("bench_peers/grpcio_cycles.py");
+const GRPCIO_PY: &str = include_str!("peers/grpcio_cycles.py");
 
 /// The Python client's cycles per second, or `None` without grpcio-tools.
 fn grpcio_cycles(target: &str, n: usize) -> anyhow::Result<Option<f64>> {
@@ -77,15 +77,15 @@ fn grpcio_cycles(target: &str, n: usize) -> anyhow::Result<Option<f64>> {
     for (name, text) in [
         (
             "connection.proto",
-            include_str!("../northbound/proto/connection.proto"),
+            include_str!("../../northbound/proto/connection.proto"),
         ),
         (
             "connectioncontext.proto",
-            include_str!("../northbound/proto/connectioncontext.proto"),
+            include_str!("../../northbound/proto/connectioncontext.proto"),
         ),
         (
             "networkservice.proto",
-            include_str!("../northbound/proto/networkservice.proto"),
+            include_str!("../../northbound/proto/networkservice.proto"),
         ),
     ] {
         std::fs::write(protos.join(name), text)?;

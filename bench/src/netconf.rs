@@ -11,7 +11,7 @@ use meshwire_ensm_adapters::netconf::{
 };
 use meshwire_labs::appliance::{self, Appliance};
 
-const NCCLIENT_PY: &str = include_str!("bench_peers/ncclient_commits.py");
+const NCCLIENT_PY: &str = include_str!("peers/ncclient_commits.py");
 const IF_NS: &str = "urn:ietf:params:xml:ns:yang:ietf-interfaces";
 
 fn config(i: usize) -> String {

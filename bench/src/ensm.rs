@@ -56,7 +56,7 @@ async fn rounds(
         );
     }
     let result = async {
-        let url = crate::lab::controller_url(lab)?;
+        let url = meshwire_labs::runner::controller_url(lab)?;
         let http = reqwest::Client::new();
         let mut out = Vec::with_capacity(n);
         for i in 0..n + 2 {

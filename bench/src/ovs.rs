@@ -19,8 +19,8 @@ use meshwire_southbound::ovsdb::ops::{self, cond, Op};
 use meshwire_southbound::ovsdb::Client;
 use serde_json::json;
 
-const OSKEN_PY: &str = include_str!("bench_peers/osken_flows.py");
-const IDL_PY: &str = include_str!("bench_peers/ovs_idl_ports.py");
+const OSKEN_PY: &str = include_str!("peers/osken_flows.py");
+const IDL_PY: &str = include_str!("peers/ovs_idl_ports.py");
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const COOKIE: u64 = 0x4d57_0000_0000_0001;
 

@@ -1,4 +1,18 @@
-//! `meshwire bench NAME`: a table, then one last line `NAME: key=value ...`.
+//! Meshwire's benchmarks, behind `meshwire bench NAME`: a table, then one last line
+//! `NAME: key=value ...` with each figure and each `ratio_vs_<peer>=` (higher is better for us),
+//! the peer run side by side in the same run.
+//!
+//! This crate is the binary's tooling, linked only into `meshwire bench`; like the binary it
+//! reports failures with `anyhow`. The product's libraries never depend on it.
+
+mod ensm;
+mod grpc;
+mod heap;
+mod netconf;
+mod ovs;
+mod rest;
+mod setup;
+mod snmp;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,8 +22,9 @@ use anyhow::Context;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use meshwire_controller::state::{Avoid, Config, State};
 use meshwire_controller::store::{
-    etcd_store::LocalEtcd, memory::MemoryStore, redb_store::RedbStore, Expect, Store,
+    etcd_store::EtcdStore, memory::MemoryStore, redb_store::RedbStore, Expect, Store,
 };
+use meshwire_labs::etcd::LocalEtcd;
 use meshwire_controller::{Controller, NullDriver, SystemClock};
 use meshwire_models::mechanism::Capabilities;
 use meshwire_models::{
@@ -41,14 +56,14 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.name.as_str() {
         "core" => core(args.scale).await,
-        "setup" => crate::bench_setup::run(args.scale).await,
-        "openflow" => crate::bench_ovs::openflow(args.scale).await,
-        "ovsdb" => crate::bench_ovs::ovsdb(args.scale).await,
-        "netconf" => crate::bench_netconf::run(args.scale).await,
-        "snmp" => crate::bench_snmp::run(args.scale).await,
-        "ensm" => crate::bench_ensm::run(args.scale).await,
-        "grpc" => crate::bench_grpc::run(args.scale).await,
-        "rest" => crate::bench_rest::run(args.scale).await,
+        "setup" => crate::setup::run(args.scale).await,
+        "openflow" => crate::ovs::openflow(args.scale).await,
+        "ovsdb" => crate::ovs::ovsdb(args.scale).await,
+        "netconf" => crate::netconf::run(args.scale).await,
+        "snmp" => crate::snmp::run(args.scale).await,
+        "ensm" => crate::ensm::run(args.scale).await,
+        "grpc" => crate::grpc::run(args.scale).await,
+        "rest" => crate::rest::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }
@@ -372,7 +387,7 @@ async fn store(scale: f64) -> anyhow::Result<()> {
     let etcd = LocalEtcd::start()
         .await
         .context("bench store needs etcd-server (apt-get install etcd-server)")?;
-    let etcd_store: Arc<dyn Store> = Arc::new(etcd.store().await?);
+    let etcd_store: Arc<dyn Store> = Arc::new(EtcdStore::connect_with(&[etcd.url()], None).await?);
     let mut figures = BTreeMap::new();
     for (name, s) in [("redb", redb), ("etcd", etcd_store)] {
         figures.insert(

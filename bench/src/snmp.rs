@@ -10,7 +10,7 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use meshwire_ensm_adapters::snmp::{Monitor, SnmpAuth, SnmpTarget};
 use meshwire_labs::appliance::SnmpAgent;
 
-const PYSNMP_PY: &str = include_str!("bench_peers/pysnmp_gets.py");
+const PYSNMP_PY: &str = include_str!("peers/pysnmp_gets.py");
 
 async fn rate(m: &Monitor, n: usize) -> anyhow::Result<f64> {
     let t0 = Instant::now();
