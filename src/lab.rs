@@ -51,7 +51,6 @@ pub enum LabCommand {
     },
 }
 
-
 fn dir(name: &str) -> PathBuf {
     runner::state_dir(name)
 }
@@ -87,7 +86,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             interval,
         } => {
             tracing_subscriber::fmt().with_target(false).init();
-            crate::agent::run(dir, port, interval).await
+            Ok(meshwire_labs::agent::run(dir, port, interval).await?)
         }
     }
 }

@@ -1,7 +1,6 @@
 //! `meshwire`: the one binary that composes Meshwire's crates: the controller daemon, the client
 //! commands (over the daemon's REST API) and the benchmarks.
 
-mod agent;
 mod client;
 mod daemon;
 mod kube_cmds;

@@ -24,8 +24,8 @@ use meshwire_controller::state::{Avoid, Config, State};
 use meshwire_controller::store::{
     etcd_store::EtcdStore, memory::MemoryStore, redb_store::RedbStore, Expect, Store,
 };
-use meshwire_labs::etcd::LocalEtcd;
 use meshwire_controller::{Controller, NullDriver, SystemClock};
+use meshwire_labs::etcd::LocalEtcd;
 use meshwire_models::mechanism::Capabilities;
 use meshwire_models::{
     ClientRef, ConnectionRequest, Destination, EndpointLocation, ForwarderKind, Link, LinkEnd,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use meshwire_controller::store::{etcd_store::EtcdStore, Expect, Store, StoreError, WatchEvent};
-use meshwire_labs::etcd::LocalEtcd;
 use meshwire_controller::{Config, ConnectionFilter, Controller, NullDriver, SystemClock};
+use meshwire_labs::etcd::LocalEtcd;
 use meshwire_models::{ClientRef, ConnectionRequest, Manifest};
 
 /// A real etcd-server, or None when it is not installed and the run does not require it (CI sets
@@ -235,8 +235,8 @@ fn ca(
 #[tokio::test]
 async fn dev_etcd_over_tls_with_client_certificates() {
     use meshwire_controller::store::etcd_store::EtcdTls;
-    use meshwire_labs::etcd::ServerTls;
     use meshwire_controller::store::{open_with, OpenOptions};
+    use meshwire_labs::etcd::ServerTls;
     let dir = tempfile::tempdir().unwrap();
     let (authority, ca_path) = ca(dir.path(), "ca");
     let (server_cert, server_key) = signed(dir.path(), &authority, "etcd");

@@ -8,7 +8,8 @@
 //!   (containerlab's naming), each `kind: bridge` as a Linux bridge, each link as a veth pair,
 //!   runs the nodes' `exec` commands, and removes all of it again, also after a crash (it finds
 //!   leftovers by name). A lab that fails half way is rolled back, naming the failed step.
-//! - [`appliance`] runs an emulated NETCONF appliance: the real netconfd behind a real sshd.
+//! - [`appliance`] runs an emulated NETCONF appliance: the real netconfd behind a real sshd;
+//!   [`agent`] makes it forward as its configuration says (tunnels, cross-connects, firewall).
 //! - [`etcd`] runs a private etcd-server (tests, benchmarks, single-machine trials).
 //! - [`spec::Lab::manifests`] gives the `meshwire.io/v1` topology the lab's controller registers.
 //!
@@ -18,6 +19,7 @@
 //! (on a node or in `topology.defaults.labels`) lists manifest files to apply, relative to the
 //! lab file.
 
+pub mod agent;
 pub mod appliance;
 pub mod etcd;
 pub mod runner;

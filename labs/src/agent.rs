@@ -11,11 +11,26 @@
 //! What it creates carries the alias `mwa:<parameters>`; what is not in the configuration any
 //! more is removed. The agent is lab tooling: it stands in for the appliance's own software.
 
+/// What stopped one pass of the agent (it logs it and tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{what} is unreadable: {reason}")]
+    Unreadable { what: &'static str, reason: String },
+    #[error("{command}: {reason}")]
+    Command { command: String, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, AgentError>;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
 use meshwire_ensm_adapters::netconf::{Auth, Datastore, HostKey, Session, Target};
 
 const NS: &str = "urn:meshwire:params:xml:ns:yang:meshwire-appliance";
@@ -65,9 +80,12 @@ struct Rule {
 
 type Config = (Vec<Tunnel>, Vec<Rule>, Vec<CrossConnect>);
 
-fn parse(data: &str) -> anyhow::Result<Config> {
+fn parse(data: &str) -> Result<Config> {
     let doc = format!("<data>{data}</data>");
-    let doc = roxmltree::Document::parse(&doc).context("running config")?;
+    let doc = roxmltree::Document::parse(&doc).map_err(|e| AgentError::Unreadable {
+        what: "the running config",
+        reason: e.to_string(),
+    })?;
     let text = |n: roxmltree::Node, tag: &str| {
         n.children()
             .find(|c| c.has_tag_name((NS, tag)))
@@ -180,9 +198,13 @@ const XC_PREF: u32 = 20000;
 const XC_TABLE: u32 = 2000;
 const NAT_TABLE: &str = "meshwire_appliance_nat";
 
-async fn apply_cross_connects(xcs: &[CrossConnect], tunnels: &[Tunnel]) -> anyhow::Result<()> {
+async fn apply_cross_connects(xcs: &[CrossConnect], tunnels: &[Tunnel]) -> Result<()> {
     let rules = run_cmd("ip", &["-j", "rule", "show"], None).await?;
-    let v: serde_json::Value = serde_json::from_str(&rules).context("ip -j rule")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&rules).map_err(|e| AgentError::Unreadable {
+            what: "ip -j rule",
+            reason: e.to_string(),
+        })?;
     for r in v.as_array().into_iter().flatten() {
         if let Some(p) = r.get("priority").and_then(|p| p.as_u64()) {
             if (XC_PREF as u64..XC_PREF as u64 + 1000).contains(&p) {
@@ -263,7 +285,7 @@ fn nft_script(rules: &[Rule]) -> String {
     s
 }
 
-async fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+async fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(program)
         .args(args)
@@ -271,27 +293,36 @@ async fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::R
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {program}"))?;
+        .map_err(|source| AgentError::Io {
+            what: format!("running {program}"),
+            source,
+        })?;
+    let io = |source| AgentError::Io {
+        what: format!("{program} {}", args.join(" ")),
+        source,
+    };
     if let Some(mut i) = child.stdin.take() {
         if let Some(text) = stdin {
-            i.write_all(text.as_bytes()).await?;
+            i.write_all(text.as_bytes()).await.map_err(io)?;
         }
     }
-    let out = child.wait_with_output().await?;
+    let out = child.wait_with_output().await.map_err(io)?;
     if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(AgentError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Our interfaces now: name → alias.
-async fn ours() -> anyhow::Result<BTreeMap<String, String>> {
+async fn ours() -> Result<BTreeMap<String, String>> {
     let out = run_cmd("ip", &["-j", "link", "show"], None).await?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| AgentError::Unreadable {
+        what: "ip -j link",
+        reason: e.to_string(),
+    })?;
     Ok(v.as_array()
         .into_iter()
         .flatten()
@@ -305,7 +336,7 @@ async fn ours() -> anyhow::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-async fn apply_tunnels(tunnels: &[Tunnel]) -> anyhow::Result<()> {
+async fn apply_tunnels(tunnels: &[Tunnel]) -> Result<()> {
     let have = ours().await?;
     for (name, alias) in &have {
         if !tunnels
@@ -360,17 +391,23 @@ async fn apply_tunnels(tunnels: &[Tunnel]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fingerprint(pubkey: &Path) -> anyhow::Result<String> {
+async fn fingerprint(pubkey: &Path) -> Result<String> {
     let out = run_cmd("ssh-keygen", &["-lf", &pubkey.display().to_string()], None).await?;
     out.split_whitespace()
         .nth(1)
         .map(str::to_string)
-        .ok_or_else(|| anyhow!("no fingerprint for {}", pubkey.display()))
+        .ok_or_else(|| AgentError::Unreadable {
+            what: "ssh-keygen -l",
+            reason: format!("no fingerprint for {}", pubkey.display()),
+        })
 }
 
 /// Runs the agent until killed. `dir` is the appliance's state directory (keys).
-pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> anyhow::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling forwarding")?;
+pub async fn run(dir: PathBuf, port: u16, interval: Duration) -> Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| AgentError::Io {
+        what: "enabling forwarding".into(),
+        source,
+    })?;
     let target = Target {
         device: "local-appliance".into(),
         host: "127.0.0.1".into(),
