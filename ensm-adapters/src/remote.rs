@@ -26,7 +26,7 @@ use meshwire_controller::driver::{Desired, Driver, DriverError, Failure, Report,
 use meshwire_models::secret::constant_time_eq as same;
 use meshwire_models::Object;
 
-use crate::ensm::{Ensm, Registrar};
+use crate::ensm::{Ensm, Registrar, RegistrarError};
 
 /// How long reaching a remote eNSM (or the controller) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -200,26 +200,46 @@ impl RestRegistrar {
         }
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
+    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<(), RegistrarError> {
+        let unreachable = |reason: String| RegistrarError::Unreachable {
+            what: what.to_string(),
+            controller: self.base.clone(),
+            reason,
+        };
         let resp = self
             .authed(rb)
             .send()
             .await
-            .map_err(|e| format!("{what}: controller {} unreachable: {e}", self.base))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what}: {}",
-                resp.text().await.unwrap_or_default().trim()
-            ))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
         }
+        let body = resp.text().await.unwrap_or_default();
+        // The controller's problem document names its code; a 5xx is the controller's own
+        // trouble (its store), worth another try.
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let reason = problem["detail"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.trim().to_string());
+        if status.is_server_error() {
+            return Err(unreachable(format!("{status}: {reason}")));
+        }
+        Err(RegistrarError::Refused {
+            what: what.to_string(),
+            code: problem["code"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| status.as_u16().to_string()),
+            reason,
+        })
     }
 }
 
 #[async_trait]
 impl Registrar for RestRegistrar {
-    async fn register(&self, objects: Vec<Object>) -> Result<(), String> {
+    async fn register(&self, objects: Vec<Object>) -> Result<(), RegistrarError> {
         self.send(
             self.http
                 .post(format!("{}/api/v1/registry/objects", self.base))
@@ -233,7 +253,7 @@ impl Registrar for RestRegistrar {
         endpoint: &str,
         down: bool,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistrarError> {
         self.send(
             self.http
                 .put(format!("{}/api/v1/endpoints/{endpoint}/status", self.base))

@@ -26,7 +26,7 @@ use meshwire_controller::store::redb_store::RedbStore;
 use meshwire_controller::store::{memory::MemoryStore, Store};
 use meshwire_controller::{Config, Controller, ControllerError, SystemClock};
 use meshwire_ensm_adapters::device::DeviceFile;
-use meshwire_ensm_adapters::ensm::{Ensm, Registrar};
+use meshwire_ensm_adapters::ensm::{Ensm, Registrar, RegistrarError};
 use meshwire_ensm_adapters::netconf::Datastore;
 use meshwire_ensm_adapters::profile::Profile;
 use meshwire_labs::appliance::{self, Appliance};
@@ -165,10 +165,10 @@ struct Nobody;
 
 #[async_trait]
 impl Registrar for Nobody {
-    async fn register(&self, _: Vec<meshwire_models::Object>) -> Result<(), String> {
+    async fn register(&self, _: Vec<meshwire_models::Object>) -> Result<(), RegistrarError> {
         Ok(())
     }
-    async fn set_endpoint_down(&self, _: &str, _: bool, _: &str) -> Result<(), String> {
+    async fn set_endpoint_down(&self, _: &str, _: bool, _: &str) -> Result<(), RegistrarError> {
         Ok(())
     }
 }

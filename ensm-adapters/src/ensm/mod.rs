@@ -70,39 +70,82 @@ pub fn load(
     Ok((d, p))
 }
 
+/// Why a registrar (the controller, in process or over REST) did not take a registration or
+/// an endpoint's status. The health task tries again either way; `retryable` says whether that
+/// can help without anyone acting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistrarError {
+    /// The controller answered no (an invalid object, an unknown endpoint, a missing role).
+    #[error("{what}: the controller refused it ({code}): {reason}")]
+    Refused {
+        what: String,
+        code: String,
+        reason: String,
+    },
+    /// The controller did not answer, or could not store it now.
+    #[error("{what}: controller {controller} did not take it: {reason}")]
+    Unreachable {
+        what: String,
+        controller: String,
+        reason: String,
+    },
+}
+
+impl RegistrarError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, RegistrarError::Unreachable { .. })
+    }
+
+    /// A controller's own error, typed: a store that failed is worth another try, the rest not.
+    fn from_controller(what: &str, e: meshwire_controller::ControllerError) -> RegistrarError {
+        match e {
+            meshwire_controller::ControllerError::Store(s) => RegistrarError::Unreachable {
+                what: what.to_string(),
+                controller: "(in process)".into(),
+                reason: s.to_string(),
+            },
+            e => RegistrarError::Refused {
+                what: what.to_string(),
+                code: e.code().to_string(),
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
 /// Where an eNSM registers its device and endpoints, and reports their health.
 #[async_trait]
 pub trait Registrar: Send + Sync + 'static {
-    async fn register(&self, objects: Vec<Object>) -> Result<(), String>;
+    async fn register(&self, objects: Vec<Object>) -> Result<(), RegistrarError>;
     async fn set_endpoint_down(
         &self,
         endpoint: &str,
         down: bool,
         reason: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), RegistrarError>;
 }
 
 #[async_trait]
 impl Registrar for meshwire_controller::Controller {
-    async fn register(&self, objects: Vec<Object>) -> Result<(), String> {
+    async fn register(&self, objects: Vec<Object>) -> Result<(), RegistrarError> {
         self.apply(meshwire_models::Manifest {
             objects,
             warnings: Vec::new(),
         })
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| RegistrarError::from_controller("register", e))
     }
     async fn set_endpoint_down(
         &self,
         endpoint: &str,
         down: bool,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistrarError> {
         meshwire_controller::Controller::set_endpoint_down(self, endpoint, down, reason)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| RegistrarError::from_controller(&format!("endpoint {endpoint} status"), e))
     }
 }
 
@@ -307,12 +350,8 @@ impl Ensm {
     /// Registers the device and its endpoints, tries the device once, and starts the health
     /// task (keepalive, reconnect, SNMP, traps). Endpoints of a device that cannot be reached
     /// now are registered and withdrawn at once; they come back when the device does.
-    pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, String> {
-        self.inner
-            .registrar
-            .register(self.objects())
-            .await
-            .map_err(|e| format!("eNSM {}: registering: {e}", self.inner.device.name))?;
+    pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, RegistrarError> {
+        self.inner.registrar.register(self.objects()).await?;
         let this = self.clone();
         let first = this.check_device().await;
         this.publish().await;
