@@ -2,69 +2,35 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use meshwire_models::labels::format_labels;
 use meshwire_models::{Connection, ConnectionRequest, Manifest, NetworkService, Object, Topology};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{Kind, Output};
 
-pub struct Api {
-    base: String,
-    http: reqwest::Client,
-}
+/// The controller's REST client (the northbound's own).
+pub use meshwire_northbound::client::Client as Api;
 
-impl Api {
-    /// A client of the controller at `base`; `MESHWIRE_TOKEN`, when set, is sent as the bearer
-    /// token, and `MESHWIRE_CA_CERT` (a PEM file) is trusted for an https controller.
-    pub fn new(base: &str) -> Api {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(v) = std::env::var("MESHWIRE_TOKEN")
-            .ok()
-            .and_then(|t| format!("Bearer {}", t.trim()).parse().ok())
-        {
-            headers.insert(reqwest::header::AUTHORIZATION, v);
-        }
-        Api {
-            base: base.trim_end_matches('/').to_string(),
-            http: {
-                let mut b = reqwest::Client::builder().default_headers(headers);
-                // An https controller with a certificate of a private CA.
-                if let Some(pem) = std::env::var_os("MESHWIRE_CA_CERT")
-                    .and_then(|p| std::fs::read(p).ok())
-                    .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok())
-                {
-                    b = b.add_root_certificate(pem);
-                }
-                b.build().unwrap_or_default()
-            },
-        }
-    }
-
-    async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<T> {
-        let resp = rb.send().await.map_err(|e| anyhow!("cannot reach the controller at {} ({e}); is `meshwire controller` running? (--controller URL)", self.base))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .context("reading the controller's answer")?;
-        if !status.is_success() {
-            let detail = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-            bail!("{detail}");
-        }
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("unexpected answer from the controller ({status})"))
-    }
-
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
-    }
+/// A client of the controller at `base`; `MESHWIRE_TOKEN`, when set, is sent as the bearer
+/// token, and `MESHWIRE_CA_CERT` (a PEM file) is trusted for an https controller.
+pub fn api(base: &str) -> anyhow::Result<Api> {
+    let ca_pem = match std::env::var_os("MESHWIRE_CA_CERT") {
+        Some(p) => Some(
+            std::fs::read(&p)
+                .with_context(|| format!("MESHWIRE_CA_CERT {}", Path::new(&p).display()))?,
+        ),
+        None => None,
+    };
+    Ok(Api::new(
+        base,
+        meshwire_northbound::client::ClientOptions {
+            token: std::env::var("MESHWIRE_TOKEN").ok(),
+            ca_pem,
+            timeout: None,
+        },
+    )?)
 }
 
 /// The manifest files named by `path`: itself, or the .yaml/.yml/.json files of a directory, sorted.
@@ -124,15 +90,7 @@ pub async fn apply(api: &Api, path: &Path, delete: bool) -> anyhow::Result<()> {
         for w in &m.warnings {
             eprintln!("warning: {w}");
         }
-        let url = format!("{}/api/v1/manifests", api.base);
-        let rb = if delete {
-            api.http.delete(url)
-        } else {
-            api.http.post(url)
-        };
-        let out: Value = api
-            .send(rb.query(&[("file", f.display().to_string())]).body(text))
-            .await?;
+        let out: Value = api.manifest(&f.display().to_string(), text, delete).await?;
         for a in out["applied"].as_array().into_iter().flatten() {
             let change = if delete {
                 "deleted"
@@ -412,13 +370,7 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
 }
 
 pub async fn request(api: &Api, req: ConnectionRequest, output: Output) -> anyhow::Result<()> {
-    let c: Connection = api
-        .send(
-            api.http
-                .post(format!("{}/api/v1/connections", api.base))
-                .json(&req),
-        )
-        .await?;
+    let c: Connection = api.post("/api/v1/connections", &req).await?;
     print(&c, output, || {
         let mut t = table(&CONN_HEADER);
         connection_rows(&mut t, std::slice::from_ref(&c));
@@ -427,12 +379,7 @@ pub async fn request(api: &Api, req: ConnectionRequest, output: Output) -> anyho
 }
 
 pub async fn close(api: &Api, id: &str) -> anyhow::Result<()> {
-    let c: Connection = api
-        .send(
-            api.http
-                .delete(format!("{}/api/v1/connections/{id}", api.base)),
-        )
-        .await?;
+    let c: Connection = api.delete(&format!("/api/v1/connections/{id}")).await?;
     println!(
         "connection {} closed (service {}, endpoint {})",
         c.id, c.network_service, c.network_service_endpoint_name

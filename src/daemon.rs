@@ -527,10 +527,10 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
             args.ensm_token
                 .clone()
                 .or_else(|| std::env::var("MESHWIRE_TOKEN").ok()),
-        ),
+        )?,
     );
     e.set_url(&url);
-    let health = e.start().await.map_err(anyhow::Error::msg)?;
+    let health = e.start().await?;
     tracing::info!(device = %name, %url, controller = %args.controller, "eNSM ready");
     announce_ready(&url);
     axum::serve(

@@ -14,7 +14,7 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use meshwire_labs::runner;
 use meshwire_labs::spec::{Kind, Lab};
 
-use crate::client::{self, Api};
+use crate::client;
 
 #[derive(clap::Subcommand)]
 pub enum LabCommand {
@@ -251,7 +251,7 @@ async fn start(
         format!("http://127.0.0.1:{grpc_port}"),
     )?;
     spawn_controller(&d, &args, &url).await?;
-    let api = Api::new(&url);
+    let api = client::api(&url)?;
     let topo = d.join("topology.yaml");
     std::fs::write(&topo, lab.manifests_with(&|n| rt.ovsdb.get(n).cloned()))?;
     client::apply(&api, &topo, false)
@@ -281,7 +281,7 @@ async fn spawn_controller(d: &Path, args: &[String], url: &str) -> anyhow::Resul
         .spawn()
         .context("starting the lab's controller")?;
     std::fs::write(d.join("controller.pid"), child.id().to_string())?;
-    let api = Api::new(url);
+    let api = client::api(url)?;
     for _ in 0..200 {
         if api
             .get::<serde_json::Value>("/api/v1/resources")
@@ -433,7 +433,7 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         Ok(url) => {
             println!("controller: {url}");
             client::get(
-                &Api::new(&url),
+                &client::api(&url)?,
                 crate::Kind::Connections,
                 crate::Output::Table,
                 &client::Filter::default(),

@@ -160,7 +160,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = client::Api::new(&cli.controller);
+    let api = client::api(&cli.controller)?;
     match cli.command {
         Command::Controller(args) => daemon::run(*args).await,
         Command::Ensm(args) => daemon::ensm(args).await,

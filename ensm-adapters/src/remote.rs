@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use meshwire_controller::driver::{Desired, Driver, DriverError, Failure, Report, Update};
 use meshwire_models::secret::constant_time_eq as same;
 use meshwire_models::Object;
+use meshwire_northbound::client::{Client, ClientError, ClientOptions};
 
 use crate::ensm::{Ensm, Registrar, RegistrarError};
 
@@ -172,81 +173,62 @@ impl Driver for RemoteEnsm {
     }
 }
 
-/// Registration with a controller over its REST API.
+/// Registration with a controller over its REST API (the northbound's own client).
 pub struct RestRegistrar {
-    base: String,
-    http: reqwest::Client,
-    token: Option<String>,
+    api: Client,
 }
 
 impl RestRegistrar {
-    /// `token`: a bearer token (role admin) when the controller requires one.
-    pub fn new(controller: &str, token: Option<String>) -> Arc<RestRegistrar> {
-        Arc::new(RestRegistrar {
-            token,
-            base: controller.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
-        })
+    /// `token`: a bearer token (role admin, or the device's own) when the controller requires
+    /// one.
+    pub fn new(
+        controller: &str,
+        token: Option<String>,
+    ) -> Result<Arc<RestRegistrar>, RegistrarError> {
+        let api = Client::new(
+            controller,
+            ClientOptions {
+                token,
+                ca_pem: None,
+                timeout: Some(Duration::from_secs(30)),
+            },
+        )
+        .map_err(|e| RegistrarError::Refused {
+            what: "registrar".into(),
+            code: "client".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Arc::new(RestRegistrar { api }))
     }
 
-    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
+    fn typed(&self, what: &str, e: ClientError) -> RegistrarError {
+        match e {
+            ClientError::Refused {
+                status,
+                code,
+                detail,
+            } if status < 500 => RegistrarError::Refused {
+                what: what.to_string(),
+                code,
+                reason: detail,
+            },
+            e => RegistrarError::Unreachable {
+                what: what.to_string(),
+                controller: self.api.base().to_string(),
+                reason: e.to_string(),
+            },
         }
-    }
-
-    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<(), RegistrarError> {
-        let unreachable = |reason: String| RegistrarError::Unreachable {
-            what: what.to_string(),
-            controller: self.base.clone(),
-            reason,
-        };
-        let resp = self
-            .authed(rb)
-            .send()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = resp.text().await.unwrap_or_default();
-        // The controller's problem document names its code; a 5xx is the controller's own
-        // trouble (its store), worth another try.
-        let problem: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let reason = problem["detail"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| body.trim().to_string());
-        if status.is_server_error() {
-            return Err(unreachable(format!("{status}: {reason}")));
-        }
-        Err(RegistrarError::Refused {
-            what: what.to_string(),
-            code: problem["code"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| status.as_u16().to_string()),
-            reason,
-        })
     }
 }
 
 #[async_trait]
 impl Registrar for RestRegistrar {
     async fn register(&self, objects: Vec<Object>) -> Result<(), RegistrarError> {
-        self.send(
-            self.http
-                .post(format!("{}/api/v1/registry/objects", self.base))
-                .json(&objects),
-            "register",
-        )
-        .await
+        self.api
+            .post::<_, serde_json::Value>("/api/v1/registry/objects", &objects)
+            .await
+            .map(drop)
+            .map_err(|e| self.typed("register", e))
     }
     async fn set_endpoint_down(
         &self,
@@ -254,12 +236,13 @@ impl Registrar for RestRegistrar {
         down: bool,
         reason: &str,
     ) -> Result<(), RegistrarError> {
-        self.send(
-            self.http
-                .put(format!("{}/api/v1/endpoints/{endpoint}/status", self.base))
-                .json(&serde_json::json!({"down": down, "reason": reason})),
-            "endpoint status",
-        )
-        .await
+        self.api
+            .put::<_, serde_json::Value>(
+                &format!("/api/v1/endpoints/{endpoint}/status"),
+                &serde_json::json!({"down": down, "reason": reason}),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| self.typed(&format!("endpoint {endpoint} status"), e))
     }
 }
