@@ -121,7 +121,7 @@ impl Controller {
         };
         steps.did(Done::Committed(id.clone()));
         if let Err(e) = self.record_step(&mut steps, &conn).await {
-            self.unwind(steps, "recording it failed").await;
+            self.unwind(steps, &conn, "recording it failed").await;
             return Err(e);
         }
         // A chain element: its onward leg is up before this one is wired, and both are
@@ -134,21 +134,26 @@ impl Controller {
                     .update(&id, |c| c.chain.onward = Some(onward.id.clone()));
                 if let Err(e) = self.persist(&conn).await {
                     tracing::warn!(connection = %id, error = %e, "recording the onward leg failed; undoing");
-                    self.unwind(steps, &format!("recording the onward leg failed: {e}"))
-                        .await;
+                    self.unwind(
+                        steps,
+                        &conn,
+                        &format!("recording the onward leg failed: {e}"),
+                    )
+                    .await;
                     return Err(e);
                 }
             }
             Err(e) => {
                 tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "the onward leg failed; undoing");
-                self.unwind(steps, &format!("the onward leg failed: {e}"))
+                self.unwind(steps, &conn, &format!("the onward leg failed: {e}"))
                     .await;
                 return Err(e);
             }
         }
         if let Err(e) = self.wire_step(&mut steps, &conn).await {
             tracing::warn!(connection = %id, endpoint = %conn.network_service_endpoint_name, error = %e, "wiring failed; undoing");
-            self.unwind(steps, &format!("wiring failed: {e}")).await;
+            self.unwind(steps, &conn, &format!("wiring failed: {e}"))
+                .await;
             return Err(ControllerError::Driver {
                 connection: id,
                 source: Box::new(e),
@@ -158,7 +163,7 @@ impl Controller {
         if let Err(e) = self.persist(&conn).await {
             // Live on the data plane but not stored as up: never report it done.
             tracing::warn!(connection = %id, error = %e, "recording the connection up failed; undoing it");
-            self.unwind(steps, &format!("recording it up failed: {e}"))
+            self.unwind(steps, &conn, &format!("recording it up failed: {e}"))
                 .await;
             return Err(e);
         }

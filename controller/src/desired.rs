@@ -37,7 +37,7 @@ impl Controller {
 
     /// Every connection not closed or failed, as a full set whose version is taken under the
     /// same state lock as the snapshot.
-    pub(crate) fn desired_set(&self) -> Desired {
+    pub(crate) fn desired_set(&self) -> Desired<'static> {
         let state = self.state();
         let set: Vec<Connection> = state
             .connections()
@@ -50,7 +50,7 @@ impl Controller {
     }
 
     /// Hands the driver a full set.
-    pub(crate) async fn converge_all(&self, desired: &Desired) -> Result<Report, DriverError> {
+    pub(crate) async fn converge_all(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         self.inner.driver.converge(desired).await
     }
 }

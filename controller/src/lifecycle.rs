@@ -26,13 +26,13 @@ pub(crate) enum Done {
     /// A planned connection committed in memory with its claims: forgotten, claims given back.
     Committed(String),
     /// Claims taken for a replacement not committed (a heal): given back.
-    Claimed(Connection),
+    Claimed(Box<Connection>),
     /// The record of a new connection: deleted.
     Recorded(String),
     /// An onward leg composed for `of`: closed.
     Onward { of: String, onward: String },
-    /// Wiring handed to the data plane (possibly half done): removed.
-    Wired(Connection),
+    /// The subject's wiring handed to the data plane (possibly half done): removed.
+    Wired,
 }
 
 /// The steps done so far. Dropping it keeps everything ([`Steps::hold`] says so out loud);
@@ -61,19 +61,21 @@ impl Steps {
                 onward: b.clone(),
             });
         }
-        s.did(Done::Wired(c.clone()));
+        s.did(Done::Wired);
         s
     }
 }
 
 impl Controller {
-    /// Undoes `steps`, last first. `false` when the store would not delete a record: the
+    /// Undoes `steps`, last first; `subject` is the connection they set up (its wiring is what
+    /// [`Done::Wired`] removes). `false` when the store would not delete a record: the
     /// connection then stays as an abandoned `programming` one (with `why`) for reconcile.
-    pub(crate) async fn unwind(&self, steps: Steps, why: &str) -> bool {
+    pub(crate) async fn unwind(&self, steps: Steps, subject: &Connection, why: &str) -> bool {
         for d in steps.done.into_iter().rev() {
             match d {
-                Done::Wired(c) => {
-                    if let Err(e) = self.unwire(&c).await {
+                Done::Wired => {
+                    let c = subject;
+                    if let Err(e) = self.unwire(c).await {
                         tracing::warn!(connection = %c.id, error = %e, "undoing the wiring failed; the next full set removes what is left");
                     }
                 }
@@ -102,13 +104,14 @@ impl Controller {
         true
     }
 
-    /// Step: hand the data plane `c`. Recorded before the call: a failure may leave half of it.
+    /// Step: hand the data plane `c` (the subject). Recorded before the call: a failure may
+    /// leave half of it.
     pub(crate) async fn wire_step(
         &self,
         steps: &mut Steps,
         c: &Connection,
     ) -> Result<(), DriverError> {
-        steps.did(Done::Wired(c.clone()));
+        steps.did(Done::Wired);
         self.wire(c).await.inspect_err(|_| self.driver_failed())
     }
 
@@ -141,6 +144,6 @@ impl Controller {
 
     /// Undoes a connection nobody was told about, all of it (see [`Steps::all_of`]).
     pub(crate) async fn undo(&self, conn: &Connection, why: &str) -> bool {
-        self.unwind(Steps::all_of(conn), why).await
+        self.unwind(Steps::all_of(conn), conn, why).await
     }
 }

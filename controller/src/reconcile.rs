@@ -133,6 +133,7 @@ impl Controller {
         else {
             return Ok(report);
         };
+        let desired = desired.into_owned();
         for c in desired {
             let _guard = self.lock_key(c.client.workload(), &c.network_service).await;
             // The connection may have been closed or rewired while we waited.
@@ -393,7 +394,7 @@ impl Controller {
         let mut steps = Steps::default();
         let mut new = match planned {
             Ok(n) => {
-                steps.did(Done::Claimed(n.clone()));
+                steps.did(Done::Claimed(Box::new(n.clone())));
                 n
             }
             Err(e) => {
@@ -414,7 +415,7 @@ impl Controller {
             match self.onward_step(&mut steps, &new).await {
                 Ok(b) => new.chain.onward = b.map(|b| b.id),
                 Err(e) => {
-                    self.unwind(steps, "no onward leg").await;
+                    self.unwind(steps, &new, "no onward leg").await;
                     let msg = format!(
                         "{why}; replacement via {} has no onward leg: {e}",
                         new.network_service_endpoint_name
@@ -434,7 +435,7 @@ impl Controller {
         if let Err(e) = self.wire_step(&mut steps, &new).await {
             let wait = self.requeue_after(&old.id, &e);
             tracing::warn!(connection = %old.id, endpoint = %new.network_service_endpoint_name, error = %e, retryable = e.retryable(), retry_in_ms = wait.as_millis() as u64, "replacement failed; requeued");
-            self.unwind(steps, "replacement failed").await;
+            self.unwind(steps, &new, "replacement failed").await;
             let msg = format!(
                 "{why}; replacement via {} failed: {e}",
                 new.network_service_endpoint_name
@@ -453,7 +454,8 @@ impl Controller {
         // Stored before it is live in memory: if the store cannot take it, the replacement is
         // taken down again and the connection stays healing with its old claims.
         if let Err(e) = self.persist(&new).await {
-            self.unwind(steps, "recording the replacement failed").await;
+            self.unwind(steps, &new, "recording the replacement failed")
+                .await;
             let msg = format!("{why}; recording the replacement failed: {e}");
             self.state().update(&old.id, |c| c.last_error = Some(msg));
             return Err(e);

@@ -161,14 +161,14 @@ impl Driver for RecordingDriver {
         "recording"
     }
 
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         let mut report = Report::at(desired.version);
         match &desired.update {
             Update::Delta { upsert, remove } => {
-                for c in remove {
+                for c in remove.iter() {
                     self.remove(c);
                 }
-                for c in upsert {
+                for c in upsert.iter() {
                     self.apply(c)?;
                 }
             }

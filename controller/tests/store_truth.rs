@@ -49,7 +49,7 @@ impl Driver for GatedDriver {
     fn name(&self) -> &str {
         "gated"
     }
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         let wires = matches!(&desired.update, Update::Delta { upsert, .. } if !upsert.is_empty());
         if wires && self.hold.load(Ordering::SeqCst) {
             self.entered.notify_one();
@@ -241,7 +241,7 @@ impl Driver for Silent {
     fn name(&self) -> &str {
         "silent"
     }
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         if desired.is_full() {
             std::future::pending().await
         }
@@ -257,7 +257,7 @@ impl Driver for Lost {
     fn name(&self) -> &str {
         "lost"
     }
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         let Update::Full { connections, .. } = &desired.update else {
             return Ok(Report::at(desired.version));
         };

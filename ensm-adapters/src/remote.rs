@@ -81,7 +81,7 @@ fn refused(e: DriverError) -> (StatusCode, String) {
     (StatusCode::BAD_GATEWAY, body)
 }
 
-async fn converge(State(e): State<Ensm>, Json(d): Json<Desired>) -> Reply<Report> {
+async fn converge(State(e): State<Ensm>, Json(d): Json<Desired<'static>>) -> Reply<Report> {
     e.converge(&d).await.map(Json).map_err(refused)
 }
 
@@ -157,7 +157,7 @@ impl Driver for RemoteEnsm {
     fn name(&self) -> &str {
         &self.name
     }
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         let target = match &desired.update {
             Update::Delta { upsert, remove } => {
                 let ids: Vec<&str> = remove

@@ -185,7 +185,7 @@ impl Driver for DieBeforeFirstLeg {
     fn name(&self) -> &str {
         "die-before-first-leg"
     }
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         if let Update::Delta { upsert, .. } = &desired.update {
             if let Some(c) = upsert.iter().find(|c| c.chain.onward.is_some()) {
                 let _ = self.reached.send(c.clone());

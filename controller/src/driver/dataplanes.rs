@@ -376,13 +376,13 @@ impl Driver for Dataplanes {
         &self.name
     }
 
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         match &desired.update {
             Update::Delta { upsert, remove } => {
-                for c in remove {
+                for c in remove.iter() {
                     self.unwire(desired.version, c).await?;
                 }
-                for c in upsert {
+                for c in upsert.iter() {
                     self.wire(desired.version, c).await?;
                 }
                 Ok(Report::at(desired.version))

@@ -53,11 +53,11 @@ impl Ledger {
         let mut b = self.book();
         b.version = b.version.max(version);
         b.deltas += 1;
-        for c in remove {
+        for c in remove.iter() {
             b.conns.remove(&c.id);
             b.removed.insert(c.id.clone(), version);
         }
-        for c in upsert {
+        for c in upsert.iter() {
             b.removed.remove(&c.id);
             b.conns.insert(c.id.clone(), (c.clone(), version));
         }

@@ -22,6 +22,7 @@ mod dataplanes;
 mod error;
 mod ledger;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -65,67 +66,68 @@ impl std::fmt::Display for Scope {
     }
 }
 
-/// The desired state of one scope at one version.
+/// The desired state of one scope at one version. It borrows the connections it names when
+/// it can (a delta of one connection costs no copy of it); read from a wire, it owns them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Desired {
+pub struct Desired<'a> {
     pub scope: Scope,
     /// Increases with every change the controller makes; a full set's version is taken with its
     /// snapshot, a delta's after the change it carries was recorded.
     pub version: u64,
-    pub update: Update,
+    pub update: Update<'a>,
 }
 
 /// A change to the desired state, or all of it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Update {
+pub enum Update<'a> {
     /// Unwire `remove` (first), then wire `upsert`.
     Delta {
         #[serde(default)]
-        upsert: Vec<Connection>,
+        upsert: Cow<'a, [Connection]>,
         #[serde(default)]
-        remove: Vec<Connection>,
+        remove: Cow<'a, [Connection]>,
     },
     /// Everything desired in the scope. `shared` holds connections another driver wires in the
     /// same namespaces (an Open vSwitch node's workload legs beside a kernel node's): never
     /// swept, never reported on.
     Full {
-        connections: Vec<Connection>,
+        connections: Cow<'a, [Connection]>,
         #[serde(default)]
-        shared: Vec<Connection>,
+        shared: Cow<'a, [Connection]>,
     },
 }
 
-impl Desired {
-    pub fn upsert(scope: Scope, version: u64, c: &Connection) -> Desired {
+impl<'a> Desired<'a> {
+    pub fn upsert(scope: Scope, version: u64, c: &'a Connection) -> Desired<'a> {
         Desired {
             scope,
             version,
             update: Update::Delta {
-                upsert: vec![c.clone()],
-                remove: vec![],
+                upsert: Cow::Borrowed(std::slice::from_ref(c)),
+                remove: Cow::Borrowed(&[]),
             },
         }
     }
 
-    pub fn remove(scope: Scope, version: u64, c: &Connection) -> Desired {
+    pub fn remove(scope: Scope, version: u64, c: &'a Connection) -> Desired<'a> {
         Desired {
             scope,
             version,
             update: Update::Delta {
-                upsert: vec![],
-                remove: vec![c.clone()],
+                upsert: Cow::Borrowed(&[]),
+                remove: Cow::Borrowed(std::slice::from_ref(c)),
             },
         }
     }
 
-    pub fn full(scope: Scope, version: u64, connections: Vec<Connection>) -> Desired {
+    pub fn full(scope: Scope, version: u64, connections: Vec<Connection>) -> Desired<'a> {
         Desired {
             scope,
             version,
             update: Update::Full {
-                connections,
-                shared: vec![],
+                connections: Cow::Owned(connections),
+                shared: Cow::Borrowed(&[]),
             },
         }
     }
@@ -232,7 +234,7 @@ pub trait Driver: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Makes the scope's data plane match `desired` (see the module documentation).
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError>;
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError>;
 
     /// The topology changed (and once at start): drivers that manage nodes (bridges, tunnel
     /// ports, switch channels) bring them in line here. Errors are logged, never fatal: a node
@@ -256,7 +258,7 @@ impl Driver for NullDriver {
     fn name(&self) -> &str {
         "none"
     }
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         Ok(Report::at(desired.version))
     }
 }

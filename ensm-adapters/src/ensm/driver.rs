@@ -17,14 +17,14 @@ impl Driver for Ensm {
         &self.inner.name
     }
 
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         let mut report = Report::at(desired.version);
         match &desired.update {
             Update::Delta { upsert, remove } => {
-                for c in remove {
+                for c in remove.iter() {
                     self.remove(c).await?;
                 }
-                for c in upsert {
+                for c in upsert.iter() {
                     self.apply(c).await?;
                 }
             }

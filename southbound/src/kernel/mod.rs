@@ -643,14 +643,14 @@ impl Driver for KernelDriver {
         "kernel"
     }
 
-    async fn converge(&self, desired: &Desired) -> Result<Report, DriverError> {
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
         match &desired.update {
             Update::Delta { upsert, remove } => {
                 let _wiring = self.ledger.delta(desired.version, upsert, remove).await;
-                for c in remove {
+                for c in remove.iter() {
                     self.remove(c).await?;
                 }
-                for c in upsert {
+                for c in upsert.iter() {
                     self.apply(c).await?;
                 }
                 Ok(Report::at(desired.version))
