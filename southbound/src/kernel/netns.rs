@@ -106,6 +106,7 @@ impl Namespaces {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = tokio::runtime::Handle::current();
         let target = ns.as_deref().map(path).transpose()?;
+        let watching = self.watcher.get().is_some();
         std::thread::Builder::new()
             .name("netns-enter".into())
             .spawn(move || {
@@ -117,26 +118,43 @@ impl Namespaces {
                         )?;
                     }
                     let _guard = rt.enter();
-                    rtnetlink::new_connection()
+                    // Requests and notifications on separate sockets: a burst of link events
+                    // that overflows the monitor's buffer must never touch the requests.
+                    let requests = rtnetlink::new_connection()?;
+                    let monitor = if watching {
+                        Some(rtnetlink::new_connection()?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, std::io::Error>((requests, monitor))
                 })();
                 let _ = tx.send(result);
             })?;
-        let (mut conn, handle, messages) = rx
+        let ((conn, handle, _), monitor) = rx
             .await
             .map_err(|_| std::io::Error::other("namespace thread died"))??;
-        let watch = match self.watcher.get() {
-            Some(on_gone) => {
+        let watch = match (self.watcher.get(), monitor) {
+            (Some(on_gone), Some((mut mconn, mhandle, messages))) => {
                 use rtnetlink::sys::AsyncSocket;
-                conn.socket_mut()
+                mconn
+                    .socket_mut()
                     .socket_mut()
                     .add_membership(RTNLGRP_LINK)?;
-                Some(tokio::spawn(watch_links(
-                    ns.clone(),
-                    messages,
-                    on_gone.clone(),
-                )))
+                let ns = ns.clone();
+                let on_gone = on_gone.clone();
+                // One task owns the monitor's connection and its reader: aborting it (the
+                // namespace forgotten) closes the socket, which must not keep the namespace.
+                Some(tokio::spawn(async move {
+                    let _keep = mhandle;
+                    let label = ns.clone().unwrap_or_else(|| "(own)".into());
+                    tokio::select! {
+                        _ = mconn => {}
+                        _ = watch_links(ns, messages, on_gone) => {}
+                    }
+                    tracing::debug!(netns = %label, "link notifications ended; the full set still looks every round");
+                }))
             }
-            None => None,
+            _ => None,
         };
         let task = tokio::spawn(conn);
         self.lock().insert(
