@@ -23,7 +23,9 @@ fn lab_file(name: &str) -> PathBuf {
     if here.exists() {
         return here;
     }
+    // The workspace's labs/, beside this crate's directory.
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
         .join("labs")
         .join(name)
         .join("lab.yaml")
