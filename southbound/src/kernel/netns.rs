@@ -136,10 +136,11 @@ impl Namespaces {
         let watch = match (self.watcher.get(), monitor) {
             (Some(on_gone), Some((mut mconn, mhandle, messages))) => {
                 use rtnetlink::sys::AsyncSocket;
-                mconn
-                    .socket_mut()
-                    .socket_mut()
-                    .add_membership(RTNLGRP_LINK)?;
+                let sock = mconn.socket_mut().socket_mut();
+                // Bound to a port of its own: the kernel skips port 0 when it multicasts a
+                // change nobody asked to hear echoed (a socket that never sends stays unbound).
+                sock.bind_auto()?;
+                sock.add_membership(RTNLGRP_LINK)?;
                 let ns = ns.clone();
                 let on_gone = on_gone.clone();
                 // One task owns the monitor's connection and its reader: aborting it (the
