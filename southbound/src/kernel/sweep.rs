@@ -157,18 +157,23 @@ impl KernelDriver {
         topology: &Topology,
         at_once: bool,
     ) -> Swept {
-        {
+        // Only the first sweep may remove at once: a driver that never wires anything (the
+        // kernel driver beside Open vSwitch nodes) stays "untouched" while the other driver
+        // wires, so every later sweep follows the two-in-a-row rule and the interval.
+        let at_once = {
             let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
             let every = *self
                 .sweep_interval
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let now = tokio::time::Instant::now();
+            let at_once = at_once && last.is_none();
             if !at_once && last.is_some_and(|t| now.duration_since(t) < every) {
                 return Swept::default();
             }
             *last = Some(now);
-        }
+            at_once
+        };
         let mut suspects = HashSet::new();
         let ids: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
         let routes = desired_routes(desired);
