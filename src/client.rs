@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::{Kind, Output};
 
 /// The controller's REST client (the northbound's own).
-pub use meshwire_northbound::client::Client as Api;
+pub use meshwire_controller::client::Client as Api;
 
 /// A client of the controller at `base`; `MESHWIRE_TOKEN`, when set, is sent as the bearer
 /// token, and `MESHWIRE_CA_CERT` (a PEM file) is trusted for an https controller.
@@ -25,7 +25,7 @@ pub fn api(base: &str) -> anyhow::Result<Api> {
     };
     Ok(Api::new(
         base,
-        meshwire_northbound::client::ClientOptions {
+        meshwire_controller::client::ClientOptions {
             token: std::env::var("MESHWIRE_TOKEN").ok(),
             ca_pem,
             timeout: None,

@@ -12,6 +12,7 @@
 //! - [`store`]: persistence (redb, etcd, memory) with revisions and watch.
 //! - [`backoff`]: the one jittered exponential backoff (peers, requeued connections).
 //! - `lifecycle`: the steps request, repair and heal share, each undone on a later failure.
+//! - [`client`]: the REST client of the controller's API (for the CLI and remote eNSMs).
 //! - [`chain`]: service chains: onward legs composed, linked, cycle-checked and closed.
 //! - [`requeue`]: per-connection backoff after a failed repair or heal.
 //! - [`controller`]: the async shell: write-ahead persistence, per-client serialization, the
@@ -19,6 +20,7 @@
 
 pub mod backoff;
 pub mod chain;
+pub mod client;
 pub mod clock;
 pub mod connections;
 pub mod controller;

@@ -22,10 +22,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use meshwire_controller::client::{Client, ClientError, ClientOptions};
 use meshwire_controller::driver::{Desired, Driver, DriverError, Failure, Report, Update};
 use meshwire_models::secret::constant_time_eq as same;
 use meshwire_models::Object;
-use meshwire_northbound::client::{Client, ClientError, ClientOptions};
 
 use crate::ensm::{Ensm, Registrar, RegistrarError};
 

@@ -10,7 +10,6 @@
 //! small; a large body is refused before it is read).
 
 pub mod auth;
-pub mod client;
 pub mod events;
 pub mod grpc;
 pub mod idempotency;

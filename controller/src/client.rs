@@ -1,5 +1,6 @@
-//! The one REST client of the controller's northbound API: the CLI's commands and a remote
-//! eNSM's registrar speak through it (and so may any Rust tool of an operator's OSS/BSS).
+//! The one REST client of the controller's REST API (served by `meshwire-northbound`): the
+//! CLI's commands and a remote eNSM's registrar speak through it. It lives here, below both,
+//! so a crate that talks to a controller never depends on the northbound server (and so may any Rust tool of an operator's OSS/BSS).
 //! Every call has a timeout; every failure says whether it reached the controller, and what the
 //! controller answered (its problem document's `code` and `detail`).
 
