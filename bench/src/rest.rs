@@ -1,5 +1,5 @@
 //! `meshwire bench rest`: the REST API under load from wrk, 64 connections, 2 threads, against a
-//! controller with a memory store and a recording data plane in this process, so the figures
+//! controller with a memory store and a data plane that does nothing (`NullDriver`) in this process, so the figures
 //! are the API and the controller, not the kernel. Measured: `GET /api/v1/connections` (a list
 //! of 10 connections), `GET /api/v1/connections/{id}`, and `POST /api/v1/connections` (each a
 //! new client, so every POST plans, negotiates, allocates and stores a connection). Side by
@@ -204,7 +204,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         ]);
     }
     println!("{t}");
-    println!("Memory store and a recording data plane, in this process with wrk on the same 2 cores: the API and the controller, not the kernel.");
+    println!("Memory store and a null data plane, in this process with wrk on the same 2 cores: the API and the controller, not the kernel.");
     anyhow::ensure!(
         list.errors == 0 && one.errors == 0 && post.errors == 0,
         "the API answered errors under load"

@@ -22,8 +22,8 @@ async fn rate(m: &Monitor, n: usize) -> anyhow::Result<f64> {
 
 pub async fn run(scale: f64) -> anyhow::Result<()> {
     let n = ((2000.0 * scale).round() as usize).max(50);
-    let agent =
-        SnmpAgent::start().context("bench snmp needs root and snmpd (scripts/install-deps.sh)")?;
+    let agent = SnmpAgent::start(None)
+        .context("bench snmp needs root and snmpd (scripts/install-deps.sh)")?;
     let target = |auth| SnmpTarget {
         device: "bench".into(),
         addr: agent.addr,

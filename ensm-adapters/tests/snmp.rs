@@ -1,14 +1,17 @@
 //! Input: our SNMP monitor against the real snmpd (net-snmp) running in a namespace that plays
 //! the device: a management veth to the host, and a data link (a veth pair) inside. Output:
-//! sysUpTime and ifOperStatus over v2c and v3 authPriv; a data link taken down is seen down; a
-//! wrong v3 password and a dead agent are errors naming the device.
+//! sysUpTime and ifOperStatus over v2c and v3 authPriv; a data link taken down is announced by a
+//! linkDown trap and then polled down; a wrong v3 password and a dead agent are errors naming the
+//! device.
 //! Needs root and snmpd; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set.
 
 use std::time::Duration;
 
 use meshwire_labs::appliance::SnmpAgent;
 
-use meshwire_ensm_adapters::snmp::{Monitor, OperStatus, SnmpAuth, SnmpError, SnmpTarget};
+use meshwire_ensm_adapters::snmp::{
+    link_trap, Monitor, OperStatus, SnmpAuth, SnmpError, SnmpTarget,
+};
 
 fn ip(args: &[&str]) -> bool {
     std::process::Command::new("ip")
@@ -18,7 +21,7 @@ fn ip(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-fn agent() -> Option<SnmpAgent> {
+fn agent(trap_port: u16) -> Option<SnmpAgent> {
     let root = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -32,7 +35,7 @@ fn agent() -> Option<SnmpAgent> {
         eprintln!("SKIP: needs root and snmpd");
         return None;
     }
-    Some(SnmpAgent::start().unwrap())
+    Some(SnmpAgent::start(Some(trap_port)).unwrap())
 }
 
 fn target(a: &SnmpAgent, auth: SnmpAuth) -> SnmpTarget {
@@ -46,7 +49,11 @@ fn target(a: &SnmpAgent, auth: SnmpAuth) -> SnmpTarget {
 
 #[tokio::test]
 async fn dev_real_snmpd_v2c_and_v3_health_link_down_and_errors() {
-    let Some(mut agent) = agent() else {
+    // The trap receiver listens before the agent exists: no linkDown can be missed.
+    let traps = meshwire_ensm_adapters::snmp::trap_receiver("0.0.0.0:0".parse().unwrap(), "public")
+        .await
+        .unwrap();
+    let Some(mut agent) = agent(traps.local_addr().port()) else {
         return;
     };
     let data0 = agent.ifindex("data0").unwrap();
@@ -88,16 +95,26 @@ async fn dev_real_snmpd_v2c_and_v3_health_link_down_and_errors() {
 
     // The data link's far end goes down: data0 is no longer up.
     assert!(ip(&["-n", &agent.ns, "link", "set", "data1", "down"]));
-    let mut seen = None;
-    for _ in 0..50 {
-        let h = v2c.poll(&[data0]).await.unwrap();
-        if h.interfaces[0].2 != OperStatus::Up {
-            seen = Some(h.interfaces[0].2);
-            break;
+    // snmpd checks ifOperStatus every second and sends linkDown; wait for that event.
+    let trap = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let n = traps.recv().await.unwrap();
+            let Ok(oid) = n.notification.trap_oid() else {
+                continue;
+            };
+            if let Some(t) = link_trap(&oid, n.notification.varbinds()) {
+                if t.if_index == data0 && !t.up {
+                    return t;
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen.is_some(), "data0 seen down");
+    })
+    .await
+    .expect("a linkDown trap for data0 within 15 s");
+    assert_eq!(trap.if_index, data0);
+    // The poll agrees with the trap.
+    let h = v2c.poll(&[data0]).await.unwrap();
+    assert_ne!(h.interfaces[0].2, OperStatus::Up, "data0 polled down");
 
     // A wrong v3 password is refused, naming the device.
     let bad = Monitor::connect(target(

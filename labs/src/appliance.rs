@@ -252,7 +252,10 @@ pub struct SnmpAgent {
 }
 
 impl SnmpAgent {
-    pub fn start() -> Result<SnmpAgent, ApplianceError> {
+    /// Starts snmpd in a namespace of its own (a management veth to the host, a data link
+    /// `data0`/`data1` inside). With `trap_port`, it sends linkDown/linkUp notifications (v2c,
+    /// community `public`) to that UDP port on the host end of the management veth.
+    pub fn start(trap_port: Option<u16>) -> Result<SnmpAgent, ApplianceError> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = std::process::id() % 10_000 * 10 + n % 10;
@@ -290,11 +293,15 @@ impl SnmpAgent {
         ip(&["-n", &ns, "link", "set", "data0", "up"])?;
         ip(&["-n", &ns, "link", "set", "data1", "up"])?;
         let d = a._dir.path().display().to_string();
-        std::fs::write(
-            format!("{d}/snmpd.conf"),
+        let mut conf = String::from(
             "rocommunity public 169.254.0.0/16\ncreateUser mwuser SHA-256 \"authpass123\" AES \"privpass123\"\nrouser mwuser priv\n",
-        )
-        .map_err(|e| err("snmpd.conf", e))?;
+        );
+        if let Some(port) = trap_port {
+            conf.push_str(&format!(
+                "createUser mwinternal\nrouser mwinternal noauth\niquerySecName mwinternal\ntrap2sink 169.254.{k}.1:{port} public\n{LINK_MONITORS}"
+            ));
+        }
+        std::fs::write(format!("{d}/snmpd.conf"), conf).map_err(|e| err("snmpd.conf", e))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, "env"])
             .arg(format!("SNMP_PERSISTENT_DIR={d}"))
@@ -340,6 +347,9 @@ impl Drop for SnmpAgent {
         let _ = ip(&["link", "del", &self.host_if]);
     }
 }
+
+/// snmpd's own checks of ifOperStatus (every second) that send RFC 2863 linkDown/linkUp.
+const LINK_MONITORS: &str = "notificationEvent mwLinkUp .1.3.6.1.6.3.1.1.5.4 .1.3.6.1.2.1.2.2.1.1 .1.3.6.1.2.1.2.2.1.7 .1.3.6.1.2.1.2.2.1.8\nnotificationEvent mwLinkDown .1.3.6.1.6.3.1.1.5.3 .1.3.6.1.2.1.2.2.1.1 .1.3.6.1.2.1.2.2.1.7 .1.3.6.1.2.1.2.2.1.8\nmonitor -S -r 1 -e mwLinkUp \"linkUp\" .1.3.6.1.2.1.2.2.1.8 != 2\nmonitor -S -r 1 -e mwLinkDown \"linkDown\" .1.3.6.1.2.1.2.2.1.8 == 2\n";
 
 /// Our appliance YANG model, as the lab's emulated devices load it.
 pub const MESHWIRE_APPLIANCE_YANG: (&str, &str) = (
@@ -525,7 +535,7 @@ pub async fn start_lab_appliance(
     std::fs::write(
         dir.join("snmpd.conf"),
         format!(
-            "rocommunity public\nrwcommunity mwlabrw 127.0.0.1\ncreateUser mwinternal\nrouser mwinternal noauth\niquerySecName mwinternal\ntrap2sink {host}:{trap_port} public\nnotificationEvent mwLinkUp .1.3.6.1.6.3.1.1.5.4 .1.3.6.1.2.1.2.2.1.1 .1.3.6.1.2.1.2.2.1.7 .1.3.6.1.2.1.2.2.1.8\nnotificationEvent mwLinkDown .1.3.6.1.6.3.1.1.5.3 .1.3.6.1.2.1.2.2.1.1 .1.3.6.1.2.1.2.2.1.7 .1.3.6.1.2.1.2.2.1.8\nmonitor -S -r 1 -e mwLinkUp \"linkUp\" .1.3.6.1.2.1.2.2.1.8 != 2\nmonitor -S -r 1 -e mwLinkDown \"linkDown\" .1.3.6.1.2.1.2.2.1.8 == 2\n"
+            "rocommunity public\nrwcommunity mwlabrw 127.0.0.1\ncreateUser mwinternal\nrouser mwinternal noauth\niquerySecName mwinternal\ntrap2sink {host}:{trap_port} public\n{LINK_MONITORS}"
         ),
     )
     .map_err(|e| err("snmpd.conf", e))?;
