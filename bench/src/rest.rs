@@ -1,6 +1,6 @@
 //! `meshwire bench rest`: the REST API under load from wrk, 64 connections, 2 threads, against a
-//! controller with a memory store and a data plane that does nothing (`NullDriver`) in this process, so the figures
-//! are the API and the controller, not the kernel. Measured: `GET /api/v1/connections` (a list
+//! controller with a memory store and a data plane that does nothing (`NullDriver`) in this
+//! process, so the figures are the API and the controller, not the kernel. Measured: `GET /api/v1/connections` (a list
 //! of 10 connections), `GET /api/v1/connections/{id}`, and `POST /api/v1/connections` (each a
 //! new client, so every POST plans, negotiates, allocates and stores a connection). Side by
 //! side: the same list bytes from a bare axum route with no controller, the ceiling this
