@@ -112,6 +112,7 @@ fn print<T: serde::Serialize>(
         Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
         Output::Yaml => print!("{}", serde_yaml::to_string(v)?),
         Output::Table => println!("{}", table()),
+        Output::Dot => bail!("-o dot draws the topology only: meshwire get topology -o dot"),
     }
     Ok(())
 }
@@ -222,6 +223,9 @@ fn objects(items: &[Value]) -> Vec<(Object, Value)> {
 }
 
 pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyhow::Result<()> {
+    if output == Output::Dot && !matches!(kind, Kind::Topology) {
+        bail!("-o dot draws the topology only: meshwire get topology -o dot");
+    }
     match kind {
         Kind::Services => {
             let items = list(api, "/api/v1/services").await?;
@@ -304,6 +308,27 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
         }
         Kind::Topology => {
             let v: Topology = api.get("/api/v1/topology").await?;
+            if output == Output::Dot {
+                let status: Value = api.get("/api/v1/topology/status").await?;
+                let endpoints = list(api, "/api/v1/endpoints").await?;
+                let endpoints: Vec<(String, String, bool)> = objects(&endpoints)
+                    .into_iter()
+                    .filter_map(|(o, status)| match o {
+                        Object::NetworkServiceEndpoint(e) => Some((
+                            e.name.clone(),
+                            e.location.vertex().to_string(),
+                            status["down"].as_bool() == Some(true),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                let down: std::collections::BTreeSet<String> = status["linksDown"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                print!("{}", crate::dot::topology(&v, &endpoints, &down));
+                return Ok(());
+            }
             print(&v, output, || {
                 let mut t = table(&["KIND", "NAME", "DETAIL"]);
                 for n in v.nodes.values() {

@@ -3,6 +3,7 @@
 
 mod client;
 mod daemon;
+mod dot;
 mod kube_cmds;
 mod lab;
 
@@ -40,6 +41,8 @@ pub enum Output {
     Table,
     Json,
     Yaml,
+    /// Graphviz (`get topology` only): `meshwire get topology -o dot | dot -Tsvg > topo.svg`.
+    Dot,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -262,6 +262,30 @@ fn nb_cli_round_trip_and_restart_etcd() {
     round_trip(format!("etcd://{}", etcd.endpoint));
 }
 
+/// Input: the vpn-gateway example applied. Output: `get topology -o dot` is a Graphviz graph
+/// with both nodes, the link with its MTU and the endpoint on its node; `-o dot` for anything
+/// else is refused in one line.
+#[test]
+fn nb_cli_topology_as_graphviz() {
+    let d = daemon("memory");
+    ok(
+        &d,
+        &["apply", "-f", example("vpn-gateway.yaml").to_str().unwrap()],
+    );
+    let g = ok(&d, &["get", "topology", "-o", "dot"]);
+    assert!(g.starts_with("graph meshwire {"), "{g}");
+    for want in [
+        "\"client\" [shape=box",
+        "\"gateway\" [shape=box",
+        "\"client\" -- \"gateway\" [label=\"client-gateway mtu 1500\"]",
+        "\"endpoint/vpn-gateway-1\" -- \"gateway\" [style=dotted]",
+    ] {
+        assert!(g.contains(want), "{want} in {g}");
+    }
+    let e = fails(&d, &["get", "services", "-o", "dot"]);
+    assert!(e.contains("-o dot draws the topology only"), "{e}");
+}
+
 #[test]
 fn nb_cli_bad_input_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();

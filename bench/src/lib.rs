@@ -13,6 +13,7 @@ mod ovs;
 mod rest;
 mod setup;
 mod snmp;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,7 +47,9 @@ pub struct Args {
     /// ensm: connection setup through an eNSM (emulated appliance lab), request to first packet.
     /// grpc: Request/Close cycles through the NSM-compatible gRPC API (and REST beside it).
     /// rest: the REST API under wrk at 64 connections (GET list, GET one, POST).
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest"])]
+    /// ui: the operator page in headless Chromium with 1,000 nodes and 10,000 connections (needs
+    /// chromium and chromium-driver).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -64,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "ensm" => crate::ensm::run(args.scale).await,
         "grpc" => crate::grpc::run(args.scale).await,
         "rest" => crate::rest::run(args.scale).await,
+        "ui" => crate::ui::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

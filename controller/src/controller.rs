@@ -68,6 +68,12 @@ pub enum Event {
         happened: crate::driver::Happened,
         detail: String,
     },
+    /// An underlay link went down or came back, as the data plane at one of its ends saw it.
+    Link {
+        name: String,
+        up: bool,
+        reason: String,
+    },
 }
 
 /// One object applied or deleted.
@@ -162,6 +168,8 @@ pub(crate) struct Inner {
     pub(crate) requeue: Mutex<crate::requeue::Requeues>,
     /// The desired state's version (see [`crate::desired`]).
     pub(crate) version: std::sync::atomic::AtomicU64,
+    /// Links the data plane reported down, with why (see [`crate::links`]).
+    pub(crate) links_down: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -250,6 +258,7 @@ impl Controller {
                 in_flight: Mutex::default(),
                 requeue: Mutex::default(),
                 version: std::sync::atomic::AtomicU64::new(1),
+                links_down: Mutex::default(),
             }),
         })
     }

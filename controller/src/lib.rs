@@ -28,6 +28,7 @@ pub mod desired;
 pub mod driver;
 pub mod error;
 pub(crate) mod lifecycle;
+pub mod links;
 pub mod negotiate;
 pub mod path;
 pub mod pool;

@@ -71,6 +71,7 @@ impl Controller {
     /// Logs a driver's event and passes it on to watchers.
     fn note(&self, e: DriverEvent) {
         tracing::info!(scope = %e.scope, happened = ?e.happened, detail = %e.detail, "data-plane event");
+        self.link_event(&e);
         self.emit(Event::DataPlane {
             scope: e.scope.to_string(),
             happened: e.happened,
@@ -497,7 +498,8 @@ enum Outcome {
     Requeued,
 }
 
-/// Whether an event calls for a round at once. A switch that (re)connects or goes is the
+/// Whether an event calls for a round at once. A link's state only informs (a device whose
+/// data link is down withdraws its endpoints, and that event heals). A switch that (re)connects or goes is the
 /// Open vSwitch driver's to handle first: it bootstraps and resyncs a reconnected switch itself,
 /// and the interval's round looks after it, as before events existed (with a round at once on
 /// top, TCP through a restarted ovs-vswitchd did not resume in the labs under a full test run).
@@ -506,6 +508,8 @@ fn needs_a_round(e: &DriverEvent) -> bool {
         e.happened,
         crate::driver::Happened::SwitchConnected { .. }
             | crate::driver::Happened::SwitchLost { .. }
+            | crate::driver::Happened::LinkDown { .. }
+            | crate::driver::Happened::LinkUp { .. }
     )
 }
 

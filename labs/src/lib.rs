@@ -21,6 +21,7 @@
 
 pub mod agent;
 pub mod appliance;
+pub mod browser;
 pub mod etcd;
 pub mod runner;
 pub mod spec;

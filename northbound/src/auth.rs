@@ -3,7 +3,8 @@
 //! devices, nodes with an OVSDB remote: see [`crate::policy`]) and endpoints' health. A token
 //! bound to a device (`device:` in the token file) is that device's eNSM: it may change only
 //! that device's objects. Without a token table the API is open, as on loopback by
-//! default; with one, every route but `/healthz` and `/readyz` (probes) needs a token: none or
+//! default; with one, every route but `/healthz` and `/readyz` (probes), the API's description
+//! and the operator page's static assets (`/ui`, no data in them) needs a token: none or
 //! an unknown one is 401, too small a role 403, both as problem documents. Tokens are compared
 //! in constant time and never logged.
 
@@ -108,6 +109,7 @@ pub fn required(method: &Method, path: &str) -> Option<Role> {
         || path == "/readyz"
         || path == "/openapi.json"
         || path.starts_with("/docs")
+        || crate::ui::is_asset(path)
     {
         return None;
     }

@@ -103,6 +103,7 @@ fn sse(id: u64, ev: &Event) -> SseEvent {
         Event::Object { .. } => "object",
         Event::Endpoint { .. } => "endpoint",
         Event::DataPlane { .. } => "data-plane",
+        Event::Link { .. } => "link",
     };
     SseEvent::default()
         .id(id.to_string())

@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod policy;
 pub mod streams;
 pub mod tls;
+pub mod ui;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -251,6 +252,7 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
         .route("/api/v1/endpoints/{name}/status", put(endpoint_status))
         .route("/api/v1/registry/objects", post(register_objects))
         .route("/api/v1/topology", get(topology))
+        .route("/api/v1/topology/status", get(topology_status))
         .route("/api/v1/resources", get(resources))
         .route(
             "/api/v1/connections",
@@ -261,7 +263,7 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
             get(get_connection).delete(close_connection),
         );
     let api_doc = openapi::document();
-    let router = objects::routes(router)
+    let router = ui::routes(objects::routes(router))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", api_doc))
         .fallback(|| async {
             Problem::new(
@@ -452,6 +454,17 @@ async fn register_objects(
 
 async fn topology(State(ctl): State<Controller>) -> Json<meshwire_models::Topology> {
     Json(ctl.topology())
+}
+
+/// Links reported down that the topology still has (a deleted link is no longer news).
+async fn topology_status(State(ctl): State<Controller>) -> Json<serde_json::Value> {
+    let links = ctl.topology().links;
+    let down: std::collections::BTreeMap<String, String> = ctl
+        .links_down()
+        .into_iter()
+        .filter(|(name, _)| links.contains_key(name))
+        .collect();
+    Json(serde_json::json!({ "linksDown": down }))
 }
 
 async fn resources(State(ctl): State<Controller>) -> Json<serde_json::Value> {

@@ -227,6 +227,11 @@ pub enum Happened {
     SwitchLost { node: String },
     /// An interface carrying our mark went away (deleted, or its namespace with it).
     InterfaceGone { netns: String, ifname: String },
+    /// A data interface of the scope's device or node went down (confirmed, not a bare trap):
+    /// the underlay link on it is down.
+    LinkDown { interface: String },
+    /// That interface is up again.
+    LinkUp { interface: String },
 }
 
 #[async_trait]

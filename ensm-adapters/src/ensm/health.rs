@@ -118,17 +118,33 @@ impl Ensm {
     }
 
     /// Applies what SNMP says about the data interfaces.
+    /// A change is told to the controller: the link on that interface is down (or back).
     pub(super) fn set_interfaces(&self, statuses: &[(String, bool)]) {
-        let mut h = self.health();
-        for (name, up) in statuses {
-            let changed = if *up {
-                h.down_interfaces.remove(name)
+        let changed: Vec<(String, bool)> = {
+            let mut h = self.health();
+            statuses
+                .iter()
+                .filter(|(name, up)| {
+                    if *up {
+                        h.down_interfaces.remove(name)
+                    } else {
+                        h.down_interfaces.insert(name.clone())
+                    }
+                })
+                .cloned()
+                .collect()
+        };
+        let device = &self.inner.device.name;
+        for (interface, up) in changed {
+            tracing::warn!(%device, %interface, up, "data interface changed");
+            let (happened, detail) = if up {
+                let detail = format!("device {device} interface {interface} is up");
+                (Happened::LinkUp { interface }, detail)
             } else {
-                h.down_interfaces.insert(name.clone())
+                let detail = format!("device {device} interface {interface} is down");
+                (Happened::LinkDown { interface }, detail)
             };
-            if changed {
-                tracing::warn!(device = %self.inner.device.name, interface = %name, up, "data interface changed");
-            }
+            self.tell(happened, detail);
         }
     }
 
