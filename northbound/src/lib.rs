@@ -10,6 +10,7 @@
 //! small; a large body is refused before it is read).
 
 pub mod auth;
+mod connections;
 pub mod events;
 pub mod grpc;
 pub mod idempotency;
@@ -18,172 +19,27 @@ pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod policy;
+mod problem;
 pub mod streams;
 pub mod tls;
 pub mod ui;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use meshwire_controller::{ConnectionFilter, Controller, ControllerError};
-use meshwire_models::{ConnectionRequest, ConnectionState, Manifest};
+use meshwire_controller::Controller;
+use meshwire_models::Manifest;
 use serde::{Deserialize, Serialize};
+
+use connections::{close_connection, get_connection, list_connections, request_connection};
+pub(crate) use problem::{json_body, ApiResult};
+pub use problem::{ApiError, Problem, Q};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
-
-/// An RFC 9457 problem document.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    pub code: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
-impl Problem {
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem {
-        Problem {
-            kind: format!("urn:meshwire:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("error").to_string(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            code: code.to_string(),
-            field: None,
-        }
-    }
-}
-
-impl From<ControllerError> for Problem {
-    fn from(e: ControllerError) -> Problem {
-        use ControllerError::*;
-        let status = match &e {
-            UnknownService { .. }
-            | UnknownConnection { .. }
-            | NotFound { .. }
-            | UnknownNode { .. } => StatusCode::NOT_FOUND,
-            NoEndpoint { .. }
-            | NoMatchingEndpoint { .. }
-            | NoPath { .. }
-            | NoCapableEndpoint { .. }
-            | ChainCycle { .. }
-            | Chain { .. }
-            | Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Forbidden(_) => StatusCode::FORBIDDEN,
-            AlreadyExists { .. } => StatusCode::CONFLICT,
-            PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            NoCapacity { .. } | PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            InUse { .. } => StatusCode::CONFLICT,
-            // What the data plane said decides: nobody answered (try later), something not ours
-            // is in the way (an operator must act), or a refusal.
-            Driver { source, .. } => match source.failure {
-                meshwire_controller::driver::Failure::Unreachable { .. } => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                meshwire_controller::driver::Failure::Conflict { .. } => StatusCode::CONFLICT,
-                _ => StatusCode::BAD_GATEWAY,
-            },
-            Store(_) | Cancelled => StatusCode::SERVICE_UNAVAILABLE,
-            Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        // The store's own words (addresses, paths, backend errors) go to the log; callers get
-        // a stable message that says what to do.
-        let detail = match &e {
-            Store(_) => "the controller's store did not answer; nothing was changed that is not recorded. Retry shortly.".to_string(),
-            Corrupt { .. } => "a stored record could not be read; see the controller's log".to_string(),
-            other => other.to_string(),
-        };
-        if status.is_server_error() {
-            tracing::error!(error = %e, code = e.code(), "request failed");
-        }
-        let field = match &e {
-            Invalid { field, .. } => Some(field.clone()),
-            _ => None,
-        };
-        let mut p = Problem::new(status, e.code(), detail);
-        p.field = field;
-        p
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self).unwrap_or_default();
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body,
-        )
-            .into_response()
-    }
-}
-
-/// A problem, boxed so handler results stay small.
-#[derive(Debug)]
-pub struct ApiError(pub Box<Problem>);
-
-impl From<Problem> for ApiError {
-    fn from(p: Problem) -> Self {
-        ApiError(Box::new(p))
-    }
-}
-
-impl From<ControllerError> for ApiError {
-    fn from(e: ControllerError) -> Self {
-        Problem::from(e).into()
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        self.0.into_response()
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-/// A query string, refused as a problem document (not axum's plain text) when it does not fit.
-pub struct Q<T>(pub T);
-
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, ApiError> {
-        Query::<T>::try_from_uri(&parts.uri)
-            .map(|Query(q)| Q(q))
-            .map_err(|e| {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e.body_text()).into()
-            })
-    }
-}
-
-/// A JSON request body, refused as a problem document naming the field when it does not fit.
-fn json_body<T: serde::de::DeserializeOwned>(what: &str, body: &Bytes) -> ApiResult<T> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let mut p = Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            format!("{what}: {}", e.inner()),
-        );
-        if path != "." {
-            p.field = Some(path);
-        }
-        p.into()
-    })
-}
 
 /// The REST router over `ctl`, open (no tokens).
 pub fn router(ctl: Controller) -> Router {
@@ -469,91 +325,6 @@ async fn topology_status(State(ctl): State<Controller>) -> Json<serde_json::Valu
 
 async fn resources(State(ctl): State<Controller>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "pools": ctl.pool_usage(), "connections": ctl.connection_count() }))
-}
-
-/// A page of connections, serialized straight from the models (no intermediate JSON tree).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ConnectionList {
-    api_version: &'static str,
-    kind: &'static str,
-    metadata: ListMeta,
-    items: Vec<meshwire_models::Connection>,
-}
-
-#[derive(Serialize)]
-struct ListMeta {
-    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
-    cont: Option<String>,
-}
-
-async fn list_connections(
-    State(ctl): State<Controller>,
-    Q(q): Q<objects::ListQuery>,
-) -> ApiResult<Json<ConnectionList>> {
-    let state = match &q.state {
-        None => None,
-        Some(s) => Some(
-            s.parse::<ConnectionState>()
-                .map_err(|e| objects::invalid_query("state", e))?,
-        ),
-    };
-    let sel = objects::selector(&q)?;
-    let (limit, after) = (q.limit()?, q.after()?);
-    let conns: Vec<_> = ctl
-        .connections(&ConnectionFilter {
-            service: q.service.clone(),
-            node: q.node.clone(),
-            state,
-            endpoint: q.endpoint.clone(),
-        })
-        .into_iter()
-        .filter(|c| sel.matches(&c.labels))
-        .collect();
-    // Sorted by creation time, then id: a fixed-width key keeps that order as strings.
-    let (items, next) = objects::page(
-        conns,
-        |c| format!("{:020}/{}", c.created_at_ms, c.id),
-        after,
-        limit,
-    );
-    Ok(Json(ConnectionList {
-        api_version: "meshwire.io/v1",
-        kind: "ConnectionList",
-        metadata: ListMeta { cont: next },
-        items,
-    }))
-}
-
-async fn get_connection(
-    State(ctl): State<Controller>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<meshwire_models::Connection>> {
-    ctl.connection(&id)
-        .map(Json)
-        .ok_or_else(|| ControllerError::UnknownConnection { id }.into())
-}
-
-async fn request_connection(
-    State(ctl): State<Controller>,
-    caller: policy::Caller,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<meshwire_models::Connection>)> {
-    let req: ConnectionRequest = json_body("connection request", &body)?;
-    caller.may_request(&req)?;
-    Ok((StatusCode::CREATED, Json(ctl.request(req).await?)))
-}
-
-async fn close_connection(
-    State(ctl): State<Controller>,
-    caller: policy::Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<meshwire_models::Connection>> {
-    let conn = ctl
-        .connection(&id)
-        .ok_or_else(|| ControllerError::UnknownConnection { id: id.clone() })?;
-    caller.may_close(&conn)?;
-    Ok(Json(ctl.close(&id).await?))
 }
 
 #[cfg(test)]
