@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod labels;
 pub mod manifest;
 pub mod mechanism;
+pub mod netns_ref;
 pub mod nsurl;
 pub mod secret;
 pub mod service;

@@ -13,6 +13,7 @@
 //! and `remove` deletes only what carries our alias. Every operation is idempotent: applying over
 //! a complete or half-done wiring converges, and removing what is already gone succeeds.
 
+pub mod locate;
 pub mod netns;
 pub mod retire;
 pub mod sweep;
