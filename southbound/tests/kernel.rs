@@ -436,3 +436,94 @@ async fn dev_removal_retires_at_once_and_the_start_sweep_removes_what_a_crash_le
     assert!(sweep(&d, std::slice::from_ref(&wanted), &Topology::default()).await >= 2);
     assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-4"));
 }
+
+/// Input: a VXLAN connection from node n1 to node n2, handed to two drivers, one per node (as
+/// node agents hold them), each with both nodes in its topology. Output: each wires only its own
+/// side (n1's driver the client's interface, n2's the endpoint's), the two sides carry ping
+/// together, each one's full set sweeps nothing of the other's side, a leftover of ours in n2's
+/// namespace is swept by n2's driver and never by n1's, and each removes only its own side.
+#[tokio::test]
+async fn dev_node_drivers_each_wire_their_own_side_of_a_tunnel() {
+    let Some(ns) = Netns::new("nd", &["n1", "n2", "c", "e"]) else {
+        return;
+    };
+    let (n1, n2, c_ns, e_ns) = (ns.name(0), ns.name(1), ns.name(2), ns.name(3));
+    sh(&format!(
+        "ip -n {n1} link add eth1 type veth peer name eth1 netns {n2} && ip -n {n1} addr add 192.168.78.1/24 dev eth1 && ip -n {n2} addr add 192.168.78.2/24 dev eth1 && ip -n {n1} link set eth1 up && ip -n {n2} link set eth1 up"
+    ));
+    let m = Mechanism::Vxlan {
+        vni: 5002,
+        src_ip: "192.168.78.1".parse().unwrap(),
+        dst_ip: "192.168.78.2".parse().unwrap(),
+        port: 4789,
+    };
+    let placement = Placement {
+        client_netns: Some(c_ns.clone()),
+        client_node_netns: Some(n1.clone()),
+        endpoint_netns: Some(e_ns.clone()),
+        endpoint_node_netns: Some(n2.clone()),
+        bridge: None,
+        endpoint_device: None,
+        client_device: None,
+    };
+    let mut c = conn("33333333-cccc", m, placement, Payload::Ip, 1450);
+    c.client.node = "n1".into();
+    c.hops[0].from = "n1".into();
+    c.hops[0].to = "n2".into();
+    let mut topology = Topology::default();
+    for (name, netns) in [("n1", &n1), ("n2", &n2)] {
+        topology.nodes.insert(
+            name.into(),
+            serde_json::from_value(serde_json::json!({
+                "name": name, "forwarder": "kernel", "netns": netns
+            }))
+            .unwrap(),
+        );
+    }
+    let (d1, d2) = (KernelDriver::for_node("n1"), KernelDriver::for_node("n2"));
+    for d in [&d1, &d2] {
+        d.topology(&topology).await.unwrap();
+        d.set_sweep_interval(std::time::Duration::ZERO);
+    }
+    apply(&d1, &c).await.unwrap();
+    assert!(sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
+    assert!(
+        !sh(&format!("ip -n {e_ns} link")).contains("nse-"),
+        "n1's driver leaves the endpoint's side to n2's"
+    );
+    apply(&d2, &c).await.unwrap();
+    assert!(ping(&c_ns, "172.16.0.0"), "ping across the two halves");
+
+    // Each one's full set (with a sweep) keeps the other's side.
+    for d in [&d1, &d2] {
+        assert_eq!(sweep(d, std::slice::from_ref(&c), &topology).await, 0);
+        let obs = observe(d, std::slice::from_ref(&c)).await.unwrap();
+        assert!(obs.connections.is_empty(), "{obs:?}");
+    }
+    assert!(ping(&c_ns, "172.16.0.0"), "still after both full sets");
+
+    // A crash's leftover in n2's namespace (our mark, no desired connection): n1's driver never
+    // looks there, n2's sweeps it (two sweeps in a row find it unwanted).
+    sh(&format!(
+        "ip -n {n2} link add mwleft0 type veth peer name mwleft1 && ip -n {n2} link set mwleft0 alias meshwire:99999999-dead"
+    ));
+    for _ in 0..2 {
+        assert_eq!(sweep(&d1, std::slice::from_ref(&c), &topology).await, 0);
+    }
+    assert!(sh(&format!("ip -n {n2} link")).contains("mwleft0"));
+    let swept = sweep(&d2, std::slice::from_ref(&c), &topology).await
+        + sweep(&d2, std::slice::from_ref(&c), &topology).await;
+    assert_eq!(swept, 1);
+    d2.settled().await;
+    assert!(!sh(&format!("ip -n {n2} link")).contains("mwleft0"));
+    assert!(ping(&c_ns, "172.16.0.0"), "the connection is untouched");
+
+    // n2's driver removes its side only.
+    remove(&d2, &c).await.unwrap();
+    d2.settled().await;
+    assert!(!sh(&format!("ip -n {e_ns} link")).contains("nse-"));
+    assert!(sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
+    remove(&d1, &c).await.unwrap();
+    d1.settled().await;
+    assert!(!sh(&format!("ip -n {c_ns} link")).contains("nsm-1"));
+}

@@ -15,6 +15,7 @@
 
 pub mod locate;
 pub mod netns;
+mod observe;
 pub mod retire;
 pub mod sweep;
 pub mod wiring;
@@ -26,8 +27,8 @@ use std::os::fd::AsRawFd;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use meshwire_controller::driver::{
-    Desired, Driver, DriverError, DriverEvent, Failure, Happened, Health, Ledger, Observation,
-    Report, Scope, Update, EVENT_BUFFER,
+    Desired, Driver, DriverError, DriverEvent, Failure, Happened, Ledger, Report, Scope, Update,
+    EVENT_BUFFER,
 };
 use meshwire_models::{Connection, Topology};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
@@ -62,6 +63,9 @@ pub struct KernelDriver {
     /// When the last sweep ran, and the least time between two.
     last_sweep: std::sync::Mutex<Option<tokio::time::Instant>>,
     sweep_interval: std::sync::Mutex<std::time::Duration>,
+    /// `Some(node)`: this driver holds one node's part of each connection (a node agent's);
+    /// `None`: every node's (the controller's own host holds all of them).
+    node: Option<String>,
 }
 
 /// An interface as we found it.
@@ -94,10 +98,19 @@ fn found(msg: &LinkMessage) -> Found {
 
 impl KernelDriver {
     pub fn new() -> Self {
+        Self::with_events(
+            Scope::Forwarder(meshwire_models::ForwarderKind::Kernel),
+            None,
+        )
+    }
+
+    /// A driver reporting its events under `scope`, of every node or of `node` alone.
+    fn with_events(scope: Scope, node: Option<String>) -> Self {
         let (tx, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
         let d = KernelDriver {
             events: Some(tx.clone()),
             sweep_interval: std::sync::Mutex::new(sweep::SWEEP_INTERVAL),
+            node,
             ..KernelDriver::default()
         };
         let ledger = d.ledger.clone();
@@ -113,7 +126,7 @@ impl KernelDriver {
                 }
                 let netns = ns_name(ns).to_string();
                 let _ = tx.send(DriverEvent {
-                    scope: Scope::Forwarder(meshwire_models::ForwarderKind::Kernel),
+                    scope: scope.clone(),
                     happened: Happened::InterfaceGone {
                         netns: netns.clone(),
                         ifname: ifname.to_string(),
@@ -122,6 +135,19 @@ impl KernelDriver {
                 });
             }));
         d
+    }
+
+    /// The kernel driver of one node (a node agent's): it wires, observes and sweeps only what
+    /// of each connection lives on `node` ([`wiring::plan_on`]): the client's side on the
+    /// client's node, the endpoint's on the endpoint's.
+    /// Its events carry `Scope::Node(node)`.
+    pub fn for_node(node: &str) -> Self {
+        Self::with_events(Scope::Node(node.to_string()), Some(node.to_string()))
+    }
+
+    /// The part of `c` this driver wires (`None`: nothing of it is here).
+    fn plan(&self, c: &Connection) -> Result<Option<Wiring>, String> {
+        wiring::plan_for(c, self.node.as_deref())
     }
 
     /// A kernel driver for use inside another driver (its workload legs): no events.
@@ -523,7 +549,9 @@ impl KernelDriver {
 
 impl KernelDriver {
     async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
-        let w = wiring::plan(c).map_err(|r| self.err(c, "", r))?;
+        let Some(w) = self.plan(c).map_err(|r| self.err(c, "", r))? else {
+            return Ok(());
+        };
         match &w {
             Wiring::Veth { client, endpoint } => {
                 if !self.existing(c, client).await? {
@@ -552,7 +580,7 @@ impl KernelDriver {
     }
 
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
-        let Ok(w) = wiring::plan(c) else {
+        let Ok(Some(w)) = self.plan(c) else {
             return Ok(());
         };
         match &w {
@@ -571,70 +599,6 @@ impl KernelDriver {
             }
         }
         Ok(())
-    }
-
-    async fn observe(&self, desired: &[Connection]) -> Observation {
-        let mut links: HashMap<Option<String>, Option<HashMap<String, Option<String>>>> =
-            HashMap::new();
-        let mut obs = Observation::default();
-        for c in desired {
-            let Ok(w) = wiring::plan(c) else { continue };
-            let mut underlays = Vec::new();
-            if let Wiring::Vxlan {
-                client, endpoint, ..
-            } = &w
-            {
-                if let Some(c) = client {
-                    underlays.push((c.underlay_netns.clone(), true));
-                }
-                if let Some(e) = endpoint {
-                    underlays.push((e.underlay_netns.clone(), false));
-                }
-            }
-            let sides = w.sides();
-            let ends = w.ends();
-            let mut health = None;
-            for (ns, is_client) in sides
-                .iter()
-                .map(|(e, is_client)| (e.netns.clone(), *is_client))
-                .chain(underlays)
-            {
-                if !netns::exists(&ns) {
-                    self.namespaces.forget(&ns);
-                    let reason = format!("namespace {} is gone", ns_name(&ns));
-                    health = Some(if is_client {
-                        Health::ClientGone { reason }
-                    } else {
-                        Health::EndpointLost { reason }
-                    });
-                    break;
-                }
-            }
-            if health.is_none() {
-                let ours = alias(&c.id);
-                for end in ends {
-                    if !links.contains_key(&end.netns) {
-                        let l = self.links(&end.netns).await;
-                        links.insert(end.netns.clone(), l);
-                    }
-                    let present = links
-                        .get(&end.netns)
-                        .and_then(|l| l.as_ref())
-                        .and_then(|l| l.get(&end.ifname))
-                        .is_some_and(|a| a.as_deref() == Some(ours.as_str()));
-                    if !present {
-                        health = Some(Health::Missing {
-                            reason: format!("{}/{} is missing", ns_name(&end.netns), end.ifname),
-                        });
-                        break;
-                    }
-                }
-            }
-            if let Some(h) = health {
-                obs.connections.insert(c.id.clone(), h);
-            }
-        }
-        obs
     }
 }
 

@@ -45,15 +45,22 @@ struct Link {
     group: u32,
 }
 
-fn namespaces_of(desired: &[Connection], topology: &Topology) -> BTreeSet<Option<String>> {
+fn namespaces_of(
+    desired: &[Connection],
+    topology: &Topology,
+    node: Option<&str>,
+) -> BTreeSet<Option<String>> {
     let mut out: BTreeSet<Option<String>> = topology
         .nodes
         .values()
+        .filter(|n| node.is_none_or(|me| n.name == me))
         .filter_map(|n| n.netns.clone())
         .map(Some)
         .collect();
     for c in desired {
-        let Ok(w) = wiring::plan(c) else { continue };
+        let Ok(Some(w)) = wiring::plan_for(c, node) else {
+            continue;
+        };
         for e in w.ends() {
             out.insert(e.netns.clone());
         }
@@ -72,10 +79,12 @@ fn namespaces_of(desired: &[Connection], topology: &Topology) -> BTreeSet<Option
 /// (namespace, interface, prefix) of every route a desired connection installs.
 type RouteKey = (Option<String>, String, IpNet);
 
-fn desired_routes(desired: &[Connection]) -> HashSet<RouteKey> {
+fn desired_routes(desired: &[Connection], node: Option<&str>) -> HashSet<RouteKey> {
     let mut out = HashSet::new();
     for c in desired {
-        let Ok(w) = wiring::plan(c) else { continue };
+        let Ok(Some(w)) = wiring::plan_for(c, node) else {
+            continue;
+        };
         for e in w.ends() {
             let on = e.bridge.clone().unwrap_or_else(|| e.ifname.clone());
             for r in &e.routes {
@@ -176,9 +185,10 @@ impl KernelDriver {
         };
         let mut suspects = HashSet::new();
         let ids: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
-        let routes = desired_routes(desired);
+        let node = self.node.as_deref();
+        let routes = desired_routes(desired, node);
         let mut swept = Swept::default();
-        for ns in namespaces_of(desired, topology) {
+        for ns in namespaces_of(desired, topology, node) {
             if !netns::exists(&ns) {
                 continue;
             }

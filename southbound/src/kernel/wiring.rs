@@ -151,6 +151,52 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
     }
 }
 
+/// The vertex a connection's endpoint is on: where its last hop ends (else its path's last
+/// segment, else the client's node).
+pub fn endpoint_vertex(c: &Connection) -> &str {
+    c.hops
+        .last()
+        .map(|h| h.to.as_str())
+        .or_else(|| c.path.last().map(|s| s.name.as_str()))
+        .unwrap_or(c.client.node.as_str())
+}
+
+/// The part of `c`'s wiring that lives on node `node`, or `None` when nothing does: a veth pair
+/// lives on the client's node (both ends are there); of a tunnel, the client's side lives on the
+/// client's node and the endpoint's side on the endpoint's.
+pub fn plan_on(c: &Connection, node: &str) -> Result<Option<Wiring>, String> {
+    let (client_here, endpoint_here) = (c.client.node == node, endpoint_vertex(c) == node);
+    if !client_here && !endpoint_here {
+        return Ok(None);
+    }
+    Ok(match plan(c)? {
+        w @ Wiring::Veth { .. } => client_here.then_some(w),
+        Wiring::Vxlan {
+            client,
+            endpoint,
+            vni,
+            port,
+        } => {
+            let client = client.filter(|_| client_here);
+            let endpoint = endpoint.filter(|_| endpoint_here);
+            (client.is_some() || endpoint.is_some()).then_some(Wiring::Vxlan {
+                client,
+                endpoint,
+                vni,
+                port,
+            })
+        }
+    })
+}
+
+/// [`plan`] for a driver of every node (`node` is `None`), [`plan_on`] for one node's.
+pub fn plan_for(c: &Connection, node: Option<&str>) -> Result<Option<Wiring>, String> {
+    match node {
+        None => plan(c).map(Some),
+        Some(n) => plan_on(c, n),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -278,5 +324,46 @@ pub(crate) mod tests {
         assert!(plan(&conn(gre, Payload::Ip))
             .unwrap_err()
             .contains("cannot wire gre"));
+    }
+
+    /// Input: a VXLAN connection from n1 to n2 and a veth on n1. Output: n1 holds the tunnel's
+    /// client side and the whole veth pair, n2 the tunnel's endpoint side and nothing of the
+    /// veth, n3 nothing; a driver of every node gets everything.
+    #[test]
+    fn each_node_holds_its_own_side() {
+        let vx = conn(
+            Mechanism::Vxlan {
+                vni: 7,
+                src_ip: "10.0.0.1".parse().unwrap(),
+                dst_ip: "10.0.0.2".parse().unwrap(),
+                port: 4789,
+            },
+            Payload::Ip,
+        );
+        let sides = |w: Option<Wiring>| {
+            w.map(|w| {
+                w.sides()
+                    .iter()
+                    .map(|(_, client)| *client)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(sides(plan_on(&vx, "n1").unwrap()), Some(vec![true]));
+        assert_eq!(sides(plan_on(&vx, "n2").unwrap()), Some(vec![false]));
+        assert_eq!(sides(plan_on(&vx, "n3").unwrap()), None);
+        assert_eq!(sides(plan_for(&vx, None).unwrap()), Some(vec![true, false]));
+        let mut veth = conn(
+            Mechanism::Kernel {
+                interface: "nsm-1".into(),
+                peer_interface: "nse-1".into(),
+            },
+            Payload::Ip,
+        );
+        veth.hops[0].to = "n1".into();
+        assert_eq!(
+            sides(plan_on(&veth, "n1").unwrap()),
+            Some(vec![true, false])
+        );
+        assert_eq!(sides(plan_on(&veth, "n2").unwrap()), None);
     }
 }
