@@ -266,7 +266,8 @@ async fn nb_ui_vpn_gateway_screenshot() {
 }
 
 /// Input: a controller that requires tokens. Output: the page asks for one and has read no
-/// data; a wrong token is refused on the page; a viewer's token shows the (empty) picture.
+/// data; a wrong token is refused on the page; a viewer's token shows the (empty) picture, and
+/// nodes and a link an operator then applies appear on it without a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nb_ui_without_a_token_asks_for_one_and_shows_nothing() {
     if !tools() {
@@ -276,7 +277,7 @@ async fn nb_ui_without_a_token_asks_for_one_and_shows_nothing() {
     let table = dir.path().join("tokens.yaml");
     std::fs::write(
         &table,
-        "tokens:\n  - {name: dash, role: viewer, tokenEnv: T_VIEW}\n",
+        "tokens:\n  - {name: dash, role: viewer, tokenEnv: T_VIEW}\n  - {name: oss, role: operator, tokenEnv: T_OP}\n",
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -297,6 +298,7 @@ async fn nb_ui_without_a_token_asks_for_one_and_shows_nothing() {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--tokens", table.to_str().unwrap()])
         .env("T_VIEW", "viewer-token-0123456789")
+        .env("T_OP", "operator-token-0123456789")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -368,6 +370,39 @@ async fn nb_ui_without_a_token_asks_for_one_and_shows_nothing() {
             .unwrap(),
         json!(false)
     );
+
+    // An operator adds two nodes and a link: the page draws them when the events say so.
+    c.execute(
+        r#"window.__grown = new Promise((resolve) => {
+             const f = () => { if (window.meshwire.cy.getElementById("l:a-b").nonempty()) {
+               removeEventListener("meshwire:update", f); resolve(true); } };
+             addEventListener("meshwire:update", f); });"#,
+        vec![],
+    )
+    .await
+    .unwrap();
+    let manifest = "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: a}\nspec: {forwarder: kernel}\n---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: b}\nspec: {forwarder: ovs}\n---\napiVersion: meshwire.io/v1\nkind: Link\nmetadata: {name: a-b}\nspec: {endpoints: [\"a:eth1\", \"b:eth1\"]}\n";
+    let file = dir.path().join("ab.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let out = Command::new(BIN)
+        .args(["apply", "-f", file.to_str().unwrap()])
+        .env("MESHWIRE_CONTROLLER", &url)
+        .env("MESHWIRE_TOKEN", "operator-token-0123456789")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grown = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; window.__grown.then(() => done(window.meshwire.cy.elements('.vertex, .link').map(e => e.id()).sort()));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(grown, json!(["l:a-b", "v:a", "v:b"]));
     c.close().await.unwrap();
     drop(ctl);
 }

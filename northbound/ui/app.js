@@ -327,7 +327,12 @@ async function loadAll() {
 let reloadTimer = null;
 function reloadTopologySoon() {
   clearTimeout(reloadTimer);
-  reloadTimer = setTimeout(async () => { await loadTopology(); drawTopology(); renderList(); }, 200);
+  reloadTimer = setTimeout(async () => {
+    await loadTopology();
+    drawTopology();
+    renderList();
+    window.dispatchEvent(new CustomEvent("meshwire:update", { detail: { kind: "topology", event: {} } }));
+  }, 200);
 }
 
 let metricsTimer = null;
