@@ -43,8 +43,12 @@ pub struct Args {
     /// network namespaces, over netlink; needs root), `ovs` (Open vSwitch nodes over OVSDB and
     /// OpenFlow 1.3: VXLAN, GRE, MPLS), or `none` (plan, negotiate and record without touching a
     /// device). With both, each connection goes to the data plane of its client node's forwarder.
-    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "kernel", "ovs"])]
+    /// `agents` instead of `kernel`: kernel nodes are wired by the `meshwire node` agent on each
+    /// host, which attaches at --agent-listen; this process touches no namespace.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "kernel", "ovs", "agents"])]
     dataplane: Vec<String>,
+    #[command(flatten)]
+    agents: crate::node::HubArgs,
     /// Where the OpenFlow listener binds (ovs data plane): Open vSwitch bridges dial this.
     #[arg(long, default_value = "127.0.0.1:6653")]
     openflow_listen: SocketAddr,
@@ -213,8 +217,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening store {}", args.store))?;
     let mut planes: Vec<(ForwarderKind, Arc<dyn Driver>)> = Vec::new();
+    anyhow::ensure!(
+        !(args.dataplane.iter().any(|d| d == "kernel") && args.dataplane.iter().any(|d| d == "agents")),
+        "--dataplane kernel,agents: both would wire kernel nodes; give `kernel` (this process wires every node) or `agents` (the agent on each host wires its node)"
+    );
+    let mut agent_listener = None;
     for d in &args.dataplane {
         match d.as_str() {
+            "agents" => {
+                let tls = match (&args.tls_cert, &args.tls_key) {
+                    (Some(c), Some(k)) => Some(meshwire_northbound::tls::grpc_server_config(c, k)?),
+                    _ => None,
+                };
+                let (hub, task) = crate::node::hub(&args.agents, tls).await?;
+                agent_listener = Some(task);
+                planes.push((ForwarderKind::Kernel, Arc::new(hub)));
+            }
             "kernel" => planes.push((
                 ForwarderKind::Kernel,
                 Arc::new(meshwire_southbound::KernelDriver::new()),
@@ -404,6 +422,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(g) = grpc {
         g.abort();
     }
+    if let Some(a) = agent_listener {
+        a.abort();
+    }
     for e in ensms {
         e.abort();
     }
@@ -547,7 +568,7 @@ pub async fn ensm(args: EnsmArgs) -> anyhow::Result<()> {
 /// One line on stdout for supervisors and scripts, `ready <address>`: the API accepts
 /// connections from now on (its listener is bound; the eNSM has registered). The log shares
 /// stdout; no log line starts with `ready `. A closed stdout is not an error.
-fn announce_ready(at: &str) {
+pub fn announce_ready(at: &str) {
     use std::io::Write;
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready {at}");

@@ -24,6 +24,19 @@ pub enum LabCommand {
         /// The lab controller's reconcile interval (how fast it notices and heals failures).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         reconcile_interval: Duration,
+        /// Each kernel host runs its own node agent (`meshwire node`) in its namespace, reaching
+        /// the controller over the lab's management network with a token of its own; the
+        /// controller wires nothing itself (`--dataplane agents`).
+        #[arg(long)]
+        agents: bool,
+    },
+    /// Stop or start the node agent of one host of a lab brought up with --agents (the data
+    /// plane keeps forwarding while it is away).
+    NodeAgent {
+        lab: String,
+        node: String,
+        #[arg(value_enum)]
+        action: AgentAction,
     },
     /// Stop the lab's controller and remove its namespaces, links and bridges (by name, so it also
     /// cleans up after a crash). Takes the lab file or just the lab's name.
@@ -51,6 +64,16 @@ pub enum LabCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AgentAction {
+    /// Start it again with the same command line.
+    Start,
+    /// SIGTERM.
+    Stop,
+    /// SIGKILL: emulate a crash.
+    Kill,
+}
+
 fn dir(name: &str) -> PathBuf {
     runner::state_dir(name)
 }
@@ -65,7 +88,34 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Up {
             file,
             reconcile_interval,
-        } => up(&file, reconcile_interval).await,
+            agents,
+        } => up(&file, reconcile_interval, agents).await,
+        LabCommand::NodeAgent { lab, node, action } => {
+            let d = dir(&lab);
+            match action {
+                AgentAction::Start => {
+                    let pid = crate::lab_agents::spawn(&d, &node).await?;
+                    crate::lab_agents::wait_attached(
+                        &controller_url(&lab)?,
+                        &node,
+                        Duration::from_secs(20),
+                    )
+                    .await?;
+                    println!("lab {lab}: the agent of node {node} (pid {pid}) is attached");
+                }
+                AgentAction::Stop | AgentAction::Kill => {
+                    let kill = matches!(action, AgentAction::Kill);
+                    match crate::lab_agents::stop(&d, &node, kill).await? {
+                        Some(pid) => println!(
+                            "lab {lab}: the agent of node {node} (pid {pid}) {}",
+                            if kill { "was killed" } else { "stopped" }
+                        ),
+                        None => println!("lab {lab}: the agent of node {node} was not running"),
+                    }
+                }
+            }
+            Ok(())
+        }
         LabCommand::Down { lab } => {
             let name = if Path::new(&lab).is_file() {
                 Lab::load(Path::new(&lab))?.name
@@ -91,7 +141,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
+async fn up(file: &Path, interval: Duration, agents: bool) -> anyhow::Result<()> {
     let lab = Lab::load(file)?;
     for m in &lab.manifests {
         // Check the lab's manifests before creating anything.
@@ -114,7 +164,7 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    let rt = match runner::up(&lab, &d).await {
+    let rt = match runner::up_with(&lab, &d, agents).await {
         Ok(rt) => rt,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&d);
@@ -123,7 +173,7 @@ async fn up(file: &Path, interval: Duration) -> anyhow::Result<()> {
     };
     let started = async {
         let devices = appliances(&lab, &rt).await?;
-        start(&lab, &rt, interval, &devices).await
+        start(&lab, &rt, interval, &devices, agents).await
     };
     match started.await {
         Ok(url) => {
@@ -207,6 +257,7 @@ async fn start(
     rt: &runner::Runtime,
     interval: Duration,
     devices: &[PathBuf],
+    agents: bool,
 ) -> anyhow::Result<String> {
     let d = dir(&lab.name);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -224,15 +275,36 @@ async fn start(
         format!("127.0.0.1:{grpc_port}"),
     ];
     let ovs = lab.nodes.values().any(|n| n.is_ovs());
+    let kernel = if agents { "agents" } else { "kernel" };
     match rt.controller_ip.filter(|_| ovs) {
         Some(ip) => args.extend([
             "--dataplane".into(),
-            "kernel,ovs".into(),
+            format!("{kernel},ovs"),
             "--openflow-listen".into(),
             format!("{ip}:6653"),
         ]),
-        None => args.extend(["--dataplane".into(), "kernel".into()]),
+        None => args.extend(["--dataplane".into(), kernel.into()]),
     }
+    let agents_url = match (agents, rt.controller_ip) {
+        (false, _) => None,
+        (true, None) => bail!(
+            "lab {}: no management network for the agents (no kernel host?)",
+            lab.name
+        ),
+        (true, Some(ip)) => {
+            let port = std::net::TcpListener::bind((ip, 0))?.local_addr()?.port();
+            let tokens = crate::lab_agents::write_tokens(lab, &d)?;
+            args.extend([
+                "--agent-listen".into(),
+                format!("{ip}:{port}"),
+                "--agent-tokens".into(),
+                tokens.display().to_string(),
+                "--agent-lease".into(),
+                "5s".into(),
+            ]);
+            Some(format!("http://{ip}:{port}"))
+        }
+    };
     args.extend([
         "--store".into(),
         format!("redb:{}", d.join("state.redb").display()),
@@ -257,6 +329,9 @@ async fn start(
     client::apply(&api, &topo, false)
         .await
         .context("registering the lab's topology")?;
+    if let Some(a) = &agents_url {
+        crate::lab_agents::start_all(lab, &d, &url, a).await?;
+    }
     for m in &lab.manifests {
         client::apply(&api, m, false)
             .await

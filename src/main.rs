@@ -6,6 +6,8 @@ mod daemon;
 mod dot;
 mod kube_cmds;
 mod lab;
+mod lab_agents;
+mod node;
 
 use std::path::PathBuf;
 
@@ -59,6 +61,11 @@ pub enum Kind {
 enum Command {
     /// Run the controller daemon (REST API, store, reconcile loop).
     Controller(Box<daemon::Args>),
+    /// Run the agent of one host (a node of forwarder kernel): it attaches to the controller
+    /// (`meshwire controller --dataplane agents`), wires that node's part of each connection
+    /// (veth, VXLAN, bridges in its namespaces) and reports what happens there. When the
+    /// controller is away it keeps the data plane as it is.
+    Node(node::NodeArgs),
     /// Run the eNSM of one physical appliance in its own process (a device in another site):
     /// it registers the device's endpoints with the controller, configures the device over
     /// NETCONF for the connections routed to them, and withdraws them when the device or one
@@ -167,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Controller(args) => daemon::run(*args).await,
         Command::Ensm(args) => daemon::ensm(args).await,
+        Command::Node(args) => node::run(args).await,
         Command::Webhook(args) => kube_cmds::webhook(args).await,
         Command::NscInit(args) => kube_cmds::nsc_init(args).await,
         Command::Apply { file } => client::apply(&api, &file, false).await,

@@ -170,6 +170,8 @@ pub(crate) struct Inner {
     pub(crate) version: std::sync::atomic::AtomicU64,
     /// Links the data plane reported down, with why (see [`crate::links`]).
     pub(crate) links_down: Mutex<std::collections::BTreeMap<String, String>>,
+    /// How each node agent stands, as its events said (see [`crate::links`]).
+    pub(crate) agents: Mutex<std::collections::BTreeMap<String, crate::links::AgentState>>,
 }
 
 pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -259,6 +261,7 @@ impl Controller {
                 requeue: Mutex::default(),
                 version: std::sync::atomic::AtomicU64::new(1),
                 links_down: Mutex::default(),
+                agents: Mutex::default(),
             }),
         })
     }

@@ -1,5 +1,6 @@
 //! Operational link state: the underlay links the data plane at one of their ends reported
-//! down (a device's eNSM confirming a data interface down by SNMP), for watchers and the UI.
+//! down (a device's eNSM confirming a data interface down by SNMP), for watchers and the UI;
+//! and how each node's agent stands (attached, away, lost), from the agents' events.
 //!
 //! It is what was observed, beside the operator's `up` in the manifest: paths and healing keep
 //! following the manifest and the endpoints' own health, which a link down at a device already
@@ -10,7 +11,47 @@ use std::collections::BTreeMap;
 use crate::controller::{Controller, Event};
 use crate::driver::{DriverEvent, Happened, Scope};
 
+/// How a node's agent stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentState {
+    /// `attached`, `away` (within its lease: the node keeps forwarding) or `lost`.
+    pub state: &'static str,
+    /// The event's words.
+    pub detail: String,
+}
+
 impl Controller {
+    /// Node agents by node, as their last event left them.
+    pub fn agents(&self) -> BTreeMap<String, AgentState> {
+        self.inner
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a node agent's attach, detach or lease end.
+    pub(crate) fn agent_event(&self, e: &DriverEvent) {
+        let (node, state) = match &e.happened {
+            Happened::NodeAttached { node } => (node, "attached"),
+            Happened::NodeDetached { node } => (node, "away"),
+            Happened::NodeLost { node } => (node, "lost"),
+            _ => return,
+        };
+        self.inner
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                node.clone(),
+                AgentState {
+                    state,
+                    detail: e.detail.clone(),
+                },
+            );
+    }
+
     /// Links reported down now, with why.
     pub fn links_down(&self) -> BTreeMap<String, String> {
         self.inner

@@ -72,6 +72,7 @@ impl Controller {
     fn note(&self, e: DriverEvent) {
         tracing::info!(scope = %e.scope, happened = ?e.happened, detail = %e.detail, "data-plane event");
         self.link_event(&e);
+        self.agent_event(&e);
         self.emit(Event::DataPlane {
             scope: e.scope.to_string(),
             happened: e.happened,
@@ -498,7 +499,8 @@ enum Outcome {
     Requeued,
 }
 
-/// Whether an event calls for a round at once. A link's state only informs (a device whose
+/// Whether an event calls for a round at once. An agent that went away only informs (its
+/// node keeps forwarding; its lease's end is the event that heals). A link's state only informs (a device whose
 /// data link is down withdraws its endpoints, and that event heals). A switch that (re)connects or goes is the
 /// Open vSwitch driver's to handle first: it bootstraps and resyncs a reconnected switch itself,
 /// and the interval's round looks after it, as before events existed (with a round at once on
@@ -510,6 +512,7 @@ fn needs_a_round(e: &DriverEvent) -> bool {
             | crate::driver::Happened::SwitchLost { .. }
             | crate::driver::Happened::LinkDown { .. }
             | crate::driver::Happened::LinkUp { .. }
+            | crate::driver::Happened::NodeDetached { .. }
     )
 }
 

@@ -107,17 +107,18 @@ fn fnv(s: &str) -> u64 {
 
 /// Creates the management network of the ovs nodes: a host bridge with the controller's address
 /// and one veth (`mgmt0` inside) per node, on a 100.127.X.0/24 no other interface uses.
-/// Appliances join it too: their NETCONF and SNMP are reached there.
+/// Appliances join it too: their NETCONF and SNMP are reached there; and with node agents,
+/// every kernel host (its agent reaches the controller there).
 type Mgmt = Option<(
     std::net::Ipv4Addr,
     std::collections::BTreeMap<String, std::net::Ipv4Addr>,
 )>;
 
-async fn mgmt(lab: &Lab) -> Result<Mgmt, (String, String)> {
+async fn mgmt(lab: &Lab, agents: bool) -> Result<Mgmt, (String, String)> {
     let ovs: Vec<&crate::spec::LabNode> = lab
         .nodes
         .values()
-        .filter(|n| n.is_ovs() || n.kind == Kind::Appliance)
+        .filter(|n| n.is_ovs() || n.kind == Kind::Appliance || (agents && n.is_kernel_host()))
         .collect();
     if ovs.is_empty() {
         return Ok(None);
@@ -246,6 +247,16 @@ async fn start_ovs(
 /// Creates the lab. On failure everything created is removed again. `state` holds what the lab
 /// keeps on disk (the ovs nodes' databases and logs).
 pub async fn up(lab: &Lab, state: &std::path::Path) -> Result<Runtime, RunError> {
+    up_with(lab, state, false).await
+}
+
+/// [`up`]; with `agents`, every kernel host joins the management network too (its node agent
+/// reaches the controller there).
+pub async fn up_with(
+    lab: &Lab,
+    state: &std::path::Path,
+    agents: bool,
+) -> Result<Runtime, RunError> {
     let existing = namespaces(&lab.name).await;
     if let Some(ns) = existing.first() {
         return Err(RunError {
@@ -256,7 +267,7 @@ pub async fn up(lab: &Lab, state: &std::path::Path) -> Result<Runtime, RunError>
     }
     let run_all = async {
         create(lab).await?;
-        let m = mgmt(lab).await?;
+        let m = mgmt(lab, agents).await?;
         let controller_ip = m.as_ref().map(|(h, _)| *h);
         let mut ovsdb = std::collections::BTreeMap::new();
         for n in lab.nodes.values().filter(|n| n.is_ovs()) {

@@ -57,6 +57,11 @@ impl LabNode {
         matches!(self.kind, Kind::Linux | Kind::Appliance)
     }
 
+    /// A host node whose forwarder is the Linux kernel (where a node agent runs, with agents).
+    pub fn is_kernel_host(&self) -> bool {
+        self.kind == Kind::Linux && self.host().is_none() && !self.is_ovs()
+    }
+
     /// A host node whose forwarder is Open vSwitch.
     pub fn is_ovs(&self) -> bool {
         self.kind == Kind::Linux

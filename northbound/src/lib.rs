@@ -312,7 +312,8 @@ async fn topology(State(ctl): State<Controller>) -> Json<meshwire_models::Topolo
     Json(ctl.topology())
 }
 
-/// Links reported down that the topology still has (a deleted link is no longer news).
+/// Links reported down that the topology still has (a deleted link is no longer news), and
+/// how the node agents stand.
 async fn topology_status(State(ctl): State<Controller>) -> Json<serde_json::Value> {
     let links = ctl.topology().links;
     let down: std::collections::BTreeMap<String, String> = ctl
@@ -320,7 +321,7 @@ async fn topology_status(State(ctl): State<Controller>) -> Json<serde_json::Valu
         .into_iter()
         .filter(|(name, _)| links.contains_key(name))
         .collect();
-    Json(serde_json::json!({ "linksDown": down }))
+    Json(serde_json::json!({ "linksDown": down, "agents": ctl.agents() }))
 }
 
 async fn resources(State(ctl): State<Controller>) -> Json<serde_json::Value> {

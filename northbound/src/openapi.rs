@@ -259,7 +259,7 @@ fn operations() -> Vec<Op> {
             ..Op::new(Get, "/api/v1/topology", "The topology paths are computed over")
         },
         Op {
-            ok: (200, "The links the data plane reported down, each with why (`linksDown`)", Some(("application/json", any_object().into()))),
+            ok: (200, "The links the data plane reported down, each with why (`linksDown`), and how each node agent stands (`agents`: attached, away or lost)", Some(("application/json", any_object().into()))),
             errors: &[401, 403],
             ..Op::new(Get, "/api/v1/topology/status", "What the data plane observed of the topology")
         },

@@ -5,7 +5,10 @@
 //!   node, VXLAN between nodes, bridges for Ethernet services.
 //! - [`ovs`]: Open vSwitch nodes, programmed over [`ovsdb`] (our RFC 7047 client: bridges, ports,
 //!   tunnels) and [`openflow`] (our OpenFlow 1.3 codec and channel: flows, bundles).
+//! - [`agent`]: node agents: the controller's driver of kernel nodes over the agent protocol
+//!   (gRPC), and the agent that runs a node's kernel data plane on that node.
 
+pub mod agent;
 pub mod kernel;
 pub mod openflow;
 pub mod ovs;

@@ -50,11 +50,17 @@ fn turn(name: &str) -> std::sync::MutexGuard<'static, ()> {
 
 impl Lab {
     pub fn up(name: &str) -> Lab {
+        Lab::up_with(name, &[])
+    }
+
+    /// [`Lab::up`] with more `lab up` arguments (`--agents`).
+    pub fn up_with(name: &str, extra: &[&str]) -> Lab {
         let turn = turn(name);
         let file = lab_file(name);
         let _ = Command::new(BIN).args(["lab", "down", name]).output();
         let out = Command::new(BIN)
             .args(["lab", "up", file.to_str().unwrap()])
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -228,13 +234,26 @@ impl Lab {
         }
     }
 
-    /// The lab controller's log and every appliance agent's, for failure messages.
+    /// The lab controller's log, every appliance agent's and every node agent's, for failure
+    /// messages.
     pub fn logs(&self) -> String {
         let d = format!("/run/meshwire/labs/{}", self.name);
         let mut out = format!(
             "controller: {}",
             std::fs::read_to_string(format!("{d}/controller.log")).unwrap_or_default()
         );
+        for e in std::fs::read_dir(format!("{d}/agents"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        {
+            out.push_str(&format!(
+                "\nnode agent {}: {}",
+                e.file_name().to_string_lossy(),
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            ));
+        }
         for e in std::fs::read_dir(format!("{d}/appliance"))
             .into_iter()
             .flatten()
@@ -294,6 +313,20 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new(BIN).args(["lab", "down", &self.name]).output();
     }
+}
+
+/// A plain HTTP/1.0 GET (no client library in these tests); the response, headers included.
+pub fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 pub fn lab_file(name: &str) -> PathBuf {

@@ -232,6 +232,12 @@ pub enum Happened {
     LinkDown { interface: String },
     /// That interface is up again.
     LinkUp { interface: String },
+    /// A node's agent attached (first time, or again): the controller sends it its full set.
+    NodeAttached { node: String },
+    /// A node's agent went away; the node's data plane keeps forwarding as it was.
+    NodeDetached { node: String },
+    /// A node's agent has been away longer than its lease: the endpoints on it are lost.
+    NodeLost { node: String },
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@
 //! and `remove` deletes only what carries our alias. Every operation is idempotent: applying over
 //! a complete or half-done wiring converges, and removing what is already gone succeeds.
 
+pub mod known;
 pub mod locate;
 pub mod netns;
 mod observe;
@@ -66,6 +67,9 @@ pub struct KernelDriver {
     /// `Some(node)`: this driver holds one node's part of each connection (a node agent's);
     /// `None`: every node's (the controller's own host holds all of them).
     node: Option<String>,
+    /// The namespaces this driver has wired in ([`known`]): swept even when no desired
+    /// connection names them any more.
+    known: known::Known,
 }
 
 /// An interface as we found it.
@@ -143,6 +147,13 @@ impl KernelDriver {
     /// Its events carry `Scope::Node(node)`.
     pub fn for_node(node: &str) -> Self {
         Self::with_events(Scope::Node(node.to_string()), Some(node.to_string()))
+    }
+
+    /// Remembers the namespaces it wires in `path` (a node agent's state), so a restarted
+    /// agent still sweeps a leftover in a namespace no desired connection names any more.
+    pub fn remember_in(mut self, path: std::path::PathBuf) -> Self {
+        self.known = known::Known::at(path);
+        self
     }
 
     /// The part of `c` this driver wires (`None`: nothing of it is here).
@@ -552,6 +563,18 @@ impl KernelDriver {
         let Some(w) = self.plan(c).map_err(|r| self.err(c, "", r))? else {
             return Ok(());
         };
+        // Remembered before anything is created: a crash halfway still leaves it known.
+        for end in w.ends() {
+            self.known.note(&end.netns);
+        }
+        if let Wiring::Vxlan {
+            client, endpoint, ..
+        } = &w
+        {
+            for side in client.iter().chain(endpoint.iter()) {
+                self.known.note(&side.underlay_netns);
+            }
+        }
         match &w {
             Wiring::Veth { client, endpoint } => {
                 if !self.existing(c, client).await? {

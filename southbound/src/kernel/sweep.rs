@@ -152,8 +152,9 @@ fn route_oif(m: &RouteMessage) -> Option<u32> {
 }
 
 impl KernelDriver {
-    /// Removes what carries our mark in the namespaces this controller wires and belongs to
-    /// none of `desired`. Namespaces that cannot be entered are skipped (logged).
+    /// Removes what carries our mark in the namespaces this driver wires (those of `desired`,
+    /// of the topology's nodes, and those it remembers wiring in) and belongs to none of
+    /// `desired`. Namespaces that cannot be entered are skipped (logged).
     ///
     /// `at_once`: remove what is unwanted now (nothing was wired since start); otherwise only
     /// what the previous sweep found unwanted too.
@@ -188,7 +189,15 @@ impl KernelDriver {
         let node = self.node.as_deref();
         let routes = desired_routes(desired, node);
         let mut swept = Swept::default();
-        for ns in namespaces_of(desired, topology, node) {
+        let mut all = namespaces_of(desired, topology, node);
+        for k in self.known.all() {
+            if netns::exists(&Some(k.clone())) {
+                all.insert(Some(k));
+            } else {
+                self.known.forget(&k);
+            }
+        }
+        for ns in all {
             if !netns::exists(&ns) {
                 continue;
             }

@@ -1,0 +1,739 @@
+//! The controller's side of the node agents: the driver of kernel nodes, and the service the
+//! agents attach to.
+//!
+//! Each agent holds one stream. What the controller wants of a node goes down it as a
+//! `Converge` (the node's part of a delta or full set, with the controller's version) and comes
+//! back as a `Reply` with the same sequence number; the agent's events come up it at any time.
+//!
+//! - A delta is split by node: a connection's client side goes to the client's node, its
+//!   endpoint side to the endpoint's (the agent's [`crate::KernelDriver::for_node`] wires only
+//!   what lives there). Wiring onto a node whose agent is not attached fails as unreachable;
+//!   a removal there is left to the agent's next full set, which sweeps it.
+//! - A full set goes to every attached agent at once. A node whose agent is away keeps its
+//!   connections as they are (no verdict) until its **lease** ends; after that the endpoints on
+//!   it are reported lost, so their connections heal onto other hosts.
+//! - Attach, detach and lease expiry are events ([`Happened::NodeAttached`], ...): an attach
+//!   makes the controller send the node its full set at once.
+
+// tonic's handlers return `Result<_, tonic::Status>` (176 bytes); the helpers return the same.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use meshwire_controller::driver::{Happened, PEER_OBSERVE_TIMEOUT};
+use meshwire_controller::{
+    Desired, Driver, DriverError, DriverEvent, Health, Observation, Report, Scope, Update,
+};
+use meshwire_models::{Connection, ForwarderKind, Topology};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb;
+use super::{PROTOCOL, REPLY_TIMEOUT, STREAM_BUFFER};
+use crate::kernel::wiring::endpoint_vertex;
+
+/// Who may attach as which node.
+#[derive(Clone)]
+pub enum Credentials {
+    /// Any agent may attach as any node (loopback only: the binary refuses it elsewhere).
+    Open,
+    /// Per node, its agent's secret.
+    Tokens(BTreeMap<String, String>),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Open => write!(f, "Open"),
+            Credentials::Tokens(t) => write!(f, "Tokens({} nodes)", t.len()),
+        }
+    }
+}
+
+impl Credentials {
+    /// The node the presented bearer token speaks for (`Ok(None)`: any, the hub is open).
+    fn node_of(&self, presented: Option<&str>) -> Result<Option<&str>, Status> {
+        let Credentials::Tokens(t) = self else {
+            return Ok(None);
+        };
+        let p = presented.ok_or_else(|| {
+            Status::unauthenticated(
+                "a node token is required (metadata authorization: Bearer <token>)",
+            )
+        })?;
+        t.iter()
+            .find(|(_, s)| meshwire_models::secret::constant_time_eq(s.as_bytes(), p.as_bytes()))
+            .map(|(n, _)| Some(n.as_str()))
+            .ok_or_else(|| Status::unauthenticated("unknown node token"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long a node's endpoints outlive its agent's stream.
+    pub lease: Duration,
+    pub credentials: Credentials,
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<Report, DriverError>>>;
+
+/// One node's agent, attached or not.
+struct Link {
+    /// Increases with every attach: a stream that ended only detaches its own attach.
+    generation: u64,
+    /// `None` while detached.
+    tx: Option<mpsc::Sender<Result<pb::ToAgent, Status>>>,
+    pending: Pending,
+    /// When the stream ended (or the hub started, for a node never attached).
+    away_since: Option<tokio::time::Instant>,
+    instance: u64,
+}
+
+struct Inner {
+    links: Mutex<HashMap<String, Link>>,
+    topology: Mutex<Topology>,
+    events: broadcast::Sender<DriverEvent>,
+    seq: AtomicU64,
+    generation: AtomicU64,
+    config: HubConfig,
+    started: tokio::time::Instant,
+}
+
+/// The driver of kernel nodes whose data plane runs in node agents.
+#[derive(Clone)]
+pub struct AgentHub {
+    inner: Arc<Inner>,
+}
+
+/// How a node's agent stands, for the driver.
+enum Presence {
+    Attached(mpsc::Sender<Result<pb::ToAgent, Status>>),
+    /// Away, within its lease.
+    Away,
+    /// Away past its lease, for this long.
+    Lost(Duration),
+}
+
+impl AgentHub {
+    pub fn new(config: HubConfig) -> AgentHub {
+        let (events, _) = broadcast::channel(meshwire_controller::driver::EVENT_BUFFER);
+        AgentHub {
+            inner: Arc::new(Inner {
+                links: Mutex::default(),
+                topology: Mutex::default(),
+                events,
+                seq: AtomicU64::new(1),
+                generation: AtomicU64::new(1),
+                config,
+                started: tokio::time::Instant::now(),
+            }),
+        }
+    }
+
+    /// The gRPC service the agents attach to.
+    pub fn service(&self) -> pb::node_agent_server::NodeAgentServer<AgentService> {
+        pb::node_agent_server::NodeAgentServer::new(AgentService {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// The nodes with an agent attached now.
+    pub fn attached(&self) -> Vec<String> {
+        let links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = links
+            .iter()
+            .filter(|(_, l)| l.tx.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Inner {
+    fn presence(&self, node: &str) -> Presence {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let since = match links.get(node) {
+            Some(Link { tx: Some(tx), .. }) => return Presence::Attached(tx.clone()),
+            Some(l) => l.away_since.unwrap_or(self.started),
+            None => self.started,
+        };
+        let away = since.elapsed();
+        if away > self.config.lease {
+            Presence::Lost(away)
+        } else {
+            Presence::Away
+        }
+    }
+
+    fn emit(&self, node: &str, happened: Happened, detail: String) {
+        let _ = self.events.send(DriverEvent {
+            scope: Scope::Node(node.to_string()),
+            happened,
+            detail,
+        });
+    }
+
+    /// Sends `desired` to `node`'s agent and waits for its reply.
+    async fn call(
+        &self,
+        node: &str,
+        tx: mpsc::Sender<Result<pb::ToAgent, Status>>,
+        desired: &Desired<'_>,
+        timeout: Duration,
+    ) -> Result<Report, DriverError> {
+        let target = format!("node {node}");
+        let unreachable = |why: String| {
+            DriverError::new("agents", target.clone(), why).with(
+                meshwire_controller::driver::Failure::Unreachable {
+                    peer: format!("the agent of node {node}"),
+                },
+            )
+        };
+        let body = serde_json::to_vec(desired)
+            .map_err(|e| DriverError::new("agents", target.clone(), e))?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let (done, answer) = oneshot::channel();
+        {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            match links.get_mut(node) {
+                Some(l) if l.tx.is_some() => {
+                    l.pending.insert(seq, done);
+                }
+                _ => return Err(unreachable("its agent is not attached".into())),
+            }
+        }
+        let msg = pb::ToAgent {
+            msg: Some(pb::to_agent::Msg::Converge(pb::Converge {
+                seq,
+                desired: body,
+            })),
+        };
+        let forget = || {
+            if let Some(l) = self
+                .links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(node)
+            {
+                l.pending.remove(&seq);
+            }
+        };
+        match tokio::time::timeout(timeout, tx.send(Ok(msg))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                forget();
+                return Err(unreachable("its stream closed".into()));
+            }
+            Err(_) => {
+                forget();
+                return Err(unreachable(format!(
+                    "its stream is full ({STREAM_BUFFER} messages waiting for {} s)",
+                    timeout.as_secs()
+                )));
+            }
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(unreachable("its stream ended before it answered".into())),
+            Err(_) => {
+                forget();
+                Err(unreachable(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// The kernel nodes `c` has a side on.
+    fn nodes_of(&self, c: &Connection) -> Vec<String> {
+        let t = self.topology.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = Vec::with_capacity(2);
+        for n in [c.client.node.as_str(), endpoint_vertex(c)] {
+            if t.nodes.contains_key(n) && !v.iter().any(|x| x == n) {
+                v.push(n.to_string());
+            }
+        }
+        v
+    }
+
+    fn kernel_nodes(&self) -> Vec<String> {
+        self.topology
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.forwarder == ForwarderKind::Kernel)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    async fn delta(
+        &self,
+        version: u64,
+        upsert: &[Connection],
+        remove: &[Connection],
+    ) -> Result<Report, DriverError> {
+        type Parts = BTreeMap<String, (Vec<Connection>, Vec<Connection>)>;
+        let mut parts: Parts = BTreeMap::new();
+        for c in upsert {
+            for n in self.nodes_of(c) {
+                parts.entry(n).or_default().0.push(c.clone());
+            }
+        }
+        for c in remove {
+            for n in self.nodes_of(c) {
+                parts.entry(n).or_default().1.push(c.clone());
+            }
+        }
+        let calls = parts.into_iter().map(|(node, (up, rm))| async move {
+            let tx = match self.presence(&node) {
+                Presence::Attached(tx) => tx,
+                _ if up.is_empty() => {
+                    tracing::info!(%node, removals = rm.len(), "agent away: its next full set sweeps what was removed");
+                    return (node, up, Ok(Report::at(version)));
+                }
+                _ => {
+                    let e = DriverError::new(
+                        "agents",
+                        format!("node {node}"),
+                        "its agent is not attached (is `meshwire node` running there, and can it reach the controller?)",
+                    )
+                    .with(meshwire_controller::driver::Failure::Unreachable {
+                        peer: format!("the agent of node {node}"),
+                    });
+                    return (node, up, Err(e));
+                }
+            };
+            let want = Desired {
+                scope: Scope::Node(node.clone()),
+                version,
+                update: Update::Delta {
+                    upsert: up.as_slice().into(),
+                    remove: rm.into(),
+                },
+            };
+            let r = self.call(&node, tx, &want, REPLY_TIMEOUT).await;
+            (node, up, r)
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut first = None;
+        for (_, _, r) in &results {
+            if let Err(e) = r {
+                first.get_or_insert_with(|| e.clone());
+            }
+        }
+        let Some(e) = first else {
+            return Ok(Report::at(version));
+        };
+        // Undo what the other nodes wired for this delta: a connection is wired on all its
+        // nodes or on none.
+        for (node, up, r) in results {
+            if r.is_err() || up.is_empty() {
+                continue;
+            }
+            if let Presence::Attached(tx) = self.presence(&node) {
+                let undo = Desired {
+                    scope: Scope::Node(node.clone()),
+                    version,
+                    update: Update::Delta {
+                        upsert: Vec::new().into(),
+                        remove: up.into(),
+                    },
+                };
+                if let Err(u) = self.call(&node, tx, &undo, REPLY_TIMEOUT).await {
+                    tracing::warn!(%node, error = %u, "undoing a half-wired delta failed; the next full set sweeps it");
+                }
+            }
+        }
+        Err(e)
+    }
+
+    async fn full(
+        &self,
+        version: u64,
+        connections: &[Connection],
+        shared: &[Connection],
+    ) -> Result<Report, DriverError> {
+        let nodes = self.kernel_nodes();
+        let mut report = Report::at(version);
+        let mut calls = Vec::new();
+        for node in nodes {
+            let touches = |c: &&Connection| self.nodes_of(c).contains(&node);
+            let mine: Vec<Connection> = connections.iter().filter(touches).cloned().collect();
+            match self.presence(&node) {
+                Presence::Attached(tx) => {
+                    let theirs: Vec<Connection> = shared.iter().filter(touches).cloned().collect();
+                    calls.push(async move {
+                        let want = Desired {
+                            scope: Scope::Node(node.clone()),
+                            version,
+                            update: Update::Full {
+                                connections: mine.into(),
+                                shared: theirs.into(),
+                            },
+                        };
+                        let r = self.call(&node, tx, &want, PEER_OBSERVE_TIMEOUT).await;
+                        (node, r)
+                    });
+                }
+                Presence::Away => {}
+                Presence::Lost(away) => {
+                    for c in mine.iter().filter(|c| endpoint_vertex(c) == node) {
+                        report.observation.connections.insert(
+                            c.id.clone(),
+                            Health::EndpointLost {
+                                reason: format!(
+                                    "node {node}'s agent has been away for {} s (lease {} s)",
+                                    away.as_secs(),
+                                    self.config.lease.as_secs()
+                                ),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        for (node, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(seen) => {
+                    report.swept += seen.swept;
+                    merge(&mut report.observation, seen.observation);
+                }
+                // One agent's failure must not hide the others' view; its connections keep
+                // their state until it answers.
+                Err(e) => tracing::warn!(%node, error = %e, "agent full set failed"),
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Of two views of one connection, the graver wins.
+fn merge(into: &mut Observation, seen: Observation) {
+    for (id, h) in seen.connections {
+        if into
+            .connections
+            .get(&id)
+            .is_none_or(|n| h.rank() > n.rank())
+        {
+            into.connections.insert(id, h);
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for AgentHub {
+    fn name(&self) -> &str {
+        "agents"
+    }
+
+    async fn converge(&self, desired: &Desired<'_>) -> Result<Report, DriverError> {
+        match &desired.update {
+            Update::Delta { upsert, remove } => {
+                self.inner.delta(desired.version, upsert, remove).await
+            }
+            Update::Full {
+                connections,
+                shared,
+            } => self.inner.full(desired.version, connections, shared).await,
+        }
+    }
+
+    async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
+        *self
+            .inner
+            .topology
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = t.clone();
+        let msg = topology_message(t)?;
+        let txs: Vec<_> = {
+            let links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
+            links.values().filter_map(|l| l.tx.clone()).collect()
+        };
+        for tx in txs {
+            // A full stream is a stuck agent: its next attach brings the topology anyway.
+            let _ = tx.try_send(Ok(msg.clone()));
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Option<broadcast::Receiver<DriverEvent>> {
+        Some(self.inner.events.subscribe())
+    }
+}
+
+fn topology_message(t: &Topology) -> Result<pb::ToAgent, DriverError> {
+    let body = serde_json::to_vec(t).map_err(|e| DriverError::new("agents", "topology", e))?;
+    Ok(pb::ToAgent {
+        msg: Some(pb::to_agent::Msg::Topology(pb::TopologyUpdate {
+            topology: body,
+        })),
+    })
+}
+
+/// The `NodeAgent` gRPC service.
+#[derive(Clone)]
+pub struct AgentService {
+    inner: Arc<Inner>,
+}
+
+type ToAgentStream = Pin<Box<dyn Stream<Item = Result<pb::ToAgent, Status>> + Send + 'static>>;
+
+/// How long an agent has to say hello after opening its stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tonic::async_trait]
+impl pb::node_agent_server::NodeAgent for AgentService {
+    type AttachStream = ToAgentStream;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::FromAgent>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "a local peer".into());
+        let bound = self
+            .inner
+            .config
+            .credentials
+            .node_of(presented.as_deref())
+            .inspect_err(|e| tracing::warn!(%peer, error = %e.message(), "agent refused"))?
+            .map(str::to_string);
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::FromAgent {
+                msg: Some(pb::from_agent::Msg::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message of an agent's stream is its hello",
+                ))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no hello within {} s",
+                    HELLO_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        let node = hello.node.clone();
+        meshwire_models::validate::check_name(&node)
+            .map_err(|e| Status::invalid_argument(format!("hello.node {node:?}: {e}")))?;
+        if let Some(b) = &bound {
+            if *b != node {
+                tracing::warn!(%peer, token_node = %b, claimed = %node, "agent refused: its token is another node's");
+                return Err(Status::permission_denied(format!(
+                    "this token is node {b}'s agent credential; it may not attach as node {node}"
+                )));
+            }
+        }
+        if hello.protocol != PROTOCOL {
+            return Err(Status::failed_precondition(format!(
+                "agent protocol {} is not spoken here (this controller speaks {PROTOCOL}); run the same meshwire version on both",
+                hello.protocol
+            )));
+        }
+        let topology = self
+            .inner
+            .topology
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match topology.nodes.get(&node) {
+            Some(n) if n.forwarder == ForwarderKind::Kernel => {}
+            Some(n) => {
+                return Err(Status::failed_precondition(format!(
+                    "node {node} has forwarder {}, which node agents do not drive yet",
+                    n.forwarder
+                )))
+            }
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "node {node} is not in the topology (apply a meshwire.io/v1 Node named {node:?}); retrying is right"
+                )))
+            }
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let replaced = {
+            let mut links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
+            let old = links.insert(
+                node.clone(),
+                Link {
+                    generation,
+                    tx: Some(tx.clone()),
+                    pending: Pending::new(),
+                    away_since: None,
+                    instance: hello.instance,
+                },
+            );
+            old.map(|o| (o.instance, o.tx.is_some(), o.pending))
+        };
+        let restarted = match replaced {
+            Some((instance, live, pending)) => {
+                // The old stream's callers learn it is gone (their senders drop here).
+                drop(pending);
+                if live {
+                    tracing::info!(%node, "agent attached again; its earlier stream is replaced");
+                }
+                instance != hello.instance
+            }
+            None => false,
+        };
+        let welcome = pb::ToAgent {
+            msg: Some(pb::to_agent::Msg::Welcome(pb::Welcome {
+                protocol: PROTOCOL,
+                lease_ms: self.inner.config.lease.as_millis() as u64,
+            })),
+        };
+        let topo = topology_message(&topology).map_err(|e| Status::internal(e.to_string()))?;
+        // The channel is new and empty: both fit.
+        let _ = tx.try_send(Ok(welcome));
+        let _ = tx.try_send(Ok(topo));
+        tracing::info!(%node, %peer, agent = %hello.agent_version, restarted, "agent attached");
+        self.inner.emit(
+            &node,
+            Happened::NodeAttached { node: node.clone() },
+            format!("the agent of node {node} attached from {peer}"),
+        );
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            read_agent(&inner, &node, generation, &mut inbound).await;
+            detach(inner, node, generation);
+        });
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+        ))))
+    }
+}
+
+/// Reads an attached agent's replies and events until its stream ends.
+async fn read_agent(
+    inner: &Inner,
+    node: &str,
+    generation: u64,
+    inbound: &mut Streaming<pb::FromAgent>,
+) {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!(%node, "agent closed its stream");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e.message(), "agent stream failed");
+                return;
+            }
+        };
+        match msg.msg {
+            Some(pb::from_agent::Msg::Reply(r)) => {
+                let answer = if !r.error.is_empty() {
+                    Err(
+                        serde_json::from_slice::<DriverError>(&r.error).unwrap_or_else(|e| {
+                            DriverError::new(
+                                "agents",
+                                format!("node {node}"),
+                                format!("unreadable error from the agent: {e}"),
+                            )
+                        }),
+                    )
+                } else {
+                    serde_json::from_slice::<Report>(&r.report).map_err(|e| {
+                        DriverError::new(
+                            "agents",
+                            format!("node {node}"),
+                            format!("unreadable report from the agent: {e}"),
+                        )
+                    })
+                };
+                let waiting = {
+                    let mut links = inner.links.lock().unwrap_or_else(|p| p.into_inner());
+                    links
+                        .get_mut(node)
+                        .filter(|l| l.generation == generation)
+                        .and_then(|l| l.pending.remove(&r.seq))
+                };
+                if let Some(w) = waiting {
+                    let _ = w.send(answer);
+                }
+            }
+            Some(pb::from_agent::Msg::Event(e)) => {
+                match serde_json::from_slice::<DriverEvent>(&e.event) {
+                    Ok(mut ev) => {
+                        // An agent speaks for its own node only.
+                        ev.scope = Scope::Node(node.to_string());
+                        let _ = inner.events.send(ev);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%node, error = %err, "unreadable event from the agent")
+                    }
+                }
+            }
+            Some(pb::from_agent::Msg::Hello(_)) | None => {
+                tracing::warn!(%node, "agent sent a second hello or an empty message; ignored");
+            }
+        }
+    }
+}
+
+/// The stream of `generation` ended: the node is away from now, and lost when its lease ends
+/// without a new attach.
+fn detach(inner: Arc<Inner>, node: String, generation: u64) {
+    {
+        let mut links = inner.links.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(l) = links.get_mut(&node).filter(|l| l.generation == generation) else {
+            return;
+        };
+        l.tx = None;
+        l.pending.clear();
+        l.away_since = Some(tokio::time::Instant::now());
+    }
+    let lease = inner.config.lease;
+    inner.emit(
+        &node,
+        Happened::NodeDetached { node: node.clone() },
+        format!(
+            "the agent of node {node} is away; its data plane keeps forwarding, and its endpoints stay for the lease ({} s)",
+            lease.as_secs()
+        ),
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(lease).await;
+        let still_away = inner
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .is_some_and(|l| l.generation == generation && l.tx.is_none());
+        if still_away {
+            tracing::warn!(%node, lease = ?lease, "agent lease ended: its endpoints are withdrawn");
+            inner.emit(
+                &node,
+                Happened::NodeLost { node: node.clone() },
+                format!(
+                    "the agent of node {node} has been away longer than its lease ({} s): the endpoints on it heal elsewhere",
+                    lease.as_secs()
+                ),
+            );
+        }
+    });
+}
