@@ -221,16 +221,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         !(args.dataplane.iter().any(|d| d == "kernel") && args.dataplane.iter().any(|d| d == "agents")),
         "--dataplane kernel,agents: both would wire kernel nodes; give `kernel` (this process wires every node) or `agents` (the agent on each host wires its node)"
     );
-    let mut agent_listener = None;
+    let mut agent_hub = None;
     for d in &args.dataplane {
         match d.as_str() {
             "agents" => {
-                let tls = match (&args.tls_cert, &args.tls_key) {
-                    (Some(c), Some(k)) => Some(meshwire_northbound::tls::grpc_server_config(c, k)?),
-                    _ => None,
-                };
-                let (hub, task) = crate::node::hub(&args.agents, tls).await?;
-                agent_listener = Some(task);
+                let hub = crate::node::hub(&args.agents)?;
+                agent_hub = Some(hub.clone());
                 planes.push((ForwarderKind::Kernel, Arc::new(hub)));
             }
             "kernel" => planes.push((
@@ -289,6 +285,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ctl = Controller::start(store, driver, Arc::new(SystemClock), config)
         .await
         .context("starting the controller")?;
+    let agent_listener = match &agent_hub {
+        Some(hub) => {
+            let tls = match (&args.tls_cert, &args.tls_key) {
+                (Some(c), Some(k)) => Some(meshwire_northbound::tls::grpc_server_config(c, k)?),
+                _ => None,
+            };
+            Some(crate::node::serve_hub(&args.agents, hub, ctl.clone(), tls).await?)
+        }
+        None => None,
+    };
     let mut ensms = Vec::new();
     let mut devices_seen: Vec<meshwire_ensm_adapters::ensm::Ensm> = Vec::new();
     if let Some(planes) = &dataplanes {

@@ -76,6 +76,11 @@ fn command(lab: &Lab, d: &Path, node: &str, agents_url: &str) -> anyhow::Result<
             .join(format!("{node}.state"))
             .display()
             .to_string(),
+        "--nsm-socket".into(),
+        agents_dir(d)
+            .join(format!("{node}.nsm.sock"))
+            .display()
+            .to_string(),
     ])
 }
 

@@ -1,6 +1,10 @@
 //! `meshwire node` (the agent on each host) and the controller's side of the agents: their
 //! credentials, their listener.
 
+// The NSM endpoint's resolver and authorizer answer in `tonic::Status` (176 bytes), as tonic
+// handlers do.
+#![allow(clippy::result_large_err)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +47,17 @@ pub struct NodeArgs {
     /// How long to wait for a controller to accept a connection.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// The node's NSM endpoint for its workloads (NetworkService, MonitorConnection and both
+    /// registries, as upstream's per-node manager serves them): a unix socket; `off` for none.
+    #[arg(
+        long,
+        env = "NSM_SOCKET",
+        default_value = "/var/lib/networkservicemesh/nsm.io.sock"
+    )]
+    nsm_socket: String,
+    /// The same NSM endpoint on a TCP address too (off by default; loopback unless you mean it).
+    #[arg(long, value_name = "ADDR:PORT")]
+    nsm_listen: Option<SocketAddr>,
     /// Log filter, e.g. info, debug.
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
@@ -97,17 +112,119 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         ca,
         connect_timeout: args.connect_timeout,
     };
+    let nsm = serve_nsm(&args, opts.token.as_deref(), opts.ca.as_deref())?;
     let first = std::sync::Once::new();
     let agent = meshwire_southbound::agent::node::run(opts, driver, move |url| {
         first.call_once(|| crate::daemon::announce_ready(url));
     });
-    tokio::select! {
+    let result = tokio::select! {
         r = agent => r.with_context(|| format!("node {}", args.node)),
         _ = crate::daemon::shutdown() => {
             tracing::info!(node = %args.node, "node agent stopped; the data plane stays as it is");
             Ok(())
         }
+    };
+    for t in nsm {
+        t.abort();
     }
+    if args.nsm_socket != "off" {
+        let _ = std::fs::remove_file(&args.nsm_socket);
+    }
+    result
+}
+
+/// A client's `inodeURL` as the name of its namespace on this host.
+fn resolve_netns(url: &str) -> Result<String, tonic::Status> {
+    use meshwire_southbound::kernel::locate::{locate, Located};
+    let r = meshwire_models::netns_ref::NetnsRef::parse(url)
+        .map_err(|e| tonic::Status::invalid_argument(format!("inodeURL: {e}")))?;
+    match locate(&r) {
+        Ok(Located::Named(n)) => Ok(n),
+        Ok(Located::Process { pid }) => Err(tonic::Status::failed_precondition(format!(
+            "inodeURL {url}: the namespace of process {pid} has no name here, and the data plane opens namespaces by name (`ip netns attach NAME {pid}` names it)"
+        ))),
+        Err(e) if e.retryable() => Err(tonic::Status::not_found(format!("inodeURL {url}: {e}"))),
+        Err(e) => Err(tonic::Status::internal(format!("inodeURL {url}: {e}"))),
+    }
+}
+
+/// Serves the node's NSM endpoint (unix socket, optional TCP), forwarding to the controllers.
+fn serve_nsm(
+    args: &NodeArgs,
+    token: Option<&str>,
+    ca: Option<&[u8]>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    if args.nsm_socket == "off" && args.nsm_listen.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut endpoints = Vec::new();
+    for url in &args.controller {
+        let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
+            .with_context(|| format!("--controller {url}"))?
+            .connect_timeout(args.connect_timeout)
+            .timeout(Duration::from_secs(30));
+        if url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca) = ca {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            ep = ep
+                .tls_config(tls)
+                .with_context(|| format!("--controller {url}: TLS"))?;
+        }
+        endpoints.push(ep);
+    }
+    let upstream = tonic::transport::Channel::balance_list(endpoints.into_iter());
+    let fwd = meshwire_northbound::grpc::forward::NodeForwarder::new(
+        &args.node,
+        upstream,
+        token,
+        Arc::new(resolve_netns),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut tasks = Vec::new();
+    if args.nsm_socket != "off" {
+        let path = Path::new(&args.nsm_socket);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--nsm-socket: {}", dir.display()))?;
+        }
+        // A socket left by a predecessor is ours to replace.
+        let _ = std::fs::remove_file(path);
+        let l = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("--nsm-socket {}", path.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                .with_context(|| format!("--nsm-socket {}", path.display()))?;
+        }
+        let incoming =
+            futures::stream::unfold(
+                l,
+                |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) },
+            );
+        let router = fwd.router();
+        let at = path.display().to_string();
+        tracing::info!(socket = %at, node = %args.node, "NSM endpoint ready");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
+                tracing::error!(socket = %at, error = %e, "NSM endpoint stopped");
+            }
+        }));
+    }
+    if let Some(addr) = args.nsm_listen {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(listen = %addr, "--nsm-listen off loopback: anyone who reaches it acts as this node's workloads");
+        }
+        let router = fwd.router();
+        tracing::info!(listen = %addr, node = %args.node, "NSM endpoint ready (TCP)");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = router.serve(addr).await {
+                tracing::error!(listen = %addr, error = %e, "NSM endpoint stopped");
+            }
+        }));
+    }
+    Ok(tasks)
 }
 
 /// The controller's options for node agents.
@@ -184,11 +301,8 @@ fn load_agent_tokens(path: &Path) -> anyhow::Result<Credentials> {
     Ok(Credentials::Tokens(out))
 }
 
-/// The agents' driver and its listener, served until the returned task is aborted.
-pub async fn hub(
-    args: &HubArgs,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-) -> anyhow::Result<(AgentHub, tokio::task::JoinHandle<()>)> {
+/// The agents' driver (its listener is served by [`serve_hub`] once the controller runs).
+pub fn hub(args: &HubArgs) -> anyhow::Result<AgentHub> {
     let credentials = match &args.agent_tokens {
         Some(p) => load_agent_tokens(p)?,
         None => {
@@ -200,13 +314,23 @@ pub async fn hub(
             Credentials::Open
         }
     };
+    Ok(AgentHub::new(HubConfig {
+        lease: args.agent_lease,
+        credentials,
+    }))
+}
+
+/// Serves the agent listener until the returned task is aborted: the agent protocol, and the
+/// NSM services the agents forward their workloads' calls to (each bound to its node).
+pub async fn serve_hub(
+    args: &HubArgs,
+    hub: &AgentHub,
+    ctl: meshwire_controller::Controller,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if tls.is_none() && !args.agent_listen.ip().is_loopback() {
         tracing::warn!(listen = %args.agent_listen, "--agent-listen: node tokens travel in clear text off loopback; give --tls-cert/--tls-key");
     }
-    let hub = AgentHub::new(HubConfig {
-        lease: args.agent_lease,
-        credentials,
-    });
     let l = tokio::net::TcpListener::bind(args.agent_listen)
         .await
         .with_context(|| format!("cannot listen on {} (node agents)", args.agent_listen))?;
@@ -220,13 +344,19 @@ pub async fn hub(
             .tls_config(tls)
             .map_err(|e| anyhow::anyhow!("agent TLS with --tls-cert/--tls-key: {e}"))?;
     }
-    let router = server.add_service(hub.service());
+    let credentials = hub.credentials().clone();
+    let nodes: meshwire_northbound::grpc::NodeAuthorizer = Arc::new(move |presented| {
+        credentials
+            .node_of(presented)
+            .map(|n| n.map(str::to_string))
+    });
+    let router =
+        meshwire_northbound::grpc::node_router(server, ctl, nodes).add_service(hub.service());
     let listen = args.agent_listen;
     tracing::info!(%listen, lease = ?args.agent_lease, "node agents may attach");
-    let task = tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "agent listener stopped");
         }
-    });
-    Ok((hub, task))
+    }))
 }

@@ -251,3 +251,40 @@ fn timer_lab_agents_away_past_its_lease_heals_the_client_onto_the_other_host() {
     );
     assert!(lab.ping("client", "10.71.0.1"));
 }
+
+/// Input: a client generated from the upstream protos (Python, grpcio-tools) running in the
+/// client's namespace on n1, asking through n1's NSM socket as an unmodified upstream client
+/// does: no `nodeName`, no path, its namespace only as the kernel mechanism's `inodeURL`.
+/// Output: the agent names the node and finds the namespace; the client gets its interface
+/// and pings through it.
+#[test]
+fn nb_lab_agents_an_unmodified_upstream_client_requests_through_its_nodes_socket() {
+    if !root() {
+        return;
+    }
+    let Some(stubs) = support::lab::nsm_stubs() else {
+        return;
+    };
+    let lab = Lab::up_with("agents", &["--agents"]);
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "python3"])
+        .arg(here.join("nsm_client.py"))
+        .arg(stubs.path())
+        .arg(format!("unix://{STATE}/agents/n1.nsm.sock"))
+        .args(["upstream-request", "responder", "nsm-py"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.logs()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mechanism"]["parameters"]["name"], "nsm-py", "{v}");
+    let conn = lab.connection(v["id"].as_str().unwrap());
+    assert_eq!(conn["client"]["node"], "n1", "{conn}");
+    assert_eq!(conn["client"]["name"], "clab-agents-client", "{conn}");
+    assert!(lab.ping("client", "10.71.0.1"), "{}", lab.logs());
+}

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::lab::{http_get, lab_file, root, Lab, BIN};
+use support::lab::{http_get, lab_file, nsm_stubs, root, Lab, BIN};
 
 fn addr(v: &serde_json::Value, field: &str) -> String {
     v["ip_context"][field][0]
@@ -1103,40 +1103,10 @@ fn nb_lab_vpn_gateway_over_the_nsm_grpc_api() {
 }
 
 fn upstream_python_client(lab: &Lab, target: &str) {
-    let have = Command::new("python3")
-        .args(["-c", "import grpc_tools, grpc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        if std::env::var("MESHWIRE_REQUIRE_ALL").is_ok() {
-            panic!("grpcio-tools is required: python3 -m pip install grpcio-tools");
-        }
-        return eprintln!("SKIP: grpcio-tools not installed");
-    }
+    let Some(stubs) = nsm_stubs() else {
+        return;
+    };
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let stubs = tempfile::tempdir().unwrap();
-    let protos = here.join("nsm-api");
-    let gen = Command::new("python3")
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", protos.display()))
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .args(
-            [
-                "connection.proto",
-                "connectioncontext.proto",
-                "networkservice.proto",
-                "registry.proto",
-            ]
-            .map(|f| protos.join(f)),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
     let client = |args: &[&str]| {
         let out = Command::new("python3")
             .arg(here.join("nsm_client.py"))

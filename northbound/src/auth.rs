@@ -61,6 +61,7 @@ impl Token {
             name: self.name.clone(),
             role: self.role,
             device: self.device.clone(),
+            node: None,
         }
     }
 }

@@ -11,6 +11,9 @@
 //! - a caller bound to a device (an eNSM's token, `device:` in the token file) may write only
 //!   that device's objects and set only its endpoints' status. It may not request or close
 //!   connections: the controller composes service chains itself, so an eNSM never needs to.
+//! - a caller bound to a node (a node agent forwarding its workloads' NSM calls with its node
+//!   token) may request and close only connections of clients on that node, and write only
+//!   endpoints located on that node: a node speaks for what runs on it, nothing else.
 
 use meshwire_controller::{Controller, ControllerError};
 use meshwire_models::{Connection, ConnectionRequest, EndpointLocation, Object, ObjectKey};
@@ -25,6 +28,8 @@ pub struct Caller {
     pub role: Role,
     /// Set for an eNSM's credential: the one device it speaks for.
     pub device: Option<String>,
+    /// Set for a node agent's credential: the one node it speaks for.
+    pub node: Option<String>,
 }
 
 impl Caller {
@@ -34,6 +39,7 @@ impl Caller {
             name: "(open API)".into(),
             role: Role::Admin,
             device: None,
+            node: None,
         }
     }
 
@@ -44,6 +50,37 @@ impl Caller {
             name: "kubernetes".into(),
             role: Role::Operator,
             device: None,
+            node: None,
+        }
+    }
+
+    /// A node agent forwarding the NSM calls of its node's workloads.
+    pub fn node(node: &str) -> Caller {
+        Caller {
+            name: format!("the agent of node {node}"),
+            role: Role::Operator,
+            device: None,
+            node: Some(node.to_string()),
+        }
+    }
+
+    /// Why a node-bound caller may not write `obj` (`None`: it may, or it is not node-bound).
+    fn node_refusal(&self, obj: &Object) -> Option<String> {
+        let mine = self.node.as_deref()?;
+        match obj {
+            Object::NetworkServiceEndpoint(e) => match &e.location {
+                EndpointLocation::Node { node, .. } if node == mine => None,
+                _ => Some(format!(
+                    "{} may register endpoints on node {mine} only, not {}",
+                    self.name,
+                    obj.key()
+                )),
+            },
+            _ => Some(format!(
+                "{} may register endpoints on its node only, not {}",
+                self.name,
+                obj.key()
+            )),
         }
     }
 
@@ -60,6 +97,9 @@ impl Caller {
 
     /// Whether this caller may create or replace `obj`.
     pub fn may_write(&self, obj: &Object) -> Result<(), ControllerError> {
+        if let Some(why) = self.node_refusal(obj) {
+            return Err(self.refuse(why));
+        }
         let key = obj.key();
         let device = device_of(obj);
         if self.bound_elsewhere(device.as_deref()) || (self.device.is_some() && device.is_none()) {
@@ -116,6 +156,12 @@ impl Caller {
             name: name.to_string(),
         };
         let device = ctl.object(&key).as_ref().and_then(device_of);
+        if self.node.is_some() {
+            return Err(self.refuse(format!(
+                "{} may not withdraw or restore endpoints (its own lease does)",
+                self.name
+            )));
+        }
         match (&self.device, device) {
             (Some(mine), Some(d)) if *mine == d => Ok(()),
             (Some(_), _) => Err(self.refuse(format!(
@@ -131,7 +177,13 @@ impl Caller {
     }
 
     /// Whether this caller may request `req`.
-    pub fn may_request(&self, _req: &ConnectionRequest) -> Result<(), ControllerError> {
+    pub fn may_request(&self, req: &ConnectionRequest) -> Result<(), ControllerError> {
+        if let Some(mine) = self.node.as_deref().filter(|n| *n != req.client.node) {
+            return Err(self.refuse(format!(
+                "{} may request connections for clients on node {mine} only, not on {}",
+                self.name, req.client.node
+            )));
+        }
         match &self.device {
             Some(d) => Err(self.refuse(format!(
                 "token {} speaks for device {d}'s eNSM, which never requests connections (the controller composes service chains); use an operator token",
@@ -147,6 +199,12 @@ impl Caller {
 
     /// Whether this caller may close `conn`.
     pub fn may_close(&self, conn: &Connection) -> Result<(), ControllerError> {
+        if let Some(mine) = self.node.as_deref().filter(|n| *n != conn.client.node) {
+            return Err(self.refuse(format!(
+                "{} may close connections of clients on node {mine} only, not {} (client on {})",
+                self.name, conn.id, conn.client.node
+            )));
+        }
         match &self.device {
             Some(d) => Err(self.refuse(format!(
                 "token {} speaks for device {d}'s eNSM, which never closes connections; use an operator token for {}",
@@ -205,6 +263,7 @@ mod tests {
             name: "t".into(),
             role,
             device: device.map(str::to_string),
+            node: None,
         }
     }
 
@@ -231,5 +290,33 @@ mod tests {
         assert!(fw1.may_write(&plain).is_err());
         let fw2 = caller(Role::Operator, Some("fw2"));
         assert!(fw2.may_write(&device).is_err() && fw2.may_write(&on_device).is_err());
+    }
+
+    /// Input: a node agent's caller (n1) writing endpoints on n1, on n2 and a service;
+    /// requesting for clients on n1 and n2. Output: only what is on n1 is allowed.
+    #[test]
+    fn nb_a_node_speaks_for_its_own_node_only() {
+        let n1 = Caller::node("n1");
+        let on = |node: &str| {
+            doc(&format!("apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: e}}\nspec: {{network_service_names: [s], location: {{node: {node}}}}}\n"))
+        };
+        n1.may_write(&on("n1")).unwrap();
+        assert!(n1.may_write(&on("n2")).is_err());
+        let service = doc("apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: s}\nspec: {payload: IP}\n");
+        assert!(n1.may_write(&service).is_err());
+        let req = |node: &str| ConnectionRequest {
+            network_service: "s".into(),
+            client: meshwire_models::ClientRef {
+                node: node.into(),
+                name: None,
+            },
+            labels: Default::default(),
+            mechanisms: vec![],
+            interface: None,
+            excluded_prefixes: vec![],
+        };
+        n1.may_request(&req("n1")).unwrap();
+        let e = n1.may_request(&req("n2")).unwrap_err();
+        assert!(e.to_string().contains("node n1 only"), "{e}");
     }
 }

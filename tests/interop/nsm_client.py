@@ -3,6 +3,11 @@
 #
 #   python3 nsm_client.py STUBS_DIR HOST:PORT request SERVICE NODE WORKLOAD IFNAME > conn.json
 #   python3 nsm_client.py STUBS_DIR HOST:PORT close conn.json
+#   python3 nsm_client.py STUBS_DIR unix:///PATH/nsm.io.sock upstream-request SERVICE IFNAME
+#
+# `upstream-request` asks as an unmodified upstream client does through its node's socket: no
+# nodeName label and no path; its own namespace named only by the kernel mechanism's inodeURL
+# parameter (inode://DEV/INO of /proc/self/ns/net).
 #
 # `request` first finds the service and its endpoints in the registry (as an NSM client's
 # discovery does), then requests a kernel interface, and prints the connection as JSON
@@ -21,7 +26,11 @@ import registry_pb2 as reg  # noqa: E402
 import registry_pb2_grpc as regg  # noqa: E402
 
 target, verb = sys.argv[2], sys.argv[3]
-channel = grpc.insecure_channel(target)
+# A unix socket target would otherwise send its percent-encoded path as the authority.
+channel = grpc.insecure_channel(
+    target,
+    options=[("grpc.default_authority", "localhost")] if target.startswith("unix:") else [],
+)
 
 if verb == "request":
     service, node, workload, ifname = sys.argv[4:8]
@@ -63,6 +72,26 @@ if verb == "request":
         "endpoints": [e.network_service_endpoint.name for e in endpoints],
     }
     print(json.dumps(out))
+elif verb == "upstream-request":
+    import os
+
+    service, ifname = sys.argv[4:6]
+    st = os.stat("/proc/self/ns/net")
+    req = ns.NetworkServiceRequest(
+        connection=c.Connection(network_service=service),
+        mechanism_preferences=[
+            c.Mechanism(
+                cls="LOCAL",
+                type="KERNEL",
+                parameters={
+                    "name": ifname,
+                    "inodeURL": f"inode://{st.st_dev}/{st.st_ino}",
+                },
+            )
+        ],
+    )
+    conn = nsg.NetworkServiceStub(channel).Request(req, timeout=30)
+    print(json_format.MessageToJson(conn, preserving_proto_field_name=True))
 elif verb == "close":
     with open(sys.argv[4]) as f:
         data = json.load(f)

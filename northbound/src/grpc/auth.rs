@@ -20,10 +20,16 @@ pub fn grpc_role(path: &str) -> crate::auth::Role {
     }
 }
 
+/// Finds the node a presented node token speaks for: `Ok(Some(node))`, `Ok(None)` when node
+/// agents attach without credentials (loopback only), or the refusal.
+pub type NodeAuthorizer = Arc<dyn Fn(Option<&str>) -> Result<Option<String>, Status> + Send + Sync>;
+
 /// Bearer-token check for gRPC calls (a tower layer in front of the services).
 #[derive(Clone)]
 pub struct GrpcAuth {
     pub(super) tokens: Option<Arc<crate::auth::Tokens>>,
+    /// On the agent listener: node tokens instead, and the caller bound to its node.
+    pub(super) nodes: Option<NodeAuthorizer>,
 }
 
 impl<S> tower::Layer<S> for GrpcAuth {
@@ -32,6 +38,7 @@ impl<S> tower::Layer<S> for GrpcAuth {
         GrpcAuthService {
             inner,
             tokens: self.tokens.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 }
@@ -40,6 +47,7 @@ impl<S> tower::Layer<S> for GrpcAuth {
 pub struct GrpcAuthService<S> {
     inner: S,
     tokens: Option<Arc<crate::auth::Tokens>>,
+    nodes: Option<NodeAuthorizer>,
 }
 
 impl<S, B> tower::Service<axum::http::Request<B>> for GrpcAuthService<S>
@@ -66,7 +74,16 @@ where
 
     fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
         let mut caller = crate::policy::Caller::open();
-        if let Some(tokens) = &self.tokens {
+        if let Some(nodes) = &self.nodes {
+            match nodes(crate::auth::bearer(req.headers())) {
+                Ok(Some(node)) => caller = crate::policy::Caller::node(&node),
+                Ok(None) => {}
+                Err(status) => {
+                    tracing::warn!(method = %req.uri().path(), error = %status.message(), "node call refused");
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        } else if let Some(tokens) = &self.tokens {
             let need = grpc_role(req.uri().path());
             let presented = crate::auth::bearer(req.headers());
             let refusal = match presented.map(|p| tokens.find(p)) {

@@ -153,7 +153,15 @@ pub fn to_pb(x: &Connection) -> c::Connection {
     c::Connection {
         id: x.id.clone(),
         network_service: x.network_service.clone(),
-        mechanism: x.mechanism().map(mechanism),
+        // The client's interface rides along with any mechanism (a tunnel's end in the
+        // client's namespace is named too).
+        mechanism: x.mechanism().map(|m| {
+            let mut pb = mechanism(m);
+            pb.parameters
+                .entry("name".into())
+                .or_insert_with(|| x.interface.clone());
+            pb
+        }),
         context: Some(cc::ConnectionContext {
             ip_context: Some(cc::IpContext {
                 src_ip_addrs: ip.src_ip_addrs.iter().map(|a| a.to_string()).collect(),
@@ -182,7 +190,9 @@ pub fn to_pb(x: &Connection) -> c::Connection {
     }
 }
 
-/// An NSM request as a Meshwire request.
+/// An NSM request as a Meshwire request. Only local preferences with KERNEL among them (what
+/// upstream clients send) admit the tunnels too, after them: the client still gets a kernel
+/// interface, and a tunnel carries it to an endpoint on another node.
 pub fn from_pb(r: &ns::NetworkServiceRequest) -> Result<ConnectionRequest, Status> {
     let conn = r
         .connection
@@ -217,6 +227,16 @@ pub fn from_pb(r: &ns::NetworkServiceRequest) -> Result<ConnectionRequest, Statu
         if !mechanisms.contains(&kind) {
             mechanisms.push(kind);
         }
+    }
+    // An NSM client's KERNEL asks for a kernel interface in its namespace; across nodes,
+    // upstream's forwarders pick the tunnel between them. Here the mesh does: a tunnel's end in
+    // the client's namespace is a kernel interface too.
+    if mechanisms.contains(&MechanismKind::Kernel) && mechanisms.iter().all(|m| m.is_local()) {
+        mechanisms.extend([
+            MechanismKind::Vxlan,
+            MechanismKind::Gre,
+            MechanismKind::Mpls,
+        ]);
     }
     let excluded_prefixes = conn
         .context

@@ -47,9 +47,10 @@ pub mod pb {
 
 mod auth;
 mod convert;
+pub mod forward;
 
 use auth::caller_of;
-pub use auth::{grpc_role, GrpcAuth, GrpcAuthService};
+pub use auth::{grpc_role, GrpcAuth, GrpcAuthService, NodeAuthorizer};
 use convert::{endpoint_from_pb, endpoint_to_pb, service_from_pb, service_to_pb, status};
 pub use convert::{from_pb, to_pb};
 
@@ -138,8 +139,42 @@ fn build(
     streams: Arc<crate::streams::Streams>,
 ) -> GrpcRouter {
     let nsm = Nsm { ctl, streams };
+    services(
+        server.layer(GrpcAuth {
+            tokens,
+            nodes: None,
+        }),
+        nsm,
+    )
+}
+
+/// The NSM services on the controller's agent listener, where node agents forward their
+/// workloads' calls: every call is authenticated by `nodes` and bound to that node (a node
+/// requests and closes its own clients' connections and registers its own endpoints only).
+/// The agent protocol's own service is added beside them by the caller.
+pub fn node_router(
+    server: tonic::transport::Server,
+    ctl: Controller,
+    nodes: NodeAuthorizer,
+) -> GrpcRouter {
+    let streams = crate::streams::Streams::new(crate::streams::DEFAULT_MAX_STREAMS, None);
+    let nsm = Nsm { ctl, streams };
+    services(
+        server.layer(GrpcAuth {
+            tokens: None,
+            nodes: Some(nodes),
+        }),
+        nsm,
+    )
+}
+
+fn services(
+    mut server: tonic::transport::Server<
+        tower::layer::util::Stack<GrpcAuth, tower::layer::util::Identity>,
+    >,
+    nsm: Nsm,
+) -> GrpcRouter {
     server
-        .layer(GrpcAuth { tokens })
         .add_service(ns::network_service_server::NetworkServiceServer::new(nsm.clone()))
         .add_service(c::monitor_connection_server::MonitorConnectionServer::new(nsm.clone()))
         .add_service(reg::network_service_registry_server::NetworkServiceRegistryServer::new(

@@ -58,7 +58,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// The node the presented bearer token speaks for (`Ok(None)`: any, the hub is open).
-    fn node_of(&self, presented: Option<&str>) -> Result<Option<&str>, Status> {
+    pub fn node_of(&self, presented: Option<&str>) -> Result<Option<&str>, Status> {
         let Credentials::Tokens(t) = self else {
             return Ok(None);
         };
@@ -141,6 +141,12 @@ impl AgentHub {
         pb::node_agent_server::NodeAgentServer::new(AgentService {
             inner: self.inner.clone(),
         })
+    }
+
+    /// Who may attach as which node (also what the NSM services beside the hub authenticate
+    /// node agents with).
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.config.credentials
     }
 
     /// The nodes with an agent attached now.
