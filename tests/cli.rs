@@ -795,7 +795,8 @@ fn nb_nsc_init_over_tls_with_a_token_file() {
 }
 
 /// Input: daemons asked to listen off loopback without credentials: the controller's REST and
-/// gRPC APIs without --tokens, an eNSM's call API without its token. Output: each refuses to
+/// gRPC APIs without --tokens, its agent listener without --agent-tokens (and kernel and agents
+/// both asked to wire kernel nodes), an eNSM's call API without its token. Output: each refuses to
 /// start, with one line naming the listener and what to give.
 #[test]
 fn nb_exposed_listeners_refused_without_credentials() {
@@ -827,6 +828,36 @@ fn nb_exposed_listeners_refused_without_credentials() {
                 "127.0.0.1:0",
             ],
             "--grpc-listen 0.0.0.0:0 is not a loopback address and no --tokens",
+        ),
+        (
+            vec![
+                "controller",
+                "--store",
+                "memory",
+                "--grpc-listen",
+                "off",
+                "--listen",
+                "127.0.0.1:0",
+                "--dataplane",
+                "agents",
+                "--agent-listen",
+                "0.0.0.0:0",
+            ],
+            "--agent-listen 0.0.0.0:0 is not a loopback address and no --agent-tokens",
+        ),
+        (
+            vec![
+                "controller",
+                "--store",
+                "memory",
+                "--grpc-listen",
+                "off",
+                "--listen",
+                "127.0.0.1:0",
+                "--dataplane",
+                "kernel,agents",
+            ],
+            "--dataplane kernel,agents: both would wire kernel nodes",
         ),
         (
             vec![

@@ -5,6 +5,7 @@
 //! This crate is the binary's tooling, linked only into `meshwire bench`; like the binary it
 //! reports failures with `anyhow`. The product's libraries never depend on it.
 
+mod agents;
 mod ensm;
 mod grpc;
 mod heap;
@@ -49,7 +50,9 @@ pub struct Args {
     /// rest: the REST API under wrk at 64 connections (GET list, GET one, POST).
     /// ui: the operator page in headless Chromium with 1,000 nodes and 10,000 connections (needs
     /// chromium and chromium-driver).
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui"])]
+    /// agents: request to first packet across two hosts wired by node agents over gRPC, beside
+    /// the in-process kernel driver (needs root).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui", "agents"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -68,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "grpc" => crate::grpc::run(args.scale).await,
         "rest" => crate::rest::run(args.scale).await,
         "ui" => crate::ui::run(args.scale).await,
+        "agents" => crate::agents::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

@@ -19,7 +19,7 @@ use meshwire_southbound::KernelDriver;
 
 const P: &str = "mwbench";
 
-fn sh(cmd: &str) -> anyhow::Result<()> {
+pub(crate) fn sh(cmd: &str) -> anyhow::Result<()> {
     let out = std::process::Command::new("sh")
         .args(["-c", cmd])
         .output()?;
@@ -30,7 +30,7 @@ fn sh(cmd: &str) -> anyhow::Result<()> {
 }
 
 /// A UDP socket bound inside namespace `ns`.
-fn socket_in(ns: &str, port: u16) -> anyhow::Result<UdpSocket> {
+pub(crate) fn socket_in(ns: &str, port: u16) -> anyhow::Result<UdpSocket> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || -> anyhow::Result<UdpSocket> {
         let f = std::fs::File::open(&path)?;
@@ -42,9 +42,9 @@ fn socket_in(ns: &str, port: u16) -> anyhow::Result<UdpSocket> {
 }
 
 /// Echoes UDP in `ns` until dropped.
-struct Echo(Arc<AtomicBool>);
+pub(crate) struct Echo(Arc<AtomicBool>);
 impl Echo {
-    fn start(ns: &str) -> anyhow::Result<Echo> {
+    pub(crate) fn start(ns: &str) -> anyhow::Result<Echo> {
         let s = socket_in(ns, 7)?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -71,7 +71,7 @@ static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1
 /// Sends a fresh nonce to `addr:7` every millisecond until that nonce is echoed back (at most
 /// 5 s). Matching the nonce, not the source address, means a late echo of an earlier probe never
 /// counts, and replies from an anycast endpoint (source: its link address) do.
-fn first_packet(probe: &UdpSocket, addr: IpAddr) -> anyhow::Result<()> {
+pub(crate) fn first_packet(probe: &UdpSocket, addr: IpAddr) -> anyhow::Result<()> {
     let to = SocketAddr::new(addr, 7);
     let nonce = NONCE.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -156,7 +156,7 @@ spec: {{network_service_names: [cross], location: {{node: n2, netns: {P}-e2}}, i
     )
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }

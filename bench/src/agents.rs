@@ -1,0 +1,222 @@
+//! `meshwire bench agents`: request to first packet across two hosts whose data plane runs in
+//! node agents, beside the in-process kernel driver in the same run.
+//!
+//! Two host namespaces joined by a veth (the underlay), a client namespace on n1 and an
+//! endpoint namespace on n2 answering UDP echo. In-process: one controller with
+//! `KernelDriver::new()` wires both sides. Agents: a controller with the agent hub serving its
+//! gRPC listener on loopback, and two agents (`agent::node::run`, each with
+//! `KernelDriver::for_node`) attached to it over their own gRPC streams; each request's two
+//! sides go to the two agents and come back acknowledged before the request returns. Both run as
+//! tasks of this process (the wire between them is real gRPC over TCP; the agents are not
+//! separate processes here, the labs run them as processes).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use meshwire_controller::store::memory::MemoryStore;
+use meshwire_controller::{Config, Controller, Driver, SystemClock};
+use meshwire_models::{ClientRef, ConnectionRequest, Manifest};
+use meshwire_southbound::agent::{node, AgentHub, Credentials, HubConfig, NodeAgentOptions};
+use meshwire_southbound::KernelDriver;
+
+use crate::setup::{first_packet, pct, sh, socket_in, Echo};
+
+const P: &str = "mwagb";
+
+struct Namespaces;
+impl Namespaces {
+    fn create() -> anyhow::Result<Namespaces> {
+        Self::cleanup();
+        for n in ["n1", "n2", "c", "e"] {
+            sh(&format!(
+                "ip netns add {P}-{n} && ip -n {P}-{n} link set lo up"
+            ))?;
+        }
+        sh(&format!(
+            "ip -n {P}-n1 link add eth1 type veth peer name eth1 netns {P}-n2 && ip -n {P}-n1 addr add 192.168.202.1/24 dev eth1 && ip -n {P}-n2 addr add 192.168.202.2/24 dev eth1 && ip -n {P}-n1 link set eth1 up && ip -n {P}-n2 link set eth1 up"
+        ))?;
+        Ok(Namespaces)
+    }
+    fn cleanup() {
+        for n in ["n1", "n2", "c", "e"] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &format!("{P}-{n}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        Self::cleanup();
+    }
+}
+
+fn manifests() -> String {
+    format!(
+        r#"
+apiVersion: meshwire.io/v1
+kind: Node
+metadata: {{name: n1}}
+spec: {{forwarder: kernel, netns: {P}-n1}}
+---
+apiVersion: meshwire.io/v1
+kind: Node
+metadata: {{name: n2}}
+spec: {{forwarder: kernel, netns: {P}-n2}}
+---
+apiVersion: meshwire.io/v1
+kind: Link
+metadata: {{name: n1-n2}}
+spec: {{endpoints: ["n1:eth1", "n2:eth1"], addresses: ["192.168.202.1/24", "192.168.202.2/24"]}}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {{name: cross}}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {{name: e}}
+spec: {{network_service_names: [cross], location: {{node: n2, netns: {P}-e}}, ipamPrefix: 172.22.0.0/16}}
+"#
+    )
+}
+
+/// `n` requests, each timed to its first echoed packet, then closed together.
+async fn rounds(
+    ctl: &Controller,
+    probe: &std::net::UdpSocket,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let req = ConnectionRequest {
+        network_service: "cross".into(),
+        client: ClientRef {
+            node: "n1".into(),
+            name: Some(format!("{P}-c")),
+        },
+        labels: Default::default(),
+        mechanisms: vec![],
+        interface: None,
+        excluded_prefixes: vec![],
+    };
+    let mut lat = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let c = ctl.request(req.clone()).await?;
+        first_packet(probe, c.ip_context.dst_ip_addrs[0].addr())?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        ids.push(c.id);
+    }
+    for id in ids {
+        ctl.close(&id).await?;
+    }
+    Ok(lat)
+}
+
+pub async fn run(scale: f64) -> anyhow::Result<()> {
+    let n = ((200.0 * scale).round() as usize).max(10);
+    let _ns = Namespaces::create().context("bench agents needs root and iproute2")?;
+    let _echo = Echo::start(&format!("{P}-e"))?;
+    let probe = socket_in(&format!("{P}-c"), 0)?;
+    probe.set_read_timeout(Some(Duration::from_millis(1)))?;
+    let manifests = Manifest::parse("bench", &manifests())?;
+
+    // In process: the controller wires both hosts itself.
+    let kernel = Arc::new(KernelDriver::new());
+    let ctl = Controller::start(
+        Arc::new(MemoryStore::default()),
+        kernel.clone(),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await?;
+    ctl.apply(manifests.clone()).await?;
+    let mut inprocess = rounds(&ctl, &probe, n).await?;
+    kernel.settled().await;
+    drop(ctl);
+
+    // Agents: the same requests, each side wired by its host's agent over gRPC.
+    let hub = AgentHub::new(HubConfig {
+        lease: Duration::from_secs(30),
+        credentials: Credentials::Open,
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", l.local_addr()?);
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let router = tonic::transport::Server::builder().add_service(hub.service());
+    let server = tokio::spawn(async move {
+        let _ = router.serve_with_incoming(incoming).await;
+    });
+    let ctl = Controller::start(
+        Arc::new(MemoryStore::default()),
+        Arc::new(hub.clone()),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await?;
+    ctl.apply(manifests).await?;
+    hub.topology(&ctl.topology()).await?;
+    let mut agents = Vec::new();
+    let mut drivers = Vec::new();
+    for name in ["n1", "n2"] {
+        let d = Arc::new(KernelDriver::for_node(name));
+        drivers.push(d.clone());
+        let opts = NodeAgentOptions {
+            node: name.into(),
+            controllers: vec![url.clone()],
+            token: None,
+            ca: None,
+            connect_timeout: Duration::from_secs(2),
+        };
+        agents.push(tokio::spawn(node::run(opts, d, |_| {})));
+    }
+    let t = Instant::now();
+    while hub.attached().len() < 2 {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "the agents did not attach within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut via_agents = rounds(&ctl, &probe, n).await?;
+    for d in &drivers {
+        d.settled().await;
+    }
+    for a in agents {
+        a.abort();
+    }
+    server.abort();
+
+    let (ip50, ip99) = (pct(&mut inprocess, 0.5), pct(&mut inprocess, 0.99));
+    let (ag50, ag99) = (pct(&mut via_agents, 0.5), pct(&mut via_agents, 0.99));
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "request -> first packet, across two hosts (VXLAN)",
+        "p50 ms",
+        "p99 ms",
+        "samples",
+    ]);
+    t.add_row(vec![
+        "node agents (gRPC, one per host)".to_string(),
+        format!("{ag50:.2}"),
+        format!("{ag99:.2}"),
+        n.to_string(),
+    ]);
+    t.add_row(vec![
+        "in-process kernel driver".to_string(),
+        format!("{ip50:.2}"),
+        format!("{ip99:.2}"),
+        n.to_string(),
+    ]);
+    println!("{t}");
+    println!("goal: agents p99 under 10 ms and at least half the in-process speed (ratio_vs_inprocess >= 0.5)");
+    println!(
+        "agents: agents_p50_ms={ag50:.2} agents_p99_ms={ag99:.2} inprocess_p50_ms={ip50:.2} inprocess_p99_ms={ip99:.2} samples={n} ratio_vs_inprocess={:.2}",
+        ip99 / ag99
+    );
+    Ok(())
+}
