@@ -17,6 +17,8 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 # The operator page's tests drive a headless browser through WebDriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The shipped Kubernetes manifests are built offline with kubectl's kustomize (client only).
+command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

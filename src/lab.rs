@@ -1,9 +1,9 @@
 //! `meshwire lab up|down|inspect`: containerlab-format labs with their own controller.
 //!
 //! `up`: check the file, create namespaces, links and bridges (rolled back on failure), start a
-//! controller for the lab (embedded redb store and kernel data plane in
-//! /run/meshwire/labs/<lab>/), register the lab's hosts and links as the topology, and apply the
-//! manifests the lab lists. `down` stops that controller and removes everything by name.
+//! controller for the lab (embedded redb store in /run/meshwire/labs/<lab>/) and a node agent
+//! in each kernel host's namespace, register the lab's hosts and links as the topology, and
+//! apply the manifests the lab lists. `down` stops that controller and removes everything by name.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,14 +24,14 @@ pub enum LabCommand {
         /// The lab controller's reconcile interval (how fast it notices and heals failures).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         reconcile_interval: Duration,
-        /// Each kernel host runs its own node agent (`meshwire node`) in its namespace, reaching
-        /// the controller over the lab's management network with a token of its own; the
-        /// controller wires nothing itself (`--dataplane agents`).
+        /// Wire the kernel hosts from the lab's controller itself (`--dataplane kernel`)
+        /// instead of a node agent (`meshwire node`) in each host's namespace, which reaches the
+        /// controller over the lab's management network with a token of its own (the default).
         #[arg(long)]
-        agents: bool,
+        in_process: bool,
     },
-    /// Stop or start the node agent of one host of a lab brought up with --agents (the data
-    /// plane keeps forwarding while it is away).
+    /// Stop or start the node agent of one host of a lab (the data plane keeps forwarding
+    /// while it is away).
     NodeAgent {
         lab: String,
         node: String,
@@ -88,8 +88,8 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Up {
             file,
             reconcile_interval,
-            agents,
-        } => up(&file, reconcile_interval, agents).await,
+            in_process,
+        } => up(&file, reconcile_interval, !in_process).await,
         LabCommand::NodeAgent { lab, node, action } => {
             let d = dir(&lab);
             match action {
@@ -143,6 +143,8 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
 
 async fn up(file: &Path, interval: Duration, agents: bool) -> anyhow::Result<()> {
     let lab = Lab::load(file)?;
+    // Agents are for kernel hosts; a lab of Open vSwitch nodes and appliances has none.
+    let agents = agents && lab.nodes.values().any(|n| n.is_kernel_host());
     for m in &lab.manifests {
         // Check the lab's manifests before creating anything.
         let text = std::fs::read_to_string(m).with_context(|| {
@@ -378,11 +380,7 @@ async fn spawn_controller(d: &Path, args: &[String], url: &str) -> anyhow::Resul
 async fn stop_controller(d: &Path, signal: &str) -> Option<String> {
     let pid = std::fs::read_to_string(d.join("controller.pid")).ok()?;
     let pid = pid.trim().to_string();
-    let alive = |pid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
-            .unwrap_or(false)
-    };
+    let alive = |pid: &str| !exited(pid);
     if !alive(&pid) {
         return None;
     }
@@ -400,6 +398,23 @@ async fn stop_controller(d: &Path, signal: &str) -> Option<String> {
     }
     tracing::warn!(%pid, "the lab controller has not exited within 30 s");
     Some(pid)
+}
+
+/// Whether process `pid` has exited entirely: gone, or a zombie none of whose threads remain.
+/// A killed process's first thread can be a zombie while its other threads are still exiting,
+/// and its files (the store's lock) are released only when the last one has.
+pub(crate) fn exited(pid: &str) -> bool {
+    let zombie = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st == "Z"),
+        Err(_) => return true,
+    };
+    zombie
+        && std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count() <= 1)
+            .unwrap_or(true)
 }
 
 /// Restarts the lab's controller on the same store and addresses; the data plane keeps running.

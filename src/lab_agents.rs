@@ -1,4 +1,4 @@
-//! Node agents in labs (`meshwire lab up --agents`): each kernel host runs its own
+//! Node agents in labs (`meshwire lab up`, unless `--in-process`): each kernel host runs its own
 //! `meshwire node` inside its namespace, reaching the controller over the lab's management
 //! network (real TCP through veths) with a token of its own.
 
@@ -111,7 +111,7 @@ pub async fn spawn(d: &Path, node: &str) -> anyhow::Result<u32> {
     let dir = agents_dir(d);
     let args: Vec<String> = serde_json::from_slice(
         &std::fs::read(dir.join(format!("{node}.args"))).with_context(|| {
-            format!("node {node} has no agent in this lab (was it brought up with --agents?)")
+            format!("node {node} has no agent in this lab (was it brought up with --in-process?)")
         })?,
     )?;
     let log = std::fs::OpenOptions::new()
@@ -137,11 +137,7 @@ pub async fn stop(d: &Path, node: &str, kill: bool) -> anyhow::Result<Option<u32
         return Ok(None);
     };
     let pid: u32 = pid.trim().parse().context("agent pid file")?;
-    let alive = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
-            .unwrap_or(false)
-    };
+    let alive = || !crate::lab::exited(&pid.to_string());
     if !alive() {
         return Ok(None);
     }

@@ -1,4 +1,4 @@
-//! Input: the agents lab (three hosts; `lab up --agents` runs a `meshwire node` process in each
+//! Input: the agents lab (three hosts; `lab up` runs a `meshwire node` process in each
 //! host's namespace, reaching the controller over the lab's management network with its own
 //! token) and requests through the lab's controller. Output: real traffic (ping, iperf3) across
 //! hosts while agents and the controller crash and come back, the interfaces' ifindex before and
@@ -71,7 +71,7 @@ fn nb_lab_agents_cross_host_vxlan_carries_iperf3_through_agent_and_controller_cr
     if !root() {
         return;
     }
-    let lab = Lab::up_with("agents", &["--agents"]);
+    let lab = Lab::up("agents");
     let status = agents(&lab);
     for n in ["n1", "n2", "n3"] {
         assert_eq!(status[n]["state"], "attached", "{status}");
@@ -209,7 +209,7 @@ fn timer_lab_agents_away_past_its_lease_heals_the_client_onto_the_other_host() {
     if !root() {
         return;
     }
-    let lab = Lab::up_with("agents", &["--agents"]);
+    let lab = Lab::up("agents");
     let (c, first, host) = request(&lab);
     let id = c["id"].as_str().unwrap().to_string();
     assert!(lab.ping("client", "10.71.0.1"), "{}", lab.logs());
@@ -265,7 +265,7 @@ fn nb_lab_agents_an_unmodified_upstream_client_requests_through_its_nodes_socket
     let Some(stubs) = support::lab::nsm_stubs() else {
         return;
     };
-    let lab = Lab::up_with("agents", &["--agents"]);
+    let lab = Lab::up("agents");
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.ns("client"), "python3"])

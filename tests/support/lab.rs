@@ -53,7 +53,7 @@ impl Lab {
         Lab::up_with(name, &[])
     }
 
-    /// [`Lab::up`] with more `lab up` arguments (`--agents`).
+    /// [`Lab::up`] with more `lab up` arguments (`--in-process`).
     pub fn up_with(name: &str, extra: &[&str]) -> Lab {
         let turn = turn(name);
         let file = lab_file(name);
