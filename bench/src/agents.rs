@@ -9,6 +9,11 @@
 //! sides go to the two agents and come back acknowledged before the request returns. Both run as
 //! tasks of this process (the wire between them is real gRPC over TCP; the agents are not
 //! separate processes here, the labs run them as processes).
+//!
+//! Then one controller with many agents (1,000 at scale 1, in one load process started from
+//! this binary, each on its own gRPC connection over loopback, acknowledging without wiring)
+//! and many connections (100,000): the controller's heap per agent and per connection, request
+//! to the agent's acknowledgement, and a full set to every agent while one holds 10,000.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,6 +122,9 @@ async fn rounds(
 }
 
 pub async fn run(scale: f64) -> anyhow::Result<()> {
+    if let Ok(spec) = std::env::var(LOAD_ENV) {
+        return load(&spec).await;
+    }
     let n = ((200.0 * scale).round() as usize).max(10);
     let _ns = Namespaces::create().context("bench agents needs root and iproute2")?;
     let _echo = Echo::start(&format!("{P}-e"))?;
@@ -214,9 +222,221 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
     ]);
     println!("{t}");
     println!("goal: agents p99 under 10 ms and at least half the in-process speed (ratio_vs_inprocess >= 0.5)");
+    drop(_echo);
+    drop(_ns);
+
+    let f = fleet(scale).await?;
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_header(vec!["one controller, agents over loopback gRPC", "value"]);
+    for (k, v) in [
+        (
+            "agents (one load process, one connection each)",
+            f.agents.to_string(),
+        ),
+        ("connections", f.connections.to_string()),
+        (
+            "controller heap per agent",
+            format!("{:.0} B", f.per_agent_bytes),
+        ),
+        (
+            "controller heap per connection",
+            format!("{:.0} B", f.per_connection_bytes),
+        ),
+        (
+            "request -> agent's acknowledgement p50",
+            format!("{:.3} ms", f.ack_p50_ms),
+        ),
+        (
+            "request -> agent's acknowledgement p99",
+            format!("{:.3} ms", f.ack_p99_ms),
+        ),
+        (
+            "full set of every connection to every agent (its part), n0 holding",
+            format!("{} connections: {:.0} ms", f.resync_n, f.resync_ms),
+        ),
+    ] {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    println!("{t}");
     println!(
-        "agents: agents_p50_ms={ag50:.2} agents_p99_ms={ag99:.2} inprocess_p50_ms={ip50:.2} inprocess_p99_ms={ip99:.2} samples={n} ratio_vs_inprocess={:.2}",
+        "agents: agents_p50_ms={ag50:.2} agents_p99_ms={ag99:.2} inprocess_p50_ms={ip50:.2} inprocess_p99_ms={ip99:.2} samples={n} fleet_agents={} fleet_connections={} bytes_per_agent={:.0} bytes_per_connection={:.0} ack_p50_ms={:.3} ack_p99_ms={:.3} resync_{}_ms={:.0} ratio_vs_inprocess={:.2}",
+        f.agents,
+        f.connections,
+        f.per_agent_bytes,
+        f.per_connection_bytes,
+        f.ack_p50_ms,
+        f.ack_p99_ms,
+        f.resync_n,
+        f.resync_ms,
         ip99 / ag99
     );
     Ok(())
+}
+
+/// The environment variable that turns `meshwire bench agents` into the load process of
+/// [`fleet`]: `URL COUNT`.
+const LOAD_ENV: &str = "MESHWIRE_BENCH_AGENT_LOAD";
+
+/// The load process: `count` agents (`n0`..), each on its own gRPC connection to `url`, each
+/// with a data plane that acknowledges and wires nothing. Runs until killed.
+pub async fn load(spec: &str) -> anyhow::Result<()> {
+    let (url, count) = spec
+        .split_once(' ')
+        .context("MESHWIRE_BENCH_AGENT_LOAD: URL COUNT")?;
+    let count: usize = count.parse()?;
+    for i in 0..count {
+        let opts = NodeAgentOptions {
+            node: format!("n{i}"),
+            controllers: vec![url.to_string()],
+            token: None,
+            ca: None,
+            connect_timeout: Duration::from_secs(10),
+        };
+        let d: Arc<dyn Driver> = Arc::new(meshwire_controller::NullDriver);
+        tokio::spawn(node::run(opts, d, |_| {}));
+    }
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Manifests of `n` nodes, each with its own service `s{i}` and endpoint `ep{i}` on it (every
+/// connection then lives on one node: one agent acknowledges it).
+fn fleet_manifests(n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        // n0 holds the resync's many connections: a pool of its own size.
+        let pool = if i == 0 {
+            "100.64.0.0/10".to_string()
+        } else {
+            format!("10.{}.{}.0/24", 64 + i / 256, i % 256)
+        };
+        s.push_str(&format!(
+            "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {{name: n{i}}}\nspec: {{forwarder: kernel}}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {{name: s{i}}}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: ep{i}}}\nspec: {{network_service_names: [s{i}], location: {{node: n{i}, netns: e{i}}}, ipamPrefix: {pool}}}\n"
+        ));
+    }
+    s
+}
+
+/// What one controller costs with many agents: memory per agent and per connection, request to
+/// agent acknowledgement under that load, and a full set to every agent while one holds many
+/// connections.
+pub struct Fleet {
+    pub agents: usize,
+    pub connections: usize,
+    pub per_agent_bytes: f64,
+    pub per_connection_bytes: f64,
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
+    pub resync_n: usize,
+    pub resync_ms: f64,
+}
+
+pub async fn fleet(scale: f64) -> anyhow::Result<Fleet> {
+    let agents = ((1000.0 * scale).round() as usize).max(10);
+    let conns = ((100_000.0 * scale).round() as usize).max(100);
+    let resync_n = ((10_000.0 * scale).round() as usize).clamp(10, conns);
+    let hub = AgentHub::new(HubConfig {
+        lease: Duration::from_secs(600),
+        credentials: Credentials::Open,
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", l.local_addr()?);
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let router = tonic::transport::Server::builder().add_service(hub.service());
+    let server = tokio::spawn(async move {
+        let _ = router.serve_with_incoming(incoming).await;
+    });
+    let ctl = Controller::start(
+        Arc::new(MemoryStore::default()),
+        Arc::new(hub.clone()),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await?;
+    ctl.apply(Manifest::parse("fleet", &fleet_manifests(agents))?)
+        .await?;
+    hub.topology(&ctl.topology()).await?;
+
+    let before_agents = crate::heap::in_use();
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["bench", "agents"])
+        .env(LOAD_ENV, format!("{url} {agents}"))
+        .env("MESHWIRE_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the agents' load process")?;
+    let t = Instant::now();
+    while hub.attached().len() < agents {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "{} of {agents} agents attached within 120 s",
+            hub.attached().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attach_s = t.elapsed().as_secs_f64();
+    let with_agents = crate::heap::in_use();
+
+    // resync_n connections on n0 first, the rest spread over the other nodes.
+    let mut lat = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let node = if i < resync_n {
+            0
+        } else {
+            1 + i % (agents - 1)
+        };
+        let req = ConnectionRequest {
+            network_service: format!("s{node}"),
+            client: ClientRef {
+                node: format!("n{node}"),
+                name: Some(format!("c{i}")),
+            },
+            labels: Default::default(),
+            mechanisms: vec![],
+            interface: None,
+            excluded_prefixes: vec![],
+        };
+        let t = Instant::now();
+        ctl.request(req).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let with_conns = crate::heap::in_use();
+
+    // The full set of every connection, to every agent at once (each gets its part; n0's
+    // holds resync_n connections): what an attach after a controller restart costs at most.
+    let all = ctl.connections(&Default::default());
+    let mut resync = Vec::new();
+    for v in 0..3 {
+        let t = Instant::now();
+        let r = hub
+            .converge(&meshwire_controller::Desired::full(
+                meshwire_controller::Scope::All,
+                u64::MAX / 2 + v,
+                all.clone(),
+            ))
+            .await?;
+        anyhow::ensure!(
+            r.observation.connections.is_empty(),
+            "agents reported trouble"
+        );
+        resync.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = child.kill().await;
+    server.abort();
+    println!("{agents} agents attached in {attach_s:.1} s");
+    Ok(Fleet {
+        agents,
+        connections: conns,
+        per_agent_bytes: with_agents.saturating_sub(before_agents) as f64 / agents as f64,
+        per_connection_bytes: with_conns.saturating_sub(with_agents) as f64 / conns as f64,
+        ack_p50_ms: pct(&mut lat.clone(), 0.5),
+        ack_p99_ms: pct(&mut lat, 0.99),
+        resync_n,
+        resync_ms: pct(&mut resync, 0.5),
+    })
 }

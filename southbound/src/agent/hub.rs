@@ -141,6 +141,8 @@ impl AgentHub {
         pb::node_agent_server::NodeAgentServer::new(AgentService {
             inner: self.inner.clone(),
         })
+        .max_decoding_message_size(super::MAX_MESSAGE)
+        .max_encoding_message_size(super::MAX_MESSAGE)
     }
 
     /// Who may attach as which node (also what the NSM services beside the hub authenticate

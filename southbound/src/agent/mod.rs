@@ -28,6 +28,10 @@ pub const PROTOCOL: u32 = 1;
 /// How long a node's endpoints are kept after its agent's stream ends, by default.
 pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The largest message either side takes: a full set of 10,000 connections is about 15 MB of
+/// JSON, far over gRPC's customary 4 MB.
+pub const MAX_MESSAGE: usize = 128 << 20;
+
 /// How many messages wait on one agent's stream, each way.
 pub const STREAM_BUFFER: usize = 256;
 

@@ -144,7 +144,9 @@ async fn session(
         .connect()
         .await
         .map_err(|e| fail(format!("connect: {e}"), true))?;
-    let mut client = pb::node_agent_client::NodeAgentClient::new(channel);
+    let mut client = pb::node_agent_client::NodeAgentClient::new(channel)
+        .max_decoding_message_size(super::MAX_MESSAGE)
+        .max_encoding_message_size(super::MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<pb::FromAgent>(STREAM_BUFFER);
     let hello = pb::FromAgent {
         msg: Some(pb::from_agent::Msg::Hello(pb::Hello {
