@@ -241,6 +241,74 @@ async fn timer_ui_shows_the_lab_highlights_a_path_and_a_link_failure_heals_on_sc
     c.close().await.unwrap();
 }
 
+/// Input: the two-node lab on the page; n2's node agent stopped, then started again.
+/// Output: n2's vertex is marked away, then lost when its lease ends, then neither once its
+/// agent attaches again; the health line counts the agents away. All without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nb_ui_a_node_whose_agent_is_away_is_marked_until_it_returns() {
+    if !tools() {
+        return;
+    }
+    let lab = Lab::up("two-node");
+    let (_d, c) = chromium().await;
+    assert_eq!(open(&c, &lab.url).await, "ready");
+    let classes = r#"const v = window.meshwire.cy.getElementById("v:n2");
+        return [v.hasClass("away"), v.hasClass("lost"), document.getElementById("health").textContent];"#;
+    let state = c.execute(classes, vec![]).await.unwrap();
+    assert_eq!(
+        (&state[0], &state[1]),
+        (&json!(false), &json!(false)),
+        "{state}"
+    );
+    // The page records every data-plane event for n2 it has taken (armed before anything
+    // happens, so none is missed), and a waiter resolves once the one of `kind` is in.
+    let arm = r#"window.__agent = new Set();
+        addEventListener("meshwire:update", (e) => {
+          const h = e.detail.event.happened;
+          if (e.detail.kind === "data-plane" && h && h.node === "n2") {
+            window.__agent.add(h.kind);
+            dispatchEvent(new CustomEvent("test:agent"));
+          }
+        });"#;
+    c.execute(arm, vec![]).await.unwrap();
+    let wait = r#"const [kind, done] = [arguments[0], arguments[arguments.length - 1]];
+        if (window.__agent.has(kind)) return done(true);
+        addEventListener("test:agent", function f() {
+          if (window.__agent.has(kind)) { removeEventListener("test:agent", f); done(true); }
+        });"#;
+    for (action, kind, away, lost) in [
+        ("stop", "node-detached", true, false),
+        ("", "node-lost", false, true),
+        ("start", "node-attached", false, false),
+    ] {
+        if !action.is_empty() {
+            let out = lab.meshwire(&["lab", "node-agent", "two-node", "n2", action]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        c.execute_async(wait, vec![json!(kind)])
+            .await
+            .unwrap_or_else(|e| panic!("the page did not hear {kind}: {e}\n{}", lab.logs()));
+        let state = c.execute(classes, vec![]).await.unwrap();
+        assert_eq!(
+            (&state[0], &state[1]),
+            (&json!(away), &json!(lost)),
+            "after {kind}: {state}"
+        );
+        let health = state[2].as_str().unwrap();
+        let want = if away || lost {
+            "node agents away: 1 of 2"
+        } else {
+            "node agents away: 0 of 2"
+        };
+        assert!(health.contains(want), "after {kind}: {health}");
+    }
+    c.close().await.unwrap();
+}
+
 /// Input: the vpn-gateway lab with a connection. Output: its screenshot, the connection lit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nb_ui_vpn_gateway_screenshot() {

@@ -13,6 +13,7 @@ const mw = {
   topology: null,
   endpoints: new Map(), // name -> {vertex, down}
   linksDown: new Map(), // name -> reason
+  agents: new Map(), // node -> its agent's state (attached, away, lost)
   connections: new Map(), // id -> connection
   selected: null,
   lastEvent: 0,
@@ -79,6 +80,9 @@ const STYLE = [
   { selector: "node.device", style: { shape: "diamond", "background-color": "#bf8700", width: 40, height: 40 } },
   { selector: "node.endpoint", style: { width: 14, height: 14, shape: "ellipse", "background-color": "#8250df", "font-size": 8 } },
   { selector: "node.endpoint.down", style: { "background-color": "#cf222e" } },
+  // A node whose agent is away keeps forwarding (amber); past its lease it is lost (red).
+  { selector: "node.vertex.away", style: { "border-color": "#bf8700", "border-style": "dashed", "border-width": 4 } },
+  { selector: "node.vertex.lost", style: { "border-color": "#cf222e", "border-style": "dashed", "border-width": 4 } },
   { selector: "edge", style: { width: 3, "line-color": "#8c959f", label: "data(label)", "font-size": 8, "min-zoomed-font-size": 7, "text-rotation": "autorotate", "text-background-color": "#fff", "text-background-opacity": 0.8, "curve-style": "bezier" } },
   { selector: "edge.attach", style: { width: 1, "line-style": "dotted", label: "" } },
   { selector: "edge.down", style: { "line-color": "#cf222e", "line-style": "dashed", color: "#cf222e" } },
@@ -96,7 +100,9 @@ function elements() {
   const t = mw.topology;
   const els = [];
   for (const n of Object.values(t.nodes || {})) {
-    els.push({ group: "nodes", data: { id: vertexId(n.name), label: `${n.name}\n${n.forwarder}` }, classes: `vertex node ${n.forwarder}` });
+    const agent = mw.agents.get(n.name);
+    const away = agent === "away" || agent === "lost" ? ` ${agent}` : "";
+    els.push({ group: "nodes", data: { id: vertexId(n.name), label: `${n.name}\n${n.forwarder}` }, classes: `vertex node ${n.forwarder}${away}` });
   }
   for (const d of Object.values(t.devices || {})) {
     els.push({ group: "nodes", data: { id: vertexId(d.name), label: `${d.name}\n${d.kind}` }, classes: "vertex device" });
@@ -285,6 +291,8 @@ function renderHealth() {
   add(`connections: ${parts.join(", ") || "none"}`);
   add(`endpoints down: ${epDown}`, epDown > 0);
   add(`links down: ${mw.linksDown.size}`, mw.linksDown.size > 0);
+  const away = [...mw.agents.values()].filter((s) => s !== "attached").length;
+  if (mw.agents.size > 0) add(`node agents away: ${away} of ${mw.agents.size}`, away > 0);
   if (failures !== null) add(`data-plane failures: ${failures}`, failures > 0);
 }
 
@@ -303,6 +311,7 @@ async function loadTopology() {
   const [t, status, eps] = await Promise.all([json("/api/v1/topology"), json("/api/v1/topology/status"), all("/api/v1/endpoints")]);
   mw.topology = t;
   mw.linksDown = new Map(Object.entries(status.linksDown || {}));
+  mw.agents = new Map(Object.entries(status.agents || {}).map(([n, a]) => [n, a.state]));
   mw.endpoints = new Map(eps.map((e) => [e.metadata.name, { vertex: e.spec.location.node || e.spec.location.device, down: !!(e.status && e.status.down) }]));
 }
 
@@ -370,6 +379,14 @@ async function apply(kind, ev) {
   } else if (kind === "object") {
     reloadTopologySoon();
   } else if (kind === "data-plane") {
+    const h = ev.happened || {};
+    const state = { "node-attached": "attached", "node-detached": "away", "node-lost": "lost" }[h.kind];
+    if (state) {
+      mw.agents.set(h.node, state);
+      const v = mw.cy.getElementById(vertexId(h.node));
+      v.toggleClass("away", state === "away").toggleClass("lost", state === "lost");
+      renderHealth();
+    }
     metricsSoon();
   } else if (kind === "reset") {
     await loadAll();

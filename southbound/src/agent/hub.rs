@@ -272,6 +272,22 @@ impl Inner {
         v
     }
 
+    /// `connections` grouped by the kernel nodes each has a side on.
+    fn by_node(&self, connections: &[Connection]) -> HashMap<String, Vec<Connection>> {
+        let t = self.topology.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: HashMap<String, Vec<Connection>> = HashMap::new();
+        for c in connections {
+            let (client, endpoint) = (c.client.node.as_str(), endpoint_vertex(c));
+            if t.nodes.contains_key(client) {
+                out.entry(client.to_string()).or_default().push(c.clone());
+            }
+            if endpoint != client && t.nodes.contains_key(endpoint) {
+                out.entry(endpoint.to_string()).or_default().push(c.clone());
+            }
+        }
+        out
+    }
+
     fn kernel_nodes(&self) -> Vec<String> {
         self.topology
             .lock()
@@ -373,12 +389,14 @@ impl Inner {
         let nodes = self.kernel_nodes();
         let mut report = Report::at(version);
         let mut calls = Vec::new();
+        // Each connection is looked at once, whatever the number of nodes.
+        let mut mine = self.by_node(connections);
+        let mut theirs = self.by_node(shared);
         for node in nodes {
-            let touches = |c: &&Connection| self.nodes_of(c).contains(&node);
-            let mine: Vec<Connection> = connections.iter().filter(touches).cloned().collect();
+            let mine = mine.remove(&node).unwrap_or_default();
             match self.presence(&node) {
                 Presence::Attached(tx) => {
-                    let theirs: Vec<Connection> = shared.iter().filter(touches).cloned().collect();
+                    let theirs = theirs.remove(&node).unwrap_or_default();
                     calls.push(async move {
                         let want = Desired {
                             scope: Scope::Node(node.clone()),
