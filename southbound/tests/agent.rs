@@ -73,9 +73,13 @@ fn conn(id: &str, client: &str, endpoint: &str) -> Connection {
     }
 }
 
+mod support;
+
 struct Rig {
     hub: AgentHub,
     url: String,
+    /// The CA agents trust (with TLS).
+    ca: Option<Vec<u8>>,
     events: tokio::sync::broadcast::Receiver<DriverEvent>,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -87,6 +91,14 @@ const TOKENS: [(&str, &str); 3] = [
 ];
 
 async fn rig(lease: Duration) -> Rig {
+    rig_with(lease, None).await
+}
+
+/// A hub serving over TLS with `(ca, cert, key)` (PEM files) when given.
+async fn rig_with(
+    lease: Duration,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+) -> Rig {
     let hub = AgentHub::new(HubConfig {
         lease,
         credentials: Credentials::Tokens(
@@ -99,15 +111,29 @@ async fn rig(lease: Duration) -> Rig {
     hub.topology(&topology()).await.unwrap();
     let events = hub.subscribe().unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", l.local_addr().unwrap());
     let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None).unwrap();
-    let router = tonic::transport::Server::builder().add_service(hub.service());
+    let mut server = tonic::transport::Server::builder();
+    let mut ca = None;
+    if let Some((ca_path, cert, key)) = &tls {
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        );
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap();
+        ca = Some(std::fs::read(ca_path).unwrap());
+    }
+    let router = server.add_service(hub.service());
     let server = tokio::spawn(async move {
         let _ = router.serve_with_incoming(incoming).await;
     });
     Rig {
         hub,
         url,
+        ca,
         events,
         _server: server,
     }
@@ -136,7 +162,7 @@ fn agent(
         node: node.into(),
         controllers: vec![rig.url.clone()],
         token: Some(token(token_of)),
-        ca: None,
+        ca: rig.ca.clone(),
         connect_timeout: Duration::from_secs(2),
     };
     let d: Arc<dyn Driver> = driver.clone();
@@ -335,4 +361,43 @@ async fn an_agent_away_keeps_its_connections_until_its_lease_ends() {
         "{report:?}"
     );
     assert_eq!(rig.hub.attached(), ["n1"]);
+}
+
+/// Input: the hub serving over TLS with a certificate a test CA signed; an agent trusting that
+/// CA, and one trusting nothing but the system's roots. Output: the first attaches and wires
+/// over TLS; the second never attaches (its connection fails the certificate check, and it
+/// keeps retrying).
+#[tokio::test]
+async fn agents_attach_over_tls_and_only_to_a_controller_they_trust() {
+    // One TLS provider for the process, as the binary installs it at start.
+    meshwire_controller::store::etcd_store::ensure_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaves) = support::pki(dir.path());
+    let (cert, key) = leaves[0].clone();
+    let mut rig = rig_with(Duration::from_secs(30), Some((ca, cert, key))).await;
+    assert!(rig.url.starts_with("https://"));
+    let (d1, _a1) = agent(&rig, "n1", "n1");
+    attached(&mut rig, "n1").await;
+    let c = conn("c1", "n1", "n1");
+    rig.hub
+        .converge(&Desired::upsert(Scope::All, 1, &c))
+        .await
+        .unwrap();
+    assert_eq!(d1.installed().len(), 1);
+
+    let untrusting = tokio::spawn(node::run(
+        NodeAgentOptions {
+            node: "n2".into(),
+            controllers: vec![rig.url.clone()],
+            token: Some(token("n2")),
+            ca: None,
+            connect_timeout: Duration::from_secs(2),
+        },
+        Arc::new(RecordingDriver::new()),
+        |_| {},
+    ));
+    // A window, not a wait for a state: in 1 s it tries several times (backoff from 100 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rig.hub.attached(), ["n1"]);
+    untrusting.abort();
 }
