@@ -321,9 +321,20 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where heal rounds run: namespaces named `{prefix}-...`, both endpoints on `node`, rounds
+/// every `interval` (and at once on a data-plane event).
+pub(crate) struct HealPlace {
+    pub prefix: &'static str,
+    pub node: &'static str,
+    pub interval: Duration,
+    /// The endpoints' VXLAN numbers start here (a deleted namespace's tunnels leave the kernel
+    /// after `ip netns del` returns: each place keeps to numbers of its own).
+    pub vni_start: u32,
+}
+
 /// An endpoint namespace for the heal rounds, answering 10.70.0.1.
-fn heal_endpoint(name: &str) -> anyhow::Result<Echo> {
-    let ns = format!("{P}-{name}");
+fn heal_endpoint(prefix: &str, name: &str) -> anyhow::Result<Echo> {
+    let ns = format!("{prefix}-{name}");
     let _ = std::process::Command::new("ip")
         .args(["netns", "del", &ns])
         .stderr(std::process::Stdio::null())
@@ -339,10 +350,29 @@ async fn heal_rounds(
     probe: &UdpSocket,
     rounds: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let reconciler = ctl.spawn_reconciler(Duration::from_millis(250));
+    let place = HealPlace {
+        prefix: P,
+        node: "n1",
+        interval: Duration::from_millis(250),
+        vni_start: 20_000,
+    };
+    heal(ctl, probe, rounds, &place).await
+}
+
+/// Heal rounds: two endpoints answer 10.70.0.1; the selected one is cut (its side down, its
+/// namespace deleted) and the time until the client's echo comes back is measured.
+pub(crate) async fn heal(
+    ctl: &Controller,
+    probe: &UdpSocket,
+    rounds: usize,
+    place: &HealPlace,
+) -> anyhow::Result<Vec<f64>> {
+    let (prefix, node, vni) = (place.prefix, place.node, place.vni_start);
+    let reconciler = ctl.spawn_reconciler(place.interval);
     let nse = |name: &str| {
         format!(
-            "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: {name}}}\nspec: {{network_service_names: [heal], location: {{node: n1, netns: {P}-{name}}}, routes: [10.70.0.0/16], ipamPrefix: 172.22.0.0/16}}\n"
+            "apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: {name}}}\nspec: {{network_service_names: [heal], location: {{node: {node}, netns: {prefix}-{name}}}, routes: [10.70.0.0/16], ipamPrefix: 172.23.0.0/16, mechanisms: {{kernel: {{}}, vxlan: {{vniRange: {{start: {vni}, end: {}}}}}}}}}\n",
+            vni + 999
         )
     };
     ctl.apply(Manifest::parse(
@@ -350,7 +380,7 @@ async fn heal_rounds(
         "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: heal}\n",
     )?)
     .await?;
-    let mut echoes = vec![heal_endpoint("ha")?, heal_endpoint("hb")?];
+    let mut echoes = vec![heal_endpoint(prefix, "ha")?, heal_endpoint(prefix, "hb")?];
     ctl.apply(Manifest::parse(
         "bench",
         &format!("{}---\n{}", nse("ha"), nse("hb")),
@@ -361,7 +391,7 @@ async fn heal_rounds(
             network_service: "heal".into(),
             client: ClientRef {
                 node: "n1".into(),
-                name: Some(format!("{P}-c")),
+                name: Some(format!("{prefix}-c")),
             },
             labels: Default::default(),
             mechanisms: vec![],
@@ -375,7 +405,7 @@ async fn heal_rounds(
     for _ in 0..rounds {
         let current = ctl.connection(&c.id).context("heal connection vanished")?;
         let lost = current.network_service_endpoint_name.clone();
-        let ns = format!("{P}-{lost}");
+        let ns = format!("{prefix}-{lost}");
         let t = Instant::now();
         sh(&format!(
             "ip -n {ns} link set {} down && ip netns del {ns}",
@@ -384,14 +414,14 @@ async fn heal_rounds(
         first_packet(probe, anycast).context("traffic did not come back after the heal")?;
         outages.push(t.elapsed().as_secs_f64() * 1e3);
         // Bring the lost endpoint back for the next round.
-        echoes.push(heal_endpoint(&lost)?);
+        echoes.push(heal_endpoint(prefix, &lost)?);
         ctl.apply(Manifest::parse("bench", &nse(&lost))?).await?;
     }
     reconciler.abort();
     ctl.close(&c.id).await?;
     for n in ["ha", "hb"] {
         let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &format!("{P}-{n}")])
+            .args(["netns", "del", &format!("{prefix}-{n}")])
             .stderr(std::process::Stdio::null())
             .status();
     }

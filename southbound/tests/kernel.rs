@@ -167,6 +167,55 @@ fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32
     }
 }
 
+/// Input: a veth connection; its endpoint's namespace deleted (`ip netns del`, as a workload
+/// is torn down). Output: the driver says so at once (the namespace itself lives on while our
+/// sockets are in it, so no interface deletion is heard: its name going is the news), and the
+/// next full set reports the endpoint lost.
+#[tokio::test]
+async fn dev_a_deleted_namespace_is_reported_at_once() {
+    let Some(ns) = Netns::new("nsgone", &["c", "e"]) else {
+        return;
+    };
+    let (c_ns, e_ns) = (ns.name(0), ns.name(1));
+    let id = "33333333-cccc";
+    let m = Mechanism::Kernel {
+        interface: "nsm-1".into(),
+        peer_interface: "nse-33333333".into(),
+    };
+    let placement = Placement {
+        client_netns: Some(c_ns.clone()),
+        endpoint_netns: Some(e_ns.clone()),
+        ..Default::default()
+    };
+    let c = conn(id, m, placement, Payload::Ip, 1500);
+    let d = KernelDriver::new();
+    apply(&d, &c).await.unwrap();
+    let mut events = d.subscribe().expect("the kernel driver reports events");
+    sh(&format!("ip netns del {e_ns}"));
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let e = events.recv().await.unwrap();
+            if matches!(&e.happened, Happened::NamespaceGone { .. }) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("NamespaceGone within 10 s");
+    assert_eq!(
+        gone.happened,
+        Happened::NamespaceGone {
+            netns: e_ns.clone()
+        }
+    );
+    let obs = observe(&d, std::slice::from_ref(&c)).await.unwrap();
+    assert!(
+        matches!(obs.connections.get(id), Some(Health::EndpointLost { .. })),
+        "{obs:?}"
+    );
+    remove(&d, &c).await.unwrap();
+}
+
 #[tokio::test]
 async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
     let Some(ns) = Netns::new("veth", &["c", "e"]) else {

@@ -227,6 +227,8 @@ pub enum Happened {
     SwitchLost { node: String },
     /// An interface carrying our mark went away (deleted, or its namespace with it).
     InterfaceGone { netns: String, ifname: String },
+    /// A named network namespace the driver wired in was deleted (a workload gone).
+    NamespaceGone { netns: String },
     /// A data interface of the scope's device or node went down (confirmed, not a bare trap):
     /// the underlay link on it is down.
     LinkDown { interface: String },

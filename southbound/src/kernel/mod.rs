@@ -16,6 +16,7 @@
 pub mod known;
 pub mod locate;
 pub mod netns;
+mod nsgone;
 mod observe;
 pub mod retire;
 pub mod sweep;
@@ -50,7 +51,9 @@ pub(crate) const ENODEV: i32 = 19;
 /// [`KernelDriver::without_events`] does not (a helper inside another driver).
 #[derive(Default)]
 pub struct KernelDriver {
-    namespaces: Namespaces,
+    namespaces: std::sync::Arc<Namespaces>,
+    /// Watches for named namespaces deleted ([`nsgone`]); aborted with the driver.
+    ns_removals: Option<AbortOnDrop>,
     /// Removal retires interfaces at once and deletes them in batches ([`retire`]).
     retirer: Retirer,
     /// The desired set as handed (deltas and full sets).
@@ -70,6 +73,15 @@ pub struct KernelDriver {
     /// The namespaces this driver has wired in ([`known`]): swept even when no desired
     /// connection names them any more.
     known: known::Known,
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// An interface as we found it.
@@ -111,13 +123,28 @@ impl KernelDriver {
     /// A driver reporting its events under `scope`, of every node or of `node` alone.
     fn with_events(scope: Scope, node: Option<String>) -> Self {
         let (tx, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-        let d = KernelDriver {
+        let mut d = KernelDriver {
             events: Some(tx.clone()),
             sweep_interval: std::sync::Mutex::new(sweep::SWEEP_INTERVAL),
             node,
             ..KernelDriver::default()
         };
         let ledger = d.ledger.clone();
+        // A namespace we wired in, deleted: its name goes first (our sockets keep the rest).
+        let (held, tx2, scope2) = (d.namespaces.clone(), tx.clone(), scope.clone());
+        d.ns_removals = nsgone::watch(std::sync::Arc::new(move |name: &str| {
+            if !held.holds(name) {
+                return;
+            }
+            let _ = tx2.send(DriverEvent {
+                scope: scope2.clone(),
+                happened: Happened::NamespaceGone {
+                    netns: name.to_string(),
+                },
+                detail: format!("namespace {name} was deleted"),
+            });
+        }))
+        .map(AbortOnDrop);
         d.namespaces
             .watch(std::sync::Arc::new(move |ns, ifname, alias| {
                 // Only an interface of a connection still desired is news: what a delta removed

@@ -170,6 +170,11 @@ impl Namespaces {
         Ok(handle)
     }
 
+    /// Whether a socket of ours lives in namespace `name`.
+    pub fn holds(&self, name: &str) -> bool {
+        self.lock().contains_key(&Some(name.to_string()))
+    }
+
     /// Drops the handle of a namespace that is gone.
     pub fn forget(&self, ns: &Option<String>) {
         self.lock().remove(ns);
