@@ -123,6 +123,29 @@ struct TokenEntry {
     device: Option<String>,
 }
 
+/// A token's secret, from exactly one of an environment variable and a file (never from a
+/// table), at least 16 characters; `at` names the entry in errors. Both token tables use it.
+pub fn read_secret(
+    at: &str,
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    let secret = match (env, file) {
+        (Some(v), None) => std::env::var(v)
+            .with_context(|| format!("{at}: environment variable {v} is not set"))?,
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("{at}: {}", p.display()))?
+            .trim()
+            .to_string(),
+        _ => anyhow::bail!("{at}: give exactly one of tokenEnv, tokenFile"),
+    };
+    anyhow::ensure!(
+        secret.len() >= 16,
+        "{at}: a token has at least 16 characters"
+    );
+    Ok(secret)
+}
+
 /// Reads the token table; secrets come from the environment or files, never from the table.
 fn load_tokens(path: &std::path::Path) -> anyhow::Result<meshwire_northbound::auth::Tokens> {
     let text =
@@ -132,19 +155,7 @@ fn load_tokens(path: &std::path::Path) -> anyhow::Result<meshwire_northbound::au
     let mut out = Vec::new();
     for (i, t) in f.tokens.into_iter().enumerate() {
         let at = format!("{}: tokens[{i}] ({})", path.display(), t.name);
-        let secret = match (&t.token_env, &t.token_file) {
-            (Some(v), None) => std::env::var(v)
-                .with_context(|| format!("{at}: environment variable {v} is not set"))?,
-            (None, Some(p)) => std::fs::read_to_string(p)
-                .with_context(|| format!("{at}: {}", p.display()))?
-                .trim()
-                .to_string(),
-            _ => anyhow::bail!("{at}: give exactly one of tokenEnv, tokenFile"),
-        };
-        anyhow::ensure!(
-            secret.len() >= 16,
-            "{at}: a token has at least 16 characters"
-        );
+        let secret = read_secret(&at, t.token_env.as_deref(), t.token_file.as_deref())?;
         if let Some(d) = &t.device {
             meshwire_models::validate::check_name(d)
                 .map_err(|e| anyhow::anyhow!("{at}: device: {e}"))?;

@@ -270,19 +270,8 @@ fn load_agent_tokens(path: &Path) -> anyhow::Result<Credentials> {
         let at = format!("{}: agents[{i}] ({})", path.display(), t.node);
         meshwire_models::validate::check_name(&t.node)
             .map_err(|e| anyhow::anyhow!("{at}: node: {e}"))?;
-        let secret = match (&t.token_env, &t.token_file) {
-            (Some(v), None) => std::env::var(v)
-                .with_context(|| format!("{at}: environment variable {v} is not set"))?,
-            (None, Some(p)) => std::fs::read_to_string(p)
-                .with_context(|| format!("{at}: {}", p.display()))?
-                .trim()
-                .to_string(),
-            _ => anyhow::bail!("{at}: give exactly one of tokenEnv, tokenFile"),
-        };
-        anyhow::ensure!(
-            secret.len() >= 16,
-            "{at}: a token has at least 16 characters"
-        );
+        let secret =
+            crate::daemon::read_secret(&at, t.token_env.as_deref(), t.token_file.as_deref())?;
         anyhow::ensure!(
             !out.values()
                 .any(|s: &String| meshwire_models::secret::constant_time_eq(

@@ -89,6 +89,36 @@ spec: {{network_service_names: [cross], location: {{node: n2, netns: {P}-e}}, ip
     )
 }
 
+/// A controller whose data plane is an agent hub (open, on a loopback port), with `manifests`
+/// applied: the hub, the agents' URL, the listener's task and the controller.
+async fn hub_controller(
+    lease: Duration,
+    manifests: Manifest,
+) -> anyhow::Result<(AgentHub, String, tokio::task::JoinHandle<()>, Controller)> {
+    let hub = AgentHub::new(HubConfig {
+        lease,
+        credentials: Credentials::Open,
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", l.local_addr()?);
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let router = tonic::transport::Server::builder().add_service(hub.service());
+    let server = tokio::spawn(async move {
+        let _ = router.serve_with_incoming(incoming).await;
+    });
+    let ctl = Controller::start(
+        Arc::new(MemoryStore::default()),
+        Arc::new(hub.clone()),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await?;
+    ctl.apply(manifests).await?;
+    hub.topology(&ctl.topology()).await?;
+    Ok((hub, url, server, ctl))
+}
+
 /// `n` requests, each timed to its first echoed packet, then closed together.
 async fn rounds(
     ctl: &Controller,
@@ -168,27 +198,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
     drop(ctl);
 
     // Agents: the same requests, each side wired by its host's agent over gRPC.
-    let hub = AgentHub::new(HubConfig {
-        lease: Duration::from_secs(30),
-        credentials: Credentials::Open,
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", l.local_addr()?);
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let router = tonic::transport::Server::builder().add_service(hub.service());
-    let server = tokio::spawn(async move {
-        let _ = router.serve_with_incoming(incoming).await;
-    });
-    let ctl = Controller::start(
-        Arc::new(MemoryStore::default()),
-        Arc::new(hub.clone()),
-        Arc::new(SystemClock),
-        Config::default(),
-    )
-    .await?;
-    ctl.apply(manifests).await?;
-    hub.topology(&ctl.topology()).await?;
+    let (hub, url, server, ctl) = hub_controller(Duration::from_secs(30), manifests).await?;
     let mut agents = Vec::new();
     let mut drivers = Vec::new();
     for name in ["n1", "n2"] {
@@ -388,28 +398,8 @@ pub async fn fleet(scale: f64) -> anyhow::Result<Fleet> {
     let agents = ((1000.0 * scale).round() as usize).max(10);
     let conns = ((100_000.0 * scale).round() as usize).max(100);
     let resync_n = ((10_000.0 * scale).round() as usize).clamp(10, conns);
-    let hub = AgentHub::new(HubConfig {
-        lease: Duration::from_secs(600),
-        credentials: Credentials::Open,
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", l.local_addr()?);
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(l, true, None)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let router = tonic::transport::Server::builder().add_service(hub.service());
-    let server = tokio::spawn(async move {
-        let _ = router.serve_with_incoming(incoming).await;
-    });
-    let ctl = Controller::start(
-        Arc::new(MemoryStore::default()),
-        Arc::new(hub.clone()),
-        Arc::new(SystemClock),
-        Config::default(),
-    )
-    .await?;
-    ctl.apply(Manifest::parse("fleet", &fleet_manifests(agents))?)
-        .await?;
-    hub.topology(&ctl.topology()).await?;
+    let manifests = Manifest::parse("fleet", &fleet_manifests(agents))?;
+    let (hub, url, server, ctl) = hub_controller(Duration::from_secs(600), manifests).await?;
 
     let before_agents = crate::heap::in_use();
     let exe = std::env::current_exe()?;

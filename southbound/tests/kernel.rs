@@ -167,6 +167,20 @@ fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32
     }
 }
 
+/// A veth connection `nsm-1` ↔ `nse-<first 8 of id>` between `c_ns` and `e_ns`, IP payload.
+fn veth(id: &str, c_ns: &str, e_ns: &str) -> Connection {
+    let m = Mechanism::Kernel {
+        interface: "nsm-1".into(),
+        peer_interface: format!("nse-{}", &id[..8]),
+    };
+    let placement = Placement {
+        client_netns: Some(c_ns.to_string()),
+        endpoint_netns: Some(e_ns.to_string()),
+        ..Default::default()
+    };
+    conn(id, m, placement, Payload::Ip, 1500)
+}
+
 /// Input: a veth connection; its endpoint's namespace deleted (`ip netns del`, as a workload
 /// is torn down). Output: the driver says so at once (the namespace itself lives on while our
 /// sockets are in it, so no interface deletion is heard: its name going is the news), and the
@@ -178,16 +192,7 @@ async fn dev_a_deleted_namespace_is_reported_at_once() {
     };
     let (c_ns, e_ns) = (ns.name(0), ns.name(1));
     let id = "33333333-cccc";
-    let m = Mechanism::Kernel {
-        interface: "nsm-1".into(),
-        peer_interface: "nse-33333333".into(),
-    };
-    let placement = Placement {
-        client_netns: Some(c_ns.clone()),
-        endpoint_netns: Some(e_ns.clone()),
-        ..Default::default()
-    };
-    let c = conn(id, m, placement, Payload::Ip, 1500);
+    let c = veth(id, &c_ns, &e_ns);
     let d = KernelDriver::new();
     apply(&d, &c).await.unwrap();
     let mut events = d.subscribe().expect("the kernel driver reports events");
@@ -223,16 +228,7 @@ async fn dev_veth_apply_is_idempotent_repairs_and_removes_only_ours() {
     };
     let (c_ns, e_ns) = (ns.name(0), ns.name(1));
     let id = "11111111-aaaa";
-    let m = Mechanism::Kernel {
-        interface: "nsm-1".into(),
-        peer_interface: "nse-11111111".into(),
-    };
-    let placement = Placement {
-        client_netns: Some(c_ns.clone()),
-        endpoint_netns: Some(e_ns.clone()),
-        ..Default::default()
-    };
-    let c = conn(id, m, placement, Payload::Ip, 1500);
+    let c = veth(id, &c_ns, &e_ns);
     let d = KernelDriver::new();
     apply(&d, &c).await.unwrap();
     apply(&d, &c).await.unwrap();

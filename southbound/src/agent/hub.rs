@@ -263,13 +263,7 @@ impl Inner {
     /// The kernel nodes `c` has a side on.
     fn nodes_of(&self, c: &Connection) -> Vec<String> {
         let t = self.topology.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<String> = Vec::with_capacity(2);
-        for n in [c.client.node.as_str(), endpoint_vertex(c)] {
-            if t.nodes.contains_key(n) && !v.iter().any(|x| x == n) {
-                v.push(n.to_string());
-            }
-        }
-        v
+        sides(&t, c).map(str::to_string).collect()
     }
 
     /// `connections` grouped by the kernel nodes each has a side on.
@@ -277,12 +271,8 @@ impl Inner {
         let t = self.topology.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: HashMap<String, Vec<Connection>> = HashMap::new();
         for c in connections {
-            let (client, endpoint) = (c.client.node.as_str(), endpoint_vertex(c));
-            if t.nodes.contains_key(client) {
-                out.entry(client.to_string()).or_default().push(c.clone());
-            }
-            if endpoint != client && t.nodes.contains_key(endpoint) {
-                out.entry(endpoint.to_string()).or_default().push(c.clone());
+            for n in sides(&t, c) {
+                out.entry(n.to_string()).or_default().push(c.clone());
             }
         }
         out
@@ -440,6 +430,16 @@ impl Inner {
         }
         Ok(report)
     }
+}
+
+/// The nodes of topology `t` that `c` has a side on: its client's and its endpoint's (once
+/// when they are the same); a device has none.
+fn sides<'c>(t: &Topology, c: &'c Connection) -> impl Iterator<Item = &'c str> {
+    let (client, endpoint) = (c.client.node.as_str(), endpoint_vertex(c));
+    let client = t.nodes.contains_key(client).then_some(client);
+    let endpoint =
+        (endpoint != c.client.node && t.nodes.contains_key(endpoint)).then_some(endpoint);
+    client.into_iter().chain(endpoint)
 }
 
 /// Of two views of one connection, the graver wins.
