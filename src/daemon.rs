@@ -44,7 +44,8 @@ pub struct Args {
     /// OpenFlow 1.3: VXLAN, GRE, MPLS), or `none` (plan, negotiate and record without touching a
     /// device). With both, each connection goes to the data plane of its client node's forwarder.
     /// `agents` instead of `kernel`: kernel nodes are wired by the `meshwire node` agent on each
-    /// host, which attaches at --agent-listen; this process touches no namespace.
+    /// host, which attaches at --agent-listen, and so are the workload legs of ovs nodes (with
+    /// `agents,ovs` this process speaks only OVSDB and OpenFlow); it touches no namespace.
     #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "kernel", "ovs", "agents"])]
     dataplane: Vec<String>,
     #[command(flatten)]
@@ -232,13 +233,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         !(args.dataplane.iter().any(|d| d == "kernel") && args.dataplane.iter().any(|d| d == "agents")),
         "--dataplane kernel,agents: both would wire kernel nodes; give `kernel` (this process wires every node) or `agents` (the agent on each host wires its node)"
     );
-    let mut agent_hub = None;
+    // The agents' hub first: the Open vSwitch driver gives it its nodes' legs.
+    let agent_hub = match args.dataplane.iter().any(|d| d == "agents") {
+        true => Some(crate::node::hub(&args.agents)?),
+        false => None,
+    };
     for d in &args.dataplane {
         match d.as_str() {
             "agents" => {
-                let hub = crate::node::hub(&args.agents)?;
-                agent_hub = Some(hub.clone());
-                planes.push((ForwarderKind::Kernel, Arc::new(hub)));
+                if let Some(hub) = &agent_hub {
+                    planes.push((ForwarderKind::Kernel, Arc::new(hub.clone())));
+                }
             }
             "kernel" => planes.push((
                 ForwarderKind::Kernel,
@@ -259,13 +264,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if tls.is_none() && !args.openflow_listen.ip().is_loopback() {
                     tracing::warn!(listen = %args.openflow_listen, "OpenFlow off loopback without TLS: any host that reaches it can pose as a switch; give --openflow-tls-cert/--openflow-tls-key/--openflow-tls-ca");
                 }
-                let ovs = meshwire_southbound::OvsDriver::start(meshwire_southbound::OvsConfig {
+                let config = meshwire_southbound::OvsConfig {
                     listen: args.openflow_listen,
                     advertise: args.openflow_advertise.clone(),
                     tls,
                     ..Default::default()
-                })
-                .await
+                };
+                // With agents, each ovs node's agent wires its workload legs; else this process.
+                let ovs = match &agent_hub {
+                    Some(hub) => {
+                        meshwire_southbound::OvsDriver::start_with(
+                            config,
+                            Arc::new(hub.plane(ForwarderKind::Ovs)),
+                        )
+                        .await
+                    }
+                    None => meshwire_southbound::OvsDriver::start(config).await,
+                }
                 .context("starting the OVS data plane")?;
                 planes.push((ForwarderKind::Ovs, Arc::new(ovs)));
             }

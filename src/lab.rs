@@ -2,7 +2,7 @@
 //!
 //! `up`: check the file, create namespaces, links and bridges (rolled back on failure), start a
 //! controller for the lab (embedded redb store in /run/meshwire/labs/<lab>/) and a node agent
-//! in each kernel host's namespace, register the lab's hosts and links as the topology, and
+//! in each host's namespace (kernel or Open vSwitch), register the lab's hosts and links as the topology, and
 //! apply the manifests the lab lists. `down` stops that controller and removes everything by name.
 
 use std::os::unix::process::CommandExt;
@@ -24,9 +24,10 @@ pub enum LabCommand {
         /// The lab controller's reconcile interval (how fast it notices and heals failures).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         reconcile_interval: Duration,
-        /// Wire the kernel hosts from the lab's controller itself (`--dataplane kernel`)
-        /// instead of a node agent (`meshwire node`) in each host's namespace, which reaches the
-        /// controller over the lab's management network with a token of its own (the default).
+        /// Wire the hosts from the lab's controller itself (`--dataplane kernel`, and the ovs
+        /// hosts' workload legs) instead of a node agent (`meshwire node`) in each host's
+        /// namespace, which reaches the controller over the lab's management network with a
+        /// token of its own (the default).
         #[arg(long)]
         in_process: bool,
     },
@@ -143,8 +144,8 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
 
 async fn up(file: &Path, interval: Duration, agents: bool) -> anyhow::Result<()> {
     let lab = Lab::load(file)?;
-    // Agents are for kernel hosts; a lab of Open vSwitch nodes and appliances has none.
-    let agents = agents && lab.nodes.values().any(|n| n.is_kernel_host());
+    // Agents are for hosts (kernel or Open vSwitch); a lab of appliances alone has none.
+    let agents = agents && lab.nodes.values().any(|n| n.is_host());
     for m in &lab.manifests {
         // Check the lab's manifests before creating anything.
         let text = std::fs::read_to_string(m).with_context(|| {
@@ -290,7 +291,7 @@ async fn start(
     let agents_url = match (agents, rt.controller_ip) {
         (false, _) => None,
         (true, None) => bail!(
-            "lab {}: no management network for the agents (no kernel host?)",
+            "lab {}: no management network for the agents (no host?)",
             lab.name
         ),
         (true, Some(ip)) => {

@@ -1,4 +1,4 @@
-//! Node agents in labs (`meshwire lab up`, unless `--in-process`): each kernel host runs its own
+//! Node agents in labs (`meshwire lab up`, unless `--in-process`): each host runs its own
 //! `meshwire node` inside its namespace, reaching the controller over the lab's management
 //! network (real TCP through veths) with a token of its own.
 
@@ -25,14 +25,14 @@ fn secret() -> anyhow::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// Writes one token per kernel host (readable by root only) and the controller's
+/// Writes one token per host (readable by root only) and the controller's
 /// `--agent-tokens` file naming them; returns that file.
 pub fn write_tokens(lab: &Lab, d: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = agents_dir(d);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut table = String::from("agents:\n");
-    for n in lab.nodes.values().filter(|n| n.is_kernel_host()) {
+    for n in lab.nodes.values().filter(|n| n.is_host()) {
         let f = dir.join(format!("{}.token", n.name));
         let mut out = std::fs::OpenOptions::new()
             .create(true)
@@ -84,12 +84,12 @@ fn command(lab: &Lab, d: &Path, node: &str, agents_url: &str) -> anyhow::Result<
     ])
 }
 
-/// Starts every kernel host's agent and waits until the controller shows each attached.
+/// Starts every host's agent and waits until the controller shows each attached.
 pub async fn start_all(lab: &Lab, d: &Path, url: &str, agents_url: &str) -> anyhow::Result<()> {
     let hosts: Vec<String> = lab
         .nodes
         .values()
-        .filter(|n| n.is_kernel_host())
+        .filter(|n| n.is_host())
         .map(|n| n.name.clone())
         .collect();
     for n in &hosts {

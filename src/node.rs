@@ -15,9 +15,11 @@ use meshwire_southbound::agent::{AgentHub, Credentials, HubConfig, NodeAgentOpti
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
-    /// This host's node: a meshwire.io/v1 Node of forwarder kernel. The agent wires only what of
+    /// This host's node: a meshwire.io/v1 Node of the topology. The agent wires only what of
     /// each connection lives here (the client's side on the client's node, the endpoint's side
-    /// on the endpoint's) and may attach only with this node's token.
+    /// on the endpoint's): on a kernel node veths and VXLAN devices; on an ovs node the veth
+    /// legs between workloads and br-int, and the underlay on br-int (the controller keeps
+    /// OVSDB and OpenFlow). It may attach only with this node's token.
     #[arg(long, env = "MESHWIRE_NODE")]
     node: String,
     /// The controllers' agent listeners (`http://HOST:PORT`, or `https://` with TLS),

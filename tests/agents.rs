@@ -2,7 +2,9 @@
 //! host's namespace, reaching the controller over the lab's management network with its own
 //! token) and requests through the lab's controller. Output: real traffic (ping, iperf3) across
 //! hosts while agents and the controller crash and come back, the interfaces' ifindex before and
-//! after, an impostor refused, and a heal when an agent stays away past its lease.
+//! after, an impostor refused, and a heal when an agent stays away past its lease. The
+//! ovs-two-node lab: the agents of Open vSwitch hosts wire the workload legs (the controller
+//! speaks only OVSDB and OpenFlow to those hosts).
 //! Needs root; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set (CI), where it must run.
 
 use std::process::{Command, Stdio};
@@ -31,9 +33,9 @@ fn agents(lab: &Lab) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["agents"].clone()
 }
 
-/// The lab's `meshwire lab node-agent agents NODE ACTION`, which must succeed.
+/// The lab's `meshwire lab node-agent LAB NODE ACTION`, which must succeed.
 fn node_agent(lab: &Lab, node: &str, action: &str) {
-    let out = lab.meshwire(&["lab", "node-agent", "agents", node, action]);
+    let out = lab.meshwire(&["lab", "node-agent", &lab.name, node, action]);
     assert!(
         out.status.success(),
         "node-agent {node} {action}: {}\n{}",
@@ -287,4 +289,133 @@ fn nb_lab_agents_an_unmodified_upstream_client_requests_through_its_nodes_socket
     assert_eq!(conn["client"]["node"], "n1", "{conn}");
     assert_eq!(conn["client"]["name"], "clab-agents-client", "{conn}");
     assert!(lab.ping("client", "10.71.0.1"), "{}", lab.logs());
+}
+
+#[test]
+fn nb_lab_ovs_hosts_agents_wire_the_workload_legs_and_a_crash_leaves_traffic_flowing() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("ovs-two-node");
+    let status = agents(&lab);
+    for n in ["n1", "n2"] {
+        assert_eq!(status[n]["state"], "attached", "{status}");
+    }
+    let c = lab.request(&[
+        "tunnel-gateway",
+        "--client",
+        "n1",
+        "--name",
+        "clab-ovs-two-node-c-vxlan",
+        "--mechanism",
+        "vxlan",
+    ]);
+    assert_eq!(c["state"], "up", "{c}");
+    let id = c["id"].as_str().unwrap().to_string();
+    let dst = c["ip_context"]["dst_ip_addrs"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(lab.ping("c-vxlan", &dst), "{}", lab.logs());
+    // The client's interface and its peer on n1's br-int (`mwc` + the id's first 8 hex digits).
+    let port: String = format!(
+        "mwc{}",
+        id.chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(8)
+            .collect::<String>()
+    );
+    let before = (
+        ifindex(&lab, "c-vxlan", "nsm-1"),
+        ifindex(&lab, "n1", &port),
+    );
+    assert!(!before.0.is_empty() && !before.1.is_empty(), "{before:?}");
+
+    let srv = lab.iperf3_server("gateway", 5411);
+    let iperf = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c-vxlan")])
+        .args([
+            "iperf3", "-c", &dst, "-p", "5411", "-t", "8", "-i", "0.5", "-J",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A measurement window: iperf3 runs 1.5 s before anything is touched.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // n1's agent crashes: its legs keep forwarding; a new connection from n1 needs its hands,
+    // so it fails at once and says why (the controller does not wire n1's namespaces itself).
+    node_agent(&lab, "n1", "kill");
+    assert!(agent_event(
+        &lab,
+        "node-detached",
+        "n1",
+        Duration::from_secs(10)
+    ));
+    let out = lab.meshwire(&[
+        "request",
+        "tunnel-gateway",
+        "--client",
+        "n1",
+        "--name",
+        "clab-ovs-two-node-c-gre",
+        "--mechanism",
+        "gre",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a request through an away agent");
+    assert!(
+        err.contains("node n1") && err.contains("agent is not attached"),
+        "{err}"
+    );
+    // It comes back and adopts its legs: nothing is recreated; the request now goes through.
+    node_agent(&lab, "n1", "start");
+    let out = iperf.wait_with_output().unwrap();
+    drop(srv);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bytes: Vec<u64> = v["intervals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
+        .collect();
+    eprintln!(
+        "iperf3 over OVS VXLAN through an agent crash: {}/{} half-second intervals carried data",
+        bytes.iter().filter(|b| **b > 0).count(),
+        bytes.len()
+    );
+    assert!(bytes.len() >= 10, "iperf3 ran: {v}");
+    assert!(
+        bytes.iter().all(|b| *b > 0),
+        "no interval without traffic: {bytes:?}"
+    );
+    let after = (
+        ifindex(&lab, "c-vxlan", "nsm-1"),
+        ifindex(&lab, "n1", &port),
+    );
+    assert_eq!(before, after, "the legs were not recreated");
+    let gre = lab.request(&[
+        "tunnel-gateway",
+        "--client",
+        "n1",
+        "--name",
+        "clab-ovs-two-node-c-gre",
+        "--mechanism",
+        "gre",
+    ]);
+    assert_eq!(gre["state"], "up", "{gre}");
+    let gre_dst = gre["ip_context"]["dst_ip_addrs"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(lab.ping("c-gre", &gre_dst), "{}", lab.logs());
+    assert_eq!(lab.connection(&id)["state"], "up");
 }

@@ -264,6 +264,7 @@ impl Driver for Lost {
         Ok(Report {
             version: desired.version,
             swept: 0,
+            created: vec![],
             observation: Observation {
                 connections: connections
                     .iter()

@@ -118,7 +118,7 @@ async fn mgmt(lab: &Lab, agents: bool) -> Result<Mgmt, (String, String)> {
     let ovs: Vec<&crate::spec::LabNode> = lab
         .nodes
         .values()
-        .filter(|n| n.is_ovs() || n.kind == Kind::Appliance || (agents && n.is_kernel_host()))
+        .filter(|n| n.is_ovs() || n.kind == Kind::Appliance || (agents && n.is_host()))
         .collect();
     if ovs.is_empty() {
         return Ok(None);

@@ -62,6 +62,11 @@ impl LabNode {
         self.kind == Kind::Linux && self.host().is_none() && !self.is_ovs()
     }
 
+    /// A host node (kernel or Open vSwitch): it runs a node agent.
+    pub fn is_host(&self) -> bool {
+        self.is_kernel_host() || self.is_ovs()
+    }
+
     /// A host node whose forwarder is Open vSwitch.
     pub fn is_ovs(&self) -> bool {
         self.kind == Kind::Linux

@@ -182,6 +182,21 @@ pub struct Observation {
     pub connections: HashMap<String, Health>,
 }
 
+impl Observation {
+    /// Takes in another view of the same connections: of two, the graver wins.
+    pub fn merge(&mut self, seen: Observation) {
+        for (id, h) in seen.connections {
+            if self
+                .connections
+                .get(&id)
+                .is_none_or(|n| h.rank() > n.rank())
+            {
+                self.connections.insert(id, h);
+            }
+        }
+    }
+}
+
 /// A driver's answer to a [`Desired`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
@@ -193,6 +208,10 @@ pub struct Report {
     /// For a full set: how many objects carrying our mark it removed.
     #[serde(default)]
     pub swept: usize,
+    /// For a delta: the interfaces it created anew (none of that name was there before), by
+    /// name. Whoever holds one open, as a switch holds its port, must open it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<String>,
 }
 
 impl Report {

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use meshwire_controller::driver::{Happened, PEER_OBSERVE_TIMEOUT};
 use meshwire_controller::{
-    Desired, Driver, DriverError, DriverEvent, Health, Observation, Report, Scope, Update,
+    Desired, Driver, DriverError, DriverEvent, Health, Report, Scope, Update,
 };
 use meshwire_models::{Connection, ForwarderKind, Topology};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -105,10 +105,13 @@ struct Inner {
     started: tokio::time::Instant,
 }
 
-/// The driver of kernel nodes whose data plane runs in node agents.
+/// The driver of nodes whose data plane runs in node agents: kernel nodes, and the node-local
+/// legs of Open vSwitch nodes ([`AgentHub::plane`]).
 #[derive(Clone)]
 pub struct AgentHub {
     inner: Arc<Inner>,
+    /// The nodes whose full sets this handle sends: those of this forwarder kind.
+    plane: ForwarderKind,
 }
 
 /// How a node's agent stands, for the driver.
@@ -133,6 +136,18 @@ impl AgentHub {
                 config,
                 started: tokio::time::Instant::now(),
             }),
+            plane: ForwarderKind::Kernel,
+        }
+    }
+
+    /// The same agents as the driver of another forwarder's nodes: `Ovs` gives the workload
+    /// legs of Open vSwitch nodes (and their underlay on the bridge) to those nodes' agents,
+    /// for the Open vSwitch driver. Each handle's full sets cover its own nodes only; events
+    /// reach the subscribers of the first.
+    pub fn plane(&self, kind: ForwarderKind) -> AgentHub {
+        AgentHub {
+            inner: self.inner.clone(),
+            plane: kind,
         }
     }
 
@@ -278,13 +293,13 @@ impl Inner {
         out
     }
 
-    fn kernel_nodes(&self) -> Vec<String> {
+    fn nodes_of_kind(&self, kind: ForwarderKind) -> Vec<String> {
         self.topology
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .nodes
             .iter()
-            .filter(|(_, n)| n.forwarder == ForwarderKind::Kernel)
+            .filter(|(_, n)| n.forwarder == kind)
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -372,11 +387,12 @@ impl Inner {
 
     async fn full(
         &self,
+        plane: ForwarderKind,
         version: u64,
         connections: &[Connection],
         shared: &[Connection],
     ) -> Result<Report, DriverError> {
-        let nodes = self.kernel_nodes();
+        let nodes = self.nodes_of_kind(plane);
         let mut report = Report::at(version);
         let mut calls = Vec::new();
         // Each connection is looked at once, whatever the number of nodes.
@@ -421,7 +437,7 @@ impl Inner {
             match r {
                 Ok(seen) => {
                     report.swept += seen.swept;
-                    merge(&mut report.observation, seen.observation);
+                    report.observation.merge(seen.observation);
                 }
                 // One agent's failure must not hide the others' view; its connections keep
                 // their state until it answers.
@@ -442,19 +458,6 @@ fn sides<'c>(t: &Topology, c: &'c Connection) -> impl Iterator<Item = &'c str> {
     client.into_iter().chain(endpoint)
 }
 
-/// Of two views of one connection, the graver wins.
-fn merge(into: &mut Observation, seen: Observation) {
-    for (id, h) in seen.connections {
-        if into
-            .connections
-            .get(&id)
-            .is_none_or(|n| h.rank() > n.rank())
-        {
-            into.connections.insert(id, h);
-        }
-    }
-}
-
 #[async_trait]
 impl Driver for AgentHub {
     fn name(&self) -> &str {
@@ -469,16 +472,27 @@ impl Driver for AgentHub {
             Update::Full {
                 connections,
                 shared,
-            } => self.inner.full(desired.version, connections, shared).await,
+            } => {
+                self.inner
+                    .full(self.plane, desired.version, connections, shared)
+                    .await
+            }
         }
     }
 
     async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
-        *self
-            .inner
-            .topology
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = t.clone();
+        {
+            let mut have = self
+                .inner
+                .topology
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Every plane hands the same topology: the agents hear it once.
+            if *have == *t {
+                return Ok(());
+            }
+            *have = t.clone();
+        }
         let msg = topology_message(t)?;
         let txs: Vec<_> = {
             let links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
@@ -582,14 +596,9 @@ impl pb::node_agent_server::NodeAgent for AgentService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        // Kernel nodes and Open vSwitch nodes alike (of those, the agent wires the legs).
         match topology.nodes.get(&node) {
-            Some(n) if n.forwarder == ForwarderKind::Kernel => {}
-            Some(n) => {
-                return Err(Status::failed_precondition(format!(
-                    "node {node} has forwarder {}, which node agents do not drive yet",
-                    n.forwarder
-                )))
-            }
+            Some(_) => {}
             None => {
                 return Err(Status::failed_precondition(format!(
                     "node {node} is not in the topology (apply a meshwire.io/v1 Node named {node:?}); retrying is right"

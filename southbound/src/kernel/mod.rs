@@ -14,6 +14,7 @@
 //! a complete or half-done wiring converges, and removing what is already gone succeeds.
 
 pub mod known;
+mod legs;
 pub mod locate;
 pub mod netns;
 mod nsgone;
@@ -185,7 +186,8 @@ impl KernelDriver {
 
     /// The part of `c` this driver wires (`None`: nothing of it is here).
     fn plan(&self, c: &Connection) -> Result<Option<Wiring>, String> {
-        wiring::plan_for(c, self.node.as_deref())
+        let t = self.topology.lock().unwrap_or_else(|p| p.into_inner());
+        wiring::plan_in(c, self.node.as_deref(), &t)
     }
 
     /// A kernel driver for use inside another driver (its workload legs): no events.
@@ -462,107 +464,6 @@ impl KernelDriver {
         }
     }
 
-    /// A veth pair `a` ⇄ `b` (each in its own namespace) for connection `c`, configured;
-    /// idempotent. The OVS data plane uses it for the workload ⇄ node legs.
-    pub(crate) async fn veth_pair(
-        &self,
-        c: &Connection,
-        a: &End,
-        b: &End,
-    ) -> Result<(), DriverError> {
-        if !self.existing(c, a).await? || !self.existing(c, b).await? {
-            self.delete(c, a).await?;
-            self.delete(c, b).await?;
-            self.create_veth(c, a, b).await?;
-        }
-        self.configure(c, a).await?;
-        self.configure(c, b).await
-    }
-
-    /// Deletes `end` if it is `c`'s (the peer of a veth goes with it).
-    pub(crate) async fn delete_end(&self, c: &Connection, end: &End) -> Result<(), DriverError> {
-        self.delete(c, end).await.map(|_| ())
-    }
-
-    /// Whether `end` exists and is `c`'s; `None` when its namespace is gone.
-    pub(crate) async fn end_present(&self, c: &Connection, end: &End) -> Option<bool> {
-        if !netns::exists(&end.netns) {
-            self.namespaces.forget(&end.netns);
-            return None;
-        }
-        let h = self.namespaces.handle(&end.netns).await.ok()?;
-        match Self::find(&h, &end.ifname).await {
-            Ok(Some(f)) => Some(f.alias.as_deref() == Some(alias(&c.id).as_str())),
-            Ok(None) => Some(false),
-            Err(_) => None,
-        }
-    }
-
-    /// Puts the underlay addresses `addrs` on `bridge` (an Open vSwitch node's internal port, the
-    /// userspace tunnelling layout) and takes them off the `uplinks`; brings all of them up.
-    /// Idempotent, and stateless: after ovs-vswitchd restarts (its internal port is a new tap
-    /// without addresses) the same call restores them.
-    pub(crate) async fn underlay_on_bridge(
-        &self,
-        ns: &Option<String>,
-        uplinks: &[String],
-        addrs: &[ipnet::IpNet],
-        bridge: &str,
-    ) -> Result<(), String> {
-        let h = self
-            .namespaces
-            .handle(ns)
-            .await
-            .map_err(|e| e.to_string())?;
-        let target = Self::find(&h, bridge)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}/{bridge} does not exist", ns_name(ns)))?;
-        h.link()
-            .set(LinkUnspec::new_with_index(target.index).up().build())
-            .execute()
-            .await
-            .map_err(|e| format!("{bridge} up: {e}"))?;
-        for a in addrs {
-            match h
-                .address()
-                .add(target.index, a.addr(), a.prefix_len())
-                .execute()
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(EEXIST) => {}
-                Err(e) => return Err(format!("address {a} on {bridge}: {e}")),
-            }
-        }
-        for u in uplinks {
-            let f = Self::find(&h, u)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{}/{u} does not exist", ns_name(ns)))?;
-            h.link()
-                .set(LinkUnspec::new_with_index(f.index).up().build())
-                .execute()
-                .await
-                .map_err(|e| format!("{u} up: {e}"))?;
-            let mut st = h.address().get().set_link_index_filter(f.index).execute();
-            let mut stale = Vec::new();
-            while let Ok(Some(m)) = st.try_next().await {
-                let on_bridge = m.attributes.iter().any(|x| {
-                    matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(ip)
-                        if addrs.iter().any(|a| a.addr() == *ip))
-                });
-                if on_bridge {
-                    stale.push(m);
-                }
-            }
-            for m in stale {
-                let _ = h.address().del(m).execute().await;
-            }
-        }
-        Ok(())
-    }
-
     /// Interface name → alias of every link in `ns`, or None when the namespace is gone.
     async fn links(&self, ns: &Option<String>) -> Option<HashMap<String, Option<String>>> {
         if !netns::exists(ns) {
@@ -586,9 +487,10 @@ impl KernelDriver {
 }
 
 impl KernelDriver {
-    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+    /// Wires `c`'s part here; the names of the interfaces it had to create.
+    async fn apply(&self, c: &Connection) -> Result<Vec<String>, DriverError> {
         let Some(w) = self.plan(c).map_err(|r| self.err(c, "", r))? else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         // Remembered before anything is created: a crash halfway still leaves it known.
         for end in w.ends() {
@@ -602,12 +504,14 @@ impl KernelDriver {
                 self.known.note(&side.underlay_netns);
             }
         }
+        let mut created = Vec::new();
         match &w {
             Wiring::Veth { client, endpoint } => {
                 if !self.existing(c, client).await? {
                     // A leftover half (the peer) of an earlier attempt would block the pair.
                     self.delete(c, endpoint).await?;
                     self.create_veth(c, client, endpoint).await?;
+                    created.extend([client.ifname.clone(), endpoint.ifname.clone()]);
                 }
             }
             Wiring::Vxlan {
@@ -619,14 +523,16 @@ impl KernelDriver {
                 for side in client.iter().chain(endpoint.iter()) {
                     if !self.existing(c, &side.end).await? {
                         self.create_vxlan(c, side, *vni, *port).await?;
+                        created.push(side.end.ifname.clone());
                     }
                 }
             }
+            Wiring::Legs(legs) => return self.apply_legs(c, legs).await,
         }
         for end in w.ends() {
             self.configure(c, end).await?;
         }
-        Ok(())
+        Ok(created)
     }
 
     async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
@@ -647,6 +553,14 @@ impl KernelDriver {
                     self.delete(c, end).await?;
                 }
             }
+            // Each leg is a veth: the bridge's end goes, and its peer with it.
+            Wiring::Legs(legs) => {
+                for leg in legs {
+                    if !self.delete(c, &leg.bridge_port).await? {
+                        self.delete(c, &leg.workload).await?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -665,10 +579,11 @@ impl Driver for KernelDriver {
                 for c in remove.iter() {
                     self.remove(c).await?;
                 }
+                let mut report = Report::at(desired.version);
                 for c in upsert.iter() {
-                    self.apply(c).await?;
+                    report.created.extend(self.apply(c).await?);
                 }
-                Ok(Report::at(desired.version))
+                Ok(report)
             }
             Update::Full {
                 connections,
@@ -684,10 +599,12 @@ impl Driver for KernelDriver {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 let swept = self.sweep_unwanted(&all, &topology, at_once).await;
+                self.underlays(&topology).await;
                 Ok(Report {
                     version: desired.version,
                     observation: self.observe(&mine).await,
                     swept: swept.interfaces + swept.routes,
+                    created: Vec::new(),
                 })
             }
         }

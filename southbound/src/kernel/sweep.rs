@@ -58,7 +58,7 @@ fn namespaces_of(
         .map(Some)
         .collect();
     for c in desired {
-        let Ok(Some(w)) = wiring::plan_for(c, node) else {
+        let Ok(Some(w)) = wiring::plan_in(c, node, topology) else {
             continue;
         };
         for e in w.ends() {
@@ -79,10 +79,14 @@ fn namespaces_of(
 /// (namespace, interface, prefix) of every route a desired connection installs.
 type RouteKey = (Option<String>, String, IpNet);
 
-fn desired_routes(desired: &[Connection], node: Option<&str>) -> HashSet<RouteKey> {
+fn desired_routes(
+    desired: &[Connection],
+    topology: &Topology,
+    node: Option<&str>,
+) -> HashSet<RouteKey> {
     let mut out = HashSet::new();
     for c in desired {
-        let Ok(Some(w)) = wiring::plan_for(c, node) else {
+        let Ok(Some(w)) = wiring::plan_in(c, node, topology) else {
             continue;
         };
         for e in w.ends() {
@@ -187,7 +191,7 @@ impl KernelDriver {
         let mut suspects = HashSet::new();
         let ids: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
         let node = self.node.as_deref();
-        let routes = desired_routes(desired, node);
+        let routes = desired_routes(desired, topology, node);
         let mut swept = Swept::default();
         let mut all = namespaces_of(desired, topology, node);
         for k in self.known.all() {

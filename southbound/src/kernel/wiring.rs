@@ -7,11 +7,15 @@
 //!   the underlay address lives, and placed directly into the workload's namespace.
 //! - IP payload: the client gets `src_ip_addrs` and `src_routes`, the endpoint `dst_ip_addrs`.
 //!   Ethernet payload: the endpoint's interface joins its bridge, which holds `dst_ip_addrs`.
+//! - Open vSwitch nodes: only the workload legs ([`Wiring::Legs`], planned by
+//!   [`crate::ovs::plan::legs`]): the switch itself is the controller's (OVSDB and OpenFlow).
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use meshwire_models::{Connection, Mechanism, Payload, Route};
+use meshwire_models::{Connection, ForwarderKind, Mechanism, Payload, Route, Topology};
+
+use crate::ovs::plan::Leg;
 
 /// What every alias of ours starts with; the connection id follows.
 pub const ALIAS_PREFIX: &str = "meshwire:";
@@ -55,6 +59,9 @@ pub enum Wiring {
         vni: u32,
         port: u16,
     },
+    /// On Open vSwitch nodes: each leg a veth pair, the workload's interface and its peer that
+    /// joins the node's bridge.
+    Legs(Vec<Leg>),
 }
 
 /// One side of a tunnel: the workload end and where its tunnel socket lives.
@@ -82,6 +89,10 @@ impl Wiring {
                 .iter()
                 .map(|c| (&c.end, true))
                 .chain(endpoint.iter().map(|e| (&e.end, false)))
+                .collect(),
+            Wiring::Legs(legs) => legs
+                .iter()
+                .flat_map(|l| [(&l.workload, l.client), (&l.bridge_port, l.client)])
                 .collect(),
         }
     }
@@ -171,6 +182,7 @@ pub fn plan_on(c: &Connection, node: &str) -> Result<Option<Wiring>, String> {
     }
     Ok(match plan(c)? {
         w @ Wiring::Veth { .. } => client_here.then_some(w),
+        w @ Wiring::Legs(_) => Some(w),
         Wiring::Vxlan {
             client,
             endpoint,
@@ -195,6 +207,23 @@ pub fn plan_for(c: &Connection, node: Option<&str>) -> Result<Option<Wiring>, St
         None => plan(c).map(Some),
         Some(n) => plan_on(c, n),
     }
+}
+
+/// What this data plane wires of `c` on `node` (`None`: on every node), where topology `t`
+/// says what forwards at the client's node: on an Open vSwitch node, the workload legs alone.
+pub fn plan_in(c: &Connection, node: Option<&str>, t: &Topology) -> Result<Option<Wiring>, String> {
+    let ovs = t
+        .nodes
+        .get(&c.client.node)
+        .is_some_and(|n| n.forwarder == ForwarderKind::Ovs);
+    if !ovs {
+        return plan_for(c, node);
+    }
+    let legs: Vec<Leg> = crate::ovs::plan::legs(c)?
+        .into_iter()
+        .filter(|l| node.is_none_or(|n| l.node == n))
+        .collect();
+    Ok((!legs.is_empty()).then_some(Wiring::Legs(legs)))
 }
 
 #[cfg(test)]
@@ -365,5 +394,56 @@ pub(crate) mod tests {
             Some(vec![true, false])
         );
         assert_eq!(sides(plan_on(&veth, "n2").unwrap()), None);
+    }
+
+    /// On an Open vSwitch node only the workload legs are wired here: the client's leg on the
+    /// client's node (its peer named for br-int), the endpoint's on the endpoint's; on a kernel
+    /// node the same connection is a pair of VXLAN devices.
+    #[test]
+    fn an_ovs_node_holds_its_workload_legs() {
+        let gre = conn(
+            Mechanism::Gre {
+                key: 7,
+                src_ip: "10.0.0.1".parse().unwrap(),
+                dst_ip: "10.0.0.2".parse().unwrap(),
+            },
+            Payload::Ip,
+        );
+        let mut t = Topology::default();
+        for n in ["n1", "n2"] {
+            t.nodes.insert(
+                n.into(),
+                meshwire_models::Node {
+                    name: n.into(),
+                    forwarder: ForwarderKind::Ovs,
+                    underlay_address: None,
+                    netns: Some(n.into()),
+                    ovsdb: Some(format!("unix:/{n}.sock")),
+                    labels: Default::default(),
+                },
+            );
+        }
+        let legs = |w: Option<Wiring>| match w {
+            Some(Wiring::Legs(l)) => l
+                .iter()
+                .map(|l| (l.node.clone(), l.client, l.bridge_port.ifname.clone()))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            legs(plan_in(&gre, Some("n1"), &t).unwrap()),
+            vec![("n1".to_string(), true, "mwc0123abcd".to_string())]
+        );
+        assert_eq!(
+            legs(plan_in(&gre, Some("n2"), &t).unwrap()),
+            vec![("n2".to_string(), false, "mwe0123abcd".to_string())]
+        );
+        assert_eq!(legs(plan_in(&gre, None, &t).unwrap()).len(), 2);
+        assert_eq!(plan_in(&gre, Some("n3"), &t).unwrap(), None);
+        // The same connection on kernel nodes: GRE is refused (no module), VXLAN is wired.
+        t.nodes
+            .values_mut()
+            .for_each(|n| n.forwarder = ForwarderKind::Kernel);
+        assert!(plan_in(&gre, Some("n1"), &t).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meshwire_controller::driver::{
-    Desired, Driver, DriverError, DriverEvent, Health, Observation, Report, Update,
+    Desired, Driver, DriverError, DriverEvent, Health, Observation, Report, Scope, Update,
 };
 use meshwire_models::{Connection, ForwarderKind, Topology};
 use serde_json::{json, Value};
@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use super::flows::resolve;
 use super::plan::FlowTemplate;
 use super::*;
-use crate::kernel::netns;
 use crate::openflow::channel::Switch;
 
 /// How long flows wait for vswitchd to number the ports they use.
@@ -129,7 +128,27 @@ impl OvsDriver {
 }
 
 impl OvsDriver {
-    async fn apply(&self, c: &Connection) -> Result<(), DriverError> {
+    /// A delta for the node-local hands.
+    async fn legs(
+        &self,
+        version: u64,
+        upsert: &[Connection],
+        remove: &[Connection],
+    ) -> Result<Report, DriverError> {
+        self.inner
+            .legs
+            .converge(&Desired {
+                scope: Scope::Forwarder(ForwarderKind::Ovs),
+                version,
+                update: Update::Delta {
+                    upsert: upsert.into(),
+                    remove: remove.into(),
+                },
+            })
+            .await
+    }
+
+    async fn apply(&self, c: &Connection, desired_version: u64) -> Result<(), DriverError> {
         let p = self.plan(c)?;
         if let Some(m) = plan::domain_member(c) {
             let mut domains: Vec<String> = self
@@ -156,28 +175,15 @@ impl OvsDriver {
         for node in p.nodes() {
             self.ensure_node(&node).await?;
         }
+        // The node's hands wire the legs (and the underlay on the bridge); a bridge port they
+        // had to create anew is opened again by vswitchd.
+        let created = self
+            .legs(desired_version, std::slice::from_ref(c), &[])
+            .await?
+            .created;
         let mut recreated: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for leg in &p.legs {
-            let existed = self.inner.kernel.end_present(c, &leg.bridge_port).await == Some(true)
-                && self.inner.kernel.end_present(c, &leg.workload).await == Some(true);
-            self.inner
-                .kernel
-                .veth_pair(c, &leg.workload, &leg.bridge_port)
-                .await?;
-            netns::disable_tx_checksum(&leg.workload.netns, &leg.workload.ifname)
-                .await
-                .map_err(|e| {
-                    self.err(
-                        format!(
-                            "connection {} {}/{}",
-                            c.id,
-                            leg.workload.netns.as_deref().unwrap_or("(host)"),
-                            leg.workload.ifname
-                        ),
-                        format!("turning off tx checksum offload: {e}"),
-                    )
-                })?;
-            if !existed {
+            if created.contains(&leg.bridge_port.ifname) {
                 recreated
                     .entry(leg.node.clone())
                     .or_default()
@@ -221,7 +227,7 @@ impl OvsDriver {
         Ok(())
     }
 
-    async fn remove(&self, c: &Connection) -> Result<(), DriverError> {
+    async fn remove(&self, c: &Connection, version: u64) -> Result<(), DriverError> {
         let Ok(p) = self.plan(c) else {
             return Ok(());
         };
@@ -246,10 +252,7 @@ impl OvsDriver {
         if let Some(m) = plan::domain_member(c) {
             self.sync_domain(&m.domain).await?;
         }
-        for leg in &p.legs {
-            self.inner.kernel.delete_end(c, &leg.bridge_port).await?;
-            self.inner.kernel.delete_end(c, &leg.workload).await?;
-        }
+        self.legs(version, &[], std::slice::from_ref(c)).await?;
         Ok(())
     }
 
@@ -296,50 +299,29 @@ impl OvsDriver {
                 }
             }
         }
+        // What the node's hands see of the legs (a namespace gone, an interface missing) comes
+        // from the legs driver; here: is each leg's port on the bridge.
         for (c, p) in &plans {
-            let mut health = None;
-            for (i, leg) in p.legs.iter().enumerate() {
-                let client = i == 0;
-                for ns in [&leg.workload.netns, &leg.bridge_port.netns] {
-                    if !netns::exists(ns) {
-                        let reason =
-                            format!("namespace {} is gone", ns.as_deref().unwrap_or("(host)"));
-                        health.get_or_insert(if client {
-                            Health::ClientGone { reason }
-                        } else {
-                            Health::EndpointLost { reason }
-                        });
-                    }
-                }
-            }
-            if health.is_none() {
-                if let Some(n) = p.nodes().into_iter().find(|n| nodes_down.contains_key(n)) {
-                    health = Some(Health::Missing {
-                        reason: format!("node {n}: {}", nodes_down[&n]),
-                    });
-                }
-            }
+            let mut health = p
+                .nodes()
+                .into_iter()
+                .find(|n| nodes_down.contains_key(n))
+                .map(|n| Health::Missing {
+                    reason: format!("node {n}: {}", nodes_down[&n]),
+                });
             if health.is_none() {
                 for leg in &p.legs {
                     let numbered = ports
                         .get(&leg.node)
                         .is_some_and(|m| m.contains_key(&leg.bridge_port.ifname));
-                    let present = self.inner.kernel.end_present(c, &leg.workload).await
-                        == Some(true)
-                        && self.inner.kernel.end_present(c, &leg.bridge_port).await == Some(true);
-                    if !numbered || !present {
+                    if !numbered {
                         health = Some(Health::Missing {
                             reason: format!(
-                                "{}: leg {}/{} ⇄ {} is {}",
+                                "{}: leg {}/{} ⇄ {} is not on the bridge",
                                 leg.node,
                                 leg.workload.netns.as_deref().unwrap_or("(host)"),
                                 leg.workload.ifname,
                                 leg.bridge_port.ifname,
-                                if present {
-                                    "not on the bridge"
-                                } else {
-                                    "missing"
-                                }
                             ),
                         });
                         break;
@@ -395,10 +377,10 @@ impl Driver for OvsDriver {
                     .delta(desired.version, upsert, remove)
                     .await;
                 for c in remove.iter() {
-                    self.remove(c).await?;
+                    self.remove(c, desired.version).await?;
                 }
                 for c in upsert.iter() {
-                    self.apply(c).await?;
+                    self.apply(c, desired.version).await?;
                 }
                 Ok(Report::at(desired.version))
             }
@@ -406,21 +388,29 @@ impl Driver for OvsDriver {
                 connections,
                 shared,
             } => {
-                let at_once = self.inner.ledger.untouched();
                 let (_held, mine) = self.inner.ledger.full(desired.version, connections).await;
-                // The workload legs are kernel veths: swept as the kernel driver sweeps its own.
-                let mut all = mine.clone();
-                all.extend(shared.iter().cloned());
-                let topology = lock(&self.inner.topology).clone();
-                let swept = self
+                let mut observation = self.observe(&mine).await?;
+                // Then the node's hands: they sweep leftover legs (ours, of no connection here
+                // or in another data plane), put the underlay back on each bridge and say what
+                // they see of the legs; the graver view of a connection wins.
+                let legs = self
                     .inner
-                    .kernel
-                    .sweep_unwanted(&all, &topology, at_once)
-                    .await;
+                    .legs
+                    .converge(&Desired {
+                        scope: Scope::Forwarder(ForwarderKind::Ovs),
+                        version: desired.version,
+                        update: Update::Full {
+                            connections: mine.as_slice().into(),
+                            shared: shared.clone(),
+                        },
+                    })
+                    .await?;
+                observation.merge(legs.observation);
                 Ok(Report {
                     version: desired.version,
-                    observation: self.observe(&mine).await?,
-                    swept: swept.interfaces + swept.routes,
+                    observation,
+                    swept: legs.swept,
+                    created: Vec::new(),
                 })
             }
         }
@@ -435,6 +425,7 @@ impl Driver for OvsDriver {
     /// the topology); deltas and full sets wait for a node they need.
     async fn topology(&self, t: &Topology) -> Result<(), DriverError> {
         *lock(&self.inner.topology) = t.clone();
+        self.inner.legs.topology(t).await?;
         let nodes: Vec<String> = t
             .nodes
             .values()

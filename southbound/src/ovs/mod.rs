@@ -4,7 +4,8 @@
 //! ```text
 //!  Controller ─Desired (delta | full)─▶ OvsDriver ──plan::plan (pure)──▶ legs, tunnel ports, flow templates
 //!                                        │
-//!                                        ├─ KernelDriver helpers: workload ⇄ node veth legs (netlink)
+//!                                        ├─ legs driver (the node agents, or a KernelDriver here):
+//!                                        │    workload ⇄ bridge veth legs, the underlay on br-int
 //!                                        ├─ per node: ovsdb::Client (reconnects with jittered backoff)
 //!                                        │    br-int, uplinks, flow-based tunnel ports, leg ports
 //!                                        └─ per node: openflow Switch (the node's vswitchd dials our
@@ -49,6 +50,7 @@ use serde_json::{json, Value};
 use crate::kernel::KernelDriver;
 use crate::openflow::channel::{self, Switch};
 use crate::ovsdb::session::Session;
+use meshwire_controller::driver::Driver;
 use plan::Uplinks;
 
 /// `external_ids` key naming the connection a port belongs to.
@@ -86,12 +88,9 @@ impl Default for OvsConfig {
 
 /// What the driver needs of an ovs node.
 struct NodeInfo {
-    netns: Option<String>,
     ovsdb: String,
     /// Its ends of every link: ports of br-int.
     uplinks: Vec<String>,
-    /// The addresses of those ends: they live on br-int's internal port.
-    addrs: Vec<ipnet::IpNet>,
     /// Each uplink with the IPv4 subnets behind it.
     uplink_nets: Vec<(String, Vec<ipnet::Ipv4Net>)>,
 }
@@ -111,7 +110,9 @@ fn monitored() -> Value {
 }
 
 struct Inner {
-    kernel: KernelDriver,
+    /// The node-local hands: workload legs and the underlay on the bridge (netlink on the
+    /// node). The node agents, or a kernel driver in this process when it wires every node.
+    legs: Arc<dyn Driver>,
     target: String,
     switch_timeout: Duration,
     topology: Mutex<Topology>,
@@ -161,6 +162,36 @@ impl Uplinks for TopoUplinks<'_> {
     }
 }
 
+/// Where an Open vSwitch node's underlay lives, for the hands that put it on the bridge.
+pub(crate) struct Underlay {
+    pub netns: Option<String>,
+    /// Its ends of every link: ports of br-int.
+    pub uplinks: Vec<String>,
+    /// The addresses of those ends: they live on br-int's internal port.
+    pub addrs: Vec<ipnet::IpNet>,
+}
+
+/// The underlay of `node`, when it is an Open vSwitch node of `t`.
+pub(crate) fn underlay_of(t: &Topology, node: &str) -> Option<Underlay> {
+    let n = t.nodes.get(node)?;
+    if n.forwarder != meshwire_models::ForwarderKind::Ovs {
+        return None;
+    }
+    let mut addrs: Vec<ipnet::IpNet> = t
+        .links
+        .values()
+        .filter_map(|l| l.end_at(node).and_then(|e| e.address))
+        .filter(|a| a.addr().is_ipv4())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Some(Underlay {
+        netns: n.netns.clone(),
+        uplinks: uplinks_of(t, node),
+        addrs,
+    })
+}
+
 /// The underlay interfaces of `node`: its ends of every link.
 fn uplinks_of(t: &Topology, node: &str) -> Vec<String> {
     let mut u: Vec<String> = t
@@ -174,8 +205,18 @@ fn uplinks_of(t: &Topology, node: &str) -> Vec<String> {
 }
 
 impl OvsDriver {
-    /// Starts the OpenFlow listener and the task that tracks switches.
+    /// Starts the OpenFlow listener and the task that tracks switches; this process wires the
+    /// workload legs of every node (its namespaces are local).
     pub async fn start(config: OvsConfig) -> Result<OvsDriver, DriverError> {
+        Self::start_with(config, Arc::new(KernelDriver::without_events())).await
+    }
+
+    /// [`OvsDriver::start`] with the node-local work (workload legs, the underlay on the
+    /// bridge) left to `legs`: the node agents' driver, where each node wires its own.
+    pub async fn start_with(
+        config: OvsConfig,
+        legs: Arc<dyn Driver>,
+    ) -> Result<OvsDriver, DriverError> {
         let tls = config.tls.is_some();
         let (listen, mut events) =
             channel::listen_with(config.listen, channel::ListenOptions { tls: config.tls })
@@ -188,7 +229,7 @@ impl OvsDriver {
                     )
                 })?;
         let inner = Arc::new(Inner {
-            kernel: KernelDriver::without_events(),
+            legs,
             target: config.advertise.clone().unwrap_or_else(|| {
                 if tls {
                     format!("ssl:{listen}")

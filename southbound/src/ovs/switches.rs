@@ -10,7 +10,6 @@ use meshwire_controller::driver::DriverError;
 use meshwire_models::ForwarderKind;
 use serde_json::Value;
 
-use super::plan::BRIDGE;
 use meshwire_controller::driver::Failure;
 
 use crate::ovsdb::client::OvsdbError;
@@ -164,14 +163,6 @@ impl OvsDriver {
                 "has no spec.ovsdb (the OVSDB remote of its Open vSwitch)",
             )
         })?;
-        let mut addrs: Vec<ipnet::IpNet> = t
-            .links
-            .values()
-            .filter_map(|l| l.end_at(node).and_then(|e| e.address))
-            .filter(|a| a.addr().is_ipv4())
-            .collect();
-        addrs.sort();
-        addrs.dedup();
         let uplinks = uplinks_of(&t, node);
         let uplink_nets = uplinks
             .iter()
@@ -192,10 +183,8 @@ impl OvsDriver {
             })
             .collect();
         Ok(NodeInfo {
-            netns: n.netns.clone(),
             ovsdb,
             uplinks,
-            addrs,
             uplink_nets,
         })
     }
@@ -281,8 +270,8 @@ impl OvsDriver {
     }
 
     /// Makes the node ready: `br-int` (ours, netdev datapath, secure fail mode, OpenFlow 1.3,
-    /// our controller and datapath id), its uplinks with the underlay address moved onto the
-    /// bridge, the switch connected, and the node's own flows. Cheap once done.
+    /// our controller and datapath id) with its uplinks, the switch connected, and the node's
+    /// own flows. Cheap once done.
     pub async fn ensure_node(&self, node: &str) -> Result<Switch, DriverError> {
         self.ensure_node_within(node, self.inner.switch_timeout)
             .await
@@ -307,33 +296,8 @@ impl OvsDriver {
         let l = self.node_lock(node);
         let _g = l.lock().await;
         self.ensure_bridge(node, &db, &uplinks).await?;
-        // The internal port appears once vswitchd has created it.
-        let mut last = String::new();
-        let mut placed = false;
-        for _ in 0..100 {
-            match self
-                .inner
-                .kernel
-                .underlay_on_bridge(&info.netns, &uplinks, &info.addrs, BRIDGE)
-                .await
-            {
-                Ok(()) => {
-                    placed = true;
-                    break;
-                }
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !placed {
-            return Err(self.err(
-                format!("node {node}"),
-                format!(
-                    "could not put the underlay addresses {:?} on {BRIDGE}: {last}",
-                    info.addrs
-                ),
-            ));
-        }
+        // The underlay addresses move onto the bridge's internal port by the node's hands
+        // (the legs driver), with the node's first leg and at every full set.
         let sw = self.wait_switch(node, dpid, wait).await?;
         let flows = self
             .resolve_all(node, &plan::infra_flows(node, &info.uplink_nets))

@@ -106,6 +106,8 @@ pub struct Leg {
     pub node: String,
     pub workload: End,
     pub bridge_port: End,
+    /// The client's leg (else the endpoint's).
+    pub client: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,8 +167,9 @@ fn v4(a: IpAddr) -> Result<std::net::Ipv4Addr, String> {
     }
 }
 
-/// The plan for `c`, or why Open vSwitch cannot carry it.
-pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
+/// The workload legs of `c` (client's first): what a node's hands wire, from the connection
+/// alone (no topology). The rest of the plan is the switch's: [`plan`].
+pub fn legs(c: &Connection) -> Result<Vec<Leg>, String> {
     if let Some(d) = c
         .placement
         .endpoint_device
@@ -179,14 +182,12 @@ pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
     }
     let w = wiring::plan_ends(c);
     let (mut client, mut endpoint) = (w.0, w.1);
-    let client_node = c.client.node.clone();
     let endpoint_node = c
         .hops
         .last()
         .map(|h| h.to.clone())
         .ok_or("connection has no hops")?;
     let mechanism = c.mechanism().ok_or("connection has no mechanism")?;
-    let cookie = cookie(&c.id);
     let node_end = |node_ns: &Option<String>, endpoint_side: bool| End {
         netns: node_ns.clone(),
         ifname: port_name(&c.id, endpoint_side),
@@ -220,38 +221,57 @@ pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
         }
     }
     if let Some(m) = domain_member(c) {
-        // The endpoint is the domain itself: one leg, the client's; the domain's flows are
-        // computed across all members by the driver. Frames may cross a VXLAN tunnel to the
-        // other nodes: leave room for its header.
+        // The endpoint is the domain itself: one leg, the client's. Frames may cross a VXLAN
+        // tunnel to the other nodes: leave room for its header.
         let mtu = c.mtu.saturating_sub(DOMAIN_OVERHEAD);
         client.mtu = mtu;
         let mut port = node_end(&c.placement.client_node_netns, false);
         port.mtu = mtu;
+        return Ok(vec![Leg {
+            node: m.node,
+            workload: client,
+            bridge_port: port,
+            client: true,
+        }]);
+    }
+    Ok(vec![
+        Leg {
+            node: c.client.node.clone(),
+            workload: client,
+            bridge_port: node_end(&c.placement.client_node_netns, false),
+            client: true,
+        },
+        Leg {
+            node: endpoint_node,
+            workload: endpoint,
+            bridge_port: node_end(&c.placement.endpoint_node_netns, true),
+            client: false,
+        },
+    ])
+}
+
+/// The plan for `c`, or why Open vSwitch cannot carry it.
+pub fn plan(c: &Connection, uplinks: &dyn Uplinks) -> Result<Plan, String> {
+    let legs = legs(c)?;
+    let client_node = c.client.node.clone();
+    let endpoint_node = c
+        .hops
+        .last()
+        .map(|h| h.to.clone())
+        .ok_or("connection has no hops")?;
+    let mechanism = c.mechanism().ok_or("connection has no mechanism")?;
+    let cookie = cookie(&c.id);
+    if let Some(m) = domain_member(c) {
+        // The domain's flows are computed across all members by the driver.
         return Ok(Plan {
             cookie,
-            legs: vec![Leg {
-                node: m.node.clone(),
-                workload: client,
-                bridge_port: port,
-            }],
+            legs,
             tunnels: vec![(m.node, domain_tunnel())],
             flows: vec![],
         });
     }
     let pc = PortRef::Name(port_name(&c.id, false));
     let pe = PortRef::Name(port_name(&c.id, true));
-    let legs = vec![
-        Leg {
-            node: client_node.clone(),
-            workload: client,
-            bridge_port: node_end(&c.placement.client_node_netns, false),
-        },
-        Leg {
-            node: endpoint_node.clone(),
-            workload: endpoint,
-            bridge_port: node_end(&c.placement.endpoint_node_netns, true),
-        },
-    ];
     let flow =
         |node: &str, in_port: &PortRef, matches: Vec<OxmField>, actions: Vec<Act>| FlowTemplate {
             node: node.to_string(),
