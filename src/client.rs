@@ -380,6 +380,37 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
                 t
             })
         }
+        Kind::Leader => {
+            let mut rows = Vec::new();
+            for base in api.bases() {
+                let (role, leader) = match api.probe(base, "/readyz").await {
+                    Ok((200, body)) => match serde_json::from_str::<Value>(&body) {
+                        Ok(v) if v["role"] == "standby" => (
+                            "standby".to_string(),
+                            v["leader"].as_str().unwrap_or("(electing)").to_string(),
+                        ),
+                        _ => ("leader".to_string(), base.clone()),
+                    },
+                    Ok((status, body)) => (
+                        format!("not ready ({status})"),
+                        body.lines().next().unwrap_or_default().to_string(),
+                    ),
+                    Err(e) => ("unreachable".to_string(), e.to_string()),
+                };
+                rows.push(serde_json::json!({"controller": base, "role": role, "leader": leader}));
+            }
+            print(&rows, output, || {
+                let mut t = table(&["CONTROLLER", "ROLE", "LEADER"]);
+                for r in &rows {
+                    t.add_row(vec![
+                        r["controller"].as_str().unwrap_or_default().to_string(),
+                        r["role"].as_str().unwrap_or_default().to_string(),
+                        r["leader"].as_str().unwrap_or_default().to_string(),
+                    ]);
+                }
+                t
+            })
+        }
         Kind::All => {
             for k in [
                 Kind::Topology,

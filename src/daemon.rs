@@ -50,6 +50,8 @@ pub struct Args {
     dataplane: Vec<String>,
     #[command(flatten)]
     agents: crate::node::HubArgs,
+    #[command(flatten)]
+    ha: crate::leader::HaArgs,
     /// Where the OpenFlow listener binds (ovs data plane): Open vSwitch bridges dial this.
     #[arg(long, default_value = "127.0.0.1:6653")]
     openflow_listen: SocketAddr,
@@ -225,9 +227,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 key: args.etcd_key.clone(),
             }),
     };
-    let store = meshwire_controller::store::open_with(&args.store, &store_opts)
-        .await
-        .with_context(|| format!("opening store {}", args.store))?;
+    // On etcd, controllers elect a leader: this one stands by until it leads, then writes
+    // through a fenced store and calls the data plane only while its lease holds.
+    let (store, leadership) = if args.store.starts_with("etcd://") {
+        let etcd = meshwire_controller::store::open_etcd(&args.store, &store_opts)
+            .await
+            .with_context(|| format!("opening store {}", args.store))?;
+        let standby_tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some(meshwire_northbound::tls::server_config(c, k)?),
+            _ => None,
+        };
+        let agents = args
+            .dataplane
+            .iter()
+            .any(|d| d == "agents")
+            .then(|| format!("http://{}", args.agents.agent_listen));
+        let (store, l) =
+            crate::leader::lead(&args.ha, etcd, args.listen, standby_tls, agents).await?;
+        (store, Some(l))
+    } else {
+        let store = meshwire_controller::store::open_with(&args.store, &store_opts)
+            .await
+            .with_context(|| format!("opening store {}", args.store))?;
+        (store, None)
+    };
     let mut planes: Vec<(ForwarderKind, Arc<dyn Driver>)> = Vec::new();
     anyhow::ensure!(
         !(args.dataplane.iter().any(|d| d == "kernel") && args.dataplane.iter().any(|d| d == "agents")),
@@ -303,7 +326,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let planes = Arc::new(Dataplanes::new(planes));
     let dataplanes = Some(planes.clone());
-    let driver: Arc<dyn Driver> = planes;
+    let driver: Arc<dyn Driver> = match &leadership {
+        Some(l) => Arc::new(meshwire_controller::driver::LeaderGuard::new(
+            planes,
+            l.probe(),
+        )),
+        None => planes,
+    };
     let config = Config {
         ipam_prefix: args.ipam_prefix,
         ..Config::default()
@@ -311,6 +340,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ctl = Controller::start(store, driver, Arc::new(SystemClock), config)
         .await
         .context("starting the controller")?;
+    if let Some(l) = &leadership {
+        crate::leader::follow(l.clone());
+    }
     let agent_listener = match &agent_hub {
         Some(hub) => {
             let tls = match (&args.tls_cert, &args.tls_key) {
@@ -459,6 +491,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     for e in ensms {
         e.abort();
+    }
+    if let Some(l) = leadership {
+        // A standby takes over now rather than when the lease runs out.
+        l.resign().await;
     }
     tracing::info!("meshwire controller stopped");
     Ok(())

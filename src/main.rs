@@ -7,6 +7,7 @@ mod dot;
 mod kube_cmds;
 mod lab;
 mod lab_agents;
+mod leader;
 mod node;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ pub enum Kind {
     Connections,
     Topology,
     Resources,
+    /// Which controller leads (each of --controller's list asked in turn: leader, standby or
+    /// unreachable).
+    Leader,
     All,
 }
 

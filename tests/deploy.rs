@@ -71,6 +71,7 @@ fn nb_deploy_manifests_are_valid_kubernetes_1_33() {
         "Deployment",
         "CustomResourceDefinition",
         "MutatingWebhookConfiguration",
+        "PodDisruptionBudget",
     ] {
         assert!(all.contains(&format!("kind: {kind}")), "{kind} shipped");
     }

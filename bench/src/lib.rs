@@ -7,6 +7,7 @@
 
 mod agents;
 mod ensm;
+mod failover;
 mod grpc;
 mod heap;
 mod netconf;
@@ -52,7 +53,10 @@ pub struct Args {
     /// chromium and chromium-driver).
     /// agents: request to first packet across two hosts wired by node agents over gRPC, beside
     /// the in-process kernel driver (needs root).
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui", "agents"])]
+    /// failover: three controllers on a three-member etcd, the leader killed ten times: kill to
+    /// first acknowledged request, beside client-go's default lease; request throughput with
+    /// fenced writes beside unconditional ones (needs etcd-server).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui", "agents", "failover"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -72,6 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "rest" => crate::rest::run(args.scale).await,
         "ui" => crate::ui::run(args.scale).await,
         "agents" => crate::agents::run(args.scale).await,
+        "failover" => crate::failover::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

@@ -3,6 +3,10 @@
 //! so a crate that talks to a controller never depends on the northbound server (and so may any Rust tool of an operator's OSS/BSS).
 //! Every call has a timeout; every failure says whether it reached the controller, and what the
 //! controller answered (its problem document's `code` and `detail`).
+//!
+//! Highly available controllers: the base may list several (`URL,URL,URL`). A call goes to the
+//! one that answered last; one that cannot be reached or answers `503 not-leader` (a standby)
+//! has not acted on the call, so the call goes to the next, and to the leader a standby names.
 
 use std::time::Duration;
 
@@ -59,8 +63,32 @@ pub struct ClientOptions {
 
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: Vec<String>,
+    /// The base that answered last.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
+}
+
+/// How long a call waits for a leader while only standbys answer (an election under way).
+pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+/// The problem code of a standby controller's answer to a call only the leader takes.
+pub const NOT_LEADER: &str = "not-leader";
+
+/// One call's outcome: status and body, or the failure with whether the call never left (a
+/// refused or timed-out connect: nothing was acted upon).
+type Outcome = Result<(u16, Vec<u8>), (ClientError, bool)>;
+
+/// Whether an answer means the call was not acted upon and another controller should take it.
+fn elsewhere(r: &Outcome) -> Option<Option<String>> {
+    match r {
+        Err((_, true)) => Some(None),
+        Ok((503, body)) => {
+            let p: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            (p["code"] == NOT_LEADER).then(|| p["leader"].as_str().map(str::to_string))
+        }
+        _ => None,
+    }
 }
 
 impl Client {
@@ -81,19 +109,30 @@ impl Client {
                 .map_err(|e| ClientError::Setup(format!("CA certificate: {e}")))?;
             b = b.add_root_certificate(ca);
         }
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::Setup("no controller URL given".into()));
+        }
         Ok(Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases,
+            current: Default::default(),
             http: b.build().map_err(|e| ClientError::Setup(e.to_string()))?,
         })
     }
 
-    /// The controller's base URL.
+    /// The controller's base URL (of several, the one that answered last).
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(self.http.get(self.url(path))).await
+        self.send(|base| self.http.get(format!("{base}{path}")))
+            .await
     }
 
     pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -101,7 +140,8 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.send(self.http.post(self.url(path)).json(body)).await
+        self.send(|base| self.http.post(format!("{base}{path}")).json(body))
+            .await
     }
 
     pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -109,11 +149,28 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.send(self.http.put(self.url(path)).json(body)).await
+        self.send(|base| self.http.put(format!("{base}{path}")).json(body))
+            .await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(self.http.delete(self.url(path))).await
+        self.send(|base| self.http.delete(format!("{base}{path}")))
+            .await
+    }
+
+    /// Every controller this client was given (one, or several highly available ones).
+    pub fn bases(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// `GET path` from one given controller, without going elsewhere: its status and body
+    /// (`meshwire get leader` asks each one in turn).
+    pub async fn probe(&self, base: &str, path: &str) -> Result<(u16, String), ClientError> {
+        let r = self
+            .once(base, self.http.get(format!("{base}{path}")))
+            .await;
+        let (status, body) = r.map_err(|(e, _)| e)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// A manifest file as text (`POST`, or `DELETE` to remove its objects), named `file` in
@@ -124,31 +181,98 @@ impl Client {
         text: String,
         delete: bool,
     ) -> Result<T, ClientError> {
-        let url = self.url("/api/v1/manifests");
-        let rb = if delete {
-            self.http.delete(url)
-        } else {
-            self.http.post(url)
-        };
-        self.send(rb.query(&[("file", file)]).body(text)).await
+        self.send(|base| {
+            let url = format!("{base}/api/v1/manifests");
+            let rb = if delete {
+                self.http.delete(url)
+            } else {
+                self.http.post(url)
+            };
+            rb.query(&[("file", file)]).body(text.clone())
+        })
+        .await
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Sends; an empty answer (204) reads as JSON `null`.
-    async fn send<T: DeserializeOwned>(
-        &self,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<T, ClientError> {
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            base: self.base.clone(),
-            reason: e.to_string(),
+    /// One call to one base: the status and body, or why nothing came back. Only a failure to
+    /// connect counts as unreachable here; a call that was sent may have been acted upon.
+    async fn once(&self, base: &str, rb: reqwest::RequestBuilder) -> Outcome {
+        let unreachable = |e: reqwest::Error| {
+            let never_left = e.is_connect();
+            (
+                ClientError::Unreachable {
+                    base: base.to_string(),
+                    reason: e.to_string(),
+                },
+                never_left,
+            )
         };
         let resp = rb.send().await.map_err(unreachable)?;
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(unreachable)?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Sends to the controller that answered last, else to the next of the list (and to the
+    /// leader a standby names); an empty answer (204) reads as JSON `null`. While standbys
+    /// answer and no leader does (an election under way), it tries again for up to
+    /// [`ELECTION_WAIT`].
+    async fn send<T: DeserializeOwned>(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let deadline = std::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            let (r, standby) = self.round(&build).await;
+            if !standby || elsewhere(&r).is_none() || std::time::Instant::now() >= deadline {
+                return Self::read(r);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One pass over the controllers: the first answer that is not "go elsewhere", else the
+    /// last one; and whether a standby answered.
+    async fn round(&self, build: &impl Fn(&str) -> reqwest::RequestBuilder) -> (Outcome, bool) {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut named: Option<String> = None;
+        let mut standby = false;
+        let mut last = None;
+        for i in 0..n {
+            let at = (start + i) % n;
+            let r = self.once(&self.bases[at], build(&self.bases[at])).await;
+            match elsewhere(&r) {
+                Some(leader) => {
+                    standby |= r.is_ok();
+                    named = named.or(leader);
+                    last = Some(r);
+                }
+                None => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return (r, standby);
+                }
+            }
+        }
+        if let Some(leader) = named.filter(|l| !self.bases.contains(l)) {
+            let r = self.once(&leader, build(&leader)).await;
+            if elsewhere(&r).is_none() {
+                return (r, standby);
+            }
+            last = Some(r);
+        }
+        let r =
+            last.unwrap_or_else(|| Err((ClientError::Setup("no controller URL".into()), false)));
+        (r, standby)
+    }
+
+    fn read<T: DeserializeOwned>(r: Outcome) -> Result<T, ClientError> {
+        let (status, bytes) = r.map_err(|(e, _)| e)?;
+        let status =
+            reqwest::StatusCode::from_u16(status).map_err(|e| ClientError::Unreadable {
+                status,
+                reason: e.to_string(),
+            })?;
         if !status.is_success() {
             let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             return Err(ClientError::Refused {

@@ -182,7 +182,14 @@ async fn dev_etcd_restart_with_100000_connection_records() {
         .collect::<Vec<_>>()
         .await;
 
+    let t = std::time::Instant::now();
     let ctl = start_on(&e).await;
+    eprintln!(
+        "controller start over {} connection records in etcd ({} MiB): {:?}",
+        N + 1,
+        bytes / (1024 * 1024),
+        t.elapsed()
+    );
     assert_eq!(ctl.connection_count(), N + 1);
     assert_eq!(ctl.pool_usage()["addresses"], 2 * (N + 1));
     // The next request takes a pair no record holds.

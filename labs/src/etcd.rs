@@ -101,58 +101,220 @@ impl LocalEtcd {
                 .arg(&server.client_ca)
                 .arg("--client-cert-auth");
         }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(EtcdError::Spawn)?;
-        let stderr = child.stderr.take();
+        let (child, rx) = spawn(cmd)?;
         let mut e = LocalEtcd {
             child,
             endpoint,
             tls: tls.is_some(),
             _dir: dir,
         };
-        // One thread reads etcd's log: it reports the ready line (or the end of the log), then
-        // keeps reading so etcd never blocks on a full pipe.
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
-        if let Some(stderr) = stderr {
-            std::thread::Builder::new()
-                .name("etcd-log".into())
-                .spawn(move || {
-                    let mut tx = Some(tx);
-                    let mut last = String::new();
-                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                        if line.contains("ready to serve client requests") {
-                            if let Some(tx) = tx.take() {
-                                let _ = tx.send(Ok(()));
-                            }
-                        }
-                        last = line;
-                    }
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Err(last));
-                    }
-                })
-                .map_err(io("log reader"))?;
-        }
         let not_ready = |e: &LocalEtcd, why: &str, last: String| EtcdError::NotReady {
             endpoint: e.endpoint.clone(),
             why: why.to_string(),
             last,
         };
-        match tokio::time::timeout(READY_TIMEOUT, rx).await {
-            Ok(Ok(Ok(()))) => Ok(e),
-            Ok(Ok(Err(last))) => Err(not_ready(&e, "exited before it was ready", last)),
-            Ok(Err(_)) => Err(not_ready(&e, "has no log", String::new())),
-            Err(_) => {
+        match ready(rx).await {
+            Ok(()) => Ok(e),
+            Err((why, last)) => {
                 let _ = e.child.kill();
-                Err(not_ready(
-                    &e,
-                    &format!("was not ready within {} s", READY_TIMEOUT.as_secs()),
-                    String::new(),
-                ))
+                Err(not_ready(&e, &why, last))
             }
+        }
+    }
+}
+
+/// Starts one etcd member; the receiver says when it is ready (or its last log line when it
+/// ended first). One thread reads its log, then keeps reading so etcd never blocks on a pipe.
+fn spawn(
+    mut cmd: Command,
+) -> Result<(Child, tokio::sync::oneshot::Receiver<Result<(), String>>), EtcdError> {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(EtcdError::Spawn)?;
+    let stderr = child.stderr.take();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    if let Some(stderr) = stderr {
+        std::thread::Builder::new()
+            .name("etcd-log".into())
+            .spawn(move || {
+                let mut tx = Some(tx);
+                let mut last = String::new();
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("ready to serve client requests") {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    last = line;
+                }
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(last));
+                }
+            })
+            .map_err(|source| EtcdError::Io {
+                what: "log reader",
+                source,
+            })?;
+    }
+    Ok((child, rx))
+}
+
+/// Waits for a member's ready line: `Err((why, last log line))` otherwise.
+async fn ready(
+    rx: tokio::sync::oneshot::Receiver<Result<(), String>>,
+) -> Result<(), (String, String)> {
+    match tokio::time::timeout(READY_TIMEOUT, rx).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(last))) => Err(("exited before it was ready".into(), last)),
+        Ok(Err(_)) => Err(("has no log".into(), String::new())),
+        Err(_) => Err((
+            format!("was not ready within {} s", READY_TIMEOUT.as_secs()),
+            String::new(),
+        )),
+    }
+}
+
+fn free_port() -> Result<u16, EtcdError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| EtcdError::Io {
+            what: "free port",
+            source,
+        })
+}
+
+/// One member of a [`LocalEtcdCluster`].
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// A private etcd cluster of several members on loopback (plain HTTP), with fast elections
+/// (heartbeat 50 ms, election timeout 500 ms: leases down to 1 s), whose members can be killed
+/// and started again: for tests and benchmarks of highly available controllers.
+pub struct LocalEtcdCluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl LocalEtcdCluster {
+    /// Starts `n` members and returns once every one serves clients.
+    pub async fn start(n: usize) -> Result<LocalEtcdCluster, EtcdError> {
+        let dir = tempfile::tempdir().map_err(|source| EtcdError::Io {
+            what: "temporary directory",
+            source,
+        })?;
+        let mut members = Vec::new();
+        for i in 0..n {
+            members.push(Member {
+                name: format!("m{i}"),
+                client: free_port()?,
+                peer: free_port()?,
+                child: None,
+            });
+        }
+        let mut c = LocalEtcdCluster { members, dir };
+        let mut waits = Vec::new();
+        for i in 0..n {
+            waits.push((i, c.launch(i, "new")?));
+        }
+        for (i, rx) in waits {
+            ready(rx).await.map_err(|(why, last)| EtcdError::NotReady {
+                endpoint: c.endpoint(i),
+                why,
+                last,
+            })?;
+        }
+        Ok(c)
+    }
+
+    fn launch(
+        &mut self,
+        i: usize,
+        state: &str,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, EtcdError> {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect();
+        let m = &self.members[i];
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&m.name))
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", m.client),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", m.client),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer),
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                state,
+                "--initial-cluster-token",
+                "meshwire-local",
+            ]);
+        let (child, rx) = spawn(cmd)?;
+        self.members[i].child = Some(child);
+        Ok(rx)
+    }
+
+    /// Member `i`'s client endpoint, `127.0.0.1:PORT`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// The store spec naming every member: `etcd://A,B,C`.
+    pub fn spec(&self) -> String {
+        let all: Vec<String> = (0..self.members.len()).map(|i| self.endpoint(i)).collect();
+        format!("etcd://{}", all.join(","))
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data and waits until it serves clients (which needs a
+    /// quorum of the cluster).
+    pub async fn restart(&mut self, i: usize) -> Result<(), EtcdError> {
+        self.kill(i);
+        let rx = self.launch(i, "existing")?;
+        ready(rx).await.map_err(|(why, last)| EtcdError::NotReady {
+            endpoint: self.endpoint(i),
+            why,
+            last,
+        })
+    }
+}
+
+impl Drop for LocalEtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
         }
     }
 }

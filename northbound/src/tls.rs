@@ -14,6 +14,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// The TLS server configuration [`server_config`] builds and [`serve`] takes.
+pub type ServerConfig = rustls::ServerConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]

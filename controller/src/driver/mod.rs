@@ -20,6 +20,7 @@
 
 mod dataplanes;
 mod error;
+mod guard;
 mod ledger;
 
 use std::borrow::Cow;
@@ -32,6 +33,7 @@ use tokio::sync::broadcast;
 
 pub use dataplanes::{Dataplanes, DeviceResolver};
 pub use error::{DriverError, Failure};
+pub use guard::LeaderGuard;
 pub use ledger::Ledger;
 
 /// How long one data-plane peer (a node driver, a device's eNSM) may take to answer a full set.

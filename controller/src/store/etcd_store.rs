@@ -68,6 +68,8 @@ pub fn ensure_crypto_provider() {
 pub struct EtcdStore {
     endpoints: Vec<String>,
     client: Client,
+    /// A leader's store: every write also requires the leader key to be this leadership's.
+    fence: Option<super::election::Fence>,
 }
 
 impl EtcdStore {
@@ -109,9 +111,80 @@ impl EtcdStore {
                     path: endpoints.join(","),
                     reason: e.to_string(),
                 })?;
-        let s = EtcdStore { endpoints, client };
+        let s = EtcdStore {
+            endpoints,
+            client,
+            fence: None,
+        };
         s.health().await?;
         Ok(s)
+    }
+
+    /// The etcd client (shared: an election campaigns with the store's connection).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// This store for a leader: each write is a transaction that also compares `fence` (the
+    /// leader key's create revision), so it is refused ([`StoreError::Fenced`]) once that
+    /// leadership is gone, whatever this process believes.
+    pub fn fenced(&self, fence: super::election::Fence) -> EtcdStore {
+        EtcdStore {
+            endpoints: self.endpoints.clone(),
+            client: self.client.clone(),
+            fence: Some(fence),
+        }
+    }
+
+    /// The conditions of a write of `key`: its own, and the fence.
+    fn conditions(&self, key: &str, expect: Expect) -> Vec<Compare> {
+        let mut c: Vec<Compare> = Self::compare(key, expect).into_iter().collect();
+        if let Some(f) = &self.fence {
+            c.push(Compare::create_revision(
+                f.key.as_str(),
+                CompareOp::Equal,
+                f.revision,
+            ));
+        }
+        c
+    }
+
+    /// After a refused transaction: the fence's fault (the leader key, read in the same
+    /// transaction, is not ours) or the write's own condition.
+    async fn refused(
+        &self,
+        op: &'static str,
+        key: &str,
+        expect: Expect,
+        resp: &etcd_client::TxnResponse,
+    ) -> StoreError {
+        if let Some(f) = &self.fence {
+            let held = resp.op_responses().into_iter().any(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == f.revision),
+                _ => false,
+            });
+            if !held {
+                return StoreError::Fenced {
+                    store: self.name(),
+                    op,
+                    key: key.to_string(),
+                    leader_key: f.key.clone(),
+                    revision: f.revision,
+                };
+            }
+        }
+        self.conflict(key, expect).await
+    }
+
+    /// What a refused transaction reads, to say why: the leader key, for a fenced store.
+    fn diagnosis(&self) -> Vec<TxnOp> {
+        self.fence
+            .iter()
+            .map(|f| TxnOp::get(f.key.as_str(), None))
+            .collect()
     }
 
     fn name(&self) -> String {
@@ -175,6 +248,47 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// How many times a call is made while etcd answers `Unavailable`.
+const TRIES: u32 = 5;
+
+/// Whether etcd could not serve a call for now: it is electing a leader of its own (a member
+/// was lost), or the member the client reached is cut off from the others,
+/// or the connection to the member the client picked broke (that member is gone: the next
+/// call goes to another).
+fn unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        // gRPC's UNAVAILABLE (14), and UNKNOWN (2) as tonic reports a broken connection.
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() as i32 == 14 || (s.code() as i32 == 2 && s.message().contains("transport"))
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs an etcd call, again (with a short backoff) while etcd answers `Unavailable`: a member
+/// lost costs an election of etcd's own, not a failed write. A write that etcd applied before
+/// answering so is applied once more: the same value (writes with a condition then report the
+/// conflict they find).
+async fn again<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut wait = std::time::Duration::from_millis(100);
+    for _ in 1..TRIES {
+        match call().await {
+            Err(e) if unavailable(&e) => {
+                tracing::debug!(error = %e, retry_in = ?wait, "etcd unavailable for now");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            r => return r,
+        }
+    }
+    call().await
+}
+
 fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Revision {
     h.map(|h| h.revision().max(0) as u64).unwrap_or(0)
 }
@@ -186,10 +300,7 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(key, None)
+        let resp = again(|| async { self.client.kv_client().get(key, None).await })
             .await
             .map_err(|e| self.backend("get", key, e))?;
         Ok(resp.kvs().first().map(|kv| Entry {
@@ -200,7 +311,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, Revision), StoreError> {
-        let mut kv = self
+        let kv = self
             .client
             .kv_client()
             .max_decoding_message_size(MAX_DECODE);
@@ -216,10 +327,12 @@ impl Store for EtcdStore {
             if at > 0 {
                 opts = opts.with_revision(at);
             }
-            let resp = kv
-                .get(from.clone(), Some(opts))
-                .await
-                .map_err(|e| self.backend("list", prefix, e))?;
+            let resp = again(|| {
+                let (mut kv, from, opts) = (kv.clone(), from.clone(), opts.clone());
+                async move { kv.get(from, Some(opts)).await }
+            })
+            .await
+            .map_err(|e| self.backend("list", prefix, e))?;
             if at == 0 {
                 at = header_rev(resp.header()) as i64;
             }
@@ -247,40 +360,47 @@ impl Store for EtcdStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
-        match Self::compare(key, expect) {
-            None => {
-                let resp = kv
-                    .put(key, value, None)
-                    .await
-                    .map_err(|e| self.backend("put", key, e))?;
-                Ok(header_rev(resp.header()))
-            }
-            Some(cmp) => {
-                let txn = Txn::new()
-                    .when(vec![cmp])
-                    .and_then(vec![TxnOp::put(key, value, None)]);
-                let resp = kv.txn(txn).await.map_err(|e| self.backend("put", key, e))?;
-                if !resp.succeeded() {
-                    return Err(self.conflict(key, expect).await);
-                }
-                Ok(header_rev(resp.header()))
-            }
+        let kv = self.client.kv_client();
+        let when = self.conditions(key, expect);
+        if when.is_empty() {
+            let resp = again(|| {
+                let (mut kv, value) = (kv.clone(), value.clone());
+                async move { kv.put(key, value, None).await }
+            })
+            .await
+            .map_err(|e| self.backend("put", key, e))?;
+            return Ok(header_rev(resp.header()));
         }
+        let txn = Txn::new()
+            .when(when)
+            .and_then(vec![TxnOp::put(key, value, None)])
+            .or_else(self.diagnosis());
+        let resp = again(|| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.backend("put", key, e))?;
+        if !resp.succeeded() {
+            return Err(self.refused("put", key, expect, &resp).await);
+        }
+        Ok(header_rev(resp.header()))
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
-        let mut kv = self.client.kv_client();
-        let cmp: Vec<Compare> = Self::compare(key, expect).into_iter().collect();
+        let kv = self.client.kv_client();
         let txn = Txn::new()
-            .when(cmp)
-            .and_then(vec![TxnOp::delete(key, None)]);
-        let resp = kv
-            .txn(txn)
-            .await
-            .map_err(|e| self.backend("delete", key, e))?;
+            .when(self.conditions(key, expect))
+            .and_then(vec![TxnOp::delete(key, None)])
+            .or_else(self.diagnosis());
+        let resp = again(|| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.backend("delete", key, e))?;
         if !resp.succeeded() {
-            return Err(self.conflict(key, expect).await);
+            return Err(self.refused("delete", key, expect, &resp).await);
         }
         Ok(resp
             .op_responses()

@@ -7,6 +7,7 @@
 //! store-wide revision; `put` and `delete` can require the key to be absent or at a given
 //! `mod_revision`, so two controllers never overwrite each other's changes unseen.
 
+pub mod election;
 pub mod etcd_store;
 pub mod faulty;
 pub mod memory;
@@ -84,6 +85,15 @@ pub enum StoreError {
     },
     #[error("unknown store {0:?}: use redb:PATH, etcd://HOST:PORT or memory")]
     BadSpec(String),
+    /// A leader's write after its leadership ended: etcd refused it (retry on the new leader).
+    #[error("store {store}: {op} {key}: refused, this controller no longer leads (its leadership, revision {revision} of {leader_key}, is gone); nothing was written, retry on the leader")]
+    Fenced {
+        store: String,
+        op: &'static str,
+        key: String,
+        leader_key: String,
+        revision: i64,
+    },
 }
 
 /// The persistence interface the controller uses.
@@ -129,25 +139,35 @@ pub async fn open_with(
         Ok(std::sync::Arc::new(redb_store::RedbStore::open(
             std::path::Path::new(path),
         )?))
-    } else if let Some(rest) = spec.strip_prefix("etcd://") {
-        let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
-        if opts.etcd_tls.is_none() {
-            let remote = rest.split(',').any(|e| {
-                let host = e.rsplit_once(':').map_or(e, |(h, _)| h);
-                !matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1")
-            });
-            if remote {
-                tracing::warn!(store = %spec, "etcd off loopback without TLS: every record in transit can be read and changed on the path; give --etcd-ca (and --etcd-cert/--etcd-key)");
-            }
-        }
-        Ok(std::sync::Arc::new(
-            etcd_store::EtcdStore::connect_with(&endpoints, opts.etcd_tls.as_ref()).await?,
-        ))
+    } else if spec.starts_with("etcd://") {
+        Ok(std::sync::Arc::new(open_etcd(spec, opts).await?))
     } else if spec == "memory" {
         Ok(std::sync::Arc::new(memory::MemoryStore::default()))
     } else {
         Err(StoreError::BadSpec(spec.to_string()))
     }
+}
+
+/// Opens an etcd store from its spec, `etcd://HOST:PORT[,HOST:PORT]` (the concrete type: a
+/// controller on etcd also campaigns for leadership with it).
+pub async fn open_etcd(
+    spec: &str,
+    opts: &OpenOptions,
+) -> Result<etcd_store::EtcdStore, StoreError> {
+    let rest = spec
+        .strip_prefix("etcd://")
+        .ok_or_else(|| StoreError::BadSpec(spec.to_string()))?;
+    let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
+    if opts.etcd_tls.is_none() {
+        let remote = rest.split(',').any(|e| {
+            let host = e.rsplit_once(':').map_or(e, |(h, _)| h);
+            !matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1")
+        });
+        if remote {
+            tracing::warn!(store = %spec, "etcd off loopback without TLS: every record in transit can be read and changed on the path; give --etcd-ca (and --etcd-cert/--etcd-key)");
+        }
+    }
+    etcd_store::EtcdStore::connect_with(&endpoints, opts.etcd_tls.as_ref()).await
 }
 
 /// Checks `expect` against the current revision of a key (`None`: absent).

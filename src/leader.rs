@@ -1,0 +1,175 @@
+//! Highly available controllers on etcd: every `meshwire controller` on one etcd campaigns;
+//! one leads, the others stand by. A standby answers on the REST address only to say so
+//! (`/healthz`, `/readyz`, and `503 not-leader` naming the leader for everything else: the
+//! clients go there) and binds nothing else, so agents and NSM clients move on to the next
+//! controller of their list. The leader's store is fenced (each write compares the leader key),
+//! its data plane calls are guarded by the lease ([`meshwire_controller::driver::LeaderGuard`]),
+//! and when its leadership ends it starts over as a standby: it executes itself again, with
+//! the same arguments, so nothing of the old leader's memory survives.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use meshwire_controller::store::election::{Candidate, Election, Leadership};
+use meshwire_controller::store::etcd_store::EtcdStore;
+use meshwire_controller::store::Store;
+use tokio::sync::watch;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HaArgs {
+    /// With an etcd store: the URL this controller's REST API is reached at by clients and the
+    /// other controllers (standbys name the leader's to clients). Default: http(s)://--listen.
+    #[arg(long, env = "MESHWIRE_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// With an etcd store: the leader's lease. A leader that stops renewing it (killed, paused,
+    /// cut off) is replaced once it runs out. etcd rounds it up to its own minimum (2 s with
+    /// etcd's default election timeout).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
+}
+
+/// A name for this process as a candidate: host, pid and start time.
+fn candidate_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "controller".into());
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{host}-{}-{:x}", std::process::id(), t & 0xffff_ffff)
+}
+
+/// Stands by until this controller leads; returns the leader's fenced store and the leadership.
+pub async fn lead(
+    ha: &HaArgs,
+    etcd: EtcdStore,
+    listen: SocketAddr,
+    tls: Option<Arc<meshwire_northbound::tls::ServerConfig>>,
+    agents: Option<String>,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<Leadership>)> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let me = Candidate {
+        id: candidate_id(),
+        api: ha
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{listen}")),
+        agents,
+    };
+    let election = Election::new(etcd.client(), etcd.describe(), ha.leader_lease, me);
+    tracing::info!(id = %election.me().id, api = %election.me().api, lease = ?ha.leader_lease, "campaigning for leadership");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let standby = {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        crate::daemon::announce_ready(&listen.to_string());
+        let app = standby_router(election.leader());
+        let mut stop = stop_rx.clone();
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::spawn(async move {
+            match tls {
+                Some(cfg) => meshwire_northbound::tls::serve(listener, app, cfg, stopping).await,
+                None => {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopping)
+                        .await
+                    {
+                        tracing::error!(error = %e, "standby API stopped");
+                    }
+                }
+            }
+        })
+    };
+    let campaign = election.campaign();
+    let leadership = tokio::select! {
+        l = campaign => l.context("campaigning for leadership")?,
+        _ = crate::daemon::shutdown() => {
+            tracing::info!("shutting down as a standby");
+            std::process::exit(0);
+        }
+    };
+    // The standby's listener goes before the leader's binds the same address.
+    let _ = stop_tx.send(true);
+    let _ = standby.await;
+    let store: Arc<dyn Store> = Arc::new(etcd.fenced(leadership.fence()));
+    Ok((store, Arc::new(leadership)))
+}
+
+/// When leadership ends: say so, and start over as a standby (this process, executed again).
+pub fn follow(leadership: Arc<Leadership>) {
+    tokio::spawn(async move {
+        let why = leadership.lost().await;
+        tracing::error!(reason = %why, "no longer the leader: the reconcile loop and the data plane calls stop now; starting again as a standby");
+        restart_as_standby();
+    });
+}
+
+fn restart_as_standby() -> ! {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe();
+    let err = match exe {
+        Ok(exe) => std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec(),
+        Err(e) => e,
+    };
+    // exec only returns on failure: a supervisor restarts us.
+    tracing::error!(error = %err, "could not start again as a standby; exiting");
+    std::process::exit(75)
+}
+
+/// What a standby answers.
+fn standby_router(leader: watch::Receiver<Option<Candidate>>) -> axum::Router {
+    use axum::routing::get;
+    let at = |l: &watch::Receiver<Option<Candidate>>| l.borrow().as_ref().map(|c| c.api.clone());
+    let l1 = leader.clone();
+    let l2 = leader.clone();
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let leader = at(&l1);
+                async move { axum::Json(serde_json::json!({"role": "standby", "leader": leader})) }
+            }),
+        )
+        .fallback(move || {
+            let leader = at(&l2);
+            async move { not_leader(leader) }
+        })
+}
+
+fn not_leader(leader: Option<String>) -> axum::response::Response {
+    let detail = match &leader {
+        Some(l) => format!("this controller is a standby; the leader is at {l}: send the call there (the CLI and the agents follow by themselves with a list of controllers)"),
+        None => "this controller is a standby and no leader is known yet (an election is under way); retry shortly".to_string(),
+    };
+    let body = serde_json::json!({
+        "type": format!("urn:meshwire:problem:{}", meshwire_controller::client::NOT_LEADER),
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": detail,
+        "code": meshwire_controller::client::NOT_LEADER,
+        "leader": leader,
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (axum::http::header::CONTENT_TYPE, "application/problem+json"),
+            (axum::http::header::RETRY_AFTER, "1"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}

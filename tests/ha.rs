@@ -1,0 +1,500 @@
+//! Input: three `meshwire controller` processes on a three-member etcd (real processes, loopback,
+//! leases of 1 s, no data plane), the CLI given all three (`--controller A,B,C`) requesting in
+//! a loop; the leader killed (`kill -9`), then the next leader paused (`SIGSTOP`) past its
+//! lease and resumed. Output: one leader at a time; requests succeed again on the new leader
+//! (the time is printed); the connections afterwards are exactly those acknowledged, with no
+//! VNI or address held twice; the paused leader writes nothing when it wakes up (etcd's
+//! revision does not move) and comes back as a standby by itself.
+//! With root, the same three controllers wire a kernel data plane (real namespaces): iperf3
+//! through a connection carries data in every half-second interval while the leader is killed,
+//! and the new leader takes over without recreating the interfaces.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meshwire_controller::store::Store;
+use meshwire_labs::etcd::LocalEtcdCluster;
+
+mod support;
+use support::lab::root;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshwire");
+
+struct Ctl {
+    child: Child,
+    port: u16,
+    pid: u32,
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die cleanly; its re-executed self has the
+        // same pid.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid.to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A controller on `spec`, once it says `ready` (as a standby or as the leader).
+fn controller(spec: &str) -> Ctl {
+    controller_with(spec, &[])
+}
+
+fn controller_with(spec: &str, extra: &[&str]) -> Ctl {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["controller", "--store", spec, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
+        .args(["--grpc-listen", "off", "--leader-lease", "1s"])
+        .args(["--reconcile-interval", "200ms", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent && l.starts_with("ready ") {
+                sent = tx.send(()).is_ok();
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the controller says ready");
+    let pid = child.id();
+    Ctl { child, port, pid }
+}
+
+/// What `/readyz` says: `Some(true)` leader, `Some(false)` standby, `None` no answer.
+fn leads(port: u16) -> Option<bool> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(s, "GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    if !r.starts_with("HTTP/1.") {
+        return None;
+    }
+    Some(!r.contains("\"standby\""))
+}
+
+/// Waits (bounded) until exactly one of `ctls` leads; its index.
+fn leader(ctls: &[&Ctl], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let l: Vec<usize> = (0..ctls.len())
+            .filter(|i| leads(ctls[*i].port) == Some(true))
+            .collect();
+        if l.len() == 1 {
+            return l[0];
+        }
+        assert!(Instant::now() < deadline, "no single leader: {l:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cli(urls: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("MESHWIRE_CONTROLLER", urls)
+        .output()
+        .unwrap()
+}
+
+fn request(urls: &str, name: &str) -> Result<String, String> {
+    let out = cli(
+        urls,
+        &[
+            "request",
+            "secure-intranet-connectivity",
+            "--client",
+            "client",
+            "--name",
+            name,
+            "-o",
+            "json",
+        ],
+    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(v["id"].as_str().unwrap_or_default().to_string())
+}
+
+fn connections(urls: &str) -> Vec<serde_json::Value> {
+    let out = cli(urls, &["get", "connections", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The etcd store's revision now.
+fn revision(spec: &str) -> u64 {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = meshwire_controller::store::open_etcd(spec, &Default::default())
+            .await
+            .unwrap();
+        s.list("/meshwire/v1/leader").await.unwrap().1
+    })
+}
+
+#[test]
+fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = match rt.block_on(LocalEtcdCluster::start(3)) {
+        Ok(c) => c,
+        Err(e) if std::env::var("MESHWIRE_REQUIRE_ALL").is_err() => return eprintln!("SKIP: {e}"),
+        Err(e) => panic!("etcd is required: {e}"),
+    };
+    let spec = cluster.spec();
+    let ctls: Vec<Ctl> = (0..3).map(|_| controller(&spec)).collect();
+    let refs: Vec<&Ctl> = ctls.iter().collect();
+    let urls: String = ctls
+        .iter()
+        .map(|c| format!("http://127.0.0.1:{}", c.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let first = leader(&refs, Duration::from_secs(10));
+    // `get leader` asks each controller of the list: one leads, the others name it.
+    let out = cli(&urls, &["get", "leader", "-o", "json"]);
+    let roles: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let lead_url = format!("http://127.0.0.1:{}", ctls[first].port);
+    for r in &roles {
+        let leads = r["controller"] == lead_url.as_str();
+        assert_eq!(
+            r["role"],
+            if leads { "leader" } else { "standby" },
+            "{roles:?}"
+        );
+        assert_eq!(r["leader"], lead_url.as_str(), "{roles:?}");
+    }
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vpn-gateway.yaml");
+    let out = cli(&urls, &["apply", "-f", example.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Requests in a loop through all three; the leader is killed after the fifth.
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let mut failed = Vec::new();
+    let mut killed_at = None;
+    let mut back_after = None;
+    for i in 0..40 {
+        let r = request(&urls, &format!("w{i}"));
+        match r {
+            Ok(id) => {
+                acked.insert(id);
+                if let (Some(k), None) = (killed_at, back_after) {
+                    back_after = Some(Instant::now().duration_since(k));
+                }
+            }
+            Err(e) => failed.push(e),
+        }
+        if i == 4 {
+            signal(ctls[first].pid, "-KILL");
+            killed_at = Some(Instant::now());
+        }
+        if back_after.is_some() && acked.len() >= 15 {
+            break;
+        }
+    }
+    let back_after = back_after.expect("requests succeed again on a new leader");
+    eprintln!(
+        "leader killed: the next request acknowledged {back_after:?} later; {} acknowledged, {} failed: {failed:?}",
+        acked.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "every request waits for the new leader: {failed:?}"
+    );
+    let rest: Vec<&Ctl> = (0..3).filter(|i| *i != first).map(|i| &ctls[i]).collect();
+    let second = leader(&rest, Duration::from_secs(10));
+
+    // Exactly the acknowledged connections, and nothing held twice.
+    let all = connections(&urls);
+    let ids: BTreeSet<String> = all
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, acked, "the connections are those acknowledged");
+    let mut vnis = BTreeSet::new();
+    let mut addrs = BTreeSet::new();
+    for c in &all {
+        assert!(
+            vnis.insert(c["hops"][0]["mechanism"]["vni"].as_u64().unwrap()),
+            "VNI held twice: {c}"
+        );
+        for a in c["ip_context"]["src_ip_addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(c["ip_context"]["dst_ip_addrs"].as_array().unwrap())
+        {
+            assert!(addrs.insert(a.to_string()), "address held twice: {a}");
+        }
+    }
+
+    // The new leader pauses past its lease; the last controller takes over and changes the
+    // mesh; the paused one wakes up, writes nothing, and stands by.
+    let paused = rest[second];
+    signal(paused.pid, "-STOP");
+    let last: Vec<&Ctl> = rest
+        .iter()
+        .copied()
+        .filter(|c| c.port != paused.port)
+        .collect();
+    leader(&last, Duration::from_secs(10));
+    let last_url = format!("http://127.0.0.1:{}", last[0].port);
+    let id = request(&last_url, "after-pause").expect("the third leader takes requests");
+    let before = revision(&spec);
+    signal(paused.pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leads(paused.port) != Some(false) {
+        assert!(
+            Instant::now() < deadline,
+            "the paused leader comes back as a standby"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        revision(&spec),
+        before,
+        "the paused leader wrote nothing after it woke up"
+    );
+    let now: BTreeSet<String> = connections(&urls)
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(now.contains(&id) && now.len() == acked.len() + 1, "{now:?}");
+    drop(cluster);
+}
+
+/// Network namespaces made for one test, deleted when it ends (even on failure).
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn new(names: &[String]) -> Namespaces {
+        for n in names {
+            let ok = Command::new("ip")
+                .args(["netns", "add", n])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "ip netns add {n}");
+            let _ = Command::new("ip")
+                .args(["-n", n, "link", "set", "lo", "up"])
+                .status();
+        }
+        Namespaces(names.to_vec())
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ifindex(ns: &str, ifname: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", ifname])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
+    if !root() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = match rt.block_on(LocalEtcdCluster::start(3)) {
+        Ok(c) => c,
+        Err(e) if std::env::var("MESHWIRE_REQUIRE_ALL").is_err() => return eprintln!("SKIP: {e}"),
+        Err(e) => panic!("etcd is required: {e}"),
+    };
+    let tag = format!("mwha{:x}", std::process::id() & 0xffff);
+    let (node, client, ep, late) = (
+        format!("{tag}-n1"),
+        format!("{tag}-c"),
+        format!("{tag}-e"),
+        format!("{tag}-c2"),
+    );
+    let _ns = Namespaces::new(&[node.clone(), client.clone(), ep.clone(), late.clone()]);
+    let spec = cluster.spec();
+    let ctls: Vec<Ctl> = (0..3)
+        .map(|_| controller_with(&spec, &["--dataplane", "kernel"]))
+        .collect();
+    let refs: Vec<&Ctl> = ctls.iter().collect();
+    let urls: String = ctls
+        .iter()
+        .map(|c| format!("http://127.0.0.1:{}", c.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let first = leader(&refs, Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {{name: n1}}\nspec: {{forwarder: kernel, netns: {node}}}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {{name: s}}\nspec: {{payload: IP}}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: ep}}\nspec: {{network_service_names: [s], location: {{node: n1, netns: {ep}}}, mechanisms: {{kernel: {{}}}}, ipamPrefix: 10.99.0.0/24}}\n"
+        ),
+    )
+    .unwrap();
+    let out = cli(&urls, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let req = |name: &str| {
+        let out = cli(
+            &urls,
+            &[
+                "request", "s", "--client", "n1", "--name", name, "-o", "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let c = req(&client);
+    let dst = c["ip_context"]["dst_ip_addrs"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let ep_if = c["hops"][0]["mechanism"]["peer_interface"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = (ifindex(&client, "nsm-1"), ifindex(&ep, &ep_if));
+    assert!(
+        !before.0.is_empty() && !before.1.is_empty(),
+        "{before:?} {c}"
+    );
+
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &ep, "iperf3", "-s", "-p", "5421", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The server listens once its port is open in the endpoint's namespace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "exec", &ep, "ss", "-ltn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .contains(":5421")
+    {
+        assert!(Instant::now() < deadline, "iperf3 server listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let iperf = Command::new("ip")
+        .args(["netns", "exec", &client])
+        .args([
+            "iperf3", "-c", &dst, "-p", "5421", "-t", "6", "-i", "0.5", "-J",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(ctls[first].pid, "-KILL");
+    // A request meanwhile waits for the new leader, then is wired by it.
+    let t = Instant::now();
+    let c2 = req(&late);
+    eprintln!(
+        "leader killed during iperf3: a request was wired by the next leader {:?} later",
+        t.elapsed()
+    );
+    assert_eq!(c2["state"], "up", "{c2}");
+    let out = iperf.wait_with_output().unwrap();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bytes: Vec<u64> = v["intervals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
+        .collect();
+    eprintln!(
+        "iperf3 through a leader kill: {}/{} half-second intervals carried data",
+        bytes.iter().filter(|b| **b > 0).count(),
+        bytes.len()
+    );
+    assert!(bytes.len() >= 10, "iperf3 ran: {v}");
+    assert!(
+        bytes.iter().all(|b| *b > 0),
+        "no interval without traffic: {bytes:?}"
+    );
+    let after = (ifindex(&client, "nsm-1"), ifindex(&ep, &ep_if));
+    assert_eq!(before, after, "the new leader recreated nothing");
+    let ids: BTreeSet<String> = connections(&urls)
+        .iter()
+        .map(|c| c["state"].as_str().unwrap().to_string() + c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.iter().all(|s| s.starts_with("up")), "{ids:?}");
+    // Close both through the leader before the namespaces go.
+    for c in [&c, &c2] {
+        let out = cli(&urls, &["close", c["id"].as_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
