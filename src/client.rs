@@ -425,8 +425,14 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
     }
 }
 
-pub async fn request(api: &Api, req: ConnectionRequest, output: Output) -> anyhow::Result<()> {
-    let c: Connection = api.post("/api/v1/connections", &req).await?;
+pub async fn request(
+    api: &Api,
+    req: ConnectionRequest,
+    key: Option<String>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let key = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let c: Connection = api.post_once("/api/v1/connections", &req, &key).await?;
     print(&c, output, || {
         let mut t = table(&CONN_HEADER);
         connection_rows(&mut t, std::slice::from_ref(&c));

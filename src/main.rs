@@ -129,6 +129,11 @@ enum Command {
         /// Interface name in the client (default nsm-1, or the next free nsm-N).
         #[arg(long)]
         interface: Option<String>,
+        /// Make the request at most once: a retry with the same key gets the same connection
+        /// (from whichever controller leads then) instead of a second one. Default: a fresh
+        /// key per invocation, so this command's own retries on another controller are safe.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -197,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             labels,
             mechanisms,
             interface,
+            idempotency_key,
             output,
         } => {
             let req = meshwire_models::ConnectionRequest {
@@ -207,7 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 interface,
                 excluded_prefixes: vec![],
             };
-            client::request(&api, req, output).await
+            client::request(&api, req, idempotency_key, output).await
         }
         Command::Close { id } => client::close(&api, &id).await,
         Command::Lab(cmd) => lab::run(cmd).await,

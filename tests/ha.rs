@@ -4,7 +4,8 @@
 //! lease and resumed. Output: one leader at a time; requests succeed again on the new leader
 //! (the time is printed); the connections afterwards are exactly those acknowledged, with no
 //! VNI or address held twice; the paused leader writes nothing when it wakes up (etcd's
-//! revision does not move) and comes back as a standby by itself.
+//! revision does not move) and comes back as a standby by itself; a request repeated with its
+//! `Idempotency-Key` after a failover gets the same connection.
 //! With root, the same three controllers wire a kernel data plane (real namespaces): iperf3
 //! through a connection carries data in every half-second interval while the leader is killed,
 //! and the new leader takes over without recreating the interfaces.
@@ -271,6 +272,33 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
     // The new leader pauses past its lease; the last controller takes over and changes the
     // mesh; the paused one wakes up, writes nothing, and stands by.
     let paused = rest[second];
+    // A request with an Idempotency-Key, acknowledged by this leader; the same request again
+    // after the next failover gets the same connection (the key is stored with it).
+    let keyed = |urls: &str| {
+        let out = cli(
+            urls,
+            &[
+                "request",
+                "secure-intranet-connectivity",
+                "--client",
+                "client",
+                "--name",
+                "keyed",
+                "--idempotency-key",
+                "k-1",
+                "-o",
+                "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    let once = keyed(&urls);
     signal(paused.pid, "-STOP");
     let last: Vec<&Ctl> = rest
         .iter()
@@ -280,6 +308,11 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
     leader(&last, Duration::from_secs(10));
     let last_url = format!("http://127.0.0.1:{}", last[0].port);
     let id = request(&last_url, "after-pause").expect("the third leader takes requests");
+    assert_eq!(
+        keyed(&last_url),
+        once,
+        "a retry with the same key: the same connection"
+    );
     let before = revision(&spec);
     signal(paused.pid, "-CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -299,7 +332,10 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         .iter()
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
-    assert!(now.contains(&id) && now.len() == acked.len() + 1, "{now:?}");
+    assert!(
+        now.contains(&id) && now.contains(&once) && now.len() == acked.len() + 2,
+        "{now:?}"
+    );
     drop(cluster);
 }
 

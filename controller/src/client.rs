@@ -144,6 +144,29 @@ impl Client {
             .await
     }
 
+    /// `POST` with an `Idempotency-Key`: the controller does it at most once per key, so
+    /// this call may go again to another controller after any failure, even one that left
+    /// it unknown whether the first was done (a timeout, a connection cut mid-answer).
+    pub async fn post_once<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: &str,
+    ) -> Result<T, ClientError> {
+        let send = |base: &str| {
+            self.http
+                .post(format!("{base}{path}"))
+                .header("idempotency-key", key)
+                .json(body)
+        };
+        match self.send(send).await {
+            // Sent, then lost (a timeout, a broken answer): with the key it is safe to ask
+            // the controllers again, once.
+            Err(ClientError::Unreachable { .. }) if self.bases.len() > 1 => self.send(send).await,
+            r => r,
+        }
+    }
+
     pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -68,6 +68,18 @@ impl Controller {
     /// work runs to its end even if the caller stops waiting; then it is undone (see the
     /// module's doc).
     pub async fn request(&self, req: ConnectionRequest) -> Result<Connection, ControllerError> {
+        self.request_once(req, None).await.map(|(c, _)| c)
+    }
+
+    /// [`Controller::request`] made at most once per `key` (an `Idempotency-Key` with a digest
+    /// of the caller): the key is stored with the connection, so a retry with it, here or on
+    /// the controller that leads after a failover, gets the same connection again (`true`: a
+    /// replay). The same key for another service or client is refused.
+    pub async fn request_once(
+        &self,
+        req: ConnectionRequest,
+        key: Option<String>,
+    ) -> Result<(Connection, bool), ControllerError> {
         req.validate().map_err(|e| ControllerError::Invalid {
             what: "connection request".into(),
             field: e.field,
@@ -76,8 +88,8 @@ impl Controller {
         let this = self.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let result = this.request_now(req).await;
-            if let Err(Ok(conn)) = tx.send(result) {
+            let result = this.request_now(req, key).await;
+            if let Err(Ok((conn, false))) = tx.send(result) {
                 tracing::warn!(connection = %conn.id, "the requester went away before the answer; undoing the connection");
                 if let Err(e) = this.close(&conn.id).await {
                     tracing::warn!(connection = %conn.id, error = %e, "undoing an unanswered connection failed; reconcile retries");
@@ -87,11 +99,38 @@ impl Controller {
         rx.await.map_err(|_| ControllerError::Cancelled)?
     }
 
-    async fn request_now(&self, req: ConnectionRequest) -> Result<Connection, ControllerError> {
+    async fn request_now(
+        &self,
+        req: ConnectionRequest,
+        key: Option<String>,
+    ) -> Result<(Connection, bool), ControllerError> {
         let _guard = self
             .lock_key(req.client.workload(), &req.network_service)
             .await;
-        self.request_leg(req, None).await
+        // Under the client's lock: two requests with one key cannot both miss.
+        if let Some(k) = &key {
+            let found = self
+                .state()
+                .connections()
+                .find(|c| c.request_key.as_deref() == Some(k.as_str()) && !c.state.is_final())
+                .cloned();
+            if let Some(c) = found {
+                if c.network_service != req.network_service || c.client != req.client {
+                    return Err(ControllerError::Invalid {
+                        what: "connection request".into(),
+                        field: "Idempotency-Key".into(),
+                        rule: format!(
+                            "already used for connection {} (service {}, client {}); give each request its own key",
+                            c.id,
+                            c.network_service,
+                            c.client.workload()
+                        ),
+                    });
+                }
+                return Ok((c, true));
+            }
+        }
+        self.request_leg(req, None, key).await.map(|c| (c, false))
     }
 
     /// Plans, records and wires one leg; for a chain element, its onward leg first (see
@@ -102,6 +141,7 @@ impl Controller {
         &self,
         req: ConnectionRequest,
         previous: Option<(String, Vec<String>)>,
+        key: Option<String>,
     ) -> Result<Connection, ControllerError> {
         let id = uuid::Uuid::new_v4().to_string();
         let _flight = self.in_flight(&id);
@@ -116,6 +156,7 @@ impl Controller {
             let mut c = s.plan(&req, &id, now, &avoid, None)?;
             c.state = ConnectionState::Programming;
             c.chain.previous = previous.map(|p| p.0);
+            c.request_key = key;
             s.commit(c.clone());
             c
         };

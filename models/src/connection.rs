@@ -267,6 +267,11 @@ pub struct Connection {
     /// Service chains: the legs this one is joined to.
     #[serde(default, skip_serializing_if = "ChainLink::is_empty")]
     pub chain: ChainLink,
+    /// The request that made it, when it carried an `Idempotency-Key`: the key with a digest of
+    /// the caller's credential. Stored with the connection, so a retry with the same key gets
+    /// this connection again from whichever controller leads then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
 }
 
 /// The link between the legs of a service chain, persisted with each leg. A leg whose

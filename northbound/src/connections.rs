@@ -73,14 +73,29 @@ pub(crate) async fn get_connection(
         .ok_or_else(|| ControllerError::UnknownConnection { id }.into())
 }
 
+/// `201` with the new connection; with an `Idempotency-Key` already stored with a connection
+/// (this caller's, on this controller or on the one that led before a failover), `200` with that
+/// connection and `Idempotent-Replayed: true`.
 pub(crate) async fn request_connection(
     State(ctl): State<Controller>,
     caller: policy::Caller,
+    headers: axum::http::HeaderMap,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<meshwire_models::Connection>)> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let req: ConnectionRequest = json_body("connection request", &body)?;
     caller.may_request(&req)?;
-    Ok((StatusCode::CREATED, Json(ctl.request(req).await?)))
+    // The caller's token name, never its secret, goes into the stored key.
+    let key = headers
+        .get(crate::idempotency::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|k| format!("{}:{k}", caller.name));
+    let (c, replayed) = ctl.request_once(req, key).await?;
+    Ok(if replayed {
+        (StatusCode::OK, [("idempotent-replayed", "true")], Json(c)).into_response()
+    } else {
+        (StatusCode::CREATED, Json(c)).into_response()
+    })
 }
 
 pub(crate) async fn close_connection(

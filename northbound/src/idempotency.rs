@@ -4,7 +4,10 @@
 //!
 //! Keys are remembered for [`TTL`], at most [`CAPACITY`] of them and [`MAX_BYTES`] of answers
 //! (the oldest go first), per caller (the `Authorization` header) and path. Answers of 5xx are not remembered, so a retry
-//! after a server error runs again. The memory is the controller process's: a restart forgets it.
+//! after a server error runs again. This memory is the controller process's: a restart forgets
+//! it. A connection request's key is also stored with the connection it made
+//! (`Controller::request_once`), so the same request after a restart or a failover gets that
+//! connection again (`200`, `Idempotent-Replayed: true`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -70,6 +70,7 @@ fn conn(id: &str, client: &str, endpoint: &str) -> Connection {
         generation: 0,
         last_error: None,
         chain: Default::default(),
+        request_key: None,
     }
 }
 

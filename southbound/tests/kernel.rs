@@ -164,6 +164,7 @@ fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32
         generation: 0,
         last_error: None,
         chain: Default::default(),
+        request_key: None,
     }
 }
 

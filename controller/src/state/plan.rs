@@ -206,6 +206,7 @@ impl State {
                 generation: 0,
                 last_error: None,
                 chain: Default::default(),
+                request_key: None,
             });
         }
         Err(classify(service_name, rejects))

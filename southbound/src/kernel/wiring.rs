@@ -274,6 +274,7 @@ pub(crate) mod tests {
             generation: 0,
             last_error: None,
             chain: Default::default(),
+            request_key: None,
         }
     }
 
