@@ -242,8 +242,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .any(|d| d == "agents")
             .then(|| format!("http://{}", args.agents.agent_listen));
-        let (store, l) =
-            crate::leader::lead(&args.ha, etcd, args.listen, standby_tls, agents).await?;
+        let config = Config {
+            ipam_prefix: args.ipam_prefix,
+            ..Config::default()
+        };
+        let (store, l) = crate::leader::lead(
+            &args.ha,
+            etcd,
+            args.listen,
+            standby_tls,
+            agents,
+            tokens.clone(),
+            config,
+        )
+        .await?;
         (store, Some(l))
     } else {
         let store = meshwire_controller::store::open_with(&args.store, &store_opts)

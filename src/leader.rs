@@ -1,7 +1,8 @@
 //! Highly available controllers on etcd: every `meshwire controller` on one etcd campaigns;
-//! one leads, the others stand by. A standby answers on the REST address only to say so
-//! (`/healthz`, `/readyz`, and `503 not-leader` naming the leader for everything else: the
-//! clients go there) and binds nothing else, so agents and NSM clients move on to the next
+//! one leads, the others stand by. A standby serves the REST API's reads from its replica of
+//! the store (`controller::replica`, kept from the store's watch), with the same tokens, and
+//! answers every write (and the event stream) `503 not-leader` naming the leader, where the
+//! clients go; it binds nothing else, so agents and NSM clients move on to the next
 //! controller of their list. The leader's store is fenced (each write compares the leader key),
 //! its data plane calls are guarded by the lease ([`meshwire_controller::driver::LeaderGuard`]),
 //! and when its leadership ends it starts over as a standby: it executes itself again, with
@@ -54,6 +55,8 @@ pub async fn lead(
     listen: SocketAddr,
     tls: Option<Arc<meshwire_northbound::tls::ServerConfig>>,
     agents: Option<String>,
+    tokens: Option<meshwire_northbound::auth::Tokens>,
+    config: meshwire_controller::Config,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<Leadership>)> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let me = Candidate {
@@ -67,12 +70,16 @@ pub async fn lead(
     let election = Election::new(etcd.client(), etcd.describe(), ha.leader_lease, me);
     tracing::info!(id = %election.me().id, api = %election.me().api, lease = ?ha.leader_lease, "campaigning for leadership");
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (replica, follow) =
+        meshwire_controller::Controller::replica(Arc::new(etcd.reader()), config)
+            .await
+            .context("reading the store for the standby's replica")?;
     let standby = {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         crate::daemon::announce_ready(&listen.to_string());
-        let app = standby_router(election.leader());
+        let app = standby_router(election.leader(), replica, tokens);
         let mut stop = stop_rx.clone();
         let stopping = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -102,6 +109,7 @@ pub async fn lead(
     // The standby's listener goes before the leader's binds the same address.
     let _ = stop_tx.send(true);
     let _ = standby.await;
+    drop(follow);
     let store: Arc<dyn Store> = Arc::new(etcd.fenced(leadership.fence()));
     Ok((store, Arc::new(leadership)))
 }
@@ -110,6 +118,10 @@ pub async fn lead(
 pub fn follow(leadership: Arc<Leadership>) {
     tokio::spawn(async move {
         let why = leadership.lost().await;
+        if why == meshwire_controller::store::election::RESIGNED {
+            // This process is shutting down and handed leadership over: nothing to start.
+            return;
+        }
         tracing::error!(reason = %why, "no longer the leader: the reconcile loop and the data plane calls stop now; starting again as a standby");
         restart_as_standby();
     });
@@ -129,12 +141,34 @@ fn restart_as_standby() -> ! {
     std::process::exit(75)
 }
 
-/// What a standby answers.
-fn standby_router(leader: watch::Receiver<Option<Candidate>>) -> axum::Router {
-    use axum::routing::get;
+/// What a standby answers: probes; reads from its replica (with the leader's tokens); for
+/// writes and the event stream, where the leader is.
+fn standby_router(
+    leader: watch::Receiver<Option<Candidate>>,
+    replica: meshwire_controller::Controller,
+    tokens: Option<meshwire_northbound::auth::Tokens>,
+) -> axum::Router {
+    use axum::routing::{any, get};
     let at = |l: &watch::Receiver<Option<Candidate>>| l.borrow().as_ref().map(|c| c.api.clone());
-    let l1 = leader.clone();
-    let l2 = leader.clone();
+    let (l1, l2, l3) = (leader.clone(), leader.clone(), leader.clone());
+    let reads = meshwire_northbound::router_with(
+        replica,
+        meshwire_northbound::Options {
+            tokens,
+            ..Default::default()
+        },
+    )
+    .layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let leader = at(&l3);
+            async move {
+                match *req.method() {
+                    axum::http::Method::GET | axum::http::Method::HEAD => next.run(req).await,
+                    _ => not_leader(leader),
+                }
+            }
+        },
+    ));
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -144,15 +178,19 @@ fn standby_router(leader: watch::Receiver<Option<Candidate>>) -> axum::Router {
                 async move { axum::Json(serde_json::json!({"role": "standby", "leader": leader})) }
             }),
         )
-        .fallback(move || {
-            let leader = at(&l2);
-            async move { not_leader(leader) }
-        })
+        .route(
+            "/api/v1/events",
+            any(move || {
+                let leader = at(&l2);
+                async move { not_leader(leader) }
+            }),
+        )
+        .fallback_service(reads)
 }
 
 fn not_leader(leader: Option<String>) -> axum::response::Response {
     let detail = match &leader {
-        Some(l) => format!("this controller is a standby; the leader is at {l}: send the call there (the CLI and the agents follow by themselves with a list of controllers)"),
+        Some(l) => format!("this controller is a standby (it serves reads); the leader is at {l}: send writes there (the CLI and the agents follow by themselves with a list of controllers)"),
         None => "this controller is a standby and no leader is known yet (an election is under way); retry shortly".to_string(),
     };
     let body = serde_json::json!({

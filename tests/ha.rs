@@ -5,7 +5,8 @@
 //! (the time is printed); the connections afterwards are exactly those acknowledged, with no
 //! VNI or address held twice; the paused leader writes nothing when it wakes up (etcd's
 //! revision does not move) and comes back as a standby by itself; a request repeated with its
-//! `Idempotency-Key` after a failover gets the same connection.
+//! `Idempotency-Key` after a failover gets the same connection; a leader stopped with SIGTERM
+//! hands over at once and exits; a standby serves the same connections from its replica.
 //! With root, the same three controllers wire a kernel data plane (real namespaces): iperf3
 //! through a connection carries data in every half-second interval while the leader is killed,
 //! and the new leader takes over without recreating the interfaces.
@@ -245,8 +246,9 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
     let rest: Vec<&Ctl> = (0..3).filter(|i| *i != first).map(|i| &ctls[i]).collect();
     let second = leader(&rest, Duration::from_secs(10));
 
-    // Exactly the acknowledged connections, and nothing held twice.
-    let all = connections(&urls);
+    // Exactly the acknowledged connections (the leader's view), and nothing held twice.
+    let lead_now = format!("http://127.0.0.1:{}", rest[second].port);
+    let all = connections(&lead_now);
     let ids: BTreeSet<String> = all
         .iter()
         .map(|c| c["id"].as_str().unwrap().to_string())
@@ -267,6 +269,26 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         {
             assert!(addrs.insert(a.to_string()), "address held twice: {a}");
         }
+    }
+
+    // A standby serves reads from its replica of the store (kept from etcd's watch): the same
+    // connections, once the watch has brought the last change.
+    let standby = rest.iter().find(|c| c.port != rest[second].port).unwrap();
+    let standby_url = format!("http://127.0.0.1:{}", standby.port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen: BTreeSet<String> = connections(&standby_url)
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect();
+        if seen == acked {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby's replica: {seen:?} vs {acked:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 
     // The new leader pauses past its lease; the last controller takes over and changes the
@@ -328,7 +350,7 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         before,
         "the paused leader wrote nothing after it woke up"
     );
-    let now: BTreeSet<String> = connections(&urls)
+    let now: BTreeSet<String> = connections(&last_url)
         .iter()
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
@@ -336,6 +358,25 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         now.contains(&id) && now.contains(&once) && now.len() == acked.len() + 2,
         "{now:?}"
     );
+
+    // A leader stopped on purpose (SIGTERM) hands over at once (its lease revoked) and exits.
+    let t = Instant::now();
+    signal(last[0].pid, "-TERM");
+    leader(&[paused], Duration::from_secs(5));
+    eprintln!("handover after SIGTERM: {:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state =
+            std::fs::read_to_string(format!("/proc/{}/status", last[0].pid)).unwrap_or_default();
+        if state.is_empty() || state.contains("State:\tZ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped leader exits: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(cluster);
 }
 

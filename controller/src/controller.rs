@@ -38,8 +38,39 @@ use crate::error::ControllerError;
 use crate::state::{Change, Config, State};
 use crate::store::{Expect, Store};
 
-const OBJECTS: &str = "/meshwire/v1/objects/";
-const CONNECTIONS: &str = "/meshwire/v1/connections/";
+pub(crate) const OBJECTS: &str = "/meshwire/v1/objects/";
+pub(crate) const CONNECTIONS: &str = "/meshwire/v1/connections/";
+
+/// Reads everything `store` holds into a new state; with the revision to watch from (the
+/// first list's: a change between the two lists is then seen again, which is harmless).
+pub(crate) async fn load(
+    store: &dyn Store,
+    config: Config,
+) -> Result<(State, crate::store::Revision), ControllerError> {
+    let mut state = State::new(config);
+    let (objects, at) = store.list(OBJECTS).await?;
+    for e in &objects {
+        let obj: Object =
+            serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt {
+                key: e.key.clone(),
+                reason: err.to_string(),
+            })?;
+        state.upsert(obj);
+    }
+    let (conns, _) = store.list(CONNECTIONS).await?;
+    for e in &conns {
+        let c: Connection =
+            serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt {
+                key: e.key.clone(),
+                reason: err.to_string(),
+            })?;
+        state.restore(c).map_err(|err| ControllerError::Corrupt {
+            key: e.key.clone(),
+            reason: err.to_string(),
+        })?;
+    }
+    Ok((state, at))
+}
 
 /// Something that happened, for watchers (SSE, logs, tests).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -195,30 +226,8 @@ impl Controller {
         clock: Arc<dyn Clock>,
         config: Config,
     ) -> Result<Controller, ControllerError> {
-        let mut state = State::new(config);
-        let (objects, _) = store.list(OBJECTS).await?;
-        for e in &objects {
-            let obj: Object =
-                serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt {
-                    key: e.key.clone(),
-                    reason: err.to_string(),
-                })?;
-            state.upsert(obj);
-        }
-        let (conns, _) = store.list(CONNECTIONS).await?;
-        for e in &conns {
-            let c: Connection =
-                serde_json::from_slice(&e.value).map_err(|err| ControllerError::Corrupt {
-                    key: e.key.clone(),
-                    reason: err.to_string(),
-                })?;
-            state.restore(c).map_err(|err| ControllerError::Corrupt {
-                key: e.key.clone(),
-                reason: err.to_string(),
-            })?;
-        }
-        tracing::info!(store = %store.describe(), driver = driver.name(), objects = objects.len(), connections = conns.len(), "controller state restored");
-        let (events, _) = broadcast::channel(4096);
+        let (state, _) = load(&*store, config).await?;
+        tracing::info!(store = %store.describe(), driver = driver.name(), connections = state.connection_count(), "controller state restored");
         if let Err(e) = driver.topology(state.topology()).await {
             tracing::warn!(error = %e, "data plane could not take the topology yet; retried at the next change");
         }
@@ -246,7 +255,18 @@ impl Controller {
                 tracing::warn!(timeout = ?crate::reconcile::OBSERVE_TIMEOUT, "the data plane did not answer the first full set; the first reconcile round sends it again")
             }
         }
-        Ok(Controller {
+        Ok(Controller::assemble(state, store, driver, clock))
+    }
+
+    /// A controller around `state`, nothing started.
+    pub(crate) fn assemble(
+        state: State,
+        store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        clock: Arc<dyn Clock>,
+    ) -> Controller {
+        let (events, _) = broadcast::channel(4096);
+        Controller {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 store,
@@ -263,7 +283,7 @@ impl Controller {
                 links_down: Mutex::default(),
                 agents: Mutex::default(),
             }),
-        })
+        }
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {

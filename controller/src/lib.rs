@@ -15,6 +15,7 @@
 //! - [`client`]: the REST client of the controller's API (for the CLI and remote eNSMs).
 //! - [`chain`]: service chains: onward legs composed, linked, cycle-checked and closed.
 //! - [`requeue`]: per-connection backoff after a failed repair or heal.
+//! - [`replica`]: a standby's read-only copy of the leader's state, kept from the store's watch.
 //! - [`controller`]: the async shell: write-ahead persistence, per-client serialization, the
 //!   reconcile loop that repairs, heals and expires.
 
@@ -34,6 +35,7 @@ pub mod path;
 pub mod pool;
 pub mod ranges;
 pub mod reconcile;
+pub mod replica;
 pub mod requeue;
 pub mod select;
 pub mod state;

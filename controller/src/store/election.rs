@@ -31,6 +31,9 @@ use super::StoreError;
 /// The key the leader holds.
 pub const LEADER_KEY: &str = "/meshwire/v1/leader";
 
+/// Why leadership ended when this process gave it up ([`Leadership::resign`]).
+pub const RESIGNED: &str = "resigned";
+
 /// Who leads (or campaigns), and where it is reached.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Candidate {
@@ -333,7 +336,7 @@ impl Leadership {
     /// Gives leadership up at once (revokes the lease: the key goes, a standby takes over
     /// without waiting the lease out).
     pub async fn resign(&self) {
-        self.standing.lose("resigned".into());
+        self.standing.lose(RESIGNED.into());
         let mut leases = self.client.lease_client();
         match tokio::time::timeout(Duration::from_secs(2), leases.revoke(self.lease)).await {
             Ok(Ok(_)) => tracing::info!(lease = self.lease, "leadership handed over"),

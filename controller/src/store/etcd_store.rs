@@ -125,6 +125,15 @@ impl EtcdStore {
         self.client.clone()
     }
 
+    /// The same store, unfenced (a standby's reads share the connection).
+    pub fn reader(&self) -> EtcdStore {
+        EtcdStore {
+            endpoints: self.endpoints.clone(),
+            client: self.client.clone(),
+            fence: None,
+        }
+    }
+
     /// This store for a leader: each write is a transaction that also compares `fence` (the
     /// leader key's create revision), so it is refused ([`StoreError::Fenced`]) once that
     /// leadership is gone, whatever this process believes.
