@@ -66,8 +66,9 @@ pub struct NscInitArgs {
     /// comma-separated): the pod's `networkservicemesh.io` annotation.
     #[arg(long, env = "NSM_NETWORK_SERVICES")]
     services: String,
-    /// The controller's NSM gRPC address (HOST:PORT, http://HOST:PORT or https://HOST:PORT).
-    /// With --ca-cert, a bare HOST:PORT is reached over TLS.
+    /// The controller's NSM gRPC address (HOST:PORT, http://HOST:PORT or https://HOST:PORT),
+    /// or several highly available controllers' (comma-separated: each call goes to one that
+    /// answers, the leader). With --ca-cert, a bare HOST:PORT is reached over TLS.
     #[arg(long, env = "MESHWIRE_GRPC", default_value = "127.0.0.1:7601")]
     grpc: String,
     /// The PEM CA that signed the controller's certificate: the API is reached over TLS.
@@ -154,41 +155,64 @@ pub fn request_for(u: &NsUrl, node: &str, pod: &str) -> ns::NetworkServiceReques
 pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
     let urls = NsUrl::parse_list(&args.services)
         .map_err(|e| anyhow::anyhow!("NSM_NETWORK_SERVICES: {e}"))?;
-    let tls = args.ca_cert.is_some() || args.grpc.starts_with("https://");
-    let target = if args.grpc.contains("://") {
-        args.grpc.clone()
-    } else if tls {
-        format!("https://{}", args.grpc)
-    } else {
-        format!("http://{}", args.grpc)
-    };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(target.clone())
-        .context("MESHWIRE_GRPC")?
-        .connect_timeout(Duration::from_secs(3));
-    if tls {
-        let ca = args.ca_cert.as_ref().with_context(|| {
-            format!("{target}: TLS needs the CA of the controller's certificate (--ca-cert or MESHWIRE_CA_CERT)")
-        })?;
-        let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
-        let cfg = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
-        endpoint = endpoint
-            .tls_config(cfg)
-            .with_context(|| format!("TLS toward {target}"))?;
+    // Several controllers (highly available): a balanced channel sends each call to one that
+    // answers; standbys bind no gRPC port, so calls reach the leader.
+    let mut endpoints = Vec::new();
+    let mut targets = Vec::new();
+    for g in args
+        .grpc
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+    {
+        let tls = args.ca_cert.is_some() || g.starts_with("https://");
+        let target = if g.contains("://") {
+            g.to_string()
+        } else if tls {
+            format!("https://{g}")
+        } else {
+            format!("http://{g}")
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(target.clone())
+            .context("MESHWIRE_GRPC")?
+            .connect_timeout(Duration::from_secs(3));
+        if tls {
+            let ca = args.ca_cert.as_ref().with_context(|| {
+                format!("{target}: TLS needs the CA of the controller's certificate (--ca-cert or MESHWIRE_CA_CERT)")
+            })?;
+            let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+            let cfg = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint = endpoint
+                .tls_config(cfg)
+                .with_context(|| format!("TLS toward {target}"))?;
+        }
+        endpoints.push(endpoint);
+        targets.push(target);
     }
+    anyhow::ensure!(
+        !endpoints.is_empty(),
+        "MESHWIRE_GRPC: no controller address"
+    );
+    let target = targets.join(",");
     let deadline = Instant::now() + args.timeout;
-    let channel = loop {
-        match endpoint.connect().await {
-            Ok(ch) => break ch,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for the controller at {target}: {}", chain(&e));
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    let channel = if endpoints.len() > 1 {
+        tonic::transport::Channel::balance_list(endpoints.into_iter())
+    } else {
+        let endpoint = endpoints.remove(0);
+        loop {
+            match endpoint.connect().await {
+                Ok(ch) => break ch,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("waiting for the controller at {target}: {}", chain(&e));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => anyhow::bail!(
+                    "controller at {target} unreachable for {:?}: {}",
+                    args.timeout,
+                    chain(&e)
+                ),
             }
-            Err(e) => anyhow::bail!(
-                "controller at {target} unreachable for {:?}: {}",
-                args.timeout,
-                chain(&e)
-            ),
         }
     };
     let mut nsc = ns::network_service_client::NetworkServiceClient::new(channel);

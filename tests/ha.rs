@@ -6,10 +6,11 @@
 //! VNI or address held twice; the paused leader writes nothing when it wakes up (etcd's
 //! revision does not move) and comes back as a standby by itself; a request repeated with its
 //! `Idempotency-Key` after a failover gets the same connection; a leader stopped with SIGTERM
-//! hands over at once and exits; a standby serves the same connections from its replica.
-//! With root, the same three controllers wire a kernel data plane (real namespaces): iperf3
-//! through a connection carries data in every half-second interval while the leader is killed,
-//! and the new leader takes over without recreating the interfaces.
+//! hands over at once and exits; a standby serves the same connections from its replica;
+//! `nsc-init` given every controller's gRPC address reaches the leader.
+//! With root, the same three controllers drive a node agent (real namespaces) given all three:
+//! iperf3 through a connection carries data in every half-second interval while the leader is
+//! killed; the agent goes on to the new leader by itself, and nothing is recreated.
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
@@ -50,18 +51,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A controller on `spec`, once it says `ready` (as a standby or as the leader).
-fn controller(spec: &str) -> Ctl {
-    controller_with(spec, &[])
-}
-
+/// A controller on `spec` with `extra` arguments, once it says `ready` (as a standby or as
+/// the leader).
 fn controller_with(spec: &str, extra: &[&str]) -> Ctl {
     let port = free_port();
     let mut child = Command::new(BIN)
         .args(["controller", "--store", spec, "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(extra)
-        .args(["--grpc-listen", "off", "--leader-lease", "1s"])
+        .args(if extra.contains(&"--grpc-listen") {
+            &[][..]
+        } else {
+            &["--grpc-listen", "off"][..]
+        })
+        .args(["--leader-lease", "1s"])
         .args(["--reconcile-interval", "200ms", "--log", "warn"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -179,7 +182,13 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         Err(e) => panic!("etcd is required: {e}"),
     };
     let spec = cluster.spec();
-    let ctls: Vec<Ctl> = (0..3).map(|_| controller(&spec)).collect();
+    let grpc: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let ctls: Vec<Ctl> = grpc
+        .iter()
+        .map(|g| controller_with(&spec, &["--grpc-listen", g]))
+        .collect();
     let refs: Vec<&Ctl> = ctls.iter().collect();
     let urls: String = ctls
         .iter()
@@ -380,6 +389,33 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
     drop(cluster);
 }
 
+/// Whether the controller on `port` has `node`'s agent attached (its topology status).
+fn agent_attached(port: u16, node: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if write!(s, "GET /api/v1/topology/status HTTP/1.0\r\nHost: x\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r);
+    let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["agents"][node]["state"] == "attached"
+}
+
+/// A node agent process, stopped when the test ends.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Network namespaces made for one test, deleted when it ends (even on failure).
 struct Namespaces(Vec<String>);
 
@@ -440,8 +476,12 @@ fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
     );
     let _ns = Namespaces::new(&[node.clone(), client.clone(), ep.clone(), late.clone()]);
     let spec = cluster.spec();
-    let ctls: Vec<Ctl> = (0..3)
-        .map(|_| controller_with(&spec, &["--dataplane", "kernel"]))
+    let agent_ports: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let ctls: Vec<Ctl> = agent_ports
+        .iter()
+        .map(|a| controller_with(&spec, &["--dataplane", "agents", "--agent-listen", a]))
         .collect();
     let refs: Vec<&Ctl> = ctls.iter().collect();
     let urls: String = ctls
@@ -465,6 +505,34 @@ fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Node n1's agent, given every controller's agent listener: it attaches to the leader.
+    let agent_urls: Vec<String> = agent_ports.iter().map(|a| format!("http://{a}")).collect();
+    let agent = Command::new(BIN)
+        .args([
+            "node",
+            "--node",
+            "n1",
+            "--controller",
+            &agent_urls.join(","),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--nsm-socket")
+        .arg(dir.path().join("nsm.sock"))
+        .args(["--log", "warn"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Agent(agent);
+    let lead_port = ctls[first].port;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agent_attached(lead_port, "n1") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent attaches to the leader"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let req = |name: &str| {
         let out = cli(
             &urls,
@@ -474,7 +542,7 @@ fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
         );
         assert!(
             out.status.success(),
-            "{}",
+            "request {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
@@ -528,7 +596,8 @@ fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     signal(ctls[first].pid, "-KILL");
-    // A request meanwhile waits for the new leader, then is wired by it.
+    // A request meanwhile waits for the new leader, then is wired by the agent, which went
+    // on to the new leader by itself.
     let t = Instant::now();
     let c2 = req(&late);
     eprintln!(

@@ -103,6 +103,8 @@ struct Inner {
     generation: AtomicU64,
     config: HubConfig,
     started: tokio::time::Instant,
+    /// Woken at every attach.
+    attached: tokio::sync::Notify,
 }
 
 /// The driver of nodes whose data plane runs in node agents: kernel nodes, and the node-local
@@ -135,6 +137,7 @@ impl AgentHub {
                 generation: AtomicU64::new(1),
                 config,
                 started: tokio::time::Instant::now(),
+                attached: tokio::sync::Notify::new(),
             }),
             plane: ForwarderKind::Kernel,
         }
@@ -192,6 +195,23 @@ impl Inner {
             Presence::Lost(away)
         } else {
             Presence::Away
+        }
+    }
+
+    /// [`Inner::presence`]; but for wiring, in the first lease after this hub started (a
+    /// controller restarted or took over as leader), a node whose agent is not back yet is
+    /// waited for until that lease ends: its agent is on its way.
+    async fn presence_soon(&self, node: &str, wiring: bool) -> Presence {
+        loop {
+            let attached = self.attached.notified();
+            let p = self.presence(node);
+            let grace = self.config.lease.saturating_sub(self.started.elapsed());
+            if !wiring || !matches!(p, Presence::Away) || grace.is_zero() {
+                return p;
+            }
+            if tokio::time::timeout(grace, attached).await.is_err() {
+                return self.presence(node);
+            }
         }
     }
 
@@ -323,7 +343,7 @@ impl Inner {
             }
         }
         let calls = parts.into_iter().map(|(node, (up, rm))| async move {
-            let tx = match self.presence(&node) {
+            let tx = match self.presence_soon(&node, !up.is_empty()).await {
                 Presence::Attached(tx) => tx,
                 _ if up.is_empty() => {
                     tracing::info!(%node, removals = rm.len(), "agent away: its next full set sweeps what was removed");
@@ -648,6 +668,7 @@ impl pb::node_agent_server::NodeAgent for AgentService {
             Happened::NodeAttached { node: node.clone() },
             format!("the agent of node {node} attached from {peer}"),
         );
+        self.inner.attached.notify_waiters();
         let inner = self.inner.clone();
         tokio::spawn(async move {
             read_agent(&inner, &node, generation, &mut inbound).await;

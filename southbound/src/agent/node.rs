@@ -92,6 +92,11 @@ pub async fn run(
                 tracing::warn!(controller = %url, "controller stream ended; the data plane stays as it is; attaching again");
             }
             Err(e) if !e.retryable() => return Err(e),
+            // Highly available controllers: the next of the list at once (a standby binds no
+            // agent port); one backoff per pass over the whole list.
+            Err(e) if !next.is_multiple_of(opts.controllers.len()) => {
+                tracing::debug!(error = %e, "cannot attach here; trying the next controller");
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait = Backoff::RECONNECT.delay(failures, instance);
