@@ -28,6 +28,14 @@ pub struct Args {
         requires = "etcd_cert"
     )]
     etcd_key: Option<std::path::PathBuf>,
+    /// An etcd user (etcd with `auth enable`); its password from MESHWIRE_ETCD_PASSWORD or
+    /// --etcd-password-file, never from the command line. Give the user read and write on the
+    /// prefix /meshwire/ (etcd roles), and keep TLS on: etcd's auth token travels with every call.
+    #[arg(long, env = "MESHWIRE_ETCD_USER", value_name = "NAME")]
+    etcd_user: Option<String>,
+    /// A file holding --etcd-user's password (a mounted secret).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<std::path::PathBuf>,
     /// Address of the REST API. Off loopback, give --tokens and --tls-cert/--tls-key.
     #[arg(long, env = "MESHWIRE_LISTEN", default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
@@ -226,6 +234,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 cert: args.etcd_cert.clone(),
                 key: args.etcd_key.clone(),
             }),
+        etcd_user: match &args.etcd_user {
+            None => None,
+            Some(name) => {
+                let at = format!("--etcd-user {name}");
+                let password = match &args.etcd_password_file {
+                    Some(f) => read_secret(&at, None, Some(f))?,
+                    None => read_secret(&at, Some("MESHWIRE_ETCD_PASSWORD"), None)?,
+                };
+                Some(meshwire_controller::store::etcd_store::EtcdUser {
+                    name: name.clone(),
+                    password,
+                })
+            }
+        },
     };
     // On etcd, controllers elect a leader: this one stands by until it leads, then writes
     // through a fenced store and calls the data plane only while its lease holds.

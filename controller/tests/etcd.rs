@@ -272,6 +272,7 @@ async fn dev_etcd_over_tls_with_client_certificates() {
     let spec = format!("etcd://{}", e.endpoint);
     let opts = OpenOptions {
         etcd_tls: Some(good),
+        ..Default::default()
     };
     let store = open_with(&spec, &opts).await.unwrap();
     store
@@ -308,8 +309,102 @@ async fn dev_etcd_over_tls_with_client_certificates() {
         ),
         ("plain HTTP", None),
     ] {
-        let refused = open_with(&spec, &OpenOptions { etcd_tls: tls }).await;
+        let refused = open_with(
+            &spec,
+            &OpenOptions {
+                etcd_tls: tls,
+                ..Default::default()
+            },
+        )
+        .await;
         let err = refused.err().unwrap_or_else(|| panic!("{what}: accepted"));
         assert!(err.to_string().contains("etcd"), "{what}: {err}");
     }
+}
+
+/// Input: an etcd with authentication on (a root user, and a user `meshwire` whose role may
+/// read and write under /meshwire/ only). Output: without a user nothing is written, with the
+/// wrong password the store does not open, and as `meshwire` the store, the election and a
+/// controller work; outside its prefix etcd refuses it.
+#[tokio::test]
+async fn dev_etcd_with_authentication_a_user_limited_to_its_prefix() {
+    use etcd_client::{Permission, PermissionType};
+    use meshwire_controller::store::etcd_store::EtcdUser;
+    use meshwire_controller::store::{open_etcd, OpenOptions};
+    let Some(e) = etcd().await else { return };
+    let url = format!("http://{}", e.endpoint);
+    let mut admin = etcd_client::Client::connect([url.as_str()], None)
+        .await
+        .unwrap();
+    admin.user_add("root", "root-pw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("meshwire-rw").await.unwrap();
+    admin
+        .role_grant_permission(
+            "meshwire-rw",
+            Permission::new(PermissionType::Readwrite, "/meshwire/").with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin.user_add("meshwire", "s3cret", None).await.unwrap();
+    admin
+        .user_grant_role("meshwire", "meshwire-rw")
+        .await
+        .unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let spec = format!("etcd://{}", e.endpoint);
+    let anonymous = open_etcd(&spec, &OpenOptions::default()).await;
+    if let Ok(s) = anonymous {
+        let w = s.put("/meshwire/v1/t/a", b"1".to_vec(), Expect::Any).await;
+        assert!(w.is_err(), "an anonymous write must be refused");
+    }
+    let as_user = |password: &str| OpenOptions {
+        etcd_user: Some(EtcdUser {
+            name: "meshwire".into(),
+            password: password.into(),
+        }),
+        ..Default::default()
+    };
+    let wrong = open_etcd(&spec, &as_user("nope")).await;
+    let err = wrong
+        .err()
+        .expect("a wrong password does not open the store");
+    assert!(err.to_string().contains("etcd"), "{err}");
+    assert!(
+        !format!("{:?}", as_user("s3cret").etcd_user).contains("s3cret"),
+        "the password is never printed"
+    );
+
+    let s = open_etcd(&spec, &as_user("s3cret")).await.unwrap();
+    s.put("/meshwire/v1/t/a", b"1".to_vec(), Expect::Absent)
+        .await
+        .unwrap();
+    let outside = s.put("/elsewhere", b"1".to_vec(), Expect::Any).await;
+    assert!(outside.is_err(), "outside its prefix etcd refuses the user");
+    let election = meshwire_controller::store::election::Election::new(
+        s.client(),
+        s.describe(),
+        std::time::Duration::from_secs(2),
+        meshwire_controller::store::election::Candidate {
+            id: "auth".into(),
+            api: "http://127.0.0.1:1".into(),
+            agents: None,
+        },
+    );
+    let leadership = election.campaign().await.unwrap();
+    let fenced: Arc<dyn Store> = Arc::new(s.fenced(leadership.fence()));
+    let ctl = Controller::start(
+        fenced,
+        Arc::new(NullDriver),
+        Arc::new(SystemClock),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    let docs = "apiVersion: meshwire.io/v1\nkind: Node\nmetadata: {name: n1}\n";
+    ctl.apply(Manifest::parse("t.yaml", docs).unwrap())
+        .await
+        .unwrap();
+    leadership.resign().await;
 }

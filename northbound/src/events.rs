@@ -3,6 +3,11 @@
 //! `?since=ID`) from a bounded in-memory log, so an OSS can follow the mesh without polling.
 //! A client that asks for what the log no longer holds first gets an `event: reset` (re-list,
 //! then follow), never a silent gap.
+//!
+//! Ids are unique across controller processes: each log starts its ids at the second it
+//! started, shifted left 24 bits ([`id_base`]). A client resuming with an id of a controller
+//! that restarted, or of the leader before a failover, is below the new log's first id, so it
+//! gets a `reset` rather than other events under the same numbers.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -30,13 +35,27 @@ struct Log {
     cap: usize,
 }
 
+/// The first id of a log started now, less one: the Unix second shifted left 24 bits (room for
+/// 16 million events per second of a process's life before ids could meet a later one's).
+pub fn id_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() << 24)
+        .unwrap_or(0)
+}
+
 impl EventLog {
-    /// Starts recording `ctl`'s events (ids from 1).
+    /// Starts recording `ctl`'s events, ids from [`id_base`] + 1.
     pub fn start(ctl: &Controller, cap: usize) -> Arc<EventLog> {
+        Self::start_at(ctl, cap, id_base())
+    }
+
+    /// Starts recording `ctl`'s events, ids from `base` + 1.
+    pub fn start_at(ctl: &Controller, cap: usize, base: u64) -> Arc<EventLog> {
         let (live, _) = broadcast::channel(1024);
         let log = Arc::new(EventLog {
             inner: Mutex::new(Log {
-                next: 1,
+                next: base + 1,
                 buf: VecDeque::with_capacity(cap.min(4096)),
                 cap: cap.max(1),
             }),
@@ -230,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn the_log_replays_after_an_id_and_reports_what_it_dropped() {
         let ctl = controller().await;
-        let log = EventLog::start(&ctl, 3);
+        let log = EventLog::start_at(&ctl, 3, 0);
         for i in 0..5 {
             log.push(Event::Object {
                 key: format!("Node/n{i}"),
@@ -247,6 +266,17 @@ mod tests {
         let (v, gap) = log.since(9);
         assert_eq!((ids(v), gap), (vec![], false), "ahead: nothing, no reset");
         assert_eq!(log.next_id(), 6);
+
+        // Another process's log (a restart, a new leader) starts above every id of this one:
+        // a client resuming from this one's ids there gets a reset, not other events.
+        let later = EventLog::start_at(&ctl, 3, 1 << 24);
+        later.push(Event::Object {
+            key: "Node/x".into(),
+            change: "created".into(),
+        });
+        let (v, gap) = later.since(5);
+        assert_eq!((ids(v), gap), (vec![(1 << 24) + 1], true));
+        assert!(id_base() > 1 << 50, "ids from the clock");
     }
 
     /// Input: a resume from the largest id there is (an overflow before), and more streams than

@@ -407,7 +407,8 @@ fn operations() -> Vec<Op> {
 /// One Server-Sent Event of `/api/v1/events`.
 #[derive(ToSchema)]
 pub struct SseEvent {
-    /// Increasing; pass as `Last-Event-ID` or `?since=` to resume after it.
+    /// Increasing, and unique across restarts and failovers (an id of another process gets a
+    /// `reset`); pass as `Last-Event-ID` or `?since=` to resume after it.
     pub id: Option<String>,
     /// connection, endpoint, object or reset.
     pub event: Option<String>,

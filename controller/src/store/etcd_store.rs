@@ -59,6 +59,19 @@ impl EtcdTls {
     }
 }
 
+/// An etcd user (etcd with authentication enabled). The password is never printed.
+#[derive(Clone)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdUser({})", self.name)
+    }
+}
+
 /// Installs the process's TLS provider (aws-lc-rs) if none is: the etcd client's TLS builds its
 /// configuration from the process default, and more than one provider is linked in.
 pub fn ensure_crypto_provider() {
@@ -84,9 +97,21 @@ impl EtcdStore {
         endpoints: &[String],
         tls: Option<&EtcdTls>,
     ) -> Result<EtcdStore, StoreError> {
+        Self::connect_as(endpoints, tls, None).await
+    }
+
+    /// [`EtcdStore::connect_with`], authenticating as `user` where etcd runs with `auth enable`.
+    pub async fn connect_as(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+        user: Option<&EtcdUser>,
+    ) -> Result<EtcdStore, StoreError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_timeout(std::time::Duration::from_secs(10));
+        if let Some(u) = user {
+            opts = opts.with_user(u.name.clone(), u.password.clone());
+        }
         let endpoints: Vec<String> = match tls {
             None => endpoints.to_vec(),
             Some(t) => {

@@ -123,6 +123,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct OpenOptions {
     /// etcd over TLS (https), with a client certificate where etcd requires one.
     pub etcd_tls: Option<etcd_store::EtcdTls>,
+    /// An etcd user, where etcd runs with authentication.
+    pub etcd_user: Option<etcd_store::EtcdUser>,
 }
 
 /// Opens a store from its spec: `redb:PATH`, `etcd://HOST:PORT[,HOST:PORT]` or `memory`.
@@ -167,7 +169,8 @@ pub async fn open_etcd(
             tracing::warn!(store = %spec, "etcd off loopback without TLS: every record in transit can be read and changed on the path; give --etcd-ca (and --etcd-cert/--etcd-key)");
         }
     }
-    etcd_store::EtcdStore::connect_with(&endpoints, opts.etcd_tls.as_ref()).await
+    etcd_store::EtcdStore::connect_as(&endpoints, opts.etcd_tls.as_ref(), opts.etcd_user.as_ref())
+        .await
 }
 
 /// Checks `expect` against the current revision of a key (`None`: absent).
