@@ -70,16 +70,42 @@ pub async fn lead(
     let election = Election::new(etcd.client(), etcd.describe(), ha.leader_lease, me);
     tracing::info!(id = %election.me().id, api = %election.me().api, lease = ?ha.leader_lease, "campaigning for leadership");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (replica, follow) =
-        meshwire_controller::Controller::replica(Arc::new(etcd.reader()), config)
-            .await
-            .context("reading the store for the standby's replica")?;
+    // The replica is read in the background (again and again while etcd cannot answer, as
+    // without quorum): the standby answers meanwhile, reads with 503 until it is ready.
+    let reads: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
+    let replica = {
+        let (reads, store, tokens, leader) = (
+            reads.clone(),
+            Arc::new(etcd.reader()) as Arc<dyn Store>,
+            tokens.clone(),
+            election.leader(),
+        );
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match meshwire_controller::Controller::replica(store.clone(), config.clone()).await
+                {
+                    Ok((ctl, follow)) => {
+                        let _ = reads.set(read_router(ctl, tokens, leader));
+                        return follow;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let wait = meshwire_controller::backoff::Backoff::RECONNECT
+                            .delay(failures, u64::from(std::process::id()));
+                        tracing::warn!(error = %e, retry_in = ?wait, "the standby cannot read the store yet");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        })
+    };
     let standby = {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         crate::daemon::announce_ready(&listen.to_string());
-        let app = standby_router(election.leader(), replica, tokens);
+        let app = standby_router(election.leader(), reads);
         let mut stop = stop_rx.clone();
         let stopping = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -109,7 +135,9 @@ pub async fn lead(
     // The standby's listener goes before the leader's binds the same address.
     let _ = stop_tx.send(true);
     let _ = standby.await;
-    drop(follow);
+    // Its replica (and the task keeping it) goes with it.
+    replica.abort();
+    drop(replica);
     let store: Arc<dyn Store> = Arc::new(etcd.fenced(leadership.fence()));
     Ok((store, Arc::new(leadership)))
 }
@@ -141,17 +169,14 @@ fn restart_as_standby() -> ! {
     std::process::exit(75)
 }
 
-/// What a standby answers: probes; reads from its replica (with the leader's tokens); for
-/// writes and the event stream, where the leader is.
-fn standby_router(
-    leader: watch::Receiver<Option<Candidate>>,
+/// A standby's reads: the REST API over its replica, with the leader's tokens; anything but
+/// `GET`/`HEAD` goes to the leader.
+fn read_router(
     replica: meshwire_controller::Controller,
     tokens: Option<meshwire_northbound::auth::Tokens>,
+    leader: watch::Receiver<Option<Candidate>>,
 ) -> axum::Router {
-    use axum::routing::{any, get};
-    let at = |l: &watch::Receiver<Option<Candidate>>| l.borrow().as_ref().map(|c| c.api.clone());
-    let (l1, l2, l3) = (leader.clone(), leader.clone(), leader.clone());
-    let reads = meshwire_northbound::router_with(
+    meshwire_northbound::router_with(
         replica,
         meshwire_northbound::Options {
             tokens,
@@ -160,7 +185,7 @@ fn standby_router(
     )
     .layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let leader = at(&l3);
+            let leader = at(&leader);
             async move {
                 match *req.method() {
                     axum::http::Method::GET | axum::http::Method::HEAD => next.run(req).await,
@@ -168,7 +193,22 @@ fn standby_router(
                 }
             }
         },
-    ));
+    ))
+}
+
+fn at(l: &watch::Receiver<Option<Candidate>>) -> Option<String> {
+    l.borrow().as_ref().map(|c| c.api.clone())
+}
+
+/// What a standby answers: probes; reads from its replica once read; for writes and the
+/// event stream, where the leader is.
+fn standby_router(
+    leader: watch::Receiver<Option<Candidate>>,
+    reads: Arc<std::sync::OnceLock<axum::Router>>,
+) -> axum::Router {
+    use axum::routing::{any, get};
+    use tower::ServiceExt;
+    let (l1, l2, l3) = (leader.clone(), leader.clone(), leader.clone());
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -185,13 +225,24 @@ fn standby_router(
                 async move { not_leader(leader) }
             }),
         )
-        .fallback_service(reads)
+        .fallback(move |req: axum::extract::Request| {
+            let (reads, leader) = (reads.get().cloned(), at(&l3));
+            async move {
+                match reads {
+                    Some(r) => match r.oneshot(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    },
+                    None => not_leader(leader),
+                }
+            }
+        })
 }
 
 fn not_leader(leader: Option<String>) -> axum::response::Response {
     let detail = match &leader {
         Some(l) => format!("this controller is a standby (it serves reads); the leader is at {l}: send writes there (the CLI and the agents follow by themselves with a list of controllers)"),
-        None => "this controller is a standby and no leader is known yet (an election is under way); retry shortly".to_string(),
+        None => "this controller is a standby and no leader is known: an election is under way, or the store cannot hold one now (etcd without quorum); nothing was changed, retry shortly".to_string(),
     };
     let body = serde_json::json!({
         "type": format!("urn:meshwire:problem:{}", meshwire_controller::client::NOT_LEADER),

@@ -13,165 +13,14 @@
 //! killed; the agent goes on to the new leader by itself, and nothing is recreated.
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshwire_controller::store::Store;
 use meshwire_labs::etcd::LocalEtcdCluster;
 
 mod support;
+use support::ha::*;
 use support::lab::root;
-
-const BIN: &str = env!("CARGO_BIN_EXE_meshwire");
-
-struct Ctl {
-    child: Child,
-    port: u16,
-    pid: u32,
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        // A stopped process must be continued to die cleanly; its re-executed self has the
-        // same pid.
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.pid.to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A controller on `spec` with `extra` arguments, once it says `ready` (as a standby or as
-/// the leader).
-fn controller_with(spec: &str, extra: &[&str]) -> Ctl {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["controller", "--store", spec, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(extra)
-        .args(if extra.contains(&"--grpc-listen") {
-            &[][..]
-        } else {
-            &["--grpc-listen", "off"][..]
-        })
-        .args(["--leader-lease", "1s"])
-        .args(["--reconcile-interval", "200ms", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if !sent && l.starts_with("ready ") {
-                sent = tx.send(()).is_ok();
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the controller says ready");
-    let pid = child.id();
-    Ctl { child, port, pid }
-}
-
-/// What `/readyz` says: `Some(true)` leader, `Some(false)` standby, `None` no answer.
-fn leads(port: u16) -> Option<bool> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    write!(s, "GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    if !r.starts_with("HTTP/1.") {
-        return None;
-    }
-    Some(!r.contains("\"standby\""))
-}
-
-/// Waits (bounded) until exactly one of `ctls` leads; its index.
-fn leader(ctls: &[&Ctl], within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
-        let l: Vec<usize> = (0..ctls.len())
-            .filter(|i| leads(ctls[*i].port) == Some(true))
-            .collect();
-        if l.len() == 1 {
-            return l[0];
-        }
-        assert!(Instant::now() < deadline, "no single leader: {l:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn cli(urls: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("MESHWIRE_CONTROLLER", urls)
-        .output()
-        .unwrap()
-}
-
-fn request(urls: &str, name: &str) -> Result<String, String> {
-    let out = cli(
-        urls,
-        &[
-            "request",
-            "secure-intranet-connectivity",
-            "--client",
-            "client",
-            "--name",
-            name,
-            "-o",
-            "json",
-        ],
-    );
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).to_string());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    Ok(v["id"].as_str().unwrap_or_default().to_string())
-}
-
-fn connections(urls: &str) -> Vec<serde_json::Value> {
-    let out = cli(urls, &["get", "connections", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
-/// The etcd store's revision now.
-fn revision(spec: &str) -> u64 {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let s = meshwire_controller::store::open_etcd(spec, &Default::default())
-            .await
-            .unwrap();
-        s.list("/meshwire/v1/leader").await.unwrap().1
-    })
-}
 
 #[test]
 fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
@@ -196,18 +45,24 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         .collect::<Vec<_>>()
         .join(",");
     let first = leader(&refs, Duration::from_secs(10));
-    // `get leader` asks each controller of the list: one leads, the others name it.
-    let out = cli(&urls, &["get", "leader", "-o", "json"]);
-    let roles: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    // `get leader` asks each controller of the list: one leads, the others name it (once each
+    // standby has heard who leads: bounded).
     let lead_url = format!("http://127.0.0.1:{}", ctls[first].port);
-    for r in &roles {
-        let leads = r["controller"] == lead_url.as_str();
-        assert_eq!(
-            r["role"],
-            if leads { "leader" } else { "standby" },
-            "{roles:?}"
-        );
-        assert_eq!(r["leader"], lead_url.as_str(), "{roles:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = cli(&urls, &["get", "leader", "-o", "json"]);
+        let roles: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let agreed = roles.len() == 3
+            && roles.iter().all(|r| {
+                let leads = r["controller"] == lead_url.as_str();
+                r["role"] == if leads { "leader" } else { "standby" }
+                    && r["leader"] == lead_url.as_str()
+            });
+        if agreed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{roles:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vpn-gateway.yaml");
@@ -387,73 +242,6 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(cluster);
-}
-
-/// Whether the controller on `port` has `node`'s agent attached (its topology status).
-fn agent_attached(port: u16, node: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if write!(s, "GET /api/v1/topology/status HTTP/1.0\r\nHost: x\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["agents"][node]["state"] == "attached"
-}
-
-/// A node agent process, stopped when the test ends.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Network namespaces made for one test, deleted when it ends (even on failure).
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn new(names: &[String]) -> Namespaces {
-        for n in names {
-            let ok = Command::new("ip")
-                .args(["netns", "add", n])
-                .status()
-                .unwrap();
-            assert!(ok.success(), "ip netns add {n}");
-            let _ = Command::new("ip")
-                .args(["-n", n, "link", "set", "lo", "up"])
-                .status();
-        }
-        Namespaces(names.to_vec())
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn ifindex(ns: &str, ifname: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-o", "link", "show", ifname])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split(':')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 #[test]
@@ -643,4 +431,71 @@ fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Input: three controllers on a three-member etcd; two members killed (quorum lost), then
+/// started again. Output: a request meanwhile fails with a clear error (the store cannot
+/// answer, or no leader can be elected), nothing is lost, and requests succeed again once
+/// quorum is back.
+#[test]
+fn nb_ha_quorum_lost_refuses_writes_clearly_then_resumes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cluster = match rt.block_on(LocalEtcdCluster::start(3)) {
+        Ok(c) => c,
+        Err(e) if std::env::var("MESHWIRE_REQUIRE_ALL").is_err() => return eprintln!("SKIP: {e}"),
+        Err(e) => panic!("etcd is required: {e}"),
+    };
+    let spec = cluster.spec();
+    let ctls: Vec<Ctl> = (0..3).map(|_| controller_with(&spec, &[])).collect();
+    let refs: Vec<&Ctl> = ctls.iter().collect();
+    let urls: String = ctls
+        .iter()
+        .map(|c| format!("http://127.0.0.1:{}", c.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    leader(&refs, Duration::from_secs(10));
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vpn-gateway.yaml");
+    let out = cli(&urls, &["apply", "-f", example.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = request(&urls, "q0").expect("a request with quorum");
+
+    cluster.kill(0);
+    cluster.kill(1);
+    let t = Instant::now();
+    let err = request(&urls, "q1").expect_err("no quorum: no write");
+    eprintln!(
+        "without quorum a request failed after {:?}: {}",
+        t.elapsed(),
+        err.trim()
+    );
+    assert!(
+        err.contains("store") || err.contains("no leader"),
+        "a clear error: {err}"
+    );
+
+    rt.block_on(async {
+        cluster.restart(0).await.unwrap();
+        cluster.restart(1).await.unwrap();
+    });
+    let t = Instant::now();
+    let after = request(&urls, "q2").expect("requests succeed again with quorum");
+    eprintln!(
+        "quorum back: a request acknowledged {:?} later",
+        t.elapsed()
+    );
+    leader(&refs, Duration::from_secs(20));
+    let ids: BTreeSet<String> = connections(&urls)
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&before) && ids.contains(&after), "{ids:?}");
+    assert!(
+        !ids.iter().any(|i| i.is_empty()) && ids.len() == 2,
+        "the failed request left nothing: {ids:?}"
+    );
 }

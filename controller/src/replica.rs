@@ -30,13 +30,63 @@ impl Drop for Replica {
     }
 }
 
+/// A store that reads and refuses every write: a replica never writes, whatever is asked of
+/// it (a standby's routes admit only reads; this holds even if one did not).
+struct ReadOnly(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl Store for ReadOnly {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    async fn get(&self, key: &str) -> Result<Option<crate::store::Entry>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<crate::store::Entry>, Revision), StoreError> {
+        self.0.list(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        _value: Vec<u8>,
+        _expect: crate::store::Expect,
+    ) -> Result<Revision, StoreError> {
+        Err(self.refuse("put", key))
+    }
+    async fn delete(&self, key: &str, _expect: crate::store::Expect) -> Result<bool, StoreError> {
+        Err(self.refuse("delete", key))
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchEvent, StoreError>>, StoreError> {
+        self.0.watch(prefix, after).await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        self.0.health().await
+    }
+}
+
+impl ReadOnly {
+    fn refuse(&self, op: &'static str, key: &str) -> StoreError {
+        StoreError::Backend {
+            store: self.0.describe(),
+            op,
+            key: key.to_string(),
+            reason: "a standby's replica does not write; send the call to the leader".into(),
+        }
+    }
+}
+
 impl Controller {
     /// A read-only controller over `store` for a standby, kept current while the returned
-    /// [`Replica`] lives.
+    /// [`Replica`] lives. Its store refuses every write.
     pub async fn replica(
         store: Arc<dyn Store>,
         config: Config,
     ) -> Result<(Controller, Replica), ControllerError> {
+        let store: Arc<dyn Store> = Arc::new(ReadOnly(store));
         let (state, from) = crate::controller::load(&*store, config.clone()).await?;
         let ctl = Controller::assemble(
             state,

@@ -130,6 +130,12 @@ async fn dev_a_replica_behind_a_compaction_reads_again_and_follows() {
             == 2
     })
     .await;
+    // It writes nothing, whatever it is asked.
+    assert!(
+        replica.request(req("c")).await.is_err(),
+        "a replica does not write"
+    );
+    assert!(leader.connections(&Default::default()).len() == 1);
     // Its claims follow the leader's: the same address pairs in use.
     assert_eq!(replica.pool_usage(), leader.pool_usage());
     assert_eq!(

@@ -147,6 +147,8 @@ impl Election {
                     self.wait_vacant(watch_from).await;
                 }
                 Err(e) => {
+                    // Nobody can be known to lead while etcd does not answer.
+                    self.leader.send_replace(None);
                     failures += 1;
                     let seed = meshwire_models::document::fnv1a64(self.me.id.as_bytes());
                     let wait = crate::backoff::Backoff::RECONNECT.delay(failures, seed);
