@@ -238,7 +238,8 @@ impl Controller {
             .collect();
         // The first full set: what a crash left in the data plane goes before anything else is
         // wired (its observation is the first reconcile round's to act on).
-        let first = crate::driver::Desired::full(crate::driver::Scope::All, 1, held);
+        let version = crate::desired::first_version();
+        let first = crate::driver::Desired::full(crate::driver::Scope::All, version, held);
         match tokio::time::timeout(crate::reconcile::OBSERVE_TIMEOUT, driver.converge(&first)).await
         {
             Ok(Ok(r)) if r.swept > 0 => {
@@ -255,7 +256,11 @@ impl Controller {
                 tracing::warn!(timeout = ?crate::reconcile::OBSERVE_TIMEOUT, "the data plane did not answer the first full set; the first reconcile round sends it again")
             }
         }
-        Ok(Controller::assemble(state, store, driver, clock))
+        let ctl = Controller::assemble(state, store, driver, clock);
+        ctl.inner
+            .version
+            .store(version, std::sync::atomic::Ordering::SeqCst);
+        Ok(ctl)
     }
 
     /// A controller around `state`, nothing started.

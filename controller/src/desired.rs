@@ -9,6 +9,19 @@ use meshwire_models::Connection;
 use crate::controller::Controller;
 use crate::driver::{Desired, DriverError, Report, Scope};
 
+/// Where a controller process starts its versions: the Unix time in microseconds. Versions
+/// then increase across processes (a restart, a failover to another leader), so a driver that
+/// outlived the last controller (a node agent, a remote eNSM) takes the new one's changes as
+/// newer than anything it holds: its ledger never keeps an old controller's delta over the new
+/// controller's full set.
+pub fn first_version() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
 impl Controller {
     /// The next version. A delta takes it after the change it carries is in the state.
     fn next_version(&self) -> u64 {

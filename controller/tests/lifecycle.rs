@@ -625,3 +625,63 @@ async fn event_a_driver_event_runs_a_round_at_once() {
     assert!(noted, "the event reached watchers first");
     assert!(h.driver.installed().iter().any(|i| i.id == c.id));
 }
+
+/// A driver that remembers the version of everything it is handed.
+#[derive(Default)]
+struct Versions(std::sync::Mutex<Vec<u64>>);
+
+#[async_trait::async_trait]
+impl meshwire_controller::Driver for Versions {
+    fn name(&self) -> &str {
+        "versions"
+    }
+    async fn converge(
+        &self,
+        desired: &meshwire_controller::Desired<'_>,
+    ) -> Result<meshwire_controller::Report, meshwire_controller::DriverError> {
+        self.0.lock().unwrap().push(desired.version);
+        Ok(meshwire_controller::Report::at(desired.version))
+    }
+}
+
+/// Input: a controller that wires a connection, then another controller process on the same
+/// store (a restart, a new leader) handing the same driver its first full set. Output: the
+/// versions only increase, across the two: a driver that outlived the first (a node agent)
+/// takes the second's full set as newer than anything the first sent it.
+#[tokio::test]
+async fn dev_versions_increase_across_controller_processes() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let driver = Arc::new(Versions::default());
+    let start = || {
+        Controller::start(
+            store.clone(),
+            driver.clone(),
+            Arc::new(meshwire_controller::SystemClock),
+            Config::default(),
+        )
+    };
+    let a = start().await.unwrap();
+    let docs = [TOPOLOGY.to_string(), endpoint("gw1", "n3", "")];
+    for d in &docs {
+        a.apply(Manifest::parse("t.yaml", d).unwrap())
+            .await
+            .unwrap();
+    }
+    let req = ConnectionRequest {
+        network_service: "vpn".into(),
+        client: ClientRef {
+            node: "n3".into(),
+            name: Some("w".into()),
+        },
+        labels: Default::default(),
+        mechanisms: vec![],
+        interface: None,
+        excluded_prefixes: vec![],
+    };
+    a.request(req).await.unwrap();
+    drop(a);
+    let _b = start().await.unwrap();
+    let v = driver.0.lock().unwrap().clone();
+    assert!(v.len() >= 3, "{v:?}");
+    assert!(v.windows(2).all(|w| w[0] < w[1]), "{v:?}");
+}
