@@ -251,7 +251,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // On etcd, controllers elect a leader: this one stands by until it leads, then writes
     // through a fenced store and calls the data plane only while its lease holds.
-    let (store, leadership) = if args.store.starts_with("etcd://") {
+    let (store, leadership, bound) = if args.store.starts_with("etcd://") {
         let etcd = meshwire_controller::store::open_etcd(&args.store, &store_opts)
             .await
             .with_context(|| format!("opening store {}", args.store))?;
@@ -268,7 +268,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ipam_prefix: args.ipam_prefix,
             ..Config::default()
         };
-        let (store, l) = crate::leader::lead(
+        let (store, l, bound) = crate::leader::lead(
             &args.ha,
             etcd,
             args.listen,
@@ -278,12 +278,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             config,
         )
         .await?;
-        (store, Some(l))
+        (store, Some(l), Some(bound))
     } else {
         let store = meshwire_controller::store::open_with(&args.store, &store_opts)
             .await
             .with_context(|| format!("opening store {}", args.store))?;
-        (store, None)
+        (store, None, None)
     };
     let mut planes: Vec<(ForwarderKind, Arc<dyn Driver>)> = Vec::new();
     anyhow::ensure!(
@@ -443,9 +443,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // A leader keeps the socket it served on as a standby.
+    let listener = match bound {
+        Some(l) => tokio::net::TcpListener::from_std(l)
+            .with_context(|| format!("listener {}", args.listen))?,
+        None => tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?,
+    };
     tracing::info!(listen = %args.listen, tls = tls.is_some(), store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
     announce_ready(&args.listen.to_string());
     // One bound on long-lived streams for both APIs, and one signal that ends them at

@@ -57,7 +57,7 @@ pub async fn lead(
     agents: Option<String>,
     tokens: Option<meshwire_northbound::auth::Tokens>,
     config: meshwire_controller::Config,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<Leadership>)> {
+) -> anyhow::Result<(Arc<dyn Store>, Arc<Leadership>, std::net::TcpListener)> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let me = Candidate {
         id: candidate_id(),
@@ -70,6 +70,13 @@ pub async fn lead(
     let election = Election::new(etcd.client(), etcd.describe(), ha.leader_lease, me);
     tracing::info!(id = %election.me().id, api = %election.me().api, lease = ?ha.leader_lease, "campaigning for leadership");
     let (stop_tx, stop_rx) = watch::channel(false);
+    // One socket for the standby and then the leader: between the two, connections wait in
+    // its backlog instead of being refused.
+    let std_listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    std_listener
+        .set_nonblocking(true)
+        .with_context(|| format!("listener {listen}"))?;
     // The replica is read in the background (again and again while etcd cannot answer, as
     // without quorum): the standby answers meanwhile, reads with 503 until it is ready.
     let reads: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
@@ -101,9 +108,12 @@ pub async fn lead(
         })
     };
     let standby = {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = tokio::net::TcpListener::from_std(
+            std_listener
+                .try_clone()
+                .with_context(|| format!("listener {listen}"))?,
+        )
+        .with_context(|| format!("listener {listen}"))?;
         crate::daemon::announce_ready(&listen.to_string());
         let app = standby_router(election.leader(), reads);
         let mut stop = stop_rx.clone();
@@ -139,7 +149,7 @@ pub async fn lead(
     replica.abort();
     drop(replica);
     let store: Arc<dyn Store> = Arc::new(etcd.fenced(leadership.fence()));
-    Ok((store, Arc::new(leadership)))
+    Ok((store, Arc::new(leadership), std_listener))
 }
 
 /// When leadership ends: say so, and start over as a standby (this process, executed again).
