@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::lab::{http_get, root, Lab, BIN};
+use support::lab::{assert_every_interval_carried_data, http_get, root, Lab, BIN};
 
 const STATE: &str = "/run/meshwire/labs/agents";
 
@@ -31,6 +31,16 @@ fn agents(lab: &Lab) -> serde_json::Value {
     let r = http_get(&lab.url, "/api/v1/topology/status");
     let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["agents"].clone()
+}
+
+/// A request that needed `node`'s agent while it was away: refused, saying why.
+fn assert_refused_as_away(out: &std::process::Output, node: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a request through an away agent");
+    assert!(
+        err.contains(&format!("node {node}")) && err.contains("agent is not attached"),
+        "{err}"
+    );
 }
 
 /// The lab's `meshwire lab node-agent LAB NODE ACTION`, which must succeed.
@@ -128,12 +138,7 @@ fn nb_lab_agents_cross_host_vxlan_carries_iperf3_through_agent_and_controller_cr
         "--interface",
         "nsm-2",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a request through an away agent");
-    assert!(
-        err.contains("node n1") && err.contains("agent is not attached"),
-        "{err}"
-    );
+    assert_refused_as_away(&out, "n1");
 
     // 2. They come back: nothing is recreated.
     node_agent(&lab, "n1", "start");
@@ -156,27 +161,10 @@ fn nb_lab_agents_cross_host_vxlan_carries_iperf3_through_agent_and_controller_cr
 
     let out = iperf.wait_with_output().unwrap();
     drop(srv);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let bytes: Vec<u64> = v["intervals"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
-        .collect();
-    eprintln!(
-        "iperf3 through two agent crashes and a controller crash: {}/{} half-second intervals carried data, {:.1} Gbit/s",
-        bytes.iter().filter(|b| **b > 0).count(),
-        bytes.len(),
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-            / 1e9
-    );
-    assert!(bytes.len() >= 20, "iperf3 ran: {v}");
-    assert!(
-        bytes.iter().all(|b| *b > 0),
-        "no interval without traffic: {bytes:?}"
+    assert_every_interval_carried_data(
+        &out.stdout,
+        "through two agent crashes and a controller crash",
+        20,
     );
     let after = (ifindex(&lab, "client", "nsm-1"), ifindex(&lab, &ep, &ep_if));
     assert_eq!(before, after, "the interfaces were not recreated");
@@ -366,34 +354,12 @@ fn nb_lab_ovs_hosts_agents_wire_the_workload_legs_and_a_crash_leaves_traffic_flo
         "--mechanism",
         "gre",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a request through an away agent");
-    assert!(
-        err.contains("node n1") && err.contains("agent is not attached"),
-        "{err}"
-    );
+    assert_refused_as_away(&out, "n1");
     // It comes back and adopts its legs: nothing is recreated; the request now goes through.
     node_agent(&lab, "n1", "start");
     let out = iperf.wait_with_output().unwrap();
     drop(srv);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let bytes: Vec<u64> = v["intervals"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
-        .collect();
-    eprintln!(
-        "iperf3 over OVS VXLAN through an agent crash: {}/{} half-second intervals carried data",
-        bytes.iter().filter(|b| **b > 0).count(),
-        bytes.len()
-    );
-    assert!(bytes.len() >= 10, "iperf3 ran: {v}");
-    assert!(
-        bytes.iter().all(|b| *b > 0),
-        "no interval without traffic: {bytes:?}"
-    );
+    assert_every_interval_carried_data(&out.stdout, "over OVS VXLAN through an agent crash", 10);
     let after = (
         ifindex(&lab, "c-vxlan", "nsm-1"),
         ifindex(&lab, "n1", &port),

@@ -20,7 +20,7 @@ use meshwire_labs::etcd::LocalEtcdCluster;
 
 mod support;
 use support::ha::*;
-use support::lab::root;
+use support::lab::{assert_every_interval_carried_data, root};
 
 #[test]
 fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
@@ -39,11 +39,7 @@ fn nb_ha_three_controllers_fail_over_without_losing_or_doubling_anything() {
         .map(|g| controller_with(&spec, &["--grpc-listen", g]))
         .collect();
     let refs: Vec<&Ctl> = ctls.iter().collect();
-    let urls: String = ctls
-        .iter()
-        .map(|c| format!("http://127.0.0.1:{}", c.port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let urls = urls_of(&ctls);
     let first = leader(&refs, Duration::from_secs(10));
     // `get leader` asks each controller of the list: one leads, the others name it (once each
     // standby has heard who leads: bounded).
@@ -272,11 +268,7 @@ fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
         .map(|a| controller_with(&spec, &["--dataplane", "agents", "--agent-listen", a]))
         .collect();
     let refs: Vec<&Ctl> = ctls.iter().collect();
-    let urls: String = ctls
-        .iter()
-        .map(|c| format!("http://127.0.0.1:{}", c.port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let urls = urls_of(&ctls);
     let first = leader(&refs, Duration::from_secs(10));
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("m.yaml");
@@ -396,24 +388,7 @@ fn nb_ha_leader_killed_during_iperf3_through_the_kernel_data_plane() {
     let out = iperf.wait_with_output().unwrap();
     let _ = srv.kill();
     let _ = srv.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let bytes: Vec<u64> = v["intervals"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
-        .collect();
-    eprintln!(
-        "iperf3 through a leader kill: {}/{} half-second intervals carried data",
-        bytes.iter().filter(|b| **b > 0).count(),
-        bytes.len()
-    );
-    assert!(bytes.len() >= 10, "iperf3 ran: {v}");
-    assert!(
-        bytes.iter().all(|b| *b > 0),
-        "no interval without traffic: {bytes:?}"
-    );
+    assert_every_interval_carried_data(&out.stdout, "through a leader kill", 10);
     let after = (ifindex(&client, "nsm-1"), ifindex(&ep, &ep_if));
     assert_eq!(before, after, "the new leader recreated nothing");
     let ids: BTreeSet<String> = connections(&urls)
@@ -448,11 +423,7 @@ fn nb_ha_quorum_lost_refuses_writes_clearly_then_resumes() {
     let spec = cluster.spec();
     let ctls: Vec<Ctl> = (0..3).map(|_| controller_with(&spec, &[])).collect();
     let refs: Vec<&Ctl> = ctls.iter().collect();
-    let urls: String = ctls
-        .iter()
-        .map(|c| format!("http://127.0.0.1:{}", c.port))
-        .collect::<Vec<_>>()
-        .join(",");
+    let urls = urls_of(&ctls);
     leader(&refs, Duration::from_secs(10));
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vpn-gateway.yaml");

@@ -72,6 +72,14 @@ pub fn controller_with(spec: &str, extra: &[&str]) -> Ctl {
     Ctl { child, port, pid }
 }
 
+/// The controllers' REST URLs as a client's list (`A,B,C`).
+pub fn urls_of(ctls: &[Ctl]) -> String {
+    ctls.iter()
+        .map(|c| format!("http://127.0.0.1:{}", c.port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What `/readyz` says: `Some(true)` leader, `Some(false)` standby, `None` no answer.
 pub fn leads(port: u16) -> Option<bool> {
     use std::io::{Read, Write};

@@ -357,6 +357,33 @@ pub fn nsm_stubs() -> Option<tempfile::TempDir> {
 }
 
 /// A plain HTTP/1.0 GET (no client library in these tests); the response, headers included.
+/// iperf3's `-J` output of a run through an outage: prints how many intervals carried data
+/// (and the rate), and asserts there were at least `min` intervals and none was empty.
+pub fn assert_every_interval_carried_data(stdout: &[u8], what: &str, min: usize) {
+    let v: serde_json::Value = serde_json::from_slice(stdout).unwrap_or_default();
+    let bytes: Vec<u64> = v["intervals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
+        .collect();
+    eprintln!(
+        "iperf3 {what}: {}/{} half-second intervals carried data, {:.1} Gbit/s",
+        bytes.iter().filter(|b| **b > 0).count(),
+        bytes.len(),
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9
+    );
+    assert!(bytes.len() >= min, "iperf3 ran: {v}");
+    assert!(
+        bytes.iter().all(|b| *b > 0),
+        "no interval without traffic: {bytes:?}"
+    );
+}
+
 pub fn http_get(base: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let addr = base

@@ -69,6 +69,12 @@ struct Standing {
 }
 
 impl Standing {
+    /// Not lost, and within the lease since the last acknowledged keepalive.
+    fn holds(&self) -> bool {
+        self.lost.borrow().is_none()
+            && Instant::now() < *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lose(&self, why: String) {
         self.lost.send_if_modified(|l| {
             if l.is_some() {
@@ -299,13 +305,7 @@ impl Leadership {
     /// Whether this process may still act as the leader now: not lost, and within the lease
     /// since the last keepalive etcd acknowledged (monotonic clock).
     pub fn holds(&self) -> bool {
-        self.standing.lost.borrow().is_none()
-            && Instant::now()
-                < *self
-                    .standing
-                    .valid_until
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+        self.standing.holds()
     }
 
     /// A cheap handle for others to ask [`Leadership::holds`].
@@ -358,8 +358,7 @@ pub struct LeaderProbe(Arc<Standing>);
 
 impl LeaderProbe {
     pub fn holds(&self) -> bool {
-        self.0.lost.borrow().is_none()
-            && Instant::now() < *self.0.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.holds()
     }
 }
 
