@@ -263,13 +263,9 @@ async fn start(
     agents: bool,
 ) -> anyhow::Result<String> {
     let d = dir(&lab.name);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = meshwire_labs::ports::free_port()?;
     let url = format!("http://127.0.0.1:{port}");
-    let grpc_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let grpc_port = meshwire_labs::ports::free_port()?;
     let mut args: Vec<String> = vec![
         "controller".into(),
         "--log".into(),

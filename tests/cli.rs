@@ -38,11 +38,7 @@ fn self_signed(dir: &Path) -> (rcgen::CertifiedKey, PathBuf, PathBuf) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    meshwire_labs::ports::free_port().unwrap()
 }
 
 fn daemon(store: &str) -> Daemon {

@@ -26,11 +26,7 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    meshwire_labs::ports::free_port().unwrap()
 }
 
 fn cli(url: &str, args: &[&str]) -> std::process::Output {

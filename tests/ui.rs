@@ -348,11 +348,7 @@ async fn nb_ui_without_a_token_asks_for_one_and_shows_nothing() {
         "tokens:\n  - {name: dash, role: viewer, tokenEnv: T_VIEW}\n  - {name: oss, role: operator, tokenEnv: T_OP}\n",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = meshwire_labs::ports::free_port().unwrap();
     let mut ctl = Command::new(BIN)
         .args([
             "controller",

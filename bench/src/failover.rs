@@ -40,9 +40,7 @@ impl Drop for Proc {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(meshwire_labs::ports::free_port()?)
 }
 
 /// A controller on `spec` at `port`, once it says `ready`.

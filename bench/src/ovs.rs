@@ -218,9 +218,7 @@ async fn wait_switch(
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(meshwire_labs::ports::free_port()?)
 }
 
 /// Seconds os-ken takes for `n` flows into a fresh bridge, or None without os-ken.

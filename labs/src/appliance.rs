@@ -75,10 +75,7 @@ impl Appliance {
     pub fn start(modules: &[PathBuf]) -> Result<Appliance, ApplianceError> {
         let dir = tempfile::tempdir().map_err(|e| err("temp dir", e))?;
         let d = dir.path().to_path_buf();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| err("pick a port", e))?
-            .port();
+        let port = crate::ports::free_port().map_err(|e| err("pick a port", e))?;
         std::fs::create_dir_all("/run/sshd").map_err(|e| err("/run/sshd", e))?;
         for k in ["hostkey", "client"] {
             run(

@@ -48,10 +48,8 @@ impl Chromedriver {
                 detail: format!("{CHROMIUM} or {CHROMEDRIVER} not found"),
             });
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| BrowserError::Driver(format!("a free port: {e}")))?
-            .port();
+        let port = crate::ports::free_port()
+            .map_err(|e| BrowserError::Driver(format!("a free port: {e}")))?;
         let mut child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::piped())

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// How long etcd may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many times a member or cluster is started on fresh ports when a port was taken.
+const ATTEMPTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -62,15 +64,19 @@ impl LocalEtcd {
     }
 
     async fn start_with(tls: Option<&ServerTls>) -> Result<LocalEtcd, EtcdError> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(tls).await {
+                Err(e) if e.port_taken() && attempt + 1 < ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(tls: Option<&ServerTls>) -> Result<LocalEtcd, EtcdError> {
         let io = |what| move |source| EtcdError::Io { what, source };
         let dir = tempfile::tempdir().map_err(io("temporary directory"))?;
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .map_err(io("free port"))
-        };
-        let (client, peer) = (port()?, port()?);
+        let (client, peer) = (free_port()?, free_port()?);
         let endpoint = format!("127.0.0.1:{client}");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut cmd = Command::new("etcd");
@@ -177,13 +183,18 @@ async fn ready(
 }
 
 fn free_port() -> Result<u16, EtcdError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| EtcdError::Io {
-            what: "free port",
-            source,
-        })
+    crate::ports::free_port().map_err(|source| EtcdError::Io {
+        what: "free port",
+        source,
+    })
+}
+
+impl EtcdError {
+    /// Whether a member died because another process took its port between our check and its
+    /// bind: starting again on other ports helps.
+    fn port_taken(&self) -> bool {
+        matches!(self, EtcdError::NotReady { last, .. } if last.contains("address already in use"))
+    }
 }
 
 /// One member of a [`LocalEtcdCluster`].
@@ -205,6 +216,19 @@ pub struct LocalEtcdCluster {
 impl LocalEtcdCluster {
     /// Starts `n` members and returns once every one serves clients.
     pub async fn start(n: usize) -> Result<LocalEtcdCluster, EtcdError> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(n).await {
+                Err(e) if e.port_taken() && attempt + 1 < ATTEMPTS => {
+                    tracing::debug!("local etcd cluster: {e}; starting again on other ports");
+                    attempt += 1
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(n: usize) -> Result<LocalEtcdCluster, EtcdError> {
         let dir = tempfile::tempdir().map_err(|source| EtcdError::Io {
             what: "temporary directory",
             source,

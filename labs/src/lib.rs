@@ -10,7 +10,8 @@
 //!   leftovers by name). A lab that fails half way is rolled back, naming the failed step.
 //! - [`appliance`] runs an emulated NETCONF appliance: the real netconfd behind a real sshd;
 //!   [`agent`] makes it forward as its configuration says (tunnels, cross-connects, firewall).
-//! - [`etcd`] runs a private etcd-server (tests, benchmarks, single-machine trials).
+//! - [`etcd`] runs a private etcd-server (tests, benchmarks, single-machine trials); [`ports`]
+//!   gives them free loopback ports outside the ephemeral range.
 //! - [`spec::Lab::manifests`] gives the `meshwire.io/v1` topology the lab's controller registers.
 //!
 //! Meshwire's reading of the format: a node labelled `meshwire.io/host: <node>` is a *workload*
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod appliance;
 pub mod browser;
 pub mod etcd;
+pub mod ports;
 pub mod runner;
 pub mod spec;
 

@@ -30,11 +30,7 @@ impl Drop for Ctl {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    meshwire_labs::ports::free_port().unwrap()
 }
 
 /// A controller on `spec` with `extra` arguments, once it says `ready` (as a standby or as
