@@ -20,6 +20,7 @@ pub mod netns_ref;
 pub mod nsurl;
 pub mod secret;
 pub mod service;
+pub mod sriov;
 pub mod topology;
 pub mod validate;
 

@@ -1,0 +1,9 @@
+//! SR-IOV on a node: the inventory of PFs and VFs from sysfs ([`inventory`]), the PF-side VF
+//! settings over netlink ([`vfmsg`]), the kubelet device plugin that publishes each pool
+//! ([`deviceplugin`]), and a stand-in PF for machines without SR-IOV hardware ([`standin`]).
+
+pub mod inventory;
+pub mod standin;
+pub mod vfmsg;
+
+pub use inventory::{Pf, Pool, SriovError, Sysfs, Vf};
