@@ -2,8 +2,10 @@
 //! settings over netlink ([`vfmsg`]), the kubelet device plugin that publishes each pool
 //! ([`deviceplugin`]), and a stand-in PF for machines without SR-IOV hardware ([`standin`]).
 
+pub mod deviceplugin;
 pub mod inventory;
 pub mod standin;
+pub mod tokens;
 pub mod vfmsg;
 
 pub use inventory::{Pf, Pool, SriovError, Sysfs, Vf};
