@@ -378,7 +378,33 @@ pub async fn get(api: &Api, kind: Kind, output: Output, filter: &Filter) -> anyh
                     t.add_row(vec![k.clone(), n.to_string()]);
                 }
                 t
-            })
+            })?;
+            let vfs = v["sriov"].as_array().cloned().unwrap_or_default();
+            if output != Output::Table || vfs.is_empty() {
+                return Ok(());
+            }
+            println!();
+            let mut t = table(&[
+                "NODE",
+                "SR-IOV POOL",
+                "VFS",
+                "ALLOCATED",
+                "UNHEALTHY",
+                "TOKENS ALLOCATED",
+            ]);
+            for p in &vfs {
+                let n = |k: &str| p[k].as_u64().unwrap_or(0).to_string();
+                t.add_row(vec![
+                    p["node"].as_str().unwrap_or_default().to_string(),
+                    p["pool"].as_str().unwrap_or_default().to_string(),
+                    n("total"),
+                    n("allocated"),
+                    n("unhealthy"),
+                    format!("{}/{}", n("tokensAllocated"), n("tokens")),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
         }
         Kind::Leader => {
             let mut rows = Vec::new();

@@ -93,7 +93,8 @@ pub async fn start_all(lab: &Lab, d: &Path, url: &str, agents_url: &str) -> anyh
         .map(|n| n.name.clone())
         .collect();
     for n in &hosts {
-        let args = command(lab, d, n, agents_url)?;
+        let mut args = command(lab, d, n, agents_url)?;
+        args.extend(crate::lab_sriov::prepare(lab, &agents_dir(d), n).await?);
         std::fs::write(
             agents_dir(d).join(format!("{n}.args")),
             serde_json::to_vec(&args)?,

@@ -7,6 +7,7 @@ mod dot;
 mod kube_cmds;
 mod lab;
 mod lab_agents;
+mod lab_sriov;
 mod leader;
 mod node;
 
@@ -129,6 +130,11 @@ enum Command {
         /// Interface name in the client (default nsm-1, or the next free nsm-N).
         #[arg(long)]
         interface: Option<String>,
+        /// An SR-IOV device plugin token the kubelet allocated to this client (from its
+        /// NSM_SRIOV_TOKENS_<pool> variable): the client gets a free VF of the token's pool on
+        /// its node, moved into its namespace.
+        #[arg(long, value_name = "TOKEN")]
+        sriov_token: Option<String>,
         /// Make the request at most once: a retry with the same key gets the same connection
         /// (from whichever controller leads then) instead of a second one. Default: a fresh
         /// key per invocation, so this command's own retries on another controller are safe.
@@ -202,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             labels,
             mechanisms,
             interface,
+            sriov_token,
             idempotency_key,
             output,
         } => {
@@ -212,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 mechanisms,
                 interface,
                 excluded_prefixes: vec![],
+                sriov_token,
             };
             client::request(&api, req, idempotency_key, output).await
         }

@@ -60,6 +60,24 @@ pub struct NodeArgs {
     /// The same NSM endpoint on a TCP address too (off by default; loopback unless you mean it).
     #[arg(long, value_name = "ADDR:PORT")]
     nsm_listen: Option<SocketAddr>,
+    /// SR-IOV: this node's PFs and pools (YAML in the shape of upstream's SR-IOV forwarder:
+    /// `physicalFunctions: {PCI: {pfKernelDriver, vfKernelDriver, capabilities,
+    /// serviceDomains}}`; and/or the SR-IOV network device plugin's `resourceList` selectors).
+    /// Each pool is published to the kubelet as a device plugin resource, and the controller
+    /// lends its VFs to clients that present one of its tokens.
+    #[arg(long, env = "MESHWIRE_SRIOV_CONFIG", value_name = "FILE")]
+    sriov_config: Option<PathBuf>,
+    /// Where sysfs is, for the SR-IOV inventory (a stand-in tree for tests and labs).
+    #[arg(long, default_value = "/sys", value_name = "DIR")]
+    sysfs_root: PathBuf,
+    /// The kubelet's device plugin directory (its kubelet.sock and the plugins' sockets); `off`
+    /// for no device plugin (tokens are then only in --state-dir).
+    #[arg(
+        long,
+        default_value = "/var/lib/kubelet/device-plugins",
+        value_name = "DIR"
+    )]
+    device_plugin_dir: String,
     /// Log filter, e.g. info, debug.
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
@@ -107,12 +125,35 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         meshwire_southbound::KernelDriver::for_node(&args.node)
             .remember_in(args.state_dir.join("namespaces.json")),
     );
+    let sriov = match &args.sriov_config {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--sriov-config {}", path.display()))?;
+            let config = meshwire_models::sriov::SriovConfig::from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("--sriov-config {}: {e}", path.display()))?;
+            let plugin_dir =
+                (args.device_plugin_dir != "off").then(|| PathBuf::from(&args.device_plugin_dir));
+            let node = meshwire_southbound::sriov::node::SriovNode::start(
+                meshwire_southbound::sriov::node::SriovOptions {
+                    config,
+                    sysfs_root: args.sysfs_root.clone(),
+                    plugin_dir,
+                    state_dir: args.state_dir.clone(),
+                },
+            )
+            .await
+            .with_context(|| format!("SR-IOV ({})", path.display()))?;
+            Some(node)
+        }
+    };
     let opts = NodeAgentOptions {
         node: args.node.clone(),
         controllers: args.controller.clone(),
         token,
         ca,
         connect_timeout: args.connect_timeout,
+        sriov: sriov.as_ref().map(|s| s.report()),
     };
     let nsm = serve_nsm(&args, opts.token.as_deref(), opts.ca.as_deref())?;
     let first = std::sync::Once::new();
@@ -129,6 +170,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     for t in nsm {
         t.abort();
     }
+    drop(sriov);
     if args.nsm_socket != "off" {
         let _ = std::fs::remove_file(&args.nsm_socket);
     }

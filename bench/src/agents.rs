@@ -135,6 +135,7 @@ async fn rounds(
         mechanisms: vec![],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     };
     let mut lat = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
@@ -210,6 +211,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
             token: None,
             ca: None,
             connect_timeout: Duration::from_secs(2),
+            sriov: None,
         };
         agents.push(tokio::spawn(node::run(opts, d, |_| {})));
     }
@@ -354,6 +356,7 @@ pub async fn load(spec: &str) -> anyhow::Result<()> {
             token: None,
             ca: None,
             connect_timeout: Duration::from_secs(10),
+            sriov: None,
         };
         let d: Arc<dyn Driver> = Arc::new(meshwire_controller::NullDriver);
         tokio::spawn(node::run(opts, d, |_| {}));
@@ -442,6 +445,7 @@ pub async fn fleet(scale: f64) -> anyhow::Result<Fleet> {
             mechanisms: vec![],
             interface: None,
             excluded_prefixes: vec![],
+            sriov_token: None,
         };
         let t = Instant::now();
         ctl.request(req).await?;

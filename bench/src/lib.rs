@@ -254,6 +254,7 @@ fn bench_request(leaves: &[String], services: usize, rng: &mut Rng) -> Connectio
         mechanisms: vec![],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     }
 }
 
@@ -329,6 +330,7 @@ async fn core(scale: f64) -> anyhow::Result<()> {
                 mechanisms: vec![],
                 interface: None,
                 excluded_prefixes: vec![],
+                sriov_token: None,
             };
             let t = Instant::now();
             for _ in 0..cycles {

@@ -204,6 +204,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         mechanisms: vec![],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     };
 
     // Meshwire: request -> first packet, same node (veth) and cross node (VXLAN).
@@ -397,6 +398,7 @@ pub(crate) async fn heal(
             mechanisms: vec![],
             interface: Some("nsm-heal".into()),
             excluded_prefixes: vec![],
+            sriov_token: None,
         })
         .await?;
     let anycast: IpAddr = "10.70.0.1".parse()?;

@@ -73,6 +73,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         mechanisms: vec![],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     };
     for n in 0..connections {
         ctl.request(req(n, &mut rng)).await?;

@@ -76,6 +76,7 @@ impl Controller {
             mechanisms: vec![],
             interface: None,
             excluded_prefixes: vec![],
+            sriov_token: None,
         }))
     }
 

@@ -59,6 +59,14 @@ pub enum ControllerError {
     /// The caller may not make this change (its role, or the object it is bound to).
     #[error("{0}")]
     Forbidden(String),
+    /// A request with an SR-IOV token that cannot be served: the token is not the node's, not
+    /// allocated or in use (`exhausted == false`), or its pool has no free usable VF.
+    #[error("SR-IOV on node {node}: {detail}")]
+    Sriov {
+        node: String,
+        detail: String,
+        exhausted: bool,
+    },
     /// A service chain would pass a connection through the same endpoint twice.
     #[error("service chain {chain} loops back to endpoint {endpoint:?}: refused (an endpoint may appear once in a chain; check the onward services and labels of its elements)")]
     ChainCycle { chain: String, endpoint: String },
@@ -98,6 +106,10 @@ impl ControllerError {
             ControllerError::PreconditionFailed { .. } => "precondition-failed",
             ControllerError::Invalid { .. } => "invalid",
             ControllerError::Forbidden(_) => "forbidden",
+            ControllerError::Sriov {
+                exhausted: true, ..
+            } => "sriov-exhausted",
+            ControllerError::Sriov { .. } => "sriov-token",
             ControllerError::ChainCycle { .. } => "chain-cycle",
             ControllerError::Chain { .. } => "chain",
             ControllerError::Driver { .. } => "driver",

@@ -37,6 +37,7 @@ pub mod ranges;
 pub mod reconcile;
 pub mod replica;
 pub mod requeue;
+pub mod resources;
 pub mod select;
 pub mod state;
 pub mod store;

@@ -106,6 +106,8 @@ pub struct Offer<'a> {
     /// Links and vertices to avoid (healing around a failure).
     pub avoid_links: &'a [String],
     pub avoid_vertices: &'a [String],
+    /// The VF claimed for the client (a request with an SR-IOV token).
+    pub vf: Option<&'a crate::state::VfChoice>,
 }
 
 const REMOTE_DEFAULT: [MechanismKind; 4] = [
@@ -114,7 +116,11 @@ const REMOTE_DEFAULT: [MechanismKind; 4] = [
     MechanismKind::Mpls,
     MechanismKind::Vlan,
 ];
-const LOCAL_DEFAULT: [MechanismKind; 2] = [MechanismKind::Kernel, MechanismKind::Memif];
+const LOCAL_DEFAULT: [MechanismKind; 3] = [
+    MechanismKind::Kernel,
+    MechanismKind::Memif,
+    MechanismKind::SriovVf,
+];
 
 /// Negotiates a wiring for `offer`, claiming numbers from `pools`. On error nothing is claimed.
 pub fn negotiate(offer: &Offer, pools: &mut NumberPools) -> Result<Wiring, Reject> {
@@ -165,6 +171,28 @@ fn local(offer: &Offer, vertex: &str) -> Result<Wiring, Reject> {
                     interface: offer.client_interface.to_string(),
                     peer_interface: offer.endpoint_interface.to_string(),
                 },
+                MechanismKind::SriovVf => match offer.vf {
+                    Some(v) => Mechanism::SriovVf {
+                        pci_address: v.vf.pci.to_string(),
+                        pf: v.vf.pf.to_string(),
+                        vf: v.vf.index,
+                        netdev: v.vf.netdev.clone().unwrap_or_default(),
+                        pool: v.pool.clone(),
+                        token: v.token.clone(),
+                        vlan: offer
+                            .endpoint
+                            .mechanisms
+                            .sriov_vf
+                            .as_ref()
+                            .and_then(|c| c.vlan),
+                    },
+                    None => {
+                        why.push(format!(
+                            "{kind}: a VF is claimed with a device plugin token (the request's sriov_token, upstream's tokenID)"
+                        ));
+                        continue;
+                    }
+                },
                 _ => Mechanism::Memif {
                     socket: format!("/run/meshwire/memif/{}.sock", offer.connection_id),
                 },
@@ -186,7 +214,7 @@ fn local(offer: &Offer, vertex: &str) -> Result<Wiring, Reject> {
     }
     if prefs.is_empty() {
         why.push(format!(
-            "client and endpoint are both on {vertex}, where only kernel or memif can join them, but the client asked for {}",
+            "client and endpoint are both on {vertex}, where only kernel, memif or sriov-vf can join them, but the client asked for {}",
             offer.preferences.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
         ));
     }

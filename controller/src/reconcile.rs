@@ -70,9 +70,12 @@ impl Controller {
 
     /// Logs a driver's event and passes it on to watchers.
     fn note(&self, e: DriverEvent) {
-        tracing::info!(scope = %e.scope, happened = ?e.happened, detail = %e.detail, "data-plane event");
+        if !matches!(e.happened, crate::driver::Happened::NodeSriov { .. }) {
+            tracing::info!(scope = %e.scope, happened = ?e.happened, detail = %e.detail, "data-plane event");
+        }
         self.link_event(&e);
         self.agent_event(&e);
+        self.sriov_event(&e);
         self.emit(Event::DataPlane {
             scope: e.scope.to_string(),
             happened: e.happened,
@@ -395,6 +398,8 @@ impl Controller {
             mechanisms: old.preferences.clone(),
             interface: Some(old.interface.clone()),
             excluded_prefixes: old.ip_context.excluded_prefixes.clone(),
+            // A healed VF connection claims a VF again with the same token.
+            sriov_token: old.sriov_token().map(str::to_string),
         };
         let planned = self
             .state()
@@ -513,6 +518,7 @@ fn needs_a_round(e: &DriverEvent) -> bool {
             | crate::driver::Happened::LinkDown { .. }
             | crate::driver::Happened::LinkUp { .. }
             | crate::driver::Happened::NodeDetached { .. }
+            | crate::driver::Happened::NodeSriov { .. }
     )
 }
 

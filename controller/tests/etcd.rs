@@ -50,6 +50,7 @@ fn req(name: Option<&str>) -> ConnectionRequest {
         mechanisms: vec![],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     }
 }
 

@@ -103,6 +103,7 @@ fn req(node: &str, mechanisms: &[MechanismKind]) -> ConnectionRequest {
         mechanisms: mechanisms.to_vec(),
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     }
 }
 
@@ -677,6 +678,7 @@ async fn dev_versions_increase_across_controller_processes() {
         mechanisms: vec![],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     };
     a.request(req).await.unwrap();
     drop(a);

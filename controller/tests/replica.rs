@@ -70,6 +70,7 @@ fn req(name: &str) -> ConnectionRequest {
         mechanisms: vec![],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     }
 }
 

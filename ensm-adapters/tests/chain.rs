@@ -141,6 +141,7 @@ async fn dev_chain_cycle_fw1_fw2_fw1_is_refused_and_leaves_nothing() {
             mechanisms: vec![MechanismKind::Vxlan],
             interface: None,
             excluded_prefixes: vec![],
+            sriov_token: None,
         })
         .await
         .unwrap_err();
@@ -250,6 +251,7 @@ fn dev_chain_crash_between_the_two_legs_leaves_nothing_after_restart() {
                     mechanisms: vec![MechanismKind::Vxlan],
                     interface: None,
                     excluded_prefixes: vec![],
+                    sriov_token: None,
                 })
                 .await;
         });

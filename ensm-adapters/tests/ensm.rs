@@ -106,6 +106,7 @@ fn request(name: &str) -> ConnectionRequest {
         mechanisms: vec![MechanismKind::Vxlan],
         interface: None,
         excluded_prefixes: vec![],
+        sriov_token: None,
     }
 }
 

@@ -54,6 +54,10 @@ pub struct ConnectionRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub excluded_prefixes: Vec<IpNet>,
+    /// An SR-IOV device plugin token the kubelet allocated to the client (upstream's `tokenID`
+    /// mechanism parameter): the client gets a free VF of the token's pool on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sriov_token: Option<String>,
 }
 
 /// Where the two ends of a connection live on the data plane: network namespaces, when hosts and
@@ -294,6 +298,14 @@ impl ChainLink {
 }
 
 impl Connection {
+    /// The SR-IOV token this connection's VF was claimed with, if it has one.
+    pub fn sriov_token(&self) -> Option<&str> {
+        self.hops.iter().find_map(|h| match &h.mechanism {
+            Mechanism::SriovVf { token, .. } if !token.is_empty() => Some(token.as_str()),
+            _ => None,
+        })
+    }
+
     /// The interface name on the endpoint's side: `nse-` and the first 8 characters of the id.
     pub fn endpoint_interface(&self) -> String {
         endpoint_interface_for(&self.id)

@@ -35,7 +35,10 @@ impl MechanismKind {
 
     /// Local mechanisms connect two workloads of one node and cannot cross a link.
     pub fn is_local(self) -> bool {
-        matches!(self, MechanismKind::Kernel | MechanismKind::Memif)
+        matches!(
+            self,
+            MechanismKind::Kernel | MechanismKind::Memif | MechanismKind::SriovVf
+        )
     }
 
     /// Tunnels ride the IP underlay: only their two ends must support them. MPLS and VLAN are
@@ -164,7 +167,18 @@ pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<VlanCap>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sriov_vf: Option<KernelCap>,
+    pub sriov_vf: Option<SriovCap>,
+}
+
+/// What an endpoint reached over SR-IOV VFs asks of them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SriovCap {
+    /// The VLAN (1 to 4094) the PF tags its clients' VFs with: the endpoint's network on the
+    /// wire. None: untagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -278,7 +292,7 @@ impl Capabilities {
             gre: Some(GreCap::default()),
             mpls: Some(MplsCap::default()),
             vlan: Some(VlanCap::default()),
-            sriov_vf: Some(KernelCap {}),
+            sriov_vf: Some(SriovCap::default()),
         }
     }
 
@@ -386,9 +400,29 @@ pub enum Mechanism {
     Vlan {
         id: u32,
     },
-    #[serde(rename = "sriov-vf")]
+    /// A virtual function of the client node's SR-IOV PF, lent to the client: its netdev moves
+    /// into the client's namespace (the PF's embedded switch joins it to the other VFs and the
+    /// wire).
+    #[serde(rename = "sriov-vf", rename_all = "camelCase")]
     SriovVf {
+        /// The VF's PCI address.
         pci_address: String,
+        /// Its PF's PCI address and its number there (`virtfnN`).
+        #[serde(default)]
+        pf: String,
+        #[serde(default)]
+        vf: u32,
+        /// The VF's interface name on its node while it is not lent.
+        #[serde(default)]
+        netdev: String,
+        /// The pool and the device plugin token it was claimed from.
+        #[serde(default)]
+        pool: String,
+        #[serde(default)]
+        token: String,
+        /// The VLAN the PF tags the VF's traffic with (the endpoint's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vlan: Option<u16>,
     },
 }
 
@@ -435,7 +469,15 @@ impl Mechanism {
                 format!("mpls out={label_out} in={label_in}")
             }
             Mechanism::Vlan { id } => format!("vlan {id}"),
-            Mechanism::SriovVf { pci_address } => format!("sriov-vf {pci_address}"),
+            Mechanism::SriovVf {
+                pci_address,
+                pool,
+                vlan,
+                ..
+            } => match vlan {
+                Some(v) => format!("sriov-vf {pci_address} pool={pool} vlan={v}"),
+                None => format!("sriov-vf {pci_address} pool={pool}"),
+            },
         }
     }
 }

@@ -147,6 +147,102 @@ pub struct SriovConfig {
     pub resource_list: Vec<ResourceSelector>,
 }
 
+/// One virtual function as its node found it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vf {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub pci: PciAddress,
+    /// Its PF and its number there (`virtfnN`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub pf: PciAddress,
+    pub index: u32,
+    /// The PF's interface name, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pf_netdev: Option<String>,
+    /// The VF's interface name (none when bound to vfio-pci or to no driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netdev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommu_group: Option<String>,
+    /// PCI vendor and device ids (hex, without `0x`).
+    #[serde(default)]
+    pub vendor: String,
+    #[serde(default)]
+    pub device: String,
+}
+
+/// A device plugin token as its node reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub pool: String,
+    /// Handed to a container by the kubelet.
+    pub allocated: bool,
+}
+
+/// What a node's agent reports of its SR-IOV pools: each pool's VFs, the PFs whose link is
+/// down (their VFs unusable), and the device plugin's tokens.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSriov {
+    pub pools: BTreeMap<String, Vec<Vf>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub pfs_down: Vec<PciAddress>,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenInfo>,
+}
+
+/// Most tokens a node may report (every pool's VFs).
+pub const MAX_TOKENS: usize = 65_536;
+
+impl NodeSriov {
+    /// Checks what an agent sent: names, sizes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pools.len() > MAX_POOLS {
+            return Err(format!("{} pools; at most {MAX_POOLS}", self.pools.len()));
+        }
+        if self.tokens.len() > MAX_TOKENS {
+            return Err(format!(
+                "{} tokens; at most {MAX_TOKENS}",
+                self.tokens.len()
+            ));
+        }
+        for (name, vfs) in &self.pools {
+            check_pool_name(name)?;
+            for v in vfs {
+                if let Some(n) = &v.netdev {
+                    check_ifname(n).map_err(|e| format!("pool {name}: VF {}: {e}", v.pci))?;
+                }
+            }
+        }
+        for (id, t) in &self.tokens {
+            check_token(id)?;
+            if !self.pools.contains_key(&t.pool) {
+                return Err(format!("token {id}: pool {} is not reported", t.pool));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A device plugin token ID as a request may carry it: 1 to 63 letters, digits and `-` (the
+/// kubelet's device ID limit).
+pub fn check_token(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 63 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(format!(
+            "token {:?} must be 1 to 63 letters, digits or '-' (like sriov-<uuid>)",
+            id.chars().take(70).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// A PF name with the VFs a selector takes from it (`None`: all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PfName {

@@ -28,7 +28,11 @@ impl ForwarderKind {
     pub fn supports(self, kind: MechanismKind) -> bool {
         match self {
             ForwarderKind::Kernel => {
-                matches!(kind, MechanismKind::Kernel | MechanismKind::Vxlan)
+                // SR-IOV: the node's agent lends VFs of its PFs.
+                matches!(
+                    kind,
+                    MechanismKind::Kernel | MechanismKind::Vxlan | MechanismKind::SriovVf
+                )
             }
             ForwarderKind::Ovs => matches!(
                 kind,

@@ -246,6 +246,9 @@ impl ConnectionRequest {
             limits::EXCLUDED_PREFIXES,
         )?;
         check_count("mechanisms", self.mechanisms.len(), limits::MECHANISMS)?;
+        if let Some(t) = &self.sriov_token {
+            crate::sriov::check_token(t).map_err(at("sriov_token"))?;
+        }
         Ok(())
     }
 }
@@ -316,6 +319,14 @@ impl Object {
                 }
                 if let Some(u) = &e.url {
                     check_url("spec.url", u)?;
+                }
+                if let Some(v) = e.mechanisms.sriov_vf.as_ref().and_then(|c| c.vlan) {
+                    if !(1..=4094).contains(&v) {
+                        return Err(Invalid::new(
+                            "spec.mechanisms.sriovVf.vlan",
+                            format!("{v} is not a VLAN id (1 to 4094)"),
+                        ));
+                    }
                 }
                 match &e.location {
                     EndpointLocation::Node { node, netns } => {
@@ -425,6 +436,7 @@ mod tests {
             mechanisms: vec![],
             interface: None,
             excluded_prefixes: vec![],
+            sriov_token: None,
         }
     }
 

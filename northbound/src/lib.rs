@@ -325,7 +325,11 @@ async fn topology_status(State(ctl): State<Controller>) -> Json<serde_json::Valu
 }
 
 async fn resources(State(ctl): State<Controller>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "pools": ctl.pool_usage(), "connections": ctl.connection_count() }))
+    Json(serde_json::json!({
+        "pools": ctl.pool_usage(),
+        "connections": ctl.connection_count(),
+        "sriov": ctl.sriov_usage(),
+    }))
 }
 
 #[cfg(test)]

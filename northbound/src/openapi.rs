@@ -264,9 +264,9 @@ fn operations() -> Vec<Op> {
             ..Op::new(Get, "/api/v1/topology/status", "What the data plane observed of the topology")
         },
         Op {
-            ok: (200, "Pool usage and connection count", Some(("application/json", any_object().into()))),
+            ok: (200, "Number pools in use (`pools`), the connection count, and each node's SR-IOV VF pools (`sriov`: node, pool, total, allocated, unhealthy, tokens, tokensAllocated)", Some(("application/json", any_object().into()))),
             errors: &[401, 403],
-            ..Op::new(Get, "/api/v1/resources", "Number pools in use")
+            ..Op::new(Get, "/api/v1/resources", "Pools in use: numbers, addresses, SR-IOV VFs")
         },
         Op {
             params: {

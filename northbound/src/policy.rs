@@ -314,6 +314,7 @@ mod tests {
             mechanisms: vec![],
             interface: None,
             excluded_prefixes: vec![],
+            sriov_token: None,
         };
         n1.may_request(&req("n1")).unwrap();
         let e = n1.may_request(&req("n2")).unwrap_err();

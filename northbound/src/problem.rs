@@ -51,6 +51,10 @@ impl From<ControllerError> for Problem {
             | Chain { .. }
             | Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Forbidden(_) => StatusCode::FORBIDDEN,
+            Sriov {
+                exhausted: true, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            Sriov { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AlreadyExists { .. } => StatusCode::CONFLICT,
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             NoCapacity { .. } | PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,

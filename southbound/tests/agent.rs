@@ -165,6 +165,7 @@ fn agent(
         token: Some(token(token_of)),
         ca: rig.ca.clone(),
         connect_timeout: Duration::from_secs(2),
+        sriov: None,
     };
     let d: Arc<dyn Driver> = driver.clone();
     (driver, tokio::spawn(node::run(opts, d, |_| {})))
@@ -292,6 +293,7 @@ async fn an_agent_with_another_nodes_token_is_refused() {
             token: None,
             ca: None,
             connect_timeout: Duration::from_secs(2),
+            sriov: None,
         },
         Arc::new(RecordingDriver::new()),
         |_| {},
@@ -393,6 +395,7 @@ async fn agents_attach_over_tls_and_only_to_a_controller_they_trust() {
             token: Some(token("n2")),
             ca: None,
             connect_timeout: Duration::from_secs(2),
+            sriov: None,
         },
         Arc::new(RecordingDriver::new()),
         |_| {},

@@ -261,6 +261,11 @@ pub enum Happened {
     NodeDetached { node: String },
     /// A node's agent has been away longer than its lease: the endpoints on it are lost.
     NodeLost { node: String },
+    /// A node's SR-IOV pools, VFs and device plugin tokens as they are now (at every attach and
+    /// at every change); the node is the event's scope.
+    NodeSriov {
+        sriov: meshwire_models::sriov::NodeSriov,
+    },
 }
 
 #[async_trait]

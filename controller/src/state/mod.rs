@@ -3,6 +3,9 @@
 //! [`Controller`](crate::Controller) wraps this behind a mutex and talks to the store and driver.
 
 mod plan;
+mod sriov;
+
+pub use sriov::{PoolUsage, VfChoice};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -94,6 +97,8 @@ pub struct State {
     addresses: AddressPools,
     /// Round-robin turn per service.
     turns: HashMap<String, usize>,
+    /// SR-IOV pools per node and the VFs and tokens connections hold.
+    sriov: sriov::Claims,
 }
 
 impl State {
@@ -365,6 +370,7 @@ impl State {
 
     /// Records a planned (or restored) connection, counting it against its endpoint.
     pub fn commit(&mut self, conn: Connection) {
+        self.mark_vf(&conn, true);
         *self
             .load
             .entry(conn.network_service_endpoint_name.clone())
@@ -421,6 +427,7 @@ impl State {
             let _ = self.numbers.mark(&h.mechanism, false);
         }
         self.mark_addresses(c, false);
+        self.mark_vf(c, false);
     }
 
     /// Re-claims exactly what a stored connection holds (restore after restart).
@@ -433,6 +440,7 @@ impl State {
             }
         }
         self.mark_addresses(&c, true);
+        self.mark_vf(&c, true);
         self.commit(c);
         Ok(())
     }

@@ -114,6 +114,24 @@ impl State {
         };
         let endpoint_interface = meshwire_models::connection::endpoint_interface_for(id);
         let payload = service.payload;
+        // A token claims a VF on the client's node first: it does not depend on the endpoint.
+        let vf = match &req.sriov_token {
+            Some(_) if client_is_device => {
+                return Err(ControllerError::Invalid {
+                    what: "request".into(),
+                    field: "sriov_token".into(),
+                    rule: "a device is no SR-IOV client".into(),
+                })
+            }
+            Some(t) => Some(self.choose_vf(&req.client.node, t, id)?),
+            None => None,
+        };
+        let vf_prefs = [meshwire_models::MechanismKind::SriovVf];
+        let preferences: &[meshwire_models::MechanismKind] = if vf.is_some() {
+            &vf_prefs
+        } else {
+            &req.mechanisms
+        };
 
         let mut rejects: Vec<Reject> = Vec::new();
         for nse in ordered {
@@ -122,13 +140,14 @@ impl State {
                 graph: &self.graph,
                 client_vertex: &req.client.node,
                 endpoint: nse,
-                preferences: &req.mechanisms,
+                preferences,
                 client_interface: &client_interface,
                 endpoint_interface: &endpoint_interface,
                 connection_id: id,
                 min_mtu: self.config.min_mtu,
                 avoid_links: &avoid.links,
                 avoid_vertices: &avoid.vertices,
+                vf: vf.as_ref(),
             };
             let wiring = match negotiate(&offer, &mut self.numbers) {
                 Ok(w) => w,
@@ -182,6 +201,9 @@ impl State {
                 },
                 client_device: client_is_device.then(|| req.client.node.clone()),
             };
+            if let Some(v) = &vf {
+                self.sriov.claim(&req.client.node, v, id);
+            }
             return Ok(Connection {
                 id: id.to_string(),
                 network_service: service_name.clone(),

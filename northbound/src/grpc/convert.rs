@@ -47,6 +47,10 @@ pub(super) fn status(e: ControllerError) -> Status {
         E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         E::NoCapacity { .. } | E::PoolExhausted { .. } => Status::resource_exhausted(e.to_string()),
         E::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        E::Sriov {
+            exhausted: true, ..
+        } => Status::resource_exhausted(e.to_string()),
+        E::Sriov { .. } => Status::failed_precondition(e.to_string()),
         E::Forbidden(_) => Status::permission_denied(e.to_string()),
         E::Driver { .. } | E::Cancelled => Status::unavailable(e.to_string()),
     }
@@ -59,6 +63,9 @@ fn labels(m: &HashMap<String, String>) -> Labels {
 fn map(l: &Labels) -> HashMap<String, String> {
     l.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
+
+/// Upstream's mechanism parameter carrying an SR-IOV device plugin token.
+const TOKEN_ID: &str = "tokenID";
 
 /// Upstream's mechanism type names.
 fn mech_type(k: MechanismKind) -> &'static str {
@@ -75,7 +82,10 @@ fn mech_type(k: MechanismKind) -> &'static str {
 
 fn mechanism(m: &Mechanism) -> c::Mechanism {
     let mut p = HashMap::new();
-    let local = matches!(m, Mechanism::Kernel { .. } | Mechanism::Memif { .. });
+    let local = matches!(
+        m,
+        Mechanism::Kernel { .. } | Mechanism::Memif { .. } | Mechanism::SriovVf { .. }
+    );
     match m {
         Mechanism::Kernel {
             interface,
@@ -117,13 +127,30 @@ fn mechanism(m: &Mechanism) -> c::Mechanism {
         Mechanism::Vlan { id } => {
             p.insert("vlan_id".into(), id.to_string());
         }
-        Mechanism::SriovVf { pci_address } => {
-            p.insert("pci_address".into(), pci_address.clone());
+        Mechanism::SriovVf {
+            pci_address,
+            token,
+            vlan,
+            ..
+        } => {
+            p.insert("pciAddress".into(), pci_address.clone());
+            if !token.is_empty() {
+                p.insert(TOKEN_ID.into(), token.clone());
+            }
+            if let Some(v) = vlan {
+                p.insert("vlan_id".into(), v.to_string());
+            }
         }
     }
+    // A lent VF is a kernel interface in the client's namespace, as upstream's SR-IOV
+    // forwarder hands it (KERNEL with pciAddress and tokenID).
+    let kind = match m {
+        Mechanism::SriovVf { .. } => "KERNEL",
+        other => mech_type(other.kind()),
+    };
     c::Mechanism {
         cls: if local { "LOCAL" } else { "REMOTE" }.into(),
-        r#type: mech_type(m.kind()).into(),
+        r#type: kind.into(),
         parameters: p,
     }
 }
@@ -216,6 +243,7 @@ pub fn from_pb(r: &ns::NetworkServiceRequest) -> Result<ConnectionRequest, Statu
         .filter(|n| !n.is_empty() && *n != node);
     let mut mechanisms = Vec::new();
     let mut interface = None;
+    let mut sriov_token = None;
     for m in &r.mechanism_preferences {
         let kind: MechanismKind = m
             .r#type
@@ -223,6 +251,11 @@ pub fn from_pb(r: &ns::NetworkServiceRequest) -> Result<ConnectionRequest, Statu
             .map_err(|e: String| Status::invalid_argument(format!("mechanism_preferences: {e}")))?;
         if kind == MechanismKind::Kernel {
             interface = m.parameters.get("name").cloned().filter(|n| !n.is_empty());
+        }
+        // Upstream's SR-IOV clients put the device plugin's token on the mechanism (`tokenID`,
+        // on KERNEL and VFIO alike): the client gets a VF of the token's pool.
+        if let Some(t) = m.parameters.get(TOKEN_ID).filter(|t| !t.is_empty()) {
+            sriov_token = Some(t.clone());
         }
         if !mechanisms.contains(&kind) {
             mechanisms.push(kind);
@@ -266,6 +299,7 @@ pub fn from_pb(r: &ns::NetworkServiceRequest) -> Result<ConnectionRequest, Statu
         mechanisms,
         interface,
         excluded_prefixes,
+        sriov_token,
     })
 }
 

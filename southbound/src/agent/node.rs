@@ -32,6 +32,8 @@ pub struct NodeAgentOptions {
     pub ca: Option<Vec<u8>>,
     /// How long to wait for a controller to accept a connection.
     pub connect_timeout: Duration,
+    /// The node's SR-IOV pools as they change: reported at every attach and every change.
+    pub sriov: Option<tokio::sync::watch::Receiver<meshwire_models::sriov::NodeSriov>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,7 @@ async fn session(
         })?
         .into_inner();
     let mut welcomed = false;
+    let mut sriov = opts.sriov.clone();
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -210,6 +213,13 @@ async fn session(
                         welcomed = true;
                         tracing::info!(controller = %url, node = %opts.node, lease_ms = w.lease_ms, "attached");
                         on_attached(url);
+                        // A controller (perhaps a new one) learns the node's pools at once.
+                        if let Some(rx) = sriov.as_mut() {
+                            let report = rx.borrow_and_update().clone();
+                            if tx.send(sriov_event(&opts.node, report)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
                     }
                     Some(pb::to_agent::Msg::Topology(t)) => {
                         match serde_json::from_slice::<Topology>(&t.topology) {
@@ -230,6 +240,12 @@ async fn session(
                     None => {}
                 }
             }
+            changed = next_sriov(&mut sriov), if welcomed => {
+                let Some(report) = changed else { continue };
+                if tx.send(sriov_event(&opts.node, report)).await.is_err() {
+                    return Ok(());
+                }
+            }
             ev = next_event(events) => {
                 let Some(ev) = ev else { continue };
                 match serde_json::to_vec(&ev) {
@@ -244,6 +260,34 @@ async fn session(
             }
         }
     }
+}
+
+/// The SR-IOV report as an event for the controller.
+fn sriov_event(node: &str, sriov: meshwire_models::sriov::NodeSriov) -> pb::FromAgent {
+    let ev = DriverEvent {
+        scope: meshwire_controller::driver::Scope::Node(node.to_string()),
+        detail: format!("{} SR-IOV pool(s)", sriov.pools.len()),
+        happened: meshwire_controller::driver::Happened::NodeSriov { sriov },
+    };
+    pb::FromAgent {
+        msg: Some(pb::from_agent::Msg::Event(pb::Event {
+            event: serde_json::to_vec(&ev).unwrap_or_default(),
+        })),
+    }
+}
+
+/// The next SR-IOV report; pends forever without one (or once its sender is gone).
+async fn next_sriov(
+    rx: &mut Option<tokio::sync::watch::Receiver<meshwire_models::sriov::NodeSriov>>,
+) -> Option<meshwire_models::sriov::NodeSriov> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return None;
+    }
+    Some(r.borrow_and_update().clone())
 }
 
 /// The driver's next event; pends forever without a stream, and skips a lag (the controller's

@@ -15,6 +15,7 @@
 
 pub mod known;
 mod legs;
+mod lend;
 pub mod locate;
 pub mod netns;
 mod nsgone;
@@ -255,7 +256,7 @@ impl KernelDriver {
         let at = || format!("{}/{}", ns_name(&end.netns), end.ifname);
         match Self::find(&h, &end.ifname).await.map_err(|e| self.err(c, at(), e))? {
             None => Ok(false),
-            Some(f) if f.alias.as_deref() == Some(alias(&c.id).as_str()) => Ok(true),
+            Some(f) if f.alias.as_deref() == Some(end.alias(&c.id).as_str()) => Ok(true),
             Some(f) => Err(self
                 .err(
                     c,
@@ -343,7 +344,7 @@ impl KernelDriver {
             .map_err(|e| self.err(c, &at, e))?
             .ok_or_else(|| self.err(c, &at, "interface vanished while being wired"))?;
         let mut set = LinkUnspec::new_with_index(f.index)
-            .alias(alias(&c.id))
+            .alias(end.alias(&c.id))
             .mtu(end.mtu)
             .up();
         if let Some(mac) = end.mac {
@@ -528,6 +529,7 @@ impl KernelDriver {
                 }
             }
             Wiring::Legs(legs) => return self.apply_legs(c, legs).await,
+            Wiring::Vf { client, vf } => self.lend_vf(c, client, vf).await?,
         }
         for end in w.ends() {
             self.configure(c, end).await?;
@@ -553,6 +555,7 @@ impl KernelDriver {
                     self.delete(c, end).await?;
                 }
             }
+            Wiring::Vf { client, vf } => self.return_vf(c, client, vf).await?,
             // Each leg is a veth: the bridge's end goes, and its peer with it.
             Wiring::Legs(legs) => {
                 for leg in legs {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use meshwire_controller::driver::{Health, Observation};
 use meshwire_models::Connection;
 
-use super::wiring::{alias, Wiring};
+use super::wiring::Wiring;
 use super::{netns, ns_name, KernelDriver};
 
 impl KernelDriver {
@@ -48,8 +48,8 @@ impl KernelDriver {
                 }
             }
             if health.is_none() {
-                let ours = alias(&c.id);
                 for end in ends {
+                    let ours = end.alias(&c.id);
                     if !links.contains_key(&end.netns) {
                         let l = self.links(&end.netns).await;
                         links.insert(end.netns.clone(), l);

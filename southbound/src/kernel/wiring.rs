@@ -25,6 +25,10 @@ pub fn alias(connection_id: &str) -> String {
     format!("{ALIAS_PREFIX}{connection_id}")
 }
 
+/// The alias of an SR-IOV VF lent to a connection (`meshwire-vf:<id>`): a VF is given back,
+/// never deleted, so sweeps that delete what carries [`ALIAS_PREFIX`] never match it.
+pub const VF_ALIAS_PREFIX: &str = "meshwire-vf:";
+
 /// The routing protocol number on routes Meshwire installs (`ip route show proto 200`).
 pub const ROUTE_PROTOCOL: u8 = 200;
 
@@ -43,6 +47,34 @@ pub struct End {
     pub mac: Option<[u8; 6]>,
     /// Permanent neighbour entries (IP payload over MPLS carries no ARP).
     pub neighbors: Vec<(IpAddr, [u8; 6])>,
+    /// The interface is lent, not created (an SR-IOV VF): marked with [`VF_ALIAS_PREFIX`] and
+    /// given back on removal.
+    pub lent: bool,
+}
+
+impl End {
+    /// The alias marking this end as connection `id`'s.
+    pub fn alias(&self, id: &str) -> String {
+        if self.lent {
+            format!("{VF_ALIAS_PREFIX}{id}")
+        } else {
+            alias(id)
+        }
+    }
+}
+
+/// An SR-IOV VF lent to a connection's client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfLend {
+    pub pci: String,
+    /// Its PF's PCI address and its number there.
+    pub pf: String,
+    pub vf: u32,
+    /// The VF's name on its node while it is not lent.
+    pub host_name: String,
+    /// The node's namespace, where the VF lives while not lent.
+    pub node_netns: Option<String>,
+    pub vlan: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +94,12 @@ pub enum Wiring {
     /// On Open vSwitch nodes: each leg a veth pair, the workload's interface and its peer that
     /// joins the node's bridge.
     Legs(Vec<Leg>),
+    /// A VF of the client node's PF, moved into the client's namespace; the PF's embedded
+    /// switch carries it, so the endpoint side has nothing on the node.
+    Vf {
+        client: End,
+        vf: VfLend,
+    },
 }
 
 /// One side of a tunnel: the workload end and where its tunnel socket lives.
@@ -94,6 +132,7 @@ impl Wiring {
                 .iter()
                 .flat_map(|l| [(&l.workload, l.client), (&l.bridge_port, l.client)])
                 .collect(),
+            Wiring::Vf { client, .. } => vec![(client, true)],
         }
     }
 }
@@ -120,6 +159,7 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         mtu: c.mtu,
         mac: None,
         neighbors: Vec::new(),
+        lent: false,
     };
     let endpoint = End {
         netns: p.endpoint_netns.clone(),
@@ -130,6 +170,7 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         mtu: c.mtu,
         mac: None,
         neighbors: Vec::new(),
+        lent: false,
     };
     (client, endpoint)
 }
@@ -157,6 +198,25 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
                 port: *port,
             })
         }
+        Some(Mechanism::SriovVf { pci_address, pf, vf, netdev, vlan, .. }) => {
+            if p.client_device.is_some() {
+                return Err("a device is no SR-IOV client".into());
+            }
+            meshwire_models::validate::check_ifname(netdev).map_err(|e| format!("VF {pci_address}: {e}"))?;
+            client.lent = true;
+            client.mac = Some(crate::ovs::plan::mac(&c.id, 0));
+            Ok(Wiring::Vf {
+                client,
+                vf: VfLend {
+                    pci: pci_address.clone(),
+                    pf: pf.clone(),
+                    vf: *vf,
+                    host_name: netdev.clone(),
+                    node_netns: p.client_node_netns.clone(),
+                    vlan: *vlan,
+                },
+            })
+        }
         Some(other) => Err(format!("the kernel data plane cannot wire {} (these hosts have no GRE, MPLS or VLAN modules); use an ovs node", other.kind())),
         None => Err("connection has no mechanism".into()),
     }
@@ -181,7 +241,7 @@ pub fn plan_on(c: &Connection, node: &str) -> Result<Option<Wiring>, String> {
         return Ok(None);
     }
     Ok(match plan(c)? {
-        w @ Wiring::Veth { .. } => client_here.then_some(w),
+        w @ (Wiring::Veth { .. } | Wiring::Vf { .. }) => client_here.then_some(w),
         w @ Wiring::Legs(_) => Some(w),
         Wiring::Vxlan {
             client,

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use meshwire_models::sriov::Vf;
 use meshwire_models::sriov::{PciAddress, PfName, PoolSource, Selectors, SriovConfig, MAX_VFS};
 
 /// Why the node's SR-IOV inventory could not be read.
@@ -34,24 +35,6 @@ impl SriovError {
     pub fn retryable(&self) -> bool {
         matches!(self, SriovError::Sysfs { .. })
     }
-}
-
-/// One virtual function.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Vf {
-    pub pci: PciAddress,
-    /// Its PF and its index there (`virtfnN`).
-    pub pf: PciAddress,
-    pub index: u32,
-    /// The PF's interface name, when it has one.
-    pub pf_netdev: Option<String>,
-    /// The VF's interface name (none when bound to vfio-pci or to no driver).
-    pub netdev: Option<String>,
-    pub driver: Option<String>,
-    pub iommu_group: Option<String>,
-    /// PCI vendor and device ids (hex, without `0x`).
-    pub vendor: String,
-    pub device: String,
 }
 
 /// One physical function.

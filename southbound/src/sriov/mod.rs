@@ -4,6 +4,7 @@
 
 pub mod deviceplugin;
 pub mod inventory;
+pub mod node;
 pub mod standin;
 pub mod tokens;
 pub mod vfmsg;

@@ -1,0 +1,373 @@
+//! Input: the sriov lab (host n1 with a stand-in PF of two VFs in pool worker.domain/10G; its
+//! agent runs the device plugin) and a kubelet stand-in played by this test over the kubelet's
+//! own API (v1beta1 `Registration` served on `kubelet.sock`, `DevicePlugin` called on the socket
+//! the plugin registers). Output: both pods allocated a token get their VF and ping each other
+//! through the PF's switch; a third is refused with a clear error (token in use, token unknown);
+//! the pool reports no free device; a kubelet restart and an agent restart bring the
+//! registration back with the same tokens and move no VF; a PF link down is reported unhealthy;
+//! closing gives both VFs back to the node under their own names.
+//! Needs root; skipped otherwise unless MESHWIRE_REQUIRE_ALL is set (CI), where it must run.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshwire_southbound::sriov::deviceplugin::{pb, unix_channel, HEALTHY, KUBELET_SOCKET};
+use tokio::sync::{mpsc, oneshot};
+
+mod support;
+use support::lab::{root, Lab};
+
+const POOL: &str = "worker.domain/10G";
+const PLUGINS: &str = "/run/meshwire/labs/sriov/agents/n1.device-plugins";
+
+struct Kubelet {
+    tx: mpsc::Sender<pb::RegisterRequest>,
+}
+
+#[tonic::async_trait]
+impl pb::registration_server::Registration for Kubelet {
+    async fn register(
+        &self,
+        req: tonic::Request<pb::RegisterRequest>,
+    ) -> Result<tonic::Response<pb::Empty>, tonic::Status> {
+        let _ = self.tx.send(req.into_inner()).await;
+        Ok(tonic::Response::new(pb::Empty {}))
+    }
+}
+
+/// The kubelet stand-in's registration service on `dir/kubelet.sock`; stops when dropped.
+struct StandIn {
+    _stop: oneshot::Sender<()>,
+    registered: mpsc::Receiver<pb::RegisterRequest>,
+}
+
+fn kubelet(dir: &Path) -> StandIn {
+    let path = dir.join(KUBELET_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let incoming = futures::stream::unfold(listener, |l| async move {
+        Some((l.accept().await.map(|(s, _)| s), l))
+    });
+    let (tx, registered) = mpsc::channel(16);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::registration_server::RegistrationServer::new(Kubelet {
+                tx,
+            }))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    StandIn {
+        _stop: stop,
+        registered,
+    }
+}
+
+impl StandIn {
+    async fn registration(&mut self) -> pb::RegisterRequest {
+        tokio::time::timeout(Duration::from_secs(20), self.registered.recv())
+            .await
+            .expect("the device plugin registers within 20 s")
+            .expect("kubelet open")
+    }
+}
+
+type Plugin = pb::device_plugin_client::DevicePluginClient<tonic::transport::Channel>;
+
+async fn plugin(dir: &Path, reg: &pb::RegisterRequest) -> Plugin {
+    assert_eq!(reg.resource_name, POOL);
+    assert_eq!(reg.version, "v1beta1");
+    pb::device_plugin_client::DevicePluginClient::new(
+        unix_channel(&dir.join(&reg.endpoint)).await.unwrap(),
+    )
+}
+
+/// The first device list (from a fresh ListAndWatch) for which `pred` holds.
+async fn devices_until(p: &mut Plugin, pred: impl Fn(&[pb::Device]) -> bool) -> Vec<pb::Device> {
+    let mut s = p.list_and_watch(pb::Empty {}).await.unwrap().into_inner();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(15), s.message())
+            .await
+            .expect("a device list within 15 s")
+            .unwrap()
+            .expect("stream open");
+        if pred(&r.devices) {
+            return r.devices;
+        }
+    }
+}
+
+fn healthy(d: &[pb::Device]) -> usize {
+    d.iter().filter(|x| x.health == HEALTHY).count()
+}
+
+async fn allocate(p: &mut Plugin, id: &str) -> String {
+    let r = p
+        .allocate(pb::AllocateRequest {
+            container_requests: vec![pb::ContainerAllocateRequest {
+                devices_ids: vec![id.to_string()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.container_responses[0]
+        .envs
+        .get(&format!("NSM_SRIOV_TOKENS_{POOL}"))
+        .cloned()
+        .expect("upstream's environment variable")
+}
+
+fn ifindex(lab: &Lab, node: &str, ifname: &str) -> String {
+    let out = lab.exec(node, &["ip", "-o", "link", "show", ifname]);
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn sriov_pool(lab: &Lab) -> serde_json::Value {
+    let out = lab.meshwire(&["get", "resources", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["sriov"][0].clone()
+}
+
+/// Waits until the controller's view of the pool satisfies `pred` (reports travel as events).
+fn wait_pool(lab: &Lab, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = sriov_pool(lab);
+        if pred(&p) {
+            return p;
+        }
+        assert!(std::time::Instant::now() < deadline, "pool now: {p}");
+        // The report is an event on the agent's stream; the REST view is read, not watched.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn refused(lab: &Lab, args: &[&str], says: &str) {
+    let out = lab.meshwire(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(says),
+        "{args:?}: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("sriov");
+    let dir = PathBuf::from(PLUGINS);
+    let (p1, p2, p3) = (lab.ns("p1"), lab.ns("p2"), lab.ns("p3"));
+
+    // The kubelet comes up after the agent: the plugin sees kubelet.sock appear and registers.
+    let mut k = kubelet(&dir);
+    let reg = k.registration().await;
+    let mut dp = plugin(&dir, &reg).await;
+    let devices = devices_until(&mut dp, |d| d.len() == 2 && healthy(d) == 2).await;
+    let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+
+    // The kubelet hands one token to each of two pods; none is left for a third.
+    let t1 = allocate(&mut dp, &ids[0]).await;
+    let t2 = allocate(&mut dp, &ids[1]).await;
+    assert_eq!(
+        (t1.as_str(), t2.as_str()),
+        (ids[0].as_str(), ids[1].as_str())
+    );
+    let free = ids.len() - 2;
+    assert_eq!(
+        free, 0,
+        "the device plugin offers no device for a third pod"
+    );
+    wait_pool(&lab, |p| p["tokensAllocated"] == 2);
+
+    let c1 = lab.request(&[
+        "sriov-net",
+        "--client",
+        "n1",
+        "--name",
+        &p1,
+        "--sriov-token",
+        &t1,
+    ]);
+    let c2 = lab.request(&[
+        "sriov-net",
+        "--client",
+        "n1",
+        "--name",
+        &p2,
+        "--sriov-token",
+        &t2,
+    ]);
+    for (c, ns) in [(&c1, &p1), (&c2, &p2)] {
+        assert_eq!(c["state"], "up", "{c}");
+        let m = &c["hops"][0]["mechanism"];
+        assert_eq!(m["type"], "sriov-vf", "{m}");
+        let link = lab.exec(
+            ns.trim_start_matches("clab-sriov-"),
+            &["ip", "link", "show", "nsm-1"],
+        );
+        let text = String::from_utf8_lossy(&link.stdout);
+        assert!(
+            text.contains(&format!("alias meshwire-vf:{}", c["id"].as_str().unwrap())),
+            "{ns}: {text}"
+        );
+    }
+    assert_ne!(
+        c1["hops"][0]["mechanism"]["pciAddress"],
+        c2["hops"][0]["mechanism"]["pciAddress"]
+    );
+    let a2 = c2["ip_context"]["src_ip_addrs"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let a1 = c1["ip_context"]["src_ip_addrs"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        lab.ping("p1", &a2),
+        "p1 reaches p2 through their VFs\n{}",
+        lab.logs()
+    );
+    assert!(lab.ping("p2", &a1));
+    let pool = wait_pool(&lab, |p| p["allocated"] == 2);
+    assert_eq!(
+        (pool["total"].as_u64(), pool["unhealthy"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // A third pod: another's token is in use; a made-up one is not the node's.
+    refused(
+        &lab,
+        &[
+            "request",
+            "sriov-net",
+            "--client",
+            "n1",
+            "--name",
+            &p3,
+            "--sriov-token",
+            &t1,
+        ],
+        "in use by connection",
+    );
+    refused(
+        &lab,
+        &[
+            "request",
+            "sriov-net",
+            "--client",
+            "n1",
+            "--name",
+            &p3,
+            "--sriov-token",
+            "sriov-00000000-0000-0000-0000-000000000000",
+        ],
+        "not one of this node's device plugin tokens",
+    );
+    refused(
+        &lab,
+        &["request", "sriov-net", "--client", "n1", "--name", &p3],
+        "device plugin token",
+    );
+
+    let before = (ifindex(&lab, "p1", "nsm-1"), ifindex(&lab, "p2", "nsm-1"));
+
+    // Kubelet restart: every socket in the directory deleted, kubelet.sock created anew.
+    drop(k);
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let _ = std::fs::remove_file(e.path());
+    }
+    let mut k = kubelet(&dir);
+    let reg = k.registration().await;
+    let mut dp = plugin(&dir, &reg).await;
+    let again: Vec<String> = devices_until(&mut dp, |d| d.len() == 2)
+        .await
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(
+        again.iter().collect::<std::collections::BTreeSet<_>>(),
+        ids.iter().collect()
+    );
+
+    // Agent restart: it registers again, its tokens and allocations restored, no VF moved.
+    let out = lab.meshwire(&["lab", "node-agent", "sriov", "n1", "kill"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.meshwire(&["lab", "node-agent", "sriov", "n1", "start"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg = k.registration().await;
+    let mut dp = plugin(&dir, &reg).await;
+    let after: Vec<String> = devices_until(&mut dp, |d| d.len() == 2)
+        .await
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(
+        after.iter().collect::<std::collections::BTreeSet<_>>(),
+        ids.iter().collect()
+    );
+    wait_pool(&lab, |p| p["tokensAllocated"] == 2 && p["allocated"] == 2);
+    assert_eq!(
+        before,
+        (ifindex(&lab, "p1", "nsm-1"), ifindex(&lab, "p2", "nsm-1")),
+        "no VF changed hands"
+    );
+    assert!(lab.ping("p1", &a2));
+
+    // The PF's link down: its VFs are reported unhealthy (not hidden), then healthy again.
+    let out = lab.exec("n1", &["ip", "link", "set", "pf0", "down"]);
+    assert!(out.status.success());
+    devices_until(&mut dp, |d| d.len() == 2 && healthy(d) == 0).await;
+    wait_pool(&lab, |p| p["unhealthy"] == 2);
+    let out = lab.exec("n1", &["ip", "link", "set", "pf0", "up"]);
+    assert!(out.status.success());
+    devices_until(&mut dp, |d| healthy(d) == 2).await;
+    wait_pool(&lab, |p| p["unhealthy"] == 0);
+
+    // Closing gives both VFs back to n1 under their own names, unmarked.
+    for c in [&c1, &c2] {
+        let out = lab.meshwire(&["close", c["id"].as_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for vf in ["pf0v0", "pf0v1"] {
+        let out = lab.exec("n1", &["ip", "link", "show", vf]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains("alias"),
+            "{vf}: {text}"
+        );
+    }
+    assert!(!lab
+        .exec("p1", &["ip", "link", "show", "nsm-1"])
+        .status
+        .success());
+    wait_pool(&lab, |p| p["allocated"] == 0);
+}
