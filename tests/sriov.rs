@@ -348,15 +348,32 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
     devices_until(&mut dp, |d| healthy(d) == 2).await;
     wait_pool(&lab, |p| p["unhealthy"] == 0);
 
-    // Closing gives both VFs back to n1 under their own names, unmarked.
-    for c in [&c1, &c2] {
-        let out = lab.meshwire(&["close", c["id"].as_str().unwrap()]);
+    // Closing gives a VF back to n1 under its own name, unmarked; one closed while the agent
+    // is away comes back when the agent does (its sweep finds it lent to no desired
+    // connection).
+    let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
+    };
+    ok(lab.meshwire(&["close", c1["id"].as_str().unwrap()]));
+    ok(lab.meshwire(&["lab", "node-agent", "sriov", "n1", "kill"]));
+    ok(lab.meshwire(&["close", c2["id"].as_str().unwrap()]));
+    assert!(
+        lab.exec("p2", &["ip", "link", "show", "nsm-1"])
+            .status
+            .success(),
+        "still lent while the agent is away"
+    );
+    ok(lab.meshwire(&["lab", "node-agent", "sriov", "n1", "start"]));
+    assert!(
+        lab.wait_links("n1", Duration::from_secs(15), |l| l.contains("pf0v0@")
+            && l.contains("pf0v1@")),
+        "both VFs back on n1\n{}",
+        lab.logs()
+    );
     for vf in ["pf0v0", "pf0v1"] {
         let out = lab.exec("n1", &["ip", "link", "show", vf]);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -365,6 +382,10 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
             "{vf}: {text}"
         );
     }
+    assert!(!lab
+        .exec("p2", &["ip", "link", "show", "nsm-1"])
+        .status
+        .success());
     assert!(!lab
         .exec("p1", &["ip", "link", "show", "nsm-1"])
         .status

@@ -242,3 +242,59 @@ impl KernelDriver {
             .map_err(|e| self.err(c, &at, format!("VF {} settings: {e}", vf.vf)))
     }
 }
+
+impl KernelDriver {
+    /// Gives back a VF found lent to no desired connection: its own name, moved to the node's
+    /// namespace `home` (when elsewhere), our mark cleared.
+    pub(super) async fn give_back(
+        &self,
+        h: &Handle,
+        ns: &Option<String>,
+        index: u32,
+        host: &str,
+        home: &Option<String>,
+    ) -> Result<(), String> {
+        meshwire_models::validate::check_ifname(host)?;
+        let mut set = LinkUnspec::new_with_index(index).down().name(host);
+        let elsewhere = ns != home;
+        let file = if elsewhere {
+            Some(ns_file(home).map_err(|e| format!("namespace {}: {e}", ns_name(home)))?)
+        } else {
+            None
+        };
+        if !elsewhere {
+            set = set.alias("");
+        }
+        h.link()
+            .set(set.build())
+            .execute()
+            .await
+            .map_err(|e| format!("rename {host}: {e}"))?;
+        let Some(f) = file else {
+            return Ok(());
+        };
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(f.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| format!("move {host} to {}: {e}", ns_name(home)))?;
+        let node = self
+            .namespaces
+            .handle(home)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(found) = Self::find(&node, host).await.map_err(|e| e.to_string())? {
+            node.link()
+                .set(LinkUnspec::new_with_index(found.index).alias("").build())
+                .execute()
+                .await
+                .map_err(|e| format!("clear the mark of {host}: {e}"))?;
+        }
+        tracing::info!(vf = %host, from = %ns_name(ns), "leftover VF given back");
+        Ok(())
+    }
+}

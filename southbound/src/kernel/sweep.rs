@@ -10,6 +10,8 @@
 //! - interfaces with a `meshwire:<id>` alias whose connection is not desired (a crash between
 //!   wiring and recording, a record deleted by hand), and interfaces retired but not yet deleted
 //!   (a crash during teardown);
+//! - SR-IOV VFs lent (`meshwire-vf:<id>/<name>`) to a connection not desired: given back to the
+//!   node under their own name, never deleted;
 //! - routes with our protocol ([`super::wiring::ROUTE_PROTOCOL`]) that no desired connection
 //!   installs on that interface.
 
@@ -193,6 +195,9 @@ impl KernelDriver {
         let node = self.node.as_deref();
         let routes = desired_routes(desired, topology, node);
         let mut swept = Swept::default();
+        // Where this node's VFs live when not lent (an agent's node only).
+        let home: Option<Option<String>> =
+            node.map(|n| topology.nodes.get(n).and_then(|x| x.netns.clone()));
         let mut all = namespaces_of(desired, topology, node);
         for k in self.known.all() {
             if netns::exists(&Some(k.clone())) {
@@ -207,7 +212,7 @@ impl KernelDriver {
             }
             let label = ns.as_deref().unwrap_or("(own)").to_string();
             match self
-                .sweep_one(&ns, &ids, &routes, at_once, &mut suspects)
+                .sweep_one(&ns, &ids, &routes, &home, at_once, &mut suspects)
                 .await
             {
                 Ok(s) => {
@@ -243,6 +248,7 @@ impl KernelDriver {
         ns: &Option<String>,
         ids: &HashSet<&str>,
         routes: &HashSet<RouteKey>,
+        home: &Option<Option<String>>,
         at_once: bool,
         suspects: &mut HashSet<String>,
     ) -> Result<Swept, String> {
@@ -278,6 +284,27 @@ impl KernelDriver {
             if l.group == RETIRED_GROUP {
                 retired = true;
                 swept.interfaces += 1;
+                continue;
+            }
+            // A VF lent to a connection that is no longer desired (its removal was lost while
+            // the agent was away): given back to the node, never deleted.
+            if let Some((id, host)) = l.alias.as_deref().and_then(wiring::parse_vf_alias) {
+                if ids.contains(id) || home.is_none() {
+                    continue;
+                }
+                let key = format!("vf {}/{} {id}", ns.as_deref().unwrap_or(""), l.name);
+                if !self.confirmed(key, at_once, suspects) {
+                    continue;
+                }
+                match self
+                    .give_back(&h, ns, *index, host, home.as_ref().unwrap_or(&None))
+                    .await
+                {
+                    Ok(()) => swept.interfaces += 1,
+                    Err(e) => {
+                        tracing::warn!(vf = %host, connection = %id, error = %e, "giving back a leftover VF failed")
+                    }
+                }
                 continue;
             }
             let Some(id) = l

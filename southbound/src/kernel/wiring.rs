@@ -47,20 +47,29 @@ pub struct End {
     pub mac: Option<[u8; 6]>,
     /// Permanent neighbour entries (IP payload over MPLS carries no ARP).
     pub neighbors: Vec<(IpAddr, [u8; 6])>,
-    /// The interface is lent, not created (an SR-IOV VF): marked with [`VF_ALIAS_PREFIX`] and
-    /// given back on removal.
-    pub lent: bool,
+    /// The interface is lent, not created (an SR-IOV VF, by its name on the node): marked
+    /// `meshwire-vf:<id>/<name>` and given back under that name on removal.
+    pub lent: Option<String>,
 }
 
 impl End {
     /// The alias marking this end as connection `id`'s.
     pub fn alias(&self, id: &str) -> String {
-        if self.lent {
-            format!("{VF_ALIAS_PREFIX}{id}")
-        } else {
-            alias(id)
+        match &self.lent {
+            Some(host) => vf_alias(id, host),
+            None => alias(id),
         }
     }
+}
+
+/// The alias of a VF lent to connection `id`; `host` is its name on the node.
+pub fn vf_alias(id: &str, host: &str) -> String {
+    format!("{VF_ALIAS_PREFIX}{id}/{host}")
+}
+
+/// (connection id, name on the node) of a lent VF's alias.
+pub fn parse_vf_alias(alias: &str) -> Option<(&str, &str)> {
+    alias.strip_prefix(VF_ALIAS_PREFIX)?.split_once('/')
 }
 
 /// An SR-IOV VF lent to a connection's client.
@@ -159,7 +168,7 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         mtu: c.mtu,
         mac: None,
         neighbors: Vec::new(),
-        lent: false,
+        lent: None,
     };
     let endpoint = End {
         netns: p.endpoint_netns.clone(),
@@ -170,7 +179,7 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         mtu: c.mtu,
         mac: None,
         neighbors: Vec::new(),
-        lent: false,
+        lent: None,
     };
     (client, endpoint)
 }
@@ -203,7 +212,7 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
                 return Err("a device is no SR-IOV client".into());
             }
             meshwire_models::validate::check_ifname(netdev).map_err(|e| format!("VF {pci_address}: {e}"))?;
-            client.lent = true;
+            client.lent = Some(netdev.clone());
             client.mac = Some(crate::ovs::plan::mac(&c.id, 0));
             Ok(Wiring::Vf {
                 client,

@@ -197,7 +197,7 @@ pub fn legs(c: &Connection) -> Result<Vec<Leg>, String> {
         mtu: c.mtu,
         mac: None,
         neighbors: vec![],
-        lent: false,
+        lent: None,
     };
     client.mac = Some(mac(&c.id, 0));
     endpoint.mac = Some(mac(&c.id, 1));
