@@ -2,13 +2,14 @@
 //! `meshwire nsc-init` (what the webhook injects: it requests the pod's network services over
 //! the NSM gRPC API before the app starts).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use meshwire_models::nsurl::NsUrl;
 use meshwire_northbound::grpc::pb::{connection as c, networkservice as ns};
+use meshwire_northbound::k8s::webhook::SRIOV_TOKEN_LABEL;
 
 #[derive(clap::Args)]
 pub struct WebhookArgs {
@@ -120,16 +121,26 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// One NSM request for `u`, in upstream's shape.
-pub fn request_for(u: &NsUrl, node: &str, pod: &str) -> ns::NetworkServiceRequest {
+pub fn request_for(
+    u: &NsUrl,
+    node: &str,
+    pod: &str,
+    token: Option<&str>,
+) -> ns::NetworkServiceRequest {
     let mut labels: HashMap<String, String> = u
         .labels
         .iter()
+        .filter(|(k, _)| k.as_str() != SRIOV_TOKEN_LABEL)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     labels.insert("nodeName".into(), node.to_string());
     let mut parameters = HashMap::new();
     if let Some(i) = &u.interface {
         parameters.insert("name".to_string(), i.clone());
+    }
+    // Upstream's SR-IOV client: the token goes on the mechanism as `tokenID`.
+    if let Some(t) = token {
+        parameters.insert("tokenID".to_string(), t.to_string());
     }
     ns::NetworkServiceRequest {
         connection: Some(c::Connection {
@@ -152,9 +163,46 @@ pub fn request_for(u: &NsUrl, node: &str, pod: &str) -> ns::NetworkServiceReques
     }
 }
 
+/// The SR-IOV tokens the kubelet gave this container, by pool (`NSM_SRIOV_TOKENS_<pool>=a,b`).
+pub fn sriov_tokens(env: impl Iterator<Item = (String, String)>) -> BTreeMap<String, Vec<String>> {
+    env.filter_map(|(k, v)| {
+        let pool = k.strip_prefix("NSM_SRIOV_TOKENS_")?.to_string();
+        let ids: Vec<String> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        Some((pool, ids))
+    })
+    .collect()
+}
+
+/// One token per URL naming a pool (`?sriovToken=<pool>`), each token used once.
+pub fn tokens_for(
+    urls: &[NsUrl],
+    mut tokens: BTreeMap<String, Vec<String>>,
+) -> anyhow::Result<Vec<Option<String>>> {
+    urls.iter()
+        .map(|u| match u.labels.get(SRIOV_TOKEN_LABEL) {
+            None => Ok(None),
+            Some(pool) => {
+                let ids = tokens.get_mut(pool).filter(|ids| !ids.is_empty()).with_context(|| {
+                    format!(
+                        "{}: sriovToken={pool}, but this container has no (more) NSM_SRIOV_TOKENS_{pool} from the kubelet (does it request the resource {pool}?)",
+                        u.service
+                    )
+                })?;
+                Ok(Some(ids.remove(0)))
+            }
+        })
+        .collect()
+}
+
 pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
     let urls = NsUrl::parse_list(&args.services)
         .map_err(|e| anyhow::anyhow!("NSM_NETWORK_SERVICES: {e}"))?;
+    let tokens = tokens_for(&urls, sriov_tokens(std::env::vars()))?;
     // Several controllers (highly available): a balanced channel sends each call to one that
     // answers; standbys bind no gRPC port, so calls reach the leader.
     let mut endpoints = Vec::new();
@@ -216,9 +264,10 @@ pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
         }
     };
     let mut nsc = ns::network_service_client::NetworkServiceClient::new(channel);
-    for u in &urls {
+    for (u, sriov) in urls.iter().zip(&tokens) {
         let conn = loop {
-            let mut req = tonic::Request::new(request_for(u, &args.node, &args.pod));
+            let mut req =
+                tonic::Request::new(request_for(u, &args.node, &args.pod, sriov.as_deref()));
             if let Some(token) = token(&args)? {
                 let v = format!("Bearer {token}")
                     .parse()
@@ -260,4 +309,44 @@ pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sriov_urls_take_one_token_each_from_the_kubelets_variables() {
+        let urls = NsUrl::parse_list(
+            "kernel://a/nsm-1?sriovToken=worker.domain/10G&app=x,kernel://b/nsm-2?sriovToken=worker.domain/10G,kernel://c",
+        )
+        .unwrap();
+        let env = [
+            (
+                "NSM_SRIOV_TOKENS_worker.domain/10G".to_string(),
+                "sriov-1,sriov-2".to_string(),
+            ),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let tokens = tokens_for(&urls, sriov_tokens(env.into_iter())).unwrap();
+        assert_eq!(
+            tokens,
+            [
+                Some("sriov-1".to_string()),
+                Some("sriov-2".to_string()),
+                None
+            ]
+        );
+        let r = request_for(&urls[0], "n1", "pod", tokens[0].as_deref());
+        assert_eq!(r.mechanism_preferences[0].parameters["tokenID"], "sriov-1");
+        let labels = &r.connection.as_ref().unwrap().labels;
+        assert!(!labels.contains_key("sriovToken"));
+        assert_eq!(labels["app"], "x");
+        // More URLs than tokens: said clearly.
+        let e = tokens_for(&urls, sriov_tokens(std::iter::empty())).unwrap_err();
+        assert!(
+            e.to_string().contains("NSM_SRIOV_TOKENS_worker.domain/10G"),
+            "{e}"
+        );
+    }
 }

@@ -198,15 +198,39 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
         "--sriov-token",
         &t1,
     ]);
-    let c2 = lab.request(&[
-        "sriov-net",
-        "--client",
-        "n1",
-        "--name",
-        &p2,
-        "--sriov-token",
-        &t2,
-    ]);
+    // The second pod asks as an unmodified upstream client does, through n1's NSM socket, with
+    // its token in the kernel mechanism's `tokenID` (when grpcio-tools is here; else the CLI).
+    let c2 = match support::lab::nsm_stubs() {
+        Some(stubs) => {
+            let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &p2, "python3"])
+                .arg(here.join("nsm_client.py"))
+                .arg(stubs.path())
+                .arg("unix:///run/meshwire/labs/sriov/agents/n1.nsm.sock")
+                .args(["upstream-request", "sriov-net", "nsm-1", &t2])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                lab.logs()
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["mechanism"]["type"], "KERNEL", "{v}");
+            lab.connection(v["id"].as_str().unwrap())
+        }
+        None => lab.request(&[
+            "sriov-net",
+            "--client",
+            "n1",
+            "--name",
+            &p2,
+            "--sriov-token",
+            &t2,
+        ]),
+    };
     for (c, ns) in [(&c1, &p1), (&c2, &p2)] {
         assert_eq!(c["state"], "up", "{c}");
         let m = &c["hops"][0]["mechanism"];

@@ -3,11 +3,12 @@
 #
 #   python3 nsm_client.py STUBS_DIR HOST:PORT request SERVICE NODE WORKLOAD IFNAME > conn.json
 #   python3 nsm_client.py STUBS_DIR HOST:PORT close conn.json
-#   python3 nsm_client.py STUBS_DIR unix:///PATH/nsm.io.sock upstream-request SERVICE IFNAME
+#   python3 nsm_client.py STUBS_DIR unix:///PATH/nsm.io.sock upstream-request SERVICE IFNAME [TOKEN]
 #
 # `upstream-request` asks as an unmodified upstream client does through its node's socket: no
 # nodeName label and no path; its own namespace named only by the kernel mechanism's inodeURL
-# parameter (inode://DEV/INO of /proc/self/ns/net).
+# parameter (inode://DEV/INO of /proc/self/ns/net). With TOKEN, it claims an SR-IOV VF as
+# upstream's SR-IOV client does: the device plugin's token in the mechanism's `tokenID`.
 #
 # `request` first finds the service and its endpoints in the registry (as an NSM client's
 # discovery does), then requests a kernel interface, and prints the connection as JSON
@@ -77,18 +78,12 @@ elif verb == "upstream-request":
 
     service, ifname = sys.argv[4:6]
     st = os.stat("/proc/self/ns/net")
+    params = {"name": ifname, "inodeURL": f"inode://{st.st_dev}/{st.st_ino}"}
+    if len(sys.argv) > 6:
+        params["tokenID"] = sys.argv[6]
     req = ns.NetworkServiceRequest(
         connection=c.Connection(network_service=service),
-        mechanism_preferences=[
-            c.Mechanism(
-                cls="LOCAL",
-                type="KERNEL",
-                parameters={
-                    "name": ifname,
-                    "inodeURL": f"inode://{st.st_dev}/{st.st_ino}",
-                },
-            )
-        ],
+        mechanism_preferences=[c.Mechanism(cls="LOCAL", type="KERNEL", parameters=params)],
     )
     conn = nsg.NetworkServiceStub(channel).Request(req, timeout=30)
     print(json_format.MessageToJson(conn, preserving_proto_field_name=True))

@@ -21,6 +21,9 @@ use meshwire_models::nsurl::NsUrl;
 
 /// The annotation, as upstream names it.
 pub const ANNOTATION: &str = "networkservicemesh.io";
+/// The URL label naming the SR-IOV device plugin resource a service's VF comes from
+/// (upstream's `sriovToken`).
+pub const SRIOV_TOKEN_LABEL: &str = "sriovToken";
 /// The variable the init container reads the URLs from, as upstream names it.
 pub const ENV: &str = "NSM_NETWORK_SERVICES";
 /// The init container's name.
@@ -138,6 +141,18 @@ pub fn review_request(inj: &Injection, req: &Value) -> Result<Option<Value>, Str
         return Ok(None); // already injected (a re-run of the webhook)
     }
     let services: Vec<&str> = urls.iter().map(|u| u.service.as_str()).collect();
+    // `?sriovToken=<domain>/<capability>`: the init container asks for one device of that
+    // device plugin resource per URL naming it, so the kubelet hands it the tokens
+    // (NSM_SRIOV_TOKENS_<pool>); an init container's devices are the pod's (the kubelet
+    // reuses them for the app containers), so the pod asks for no more than before.
+    let mut pools: std::collections::BTreeMap<String, u64> = Default::default();
+    for u in &urls {
+        if let Some(pool) = u.labels.get(SRIOV_TOKEN_LABEL) {
+            meshwire_models::sriov::check_pool_name(pool)
+                .map_err(|e| format!("annotation {ANNOTATION}: {SRIOV_TOKEN_LABEL}: {e}"))?;
+            *pools.entry(pool.clone()).or_default() += 1;
+        }
+    }
     let mut container = json!({
         "name": INIT_NAME,
         "image": inj.image,
@@ -157,6 +172,10 @@ pub fn review_request(inj: &Injection, req: &Value) -> Result<Option<Value>, Str
             "limits": { "cpu": "200m", "memory": "64Mi" },
         },
     });
+    for (pool, n) in &pools {
+        container["resources"]["requests"][pool] = json!(n.to_string());
+        container["resources"]["limits"][pool] = json!(n.to_string());
+    }
     if inj.credentials.is_some() {
         if let Some(env) = container["env"].as_array_mut() {
             env.push(json!({ "name": "MESHWIRE_TOKEN_FILE", "value": format!("{CREDENTIALS_DIR}/token") }));
@@ -238,6 +257,27 @@ mod tests {
     /// Input: a pod with a volume of its own, and a webhook configured with the credentials
     /// Secret. Output: the init container mounts the Secret and is told where the token and CA
     /// are; the pod's own volume stays.
+    #[test]
+    fn nb_sriov_token_urls_ask_the_kubelet_for_devices_of_their_pool() {
+        let req = json!({
+            "operation": "CREATE", "kind": {"kind": "Pod"},
+            "object": {"metadata": {"annotations": {ANNOTATION:
+                "kernel://a/nsm-1?sriovToken=worker.domain/10G,kernel://b/nsm-2?sriovToken=worker.domain/10G"}},
+                "spec": {"containers": [{"name": "app"}]}}
+        });
+        let p = review_request(&inj(), &req).unwrap().unwrap();
+        let init = &p[0]["value"][0];
+        assert_eq!(init["resources"]["limits"]["worker.domain/10G"], "2");
+        assert_eq!(init["resources"]["requests"]["worker.domain/10G"], "2");
+        let bad = json!({
+            "operation": "CREATE", "kind": {"kind": "Pod"},
+            "object": {"metadata": {"annotations": {ANNOTATION: "kernel://a?sriovToken=nodomain"}},
+                "spec": {"containers": [{"name": "app"}]}}
+        });
+        let e = review_request(&inj(), &bad).unwrap_err();
+        assert!(e.contains("sriovToken"), "{e}");
+    }
+
     #[test]
     fn nb_credentials_secret_is_mounted_for_the_init_container() {
         let inj = Injection {
