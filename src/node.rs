@@ -140,6 +140,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     sysfs_root: args.sysfs_root.clone(),
                     plugin_dir,
                     state_dir: args.state_dir.clone(),
+                    netns: None,
                 },
             )
             .await

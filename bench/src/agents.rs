@@ -91,7 +91,7 @@ spec: {{network_service_names: [cross], location: {{node: n2, netns: {P}-e}}, ip
 
 /// A controller whose data plane is an agent hub (open, on a loopback port), with `manifests`
 /// applied: the hub, the agents' URL, the listener's task and the controller.
-async fn hub_controller(
+pub(crate) async fn hub_controller(
     lease: Duration,
     manifests: Manifest,
 ) -> anyhow::Result<(AgentHub, String, tokio::task::JoinHandle<()>, Controller)> {

@@ -15,6 +15,7 @@ mod ovs;
 mod rest;
 mod setup;
 mod snmp;
+mod sriov;
 mod ui;
 
 use std::collections::BTreeMap;
@@ -56,7 +57,9 @@ pub struct Args {
     /// failover: three controllers on a three-member etcd, the leader killed ten times: kill to
     /// first acknowledged request, beside client-go's default lease; request throughput with
     /// fenced writes beside unconditional ones (needs etcd-server).
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui", "agents", "failover"])]
+    /// sriov: an SR-IOV VF lent to a pod (request to interface ready) beside a veth on the same
+    /// node, and device plugin Allocate round trips per second (needs root; a stand-in PF).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui", "agents", "failover", "sriov"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -77,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "ui" => crate::ui::run(args.scale).await,
         "agents" => crate::agents::run(args.scale).await,
         "failover" => crate::failover::run(args.scale).await,
+        "sriov" => crate::sriov::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

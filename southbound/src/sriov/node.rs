@@ -36,6 +36,8 @@ pub struct SriovOptions {
     pub plugin_dir: Option<PathBuf>,
     /// Where the tokens are kept.
     pub state_dir: PathBuf,
+    /// The named network namespace the PFs' interfaces are in (`None`: this process's).
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +105,7 @@ impl SriovNode {
                 (None, watch::channel(t).1)
             }
         };
-        let links = pf_links(pf_names.keys().cloned().collect()).await?;
+        let links = pf_links(pf_names.keys().cloned().collect(), opts.netns.clone()).await?;
         let (report_tx, report) = watch::channel(NodeSriov::default());
         let task = tokio::spawn(publish(
             pools.clone(),
@@ -194,6 +196,37 @@ async fn publish(
     }
 }
 
+type Connection = (
+    rtnetlink::proto::Connection<RouteNetlinkMessage>,
+    rtnetlink::Handle,
+    futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+);
+
+/// A netlink connection opened in the named namespace (from a thread that entered it: a socket
+/// stays in the namespace it was created in).
+async fn connection_in(ns: &str) -> std::io::Result<Connection> {
+    let path = crate::kernel::netns::path(ns)?;
+    let rt = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sriov-netns".into())
+        .spawn(move || {
+            let r = (|| {
+                let f = std::fs::File::open(&path)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| std::io::Error::other(format!("setns {}: {e}", path.display())))?;
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })();
+            let _ = tx.send(r);
+        })?;
+    rx.await
+        .map_err(|_| std::io::Error::other("namespace thread died"))?
+}
+
 /// Whether a link is usable: administratively up with a carrier.
 fn is_up(m: &LinkMessage) -> bool {
     m.header.flags.contains(LinkFlags::Up) && m.header.flags.contains(LinkFlags::LowerUp)
@@ -209,9 +242,12 @@ fn name_of(m: &LinkMessage) -> Option<&str> {
 /// The named links' state in this process's namespace: a dump, then each notification.
 async fn pf_links(
     names: BTreeSet<String>,
+    netns: Option<String>,
 ) -> Result<watch::Receiver<BTreeMap<String, bool>>, SriovNodeError> {
-    let (mut conn, handle, mut messages) =
-        rtnetlink::new_connection().map_err(SriovNodeError::Netlink)?;
+    let (mut conn, handle, mut messages) = match netns {
+        None => rtnetlink::new_connection().map_err(SriovNodeError::Netlink)?,
+        Some(ns) => connection_in(&ns).await.map_err(SriovNodeError::Netlink)?,
+    };
     {
         use rtnetlink::sys::AsyncSocket;
         let sock = conn.socket_mut().socket_mut();
