@@ -1,8 +1,10 @@
-//! SR-IOV in labs: a host labelled `meshwire.io/sriov-standin: "<pf> <pci> <vfs>"` gets a
-//! stand-in PF in its namespace (a bridge as the embedded switch, a veth per VF whose peer is the
-//! VF's representor port on it, a veth pair as the PF's cable), the PCI side of it as a sysfs
-//! tree in the lab's directory, and its agent the flags to use them with the configuration named
-//! by `meshwire.io/sriov-config` (relative to the lab file).
+//! SR-IOV and device plugin resources in labs: a host labelled `meshwire.io/sriov-config: FILE`
+//! (relative to the lab file) runs its agent with that configuration and a device plugin
+//! directory of its own in the lab's directory (where a test plays the kubelet). With
+//! `meshwire.io/sriov-standin: "<pf> <pci> <vfs>"` it also gets a stand-in PF in its namespace
+//! (a bridge as the embedded switch, a veth per VF whose peer is the VF's representor port on
+//! it, a veth pair as the PF's cable) and the PCI side of it as a sysfs tree in the lab's
+//! directory.
 
 use std::path::Path;
 
@@ -73,20 +75,30 @@ pub async fn prepare(lab: &Lab, agents: &Path, node: &str) -> anyhow::Result<Vec
     let Some(n) = lab.nodes.get(node) else {
         return Ok(Vec::new());
     };
-    let (Some(standin), Some(config)) = (n.labels.get(STANDIN_LABEL), n.labels.get(CONFIG_LABEL))
-    else {
-        if n.labels.contains_key(STANDIN_LABEL) || n.labels.contains_key(CONFIG_LABEL) {
-            bail!("node {node}: {STANDIN_LABEL} and {CONFIG_LABEL} go together");
+    let Some(config) = n.labels.get(CONFIG_LABEL) else {
+        if n.labels.contains_key(STANDIN_LABEL) {
+            bail!("node {node}: {STANDIN_LABEL} needs {CONFIG_LABEL} (the pools of its VFs)");
         }
         return Ok(Vec::new());
     };
-    let (pf, pci, count) = parse(standin).with_context(|| format!("node {node}"))?;
     let config = lab.file.parent().unwrap_or(Path::new(".")).join(config);
     anyhow::ensure!(
         config.is_file(),
         "node {node}: {CONFIG_LABEL} {} is not a file",
         config.display()
     );
+    let plugins = agents.join(format!("{node}.device-plugins"));
+    let mut args = vec![
+        "--sriov-config".to_string(),
+        config.display().to_string(),
+        "--device-plugin-dir".to_string(),
+        plugins.display().to_string(),
+    ];
+    // Without a stand-in PF: device plugin resources only (a radio's attachments).
+    let Some(standin) = n.labels.get(STANDIN_LABEL) else {
+        return Ok(args);
+    };
+    let (pf, pci, count) = parse(standin).with_context(|| format!("node {node}"))?;
     let ns = lab.netns(node);
     let wire = format!("{pf}wire");
     let wire_peer = format!("{pf}wirep");
@@ -127,17 +139,8 @@ pub async fn prepare(lab: &Lab, agents: &Path, node: &str) -> anyhow::Result<Vec
     }
     .write(&root)
     .with_context(|| format!("node {node}: writing the stand-in sysfs tree"))?;
-    Ok(vec![
-        "--sriov-config".into(),
-        config.display().to_string(),
-        "--sysfs-root".into(),
-        root.display().to_string(),
-        "--device-plugin-dir".into(),
-        agents
-            .join(format!("{node}.device-plugins"))
-            .display()
-            .to_string(),
-    ])
+    args.extend(["--sysfs-root".to_string(), root.display().to_string()]);
+    Ok(args)
 }
 
 #[cfg(test)]

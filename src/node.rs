@@ -64,7 +64,10 @@ pub struct NodeArgs {
     /// `physicalFunctions: {PCI: {pfKernelDriver, vfKernelDriver, capabilities,
     /// serviceDomains}}`; and/or the SR-IOV network device plugin's `resourceList` selectors).
     /// Each pool is published to the kubelet as a device plugin resource, and the controller
-    /// lends its VFs to clients that present one of its tokens.
+    /// lends its VFs to clients that present one of its tokens. A file that does not exist
+    /// means no SR-IOV on this node (logged): one DaemonSet can name a per-node key of a
+    /// ConfigMap (`/etc/meshwire/sriov/$(NODE_NAME).yaml`); a file that exists and is wrong stops
+    /// the agent.
     #[arg(long, env = "MESHWIRE_SRIOV_CONFIG", value_name = "FILE")]
     sriov_config: Option<PathBuf>,
     /// Where sysfs is, for the SR-IOV inventory (a stand-in tree for tests and labs).
@@ -127,6 +130,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     );
     let sriov = match &args.sriov_config {
         None => None,
+        Some(path) if !path.exists() => {
+            tracing::warn!(file = %path.display(), "no SR-IOV configuration for this node: SR-IOV off");
+            None
+        }
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--sriov-config {}", path.display()))?;

@@ -416,3 +416,39 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
         .success());
     wait_pool(&lab, |p| p["allocated"] == 0);
 }
+
+/// Input: the radio lab (an appliance's radio endpoint with room for two attachments, reached
+/// from host `worker`, whose agent publishes them as device plugin resource
+/// radio.meshwire.io/radio1) and the kubelet stand-in. Output: the resource registers with two
+/// healthy devices, both can be allocated, and a third pod finds none free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_radio_attachments_are_a_device_plugin_resource() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up("radio");
+    let dir = PathBuf::from("/run/meshwire/labs/radio/agents/worker.device-plugins");
+    let mut k = kubelet(&dir);
+    let reg = k.registration().await;
+    assert_eq!(reg.resource_name, "radio.meshwire.io/radio1");
+    let mut dp = pb::device_plugin_client::DevicePluginClient::new(
+        unix_channel(&dir.join(&reg.endpoint)).await.unwrap(),
+    );
+    let devices = devices_until(&mut dp, |d| d.len() == 2 && healthy(d) == 2).await;
+    for d in &devices {
+        let r = dp
+            .allocate(pb::AllocateRequest {
+                container_requests: vec![pb::ContainerAllocateRequest {
+                    devices_ids: vec![d.id.clone()],
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.container_responses.len(), 1);
+    }
+    // The kubelet's accounting: two devices, both allocated, none for a third pod.
+    assert_eq!(devices.len(), 2);
+    // The radio endpoint itself still takes its two attachments.
+    lab.request(&["radio", "--client", "worker", "--name", &lab.ns("c1")]);
+}

@@ -145,7 +145,25 @@ pub struct SriovConfig {
     pub physical_functions: BTreeMap<PciAddress, PhysicalFunction>,
     #[serde(default)]
     pub resource_list: Vec<ResourceSelector>,
+    /// Limited attachments of an endpoint reached from this node (a radio's), published to the
+    /// kubelet as a device plugin resource of that many devices, so the scheduler places pods
+    /// that need one only where one is free. No VF is involved.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
 }
+
+/// A resource of `count` interchangeable devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Attachment {
+    /// `<domain>/<name>`, e.g. `radio.example.com/radio1`.
+    pub resource_name: String,
+    /// How many pods may hold one at once (the endpoint's capacity).
+    pub count: u32,
+}
+
+/// Most devices one attachment resource may have.
+pub const MAX_ATTACHMENTS: u32 = 4096;
 
 /// One virtual function as its node found it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -438,6 +456,23 @@ impl SriovConfig {
                 },
             );
         }
+        for (i, a) in self.attachments.iter().enumerate() {
+            let at = format!("attachments[{i}]");
+            check_pool_name(&a.resource_name).map_err(|e| format!("{at}.resourceName: {e}"))?;
+            if a.count == 0 || a.count > MAX_ATTACHMENTS {
+                return Err(format!(
+                    "{at}.count: {} must be 1 to {MAX_ATTACHMENTS}",
+                    a.count
+                ));
+            }
+            if pools.contains_key(&a.resource_name)
+                || self.attachments[..i]
+                    .iter()
+                    .any(|b| b.resource_name == a.resource_name)
+            {
+                return Err(format!("{at}: {} is defined twice", a.resource_name));
+            }
+        }
         if pools.len() > MAX_POOLS {
             return Err(format!(
                 "{} pools configured; at most {MAX_POOLS}",
@@ -523,6 +558,9 @@ mod tests {
             ("resourceList:\n  - {resourceName: x/y, selectors: {pfNames: [\"e#9-1\"]}}\n", "pfNames"),
             ("resourceList:\n  - {resourceName: x/y, selectors: {vendors: [zz]}}\n", "vendors"),
             ("bogus: 1\n", "bogus"),
+            ("attachments:\n  - {resourceName: r.example/a, count: 0}\n", "attachments[0].count"),
+            ("attachments:\n  - {resourceName: noslash, count: 1}\n", "attachments[0].resourceName"),
+            ("attachments:\n  - {resourceName: r.example/a, count: 1}\n  - {resourceName: r.example/a, count: 2}\n", "defined twice"),
         ] {
             let e = SriovConfig::from_yaml(yaml).unwrap_err();
             assert!(e.contains(says), "{yaml}: {e}");

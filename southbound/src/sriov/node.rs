@@ -72,10 +72,15 @@ impl SriovNode {
         for p in &pools {
             tracing::info!(pool = %p.name, vfs = p.vfs.len(), "SR-IOV pool");
         }
-        let sizes: BTreeMap<String, usize> = pools
+        let mut sizes: BTreeMap<String, usize> = pools
             .iter()
             .map(|p| (p.name.clone(), p.vfs.len()))
             .collect();
+        // Attachments are devices of their own, with no VF behind them.
+        for a in &opts.config.attachments {
+            tracing::info!(resource = %a.resource_name, count = a.count, "attachment resource");
+            sizes.insert(a.resource_name.clone(), a.count as usize);
+        }
         // PF interface name → PCI address, for the link watch.
         let pf_names: BTreeMap<String, PciAddress> = pools
             .iter()
@@ -171,6 +176,7 @@ async fn publish(
             tokens: t
                 .pools
                 .iter()
+                .filter(|(pool, _)| pools.iter().any(|p| &p.name == *pool))
                 .flat_map(|(pool, ts)| {
                     ts.iter().map(|tk| {
                         (
