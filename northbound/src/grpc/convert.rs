@@ -264,6 +264,17 @@ pub fn from_pb(r: &ns::NetworkServiceRequest) -> Result<ConnectionRequest, Statu
     // An NSM client's KERNEL asks for a kernel interface in its namespace; across nodes,
     // upstream's forwarders pick the tunnel between them. Here the mesh does: a tunnel's end in
     // the client's namespace is a kernel interface too.
+    // VFIO (a VF bound to vfio-pci for a userspace data plane in the pod) is not built: said
+    // plainly rather than answered with a kernel interface the client did not ask for.
+    if r.mechanism_preferences
+        .iter()
+        .any(|m| m.r#type.eq_ignore_ascii_case("VFIO"))
+        && !mechanisms.contains(&MechanismKind::Kernel)
+    {
+        return Err(Status::unimplemented(
+            "VFIO (a VF bound to vfio-pci in the pod) is not supported; ask for KERNEL with the token in tokenID to get the VF as a kernel interface",
+        ));
+    }
     if mechanisms.contains(&MechanismKind::Kernel) && mechanisms.iter().all(|m| m.is_local()) {
         mechanisms.extend([
             MechanismKind::Vxlan,
@@ -454,4 +465,53 @@ pub(super) fn endpoint_from_pb(e: &reg::NetworkServiceEndpoint) -> Result<MwEndp
         bridge: None,
         next: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(kind: &str, params: &[(&str, &str)]) -> ns::NetworkServiceRequest {
+        ns::NetworkServiceRequest {
+            connection: Some(c::Connection {
+                network_service: "net".into(),
+                labels: [("nodeName".to_string(), "n1".to_string())].into(),
+                ..Default::default()
+            }),
+            mechanism_preferences: vec![c::Mechanism {
+                cls: "LOCAL".into(),
+                r#type: kind.into(),
+                parameters: params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn upstreams_token_id_claims_a_vf_and_vfio_is_refused_plainly() {
+        let r = from_pb(&request(
+            "KERNEL",
+            &[("name", "nsm-1"), ("tokenID", "sriov-1")],
+        ))
+        .unwrap();
+        assert_eq!(r.sriov_token.as_deref(), Some("sriov-1"));
+        assert_eq!(r.interface.as_deref(), Some("nsm-1"));
+        let e = from_pb(&request("VFIO", &[("tokenID", "sriov-1")])).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+        // A lent VF goes back to the client as a kernel interface with its PCI address.
+        let m = mechanism(&Mechanism::SriovVf {
+            pci_address: "0000:3b:01.0".into(),
+            pf: "0000:3b:00.0".into(),
+            vf: 0,
+            netdev: "pf0v0".into(),
+            pool: "d/10G".into(),
+            token: "sriov-1".into(),
+            vlan: Some(100),
+        });
+        assert_eq!((m.r#type.as_str(), m.cls.as_str()), ("KERNEL", "LOCAL"));
+        assert_eq!(m.parameters["pciAddress"], "0000:3b:01.0");
+        assert_eq!(m.parameters["tokenID"], "sriov-1");
+    }
 }
