@@ -4,7 +4,7 @@
 //! deleted: it belongs to its PF.
 //!
 //! Every step is idempotent and finds a half-done lend or return by our mark
-//! (`meshwire-vf:<id>`), so a crash at any point converges on the next apply or removal.
+//! (`meshwire-vf:<id>/<name>`), so a crash at any point converges on the next apply or removal.
 //!
 //! The PF-side settings (`IFLA_VF_MAC`, `IFLA_VF_VLAN` on the PF, [`crate::sriov::vfmsg`]) are
 //! sent when the PF is a real SR-IOV device in `/sys`; on a stand-in PF (a sysfs tree elsewhere,
@@ -191,13 +191,28 @@ impl KernelDriver {
             self.namespaces.forget(&end.netns);
         }
         let node = self.handle(c, &vf.node_netns).await?;
-        if let Some(f) = Self::find(&node, &vf.host_name)
-            .await
-            .map_err(|e| self.err(c, &at, e))?
-            .filter(|f| f.alias.as_deref() == Some(ours.as_str()))
-        {
+        // Found by our mark, whatever its name: a real VF whose namespace was deleted comes
+        // back to the host under the name it had in the pod.
+        let name = self.links(&vf.node_netns).await.and_then(|l| {
+            l.into_iter()
+                .find(|(_, a)| a.as_deref() == Some(ours.as_str()))
+                .map(|(n, _)| n)
+        });
+        let found = match name {
+            Some(n) => Self::find(&node, &n)
+                .await
+                .map_err(|e| self.err(c, &at, e))?,
+            None => None,
+        };
+        if let Some(f) = found {
             node.link()
-                .set(LinkUnspec::new_with_index(f.index).alias("").down().build())
+                .set(
+                    LinkUnspec::new_with_index(f.index)
+                        .alias("")
+                        .down()
+                        .name(vf.host_name.clone())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| self.err(c, &at, format!("clear mark: {e}")))?;
