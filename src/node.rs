@@ -126,7 +126,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .transpose()?;
     let driver = Arc::new(
         meshwire_southbound::KernelDriver::for_node(&args.node)
-            .remember_in(args.state_dir.join("namespaces.json")),
+            .remember_in(args.state_dir.join("namespaces.json"))
+            // A sysfs tree elsewhere is a stand-in PF's: its VFs are veths.
+            .sriov_standin(args.sysfs_root != Path::new("/sys")),
     );
     let sriov = match &args.sriov_config {
         None => None,

@@ -246,8 +246,8 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
         );
     }
     assert_ne!(
-        c1["hops"][0]["mechanism"]["pciAddress"],
-        c2["hops"][0]["mechanism"]["pciAddress"]
+        c1["hops"][0]["mechanism"]["pci_address"],
+        c2["hops"][0]["mechanism"]["pci_address"]
     );
     let a2 = c2["ip_context"]["src_ip_addrs"][0]
         .as_str()

@@ -198,7 +198,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         Manifest::parse("sriov.yaml", &manifests())?,
     )
     .await?;
-    let driver = Arc::new(KernelDriver::for_node("n1"));
+    let driver = Arc::new(KernelDriver::for_node("n1").sriov_standin(true));
     let agent = tokio::spawn(node::run(
         NodeAgentOptions {
             node: "n1".into(),

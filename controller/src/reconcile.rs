@@ -76,9 +76,17 @@ impl Controller {
         self.link_event(&e);
         self.agent_event(&e);
         self.sriov_event(&e);
+        // Watchers get a node's pools without its tokens: a token claims a VF.
+        let happened = match e.happened {
+            crate::driver::Happened::NodeSriov { mut sriov } => {
+                sriov.tokens.clear();
+                crate::driver::Happened::NodeSriov { sriov }
+            }
+            other => other,
+        };
         self.emit(Event::DataPlane {
             scope: e.scope.to_string(),
-            happened: e.happened,
+            happened,
             detail: e.detail,
         });
     }

@@ -403,7 +403,7 @@ pub enum Mechanism {
     /// A virtual function of the client node's SR-IOV PF, lent to the client: its netdev moves
     /// into the client's namespace (the PF's embedded switch joins it to the other VFs and the
     /// wire).
-    #[serde(rename = "sriov-vf", rename_all = "camelCase")]
+    #[serde(rename = "sriov-vf")]
     SriovVf {
         /// The VF's PCI address.
         pci_address: String,

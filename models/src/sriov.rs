@@ -92,10 +92,11 @@ impl fmt::Display for PciAddress {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PhysicalFunction {
-    /// The PF's driver (checked against what the kernel says; a mismatch is reported).
+    /// The PF's driver (compared with what the kernel says; a mismatch is logged).
     #[serde(default)]
     pub pf_kernel_driver: Option<String>,
-    /// The VFs' kernel driver (the one giving them netdevs; `vfio-pci` is used for vfio).
+    /// The VFs' kernel driver (the one giving them netdevs). Accepted for upstream's shape;
+    /// the VFs are used with whatever driver they have.
     #[serde(default)]
     pub vf_kernel_driver: Option<String>,
     /// What the PF offers (`10G`, `intel`): each one with each service domain is a pool.
@@ -232,6 +233,9 @@ impl NodeSriov {
         }
         for (name, vfs) in &self.pools {
             check_pool_name(name)?;
+            if vfs.len() > MAX_VFS as usize {
+                return Err(format!("pool {name}: {} VFs; at most {MAX_VFS}", vfs.len()));
+            }
             for v in vfs {
                 if let Some(n) = &v.netdev {
                     check_ifname(n).map_err(|e| format!("pool {name}: VF {}: {e}", v.pci))?;

@@ -370,7 +370,9 @@ impl State {
 
     /// Records a planned (or restored) connection, counting it against its endpoint.
     pub fn commit(&mut self, conn: Connection) {
-        self.mark_vf(&conn, true);
+        // Planned connections claimed their VF already; this re-marks a heal's replacement
+        // (same id) after its old version gave its claims back.
+        let _ = self.mark_vf(&conn, true);
         *self
             .load
             .entry(conn.network_service_endpoint_name.clone())
@@ -427,7 +429,7 @@ impl State {
             let _ = self.numbers.mark(&h.mechanism, false);
         }
         self.mark_addresses(c, false);
-        self.mark_vf(c, false);
+        let _ = self.mark_vf(c, false);
     }
 
     /// Re-claims exactly what a stored connection holds (restore after restart).
@@ -440,7 +442,7 @@ impl State {
             }
         }
         self.mark_addresses(&c, true);
-        self.mark_vf(&c, true);
+        self.mark_vf(&c, true)?;
         self.commit(c);
         Ok(())
     }

@@ -10,6 +10,7 @@ use meshwire_models::{Connection, Mechanism};
 use serde::Serialize;
 
 use crate::error::ControllerError;
+use crate::pool::PoolError;
 
 use super::State;
 
@@ -22,6 +23,9 @@ pub(super) struct Claims {
     pub(super) vfs: BTreeMap<(String, String), String>,
     /// Token → connection.
     pub(super) tokens: BTreeMap<String, String>,
+    /// (node, pool) → the index of the VF lent last: the next choice starts after it, so a VF
+    /// that cannot be lent (something else in its way) does not stop its pool.
+    pub(super) turn: BTreeMap<(String, String), usize>,
 }
 
 impl Claims {
@@ -32,6 +36,14 @@ impl Claims {
             id.to_string(),
         );
         self.tokens.insert(choice.token.clone(), id.to_string());
+        let index = self
+            .nodes
+            .get(node)
+            .and_then(|r| r.pools.get(&choice.pool))
+            .and_then(|vfs| vfs.iter().position(|v| v.pci == choice.vf.pci));
+        if let Some(i) = index {
+            self.turn.insert((node.to_string(), choice.pool.clone()), i);
+        }
     }
 }
 
@@ -149,12 +161,25 @@ impl State {
         let vfs = r.pools.get(&t.pool).map(Vec::as_slice).unwrap_or(&[]);
         let holder = |v: &Vf| self.sriov.vfs.get(&(node.to_string(), v.pci.to_string()));
         let usable = |v: &&Vf| !r.pfs_down.contains(&v.pf) && v.netdev.is_some();
-        // A connection healing on the same node keeps its VF when it can.
+        let after = self
+            .sriov
+            .turn
+            .get(&(node.to_string(), t.pool.clone()))
+            .map_or(0, |i| i + 1);
+        // A connection healing on the same node keeps its VF when it can; otherwise the next
+        // free one after the last lent.
         let free = vfs
             .iter()
             .filter(usable)
             .find(|v| holder(v).is_some_and(|h| h == id))
-            .or_else(|| vfs.iter().filter(usable).find(|v| holder(v).is_none()));
+            .or_else(|| {
+                vfs.iter()
+                    .cycle()
+                    .skip(after % vfs.len().max(1))
+                    .take(vfs.len())
+                    .filter(usable)
+                    .find(|v| holder(v).is_none())
+            });
         let Some(vf) = free.cloned() else {
             let down = vfs.iter().filter(|v| r.pfs_down.contains(&v.pf)).count();
             return Err(refuse(
@@ -174,12 +199,26 @@ impl State {
         })
     }
 
-    /// Claims (or gives back) what a recorded connection holds.
-    pub(super) fn mark_vf(&mut self, c: &Connection, used: bool) {
+    /// Claims (or gives back) what a recorded connection holds. A VF or token another
+    /// connection already holds is an error (two records claiming one VF), and nothing changes.
+    pub(super) fn mark_vf(&mut self, c: &Connection, used: bool) -> Result<(), PoolError> {
         let Some((node, pci, token)) = held(c) else {
-            return;
+            return Ok(());
         };
         if used {
+            let taken = |holder: Option<&String>| holder.is_some_and(|h| *h != c.id);
+            if taken(self.sriov.vfs.get(&(node.clone(), pci.clone()))) {
+                return Err(PoolError::Taken {
+                    pool: format!("sriov VFs of node {node}"),
+                    value: pci,
+                });
+            }
+            if !token.is_empty() && taken(self.sriov.tokens.get(&token)) {
+                return Err(PoolError::Taken {
+                    pool: format!("sriov tokens of node {node}"),
+                    value: token,
+                });
+            }
             self.sriov.vfs.insert((node, pci), c.id.clone());
             if !token.is_empty() {
                 self.sriov.tokens.insert(token, c.id.clone());
@@ -199,5 +238,6 @@ impl State {
                 self.sriov.tokens.remove(&token);
             }
         }
+        Ok(())
     }
 }

@@ -50,7 +50,10 @@ pub(super) fn status(e: ControllerError) -> Status {
         E::Sriov {
             exhausted: true, ..
         } => Status::resource_exhausted(e.to_string()),
-        E::Sriov { .. } => Status::failed_precondition(e.to_string()),
+        // A token the controller does not know as allocated yet (the node's report on its way
+        // after the kubelet's Allocate), or still held by a deleted pod's connection being
+        // closed: worth retrying, as upstream clients and nsc-init do with UNAVAILABLE.
+        E::Sriov { .. } => Status::unavailable(e.to_string()),
         E::Forbidden(_) => Status::permission_denied(e.to_string()),
         E::Driver { .. } | E::Cancelled => Status::unavailable(e.to_string()),
     }

@@ -196,6 +196,10 @@ async fn session(
         .into_inner();
     let mut welcomed = false;
     let mut sriov = opts.sriov.clone();
+    // The report again now and then: one lost on the controller's side (a lagging event
+    // stream) is not waited for until the next change.
+    let mut resend = tokio::time::interval(SRIOV_RESEND);
+    resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -240,6 +244,12 @@ async fn session(
                     None => {}
                 }
             }
+            _ = resend.tick(), if welcomed && sriov.is_some() => {
+                let report = sriov.as_ref().map(|r| r.borrow().clone()).unwrap_or_default();
+                if tx.send(sriov_event(&opts.node, report)).await.is_err() {
+                    return Ok(());
+                }
+            }
             changed = next_sriov(&mut sriov), if welcomed => {
                 let Some(report) = changed else { continue };
                 if tx.send(sriov_event(&opts.node, report)).await.is_err() {
@@ -261,6 +271,9 @@ async fn session(
         }
     }
 }
+
+/// How often the SR-IOV report is sent again without a change.
+const SRIOV_RESEND: Duration = Duration::from_secs(30);
 
 /// The SR-IOV report as an event for the controller.
 fn sriov_event(node: &str, sriov: meshwire_models::sriov::NodeSriov) -> pb::FromAgent {

@@ -4,21 +4,26 @@
 //! deleted: it belongs to its PF.
 //!
 //! Every step is idempotent and finds a half-done lend or return by our mark
-//! (`meshwire-vf:<id>/<name>`), so a crash at any point converges on the next apply or removal.
+//! (`meshwire-vf:<id>/<name>/<pci>`), so a crash at any point converges on the next apply or
+//! removal. A mark is something a workload could write on an interface of its own, so a real VF
+//! must also be the VF: the kernel gives a VF netdev's PCI address as its parent device, and an
+//! interface whose parent is not the VF is never moved (a stand-in's veths have no parent: there
+//! the mark alone is taken).
 //!
 //! The PF-side settings (`IFLA_VF_MAC`, `IFLA_VF_VLAN` on the PF, [`crate::sriov::vfmsg`]) are
-//! sent when the PF is a real SR-IOV device in `/sys`; on a stand-in PF (a sysfs tree elsewhere,
-//! veths as VFs) the MAC is set on the VF's netdev alone and the VLAN is not applied.
+//! sent for real PFs; on a stand-in the MAC is set on the VF's netdev alone and the VLAN is not
+//! applied.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use futures::TryStreamExt;
 use meshwire_controller::driver::{DriverError, Failure};
 use meshwire_models::Connection;
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::wiring::{End, VfLend};
-use super::{netns, ns_name, KernelDriver};
+use super::{found, netns, ns_name, Found, KernelDriver};
 use crate::sriov::vfmsg::{self, VfSettings};
 
 /// A namespace's file: a named one, or this process's own.
@@ -29,18 +34,29 @@ fn ns_file(ns: &Option<String>) -> std::io::Result<File> {
     }
 }
 
-/// The PF's interface name when the PF is a real SR-IOV device in `/sys`.
-fn real_pf_netdev(pf: &str) -> Option<String> {
+/// The PF's interface name from `/sys` (a real PF).
+fn pf_netdev(pf: &str) -> Option<String> {
     let pf: meshwire_models::sriov::PciAddress = pf.parse().ok()?;
     let dev = std::path::Path::new("/sys/bus/pci/devices").join(pf.as_str());
-    if !dev.join("sriov_totalvfs").exists() {
-        return None;
-    }
     std::fs::read_dir(dev.join("net"))
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| meshwire_models::validate::check_ifname(n).is_ok())
+}
+
+/// Every interface of `h`'s namespace carrying `alias`; an error when the namespace cannot be
+/// listed (a return must not be taken as done when it could not look).
+async fn with_alias(h: &Handle, alias: &str) -> Result<Vec<Found>, rtnetlink::Error> {
+    let mut out = Vec::new();
+    let mut s = h.link().get().execute();
+    while let Some(m) = s.try_next().await? {
+        let f = found(&m);
+        if f.alias.as_deref() == Some(alias) {
+            out.push(f);
+        }
+    }
+    Ok(out)
 }
 
 impl KernelDriver {
@@ -59,24 +75,24 @@ impl KernelDriver {
             .await
             .map_err(|e| self.err(c, &at, e))?
         {
-            Some(f) if f.alias.as_deref() == Some(ours.as_str()) => return Ok(()),
-            Some(_) => {
-                return Err(self
-                    .err(
-                        c,
-                        format!("{}/{}", ns_name(&end.netns), end.ifname),
-                        "an interface of that name is already there and is not this connection's",
-                    )
-                    .with(Failure::Conflict {
-                        object: format!("interface {}/{}", ns_name(&end.netns), end.ifname),
-                    }))
+            Some(f) if f.alias.as_deref() == Some(ours.as_str()) && self.is_vf(&f, &vf.pci) => {
+                return Ok(())
             }
+            Some(_) => return Err(self
+                .err(
+                    c,
+                    format!("{}/{}", ns_name(&end.netns), end.ifname),
+                    "an interface of that name is already there and is not this connection's VF",
+                )
+                .with(Failure::Conflict {
+                    object: format!("interface {}/{}", ns_name(&end.netns), end.ifname),
+                })),
             None => {}
         }
         if let Some(f) = Self::find(&client, &vf.host_name)
             .await
             .map_err(|e| self.err(c, &at, e))?
-            .filter(|f| f.alias.as_deref() == Some(ours.as_str()))
+            .filter(|f| f.alias.as_deref() == Some(ours.as_str()) && self.is_vf(f, &vf.pci))
         {
             return self.rename(c, &client, f.index, &end.ifname, &at).await;
         }
@@ -94,6 +110,18 @@ impl KernelDriver {
                     ),
                 )
             })?;
+        if !self.is_vf(&f, &vf.pci) {
+            return Err(self
+                .err(
+                    c,
+                    &at,
+                    format!(
+                        "the interface of that name is not the VF (its device is {:?})",
+                        f.parent
+                    ),
+                )
+                .with(Failure::Conflict { object: at.clone() }));
+        }
         if let Some(a) = f.alias.as_deref().filter(|a| *a != ours && !a.is_empty()) {
             return Err(self
                 .err(c, &at, format!("carries another mark ({a}); left alone"))
@@ -156,17 +184,11 @@ impl KernelDriver {
         let at = format!("VF {} ({})", vf.pci, vf.host_name);
         if netns::exists(&end.netns) {
             let client = self.handle(c, &end.netns).await?;
-            let mut lent = None;
-            for name in [&end.ifname, &vf.host_name] {
-                if let Some(f) = Self::find(&client, name)
-                    .await
-                    .map_err(|e| self.err(c, &at, e))?
-                    .filter(|f| f.alias.as_deref() == Some(ours.as_str()))
-                {
-                    lent = Some(f);
-                    break;
-                }
-            }
+            let lent = with_alias(&client, &ours)
+                .await
+                .map_err(|e| self.err(c, &at, e))?
+                .into_iter()
+                .find(|f| self.is_vf(f, &vf.pci));
             if let Some(f) = lent {
                 self.rename(c, &client, f.index, &vf.host_name, &at).await?;
                 let home = ns_file(&vf.node_netns).map_err(|e| self.err(c, &at, e))?;
@@ -193,18 +215,12 @@ impl KernelDriver {
         let node = self.handle(c, &vf.node_netns).await?;
         // Found by our mark, whatever its name: a real VF whose namespace was deleted comes
         // back to the host under the name it had in the pod.
-        let name = self.links(&vf.node_netns).await.and_then(|l| {
-            l.into_iter()
-                .find(|(_, a)| a.as_deref() == Some(ours.as_str()))
-                .map(|(n, _)| n)
-        });
-        let found = match name {
-            Some(n) => Self::find(&node, &n)
-                .await
-                .map_err(|e| self.err(c, &at, e))?,
-            None => None,
-        };
-        if let Some(f) = found {
+        let back = with_alias(&node, &ours)
+            .await
+            .map_err(|e| self.err(c, &at, e))?
+            .into_iter()
+            .find(|f| self.is_vf(f, &vf.pci));
+        if let Some(f) = back {
             node.link()
                 .set(
                     LinkUnspec::new_with_index(f.index)
@@ -223,7 +239,7 @@ impl KernelDriver {
         Ok(())
     }
 
-    /// Sets the VF's MAC and VLAN on its PF, when the PF is real.
+    /// Sets the VF's MAC and VLAN on its PF (a real PF; nothing on a stand-in).
     async fn pf_settings(
         &self,
         c: &Connection,
@@ -231,19 +247,17 @@ impl KernelDriver {
         mac: Option<[u8; 6]>,
         vlan: Option<u16>,
     ) -> Result<(), DriverError> {
-        if mac.is_none() && vlan.is_none() {
+        if self.sriov_standin || (mac.is_none() && vlan.is_none()) {
             return Ok(());
         }
-        let Some(pf_name) = real_pf_netdev(&vf.pf) else {
-            tracing::debug!(connection = %c.id, pf = %vf.pf, "stand-in PF: no PF-side VF settings");
-            return Ok(());
-        };
-        let at = format!("PF {} ({pf_name})", vf.pf);
+        let at = format!("PF {}", vf.pf);
+        let pf_name = pf_netdev(&vf.pf)
+            .ok_or_else(|| self.err(c, &at, "no interface of this PF under /sys"))?;
         let node = self.handle(c, &vf.node_netns).await?;
         let pf = Self::find(&node, &pf_name)
             .await
             .map_err(|e| self.err(c, &at, e))?
-            .ok_or_else(|| self.err(c, &at, "not in the node's namespace"))?;
+            .ok_or_else(|| self.err(c, &at, format!("{pf_name} is not in the node's namespace")))?;
         let msg = vfmsg::encode(&VfSettings {
             pf_index: pf.index,
             vf: vf.vf,
@@ -256,20 +270,27 @@ impl KernelDriver {
             .await
             .map_err(|e| self.err(c, &at, format!("VF {} settings: {e}", vf.vf)))
     }
-}
 
-impl KernelDriver {
     /// Gives back a VF found lent to no desired connection: its own name, moved to the node's
-    /// namespace `home` (when elsewhere), our mark cleared.
+    /// namespace `home` (when elsewhere), our mark cleared. `pci` is the VF's address from the
+    /// mark; an interface that is not that VF is left alone.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn give_back(
         &self,
         h: &Handle,
         ns: &Option<String>,
         index: u32,
+        parent: Option<&str>,
         host: &str,
+        pci: &str,
         home: &Option<String>,
     ) -> Result<(), String> {
         meshwire_models::validate::check_ifname(host)?;
+        if !self.sriov_standin && parent != Some(pci) {
+            return Err(format!(
+                "carries a VF's mark for {pci} but is not that VF (its device is {parent:?}); left alone"
+            ));
+        }
         let mut set = LinkUnspec::new_with_index(index).down().name(host);
         let elsewhere = ns != home;
         let file = if elsewhere {
@@ -311,5 +332,48 @@ impl KernelDriver {
         }
         tracing::info!(vf = %host, from = %ns_name(ns), "leftover VF given back");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(parent: Option<&str>) -> Found {
+        Found {
+            index: 7,
+            alias: Some("meshwire-vf:c1/pf0v0/0000:3b:01.0".into()),
+            parent: parent.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_real_vf_is_known_by_its_pci_address_not_by_a_mark() {
+        let real = KernelDriver::for_node("n1");
+        assert!(real.is_vf(&f(Some("0000:3b:01.0")), "0000:3b:01.0"));
+        assert!(!real.is_vf(&f(None), "0000:3b:01.0"), "a veth with our mark");
+        assert!(!real.is_vf(&f(Some("0000:3b:01.1")), "0000:3b:01.0"));
+        let standin = KernelDriver::for_node("n1").sriov_standin(true);
+        assert!(standin.is_vf(&f(None), "0000:3b:01.0"));
+    }
+
+    #[tokio::test]
+    async fn a_forged_mark_on_something_else_is_left_alone_by_the_sweep() {
+        let (conn, h, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        let d = KernelDriver::for_node("n1");
+        let e = d
+            .give_back(
+                &h,
+                &Some("pod".into()),
+                7,
+                None,
+                "pf0v0",
+                "0000:3b:01.0",
+                &Some("n1".into()),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("is not that VF"), "{e}");
     }
 }

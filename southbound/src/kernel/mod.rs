@@ -75,6 +75,10 @@ pub struct KernelDriver {
     /// The namespaces this driver has wired in ([`known`]): swept even when no desired
     /// connection names them any more.
     known: known::Known,
+    /// SR-IOV VFs are a stand-in's (veths, a sysfs tree elsewhere than `/sys`): no PF-side
+    /// settings, and a VF is recognised by our mark alone (a real VF also by its PCI address,
+    /// which the kernel gives as its netdev's parent device).
+    sriov_standin: bool,
 }
 
 /// A task that ends with its owner.
@@ -87,9 +91,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// An interface as we found it.
-struct Found {
+pub(crate) struct Found {
     index: u32,
     alias: Option<String>,
+    /// The kernel's parent device (a real VF's netdev: its PCI address).
+    parent: Option<String>,
 }
 
 pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -103,14 +109,19 @@ fn ns_name(ns: &Option<String>) -> &str {
     ns.as_deref().unwrap_or("(host)")
 }
 
-fn found(msg: &LinkMessage) -> Found {
+pub(crate) fn found(msg: &LinkMessage) -> Found {
     let alias = msg.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfAlias(s) => Some(s.clone()),
+        _ => None,
+    });
+    let parent = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::ParentDevName(s) => Some(s.clone()),
         _ => None,
     });
     Found {
         index: msg.header.index,
         alias,
+        parent,
     }
 }
 
@@ -183,6 +194,18 @@ impl KernelDriver {
     pub fn remember_in(mut self, path: std::path::PathBuf) -> Self {
         self.known = known::Known::at(path);
         self
+    }
+
+    /// Treats SR-IOV VFs as a stand-in's (see the field): for `meshwire node --sysfs-root`
+    /// elsewhere than `/sys`.
+    pub fn sriov_standin(mut self, standin: bool) -> Self {
+        self.sriov_standin = standin;
+        self
+    }
+
+    /// Whether `f` is the VF at `pci`: a real VF's netdev has it as its parent device.
+    fn is_vf(&self, f: &Found, pci: &str) -> bool {
+        self.sriov_standin || f.parent.as_deref() == Some(pci)
     }
 
     /// The part of `c` this driver wires (`None`: nothing of it is here).

@@ -45,6 +45,8 @@ struct Link {
     name: String,
     alias: Option<String>,
     group: u32,
+    /// The kernel's parent device (a real VF's PCI address).
+    parent: Option<String>,
 }
 
 fn namespaces_of(
@@ -109,12 +111,14 @@ async fn links(h: &Handle) -> Result<HashMap<u32, Link>, rtnetlink::Error> {
             name: String::new(),
             alias: None,
             group: 0,
+            parent: None,
         };
         for a in &m.attributes {
             match a {
                 LinkAttribute::IfName(n) => l.name = n.clone(),
                 LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
                 LinkAttribute::Group(g) => l.group = *g,
+                LinkAttribute::ParentDevName(p) => l.parent = Some(p.clone()),
                 _ => {}
             }
         }
@@ -194,6 +198,16 @@ impl KernelDriver {
         let ids: HashSet<&str> = desired.iter().map(|c| c.id.as_str()).collect();
         let node = self.node.as_deref();
         let routes = desired_routes(desired, topology, node);
+        // (connection, VF) of every VF a desired connection holds.
+        let lent: HashSet<(String, String)> = desired
+            .iter()
+            .filter_map(|c| match c.mechanism() {
+                Some(meshwire_models::Mechanism::SriovVf { pci_address, .. }) => {
+                    Some((c.id.clone(), pci_address.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         let mut swept = Swept::default();
         // Where this node's VFs live when not lent (an agent's node only).
         let home: Option<Option<String>> =
@@ -212,7 +226,7 @@ impl KernelDriver {
             }
             let label = ns.as_deref().unwrap_or("(own)").to_string();
             match self
-                .sweep_one(&ns, &ids, &routes, &home, at_once, &mut suspects)
+                .sweep_one(&ns, &ids, &routes, &lent, &home, at_once, &mut suspects)
                 .await
             {
                 Ok(s) => {
@@ -243,11 +257,13 @@ impl KernelDriver {
         at_once || before
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn sweep_one(
         &self,
         ns: &Option<String>,
         ids: &HashSet<&str>,
         routes: &HashSet<RouteKey>,
+        lent: &HashSet<(String, String)>,
         home: &Option<Option<String>>,
         at_once: bool,
         suspects: &mut HashSet<String>,
@@ -286,18 +302,20 @@ impl KernelDriver {
                 swept.interfaces += 1;
                 continue;
             }
-            // A VF lent to a connection that is no longer desired (its removal was lost while
-            // the agent was away): given back to the node, never deleted.
-            if let Some((id, host)) = l.alias.as_deref().and_then(wiring::parse_vf_alias) {
-                if ids.contains(id) || home.is_none() {
+            // A VF lent to no desired connection (its removal was lost while the agent was
+            // away, or a heal moved the connection to another VF): given back to the node,
+            // never deleted.
+            if let Some((id, host, pci)) = l.alias.as_deref().and_then(wiring::parse_vf_alias) {
+                if lent.contains(&(id.to_string(), pci.to_string())) || home.is_none() {
                     continue;
                 }
                 let key = format!("vf {}/{} {id}", ns.as_deref().unwrap_or(""), l.name);
                 if !self.confirmed(key, at_once, suspects) {
                     continue;
                 }
+                let home = home.as_ref().unwrap_or(&None);
                 match self
-                    .give_back(&h, ns, *index, host, home.as_ref().unwrap_or(&None))
+                    .give_back(&h, ns, *index, l.parent.as_deref(), host, pci, home)
                     .await
                 {
                     Ok(()) => swept.interfaces += 1,

@@ -47,29 +47,39 @@ pub struct End {
     pub mac: Option<[u8; 6]>,
     /// Permanent neighbour entries (IP payload over MPLS carries no ARP).
     pub neighbors: Vec<(IpAddr, [u8; 6])>,
-    /// The interface is lent, not created (an SR-IOV VF, by its name on the node): marked
-    /// `meshwire-vf:<id>/<name>` and given back under that name on removal.
-    pub lent: Option<String>,
+    /// The interface is lent, not created (an SR-IOV VF): marked
+    /// `meshwire-vf:<id>/<name>/<pci>` and given back under its name on removal.
+    pub lent: Option<Lent>,
+}
+
+/// What a lent interface is on its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lent {
+    /// Its name on the node while it is not lent.
+    pub host: String,
+    /// Its PCI address (the kernel's parent device of a real VF's netdev).
+    pub pci: String,
 }
 
 impl End {
     /// The alias marking this end as connection `id`'s.
     pub fn alias(&self, id: &str) -> String {
         match &self.lent {
-            Some(host) => vf_alias(id, host),
+            Some(l) => vf_alias(id, &l.host, &l.pci),
             None => alias(id),
         }
     }
 }
 
-/// The alias of a VF lent to connection `id`; `host` is its name on the node.
-pub fn vf_alias(id: &str, host: &str) -> String {
-    format!("{VF_ALIAS_PREFIX}{id}/{host}")
+/// The alias of a VF lent to connection `id`: its name on the node and its PCI address.
+pub fn vf_alias(id: &str, host: &str, pci: &str) -> String {
+    format!("{VF_ALIAS_PREFIX}{id}/{host}/{pci}")
 }
 
-/// (connection id, name on the node) of a lent VF's alias.
-pub fn parse_vf_alias(alias: &str) -> Option<(&str, &str)> {
-    alias.strip_prefix(VF_ALIAS_PREFIX)?.split_once('/')
+/// (connection id, name on the node, PCI address) of a lent VF's alias.
+pub fn parse_vf_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = alias.strip_prefix(VF_ALIAS_PREFIX)?.splitn(3, '/');
+    Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
 /// An SR-IOV VF lent to a connection's client.
@@ -212,7 +222,10 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
                 return Err("a device is no SR-IOV client".into());
             }
             meshwire_models::validate::check_ifname(netdev).map_err(|e| format!("VF {pci_address}: {e}"))?;
-            client.lent = Some(netdev.clone());
+            client.lent = Some(Lent {
+                host: netdev.clone(),
+                pci: pci_address.clone(),
+            });
             client.mac = Some(crate::ovs::plan::mac(&c.id, 0));
             Ok(Wiring::Vf {
                 client,
@@ -345,6 +358,45 @@ pub(crate) mod tests {
             chain: Default::default(),
             request_key: None,
         }
+    }
+
+    #[test]
+    fn a_vf_is_lent_to_the_client_alone_and_its_mark_names_it() {
+        let m = Mechanism::SriovVf {
+            pci_address: "0000:3b:01.1".into(),
+            pf: "0000:3b:00.0".into(),
+            vf: 1,
+            netdev: "pf0v1".into(),
+            pool: "d.example/10G".into(),
+            token: "sriov-1".into(),
+            vlan: Some(100),
+        };
+        let c = conn(m.clone(), Payload::Ethernet);
+        let Ok(Wiring::Vf { client, vf }) = plan(&c) else {
+            panic!("not a VF wiring")
+        };
+        assert_eq!(
+            (client.ifname.as_str(), client.netns.as_deref()),
+            ("nsm-1", Some("c"))
+        );
+        assert_eq!(
+            (vf.host_name.as_str(), vf.node_netns.as_deref(), vf.vf),
+            ("pf0v1", Some("n1"), 1)
+        );
+        let a = client.alias(&c.id);
+        assert!(a.len() <= 128, "the kernel's alias limit");
+        assert_eq!(
+            parse_vf_alias(&a),
+            Some((c.id.as_str(), "pf0v1", "0000:3b:01.1"))
+        );
+        assert!(!a.starts_with(ALIAS_PREFIX), "never matched by the deleting sweeps");
+        assert!(plan_on(&c, "n1").unwrap().is_some());
+        assert!(plan_on(&c, "n2").unwrap().is_none(), "nothing on the endpoint's node");
+        let mut bad = c.clone();
+        if let Mechanism::SriovVf { netdev, .. } = &mut bad.hops[0].mechanism {
+            *netdev = "../etc".into();
+        }
+        assert!(plan(&bad).is_err());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //!                          │ tokens                                   │
 //!                          └──────────────▶ NodeSriov report ◀────────┘ ──▶ controller
 //! ```
+//!
+//! The pools are read again whenever a link of the node comes or goes (a VF given back, a VF
+//! whose netdev reappears after a driver rebind): sysfs shows a VF's netdev only in the
+//! namespace it is in, so a VF lent when the agent started has none until it is back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -50,17 +54,30 @@ pub enum SriovNodeError {
     Netlink(std::io::Error),
 }
 
-/// The running SR-IOV side of a node; dropping it stops the device plugin and the watch.
+/// The links of the node as the watch sees them: each PF's state, and a count of every link
+/// change (the pools are read again at each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Links {
+    pf_up: BTreeMap<String, bool>,
+    changes: u64,
+}
+
+/// The running SR-IOV side of a node; dropping it stops the device plugin and the watches.
 pub struct SriovNode {
     report: watch::Receiver<NodeSriov>,
     pools: Vec<Pool>,
     _plugins: Option<DevicePlugins>,
-    task: tokio::task::JoinHandle<()>,
+    /// Without a device plugin the tokens never change; their sender lives here so the report
+    /// keeps following the links.
+    _tokens: Option<watch::Sender<Tokens>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for SriovNode {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -71,6 +88,16 @@ impl SriovNode {
         let pools = sysfs.pools(&opts.config)?;
         for p in &pools {
             tracing::info!(pool = %p.name, vfs = p.vfs.len(), "SR-IOV pool");
+        }
+        for (pci, pf) in &opts.config.physical_functions {
+            let Some(want) = &pf.pf_kernel_driver else {
+                continue;
+            };
+            if let Ok(found) = sysfs.pf(pci) {
+                if found.driver.as_deref() != Some(want.as_str()) {
+                    tracing::warn!(pf = %pci, configured = %want, found = ?found.driver, "the PF's driver is not the one configured");
+                }
+            }
         }
         let mut sizes: BTreeMap<String, usize> = pools
             .iter()
@@ -88,7 +115,7 @@ impl SriovNode {
             .filter_map(|v| v.pf_netdev.clone().map(|n| (n, v.pf.clone())))
             .collect();
         let (usable_tx, usable_rx) = watch::channel(Usable::new());
-        let (plugins, tokens_rx) = match &opts.plugin_dir {
+        let (plugins, tokens_rx, tokens_tx) = match &opts.plugin_dir {
             Some(dir) => {
                 let p = DevicePlugins::start(
                     PluginConfig {
@@ -100,19 +127,23 @@ impl SriovNode {
                 )
                 .await?;
                 let rx = p.tokens();
-                (Some(p), rx)
+                (Some(p), rx, None)
             }
             None => {
                 let mut t = Tokens::load(&opts.state_dir).map_err(DevicePluginError::from)?;
                 if t.resize(&sizes) {
                     t.save(&opts.state_dir).map_err(DevicePluginError::from)?;
                 }
-                (None, watch::channel(t).1)
+                let (tx, rx) = watch::channel(t);
+                (None, rx, Some(tx))
             }
         };
-        let links = pf_links(pf_names.keys().cloned().collect(), opts.netns.clone()).await?;
+        let (links, watch_task) =
+            pf_links(pf_names.keys().cloned().collect(), opts.netns.clone()).await?;
         let (report_tx, report) = watch::channel(NodeSriov::default());
         let task = tokio::spawn(publish(
+            sysfs,
+            opts.config.clone(),
             pools.clone(),
             pf_names,
             links,
@@ -124,7 +155,8 @@ impl SriovNode {
             report,
             pools,
             _plugins: plugins,
-            task,
+            _tokens: tokens_tx,
+            tasks: vec![task, watch_task],
         })
     }
 
@@ -133,36 +165,58 @@ impl SriovNode {
         self.report.clone()
     }
 
+    /// The pools as read at start.
     pub fn pools(&self) -> &[Pool] {
         &self.pools
     }
 }
 
-/// Joins tokens and PF link states into the report and the device plugin's usable counts.
+/// Whether a VF can be lent: its PF is up and it has a netdev here.
+fn usable(v: &meshwire_models::sriov::Vf, pfs_down: &BTreeSet<PciAddress>) -> bool {
+    !pfs_down.contains(&v.pf) && v.netdev.is_some()
+}
+
+/// Joins tokens, pools and PF link states into the report and the device plugin's usable
+/// counts, again at every change of any of them. A closed source is taken as one that no
+/// longer changes (logged), never as a reason to stop.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
-    pools: Vec<Pool>,
+    sysfs: Sysfs,
+    config: SriovConfig,
+    mut pools: Vec<Pool>,
     pf_names: BTreeMap<String, PciAddress>,
-    mut links: watch::Receiver<BTreeMap<String, bool>>,
+    mut links: watch::Receiver<Links>,
     mut tokens: watch::Receiver<Tokens>,
-    usable: watch::Sender<Usable>,
+    usable_tx: watch::Sender<Usable>,
     report: watch::Sender<NodeSriov>,
 ) {
+    let (mut links_open, mut tokens_open) = (true, true);
+    let mut seen_changes = links.borrow().changes;
     loop {
-        let up = links.borrow_and_update().clone();
+        let l = links.borrow_and_update().clone();
+        if l.changes != seen_changes {
+            seen_changes = l.changes;
+            match sysfs.pools(&config) {
+                Ok(p) => pools = p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the SR-IOV pools again failed; keeping the last")
+                }
+            }
+        }
         let t = tokens.borrow_and_update().clone();
         let pfs_down: BTreeSet<PciAddress> = pf_names
             .iter()
-            .filter(|(name, _)| !up.get(*name).copied().unwrap_or(false))
+            .filter(|(name, _)| !l.pf_up.get(*name).copied().unwrap_or(false))
             .map(|(_, pci)| pci.clone())
             .collect();
         let counts: Usable = pools
             .iter()
             .map(|p| {
-                let n = p.vfs.iter().filter(|v| !pfs_down.contains(&v.pf)).count();
+                let n = p.vfs.iter().filter(|v| usable(v, &pfs_down)).count();
                 (p.name.clone(), n)
             })
             .collect();
-        usable.send_if_modified(|cur| {
+        usable_tx.send_if_modified(|cur| {
             let changed = *cur != counts;
             *cur = counts.clone();
             changed
@@ -196,10 +250,28 @@ async fn publish(
             changed
         });
         tokio::select! {
-            r = links.changed() => if r.is_err() { return },
-            r = tokens.changed() => if r.is_err() { return },
+            r = links.changed(), if links_open => if r.is_err() {
+                tracing::warn!("the PF link watch ended; PF states stay as last seen");
+                links_open = false;
+            },
+            r = tokens.changed(), if tokens_open => if r.is_err() {
+                tokens_open = false;
+            },
+            () = std::future::pending::<()>(), if !links_open && !tokens_open => {}
         }
     }
+}
+
+/// Whether a link is usable: administratively up with a carrier.
+fn is_up(m: &LinkMessage) -> bool {
+    m.header.flags.contains(LinkFlags::Up) && m.header.flags.contains(LinkFlags::LowerUp)
+}
+
+fn name_of(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
 }
 
 type Connection = (
@@ -233,23 +305,13 @@ async fn connection_in(ns: &str) -> std::io::Result<Connection> {
         .map_err(|_| std::io::Error::other("namespace thread died"))?
 }
 
-/// Whether a link is usable: administratively up with a carrier.
-fn is_up(m: &LinkMessage) -> bool {
-    m.header.flags.contains(LinkFlags::Up) && m.header.flags.contains(LinkFlags::LowerUp)
-}
-
-fn name_of(m: &LinkMessage) -> Option<&str> {
-    m.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
-}
-
-/// The named links' state in this process's namespace: a dump, then each notification.
+/// The node's links as they change: a dump of the named PFs' state, then each notification
+/// (every link change counts; a lost notification, seen as an error on the socket, dumps again).
+/// The task owns the connection; aborting it closes the socket.
 async fn pf_links(
     names: BTreeSet<String>,
     netns: Option<String>,
-) -> Result<watch::Receiver<BTreeMap<String, bool>>, SriovNodeError> {
+) -> Result<(watch::Receiver<Links>, tokio::task::JoinHandle<()>), SriovNodeError> {
     let (mut conn, handle, mut messages) = match netns {
         None => rtnetlink::new_connection().map_err(SriovNodeError::Netlink)?,
         Some(ns) => connection_in(&ns).await.map_err(SriovNodeError::Netlink)?,
@@ -261,36 +323,64 @@ async fn pf_links(
         sock.add_membership(RTNLGRP_LINK)
             .map_err(SriovNodeError::Netlink)?;
     }
-    tokio::spawn(conn);
-    let mut state: BTreeMap<String, bool> = names.iter().map(|n| (n.clone(), false)).collect();
-    let mut dump = handle.link().get().execute();
-    while let Some(m) = dump
-        .try_next()
-        .await
-        .map_err(|e| SriovNodeError::Netlink(std::io::Error::other(e.to_string())))?
-    {
-        if let Some(n) = name_of(&m).filter(|n| names.contains(*n)) {
-            state.insert(n.to_string(), is_up(&m));
+    let dump = |handle: rtnetlink::Handle, names: BTreeSet<String>| async move {
+        let mut state: BTreeMap<String, bool> = names.iter().map(|n| (n.clone(), false)).collect();
+        let mut s = handle.link().get().execute();
+        while let Some(m) = s.try_next().await? {
+            if let Some(n) = name_of(&m).filter(|n| names.contains(*n)) {
+                state.insert(n.to_string(), is_up(&m));
+            }
         }
-    }
-    let (tx, rx) = watch::channel(state);
-    tokio::spawn(async move {
-        let _keep = handle;
+        Ok::<_, rtnetlink::Error>(state)
+    };
+    let conn_task = tokio::spawn(conn);
+    let first = dump(handle.clone(), names.clone())
+        .await
+        .map_err(|e| SriovNodeError::Netlink(std::io::Error::other(e.to_string())))?;
+    let (tx, rx) = watch::channel(Links {
+        pf_up: first,
+        changes: 0,
+    });
+    let task = tokio::spawn(async move {
+        let _conn = AbortOnDrop(conn_task);
         while let Some((msg, _)) = messages.next().await {
             let (m, present) = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => (m, true),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => (m, false),
+                NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
+                    // Notifications were lost: look at everything again.
+                    match dump(handle.clone(), names.clone()).await {
+                        Ok(state) => tx.send_modify(|l| {
+                            l.pf_up = state;
+                            l.changes += 1;
+                        }),
+                        Err(e) => tracing::warn!(error = %e, "dumping the PF links again failed"),
+                    }
+                    continue;
+                }
                 _ => continue,
             };
-            let Some(n) = name_of(&m)
+            let pf = name_of(&m)
                 .filter(|n| names.contains(*n))
-                .map(str::to_string)
-            else {
-                continue;
-            };
+                .map(str::to_string);
             let up = present && is_up(&m);
-            tx.send_if_modified(|s| s.insert(n.clone(), up) != Some(up));
+            tx.send_modify(|l| {
+                l.changes += 1;
+                if let Some(n) = pf {
+                    l.pf_up.insert(n, up);
+                }
+            });
         }
+        tracing::warn!("the node's link notifications ended");
     });
-    Ok(rx)
+    Ok((rx, task))
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

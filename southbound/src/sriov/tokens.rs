@@ -93,14 +93,26 @@ impl Tokens {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let tmp = dir.join(format!("{FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
+        // On disk before it is acknowledged: the file, then its name in the directory.
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+            f.write_all(&bytes).map_err(|e| err(e.to_string()))?;
+            f.sync_all().map_err(|e| err(e.to_string()))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(e.to_string()))
     }
 
     /// Makes each pool hold exactly `sizes[pool]` tokens: new IDs for new VFs; surplus tokens go,
     /// unallocated ones first (an allocated token beyond the pool's size stays, reported
-    /// unhealthy, until the kubelet forgets it). Pools no longer configured go. Whether anything
-    /// changed.
+    /// unhealthy). Pools no longer configured go. Whether anything changed.
+    ///
+    /// The kubelet never says when a pod is gone (there is no deallocation in the API), so
+    /// "allocated" means "handed to a container at some time"; which pod holds a token now is
+    /// the kubelet's PodResources API's to say, which is not read.
     pub fn resize(&mut self, sizes: &BTreeMap<String, usize>) -> bool {
         let before = self.clone();
         self.pools.retain(|p, _| sizes.contains_key(p));

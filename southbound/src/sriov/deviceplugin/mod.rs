@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     usable: Mutex<Usable>,
     devices: BTreeMap<String, watch::Sender<Vec<pb::Device>>>,
     tokens_tx: watch::Sender<Tokens>,
+    /// Each pool's socket file and its inode, for removal when the plugins stop.
+    sockets: Mutex<BTreeMap<String, (PathBuf, Option<u64>)>>,
 }
 
 impl Shared {
@@ -165,8 +167,22 @@ pub struct DevicePlugins {
 }
 
 impl Drop for DevicePlugins {
+    /// Stops the supervisor and removes the sockets at once (the kubelet then sees the
+    /// resource's plugin gone), each only if it is still the one this process bound.
     fn drop(&mut self) {
         self.supervisor.abort();
+        let sockets = std::mem::take(
+            &mut *self
+                .shared
+                .sockets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (path, ino) in sockets.into_values() {
+            if ino.is_some() && inode(&path) == ino {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 
@@ -202,6 +218,7 @@ impl DevicePlugins {
             tokens: Mutex::new(tokens),
             usable: Mutex::new(usable.borrow_and_update().clone()),
             devices,
+            sockets: Mutex::new(BTreeMap::new()),
         });
         shared.publish();
         let events = dirwatch::watch(&cfg.dir).map_err(|e| dir_err(format!("watch: {e}")))?;
@@ -286,11 +303,17 @@ impl Supervisor {
             }
         });
         tracing::info!(pool, socket = %path.display(), "device plugin serving");
+        let ino = inode(&path);
+        self.shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pool.to_string(), (path.clone(), ino));
         self.servers.insert(
             pool.to_string(),
             Server {
                 stop: Some(stop),
-                inode: inode(&path),
+                inode: ino,
                 path,
             },
         );
