@@ -351,7 +351,10 @@ mod tests {
     fn a_real_vf_is_known_by_its_pci_address_not_by_a_mark() {
         let real = KernelDriver::for_node("n1");
         assert!(real.is_vf(&f(Some("0000:3b:01.0")), "0000:3b:01.0"));
-        assert!(!real.is_vf(&f(None), "0000:3b:01.0"), "a veth with our mark");
+        assert!(
+            !real.is_vf(&f(None), "0000:3b:01.0"),
+            "a veth with our mark"
+        );
         assert!(!real.is_vf(&f(Some("0000:3b:01.1")), "0000:3b:01.0"));
         let standin = KernelDriver::for_node("n1").sriov_standin(true);
         assert!(standin.is_vf(&f(None), "0000:3b:01.0"));

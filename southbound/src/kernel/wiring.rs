@@ -389,9 +389,15 @@ pub(crate) mod tests {
             parse_vf_alias(&a),
             Some((c.id.as_str(), "pf0v1", "0000:3b:01.1"))
         );
-        assert!(!a.starts_with(ALIAS_PREFIX), "never matched by the deleting sweeps");
+        assert!(
+            !a.starts_with(ALIAS_PREFIX),
+            "never matched by the deleting sweeps"
+        );
         assert!(plan_on(&c, "n1").unwrap().is_some());
-        assert!(plan_on(&c, "n2").unwrap().is_none(), "nothing on the endpoint's node");
+        assert!(
+            plan_on(&c, "n2").unwrap().is_none(),
+            "nothing on the endpoint's node"
+        );
         let mut bad = c.clone();
         if let Mechanism::SriovVf { netdev, .. } = &mut bad.hops[0].mechanism {
             *netdev = "../etc".into();
