@@ -296,3 +296,52 @@ async fn nb_tokens_claim_vfs_once_and_claims_survive_a_restart() {
     .await;
     assert_eq!(ctl.sriov_usage()[0].unhealthy, 2);
 }
+
+#[tokio::test]
+async fn nb_the_next_vf_after_the_last_lent_and_two_records_of_one_vf_refuse_the_restore() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let (ctl, driver) = start(store.clone()).await;
+    let _loop = ctl.spawn_reconciler(Duration::from_secs(3600));
+    send(
+        &ctl,
+        &driver,
+        report(&[("sriov-t1", true), ("sriov-t2", true)], false),
+    )
+    .await;
+    // VF 0 lent and given back: the next request gets VF 1 (a VF that cannot be lent fails
+    // one request, not every one).
+    let c1 = ctl.request(req("p1", Some("sriov-t1"))).await.unwrap();
+    assert_eq!(lent(&c1).0, "0000:3b:01.0");
+    ctl.close(&c1.id).await.unwrap();
+    let c2 = ctl.request(req("p2", Some("sriov-t2"))).await.unwrap();
+    assert_eq!(lent(&c2).0, "0000:3b:01.1");
+
+    // A second record claiming c2's VF (written by hand): the restore refuses to start.
+    let mut twin = c2.clone();
+    twin.id = "0badc0de-0000-0000-0000-000000000000".into();
+    store
+        .put(
+            &format!("/meshwire/v1/connections/{}", twin.id),
+            serde_json::to_vec(&twin).unwrap(),
+            meshwire_controller::store::Expect::Any,
+        )
+        .await
+        .unwrap();
+    drop(_loop);
+    drop(ctl);
+    let driver = Arc::new(RecordingDriver::new());
+    let again = Controller::start(
+        store,
+        driver,
+        Arc::new(ManualClock::new(1_000_000)),
+        Config::default(),
+    )
+    .await;
+    match again {
+        Err(e @ ControllerError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("0000:3b:01.1"), "{e}")
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a VF claimed twice was restored"),
+    }
+}
