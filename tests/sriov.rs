@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshwire_southbound::sriov::deviceplugin::{pb, unix_channel, HEALTHY, KUBELET_SOCKET};
-use tokio::sync::{mpsc, oneshot};
+use meshwire_southbound::sriov::deviceplugin::kubelet::StandInKubelet;
+use meshwire_southbound::sriov::deviceplugin::{pb, unix_channel, HEALTHY};
 
 mod support;
 use support::lab::{root, Lab};
@@ -20,58 +20,16 @@ use support::lab::{root, Lab};
 const POOL: &str = "worker.domain/10G";
 const PLUGINS: &str = "/run/meshwire/labs/sriov/agents/n1.device-plugins";
 
-struct Kubelet {
-    tx: mpsc::Sender<pb::RegisterRequest>,
+/// A stand-in kubelet on `dir`'s `kubelet.sock`.
+fn kubelet(dir: &Path) -> StandInKubelet {
+    StandInKubelet::serve(dir).unwrap()
 }
 
-#[tonic::async_trait]
-impl pb::registration_server::Registration for Kubelet {
-    async fn register(
-        &self,
-        req: tonic::Request<pb::RegisterRequest>,
-    ) -> Result<tonic::Response<pb::Empty>, tonic::Status> {
-        let _ = self.tx.send(req.into_inner()).await;
-        Ok(tonic::Response::new(pb::Empty {}))
-    }
-}
-
-/// The kubelet stand-in's registration service on `dir/kubelet.sock`; stops when dropped.
-struct StandIn {
-    _stop: oneshot::Sender<()>,
-    registered: mpsc::Receiver<pb::RegisterRequest>,
-}
-
-fn kubelet(dir: &Path) -> StandIn {
-    let path = dir.join(KUBELET_SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let incoming = futures::stream::unfold(listener, |l| async move {
-        Some((l.accept().await.map(|(s, _)| s), l))
-    });
-    let (tx, registered) = mpsc::channel(16);
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::registration_server::RegistrationServer::new(Kubelet {
-                tx,
-            }))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
-    StandIn {
-        _stop: stop,
-        registered,
-    }
-}
-
-impl StandIn {
-    async fn registration(&mut self) -> pb::RegisterRequest {
-        tokio::time::timeout(Duration::from_secs(20), self.registered.recv())
-            .await
-            .expect("the device plugin registers within 20 s")
-            .expect("kubelet open")
-    }
+/// The next registration the stand-in kubelet gets.
+async fn registration(k: &mut StandInKubelet) -> pb::RegisterRequest {
+    k.registration(Duration::from_secs(20))
+        .await
+        .expect("the device plugin registers within 20 s")
 }
 
 type Plugin = pb::device_plugin_client::DevicePluginClient<tonic::transport::Channel>;
@@ -170,7 +128,7 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
 
     // The kubelet comes up after the agent: the plugin sees kubelet.sock appear and registers.
     let mut k = kubelet(&dir);
-    let reg = k.registration().await;
+    let reg = registration(&mut k).await;
     let mut dp = plugin(&dir, &reg).await;
     let devices = devices_until(&mut dp, |d| d.len() == 2 && healthy(d) == 2).await;
     let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
@@ -318,7 +276,7 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
         let _ = std::fs::remove_file(e.path());
     }
     let mut k = kubelet(&dir);
-    let reg = k.registration().await;
+    let reg = registration(&mut k).await;
     let mut dp = plugin(&dir, &reg).await;
     let again: Vec<String> = devices_until(&mut dp, |d| d.len() == 2)
         .await
@@ -343,7 +301,7 @@ async fn lab_sriov_pods_get_vfs_through_the_device_plugin_and_give_them_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reg = k.registration().await;
+    let reg = registration(&mut k).await;
     let mut dp = plugin(&dir, &reg).await;
     let after: Vec<String> = devices_until(&mut dp, |d| d.len() == 2)
         .await
@@ -429,7 +387,7 @@ async fn lab_radio_attachments_are_a_device_plugin_resource() {
     let lab = Lab::up("radio");
     let dir = PathBuf::from("/run/meshwire/labs/radio/agents/worker.device-plugins");
     let mut k = kubelet(&dir);
-    let reg = k.registration().await;
+    let reg = registration(&mut k).await;
     assert_eq!(reg.resource_name, "radio.meshwire.io/radio1");
     let mut dp = pb::device_plugin_client::DevicePluginClient::new(
         unix_channel(&dir.join(&reg.endpoint)).await.unwrap(),

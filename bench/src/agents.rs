@@ -26,37 +26,17 @@ use meshwire_models::{ClientRef, ConnectionRequest, Manifest};
 use meshwire_southbound::agent::{node, AgentHub, Credentials, HubConfig, NodeAgentOptions};
 use meshwire_southbound::KernelDriver;
 
-use crate::setup::{first_packet, heal, pct, sh, socket_in, Echo, HealPlace};
+use crate::setup::{first_packet, heal, pct, sh, socket_in, BenchNetns, Echo, HealPlace};
 
 const P: &str = "mwagb";
 
-struct Namespaces;
-impl Namespaces {
-    fn create() -> anyhow::Result<Namespaces> {
-        Self::cleanup();
-        for n in ["n1", "n2", "c", "e"] {
-            sh(&format!(
-                "ip netns add {P}-{n} && ip -n {P}-{n} link set lo up"
-            ))?;
-        }
-        sh(&format!(
-            "ip -n {P}-n1 link add eth1 type veth peer name eth1 netns {P}-n2 && ip -n {P}-n1 addr add 192.168.202.1/24 dev eth1 && ip -n {P}-n2 addr add 192.168.202.2/24 dev eth1 && ip -n {P}-n1 link set eth1 up && ip -n {P}-n2 link set eth1 up"
-        ))?;
-        Ok(Namespaces)
-    }
-    fn cleanup() {
-        for n in ["n1", "n2", "c", "e"] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &format!("{P}-{n}")])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        Self::cleanup();
-    }
+/// The hosts and workloads, with the underlay between the hosts.
+fn namespaces() -> anyhow::Result<BenchNetns> {
+    let ns = BenchNetns::create(P, &["n1", "n2", "c", "e"])?;
+    sh(&format!(
+        "ip -n {P}-n1 link add eth1 type veth peer name eth1 netns {P}-n2 && ip -n {P}-n1 addr add 192.168.202.1/24 dev eth1 && ip -n {P}-n2 addr add 192.168.202.2/24 dev eth1 && ip -n {P}-n1 link set eth1 up && ip -n {P}-n2 link set eth1 up"
+    ))?;
+    Ok(ns)
 }
 
 fn manifests() -> String {
@@ -157,7 +137,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         return load(&spec).await;
     }
     let n = ((200.0 * scale).round() as usize).max(10);
-    let _ns = Namespaces::create().context("bench agents needs root and iproute2")?;
+    let _ns = namespaces().context("bench agents needs root and iproute2")?;
     let _echo = Echo::start(&format!("{P}-e"))?;
     let probe = socket_in(&format!("{P}-c"), 0)?;
     probe.set_read_timeout(Some(Duration::from_millis(1)))?;

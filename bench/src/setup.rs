@@ -87,6 +87,36 @@ pub(crate) fn first_packet(probe: &UdpSocket, addr: IpAddr) -> anyhow::Result<()
     bail!("no echo from {addr} within 5 s")
 }
 
+/// Named namespaces `<prefix>-<name>`, loopback up, deleted when dropped (and any an earlier
+/// run left behind deleted first).
+pub(crate) struct BenchNetns(Vec<String>);
+
+impl BenchNetns {
+    pub(crate) fn create(prefix: &str, names: &[&str]) -> anyhow::Result<BenchNetns> {
+        let ns = BenchNetns(names.iter().map(|n| format!("{prefix}-{n}")).collect());
+        ns.delete();
+        for n in &ns.0 {
+            sh(&format!("ip netns add {n} && ip -n {n} link set lo up"))?;
+        }
+        Ok(ns)
+    }
+
+    fn delete(&self) {
+        for n in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for BenchNetns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
 struct Namespaces;
 impl Namespaces {
     fn create() -> anyhow::Result<Namespaces> {

@@ -21,45 +21,25 @@ use meshwire_southbound::sriov::node::{SriovNode, SriovOptions};
 use meshwire_southbound::sriov::standin::{StandInPf, StandInVf};
 use meshwire_southbound::KernelDriver;
 
-use crate::setup::{pct, sh};
+use crate::setup::{pct, sh, BenchNetns};
 
 const P: &str = "mwsrb";
 const VFS: u32 = 4;
 
-struct Namespaces;
-impl Namespaces {
-    fn create() -> anyhow::Result<Namespaces> {
-        Self::cleanup();
-        for n in ["n1", "pod", "e"] {
-            sh(&format!(
-                "ip netns add {P}-{n} && ip -n {P}-{n} link set lo up"
-            ))?;
-        }
-        let n1 = format!("{P}-n1");
+/// The node with its stand-in PF, a pod and an endpoint.
+fn namespaces() -> anyhow::Result<BenchNetns> {
+    let ns = BenchNetns::create(P, &["n1", "pod", "e"])?;
+    let n1 = format!("{P}-n1");
+    sh(&format!(
+        "ip -n {n1} link add pf0 type bridge && ip -n {n1} link add pf0wire type veth peer name pf0wirep && ip -n {n1} link set pf0wire master pf0 up && ip -n {n1} link set pf0wirep up"
+    ))?;
+    for i in 0..VFS {
         sh(&format!(
-            "ip -n {n1} link add pf0 type bridge && ip -n {n1} link add pf0wire type veth peer name pf0wirep && ip -n {n1} link set pf0wire master pf0 up && ip -n {n1} link set pf0wirep up"
+            "ip -n {n1} link add pf0v{i} type veth peer name pf0r{i} && ip -n {n1} link set pf0r{i} master pf0 up"
         ))?;
-        for i in 0..VFS {
-            sh(&format!(
-                "ip -n {n1} link add pf0v{i} type veth peer name pf0r{i} && ip -n {n1} link set pf0r{i} master pf0 up"
-            ))?;
-        }
-        sh(&format!("ip -n {n1} link set pf0 up"))?;
-        Ok(Namespaces)
     }
-    fn cleanup() {
-        for n in ["n1", "pod", "e"] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &format!("{P}-{n}")])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        Self::cleanup();
-    }
+    sh(&format!("ip -n {n1} link set pf0 up"))?;
+    Ok(ns)
 }
 
 fn manifests() -> String {
@@ -128,7 +108,7 @@ async fn cycles(
 pub async fn run(scale: f64) -> anyhow::Result<()> {
     let n = ((200.0 * scale).round() as usize).max(5);
     let allocations = ((2_000.0 * scale).round() as usize).max(50);
-    let _ns = Namespaces::create()?;
+    let _ns = namespaces()?;
     let dir = tempfile::tempdir()?;
     let sysfs = dir.path().join("sysfs");
     StandInPf {

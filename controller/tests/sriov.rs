@@ -36,6 +36,14 @@ spec:
 
 const PF: &str = "0000:3b:00.0";
 
+/// Tokens t1, t2 and t4 allocated by the kubelet, t3 not.
+const FOUR_TOKENS: &[(&str, bool)] = &[
+    ("sriov-t1", true),
+    ("sriov-t2", true),
+    ("sriov-t3", false),
+    ("sriov-t4", true),
+];
+
 fn vf(i: u32) -> Vf {
     Vf {
         pci: format!("0000:3b:01.{i}").parse().unwrap(),
@@ -172,20 +180,7 @@ async fn nb_tokens_claim_vfs_once_and_claims_survive_a_restart() {
         false,
     )
     .await;
-    send(
-        &ctl,
-        &driver,
-        report(
-            &[
-                ("sriov-t1", true),
-                ("sriov-t2", true),
-                ("sriov-t3", false),
-                ("sriov-t4", true),
-            ],
-            false,
-        ),
-    )
-    .await;
+    send(&ctl, &driver, report(FOUR_TOKENS, false)).await;
 
     let c1 = ctl.request(req("p1", Some("sriov-t1"))).await.unwrap();
     assert_eq!(c1.state, ConnectionState::Up);
@@ -247,20 +242,7 @@ async fn nb_tokens_claim_vfs_once_and_claims_survive_a_restart() {
     drop(ctl);
     let (ctl, driver) = start(store).await;
     let _loop = ctl.spawn_reconciler(Duration::from_secs(3600));
-    send(
-        &ctl,
-        &driver,
-        report(
-            &[
-                ("sriov-t1", true),
-                ("sriov-t2", true),
-                ("sriov-t3", false),
-                ("sriov-t4", true),
-            ],
-            false,
-        ),
-    )
-    .await;
+    send(&ctl, &driver, report(FOUR_TOKENS, false)).await;
     refused(
         &ctl,
         req("p9", Some("sriov-t2")),
@@ -273,20 +255,7 @@ async fn nb_tokens_claim_vfs_once_and_claims_survive_a_restart() {
 
     // The PF's link down: its VFs are not lent.
     ctl.close(&c2.id).await.unwrap();
-    send(
-        &ctl,
-        &driver,
-        report(
-            &[
-                ("sriov-t1", true),
-                ("sriov-t2", true),
-                ("sriov-t3", false),
-                ("sriov-t4", true),
-            ],
-            true,
-        ),
-    )
-    .await;
+    send(&ctl, &driver, report(FOUR_TOKENS, true)).await;
     refused(
         &ctl,
         req("p1", Some("sriov-t1")),

@@ -7,63 +7,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshwire_southbound::sriov::deviceplugin::kubelet::StandInKubelet;
 use meshwire_southbound::sriov::deviceplugin::{
-    pb, socket_name, unix_channel, DevicePlugins, PluginConfig, Usable, HEALTHY, KUBELET_SOCKET,
-    UNHEALTHY,
+    pb, socket_name, unix_channel, DevicePlugins, PluginConfig, Usable, HEALTHY, UNHEALTHY,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
-/// The kubelet's registration service: every request goes to the test.
-struct Kubelet {
-    tx: mpsc::Sender<pb::RegisterRequest>,
+/// A stand-in kubelet on `dir`'s `kubelet.sock`.
+fn kubelet(dir: &Path) -> StandInKubelet {
+    StandInKubelet::serve(dir).unwrap()
 }
 
-#[tonic::async_trait]
-impl pb::registration_server::Registration for Kubelet {
-    async fn register(
-        &self,
-        req: tonic::Request<pb::RegisterRequest>,
-    ) -> Result<tonic::Response<pb::Empty>, tonic::Status> {
-        let _ = self.tx.send(req.into_inner()).await;
-        Ok(tonic::Response::new(pb::Empty {}))
-    }
-}
-
-/// A running kubelet stand-in; dropping it stops it.
-struct RunningKubelet {
-    _stop: oneshot::Sender<()>,
-    registered: mpsc::Receiver<pb::RegisterRequest>,
-}
-
-fn kubelet(dir: &Path) -> RunningKubelet {
-    let path = dir.join(KUBELET_SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let incoming = futures::stream::unfold(listener, |l| async move {
-        Some((l.accept().await.map(|(s, _)| s), l))
-    });
-    let (tx, registered) = mpsc::channel(16);
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::registration_server::RegistrationServer::new(Kubelet {
-                tx,
-            }))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
-    RunningKubelet {
-        _stop: stop,
-        registered,
-    }
-}
-
-async fn next(k: &mut RunningKubelet) -> pb::RegisterRequest {
-    tokio::time::timeout(Duration::from_secs(10), k.registered.recv())
+async fn next(k: &mut StandInKubelet) -> pb::RegisterRequest {
+    k.registration(Duration::from_secs(10))
         .await
         .expect("registration within 10 s")
-        .expect("kubelet open")
 }
 
 async fn plugin(

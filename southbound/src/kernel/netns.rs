@@ -56,6 +56,35 @@ pub struct Namespaces {
 /// The path of namespace `name`: only ever one component under [`NETNS_DIR`]. A name with a
 /// `/`, `..` or a control character is refused here too, whatever checked it before, so no
 /// caller can reach `/proc/<pid>/ns/net` or another directory's namespaces through a name.
+/// Runs `f` on a short-lived thread that entered the named namespace (`None`: this
+/// process's), inside the current runtime: a socket `f` creates stays in that namespace.
+/// Nothing forks.
+pub(crate) async fn in_netns<T: Send + 'static>(
+    ns: Option<&str>,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let target = ns.map(path).transpose()?;
+    let rt = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns-enter".into())
+        .spawn(move || {
+            let result = (|| {
+                if let Some(p) = target {
+                    let file = File::open(&p)?;
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                        |e| std::io::Error::other(format!("setns {}: {e}", p.display())),
+                    )?;
+                }
+                let _guard = rt.enter();
+                f()
+            })();
+            let _ = tx.send(result);
+        })?;
+    rx.await
+        .map_err(|_| std::io::Error::other("namespace thread died"))?
+}
+
 pub fn path(name: &str) -> std::io::Result<PathBuf> {
     meshwire_models::validate::check_netns(name)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -103,36 +132,19 @@ impl Namespaces {
                 return Ok(c.handle.clone());
             }
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let rt = tokio::runtime::Handle::current();
-        let target = ns.as_deref().map(path).transpose()?;
         let watching = self.watcher.get().is_some();
-        std::thread::Builder::new()
-            .name("netns-enter".into())
-            .spawn(move || {
-                let result = (|| {
-                    if let Some(p) = target {
-                        let f = File::open(&p)?;
-                        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                            |e| std::io::Error::other(format!("setns {}: {e}", p.display())),
-                        )?;
-                    }
-                    let _guard = rt.enter();
-                    // Requests and notifications on separate sockets: a burst of link events
-                    // that overflows the monitor's buffer must never touch the requests.
-                    let requests = rtnetlink::new_connection()?;
-                    let monitor = if watching {
-                        Some(rtnetlink::new_connection()?)
-                    } else {
-                        None
-                    };
-                    Ok::<_, std::io::Error>((requests, monitor))
-                })();
-                let _ = tx.send(result);
-            })?;
-        let ((conn, handle, _), monitor) = rx
-            .await
-            .map_err(|_| std::io::Error::other("namespace thread died"))??;
+        let ((conn, handle, _), monitor) = in_netns(ns.as_deref(), move || {
+            // Requests and notifications on separate sockets: a burst of link events that
+            // overflows the monitor's buffer must never touch the requests.
+            let requests = rtnetlink::new_connection()?;
+            let monitor = if watching {
+                Some(rtnetlink::new_connection()?)
+            } else {
+                None
+            };
+            Ok((requests, monitor))
+        })
+        .await?;
         let watch = match (self.watcher.get(), monitor) {
             (Some(on_gone), Some((mut mconn, mhandle, messages))) => {
                 use rtnetlink::sys::AsyncSocket;

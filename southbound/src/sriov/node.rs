@@ -274,37 +274,6 @@ fn name_of(m: &LinkMessage) -> Option<&str> {
     })
 }
 
-type Connection = (
-    rtnetlink::proto::Connection<RouteNetlinkMessage>,
-    rtnetlink::Handle,
-    futures::channel::mpsc::UnboundedReceiver<(
-        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
-        rtnetlink::sys::SocketAddr,
-    )>,
-);
-
-/// A netlink connection opened in the named namespace (from a thread that entered it: a socket
-/// stays in the namespace it was created in).
-async fn connection_in(ns: &str) -> std::io::Result<Connection> {
-    let path = crate::kernel::netns::path(ns)?;
-    let rt = tokio::runtime::Handle::current();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("sriov-netns".into())
-        .spawn(move || {
-            let r = (|| {
-                let f = std::fs::File::open(&path)?;
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| std::io::Error::other(format!("setns {}: {e}", path.display())))?;
-                let _guard = rt.enter();
-                rtnetlink::new_connection()
-            })();
-            let _ = tx.send(r);
-        })?;
-    rx.await
-        .map_err(|_| std::io::Error::other("namespace thread died"))?
-}
-
 /// The node's links as they change: a dump of the named PFs' state, then each notification
 /// (every link change counts; a lost notification, seen as an error on the socket, dumps again).
 /// The task owns the connection; aborting it closes the socket.
@@ -312,10 +281,10 @@ async fn pf_links(
     names: BTreeSet<String>,
     netns: Option<String>,
 ) -> Result<(watch::Receiver<Links>, tokio::task::JoinHandle<()>), SriovNodeError> {
-    let (mut conn, handle, mut messages) = match netns {
-        None => rtnetlink::new_connection().map_err(SriovNodeError::Netlink)?,
-        Some(ns) => connection_in(&ns).await.map_err(SriovNodeError::Netlink)?,
-    };
+    let (mut conn, handle, mut messages) =
+        crate::kernel::netns::in_netns(netns.as_deref(), rtnetlink::new_connection)
+            .await
+            .map_err(SriovNodeError::Netlink)?;
     {
         use rtnetlink::sys::AsyncSocket;
         let sock = conn.socket_mut().socket_mut();

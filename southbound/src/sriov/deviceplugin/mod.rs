@@ -14,6 +14,7 @@
 //! usable VFs (a PF link down makes its VFs' tokens unhealthy: reported, not hidden).
 
 mod dirwatch;
+pub mod kubelet;
 mod service;
 
 use std::collections::BTreeMap;
