@@ -443,13 +443,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
-    // A leader keeps the socket it served on as a standby.
+    // A leader keeps the server it ran as a standby; otherwise the REST address binds now.
     let listener = match bound {
-        Some(l) => tokio::net::TcpListener::from_std(l)
-            .with_context(|| format!("listener {}", args.listen))?,
-        None => tokio::net::TcpListener::bind(args.listen)
+        Some(front) => Err(front),
+        None => Ok(tokio::net::TcpListener::bind(args.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?,
+            .with_context(|| format!("cannot listen on {}", args.listen))?),
     };
     tracing::info!(listen = %args.listen, tls = tls.is_some(), store = %ctl.store_name(), dataplane = %ctl.driver_name(), "meshwire controller ready");
     announce_ready(&args.listen.to_string());
@@ -511,9 +510,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down: ending open streams");
         let _ = stop_tx.send(true);
     };
-    match &tls {
-        Some(cfg) => meshwire_northbound::tls::serve(listener, app, cfg.clone(), stopping).await,
-        None => axum::serve(listener, app)
+    match (listener, &tls) {
+        (Err(front), _) => front.lead(app, stopping).await,
+        (Ok(listener), Some(cfg)) => {
+            meshwire_northbound::tls::serve(listener, app, cfg.clone(), stopping).await
+        }
+        (Ok(listener), None) => axum::serve(listener, app)
             .with_graceful_shutdown(stopping)
             .await
             .context("serving the REST API")?,

@@ -57,7 +57,7 @@ pub async fn lead(
     agents: Option<String>,
     tokens: Option<meshwire_northbound::auth::Tokens>,
     config: meshwire_controller::Config,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<Leadership>, std::net::TcpListener)> {
+) -> anyhow::Result<(Arc<dyn Store>, Arc<Leadership>, Front)> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let me = Candidate {
         id: candidate_id(),
@@ -70,8 +70,7 @@ pub async fn lead(
     let election = Election::new(etcd.client(), etcd.describe(), ha.leader_lease, me);
     tracing::info!(id = %election.me().id, api = %election.me().api, lease = ?ha.leader_lease, "campaigning for leadership");
     let (stop_tx, stop_rx) = watch::channel(false);
-    // One socket for the standby and then the leader: between the two, connections wait in
-    // its backlog instead of being refused.
+    // One server for the standby and then the leader (see [`Front`]).
     let std_listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     std_listener
@@ -107,15 +106,12 @@ pub async fn lead(
             }
         })
     };
+    let (phase, phase_rx) = watch::channel(Phase::Standby);
     let standby = {
-        let listener = tokio::net::TcpListener::from_std(
-            std_listener
-                .try_clone()
-                .with_context(|| format!("listener {listen}"))?,
-        )
-        .with_context(|| format!("listener {listen}"))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .with_context(|| format!("listener {listen}"))?;
         crate::daemon::announce_ready(&listen.to_string());
-        let app = standby_router(election.leader(), reads);
+        let app = front_router(phase_rx, standby_router(election.leader(), reads));
         let mut stop = stop_rx.clone();
         let stopping = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -142,14 +138,72 @@ pub async fn lead(
             std::process::exit(0);
         }
     };
-    // The standby's listener goes before the leader's binds the same address.
-    let _ = stop_tx.send(true);
-    let _ = standby.await;
-    // Its replica (and the task keeping it) goes with it.
+    // Requests wait from here until the leader's API is ready (none is dropped or refused).
+    phase.send_replace(Phase::Starting);
+    // The replica (and the task keeping it) goes.
     replica.abort();
     drop(replica);
     let store: Arc<dyn Store> = Arc::new(etcd.fenced(leadership.fence()));
-    Ok((store, Arc::new(leadership), std_listener))
+    let front = Front {
+        phase,
+        stop: stop_tx,
+        task: standby,
+    };
+    Ok((store, Arc::new(leadership), front))
+}
+
+/// Which API the front door serves: the standby's, none yet (leadership won, the leader's
+/// API is being built: requests wait), or the leader's.
+#[derive(Clone)]
+enum Phase {
+    Standby,
+    Starting,
+    Leader(axum::Router),
+}
+
+/// The one server on the controller's REST address, from standby to leader: at the handover
+/// no connection is closed and no request is refused; the API behind it changes.
+pub struct Front {
+    phase: watch::Sender<Phase>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Front {
+    /// Serves the leader's API from now on, until `stopping` completes; then stops gracefully.
+    pub async fn lead(self, app: axum::Router, stopping: impl std::future::Future<Output = ()>) {
+        self.phase.send_replace(Phase::Leader(app));
+        stopping.await;
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// How long a request waits for the leader's API after leadership is won.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
+
+fn front_router(phase: watch::Receiver<Phase>, standby: axum::Router) -> axum::Router {
+    use tower::ServiceExt;
+    axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (mut phase, standby) = (phase.clone(), standby.clone());
+        async move {
+            let ready = tokio::time::timeout(
+                HANDOVER_WAIT,
+                phase.wait_for(|p| !matches!(p, Phase::Starting)),
+            )
+            .await
+            .map(|r| r.map(|p| p.clone()));
+            let app = match ready {
+                Ok(Ok(Phase::Leader(app))) => app,
+                Ok(Ok(_)) => standby,
+                _ => return not_leader(None),
+            };
+            match app.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    })
 }
 
 /// When leadership ends: say so, and start over as a standby (this process, executed again).

@@ -470,3 +470,70 @@ fn nb_ha_quorum_lost_refuses_writes_clearly_then_resumes() {
         "the failed request left nothing: {ids:?}"
     );
 }
+
+/// Input: two controllers on one etcd; clients asking the standby's REST API on fresh
+/// connections, four at a time, while the leader is killed and the standby takes over.
+/// Output: every request gets an HTTP answer: at the handover the standby's server becomes the
+/// leader's, no connection is closed unanswered and none is refused.
+#[test]
+fn nb_ha_handover_answers_every_request() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = match rt.block_on(meshwire_labs::etcd::LocalEtcd::start()) {
+        Ok(e) => e,
+        Err(e) if std::env::var("MESHWIRE_REQUIRE_ALL").is_err() => return eprintln!("SKIP: {e}"),
+        Err(e) => panic!("etcd is required: {e}"),
+    };
+    let spec = format!("etcd://{}", etcd.endpoint);
+    let ctls: Vec<Ctl> = (0..2).map(|_| controller_with(&spec, &[])).collect();
+    let refs: Vec<&Ctl> = ctls.iter().collect();
+    let first = leader(&refs, Duration::from_secs(10));
+    let standby = ctls[1 - first].port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let askers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    // No pool: every request opens its own connection.
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap();
+                    let url = format!("http://127.0.0.1:{standby}/api/v1/services");
+                    let (mut answered, mut errors) = (0u32, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match client.get(&url).send().await {
+                            Ok(r) => {
+                                let _ = r.bytes().await;
+                                answered += 1;
+                            }
+                            Err(e) => errors.push(format!("{e:?}")),
+                        }
+                    }
+                    (answered, errors)
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(ctls[first].pid, "-KILL");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while leads(standby) != Some(true) {
+        assert!(Instant::now() < deadline, "the standby took over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    for a in askers {
+        let (n, errors) = a.join().unwrap();
+        assert!(errors.is_empty(), "requests left unanswered: {errors:?}");
+        answered += n;
+    }
+    eprintln!("{answered} requests answered across the handover");
+    assert!(answered > 0);
+}
