@@ -236,6 +236,7 @@ fn populate(state: &mut State, scale: f64, rng: &mut Rng) -> (Vec<String>, usize
         };
         state.upsert(Object::NetworkService(NetworkService {
             name: name.clone(),
+            vl3: None,
             payload: Payload::Ip,
             matches: vec![zone_match, Match::default()],
         }));
@@ -317,6 +318,7 @@ async fn core(scale: f64) -> anyhow::Result<()> {
             m.objects.push(link("n1", "n2", 10));
             m.objects.push(Object::NetworkService(NetworkService {
                 name: "svc0".into(),
+                vl3: None,
                 payload: Payload::Ip,
                 matches: vec![],
             }));

@@ -50,6 +50,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
     }
     m.objects.push(Object::NetworkService(NetworkService {
         name: "svc".into(),
+        vl3: None,
         payload: Payload::Ip,
         matches: vec![],
     }));

@@ -101,7 +101,8 @@ impl Controller {
             });
         }
         // Boxed: a leg's onward leg may be a chain element with an onward leg of its own.
-        let onward = Box::pin(self.request_leg(req, Some((leg.id.clone(), chain)), None)).await?;
+        let onward =
+            Box::pin(self.request_leg(req, Some((leg.id.clone(), chain)), None, None)).await?;
         tracing::info!(connection = %leg.id, onward = %onward.id, endpoint = %onward.network_service_endpoint_name, "onward leg up");
         Ok(Some(onward))
     }

@@ -89,6 +89,10 @@ impl Controller {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let result = this.request_now(req, key).await;
+            // A new vL3 member: the routers learn its route and name before it is answered.
+            if matches!(&result, Ok((c, false)) if c.vl3.is_some()) {
+                this.vl3_sync().await;
+            }
             if let Err(Ok((conn, false))) = tx.send(result) {
                 tracing::warn!(connection = %conn.id, "the requester went away before the answer; undoing the connection");
                 if let Err(e) = this.close(&conn.id).await {
@@ -130,18 +134,22 @@ impl Controller {
                 return Ok((c, true));
             }
         }
-        self.request_leg(req, None, key).await.map(|c| (c, false))
+        self.request_leg(req, None, key, None)
+            .await
+            .map(|c| (c, false))
     }
 
     /// Plans, records and wires one leg; for a chain element, its onward leg first (see
     /// [`crate::chain`]). `previous`: the leg this one continues and the endpoints of its chain.
     /// Onward legs take no per-client lock: each belongs to its previous leg alone. The steps
-    /// are [`crate::lifecycle`]'s: a failure undoes what was done, last first.
+    /// are [`crate::lifecycle`]'s: a failure undoes what was done, last first. `pinned`: only
+    /// this endpoint may be selected (a vL3's peer leg).
     pub(crate) async fn request_leg(
         &self,
         req: ConnectionRequest,
         previous: Option<(String, Vec<String>)>,
         key: Option<String>,
+        pinned: Option<String>,
     ) -> Result<Connection, ControllerError> {
         let id = uuid::Uuid::new_v4().to_string();
         let _flight = self.in_flight(&id);
@@ -151,6 +159,7 @@ impl Controller {
             let mut s = self.state();
             let avoid = Avoid {
                 chain: previous.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
+                pinned,
                 ..Default::default()
             };
             let mut c = s.plan(&req, &id, now, &avoid, None)?;
@@ -245,7 +254,12 @@ impl Controller {
                 first: p,
             });
         }
-        self.close_leg(id).await
+        let closed = self.close_leg(id).await?;
+        // A vL3 member gone: the routers forget its route and name.
+        if closed.vl3.is_some() {
+            self.vl3_sync().await;
+        }
+        Ok(closed)
     }
 
     /// [`close`](Self::close) without the onward-leg check (the controller closing a leg it

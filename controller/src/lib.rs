@@ -43,6 +43,7 @@ pub mod state;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod vl3;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{

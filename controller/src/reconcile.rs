@@ -318,6 +318,8 @@ impl Controller {
                 Outcome::Requeued => report.failed.push(c.id.clone()),
             }
         }
+        // vL3 meshes: routers joined and left, members' routes where they live now.
+        self.vl3_sync().await;
         Ok(report)
     }
 
@@ -398,6 +400,14 @@ impl Controller {
                     detail: Some(why.clone()),
                 });
             }
+        }
+        // A vL3 peer leg joins two given routers: it heals between them or not at all.
+        if old
+            .vl3
+            .as_ref()
+            .is_some_and(|v| v.role == meshwire_models::Vl3Role::Peer)
+        {
+            avoid.pinned = Some(old.network_service_endpoint_name.clone());
         }
         let req = ConnectionRequest {
             network_service: old.network_service.clone(),

@@ -276,6 +276,72 @@ pub struct Connection {
     /// this connection again from whichever controller leads then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_key: Option<String>,
+    /// A leg of a vL3 network (see [`Vl3Leg`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vl3: Option<Vl3Leg>,
+    /// The resolvers the client is given (NSM `ConnectionContext.dns_context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_context: Option<DnsContext>,
+}
+
+/// NSM `DNSContext`: the resolvers for a connection's client.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DnsContext {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<DnsConfig>,
+}
+
+/// NSM `DNSConfig`: resolvers and the domains they answer for (all when empty).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DnsConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_server_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search_domains: Vec<String>,
+}
+
+/// What a connection is in a vL3 network. A *member* joins a client to one virtual router
+/// (the endpoint); a *peer* joins two routers (client side: the router that asked). Every
+/// router holds the gateway address on its members' legs, forwards, and answers DNS for
+/// the zone: its own members' names and, through its peers, every other member's.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vl3Leg {
+    pub role: Vl3Role,
+    /// The DNS zone (no trailing dot).
+    pub zone: String,
+    /// The members' gateway and resolver.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub gateway: IpAddr,
+    /// A member's name in the zone (none when its name is no DNS label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A peer: the members behind its client-side router.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_members: Vec<Vl3Member>,
+    /// A peer: the members behind its endpoint-side router.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_members: Vec<Vl3Member>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vl3Role {
+    Member,
+    Peer,
+}
+
+/// A member as routers know it: its address and (if it has one) its name in the zone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Vl3Member {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub addr: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The link between the legs of a service chain, persisted with each leg. A leg whose

@@ -25,13 +25,13 @@ pub mod topology;
 pub mod validate;
 
 pub use connection::{
-    ChainLink, ClientRef, Connection, ConnectionRequest, ConnectionState, Hop, IpContext,
-    PathSegment, Placement, Route, StateError,
+    ChainLink, ClientRef, Connection, ConnectionRequest, ConnectionState, DnsConfig, DnsContext,
+    Hop, IpContext, PathSegment, Placement, Route, StateError, Vl3Leg, Vl3Member, Vl3Role,
 };
 pub use endpoint::{ChainNext, EndpointLocation, NetworkServiceEndpoint};
 pub use labels::Labels;
 pub use manifest::{Manifest, ManifestError, Object, ObjectKey, ObjectKind};
 pub use mechanism::{Capabilities, Mechanism, MechanismKind, Range};
-pub use service::{Destination, Match, NetworkService, Payload};
+pub use service::{Destination, Match, NetworkService, Payload, Vl3};
 pub use topology::{Device, ForwarderKind, Link, LinkEnd, Node, Topology};
 pub use validate::Invalid;

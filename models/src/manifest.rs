@@ -297,6 +297,7 @@ impl Ctx<'_> {
                     name,
                     payload: s.payload.unwrap_or_default(),
                     matches,
+                    vl3: s.vl3,
                 })
             }
             ObjectKind::NetworkServiceEndpoint => {
@@ -653,6 +654,8 @@ struct RawMeta {
 pub struct RawServiceSpec {
     payload: Option<Payload>,
     matches: Option<Vec<RawMatch>>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    vl3: Option<crate::service::Vl3>,
     #[serde(flatten)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
     extra: BTreeMap<String, Value>,

@@ -267,6 +267,37 @@ impl Object {
         check_name(name).map_err(at("metadata.name"))?;
         match self {
             Object::NetworkService(s) => {
+                if let Some(v) = &s.vl3 {
+                    if s.payload != crate::service::Payload::Ip {
+                        return Err(Invalid::new(
+                            "spec.payload",
+                            "a vL3 service carries IP (payload IP)",
+                        ));
+                    }
+                    match v.prefix {
+                        ipnet::IpNet::V4(p) if (8..=29).contains(&p.prefix_len()) => {}
+                        _ => {
+                            return Err(Invalid::new(
+                                "spec.vl3.prefix",
+                                format!(
+                                    "{} is not an IPv4 prefix of length 8 to 29 (the kernel data plane's vL3 is IPv4)",
+                                    v.prefix
+                                ),
+                            ))
+                        }
+                    }
+                    let field = if v.domain.is_some() {
+                        "spec.vl3.domain"
+                    } else {
+                        "metadata.name"
+                    };
+                    crate::service::check_dns_name(v.zone(&s.name)).map_err(|r| {
+                        Invalid::new(
+                            field,
+                            format!("{r} (the vL3's DNS zone: give spec.vl3.domain)"),
+                        )
+                    })?;
+                }
                 check_count("spec.matches", s.matches.len(), limits::MATCHES)?;
                 for (i, m) in s.matches.iter().enumerate() {
                     check_labels(

@@ -4,6 +4,8 @@
 
 mod plan;
 mod sriov;
+mod vl3;
+pub use vl3::member_name;
 
 pub use sriov::{PoolUsage, VfChoice};
 
@@ -55,6 +57,8 @@ pub struct Avoid {
     pub chain: Vec<String>,
     pub links: Vec<String>,
     pub vertices: Vec<String>,
+    /// Only this endpoint may be selected: the peer legs of a vL3 join two given routers.
+    pub pinned: Option<String>,
 }
 
 impl Avoid {
@@ -373,6 +377,10 @@ impl State {
         // Planned connections claimed their VF already; this re-marks a heal's replacement
         // (same id) after its old version gave its claims back.
         let _ = self.mark_vf(&conn, true);
+        // A healed vL3 member's address was given back with its old version: held again.
+        if conn.vl3.is_some() {
+            self.mark_addresses(&conn, true);
+        }
         *self
             .load
             .entry(conn.network_service_endpoint_name.clone())
@@ -449,11 +457,27 @@ impl State {
 
     fn mark_addresses(&mut self, c: &Connection, used: bool) {
         let Some(prefix) = c.address_pool else { return };
-        let shape = if c.payload == Payload::Ip {
+        let member = c
+            .vl3
+            .as_ref()
+            .is_some_and(|v| v.role == meshwire_models::Vl3Role::Member);
+        let shape = if c.payload == Payload::Ip && !member {
             AddressShape::Pair
         } else {
             AddressShape::Host
         };
+        // A vL3 member keeps its address across a heal: the replacement (same id) holds the
+        // one the recorded connection holds, so giving back the replacement's gives back
+        // nothing while the recorded one still holds it.
+        if !used && member {
+            let held = self.connections.get(&c.id).is_some_and(|o| {
+                o.address_pool == c.address_pool
+                    && o.ip_context.src_ip_addrs.first() == c.ip_context.src_ip_addrs.first()
+            });
+            if held {
+                return;
+            }
+        }
         if let Some(a) = c.ip_context.src_ip_addrs.first() {
             self.addresses.mark(prefix, shape, a.addr(), used);
         }

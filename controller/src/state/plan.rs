@@ -56,7 +56,8 @@ impl State {
             .filter(|e| {
                 // A device passing a connection on never lands on itself.
                 let itself = client_is_device && e.nse.location.vertex() == req.client.node;
-                !e.down
+                avoid.pinned.as_ref().is_none_or(|p| *p == e.nse.name)
+                    && !e.down
                     && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
                     && !avoid.endpoints.contains(&e.nse.name)
                     && !itself
@@ -98,8 +99,13 @@ impl State {
             });
         }
         let turn = self.turns.entry(service_name.clone()).or_default();
-        let ordered = order_by_load(with_room, *turn);
+        let mut ordered = order_by_load(with_room, *turn);
         *turn = turn.wrapping_add(1);
+        // A vL3 member joins the router on its own node first (its traffic to members
+        // elsewhere crosses one tunnel, between routers).
+        if service.vl3.is_some() {
+            ordered.sort_by_key(|e| e.location.vertex() != req.client.node);
+        }
 
         let workload = req.client.workload().to_string();
         let client_interface = match interface.or(req.interface.as_deref()) {
@@ -156,14 +162,32 @@ impl State {
                     continue;
                 }
             };
-            let prefix = nse.ipam_prefix.unwrap_or(self.config.ipam_prefix);
-            let ip = match address(
-                &mut self.addresses,
-                prefix,
-                payload,
-                nse,
-                &req.excluded_prefixes,
-            ) {
+            let member = service.vl3.as_ref().filter(|_| avoid.pinned.is_none());
+            let prefix = match member {
+                Some(v) => v.prefix,
+                None => nse.ipam_prefix.unwrap_or(self.config.ipam_prefix),
+            };
+            // A healing member keeps the address its recorded version holds.
+            let kept = member.and_then(|_| {
+                self.connections
+                    .get(id)
+                    .filter(|o| o.address_pool == Some(prefix))
+                    .and_then(|o| o.ip_context.src_ip_addrs.first().copied())
+            });
+            let claimed = match (member, kept) {
+                (Some(v), Some(a)) => Ok(super::vl3::member_context(v, a)),
+                (Some(v), None) => {
+                    super::vl3::member_address(&mut self.addresses, v, &req.excluded_prefixes)
+                }
+                (None, _) => address(
+                    &mut self.addresses,
+                    prefix,
+                    payload,
+                    nse,
+                    &req.excluded_prefixes,
+                ),
+            };
+            let ip = match claimed {
                 Ok(ip) => ip,
                 Err(e) => {
                     for h in &wiring.hops {
@@ -229,6 +253,11 @@ impl State {
                 last_error: None,
                 chain: Default::default(),
                 request_key: None,
+                vl3: service
+                    .vl3
+                    .as_ref()
+                    .map(|v| super::vl3::leg(v, service_name, req, avoid.pinned.is_some())),
+                dns_context: member.map(|v| super::vl3::dns_context(v, service_name)),
             });
         }
         Err(classify(service_name, rejects))

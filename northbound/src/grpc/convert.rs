@@ -201,6 +201,16 @@ pub fn to_pb(x: &Connection) -> c::Connection {
                 excluded_prefixes: ip.excluded_prefixes.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             }),
+            dns_context: x.dns_context.as_ref().map(|d| cc::DnsContext {
+                configs: d
+                    .configs
+                    .iter()
+                    .map(|c| cc::DnsConfig {
+                        dns_server_ips: c.dns_server_ips.clone(),
+                        search_domains: c.search_domains.clone(),
+                    })
+                    .collect(),
+            }),
             mtu: x.mtu,
             ..Default::default()
         }),
@@ -362,6 +372,9 @@ pub(super) fn service_from_pb(s: &reg::NetworkService) -> Result<MwService, Stat
     Ok(MwService {
         name: s.name.clone(),
         payload,
+        // Upstream's registry has no vL3 plan: the registration handler keeps the one a
+        // manifest gave.
+        vl3: None,
         matches: s
             .matches
             .iter()

@@ -443,7 +443,14 @@ impl reg::network_service_registry_server::NetworkServiceRegistry for Nsm {
     ) -> Result<Response<reg::NetworkService>, Status> {
         let caller = caller_of(&req)?;
         let s = req.into_inner();
-        let mw = service_from_pb(&s)?;
+        let mut mw = service_from_pb(&s)?;
+        // Upstream's registration has no vL3 plan: the one a manifest gave stays.
+        mw.vl3 = self
+            .ctl
+            .services()
+            .into_iter()
+            .find(|o| o.name == mw.name)
+            .and_then(|o| o.vl3);
         let obj = Object::NetworkService(mw.clone());
         caller.may_put(&self.ctl, &obj).map_err(status)?;
         apply(&self.ctl, obj).await?;

@@ -22,6 +22,7 @@ mod nsgone;
 mod observe;
 pub mod retire;
 pub mod sweep;
+pub mod vl3;
 pub mod wiring;
 
 use std::collections::HashMap;
@@ -79,6 +80,8 @@ pub struct KernelDriver {
     /// settings, and a VF is recognised by our mark alone (a real VF also by its PCI address,
     /// which the kernel gives as its netdev's parent device).
     sriov_standin: bool,
+    /// The DNS servers of the vL3 routers here ([`vl3`]).
+    vl3: vl3::Routers,
 }
 
 /// A task that ends with its owner.
@@ -439,23 +442,45 @@ impl KernelDriver {
                 .await
                 .map_err(|e| self.err(c, &at, format!("neighbour {ip}: {e}")))?;
         }
+        if end.router {
+            if let Err(e) = vl3::forward_in(&end.netns).await {
+                return Err(self.err(c, &at, format!("vL3 router forwarding: {e}")));
+            }
+        }
         for r in &end.routes {
             let mut b = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(r.prefix.addr(), r.prefix.prefix_len())
                 .map_err(|e| self.err(c, &at, format!("route {}: {e:?}", r.prefix)))?;
-            if let Some(nh) = r.next_hop {
-                b = b
-                    .gateway(nh)
-                    .map_err(|e| self.err(c, &at, format!("route {} via {nh}: {e:?}", r.prefix)))?;
+            match r.next_hop {
+                Some(nh) => {
+                    b = b.gateway(nh).map_err(|e| {
+                        self.err(c, &at, format!("route {} via {nh}: {e:?}", r.prefix))
+                    })?;
+                }
+                // On the link: a next hop may then be reached through it.
+                None => b = b.scope(rtnetlink::packet_route::route::RouteScope::Link),
             }
             let msg = b
                 .output_interface(addr_index)
                 .protocol(RouteProtocol::Other(wiring::ROUTE_PROTOCOL))
                 .build();
-            match h.route().add(msg).execute().await {
+            // A router's member routes move between its legs as members heal: replaced.
+            let add = h.route().add(msg);
+            let add = if end.router { add.replace() } else { add };
+            match add.execute().await {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => return Err(self.err(c, &at, format!("route {}: {e}", r.prefix))),
+            }
+        }
+        if end.router {
+            vl3::prune_routes(&h, addr_index, &end.routes)
+                .await
+                .map_err(|e| self.err(c, &at, format!("pruning vL3 routes: {e}")))?;
+        }
+        if let (Some(r), Some(ns)) = (&end.resolver, &end.netns) {
+            if let Err(e) = vl3::write_resolver(ns, &c.id, r.server, &r.zone) {
+                tracing::warn!(connection = %c.id, netns = %ns, error = %e, "writing the vL3 resolver failed; names will not resolve there");
             }
         }
         Ok(())
@@ -564,6 +589,11 @@ impl KernelDriver {
         let Ok(Some(w)) = self.plan(c) else {
             return Ok(());
         };
+        for end in w.ends() {
+            if let (Some(_), Some(ns)) = (&end.resolver, &end.netns) {
+                vl3::forget_resolver(ns, &c.id);
+            }
+        }
         match &w {
             // A veth's peer goes with it: retiring the client's end stops both (the peer loses
             // its carrier) and the batch deletes both. The endpoint's end is only retired by
@@ -609,6 +639,11 @@ impl Driver for KernelDriver {
                 for c in upsert.iter() {
                     report.created.extend(self.apply(c).await?);
                 }
+                if upsert.iter().chain(remove.iter()).any(|c| c.vl3.is_some()) {
+                    self.vl3
+                        .sync(&self.ledger.snapshot(), self.node.as_deref())
+                        .await;
+                }
                 Ok(report)
             }
             Update::Full {
@@ -626,6 +661,7 @@ impl Driver for KernelDriver {
                     .clone();
                 let swept = self.sweep_unwanted(&all, &topology, at_once).await;
                 self.underlays(&topology).await;
+                self.vl3.sync(&mine, self.node.as_deref()).await;
                 Ok(Report {
                     version: desired.version,
                     observation: self.observe(&mine).await,

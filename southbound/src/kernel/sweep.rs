@@ -128,7 +128,7 @@ async fn links(h: &Handle) -> Result<HashMap<u32, Link>, rtnetlink::Error> {
 }
 
 /// Our routes (by protocol) in `h`'s namespace, both families.
-async fn our_routes(h: &Handle) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
+pub(crate) async fn our_routes(h: &Handle) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
     let mut out = Vec::new();
     for filter in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -144,7 +144,7 @@ async fn our_routes(h: &Handle) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
     Ok(out)
 }
 
-fn route_prefix(m: &RouteMessage) -> Option<IpNet> {
+pub(crate) fn route_prefix(m: &RouteMessage) -> Option<IpNet> {
     let len = m.header.destination_prefix_length;
     let dst = m.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
@@ -154,7 +154,7 @@ fn route_prefix(m: &RouteMessage) -> Option<IpNet> {
     IpNet::new(dst, len).ok().map(|n| n.trunc())
 }
 
-fn route_oif(m: &RouteMessage) -> Option<u32> {
+pub(crate) fn route_oif(m: &RouteMessage) -> Option<u32> {
     m.attributes.iter().find_map(|a| match a {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,

@@ -50,6 +50,19 @@ pub struct End {
     /// The interface is lent, not created (an SR-IOV VF): marked
     /// `meshwire-vf:<id>/<name>/<pci>` and given back under its name on removal.
     pub lent: Option<Lent>,
+    /// A vL3 router's end: the namespace forwards, and this end's routes (to members) replace
+    /// whatever route a prefix had, and those of ours it no longer wants are deleted.
+    pub router: bool,
+    /// A vL3 member's end: the namespace's resolver is its router, for the zone.
+    pub resolver: Option<Resolver>,
+}
+
+/// A vL3 member's resolver: written to `/etc/netns/<namespace>/resolv.conf` (what `ip netns
+/// exec` shows a program as `/etc/resolv.conf`), marked with the connection's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    pub server: IpAddr,
+    pub zone: String,
 }
 
 /// What a lent interface is on its node.
@@ -169,6 +182,10 @@ fn v4(a: IpAddr, what: &str) -> Result<Ipv4Addr, String> {
 pub fn plan_ends(c: &Connection) -> (End, End) {
     let p = &c.placement;
     let ethernet = c.payload == Payload::Ethernet;
+    let peer = c
+        .vl3
+        .as_ref()
+        .is_some_and(|v| v.role == meshwire_models::Vl3Role::Peer);
     let client = End {
         netns: p.client_netns.clone(),
         ifname: c.interface.clone(),
@@ -179,6 +196,14 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         mac: None,
         neighbors: Vec::new(),
         lent: None,
+        router: peer,
+        resolver: match &c.vl3 {
+            Some(v) if !peer => Some(Resolver {
+                server: v.gateway,
+                zone: v.zone.clone(),
+            }),
+            _ => None,
+        },
     };
     let endpoint = End {
         netns: p.endpoint_netns.clone(),
@@ -190,6 +215,8 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         mac: None,
         neighbors: Vec::new(),
         lent: None,
+        router: c.vl3.is_some(),
+        resolver: None,
     };
     (client, endpoint)
 }

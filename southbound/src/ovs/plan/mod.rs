@@ -198,6 +198,8 @@ pub fn legs(c: &Connection) -> Result<Vec<Leg>, String> {
         mac: None,
         neighbors: vec![],
         lent: None,
+        router: false,
+        resolver: None,
     };
     client.mac = Some(mac(&c.id, 0));
     endpoint.mac = Some(mac(&c.id, 1));

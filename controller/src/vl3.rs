@@ -1,0 +1,236 @@
+//! The router mesh of each vL3 network service. Every live endpoint of a vL3 service is a
+//! virtual router; every pair of routers is joined by one *peer* leg, a connection the
+//! controller requests itself (the router named first asks, pinned to the other), negotiated
+//! and wired as any connection (a veth on one host, a tunnel across hosts). Each peer leg
+//! carries, on each side, a `/32` route to every member behind the other side, via the other
+//! side's address on the leg, and the members' names for the routers' DNS.
+//!
+//! [`plan`] compares what the records hold with what the endpoints and members call for and
+//! says what to do (pure); [`Controller::vl3_sync`] does it, after each member's request,
+//! close or heal and in every reconcile round. Adding or removing a router only adds or
+//! closes its own peer legs and updates the routes of the others: members' legs are never
+//! touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use meshwire_models::{
+    ClientRef, Connection, ConnectionRequest, ConnectionState, EndpointLocation, Labels, Route,
+    Vl3Member, Vl3Role,
+};
+
+use crate::controller::Controller;
+use crate::state::State;
+
+/// The label on a peer leg naming the router that asked (its client side).
+pub const ROUTER_LABEL: &str = "meshwire.io/vl3-router";
+
+/// What the mesh needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Join two routers: `from` asks for the service, pinned to `to`.
+    Join {
+        service: String,
+        from: String,
+        node: String,
+        netns: String,
+        to: String,
+    },
+    /// A peer leg whose routers are not both live any more (or a second one for a pair).
+    Close { id: String, why: String },
+    /// A peer leg whose routes and names are behind: the record as it should be.
+    Update(Box<Connection>),
+}
+
+/// What the vL3 services' meshes need at `now_ms`.
+pub fn plan(state: &State, now_ms: u64) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for svc in state.services() {
+        if svc.vl3.is_none() {
+            continue;
+        }
+        // Live routers: endpoints of the service, up, not lapsed, in a namespace of a node.
+        let routers: BTreeMap<&str, (&str, &str)> = state
+            .endpoints()
+            .into_iter()
+            .filter(|e| {
+                e.nse.offers(&svc.name) && !e.down && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
+            })
+            .filter_map(|e| match &e.nse.location {
+                EndpointLocation::Node {
+                    node,
+                    netns: Some(ns),
+                } => Some((e.nse.name.as_str(), (node.as_str(), ns.as_str()))),
+                _ => None,
+            })
+            .collect();
+        let mut members: BTreeMap<&str, Vec<Vl3Member>> = BTreeMap::new();
+        let mut peers: Vec<&Connection> = Vec::new();
+        for c in state.connections() {
+            let Some(leg) = c.vl3.as_ref().filter(|_| c.network_service == svc.name) else {
+                continue;
+            };
+            if c.state.is_final() {
+                continue;
+            }
+            match leg.role {
+                Vl3Role::Member => {
+                    if let Some(a) = c.ip_context.src_ip_addrs.first() {
+                        members
+                            .entry(c.network_service_endpoint_name.as_str())
+                            .or_default()
+                            .push(Vl3Member {
+                                addr: a.addr(),
+                                name: leg.name.clone(),
+                            });
+                    }
+                }
+                Vl3Role::Peer => peers.push(c),
+            }
+        }
+        for m in members.values_mut() {
+            m.sort();
+        }
+        let mut joined: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for p in peers {
+            let from = p.labels.get(ROUTER_LABEL).map(String::as_str).unwrap_or("");
+            let to = p.network_service_endpoint_name.as_str();
+            let pair = if from < to { (from, to) } else { (to, from) };
+            if !routers.contains_key(from) || !routers.contains_key(to) {
+                steps.push(Step::Close {
+                    id: p.id.clone(),
+                    why: format!("router {from} or {to} is no longer a live endpoint"),
+                });
+                continue;
+            }
+            if !joined.insert(pair) {
+                steps.push(Step::Close {
+                    id: p.id.clone(),
+                    why: format!("a second peer leg between {from} and {to}"),
+                });
+                continue;
+            }
+            if p.state != ConnectionState::Up {
+                continue;
+            }
+            let none = Vec::new();
+            let (near, far) = (
+                members.get(from).unwrap_or(&none),
+                members.get(to).unwrap_or(&none),
+            );
+            let (mine, theirs) = (
+                p.ip_context.src_ip_addrs.first().map(IpNet::addr),
+                p.ip_context.dst_ip_addrs.first().map(IpNet::addr),
+            );
+            let routes = |ms: &[Vl3Member], via| -> Vec<Route> {
+                ms.iter()
+                    .map(|m| Route {
+                        prefix: IpNet::from(m.addr),
+                        next_hop: via,
+                    })
+                    .collect()
+            };
+            let mut want = p.clone();
+            want.ip_context.src_routes = routes(far, theirs);
+            want.ip_context.dst_routes = routes(near, mine);
+            if let Some(leg) = want.vl3.as_mut() {
+                leg.client_members = near.clone();
+                leg.endpoint_members = far.clone();
+            }
+            if want != *p {
+                steps.push(Step::Update(Box::new(want)));
+            }
+        }
+        let names: Vec<&str> = routers.keys().copied().collect();
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                if !joined.contains(&(*a, *b)) {
+                    let (node, netns) = routers[a];
+                    steps.push(Step::Join {
+                        service: svc.name.clone(),
+                        from: a.to_string(),
+                        node: node.to_string(),
+                        netns: netns.to_string(),
+                        to: b.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    steps
+}
+
+impl Controller {
+    /// Brings every vL3's mesh to what [`plan`] says. Failures are logged and left to the next
+    /// round; one sync at a time.
+    pub(crate) async fn vl3_sync(&self) {
+        let _one = self.inner.vl3.lock().await;
+        let steps = plan(&self.state(), self.now());
+        for step in steps {
+            match step {
+                Step::Join {
+                    service,
+                    from,
+                    node,
+                    netns,
+                    to,
+                } => {
+                    let req = ConnectionRequest {
+                        network_service: service.clone(),
+                        client: ClientRef {
+                            node,
+                            name: Some(netns),
+                        },
+                        labels: Labels::from([(ROUTER_LABEL.to_string(), from.clone())]),
+                        mechanisms: vec![],
+                        interface: None,
+                        excluded_prefixes: vec![],
+                        sriov_token: None,
+                    };
+                    match self.request_leg(req, None, None, Some(to.clone())).await {
+                        Ok(c) => {
+                            tracing::info!(%service, %from, %to, connection = %c.id, "vL3 routers joined")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%service, %from, %to, error = %e, "joining vL3 routers failed; retrying next round")
+                        }
+                    }
+                }
+                Step::Close { id, why } => {
+                    tracing::info!(connection = %id, reason = %why, "closing a vL3 peer leg");
+                    if let Err(e) = self.close_leg(&id).await {
+                        tracing::warn!(connection = %id, error = %e, "closing a vL3 peer leg failed; retrying next round");
+                    }
+                }
+                Step::Update(want) => {
+                    if let Err(e) = self.vl3_update(&want).await {
+                        tracing::warn!(connection = %want.id, error = %e, "updating a vL3 peer leg's routes failed; retrying next round");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn vl3_update(&self, want: &Connection) -> Result<(), crate::ControllerError> {
+        let _guard = self
+            .lock_key(want.client.workload(), &want.network_service)
+            .await;
+        // Unchanged since the plan (no heal or close in between), or left to the next round.
+        let current = self.connection(&want.id);
+        let Some(current) =
+            current.filter(|c| c.generation == want.generation && c.state == ConnectionState::Up)
+        else {
+            return Ok(());
+        };
+        let mut next = want.clone();
+        next.updated_at_ms = self.now().max(current.updated_at_ms);
+        self.persist(&next).await?;
+        self.state().update(&next.id, |c| *c = next.clone());
+        self.wire(&next)
+            .await
+            .map_err(|e| crate::ControllerError::Driver {
+                connection: next.id.clone(),
+                source: Box::new(e),
+            })
+    }
+}
