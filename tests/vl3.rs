@@ -132,8 +132,13 @@ fn nb_lab_vl3_members_reach_each_other_by_name_across_hosts_and_keep_addresses_w
     let healed = pinger(&lab, "db1", &addrs[1]);
     // A measurement window, not a wait for a state: replies before the loss.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(Command::new("ip")
-        .args(["-n", &lab.ns("r1"), "link", "set", "lo", "down"])
+    // It stops forwarding (every interface down), then its namespace goes.
+    let r1 = lab.ns("r1");
+    assert!(Command::new("sh")
+        .args([
+            "-c",
+            &format!("for i in $(ip -n {r1} -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1); do ip -n {r1} link set \"$i\" down; done"),
+        ])
         .status()
         .unwrap()
         .success());

@@ -17,6 +17,7 @@ mod setup;
 mod snmp;
 mod sriov;
 mod ui;
+mod vl3;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,7 +60,9 @@ pub struct Args {
     /// fenced writes beside unconditional ones (needs etcd-server).
     /// sriov: an SR-IOV VF lent to a pod (request to interface ready) beside a veth on the same
     /// node, and device plugin Allocate round trips per second (needs root; a stand-in PF).
-    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui", "agents", "failover", "sriov"])]
+    /// vl3: N members of a vL3 (10, 100) until every pair reaches each other, and a member's
+    /// outage when its router is lost (needs root).
+    #[arg(value_parser = ["core", "store", "setup", "openflow", "ovsdb", "netconf", "snmp", "ensm", "grpc", "rest", "ui", "agents", "failover", "sriov", "vl3"])]
     name: String,
     /// Scale the workload down (e.g. 0.1) for a quick look; figures are then not comparable.
     #[arg(long, default_value = "1.0")]
@@ -81,6 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "agents" => crate::agents::run(args.scale).await,
         "failover" => crate::failover::run(args.scale).await,
         "sriov" => crate::sriov::run(args.scale).await,
+        "vl3" => crate::vl3::run(args.scale).await,
         _ => store(args.scale).await,
     }
 }

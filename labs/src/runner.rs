@@ -448,6 +448,12 @@ pub async fn down(name: &str) -> Result<Vec<String>, RunError> {
             .await
             .map_err(|r| fail(format!("delete namespace {ns}"), r))?;
         let _ = std::fs::remove_file(std::path::Path::new(OWNERS).join(&ns));
+        // A vL3 member's resolver (`/etc/netns/<ns>/resolv.conf`, written by the data plane)
+        // goes with its namespace: the namespace is the lab's.
+        let etc = std::path::Path::new("/etc/netns").join(&ns);
+        if etc.exists() && std::fs::remove_dir_all(&etc).is_ok() {
+            removed.push(format!("dir {}", etc.display()));
+        }
         removed.push(format!("netns {ns}"));
     }
     let alias = host_alias(name);
