@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use meshwire_models::nsurl::NsUrl;
-use meshwire_northbound::grpc::pb::{connection as c, networkservice as ns};
+use meshwire_northbound::grpc::pb::{
+    connection as c, connectioncontext as cc, networkservice as ns,
+};
 use meshwire_northbound::k8s::webhook::SRIOV_TOKEN_LABEL;
 
 #[derive(clap::Args)]
@@ -88,6 +90,82 @@ pub struct NscInitArgs {
     /// Give up after this long (the controller may still be starting).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// The pod's resolver file. A connection with a DNS context (a vL3's) puts its resolver
+    /// first there and its domains in the search list; the pod's own nameservers stay after
+    /// it and answer everything the vL3's resolver refuses (names outside its zone). The
+    /// runtime shares this file among the pod's containers. `off`: left as it is.
+    #[arg(long, env = "MESHWIRE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    resolv_conf: String,
+}
+
+/// What a resolver file says with `servers` first and `domains` searched after the file's own
+/// (idempotent: what is there already is not added again).
+pub fn merge_resolv(original: &str, servers: &[String], domains: &[String]) -> String {
+    let has_server = |s: &str| {
+        original.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some("nameserver") && w.next() == Some(s)
+        })
+    };
+    let mut out = String::new();
+    let new: Vec<&String> = servers.iter().filter(|s| !has_server(s)).collect();
+    if !new.is_empty() {
+        out.push_str(
+            "# meshwire nsc-init: the network service's resolver first; the pod's own after it\n",
+        );
+    }
+    for s in new {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    let mut searched = false;
+    for l in original.lines() {
+        let mut w = l.split_whitespace();
+        if w.next() == Some("search") && !searched {
+            let mut all: Vec<&str> = w.collect();
+            for d in domains {
+                if !all.contains(&d.as_str()) {
+                    all.push(d);
+                }
+            }
+            out.push_str(&format!("search {}\n", all.join(" ")));
+            searched = true;
+        } else {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    if !searched && !domains.is_empty() {
+        out.push_str(&format!("search {}\n", domains.join(" ")));
+    }
+    out
+}
+
+/// Puts a connection's DNS context into the resolver file at `path`.
+fn set_resolver(path: &str, dns: &cc::DnsContext) -> anyhow::Result<()> {
+    let servers: Vec<String> = dns
+        .configs
+        .iter()
+        .flat_map(|c| c.dns_server_ips.iter().cloned())
+        .collect();
+    let domains: Vec<String> = dns
+        .configs
+        .iter()
+        .flat_map(|c| c.search_domains.iter().cloned())
+        .collect();
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let original = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("--resolv-conf {path}")),
+    };
+    let merged = merge_resolv(&original, &servers, &domains);
+    if merged != original {
+        // In place: the file is a bind mount, which a rename would not reach.
+        std::fs::write(path, merged).with_context(|| format!("--resolv-conf {path}"))?;
+    }
+    Ok(())
 }
 
 /// The bearer token: the token file's (read now), else MESHWIRE_TOKEN, else none.
@@ -134,6 +212,10 @@ pub fn request_for(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     labels.insert("nodeName".into(), node.to_string());
+    // Upstream's clients name themselves so (a vL3 names its members by it).
+    labels
+        .entry("podName".into())
+        .or_insert_with(|| pod.to_string());
     let mut parameters = HashMap::new();
     if let Some(i) = &u.interface {
         parameters.insert("name".to_string(), i.clone());
@@ -294,6 +376,11 @@ pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
                 Err(s) => anyhow::bail!("{}: {}", u.service, s.message()),
             }
         };
+        if let Some(dns) = conn.context.as_ref().and_then(|c| c.dns_context.as_ref()) {
+            if args.resolv_conf != "off" {
+                set_resolver(&args.resolv_conf, dns)?;
+            }
+        }
         let addrs = conn
             .context
             .as_ref()
@@ -314,6 +401,34 @@ pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vl3_resolver_goes_first_and_the_pods_own_stays() {
+        let pod = "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n";
+        let merged = merge_resolv(pod, &["10.90.0.1".into()], &["db-replication".into()]);
+        let lines: Vec<&str> = merged.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "nameserver 10.90.0.1",
+                "search default.svc.cluster.local svc.cluster.local cluster.local db-replication",
+                "nameserver 10.96.0.10",
+                "options ndots:5"
+            ]
+        );
+        assert_eq!(
+            merge_resolv(&merged, &["10.90.0.1".into()], &["db-replication".into()]),
+            merged,
+            "applied twice: the same"
+        );
+        assert_eq!(
+            merge_resolv("", &["10.90.0.1".into()], &["z".into()])
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            ["nameserver 10.90.0.1", "search z"]
+        );
+    }
 
     #[test]
     fn sriov_urls_take_one_token_each_from_the_kubelets_variables() {

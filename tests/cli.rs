@@ -675,6 +675,58 @@ fn nb_nsc_init_requests_the_annotated_services() {
     assert_eq!(ifaces, ["nsm-1", "nsm-2"]);
     assert!(items.iter().all(|c| c["client"]["name"] == "pod-a"));
     assert!(items.iter().any(|c| c["labels"]["app"] == "x"));
+    assert!(items.iter().all(|c| c["labels"]["podName"] == "pod-a"));
+
+    // A vL3: the pod's resolver file gets the vL3's resolver first and its zone searched; the
+    // cluster's nameserver stays after it.
+    std::fs::write(&world, "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: db}\nspec: {payload: IP, vl3: {prefix: 10.90.0.0/16}}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: r1}\nspec: {network_service_names: [db], location: {node: n1, netns: r1}}\n").unwrap();
+    ok(&d, &["apply", "-f", world.to_str().unwrap()]);
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("nsc-init")
+        .env("NSM_NETWORK_SERVICES", "kernel://db/nsm-3")
+        .env("MESHWIRE_GRPC", format!("127.0.0.1:{grpc_port}"))
+        .env("NODE_NAME", "n1")
+        .env("POD_NAME", "pod-a")
+        .args([
+            "--timeout",
+            "10s",
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&resolv).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        [
+            "nameserver 10.90.0.1",
+            "search default.svc.cluster.local svc.cluster.local cluster.local db",
+            "nameserver 10.96.0.10",
+            "options ndots:5"
+        ],
+        "{text}"
+    );
+    let conns: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["get", "connections", "-o", "json"])).unwrap();
+    let member = conns
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["network_service"] == "db")
+        .unwrap();
+    assert_eq!(member["vl3"]["name"], "pod-a", "{member}");
 
     for (services, want) in [
         ("kernel://nope/nsm-1", "nope"),

@@ -203,6 +203,10 @@ fn mark(id: &str) -> String {
 /// Makes the vL3 router `server` the resolver of namespace `ns` for `zone` (what `ip netns
 /// exec` shows programs as `/etc/resolv.conf`), marked with connection `id`.
 pub fn write_resolver(ns: &str, id: &str, server: IpAddr, zone: &str) -> std::io::Result<()> {
+    // Only a namespace `ip netns` names: a pod's is given its resolver by `nsc-init`.
+    if ns.contains('/') || !std::path::Path::new("/run/netns").join(ns).exists() {
+        return Ok(());
+    }
     let path = resolv_path(ns);
     let text = format!(
         "{}vL3 zone {zone}: written by meshwire, removed when the connection closes\nsearch {zone}\nnameserver {server}\noptions timeout:1 attempts:2\n",
@@ -221,6 +225,9 @@ pub fn write_resolver(ns: &str, id: &str, server: IpAddr, zone: &str) -> std::io
 
 /// Removes `ns`'s resolver if connection `id` wrote it (and the directory if left empty).
 pub fn forget_resolver(ns: &str, id: &str) {
+    if ns.contains('/') {
+        return;
+    }
     let path = resolv_path(ns);
     let ours = std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with(&mark(id)));
     if ours {
