@@ -203,8 +203,10 @@ pub(crate) struct Inner {
     pub(crate) links_down: Mutex<std::collections::BTreeMap<String, String>>,
     /// How each node agent stands, as its events said (see [`crate::links`]).
     pub(crate) agents: Mutex<std::collections::BTreeMap<String, crate::links::AgentState>>,
-    /// One vL3 mesh sync at a time (see [`crate::vl3`]).
-    pub(crate) vl3: tokio::sync::Mutex<()>,
+    /// One vL3 mesh sync at a time, with the pairs of routers whose joining failed: (failures,
+    /// not before this time in ms), so a router that cannot be reached is not asked every
+    /// round (see [`crate::vl3`]).
+    pub(crate) vl3: tokio::sync::Mutex<crate::vl3::Retries>,
 }
 
 pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -289,7 +291,7 @@ impl Controller {
                 version: std::sync::atomic::AtomicU64::new(1),
                 links_down: Mutex::default(),
                 agents: Mutex::default(),
-                vl3: tokio::sync::Mutex::new(()),
+                vl3: tokio::sync::Mutex::default(),
             }),
         }
     }

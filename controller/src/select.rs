@@ -147,6 +147,7 @@ mod tests {
         // nse-composition from upstream: firewall first, then passthroughs, default to firewall.
         let svc = NetworkService {
             name: "svc".into(),
+            vl3: None,
             payload: Payload::Ethernet,
             matches: vec![
                 Match {
@@ -174,6 +175,7 @@ mod tests {
     fn fallthrough_moves_on_only_when_empty() {
         let svc = NetworkService {
             name: "svc".into(),
+            vl3: None,
             payload: Payload::Ip,
             matches: vec![
                 Match {
@@ -208,6 +210,7 @@ mod tests {
     fn no_matches_means_every_endpoint() {
         let svc = NetworkService {
             name: "svc".into(),
+            vl3: None,
             payload: Payload::Ip,
             matches: vec![],
         };

@@ -25,6 +25,10 @@ use crate::state::State;
 /// The label on a peer leg naming the router that asked (its client side).
 pub const ROUTER_LABEL: &str = "meshwire.io/vl3-router";
 
+/// Pairs of routers (service, from, to) whose joining failed: (failures, not before, ms).
+/// Bounded by the pairs of live routers: a pair joined or no longer planned is forgotten.
+pub type Retries = BTreeMap<(String, String, String), (u32, u64)>;
+
 /// What the mesh needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -164,8 +168,16 @@ impl Controller {
     /// Brings every vL3's mesh to what [`plan`] says. Failures are logged and left to the next
     /// round; one sync at a time.
     pub(crate) async fn vl3_sync(&self) {
-        let _one = self.inner.vl3.lock().await;
-        let steps = plan(&self.state(), self.now());
+        let mut retries = self.inner.vl3.lock().await;
+        let now = self.now();
+        let steps = plan(&self.state(), now);
+        // Forget the pairs no longer to be joined (joined, or a router gone).
+        retries.retain(|k, _| {
+            steps.iter().any(|s| {
+                matches!(s, Step::Join { service, from, to, .. }
+                    if (service, from, to) == (&k.0, &k.1, &k.2))
+            })
+        });
         for step in steps {
             match step {
                 Step::Join {
@@ -175,6 +187,10 @@ impl Controller {
                     netns,
                     to,
                 } => {
+                    let key = (service.clone(), from.clone(), to.clone());
+                    if retries.get(&key).is_some_and(|(_, at)| *at > now) {
+                        continue;
+                    }
                     let req = ConnectionRequest {
                         network_service: service.clone(),
                         client: ClientRef {
@@ -189,10 +205,15 @@ impl Controller {
                     };
                     match self.request_leg(req, None, None, Some(to.clone())).await {
                         Ok(c) => {
+                            retries.remove(&key);
                             tracing::info!(%service, %from, %to, connection = %c.id, "vL3 routers joined")
                         }
                         Err(e) => {
-                            tracing::warn!(%service, %from, %to, error = %e, "joining vL3 routers failed; retrying next round")
+                            let failures = retries.get(&key).map_or(0, |r| r.0) + 1;
+                            let wait = crate::backoff::Backoff::REQUEUE
+                                .delay(failures - 1, now ^ u64::from(failures));
+                            retries.insert(key, (failures, now + wait.as_millis() as u64));
+                            tracing::warn!(%service, %from, %to, error = %e, failures, retry_in_ms = wait.as_millis() as u64, "joining vL3 routers failed");
                         }
                     }
                 }

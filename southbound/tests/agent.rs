@@ -71,6 +71,8 @@ fn conn(id: &str, client: &str, endpoint: &str) -> Connection {
         last_error: None,
         chain: Default::default(),
         request_key: None,
+        vl3: None,
+        dns_context: None,
     }
 }
 

@@ -165,6 +165,8 @@ fn conn(id: &str, m: Mechanism, placement: Placement, payload: Payload, mtu: u32
         last_error: None,
         chain: Default::default(),
         request_key: None,
+        vl3: None,
+        dns_context: None,
     }
 }
 

@@ -384,6 +384,8 @@ pub(crate) mod tests {
             last_error: None,
             chain: Default::default(),
             request_key: None,
+            vl3: None,
+            dns_context: None,
         }
     }
 
