@@ -196,9 +196,20 @@ fn load_tokens(path: &std::path::Path) -> anyhow::Result<meshwire_northbound::au
     Ok(meshwire_northbound::auth::Tokens(out))
 }
 
+/// The `--log` filter, with the vL3 routers' DNS library's per-query lines at `warn` unless the
+/// filter names it (`--log info,hickory_server=info` shows every query).
+pub fn log_filter(spec: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let spec = if spec.contains("hickory") {
+        spec.to_string()
+    } else {
+        format!("{spec},hickory_server=warn,hickory_proto=warn,hickory_net=warn")
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec).context("--log")
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_env_filter(log_filter(&args.log)?)
         .with_target(false)
         .init();
     let tokens = args.tokens.as_deref().map(load_tokens).transpose()?;

@@ -117,10 +117,17 @@ pub fn merge_resolv(original: &str, servers: &[String], domains: &[String]) -> S
     for s in new {
         out.push_str(&format!("nameserver {s}\n"));
     }
+    // The resolver reads the last `search` line: that one gets the domains.
+    let last_search = original
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.split_whitespace().next() == Some("search"))
+        .map(|(i, _)| i)
+        .last();
     let mut searched = false;
-    for l in original.lines() {
+    for (i, l) in original.lines().enumerate() {
         let mut w = l.split_whitespace();
-        if w.next() == Some("search") && !searched {
+        if w.next() == Some("search") && Some(i) == last_search {
             let mut all: Vec<&str> = w.collect();
             for d in domains {
                 if !all.contains(&d.as_str()) {
@@ -378,7 +385,14 @@ pub async fn nsc_init(args: NscInitArgs) -> anyhow::Result<()> {
         };
         if let Some(dns) = conn.context.as_ref().and_then(|c| c.dns_context.as_ref()) {
             if args.resolv_conf != "off" {
-                set_resolver(&args.resolv_conf, dns)?;
+                // The connection is up: a resolver file that cannot be written (a read-only
+                // one) costs the names, not the connection.
+                if let Err(e) = set_resolver(&args.resolv_conf, dns) {
+                    eprintln!(
+                        "{}: the connection is up, but its resolver was not set: {e:#}",
+                        u.service
+                    );
+                }
             }
         }
         let addrs = conn
@@ -428,6 +442,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["nameserver 10.90.0.1", "search z"]
         );
+        // The resolver reads the last search line: that one is extended.
+        let two = merge_resolv("search a\nsearch b\n", &["10.90.0.1".into()], &["z".into()]);
+        assert!(two.contains("search a\nsearch b z\n"), "{two}");
     }
 
     #[test]

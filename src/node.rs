@@ -90,7 +90,7 @@ pub struct NodeArgs {
 /// Stopping leaves the data plane as it is: a restarted agent adopts it.
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_env_filter(crate::daemon::log_filter(&args.log)?)
         .with_target(false)
         .init();
     meshwire_models::validate::check_name(&args.node)

@@ -91,7 +91,7 @@ impl Controller {
             let result = this.request_now(req, key).await;
             // A new vL3 member: the routers learn its route and name before it is answered.
             if matches!(&result, Ok((c, false)) if c.vl3.is_some()) {
-                this.vl3_sync().await;
+                this.vl3_sync(false).await;
             }
             if let Err(Ok((conn, false))) = tx.send(result) {
                 tracing::warn!(connection = %conn.id, "the requester went away before the answer; undoing the connection");
@@ -257,7 +257,7 @@ impl Controller {
         let closed = self.close_leg(id).await?;
         // A vL3 member gone: the routers forget its route and name.
         if closed.vl3.is_some() {
-            self.vl3_sync().await;
+            self.vl3_sync(false).await;
         }
         Ok(closed)
     }

@@ -319,7 +319,7 @@ impl Controller {
             }
         }
         // vL3 meshes: routers joined and left, members' routes where they live now.
-        self.vl3_sync().await;
+        self.vl3_sync(true).await;
         Ok(report)
     }
 

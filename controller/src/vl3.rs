@@ -51,6 +51,16 @@ pub fn plan(state: &State, now_ms: u64) -> Vec<Step> {
     let mut steps = Vec::new();
     for svc in state.services() {
         if svc.vl3.is_none() {
+            // No longer a vL3 (its spec changed): its routers' legs go.
+            for c in state.connections() {
+                let peer = c.vl3.as_ref().is_some_and(|v| v.role == Vl3Role::Peer);
+                if peer && c.network_service == svc.name && !c.state.is_final() {
+                    steps.push(Step::Close {
+                        id: c.id.clone(),
+                        why: format!("{} is no longer a vL3", svc.name),
+                    });
+                }
+            }
             continue;
         }
         // Live routers: endpoints of the service, up, not lapsed, in a namespace of a node.
@@ -166,17 +176,20 @@ pub fn plan(state: &State, now_ms: u64) -> Vec<Step> {
 
 impl Controller {
     /// Brings every vL3's mesh to what [`plan`] says. Failures are logged and left to the next
-    /// round; one sync at a time.
-    pub(crate) async fn vl3_sync(&self) {
+    /// round; one sync at a time. `joins`: also join routers (a reconcile round does; a
+    /// member's request or close only updates routes, so it is answered without waiting for
+    /// new tunnels between routers).
+    pub(crate) async fn vl3_sync(&self, joins: bool) {
         let mut retries = self.inner.vl3.lock().await;
         let now = self.now();
         let steps = plan(&self.state(), now);
         // Forget the pairs no longer to be joined (joined, or a router gone).
         retries.retain(|k, _| {
-            steps.iter().any(|s| {
-                matches!(s, Step::Join { service, from, to, .. }
+            !joins
+                || steps.iter().any(|s| {
+                    matches!(s, Step::Join { service, from, to, .. }
                     if (service, from, to) == (&k.0, &k.1, &k.2))
-            })
+                })
         });
         for step in steps {
             match step {
@@ -188,7 +201,7 @@ impl Controller {
                     to,
                 } => {
                     let key = (service.clone(), from.clone(), to.clone());
-                    if retries.get(&key).is_some_and(|(_, at)| *at > now) {
+                    if !joins || retries.get(&key).is_some_and(|(_, at)| *at > now) {
                         continue;
                     }
                     let req = ConnectionRequest {
@@ -224,7 +237,7 @@ impl Controller {
                     }
                 }
                 Step::Update(want) => {
-                    if let Err(e) = self.vl3_update(&want).await {
+                    if let Err(e) = self.vl3_update(&want.id).await {
                         tracing::warn!(connection = %want.id, error = %e, "updating a vL3 peer leg's routes failed; retrying next round");
                     }
                 }
@@ -232,26 +245,44 @@ impl Controller {
         }
     }
 
-    async fn vl3_update(&self, want: &Connection) -> Result<(), crate::ControllerError> {
-        let _guard = self
-            .lock_key(want.client.workload(), &want.network_service)
-            .await;
-        // Unchanged since the plan (no heal or close in between), or left to the next round.
-        let current = self.connection(&want.id);
-        let Some(current) =
-            current.filter(|c| c.generation == want.generation && c.state == ConnectionState::Up)
+    /// Updates peer leg `id`'s routes and names to what the state calls for now (not what an
+    /// earlier plan said: a member may have healed since), on the data plane first, then in
+    /// the record: a record ahead of the data plane would never be retried.
+    async fn vl3_update(&self, id: &str) -> Result<(), crate::ControllerError> {
+        let Some((workload, service)) = self
+            .connection(id)
+            .map(|c| (c.client.workload().to_string(), c.network_service.clone()))
         else {
             return Ok(());
         };
-        let mut next = want.clone();
-        next.updated_at_ms = self.now().max(current.updated_at_ms);
-        self.persist(&next).await?;
-        self.state().update(&next.id, |c| *c = next.clone());
+        let _guard = self.lock_key(&workload, &service).await;
+        let fresh = plan(&self.state(), self.now())
+            .into_iter()
+            .find_map(|s| match s {
+                Step::Update(c) if c.id == id => Some(c),
+                _ => None,
+            });
+        let Some(mut next) = fresh else {
+            return Ok(());
+        };
+        next.updated_at_ms = self.now().max(next.updated_at_ms);
         self.wire(&next)
             .await
             .map_err(|e| crate::ControllerError::Driver {
                 connection: next.id.clone(),
                 source: Box::new(e),
-            })
+            })?;
+        self.persist(&next).await?;
+        let (ip, leg, at) = (
+            next.ip_context.clone(),
+            next.vl3.clone(),
+            next.updated_at_ms,
+        );
+        self.state().update(id, |c| {
+            c.ip_context = ip;
+            c.vl3 = leg;
+            c.updated_at_ms = at;
+        });
+        Ok(())
     }
 }

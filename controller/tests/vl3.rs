@@ -133,6 +133,18 @@ async fn vl3_mesh_members_heal_restart_and_routers_leaving() {
     let (ctl, driver) = start(store.clone()).await;
     ctl.reconcile_once().await.unwrap();
     let peers = legs(&ctl, Vl3Role::Peer);
+    // Their addresses are the vL3's own, never the gateway.
+    for p in &peers {
+        for a in p
+            .ip_context
+            .src_ip_addrs
+            .iter()
+            .chain(&p.ip_context.dst_ip_addrs)
+        {
+            assert!(a.addr().to_string().starts_with("10.90.0."), "{a}");
+            assert_ne!(a.addr().to_string(), "10.90.0.1");
+        }
+    }
     let pairs: BTreeSet<_> = peers.iter().map(pair).collect();
     assert_eq!(
         pairs,
@@ -225,4 +237,33 @@ async fn vl3_mesh_members_heal_restart_and_routers_leaving() {
         .addr()
         .to_string()
         .starts_with("10.90.0."));
+    // No address is held twice (the gateway is every router's, on purpose).
+    let held: Vec<String> = ctl
+        .connections(&Default::default())
+        .iter()
+        .flat_map(|c| {
+            c.ip_context
+                .src_ip_addrs
+                .iter()
+                .chain(&c.ip_context.dst_ip_addrs)
+                .map(|a| a.addr().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|a| a != "10.90.0.1")
+        .collect();
+    let unique: BTreeSet<&String> = held.iter().collect();
+    assert_eq!(unique.len(), held.len(), "{held:?}");
+
+    // The service is no longer a vL3: its routers' legs go.
+    ctl.apply(
+        Manifest::parse(
+            "t.yaml",
+            "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: db}\nspec: {payload: IP}\n",
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    ctl.reconcile_once().await.unwrap();
+    assert!(legs(&ctl, Vl3Role::Peer).is_empty());
 }

@@ -66,7 +66,10 @@ impl Vl3 {
 
     /// The DNS zone (no trailing dot).
     pub fn zone<'a>(&'a self, service: &'a str) -> &'a str {
-        self.domain.as_deref().unwrap_or(service)
+        self.domain
+            .as_deref()
+            .map(|d| d.trim_end_matches('.'))
+            .unwrap_or(service)
     }
 }
 

@@ -275,12 +275,13 @@ impl Object {
                         ));
                     }
                     match v.prefix {
-                        ipnet::IpNet::V4(p) if (8..=29).contains(&p.prefix_len()) => {}
+                        ipnet::IpNet::V4(p)
+                            if (8..=29).contains(&p.prefix_len()) && p == p.trunc() => {}
                         _ => {
                             return Err(Invalid::new(
                                 "spec.vl3.prefix",
                                 format!(
-                                    "{} is not an IPv4 prefix of length 8 to 29 (the kernel data plane's vL3 is IPv4)",
+                                    "{} is not an IPv4 network prefix of length 8 to 29, without host bits (the kernel data plane's vL3 is IPv4)",
                                     v.prefix
                                 ),
                             ))

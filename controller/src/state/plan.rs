@@ -56,7 +56,14 @@ impl State {
             .filter(|e| {
                 // A device passing a connection on never lands on itself.
                 let itself = client_is_device && e.nse.location.vertex() == req.client.node;
+                // A vL3's routers are namespaces on nodes (the mesh joins only those).
+                let router = service.vl3.is_none()
+                    || matches!(
+                        e.nse.location,
+                        EndpointLocation::Node { netns: Some(_), .. }
+                    );
                 avoid.pinned.as_ref().is_none_or(|p| *p == e.nse.name)
+                    && router
                     && !e.down
                     && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
                     && !avoid.endpoints.contains(&e.nse.name)
@@ -79,7 +86,12 @@ impl State {
                 },
             });
         }
-        let matched = matching(service, &req.labels, &live);
+        // A vL3's peer leg joins the two routers it names, whatever the service's matches.
+        let matched = if avoid.pinned.is_some() {
+            live.clone()
+        } else {
+            matching(service, &req.labels, &live)
+        };
         if matched.is_empty() {
             return Err(ControllerError::NoMatchingEndpoint {
                 service: service_name.clone(),
@@ -90,7 +102,7 @@ impl State {
         let with_room: Vec<(&NetworkServiceEndpoint, u32)> = matched
             .iter()
             .map(|e| (*e, self.load.get(&e.name).copied().unwrap_or(0)))
-            .filter(|(e, load)| e.capacity.is_none_or(|cap| *load < cap))
+            .filter(|(e, load)| avoid.pinned.is_some() || e.capacity.is_none_or(|cap| *load < cap))
             .collect();
         if with_room.is_empty() {
             return Err(ControllerError::NoCapacity {
@@ -163,7 +175,9 @@ impl State {
                 }
             };
             let member = service.vl3.as_ref().filter(|_| avoid.pinned.is_none());
-            let prefix = match member {
+            // A vL3's addresses, members' and peer legs' alike, come from its own prefix: no
+            // other pool can hand out one of them.
+            let prefix = match &service.vl3 {
                 Some(v) => v.prefix,
                 None => nse.ipam_prefix.unwrap_or(self.config.ipam_prefix),
             };
@@ -178,6 +192,9 @@ impl State {
                 (Some(v), Some(a)) => Ok(super::vl3::member_context(v, a)),
                 (Some(v), None) => {
                     super::vl3::member_address(&mut self.addresses, v, &req.excluded_prefixes)
+                }
+                (None, _) if service.vl3.is_some() => {
+                    super::vl3::peer_addresses(&mut self.addresses, prefix)
                 }
                 (None, _) => address(
                     &mut self.addresses,

@@ -37,6 +37,20 @@ pub(super) fn member_address(
     Ok(ip)
 }
 
+/// A peer leg's two addresses: a pair of the vL3's prefix, never the gateway's. Its routes
+/// are the mesh's to fill.
+pub(super) fn peer_addresses(
+    pools: &mut AddressPools,
+    prefix: IpNet,
+) -> Result<IpContext, PoolError> {
+    let pair = pools.claim(prefix, AddressShape::Pair, &[], &[GATEWAY_OFFSET])?;
+    Ok(IpContext {
+        src_ip_addrs: vec![pair[1]],
+        dst_ip_addrs: vec![pair[0]],
+        ..Default::default()
+    })
+}
+
 /// A member's addresses and routes for address `addr`.
 pub(super) fn member_context(v: &Vl3, addr: IpNet) -> IpContext {
     let gw = host(v.gateway());

@@ -460,6 +460,9 @@ impl KernelDriver {
                 // On the link: a next hop may then be reached through it.
                 None => b = b.scope(rtnetlink::packet_route::route::RouteScope::Link),
             }
+            if end.metric > 0 {
+                b = b.priority(end.metric);
+            }
             let msg = b
                 .output_interface(addr_index)
                 .protocol(RouteProtocol::Other(wiring::ROUTE_PROTOCOL))

@@ -55,7 +55,14 @@ pub struct End {
     pub router: bool,
     /// A vL3 member's end: the namespace's resolver is its router, for the zone.
     pub resolver: Option<Resolver>,
+    /// The routes' metric (0: the kernel's default). A vL3 peer leg's routes take
+    /// [`PEER_ROUTE_METRIC`], so the route to a member on its own leg (metric 0) always wins
+    /// and a peer leg's route replacing another never replaces a member's own.
+    pub metric: u32,
 }
+
+/// The metric of the routes a vL3 peer leg carries to the members behind its far side.
+pub const PEER_ROUTE_METRIC: u32 = 100;
 
 /// A vL3 member's resolver: written to `/etc/netns/<namespace>/resolv.conf` (what `ip netns
 /// exec` shows a program as `/etc/resolv.conf`), marked with the connection's id.
@@ -197,6 +204,7 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         neighbors: Vec::new(),
         lent: None,
         router: peer,
+        metric: if peer { PEER_ROUTE_METRIC } else { 0 },
         resolver: match &c.vl3 {
             Some(v) if !peer => Some(Resolver {
                 server: v.gateway,
@@ -216,6 +224,7 @@ pub fn plan_ends(c: &Connection) -> (End, End) {
         neighbors: Vec::new(),
         lent: None,
         router: c.vl3.is_some(),
+        metric: if peer { PEER_ROUTE_METRIC } else { 0 },
         resolver: None,
     };
     (client, endpoint)

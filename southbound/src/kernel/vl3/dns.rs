@@ -22,13 +22,11 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 /// Seconds a resolver may keep an answer.
 pub const TTL: u32 = 5;
 
-/// A zone's names and their addresses.
+/// The zones one server answers for: by zone (lowercase, no trailing dot), names relative to
+/// the zone (`db1`), each with its addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Zone {
-    /// The zone, lowercase, without the trailing dot.
-    pub zone: String,
-    /// Names relative to the zone (`db1`), each with its addresses.
-    pub names: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    pub zones: BTreeMap<String, BTreeMap<String, BTreeSet<Ipv4Addr>>>,
 }
 
 /// What a query gets.
@@ -44,19 +42,27 @@ impl Zone {
     /// The answer to `name` (absolute or not, any case) and type `a` (`true`: an `A` query).
     pub fn answer(&self, name: &str, a: bool) -> Answer {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let rel = if name == self.zone {
-            Some("")
-        } else {
-            name.strip_suffix(&self.zone)
-                .and_then(|r| r.strip_suffix('.'))
-        };
-        let Some(rel) = rel else {
+        // The longest zone the name is in.
+        let found = self
+            .zones
+            .iter()
+            .filter_map(|(zone, names)| {
+                let rel = if name == *zone {
+                    Some("")
+                } else {
+                    name.strip_suffix(zone.as_str())
+                        .and_then(|r| r.strip_suffix('.'))
+                };
+                rel.map(|r| (zone.len(), r, names))
+            })
+            .max_by_key(|(len, _, _)| *len);
+        let Some((_, rel, names)) = found else {
             return Answer::Refused;
         };
         if rel.is_empty() {
             return Answer::NoData;
         }
-        match self.names.get(rel) {
+        match names.get(rel) {
             Some(addrs) if a && !addrs.is_empty() => {
                 Answer::Addresses(addrs.iter().copied().collect())
             }
@@ -143,11 +149,16 @@ mod tests {
 
     fn zone() -> Zone {
         Zone {
-            zone: "db-replication".into(),
-            names: BTreeMap::from([(
-                "db1".to_string(),
-                BTreeSet::from([Ipv4Addr::new(10, 90, 0, 2)]),
-            )]),
+            zones: BTreeMap::from([
+                (
+                    "db-replication".to_string(),
+                    BTreeMap::from([(
+                        "db1".to_string(),
+                        BTreeSet::from([Ipv4Addr::new(10, 90, 0, 2)]),
+                    )]),
+                ),
+                ("other".to_string(), BTreeMap::new()),
+            ]),
         }
     }
 
@@ -163,5 +174,6 @@ mod tests {
         assert_eq!(z.answer("db-replication.", true), Answer::NoData);
         assert_eq!(z.answer("example.com.", true), Answer::Refused);
         assert_eq!(z.answer("xdb-replication.", true), Answer::Refused);
+        assert_eq!(z.answer("db1.other", true), Answer::NxDomain);
     }
 }

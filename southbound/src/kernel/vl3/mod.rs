@@ -8,7 +8,7 @@
 pub mod dns;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -22,15 +22,26 @@ use super::wiring::endpoint_vertex;
 /// Where `ip netns exec` finds a namespace's own `/etc` files.
 pub const NETNS_ETC: &str = "/etc/netns";
 
-/// The DNS servers of the vL3 routers this driver holds, by namespace.
+/// The DNS servers of the vL3 routers this driver holds, by namespace and gateway.
 #[derive(Default)]
 pub struct Routers {
-    servers: tokio::sync::Mutex<HashMap<String, Server>>,
+    servers: tokio::sync::Mutex<HashMap<(String, Ipv4Addr), Server>>,
 }
 
 struct Server {
     zone: Arc<RwLock<dns::Zone>>,
     task: tokio::task::JoinHandle<()>,
+    /// The namespace's inode when the server started: a namespace deleted and created again
+    /// under the same name is another one, and gets a server of its own.
+    ino: Option<u64>,
+}
+
+/// The inode of named namespace `ns` now (`None`: there is none).
+fn netns_ino(ns: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(std::path::Path::new("/run/netns").join(ns))
+        .ok()
+        .map(|m| m.ino())
 }
 
 impl Drop for Server {
@@ -40,61 +51,87 @@ impl Drop for Server {
 }
 
 impl Routers {
-    /// Serves DNS in every router namespace the desired set has here, with its zone now;
-    /// stops the servers of routers it no longer has.
+    /// Serves DNS on each router's gateway address in every router namespace the desired set
+    /// has here, with its zones now; stops the servers of routers it no longer has (or whose
+    /// namespace was replaced). A router with no member yet holds no gateway address: its
+    /// server starts at a later sync.
     pub async fn sync(&self, conns: &[Connection], node: Option<&str>) {
         let want = zones(conns, node);
         let mut servers = self.servers.lock().await;
-        servers.retain(|ns, _| {
-            let keep = want.contains_key(ns);
+        servers.retain(|(ns, gw), s| {
+            let keep = want.contains_key(&(ns.clone(), *gw)) && netns_ino(ns) == s.ino;
             if !keep {
-                tracing::info!(netns = %ns, "vL3 router gone: its DNS server stops");
+                tracing::info!(netns = %ns, gateway = %gw, "vL3 router gone (or its namespace replaced): its DNS server stops");
             }
             keep
         });
-        for (ns, zone) in want {
-            if let Some(s) = servers.get(&ns) {
+        for (key, zone) in want {
+            if let Some(s) = servers.get(&key) {
                 if !s.task.is_finished() {
                     *s.zone.write().unwrap_or_else(|p| p.into_inner()) = zone;
                     continue;
                 }
             }
+            let (ns, gw) = &key;
+            let Some(ino) = netns_ino(ns) else {
+                continue;
+            };
             let shared = Arc::new(RwLock::new(zone));
-            match serve(&ns, shared.clone()).await {
+            match serve(ns, *gw, shared.clone()).await {
                 Ok(task) => {
-                    tracing::info!(netns = %ns, "vL3 router: DNS server listening on port 53");
-                    servers.insert(ns, Server { zone: shared, task });
+                    tracing::info!(netns = %ns, gateway = %gw, "vL3 router: DNS server listening on port 53");
+                    servers.insert(
+                        key,
+                        Server {
+                            zone: shared,
+                            task,
+                            ino: Some(ino),
+                        },
+                    );
+                }
+                // No member leg holds the gateway yet.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    tracing::debug!(netns = %ns, gateway = %gw, "vL3 router without members: no DNS server yet")
                 }
                 Err(e) => {
-                    tracing::warn!(netns = %ns, error = %e, "vL3 router: cannot serve DNS (tried again at the next change)")
+                    tracing::warn!(netns = %ns, gateway = %gw, error = %e, "vL3 router: cannot serve DNS (tried again at the next change)")
                 }
             }
         }
     }
 
-    /// The zone a router namespace answers from now (tests, status).
+    /// The zones a router namespace answers from now (tests, status).
     pub async fn zone(&self, ns: &str) -> Option<dns::Zone> {
         let servers = self.servers.lock().await;
         servers
-            .get(ns)
-            .map(|s| s.zone.read().unwrap_or_else(|p| p.into_inner()).clone())
+            .iter()
+            .find(|((n, _), _)| n == ns)
+            .map(|(_, s)| s.zone.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 
-/// The zone of every router namespace the connections have on `node` (`None`: on every node):
-/// each member's name at its router; through each peer leg, the far side's members.
-pub fn zones(conns: &[Connection], node: Option<&str>) -> BTreeMap<String, dns::Zone> {
+/// The zones of every router (namespace, gateway) the connections have on `node` (`None`: on
+/// every node): each member's name at its router; through each peer leg, the far side's
+/// members.
+pub fn zones(conns: &[Connection], node: Option<&str>) -> BTreeMap<(String, Ipv4Addr), dns::Zone> {
     let here = |n: &str| node.is_none_or(|x| x == n);
-    let mut out: BTreeMap<String, dns::Zone> = BTreeMap::new();
-    let mut add = |ns: &Option<String>, zone: &str, members: Vec<(Option<String>, IpAddr)>| {
-        let Some(ns) = ns else { return };
-        let z = out.entry(ns.clone()).or_insert_with(|| dns::Zone {
-            zone: zone.to_ascii_lowercase(),
-            names: BTreeMap::new(),
-        });
+    let mut out: BTreeMap<(String, Ipv4Addr), dns::Zone> = BTreeMap::new();
+    let mut add = |ns: &Option<String>,
+                   leg: &meshwire_models::Vl3Leg,
+                   members: Vec<(Option<String>, IpAddr)>| {
+        let (Some(ns), IpAddr::V4(gw)) = (ns, leg.gateway) else {
+            return;
+        };
+        let zone = leg.zone.trim_end_matches('.').to_ascii_lowercase();
+        let names = out
+            .entry((ns.clone(), gw))
+            .or_default()
+            .zones
+            .entry(zone)
+            .or_default();
         for (name, addr) in members {
             if let (Some(n), IpAddr::V4(a)) = (name, addr) {
-                z.names.entry(n).or_default().insert(a);
+                names.entry(n).or_default().insert(a);
             }
         }
     };
@@ -109,7 +146,7 @@ pub fn zones(conns: &[Connection], node: Option<&str>) -> BTreeMap<String, dns::
                         .src_ip_addrs
                         .first()
                         .map(|a| (leg.name.clone(), a.addr()));
-                    add(&p.endpoint_netns, &leg.zone, m.into_iter().collect());
+                    add(&p.endpoint_netns, leg, m.into_iter().collect());
                 }
             }
             Vl3Role::Peer => {
@@ -117,10 +154,10 @@ pub fn zones(conns: &[Connection], node: Option<&str>) -> BTreeMap<String, dns::
                     ms.iter().map(|m| (m.name.clone(), m.addr)).collect()
                 };
                 if here(&c.client.node) {
-                    add(&p.client_netns, &leg.zone, far(&leg.endpoint_members));
+                    add(&p.client_netns, leg, far(&leg.endpoint_members));
                 }
                 if here(endpoint_vertex(c)) {
-                    add(&p.endpoint_netns, &leg.zone, far(&leg.client_members));
+                    add(&p.endpoint_netns, leg, far(&leg.client_members));
                 }
             }
         }
@@ -128,15 +165,17 @@ pub fn zones(conns: &[Connection], node: Option<&str>) -> BTreeMap<String, dns::
     out
 }
 
-/// Binds port 53 (UDP and TCP) in `ns` and serves `zone` there until aborted.
+/// Binds port 53 (UDP and TCP) on the gateway `gw` in `ns` (only there: not on the router's
+/// other interfaces) and serves `zone` until aborted.
 async fn serve(
     ns: &str,
+    gw: Ipv4Addr,
     zone: Arc<RwLock<dns::Zone>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let (udp, tcp) = netns::in_netns(Some(ns), || {
-        let udp = std::net::UdpSocket::bind(("0.0.0.0", 53))?;
+    let (udp, tcp) = netns::in_netns(Some(ns), move || {
+        let udp = std::net::UdpSocket::bind((gw, 53))?;
         udp.set_nonblocking(true)?;
-        let tcp = std::net::TcpListener::bind(("0.0.0.0", 53))?;
+        let tcp = std::net::TcpListener::bind((gw, 53))?;
         tcp.set_nonblocking(true)?;
         Ok((udp, tcp))
     })
@@ -212,8 +251,16 @@ pub fn write_resolver(ns: &str, id: &str, server: IpAddr, zone: &str) -> std::io
         "{}vL3 zone {zone}: written by meshwire, removed when the connection closes\nsearch {zone}\nnameserver {server}\noptions timeout:1 attempts:2\n",
         mark(id)
     );
-    if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
-        return Ok(());
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t == text => return Ok(()),
+        // Someone else's file: left as it is (never overwritten, never deleted).
+        Ok(t) if !t.starts_with("# meshwire:") => {
+            return Err(std::io::Error::other(format!(
+                "{} exists and is not ours; left as it is",
+                path.display()
+            )))
+        }
+        _ => {}
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

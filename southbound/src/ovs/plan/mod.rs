@@ -200,6 +200,7 @@ pub fn legs(c: &Connection) -> Result<Vec<Leg>, String> {
         lent: None,
         router: false,
         resolver: None,
+        metric: 0,
     };
     client.mac = Some(mac(&c.id, 0));
     endpoint.mac = Some(mac(&c.id, 1));
