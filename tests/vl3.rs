@@ -156,20 +156,7 @@ fn nb_lab_vl3_members_reach_each_other_by_name_across_hosts_and_keep_addresses_w
     // A measurement window, not a wait for a state: replies before the loss.
     std::thread::sleep(Duration::from_millis(500));
     // It stops forwarding (every interface down), then its namespace goes.
-    let r1 = lab.ns("r1");
-    assert!(Command::new("sh")
-        .args([
-            "-c",
-            &format!("for i in $(ip -n {r1} -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1); do ip -n {r1} link set \"$i\" down; done"),
-        ])
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("ip")
-        .args(["netns", "del", &lab.ns("r1")])
-        .status()
-        .unwrap()
-        .success());
+    meshwire_labs::lose::lose_namespace(&lab.ns("r1")).unwrap();
     for id in [&ids[0], &ids[3]] {
         lab.wait_event(Duration::from_secs(20), |e| {
             e["event"] == "connection"

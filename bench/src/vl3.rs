@@ -60,11 +60,6 @@ fn member(i: usize) -> ConnectionRequest {
     }
 }
 
-/// A shell command that sets every interface of namespace `ns` down.
-pub(crate) fn all_down(ns: &str) -> String {
-    format!("for i in $(ip -n {ns} -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1); do ip -n {ns} link set \"$i\" down; done")
-}
-
 fn router_ns(name: &str) -> anyhow::Result<()> {
     sh(&format!(
         "ip netns add {P}-{name} && ip -n {P}-{name} link set lo up"
@@ -155,10 +150,7 @@ async fn heal(ctl: &Controller, rounds: usize) -> anyhow::Result<Vec<f64>> {
             .ok_or_else(|| anyhow::anyhow!("m0's connection vanished"))?;
         let t = Instant::now();
         // The router stops forwarding (every interface down), then its namespace goes.
-        sh(&format!(
-            "{} && ip netns del {P}-{lost}",
-            all_down(&format!("{P}-{lost}"))
-        ))?;
+        meshwire_labs::lose::lose_namespace(&format!("{P}-{lost}")).map_err(anyhow::Error::msg)?;
         first_packet(&probe, to).map_err(|e| anyhow::anyhow!("after losing {lost}: {e}"))?;
         outages.push(t.elapsed().as_secs_f64() * 1e3);
         // The lost router comes back (its endpoint registered again) for the next round.

@@ -50,128 +50,138 @@ pub enum Step {
 pub fn plan(state: &State, now_ms: u64) -> Vec<Step> {
     let mut steps = Vec::new();
     for svc in state.services() {
-        if svc.vl3.is_none() {
-            // No longer a vL3 (its spec changed): its routers' legs go.
-            for c in state.connections() {
-                let peer = c.vl3.as_ref().is_some_and(|v| v.role == Vl3Role::Peer);
-                if peer && c.network_service == svc.name && !c.state.is_final() {
-                    steps.push(Step::Close {
-                        id: c.id.clone(),
-                        why: format!("{} is no longer a vL3", svc.name),
-                    });
-                }
+        plan_service(state, svc, now_ms, &mut steps);
+    }
+    steps
+}
+
+/// [`plan`] for one service.
+fn plan_service(
+    state: &State,
+    svc: &meshwire_models::NetworkService,
+    now_ms: u64,
+    steps: &mut Vec<Step>,
+) {
+    if svc.vl3.is_none() {
+        // No longer a vL3 (its spec changed): its routers' legs go.
+        for c in state.connections() {
+            let peer = c.vl3.as_ref().is_some_and(|v| v.role == Vl3Role::Peer);
+            if peer && c.network_service == svc.name && !c.state.is_final() {
+                steps.push(Step::Close {
+                    id: c.id.clone(),
+                    why: format!("{} is no longer a vL3", svc.name),
+                });
             }
+        }
+        return;
+    }
+    // Live routers: endpoints of the service, up, not lapsed, in a namespace of a node.
+    let routers: BTreeMap<&str, (&str, &str)> = state
+        .endpoints()
+        .into_iter()
+        .filter(|e| {
+            e.nse.offers(&svc.name) && !e.down && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
+        })
+        .filter_map(|e| match &e.nse.location {
+            EndpointLocation::Node {
+                node,
+                netns: Some(ns),
+            } => Some((e.nse.name.as_str(), (node.as_str(), ns.as_str()))),
+            _ => None,
+        })
+        .collect();
+    let mut members: BTreeMap<&str, Vec<Vl3Member>> = BTreeMap::new();
+    let mut peers: Vec<&Connection> = Vec::new();
+    for c in state.connections() {
+        let Some(leg) = c.vl3.as_ref().filter(|_| c.network_service == svc.name) else {
+            continue;
+        };
+        if c.state.is_final() {
             continue;
         }
-        // Live routers: endpoints of the service, up, not lapsed, in a namespace of a node.
-        let routers: BTreeMap<&str, (&str, &str)> = state
-            .endpoints()
-            .into_iter()
-            .filter(|e| {
-                e.nse.offers(&svc.name) && !e.down && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
-            })
-            .filter_map(|e| match &e.nse.location {
-                EndpointLocation::Node {
-                    node,
-                    netns: Some(ns),
-                } => Some((e.nse.name.as_str(), (node.as_str(), ns.as_str()))),
-                _ => None,
-            })
-            .collect();
-        let mut members: BTreeMap<&str, Vec<Vl3Member>> = BTreeMap::new();
-        let mut peers: Vec<&Connection> = Vec::new();
-        for c in state.connections() {
-            let Some(leg) = c.vl3.as_ref().filter(|_| c.network_service == svc.name) else {
-                continue;
-            };
-            if c.state.is_final() {
-                continue;
-            }
-            match leg.role {
-                Vl3Role::Member => {
-                    if let Some(a) = c.ip_context.src_ip_addrs.first() {
-                        members
-                            .entry(c.network_service_endpoint_name.as_str())
-                            .or_default()
-                            .push(Vl3Member {
-                                addr: a.addr(),
-                                name: leg.name.clone(),
-                            });
-                    }
+        match leg.role {
+            Vl3Role::Member => {
+                if let Some(a) = c.ip_context.src_ip_addrs.first() {
+                    members
+                        .entry(c.network_service_endpoint_name.as_str())
+                        .or_default()
+                        .push(Vl3Member {
+                            addr: a.addr(),
+                            name: leg.name.clone(),
+                        });
                 }
-                Vl3Role::Peer => peers.push(c),
             }
+            Vl3Role::Peer => peers.push(c),
         }
-        for m in members.values_mut() {
-            m.sort();
+    }
+    for m in members.values_mut() {
+        m.sort();
+    }
+    let mut joined: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for p in peers {
+        let from = p.labels.get(ROUTER_LABEL).map(String::as_str).unwrap_or("");
+        let to = p.network_service_endpoint_name.as_str();
+        let pair = if from < to { (from, to) } else { (to, from) };
+        if !routers.contains_key(from) || !routers.contains_key(to) {
+            steps.push(Step::Close {
+                id: p.id.clone(),
+                why: format!("router {from} or {to} is no longer a live endpoint"),
+            });
+            continue;
         }
-        let mut joined: BTreeSet<(&str, &str)> = BTreeSet::new();
-        for p in peers {
-            let from = p.labels.get(ROUTER_LABEL).map(String::as_str).unwrap_or("");
-            let to = p.network_service_endpoint_name.as_str();
-            let pair = if from < to { (from, to) } else { (to, from) };
-            if !routers.contains_key(from) || !routers.contains_key(to) {
-                steps.push(Step::Close {
-                    id: p.id.clone(),
-                    why: format!("router {from} or {to} is no longer a live endpoint"),
+        if !joined.insert(pair) {
+            steps.push(Step::Close {
+                id: p.id.clone(),
+                why: format!("a second peer leg between {from} and {to}"),
+            });
+            continue;
+        }
+        if p.state != ConnectionState::Up {
+            continue;
+        }
+        let none = Vec::new();
+        let (near, far) = (
+            members.get(from).unwrap_or(&none),
+            members.get(to).unwrap_or(&none),
+        );
+        let (mine, theirs) = (
+            p.ip_context.src_ip_addrs.first().map(IpNet::addr),
+            p.ip_context.dst_ip_addrs.first().map(IpNet::addr),
+        );
+        let routes = |ms: &[Vl3Member], via| -> Vec<Route> {
+            ms.iter()
+                .map(|m| Route {
+                    prefix: IpNet::from(m.addr),
+                    next_hop: via,
+                })
+                .collect()
+        };
+        let mut want = p.clone();
+        want.ip_context.src_routes = routes(far, theirs);
+        want.ip_context.dst_routes = routes(near, mine);
+        if let Some(leg) = want.vl3.as_mut() {
+            leg.client_members = near.clone();
+            leg.endpoint_members = far.clone();
+        }
+        if want != *p {
+            steps.push(Step::Update(Box::new(want)));
+        }
+    }
+    let names: Vec<&str> = routers.keys().copied().collect();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            if !joined.contains(&(*a, *b)) {
+                let (node, netns) = routers[a];
+                steps.push(Step::Join {
+                    service: svc.name.clone(),
+                    from: a.to_string(),
+                    node: node.to_string(),
+                    netns: netns.to_string(),
+                    to: b.to_string(),
                 });
-                continue;
-            }
-            if !joined.insert(pair) {
-                steps.push(Step::Close {
-                    id: p.id.clone(),
-                    why: format!("a second peer leg between {from} and {to}"),
-                });
-                continue;
-            }
-            if p.state != ConnectionState::Up {
-                continue;
-            }
-            let none = Vec::new();
-            let (near, far) = (
-                members.get(from).unwrap_or(&none),
-                members.get(to).unwrap_or(&none),
-            );
-            let (mine, theirs) = (
-                p.ip_context.src_ip_addrs.first().map(IpNet::addr),
-                p.ip_context.dst_ip_addrs.first().map(IpNet::addr),
-            );
-            let routes = |ms: &[Vl3Member], via| -> Vec<Route> {
-                ms.iter()
-                    .map(|m| Route {
-                        prefix: IpNet::from(m.addr),
-                        next_hop: via,
-                    })
-                    .collect()
-            };
-            let mut want = p.clone();
-            want.ip_context.src_routes = routes(far, theirs);
-            want.ip_context.dst_routes = routes(near, mine);
-            if let Some(leg) = want.vl3.as_mut() {
-                leg.client_members = near.clone();
-                leg.endpoint_members = far.clone();
-            }
-            if want != *p {
-                steps.push(Step::Update(Box::new(want)));
-            }
-        }
-        let names: Vec<&str> = routers.keys().copied().collect();
-        for (i, a) in names.iter().enumerate() {
-            for b in &names[i + 1..] {
-                if !joined.contains(&(*a, *b)) {
-                    let (node, netns) = routers[a];
-                    steps.push(Step::Join {
-                        service: svc.name.clone(),
-                        from: a.to_string(),
-                        node: node.to_string(),
-                        netns: netns.to_string(),
-                        to: b.to_string(),
-                    });
-                }
             }
         }
     }
-    steps
 }
 
 impl Controller {
@@ -256,12 +266,18 @@ impl Controller {
             return Ok(());
         };
         let _guard = self.lock_key(&workload, &service).await;
-        let fresh = plan(&self.state(), self.now())
-            .into_iter()
-            .find_map(|s| match s {
+        // Only this service's mesh is looked at again.
+        let fresh = {
+            let state = self.state();
+            let mut steps = Vec::new();
+            if let Some(svc) = state.service(&service) {
+                plan_service(&state, svc, self.now(), &mut steps);
+            }
+            steps.into_iter().find_map(|s| match s {
                 Step::Update(c) if c.id == id => Some(c),
                 _ => None,
-            });
+            })
+        };
         let Some(mut next) = fresh else {
             return Ok(());
         };

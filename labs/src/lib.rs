@@ -24,6 +24,7 @@ pub mod agent;
 pub mod appliance;
 pub mod browser;
 pub mod etcd;
+pub mod lose;
 pub mod ports;
 pub mod runner;
 pub mod spec;

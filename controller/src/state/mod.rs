@@ -5,7 +5,6 @@
 mod plan;
 mod sriov;
 mod vl3;
-pub use vl3::member_name;
 
 pub use sriov::{PoolUsage, VfChoice};
 

@@ -99,15 +99,6 @@ impl Routers {
             }
         }
     }
-
-    /// The zones a router namespace answers from now (tests, status).
-    pub async fn zone(&self, ns: &str) -> Option<dns::Zone> {
-        let servers = self.servers.lock().await;
-        servers
-            .iter()
-            .find(|((n, _), _)| n == ns)
-            .map(|(_, s)| s.zone.read().unwrap_or_else(|p| p.into_inner()).clone())
-    }
 }
 
 /// The zones of every router (namespace, gateway) the connections have on `node` (`None`: on
