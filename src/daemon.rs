@@ -109,9 +109,79 @@ pub struct Args {
     /// server comes from the in-cluster service account or the kubeconfig.
     #[arg(long, value_name = "NAMESPACE")]
     k8s_namespace: Option<String>,
+    /// This controller's domain (a DNS name, e.g. site-a.example) when it shares vL3 networks
+    /// with other domains: the home of a vL3 delegates parts of its prefix to other domains
+    /// (spec.vl3.delegations), whose routers offer it as `service@home-domain`.
+    #[arg(long, value_name = "DNS-NAME", requires = "federation_secrets")]
+    domain: Option<String>,
+    /// A domain this one federates with: `DOMAIN=URL` (its controller's REST API, several
+    /// comma-separated for HA) to import its vL3s, or just `DOMAIN` to only answer it.
+    /// Repeat for several domains.
+    #[arg(long = "federate", value_name = "DOMAIN[=URL]", requires = "domain")]
+    federate: Vec<String>,
+    /// A directory with one file per federated domain, named by the domain, holding the secret
+    /// both domains share (at least 16 characters; a Kubernetes Secret mounted as a volume
+    /// has this shape). Exchanges are refused without it.
+    #[arg(long, value_name = "DIR", requires = "domain")]
+    federation_secrets: Option<std::path::PathBuf>,
+    /// How often this controller exchanges with each federated domain (and at once when a
+    /// member comes or goes).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    federation_interval: Duration,
+    /// How long the legs to a domain that cannot be reached are kept (it keeps working inside,
+    /// and traffic to it resumes when the underlay does); then they are closed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    federation_lease: Duration,
     /// Log filter, e.g. info, debug, meshwire_controller=debug.
     #[arg(long, env = "MESHWIRE_LOG", default_value = "info")]
     log: String,
+}
+
+/// `--domain`, `--federate` and `--federation-secrets` as the controller takes them.
+fn federation(args: &Args) -> anyhow::Result<Option<meshwire_controller::federation::Federation>> {
+    use meshwire_controller::federation::{Federation, Peer};
+    let Some(domain) = &args.domain else {
+        return Ok(None);
+    };
+    meshwire_models::service::check_dns_name(domain)
+        .map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
+    let dir = args
+        .federation_secrets
+        .as_ref()
+        .context("--domain needs --federation-secrets DIR")?;
+    let mut peers = std::collections::BTreeMap::new();
+    for f in &args.federate {
+        let (d, url) = f.split_once('=').unwrap_or((f.as_str(), ""));
+        meshwire_models::service::check_dns_name(d)
+            .map_err(|e| anyhow::anyhow!("--federate {f}: {e}"))?;
+        anyhow::ensure!(
+            d != domain,
+            "--federate {f}: that is this controller's own domain"
+        );
+        for u in url.split(',').filter(|u| !u.is_empty()) {
+            anyhow::ensure!(
+                u.starts_with("http://") || u.starts_with("https://"),
+                "--federate {f}: {u} is not an http(s) URL"
+            );
+        }
+        let secret = read_secret(
+            &format!("--federation-secrets for {d}"),
+            None,
+            Some(&dir.join(d)),
+        )?;
+        peers.insert(
+            d.to_string(),
+            Peer {
+                url: url.to_string(),
+                secret,
+            },
+        );
+    }
+    Ok(Some(Federation {
+        domain: domain.clone(),
+        peers,
+        lease: args.federation_lease,
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -213,6 +283,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_target(false)
         .init();
     let tokens = args.tokens.as_deref().map(load_tokens).transpose()?;
+    let federation = federation(&args)?;
     let grpc_addr: Option<SocketAddr> = match args.grpc_listen.as_str() {
         "off" | "none" => None,
         a => Some(
@@ -385,6 +456,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ctl = Controller::start(store, driver, Arc::new(SystemClock), config)
         .await
         .context("starting the controller")?;
+    if let Some(f) = federation {
+        tracing::info!(domain = %f.domain, peers = ?f.peers.keys().collect::<Vec<_>>(), "federating vL3 networks");
+        ctl.set_federation(f);
+    }
     if let Some(l) = &leadership {
         crate::leader::follow(l.clone());
     }
@@ -454,6 +529,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let reconciler = ctl.spawn_reconciler(args.reconcile_interval);
+    let federating = ctl.spawn_federation(args.federation_interval);
     // A leader keeps the server it ran as a standby; otherwise the REST address binds now.
     let listener = match bound {
         Some(front) => Err(front),
@@ -532,6 +608,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .context("serving the REST API")?,
     }
     reconciler.abort();
+    if let Some(f) = federating {
+        f.abort();
+    }
     if let Some(k) = k8s {
         k.abort();
     }

@@ -30,6 +30,21 @@ pub enum LabCommand {
         /// token of its own (the default).
         #[arg(long)]
         in_process: bool,
+        /// The lab controller's REST address (default: a free loopback port); fixed when
+        /// another lab's controller must reach it (a federated domain).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// This lab's domain, for vL3 networks shared with another lab's controller (see
+        /// `meshwire controller --domain`).
+        #[arg(long, value_name = "DNS-NAME", requires = "federation_secrets")]
+        domain: Option<String>,
+        /// A domain to federate with, `DOMAIN[=URL]` (see `meshwire controller --federate`).
+        #[arg(long = "federate", value_name = "DOMAIN[=URL]", requires = "domain")]
+        federate: Vec<String>,
+        /// One file per federated domain holding the shared secret (see `meshwire controller
+        /// --federation-secrets`).
+        #[arg(long, value_name = "DIR", requires = "domain")]
+        federation_secrets: Option<PathBuf>,
     },
     /// Stop or start the node agent of one host of a lab (the data plane keeps forwarding
     /// while it is away).
@@ -90,7 +105,31 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             file,
             reconcile_interval,
             in_process,
-        } => up(&file, reconcile_interval, !in_process).await,
+            listen,
+            domain,
+            federate,
+            federation_secrets,
+        } => {
+            let mut extra = Vec::new();
+            if let Some(d) = domain {
+                extra.extend(["--domain".to_string(), d]);
+            }
+            for f in federate {
+                extra.extend(["--federate".to_string(), f]);
+            }
+            if let Some(dir) = federation_secrets {
+                let dir = std::fs::canonicalize(&dir)
+                    .with_context(|| format!("--federation-secrets {}", dir.display()))?;
+                extra.extend(["--federation-secrets".into(), dir.display().to_string()]);
+            }
+            let opts = Options {
+                interval: reconcile_interval,
+                agents: !in_process,
+                listen,
+                extra,
+            };
+            up(&file, &opts).await
+        }
         LabCommand::NodeAgent { lab, node, action } => {
             let d = dir(&lab);
             match action {
@@ -142,7 +181,17 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn up(file: &Path, interval: Duration, agents: bool) -> anyhow::Result<()> {
+/// How `lab up` starts the lab's controller.
+struct Options {
+    interval: Duration,
+    agents: bool,
+    listen: Option<std::net::SocketAddr>,
+    /// More controller arguments (federation).
+    extra: Vec<String>,
+}
+
+async fn up(file: &Path, opts: &Options) -> anyhow::Result<()> {
+    let agents = opts.agents;
     let lab = Lab::load(file)?;
     // Agents are for hosts (kernel or Open vSwitch); a lab of appliances alone has none.
     let agents = agents && lab.nodes.values().any(|n| n.is_host());
@@ -176,7 +225,7 @@ async fn up(file: &Path, interval: Duration, agents: bool) -> anyhow::Result<()>
     };
     let started = async {
         let devices = appliances(&lab, &rt).await?;
-        start(&lab, &rt, interval, &devices, agents).await
+        start(&lab, &rt, opts, &devices, agents).await
     };
     match started.await {
         Ok(url) => {
@@ -258,13 +307,17 @@ async fn appliances(lab: &Lab, rt: &runner::Runtime) -> anyhow::Result<Vec<PathB
 async fn start(
     lab: &Lab,
     rt: &runner::Runtime,
-    interval: Duration,
+    opts: &Options,
     devices: &[PathBuf],
     agents: bool,
 ) -> anyhow::Result<String> {
+    let interval = opts.interval;
     let d = dir(&lab.name);
-    let port = meshwire_labs::ports::free_port()?;
-    let url = format!("http://127.0.0.1:{port}");
+    let listen = match opts.listen {
+        Some(a) => a,
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], meshwire_labs::ports::free_port()?)),
+    };
+    let url = format!("http://{listen}");
     let grpc_port = meshwire_labs::ports::free_port()?;
     let mut args: Vec<String> = vec![
         "controller".into(),
@@ -308,13 +361,14 @@ async fn start(
         "--store".into(),
         format!("redb:{}", d.join("state.redb").display()),
         "--listen".into(),
-        format!("127.0.0.1:{port}"),
+        listen.to_string(),
         "--reconcile-interval".into(),
         humantime::format_duration(interval).to_string(),
     ]);
     for f in devices {
         args.extend(["--ensm-device".into(), f.display().to_string()]);
     }
+    args.extend(opts.extra.iter().cloned());
     std::fs::write(d.join("controller.args"), serde_json::to_vec(&args)?)?;
     std::fs::write(d.join("controller.url"), &url)?;
     std::fs::write(

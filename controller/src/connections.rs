@@ -26,7 +26,7 @@ use crate::state::Avoid;
 use crate::store::Expect;
 
 /// Marks a connection as being set up by a live request, for as long as it lives.
-struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     ctl: &'a Controller,
     id: String,
 }
@@ -43,7 +43,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Controller {
-    fn in_flight(&self, id: &str) -> InFlight<'_> {
+    pub(crate) fn in_flight(&self, id: &str) -> InFlight<'_> {
         self.inner
             .in_flight
             .lock()

@@ -207,6 +207,12 @@ pub(crate) struct Inner {
     /// not before this time in ms), so a router that cannot be reached is not asked every
     /// round (see [`crate::vl3`]).
     pub(crate) vl3: tokio::sync::Mutex<crate::vl3::Retries>,
+    /// This controller's domain and the domains it federates with (see [`crate::federation`]).
+    pub(crate) federation: std::sync::OnceLock<crate::federation::Federation>,
+    /// Other domains' sides of shared vL3s.
+    pub(crate) federated: tokio::sync::Mutex<crate::federation::Views>,
+    /// Asks the federation task for an exchange now.
+    pub(crate) federation_wake: tokio::sync::Notify,
 }
 
 pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -292,6 +298,9 @@ impl Controller {
                 links_down: Mutex::default(),
                 agents: Mutex::default(),
                 vl3: tokio::sync::Mutex::default(),
+                federation: std::sync::OnceLock::new(),
+                federated: tokio::sync::Mutex::default(),
+                federation_wake: tokio::sync::Notify::new(),
             }),
         }
     }

@@ -28,6 +28,7 @@ pub mod controller;
 pub mod desired;
 pub mod driver;
 pub mod error;
+pub mod federation;
 pub(crate) mod lifecycle;
 pub mod links;
 pub mod negotiate;

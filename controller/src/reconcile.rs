@@ -200,9 +200,11 @@ impl Controller {
             }
             let (endpoint_ok, broken_link) = {
                 let s = self.state();
-                let ep = s
-                    .endpoint(&c.network_service_endpoint_name)
-                    .is_some_and(|e| !e.down);
+                // A leg to another domain's router: that domain answers for its end, and the
+                // federation for the leg (crate::federation); here it is only repaired.
+                let ep = c.remote_domain().is_some()
+                    || s.endpoint(&c.network_service_endpoint_name)
+                        .is_some_and(|e| !e.down);
                 let t = s.topology();
                 let broken = c
                     .path
@@ -227,6 +229,14 @@ impl Controller {
                 report.deferred.push(c.id.clone());
                 continue;
             }
+            let health = match health {
+                Health::EndpointLost { reason } | Health::PathFailed { reason, .. }
+                    if c.remote_domain().is_some() =>
+                {
+                    Health::Missing { reason }
+                }
+                h => h,
+            };
             let outcome = match (&health, endpoint_ok, broken_link) {
                 (Health::ClientGone { reason }, _, _) => {
                     tracing::info!(connection = %c.id, %reason, "client gone; closing");

@@ -75,21 +75,7 @@ fn plan_service(
         }
         return;
     }
-    // Live routers: endpoints of the service, up, not lapsed, in a namespace of a node.
-    let routers: BTreeMap<&str, (&str, &str)> = state
-        .endpoints()
-        .into_iter()
-        .filter(|e| {
-            e.nse.offers(&svc.name) && !e.down && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
-        })
-        .filter_map(|e| match &e.nse.location {
-            EndpointLocation::Node {
-                node,
-                netns: Some(ns),
-            } => Some((e.nse.name.as_str(), (node.as_str(), ns.as_str()))),
-            _ => None,
-        })
-        .collect();
+    let routers = live_routers(state, &svc.name, now_ms);
     let mut members: BTreeMap<&str, Vec<Vl3Member>> = BTreeMap::new();
     let mut peers: Vec<&Connection> = Vec::new();
     for c in state.connections() {
@@ -111,6 +97,8 @@ fn plan_service(
                         });
                 }
             }
+            // Legs to another domain's routers are the federation's (crate::federation).
+            Vl3Role::Peer if leg.remote.is_some() => {}
             Vl3Role::Peer => peers.push(c),
         }
     }
@@ -184,12 +172,39 @@ fn plan_service(
     }
 }
 
+/// The live routers of vL3 `service`: its endpoints, up, not lapsed, in a namespace of a
+/// node; name → (node, namespace).
+pub(crate) fn live_routers<'s>(
+    state: &'s State,
+    service: &str,
+    now_ms: u64,
+) -> BTreeMap<&'s str, (&'s str, &'s str)> {
+    state
+        .endpoints()
+        .into_iter()
+        .filter(|e| {
+            e.nse.offers(service) && !e.down && e.nse.expires_at_ms.is_none_or(|t| t > now_ms)
+        })
+        .filter_map(|e| match &e.nse.location {
+            EndpointLocation::Node {
+                node,
+                netns: Some(ns),
+            } => Some((e.nse.name.as_str(), (node.as_str(), ns.as_str()))),
+            _ => None,
+        })
+        .collect()
+}
+
 impl Controller {
     /// Brings every vL3's mesh to what [`plan`] says. Failures are logged and left to the next
     /// round; one sync at a time. `joins`: also join routers (a reconcile round does; a
     /// member's request or close only updates routes, so it is answered without waiting for
     /// new tunnels between routers).
     pub(crate) async fn vl3_sync(&self, joins: bool) {
+        if !joins {
+            // A member came or went: other domains hear of it now.
+            self.federation_wake();
+        }
         let mut retries = self.inner.vl3.lock().await;
         let now = self.now();
         let steps = plan(&self.state(), now);

@@ -96,6 +96,10 @@ pub struct Runtime {
     pub appliances: std::collections::BTreeMap<String, crate::appliance::LabAppliance>,
 }
 
+/// A bridge node's label: the bridge exists already (another lab's); this lab only plugs
+/// its ports into it.
+pub const EXISTING_BRIDGE: &str = "meshwire.io/existing-bridge";
+
 /// The host-side name of lab `lab`'s management bridge.
 fn mgmt_bridge(lab: &str) -> String {
     format!("mwm{:06x}", fnv(lab) & 0xff_ffff)
@@ -332,6 +336,16 @@ async fn create(lab: &Lab) -> Result<(), (String, String)> {
                 ip(&["-n", &ns, "link", "set", "lo", "up"])
                     .await
                     .map_err(step(format!("node {}: lo up", n.name)))?;
+            }
+            // A bridge another lab (or the operator) made, as containerlab's bridges are:
+            // used, never created or removed here.
+            Kind::Bridge if n.labels.get(EXISTING_BRIDGE).is_some_and(|v| v == "true") => {
+                ip(&["link", "show", &n.name]).await.map_err(|r| {
+                    (
+                        format!("bridge {}", n.name),
+                        format!("{r}: it is marked {EXISTING_BRIDGE} and must exist (bring up the lab that creates it first)"),
+                    )
+                })?;
             }
             Kind::Bridge => {
                 ip(&["link", "add", &n.name, "type", "bridge"])

@@ -356,7 +356,9 @@ impl Lab {
                     return Err(err(line_of(text, e, 1), format!("link endpoint {e:?}: interface {iface} of {node} is already used by another link")));
                 }
                 let address = match l.ipv4.get(j) {
+                    // "" leaves an end (a bridge port) without an address.
                     None => None,
+                    Some(a) if a.is_empty() => None,
                     Some(a) => Some(a.parse::<IpNet>().map_err(|_| {
                         err(
                             line_of(text, a, 0),
@@ -423,8 +425,21 @@ impl Lab {
                 (true, None) => "forwarder: ovs".to_string(),
                 _ => "forwarder: kernel".to_string(),
             };
+            // The address other domains' tunnels reach this host on (federated vL3s).
+            let labels = n
+                .labels
+                .iter()
+                .filter(|(k, _)| k.starts_with("meshwire.io/federation"))
+                .map(|(k, v)| format!("{k}: \"{v}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!(", labels: {{{labels}}}")
+            };
             out.push_str(&format!(
-                "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{{fwd}, netns: {}}}\n",
+                "---\napiVersion: meshwire.io/v1\nkind: Node\nmetadata: {{name: {}{labels}}}\nspec: {{{fwd}, netns: {}}}\n",
                 n.name,
                 self.netns(&n.name)
             ));

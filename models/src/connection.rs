@@ -324,6 +324,24 @@ pub struct Vl3Leg {
     /// A peer: the members behind its endpoint-side router.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoint_members: Vec<Vl3Member>,
+    /// A peer leg to a router of another domain (its name): only the client side is ours to
+    /// wire; that domain's controller wires the far side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+impl Vl3Leg {
+    /// Whether this is a leg between two routers (of one domain or of two).
+    pub fn is_peer(&self) -> bool {
+        self.role == Vl3Role::Peer
+    }
+}
+
+impl Connection {
+    /// The other domain when this is a vL3 peer leg across domains.
+    pub fn remote_domain(&self) -> Option<&str> {
+        self.vl3.as_ref().and_then(|v| v.remote.as_deref())
+    }
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

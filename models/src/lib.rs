@@ -13,6 +13,7 @@
 pub mod connection;
 pub mod document;
 pub mod endpoint;
+pub mod federation;
 pub mod labels;
 pub mod manifest;
 pub mod mechanism;

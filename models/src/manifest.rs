@@ -224,7 +224,12 @@ impl Ctx<'_> {
         };
         let object = format!("{kind}/{name}");
         let obj = Some(object.as_str());
-        check_name(&name).map_err(|rule| self.err(obj, "metadata.name", rule))?;
+        let checked = if kind == ObjectKind::NetworkService {
+            crate::validate::check_service_name(&name)
+        } else {
+            check_name(&name)
+        };
+        checked.map_err(|rule| self.err(obj, "metadata.name", rule))?;
         let spec = raw.spec.unwrap_or(Value::Null);
         let spec = if spec.is_null() {
             Value::Mapping(Default::default())
@@ -312,7 +317,7 @@ impl Ctx<'_> {
                     ));
                 }
                 for (i, svc) in network_service_names.iter().enumerate() {
-                    check_name(svc).map_err(|rule| {
+                    crate::validate::check_service_name(svc).map_err(|rule| {
                         self.err(obj, &format!("spec.network_service_names[{i}]"), rule)
                     })?;
                 }

@@ -3,7 +3,7 @@
 //! several comma-separated, e.g. `kernel://vpn-gateway/nsm-1?app=foo,kernel://dns/nsm-2`.
 
 use crate::labels::Labels;
-use crate::manifest::{check_ifname, check_name};
+use crate::manifest::check_ifname;
 use crate::mechanism::MechanismKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +53,9 @@ impl NsUrl {
         };
         let mut segs = path.split('/');
         let service = segs.next().unwrap_or("").to_string();
-        // `user@host` names a service in another domain upstream; Meshwire has one domain.
-        if service.contains('@') {
-            return Err(format!(
-                "{text:?}: interdomain services (name@domain) are not supported"
-            ));
-        }
-        check_name(&service).map_err(|e| format!("{text:?}: service {e}"))?;
+        // `name@domain` names a service whose home is another domain, as upstream writes it.
+        crate::validate::check_service_name(&service)
+            .map_err(|e| format!("{text:?}: service {e}"))?;
         let interface = match segs.rfind(|s| !s.is_empty()) {
             Some(i) => {
                 check_ifname(i).map_err(|e| format!("{text:?}: interface {e}"))?;
@@ -136,13 +132,20 @@ mod tests {
     }
 
     #[test]
+    fn interdomain_names() {
+        let u = NsUrl::parse("kernel://db-replication@site-b.example/nsm-1").unwrap();
+        assert_eq!(u.service, "db-replication@site-b.example");
+        assert_eq!(u.interface.as_deref(), Some("nsm-1"));
+    }
+
+    #[test]
     fn bad_urls_say_why() {
         for (u, want) in [
             ("vpn-gateway", "expected mechanism://"),
             ("carrier-pigeon://vpn", "unknown mechanism"),
             ("kernel:///nsm-1", "service"),
             ("kernel://svc/an-interface-name-too-long", "interface"),
-            ("kernel://svc@other.domain/nsm-1", "interdomain"),
+            ("kernel://svc@Other_Domain/nsm-1", "domain"),
             ("kernel://svc?=x", "no name"),
         ] {
             let e = NsUrl::parse(u).unwrap_err();

@@ -1,6 +1,8 @@
 //! Network services (NSM `NetworkService`): a name, a payload and the `matches` that route
 //! clients to endpoints by labels, which is how policy-driven service chaining is expressed.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::labels::Labels;
@@ -49,6 +51,15 @@ pub struct Vl3 {
     /// The DNS zone members are named in (`<workload>.<zone>`); default: the service's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Parts of the prefix handed to other domains' members (`domain: prefix`), for a vL3
+    /// shared across domains: this domain's members never take from them, and the domain
+    /// named takes its members from its part only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delegations: BTreeMap<String, ipnet::IpNet>,
+    /// Set on a vL3 imported from its home domain (`service@domain`): the part of the prefix
+    /// that home delegated to this domain, where this domain's members' addresses come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<ipnet::IpNet>,
 }
 
 impl Vl3 {
@@ -62,6 +73,16 @@ impl Vl3 {
                 std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(p.network()) + 1))
             }
         }
+    }
+
+    /// Where this domain's members' addresses (and its routers' leg addresses) come from.
+    pub fn member_prefix(&self) -> ipnet::IpNet {
+        self.members.unwrap_or(self.prefix)
+    }
+
+    /// What this domain's members never take: the parts delegated to other domains.
+    pub fn delegated(&self) -> Vec<ipnet::IpNet> {
+        self.delegations.values().copied().collect()
     }
 
     /// The DNS zone (no trailing dot).
@@ -96,6 +117,15 @@ pub struct Destination {
     pub destination_selector: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+}
+
+/// Splits `service@domain` (upstream's name of a service in another domain) into its parts;
+/// a plain name has no domain.
+pub fn split_domain(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('@') {
+        Some((s, d)) => (s, Some(d)),
+        None => (name, None),
+    }
 }
 
 /// Whether `name` is a DNS name we can serve: dot-separated labels of lowercase letters,
@@ -138,6 +168,8 @@ mod tests {
     #[test]
     fn gateway_and_zone() {
         let v = Vl3 {
+            delegations: Default::default(),
+            members: None,
             prefix: "10.90.0.0/16".parse().unwrap(),
             domain: None,
         };

@@ -95,6 +95,66 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A vL3's delegations to other domains and its own part: inside the prefix, apart from each
+/// other, never the whole prefix, named by DNS names.
+fn check_vl3_parts(v: &crate::service::Vl3) -> Result<(), Invalid> {
+    check_count(
+        "spec.vl3.delegations",
+        v.delegations.len(),
+        limits::SERVICES,
+    )?;
+    let mut seen: Vec<(&str, ipnet::IpNet)> = Vec::new();
+    for (d, p) in &v.delegations {
+        let field = format!("spec.vl3.delegations.{d}");
+        crate::service::check_dns_name(d).map_err(|r| Invalid::new(&field, r))?;
+        if !v.prefix.contains(p) || p.prefix_len() <= v.prefix.prefix_len() || *p != p.trunc() {
+            return Err(Invalid::new(
+                &field,
+                format!(
+                    "{p} is not a network prefix inside {} (and smaller than it)",
+                    v.prefix
+                ),
+            ));
+        }
+        if p.contains(&v.gateway()) {
+            return Err(Invalid::new(
+                &field,
+                format!(
+                    "{p} holds the gateway {}; delegate a part without it",
+                    v.gateway()
+                ),
+            ));
+        }
+        if let Some((o, _)) = seen.iter().find(|(_, q)| q.contains(p) || p.contains(q)) {
+            return Err(Invalid::new(
+                &field,
+                format!("{p} overlaps the part of {o}"),
+            ));
+        }
+        seen.push((d, *p));
+    }
+    if let Some(m) = v.members {
+        if !v.prefix.contains(&m) || m != m.trunc() {
+            return Err(Invalid::new(
+                "spec.vl3.members",
+                format!("{m} is not a network prefix inside {}", v.prefix),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A service's name: an object name, or upstream's `name@domain` for a service whose home is
+/// another domain (the domain a DNS name).
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    let (svc, domain) = crate::service::split_domain(name);
+    check_name(svc)?;
+    if let Some(d) = domain {
+        crate::service::check_dns_name(d).map_err(|e| format!("{name:?}: domain {e}"))?;
+    }
+    Ok(())
+}
+
 /// Linux interface names (the kernel's `dev_valid_name`): 1 to 15 bytes, no `/`, `:` or
 /// whitespace, not `.` or `..`.
 pub fn check_ifname(name: &str) -> Result<(), String> {
@@ -231,7 +291,7 @@ impl ConnectionRequest {
     /// Checks every field a caller controls: names that become namespaces, interfaces and
     /// store keys, and the sizes of labels, exclusions and preferences.
     pub fn validate(&self) -> Result<(), Invalid> {
-        check_name(&self.network_service).map_err(at("network_service"))?;
+        check_service_name(&self.network_service).map_err(at("network_service"))?;
         check_name(&self.client.node).map_err(at("client.node"))?;
         if let Some(name) = &self.client.name {
             check_netns(name).map_err(at("client.name"))?;
@@ -264,7 +324,11 @@ impl Object {
             Object::Link(o) => &o.name,
             Object::Device(o) => &o.name,
         };
-        check_name(name).map_err(at("metadata.name"))?;
+        match self {
+            Object::NetworkService(_) => check_service_name(name),
+            _ => check_name(name),
+        }
+        .map_err(at("metadata.name"))?;
         match self {
             Object::NetworkService(s) => {
                 if let Some(v) = &s.vl3 {
@@ -298,6 +362,7 @@ impl Object {
                             format!("{r} (the vL3's DNS zone: give spec.vl3.domain)"),
                         )
                     })?;
+                    check_vl3_parts(v)?;
                 }
                 check_count("spec.matches", s.matches.len(), limits::MATCHES)?;
                 for (i, m) in s.matches.iter().enumerate() {
@@ -332,7 +397,7 @@ impl Object {
                     limits::SERVICES,
                 )?;
                 for (i, s) in e.network_service_names.iter().enumerate() {
-                    check_name(s)
+                    check_service_name(s)
                         .map_err(|r| Invalid::new(format!("spec.network_service_names[{i}]"), r))?;
                 }
                 check_count(

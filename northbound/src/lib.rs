@@ -107,6 +107,10 @@ pub fn router_with(ctl: Controller, opts: Options) -> Router {
         )
         .route("/api/v1/endpoints/{name}/status", put(endpoint_status))
         .route("/api/v1/registry/objects", post(register_objects))
+        .route(
+            meshwire_controller::federation::EXCHANGE_PATH,
+            post(federation_exchange),
+        )
         .route("/api/v1/topology", get(topology))
         .route("/api/v1/topology/status", get(topology_status))
         .route("/api/v1/resources", get(resources))
@@ -286,6 +290,20 @@ async fn endpoint_status(
     let changed = ctl.set_endpoint_down(&name, s.down, &s.reason).await?;
     Ok(Json(
         serde_json::json!({"endpoint": name, "down": s.down, "changed": changed}),
+    ))
+}
+
+/// Another domain's controller sends its side of a shared vL3 and gets ours: authenticated
+/// by the secret the two domains share (its bearer token here), not by the API's tokens.
+async fn federation_exchange(
+    State(ctl): State<Controller>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<meshwire_models::federation::Vl3Exchange>> {
+    let theirs: meshwire_models::federation::Vl3Exchange = json_body("vL3 exchange", &body)?;
+    Ok(Json(
+        ctl.federation_accept(auth::bearer(&headers), theirs)
+            .await?,
     ))
 }
 

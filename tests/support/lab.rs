@@ -55,8 +55,12 @@ impl Lab {
 
     /// [`Lab::up`] with more `lab up` arguments (`--in-process`).
     pub fn up_with(name: &str, extra: &[&str]) -> Lab {
+        Lab::up_file(name, &lab_file(name), extra)
+    }
+
+    /// Lab `name` from `file`, with more `lab up` arguments.
+    pub fn up_file(name: &str, file: &Path, extra: &[&str]) -> Lab {
         let turn = turn(name);
-        let file = lab_file(name);
         let _ = Command::new(BIN).args(["lab", "down", name]).output();
         let out = Command::new(BIN)
             .args(["lab", "up", file.to_str().unwrap()])

@@ -178,7 +178,7 @@ impl State {
             // A vL3's addresses, members' and peer legs' alike, come from its own prefix: no
             // other pool can hand out one of them.
             let prefix = match &service.vl3 {
-                Some(v) => v.prefix,
+                Some(v) => v.member_prefix(),
                 None => nse.ipam_prefix.unwrap_or(self.config.ipam_prefix),
             };
             // A healing member keeps the address its recorded version holds.
@@ -193,16 +193,16 @@ impl State {
                 (Some(v), None) => {
                     super::vl3::member_address(&mut self.addresses, v, &req.excluded_prefixes)
                 }
-                (None, _) if service.vl3.is_some() => {
-                    super::vl3::peer_addresses(&mut self.addresses, prefix)
-                }
-                (None, _) => address(
-                    &mut self.addresses,
-                    prefix,
-                    payload,
-                    nse,
-                    &req.excluded_prefixes,
-                ),
+                (None, _) => match &service.vl3 {
+                    Some(v) => super::vl3::peer_addresses(&mut self.addresses, v),
+                    None => address(
+                        &mut self.addresses,
+                        prefix,
+                        payload,
+                        nse,
+                        &req.excluded_prefixes,
+                    ),
+                },
             };
             let ip = match claimed {
                 Ok(ip) => ip,

@@ -26,7 +26,14 @@ pub(super) fn member_address(
     v: &Vl3,
     excluded: &[IpNet],
 ) -> Result<IpContext, PoolError> {
-    let got = pools.claim(v.prefix, AddressShape::Host, excluded, &[GATEWAY_OFFSET])?;
+    let mut avoid = v.delegated();
+    avoid.extend_from_slice(excluded);
+    let got = pools.claim(
+        v.member_prefix(),
+        AddressShape::Host,
+        &avoid,
+        &[GATEWAY_OFFSET],
+    )?;
     let a = got.first().map(|n| n.addr()).ok_or(PoolError::Exhausted {
         pool: format!("address {}", v.prefix),
         start: 0,
@@ -37,13 +44,15 @@ pub(super) fn member_address(
     Ok(ip)
 }
 
-/// A peer leg's two addresses: a pair of the vL3's prefix, never the gateway's. Its routes
-/// are the mesh's to fill.
-pub(super) fn peer_addresses(
-    pools: &mut AddressPools,
-    prefix: IpNet,
-) -> Result<IpContext, PoolError> {
-    let pair = pools.claim(prefix, AddressShape::Pair, &[], &[GATEWAY_OFFSET])?;
+/// A peer leg's two addresses: a pair of this domain's part of the vL3's prefix, never the
+/// gateway's. Its routes are the mesh's to fill.
+pub(super) fn peer_addresses(pools: &mut AddressPools, v: &Vl3) -> Result<IpContext, PoolError> {
+    let pair = pools.claim(
+        v.member_prefix(),
+        AddressShape::Pair,
+        &v.delegated(),
+        &[GATEWAY_OFFSET],
+    )?;
     Ok(IpContext {
         src_ip_addrs: vec![pair[1]],
         dst_ip_addrs: vec![pair[0]],
@@ -89,6 +98,7 @@ pub(super) fn leg(v: &Vl3, service: &str, req: &ConnectionRequest, peer: bool) -
         name: (!peer).then(|| member_name(req)).flatten(),
         client_members: vec![],
         endpoint_members: vec![],
+        remote: None,
     }
 }
 
@@ -114,6 +124,48 @@ pub(super) fn dns_context(v: &Vl3, service: &str) -> DnsContext {
     }
 }
 
+impl super::State {
+    /// Claims a federated leg's tunnel number and addresses in vL3 `v` (this domain owning the
+    /// leg): a VNI searched from `seed` onwards (so two domains' choices rarely meet), never
+    /// one of `avoid`, and a pair of this domain's part of the prefix.
+    pub(crate) fn claim_federated(
+        &mut self,
+        v: &Vl3,
+        seed: u64,
+        avoid: &[u32],
+    ) -> Result<(u32, IpNet, IpNet), PoolError> {
+        let range = meshwire_models::mechanism::VxlanCap::default().vni_range;
+        let span = u64::from(range.end - range.start) + 1;
+        let from = range.start + (seed % span) as u32;
+        let mut skipped = Vec::new();
+        let vni = loop {
+            let got = self
+                .numbers
+                .vni
+                .claim(meshwire_models::Range {
+                    start: from,
+                    end: range.end,
+                })
+                .or_else(|_| self.numbers.vni.claim(range));
+            match got {
+                Ok(n) if avoid.contains(&n) => skipped.push(n),
+                other => break other,
+            }
+        };
+        for n in skipped {
+            self.numbers.vni.release(n);
+        }
+        let vni = vni?;
+        match peer_addresses(&mut self.addresses, v) {
+            Ok(ip) => Ok((vni, ip.src_ip_addrs[0], ip.dst_ip_addrs[0])),
+            Err(e) => {
+                self.numbers.vni.release(vni);
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +175,12 @@ mod tests {
         Vl3 {
             prefix: "10.90.0.0/16".parse().unwrap(),
             domain: None,
+            delegations: [(
+                "site-b.example".to_string(),
+                "10.90.0.2/31".parse().unwrap(),
+            )]
+            .into(),
+            members: None,
         }
     }
 
@@ -131,11 +189,12 @@ mod tests {
         let mut pools = AddressPools::default();
         let a = member_address(&mut pools, &v(), &[]).unwrap();
         let b = member_address(&mut pools, &v(), &[]).unwrap();
-        assert_eq!(a.src_ip_addrs[0].to_string(), "10.90.0.2/32");
-        assert_eq!(b.src_ip_addrs[0].to_string(), "10.90.0.3/32");
+        // 10.90.0.2/31 is delegated to another domain: never one of ours.
+        assert_eq!(a.src_ip_addrs[0].to_string(), "10.90.0.4/32");
+        assert_eq!(b.src_ip_addrs[0].to_string(), "10.90.0.5/32");
         assert_eq!(a.dst_ip_addrs[0].to_string(), "10.90.0.1/32");
         assert_eq!(a.src_routes[1].prefix.to_string(), "10.90.0.0/16");
-        assert_eq!(a.dst_routes[0].prefix.to_string(), "10.90.0.2/32");
+        assert_eq!(a.dst_routes[0].prefix.to_string(), "10.90.0.4/32");
     }
 
     #[test]

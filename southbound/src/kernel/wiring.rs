@@ -248,7 +248,8 @@ pub fn plan(c: &Connection) -> Result<Wiring, String> {
             let (local, remote) = (v4(*src_ip, "client underlay")?, v4(*dst_ip, "endpoint underlay")?);
             Ok(Wiring::Vxlan {
                 client: p.client_device.is_none().then(|| Side { end: client, underlay_netns: p.client_node_netns.clone(), local, remote }),
-                endpoint: p.endpoint_device.is_none().then(|| Side { end: endpoint, underlay_netns: p.endpoint_node_netns.clone(), local: remote, remote: local }),
+                // A leg to another domain's router: that domain wires its end.
+                endpoint: (p.endpoint_device.is_none() && c.remote_domain().is_none()).then(|| Side { end: endpoint, underlay_netns: p.endpoint_node_netns.clone(), local: remote, remote: local }),
                 vni: *vni,
                 port: *port,
             })

@@ -147,7 +147,7 @@ pub fn zones(conns: &[Connection], node: Option<&str>) -> BTreeMap<(String, Ipv4
                 if here(&c.client.node) {
                     add(&p.client_netns, leg, far(&leg.endpoint_members));
                 }
-                if here(endpoint_vertex(c)) {
+                if here(endpoint_vertex(c)) && leg.remote.is_none() {
                     add(&p.endpoint_netns, leg, far(&leg.client_members));
                 }
             }
