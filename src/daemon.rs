@@ -124,6 +124,9 @@ pub struct Args {
     /// has this shape). Exchanges are refused without it.
     #[arg(long, value_name = "DIR", requires = "domain")]
     federation_secrets: Option<std::path::PathBuf>,
+    /// A PEM CA certificate to trust for federated domains' https URLs (a private CA).
+    #[arg(long, value_name = "FILE", requires = "domain")]
+    federation_ca: Option<std::path::PathBuf>,
     /// How often this controller exchanges with each federated domain (and at once when a
     /// member comes or goes).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -177,10 +180,17 @@ fn federation(args: &Args) -> anyhow::Result<Option<meshwire_controller::federat
             },
         );
     }
+    let ca_pem = match &args.federation_ca {
+        Some(p) => {
+            Some(std::fs::read(p).with_context(|| format!("--federation-ca {}", p.display()))?)
+        }
+        None => None,
+    };
     Ok(Some(Federation {
         domain: domain.clone(),
         peers,
         lease: args.federation_lease,
+        ca_pem,
     }))
 }
 

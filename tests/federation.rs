@@ -95,6 +95,7 @@ async fn site(docs: &str, domain: &str, peer: &str, url: &str) -> Site {
         )]
         .into(),
         lease: std::time::Duration::from_millis(LEASE_MS),
+        ca_pem: None,
     });
     Site { ctl, clock, driver }
 }

@@ -300,11 +300,16 @@ async fn federation_exchange(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<meshwire_models::federation::Vl3Exchange>> {
+    let Some(secret) = auth::bearer(&headers) else {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the secret this domain shares with yours is required (Authorization: Bearer <secret>)",
+        )
+        .into());
+    };
     let theirs: meshwire_models::federation::Vl3Exchange = json_body("vL3 exchange", &body)?;
-    Ok(Json(
-        ctl.federation_accept(auth::bearer(&headers), theirs)
-            .await?,
-    ))
+    Ok(Json(ctl.federation_accept(Some(secret), theirs).await?))
 }
 
 /// Registration by eNSMs: objects in the controller's own JSON form.

@@ -311,6 +311,12 @@ fn operations() -> Vec<Op> {
             errors: &[400, 401, 403, 413, 422],
             ..Op::new(Post, "/api/v1/registry/objects", "Register objects in the controller's internal form (eNSMs; admin)")
         },
+        Op {
+            body: Some(("application/json", any_object().into())),
+            ok: (200, "This domain's side of the shared vL3", Some(("application/json", any_object().into()))),
+            errors: &[400, 401, 403, 404, 413, 422],
+            ..Op::new(Post, "/api/v1/registry/vl3-exchange", "Exchange sides of a vL3 shared by two domains (another domain's controller; its shared secret as the bearer token)")
+        },
     ];
     for c in COLLECTIONS {
         let (doc, list) = schema_names(c);

@@ -455,6 +455,24 @@ async fn rest_every_operation_needs_a_token_and_the_role() {
                 assert_ne!(r.status, StatusCode::UNAUTHORIZED, "{m} {path}");
                 continue;
             }
+            // Another domain's controller: its shared secret, never an API token.
+            if path == "/api/v1/registry/vl3-exchange" {
+                assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{m} {path}");
+                for t in ["nope", "view-secret", "op-secret"] {
+                    let auth = format!("Bearer {t}");
+                    let r = call(
+                        &app,
+                        &m,
+                        &uri,
+                        &[("authorization", &auth)],
+                        "{\"domain\": \"x.example\", \"service\": \"db\"}",
+                    )
+                    .await;
+                    assert_eq!(r.status, StatusCode::FORBIDDEN, "{m} {path} with {t}");
+                }
+                checked += 1;
+                continue;
+            }
             assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{m} {path}");
             assert_eq!(r.headers["content-type"], "application/problem+json");
             let r = call(&app, &m, &uri, &[("authorization", "Bearer nope")], "").await;

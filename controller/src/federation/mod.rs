@@ -36,7 +36,7 @@ use crate::state::State;
 use crate::ControllerError;
 
 /// Where a home domain's controller takes exchanges.
-pub const EXCHANGE_PATH: &str = "/api/v1/federation/vl3";
+pub const EXCHANGE_PATH: &str = "/api/v1/registry/vl3-exchange";
 /// A topology node's label naming the underlay address other domains' tunnels reach it on
 /// (else its `underlay_address`).
 pub const ADDRESS_LABEL: &str = "meshwire.io/federation-address";
@@ -44,12 +44,14 @@ pub const ADDRESS_LABEL: &str = "meshwire.io/federation-address";
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// This controller's domain and the domains it federates with.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Federation {
     pub domain: String,
     pub peers: BTreeMap<String, Peer>,
     /// How long a domain's side is kept without a successful exchange.
     pub lease: Duration,
+    /// A PEM CA certificate to trust for peers' https URLs with a private CA.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// A domain federated with: its controller's REST URL (several for HA, comma-separated) and
@@ -191,7 +193,7 @@ impl Controller {
                 .filter_map(|(d, p)| {
                     let opts = ClientOptions {
                         token: Some(p.secret.clone()),
-                        ca_pem: None,
+                        ca_pem: f.ca_pem.clone(),
                         timeout: Some(EXCHANGE_TIMEOUT),
                     };
                     match Client::new(&p.url, opts) {
