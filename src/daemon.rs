@@ -127,8 +127,9 @@ pub struct Args {
     /// A PEM CA certificate to trust for federated domains' https URLs (a private CA).
     #[arg(long, value_name = "FILE", requires = "domain")]
     federation_ca: Option<std::path::PathBuf>,
-    /// How often this controller exchanges with each federated domain (and at once when a
-    /// member comes or goes).
+    /// How long this controller waits to ask a federated domain again after an exchange
+    /// failed. Answered exchanges follow each other at once: the other domain holds one until
+    /// its side changes, and one is sent again as soon as this side changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     federation_interval: Duration,
     /// How long the legs to a domain that cannot be reached are kept (it keeps working inside,
@@ -191,6 +192,7 @@ fn federation(args: &Args) -> anyhow::Result<Option<meshwire_controller::federat
         peers,
         lease: args.federation_lease,
         ca_pem,
+        hold: meshwire_controller::federation::HOLD,
     }))
 }
 

@@ -18,6 +18,7 @@ mod snmp;
 mod sriov;
 mod ui;
 mod vl3;
+mod vl3_domains;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

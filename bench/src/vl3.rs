@@ -8,7 +8,8 @@
 //! echoed; the mesh time runs from the first request to the last pair confirmed. The heal: the
 //! router serving member m0 is deleted (its namespace) while m0 probes a member behind another
 //! router; the outage runs until the echo comes back. There is no peer to run beside it here
-//! (upstream's vL3 needs Kubernetes and VPP), so the line has figures and no ratio.
+//! (upstream's vL3 needs Kubernetes and VPP), so the line has figures and no ratio. Then the
+//! same across two domains ([`crate::vl3_domains`]).
 
 use std::net::{IpAddr, UdpSocket};
 use std::sync::Arc;
@@ -192,6 +193,7 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
     let large = mesh(&ctl, big).await?;
     let mut outages = heal(&ctl, rounds).await?;
     reconciler.abort();
+    let mut two = crate::vl3_domains::run(5, rounds).await?;
 
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
@@ -217,9 +219,17 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
         "heal (router of m0 deleted -> m0 reaches m1 again): p50 {h50:.0} ms, max {hmax:.0} ms over {} rounds",
         outages.len()
     );
+    let (d50, dmax) = (
+        pct(&mut two.heal_ms, 0.5),
+        two.heal_ms.iter().copied().fold(0.0, f64::max),
+    );
     println!(
-        "vl3: mesh_10_ms={:.0} mesh_{}_ms={:.0} requests_{}_ms={:.0} heal_p50_ms={h50:.0} heal_max_ms={hmax:.0}",
-        small.mesh_ms, large.members, large.mesh_ms, large.members, large.requests_ms
+        "two domains ({} members each, two controllers, two stores): every pair across them ({}) confirmed {:.0} ms after the first request; heal of a home member seen from the other domain: p50 {d50:.0} ms, max {dmax:.0} ms over {} rounds",
+        two.members, two.pairs, two.mesh_ms, two.heal_ms.len()
+    );
+    println!(
+        "vl3: mesh_10_ms={:.0} mesh_{}_ms={:.0} requests_{}_ms={:.0} heal_p50_ms={h50:.0} heal_max_ms={hmax:.0} domains_mesh_ms={:.0} domains_heal_p50_ms={d50:.0} domains_heal_max_ms={dmax:.0}",
+        small.mesh_ms, large.members, large.mesh_ms, large.members, large.requests_ms, two.mesh_ms
     );
     Ok(())
 }

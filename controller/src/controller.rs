@@ -211,8 +211,9 @@ pub(crate) struct Inner {
     pub(crate) federation: std::sync::OnceLock<crate::federation::Federation>,
     /// Other domains' sides of shared vL3s.
     pub(crate) federated: tokio::sync::Mutex<crate::federation::Views>,
-    /// Asks the federation task for an exchange now.
-    pub(crate) federation_wake: tokio::sync::Notify,
+    /// Counts changes of the vL3s (members, routers, legs): an exchange under way is sent
+    /// again, and a home holding an exchange answers (see [`crate::federation`]).
+    pub(crate) federation_wake: tokio::sync::watch::Sender<u64>,
 }
 
 pub(crate) fn is_topology(kind: meshwire_models::ObjectKind) -> bool {
@@ -300,7 +301,7 @@ impl Controller {
                 vl3: tokio::sync::Mutex::default(),
                 federation: std::sync::OnceLock::new(),
                 federated: tokio::sync::Mutex::default(),
-                federation_wake: tokio::sync::Notify::new(),
+                federation_wake: tokio::sync::watch::channel(0).0,
             }),
         }
     }

@@ -201,10 +201,8 @@ impl Controller {
     /// member's request or close only updates routes, so it is answered without waiting for
     /// new tunnels between routers).
     pub(crate) async fn vl3_sync(&self, joins: bool) {
-        if !joins {
-            // A member came or went: other domains hear of it now.
-            self.federation_wake();
-        }
+        // A member came, went or healed: other domains hear of it now.
+        self.federation_wake();
         let mut retries = self.inner.vl3.lock().await;
         let now = self.now();
         let steps = plan(&self.state(), now);

@@ -34,7 +34,8 @@ pub struct Vl3Exchange {
     /// The sender's members, each with the router serving it.
     #[serde(default)]
     pub members: Vec<FedMember>,
-    /// From the federated domain: every leg it wants between its routers and the home's.
+    /// From the federated domain: every leg it wants between its routers and the home's; from
+    /// the home: the legs it holds its end of (the federated domain routes over those only).
     #[serde(default)]
     pub legs: Vec<FedLeg>,
     /// From the home: proposed legs it could not take (with why).
@@ -43,6 +44,14 @@ pub struct Vl3Exchange {
     /// From the home: the service's plan, `members` set to the caller's delegated part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vl3: Option<Vl3>,
+    /// From the home: a digest of its side (routers, members, plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<u64>,
+    /// From the federated domain: the digest of the home's side it holds. A home with nothing
+    /// new holds the exchange until its side changes (or for its hold), so changes cross at
+    /// once without polling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<u64>,
 }
 
 /// A router and the underlay address its tunnels end on.

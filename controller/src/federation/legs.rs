@@ -42,7 +42,7 @@ struct End {
 
 /// A 128-bit FNV-1a over `parts`: the same leg gets the same id and interface name in both
 /// domains.
-fn digest(parts: &[&str]) -> u128 {
+pub(super) fn digest(parts: &[&str]) -> u128 {
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     for p in parts {
         for b in p.bytes().chain([0u8]) {
@@ -81,6 +81,25 @@ pub(super) fn as_owned(c: &Connection) -> Option<FedLeg> {
     })
 }
 
+/// A leg the home holds its end of, as the federated domain names it (home side).
+pub(super) fn as_accepted(c: &Connection) -> Option<FedLeg> {
+    if c.address_pool.is_some() {
+        return None;
+    }
+    let Some(Mechanism::Vxlan { vni, port, .. }) = c.hops.first().map(|h| &h.mechanism) else {
+        return None;
+    };
+    Some(FedLeg {
+        owner: split_domain(&c.network_service_endpoint_name).0.to_string(),
+        other: c.labels.get(ROUTER_LABEL)?.clone(),
+        vni: *vni,
+        port: *port,
+        owner_addr: *c.ip_context.dst_ip_addrs.first()?,
+        other_addr: *c.ip_context.src_ip_addrs.first()?,
+        why: None,
+    })
+}
+
 fn members_of(view: &[FedMember], router: &str) -> Vec<Vl3Member> {
     let mut m: Vec<Vl3Member> = view
         .iter()
@@ -92,6 +111,13 @@ fn members_of(view: &[FedMember], router: &str) -> Vec<Vl3Member> {
         .collect();
     m.sort();
     m
+}
+
+fn vni_of(c: &Connection) -> Option<u32> {
+    match c.hops.first().map(|h| &h.mechanism) {
+        Some(Mechanism::Vxlan { vni, .. }) => Some(*vni),
+        _ => None,
+    }
 }
 
 impl Controller {
@@ -342,10 +368,7 @@ impl Controller {
         let have = self.ends_to(domain, service);
         // Ends no longer wanted, or whose VNI the home refused.
         for ((local, remote), c) in &have {
-            let vni = match c.hops.first().map(|h| &h.mechanism) {
-                Some(Mechanism::Vxlan { vni, .. }) => *vni,
-                _ => 0,
-            };
+            let vni = vni_of(c).unwrap_or(0);
             let refused = view
                 .refused
                 .get(&(local.clone(), remote.clone()))
@@ -364,6 +387,12 @@ impl Controller {
                 let pair = (local.clone(), remote.to_string());
                 let members = members_of(&view.members, remote);
                 if let Some(c) = have.get(&pair) {
+                    // Routes only over a leg the home has its end of: a route over a
+                    // half-built leg would leave neighbour resolution to retry in a second.
+                    let accepted = view.accepted.iter().any(|l| {
+                        l.owner == *local && l.other == *remote && Some(l.vni) == vni_of(c)
+                    });
+                    let members = if accepted { members } else { vec![] };
                     let e = End {
                         service: service.to_string(),
                         domain: domain.to_string(),
@@ -418,7 +447,8 @@ impl Controller {
                     remote_underlay: *address,
                     owned: true,
                 };
-                let c = self.federated_record(&e, members);
+                // No routes yet: the home has no end of it until the next exchange.
+                let c = self.federated_record(&e, vec![]);
                 match self.open_end(c, true).await {
                     Ok(()) => {
                         retries.remove(&key);
@@ -521,10 +551,7 @@ impl Controller {
                 }
                 continue;
             }
-            let vni = match c.hops.first().map(|h| &h.mechanism) {
-                Some(Mechanism::Vxlan { vni, .. }) => *vni,
-                _ => 0,
-            };
+            let vni = vni_of(&c).unwrap_or(0);
             if let Err(why) = self.open_end(c, false).await {
                 tracing::warn!(local = %pair.0, remote = %pair.1, %domain, vni, %why, "refusing a leg from another domain");
                 if let Some(l) = view

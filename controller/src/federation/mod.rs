@@ -40,8 +40,11 @@ pub const EXCHANGE_PATH: &str = "/api/v1/registry/vl3-exchange";
 /// A topology node's label naming the underlay address other domains' tunnels reach it on
 /// (else its `underlay_address`).
 pub const ADDRESS_LABEL: &str = "meshwire.io/federation-address";
-/// How long one exchange may take.
-pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one exchange may take (a home holds one up to [`Federation::hold`]).
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a home holds an exchange that brings it nothing new, waiting for a change of its
+/// own side to answer with.
+pub const HOLD: Duration = Duration::from_secs(3);
 
 /// This controller's domain and the domains it federates with.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +55,9 @@ pub struct Federation {
     pub lease: Duration,
     /// A PEM CA certificate to trust for peers' https URLs with a private CA.
     pub ca_pem: Option<Vec<u8>>,
+    /// How long this controller, as a home, holds an exchange that changes nothing
+    /// ([`HOLD`]; zero answers at once).
+    pub hold: Duration,
 }
 
 /// A domain federated with: its controller's REST URL (several for HA, comma-separated) and
@@ -78,10 +84,14 @@ pub(crate) struct View {
     pub members: Vec<FedMember>,
     /// Home side: the legs the federated domain wants.
     pub legs: Vec<FedLeg>,
+    /// Federated side: the legs the home holds its end of.
+    pub accepted: Vec<FedLeg>,
     /// Federated side: legs the home refused, by (owner, other) → VNIs not to offer again.
     pub refused: BTreeMap<(String, String), Vec<u32>>,
     /// When the last exchange succeeded.
     pub at_ms: u64,
+    /// Federated side: the digest of the home's side last taken.
+    pub digest: Option<u64>,
 }
 
 /// The views, by (other domain, local service name), and the pairs whose wiring failed.
@@ -155,7 +165,17 @@ pub(crate) fn side(
         legs,
         refused: vec![],
         vl3: None,
+        digest: None,
+        seen: None,
     }
+}
+
+/// A digest of a home's side (its routers, members, legs and plan): equal digests, nothing
+/// new.
+fn digest_of(x: &Vl3Exchange) -> u64 {
+    let text =
+        serde_json::to_string(&(&x.routers, &x.members, &x.legs, &x.vl3)).unwrap_or_default();
+    (legs::digest(&[&text]) & u128::from(u64::MAX)) as u64
 }
 
 impl Controller {
@@ -173,9 +193,11 @@ impl Controller {
         self.federation().cloned()
     }
 
-    /// Asks the federation task for an exchange now (a member came or went).
+    /// Tells the federation (the exchanges under way, held or sent) that a vL3 changed here.
     pub(crate) fn federation_wake(&self) {
-        self.inner.federation_wake.notify_one();
+        self.inner
+            .federation_wake
+            .send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Exchanges with every federated domain every `interval` (and at once when members
@@ -205,22 +227,35 @@ impl Controller {
                     }
                 })
                 .collect();
-            loop {
-                for (domain, client) in &clients {
-                    ctl.federate_once(&f, domain, client).await;
+            let domains = clients.into_iter().map(|(domain, client)| {
+                let (ctl, f) = (ctl.clone(), f.clone());
+                async move {
+                    loop {
+                        let started = tokio::time::Instant::now();
+                        let ok = ctl.federate_once(&f, &domain, &client).await;
+                        // A home that answered holds the next exchange until it has news; one
+                        // that failed is asked again after `interval`. Never faster than a
+                        // tenth of it.
+                        let pause = if ok { interval / 10 } else { interval };
+                        tokio::time::sleep_until(started + pause).await;
+                    }
                 }
-                ctl.expire_federated().await;
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = ctl.inner.federation_wake.notified() => {}
+            });
+            let expiry = async {
+                loop {
+                    ctl.expire_federated().await;
+                    tokio::time::sleep(interval).await;
                 }
-            }
+            };
+            tokio::join!(futures::future::join_all(domains), expiry);
         }))
     }
 
     /// One exchange with `domain` for every vL3 of its this domain's routers offer
-    /// (`service@domain`): send our side, import the home's plan, wire our ends.
-    pub async fn federate_once(&self, f: &Federation, domain: &str, client: &Client) {
+    /// (`service@domain`): send our side, import the home's plan, wire our ends. An exchange
+    /// the home holds is sent again at once when our side changes. Whether every exchange
+    /// was answered.
+    pub async fn federate_once(&self, f: &Federation, domain: &str, client: &Client) -> bool {
         let suffix = format!("@{domain}");
         let imported: Vec<String> = {
             let s = self.state();
@@ -235,27 +270,58 @@ impl Controller {
             names.dedup();
             names
         };
+        let mut all_ok = true;
         for local in imported {
             let (home_name, _) = split_domain(&local);
-            let ours = side(
-                &self.state(),
-                &f.domain,
-                &local,
-                home_name,
-                domain,
-                self.now(),
-            );
-            let theirs: Vl3Exchange = match client.post(EXCHANGE_PATH, &ours).await {
+            let seen = self
+                .inner
+                .federated
+                .lock()
+                .await
+                .views
+                .get(&(domain.to_string(), local.clone()))
+                .and_then(|v| v.digest);
+            let mut changes = self.inner.federation_wake.subscribe();
+            let ours = Vl3Exchange {
+                seen,
+                ..side(
+                    &self.state(),
+                    &f.domain,
+                    &local,
+                    home_name,
+                    domain,
+                    self.now(),
+                )
+            };
+            let call = client.post::<_, Vl3Exchange>(EXCHANGE_PATH, &ours);
+            tokio::pin!(call);
+            let answer = loop {
+                tokio::select! {
+                    r = &mut call => break Some(r),
+                    _ = changes.changed() => {
+                        // Our side changed while the home held the exchange: send it again.
+                        let now = side(&self.state(), &f.domain, &local, home_name, domain, self.now());
+                        if (&now.routers, &now.members, &now.legs) != (&ours.routers, &ours.members, &ours.legs) {
+                            break None;
+                        }
+                    }
+                }
+            };
+            let Some(answer) = answer else { continue };
+            let theirs = match answer {
                 Ok(x) => x,
                 Err(e) => {
+                    all_ok = false;
                     tracing::warn!(domain, service = %local, error = %e, retry = e.retryable(), "vL3 exchange with the other domain failed; keeping what it said last");
                     continue;
                 }
             };
             if let Err(e) = self.import(domain, &local, theirs).await {
+                all_ok = false;
                 tracing::warn!(domain, service = %local, error = %e, "the other domain's side of the vL3 was not taken");
             }
         }
+        all_ok
     }
 
     /// Takes the home's answer: its plan as local service `local`, its routers and members,
@@ -300,6 +366,8 @@ impl Controller {
                 .or_default();
             view.routers = theirs.routers;
             view.members = theirs.members;
+            view.digest = theirs.digest;
+            view.accepted = theirs.legs;
             for l in theirs.refused {
                 tracing::warn!(%domain, service = %local, owner = %l.owner, other = %l.other, vni = l.vni, why = ?l.why, "the home domain refused a leg; another VNI is offered");
                 let avoid = view.refused.entry((l.owner, l.other)).or_default();
@@ -364,6 +432,9 @@ impl Controller {
             })?;
         let domain = theirs.domain.clone();
         let name = theirs.service.clone();
+        let seen = theirs.seen;
+        // Changes from here on count for the hold below.
+        let mut changes = self.inner.federation_wake.subscribe();
         {
             let mut v = self.inner.federated.lock().await;
             let view = v.views.entry((domain.clone(), name.clone())).or_default();
@@ -373,17 +444,41 @@ impl Controller {
             view.at_ms = self.now();
         }
         let refused = self.sync_home(&domain, &name).await;
-        let mut ours = side(&self.state(), &f.domain, &name, &name, &domain, self.now());
-        ours.legs.clear();
-        ours.refused = refused;
-        if let Some(mut plan) = service.vl3 {
+        let plan = service.vl3.map(|mut plan| {
             // What the caller needs: the prefix, the zone and its own part.
             plan.domain = Some(plan.zone(&name).to_string());
             plan.members = Some(part);
             plan.delegations.clear();
-            ours.vl3 = Some(plan);
+            plan
+        });
+        // Nothing new for the caller: held until our side changes, or for the hold.
+        let until = tokio::time::Instant::now() + f.hold;
+        loop {
+            let mut ours = side(&self.state(), &f.domain, &name, &name, &domain, self.now());
+            // The legs we hold our end of: the caller routes over those only.
+            ours.legs = self
+                .state()
+                .connections()
+                .filter(|c| {
+                    c.network_service == name
+                        && c.remote_domain() == Some(domain.as_str())
+                        && c.state == meshwire_models::ConnectionState::Up
+                })
+                .filter_map(legs::as_accepted)
+                .collect();
+            ours.legs.sort();
+            ours.vl3 = plan.clone();
+            ours.digest = Some(digest_of(&ours));
+            ours.refused = refused.clone();
+            let news = ours.digest != seen || !ours.refused.is_empty();
+            if news || tokio::time::Instant::now() >= until {
+                return Ok(ours);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
         }
-        Ok(ours)
     }
 
     /// Closes the legs to domains no exchange has reached for the lease, and forgets them.
