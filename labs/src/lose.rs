@@ -27,7 +27,11 @@ pub fn lose_namespace(ns: &str) -> Result<(), String> {
         let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else {
             continue;
         };
-        ip(&["-n", ns, "link", "set", name, "down"])?;
+        match ip(&["-n", ns, "link", "set", name, "down"]) {
+            // Gone already (its peer was deleted meanwhile): it forwards nothing either.
+            Err(e) if e.contains("Cannot find device") => {}
+            other => other.map(drop)?,
+        }
     }
     ip(&["netns", "del", ns]).map(drop)
 }
