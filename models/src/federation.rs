@@ -103,6 +103,25 @@ impl Vl3Exchange {
         }
         for r in &self.routers {
             check_name(&r.name).map_err(|e| Invalid::new("routers[].name", e))?;
+            let ok = match r.address {
+                IpAddr::V4(a) => {
+                    !(a.is_loopback()
+                        || a.is_multicast()
+                        || a.is_unspecified()
+                        || a.is_broadcast()
+                        || a.is_link_local())
+                }
+                IpAddr::V6(_) => false,
+            };
+            if !ok {
+                return Err(Invalid::new(
+                    "routers[].address",
+                    format!(
+                        "{} is no IPv4 unicast address a tunnel can end on",
+                        r.address
+                    ),
+                ));
+            }
         }
         let inside = |a: IpAddr, field: &str| -> Result<(), Invalid> {
             match part {
@@ -128,6 +147,20 @@ impl Vl3Exchange {
             check_name(&l.other).map_err(|e| Invalid::new("legs[].other", e))?;
             inside(l.owner_addr.addr(), "legs[].owner_addr")?;
             inside(l.other_addr.addr(), "legs[].other_addr")?;
+            // The two halves of one /31, and nothing wider.
+            let pair = l.owner_addr.prefix_len() == 31
+                && l.other_addr.prefix_len() == 31
+                && l.owner_addr.trunc() == l.other_addr.trunc()
+                && l.owner_addr.addr() != l.other_addr.addr();
+            if !pair {
+                return Err(Invalid::new(
+                    "legs[].owner_addr",
+                    format!(
+                        "{} and {} are not the two halves of one /31",
+                        l.owner_addr, l.other_addr
+                    ),
+                ));
+            }
             if l.vni == 0 || l.vni > 0x00ff_ffff {
                 return Err(Invalid::new("legs[].vni", format!("{} is no VNI", l.vni)));
             }
@@ -158,5 +191,46 @@ mod tests {
         assert!(x.validate(Some(part)).is_err());
         x.domain = "Bad_Domain".into();
         assert!(x.validate(None).is_err());
+    }
+
+    #[test]
+    fn legs_are_one_slash_31_and_routers_unicast() {
+        let part: IpNet = "10.90.128.0/17".parse().unwrap();
+        let leg = |a: &str, b: &str| FedLeg {
+            owner: "ra1".into(),
+            other: "rb1".into(),
+            vni: 7,
+            port: 4789,
+            owner_addr: a.parse().unwrap(),
+            other_addr: b.parse().unwrap(),
+            why: None,
+        };
+        let mut x = Vl3Exchange {
+            domain: "site-a.example".into(),
+            service: "db".into(),
+            legs: vec![leg("10.90.128.3/31", "10.90.128.2/31")],
+            routers: vec![FedRouter {
+                name: "ra1".into(),
+                address: "192.0.2.1".parse().unwrap(),
+            }],
+            ..Default::default()
+        };
+        assert!(x.validate(Some(part)).is_ok());
+        // A wide prefix would route the whole vL3 (or more) onto the leg.
+        x.legs = vec![leg("10.90.128.3/1", "10.90.128.2/31")];
+        assert!(x.validate(Some(part)).is_err());
+        x.legs = vec![leg("10.90.128.3/31", "10.90.128.4/31")];
+        assert!(x.validate(Some(part)).is_err());
+        x.legs.clear();
+        for bad in [
+            "127.0.0.1",
+            "224.0.0.1",
+            "0.0.0.0",
+            "169.254.1.1",
+            "2001:db8::1",
+        ] {
+            x.routers[0].address = bad.parse().unwrap();
+            assert!(x.validate(Some(part)).is_err(), "{bad}");
+        }
     }
 }

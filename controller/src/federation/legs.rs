@@ -113,6 +113,23 @@ fn members_of(view: &[FedMember], router: &str) -> Vec<Vl3Member> {
     m
 }
 
+/// Why an end was not opened.
+#[derive(Debug)]
+enum Open {
+    /// Its VNI is in use here: the owner should offer another.
+    Refused(String),
+    /// Recording or wiring it failed: tried again at the next exchange.
+    Failed(String),
+}
+
+impl std::fmt::Display for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Open::Refused(e) | Open::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 fn vni_of(c: &Connection) -> Option<u32> {
     match c.hops.first().map(|h| &h.mechanism) {
         Some(Mechanism::Vxlan { vni, .. }) => Some(*vni),
@@ -230,17 +247,22 @@ impl Controller {
     }
 
     /// Records and wires a new end; undone when wiring fails. `claimed`: the owner claimed
-    /// its numbers and addresses already; otherwise the VNI is claimed here (and a VNI in use
-    /// is refused, with why).
-    async fn open_end(&self, c: Connection, claimed: bool) -> Result<(), String> {
+    /// its numbers and addresses already; otherwise the VNI is claimed here (a VNI in use is
+    /// [`Open::Refused`], with why).
+    async fn open_end(&self, c: Connection, claimed: bool) -> Result<(), Open> {
         let _flight = self.in_flight(&c.id);
         let _guard = self.lock_key(c.client.workload(), &c.network_service).await;
         {
             let mut s = self.state();
+            // Opened meanwhile (a second exchange for the same leg): nothing to do.
+            if s.connection(&c.id).is_some() {
+                return Ok(());
+            }
             if claimed {
                 s.commit(c.clone());
             } else {
-                s.restore(c.clone()).map_err(|e| e.to_string())?;
+                s.restore(c.clone())
+                    .map_err(|e| Open::Refused(e.to_string()))?;
             }
         }
         let r = async {
@@ -260,7 +282,7 @@ impl Controller {
             drop(_guard);
             self.undo(&c, &format!("wiring a leg to another domain failed: {e}"))
                 .await;
-            return Err(e);
+            return Err(Open::Failed(e));
         }
         tracing::info!(connection = %c.id, service = %c.network_service, router = %c.client.workload(), remote = %c.network_service_endpoint_name, "vL3 leg to another domain up");
         Ok(())
@@ -335,6 +357,8 @@ impl Controller {
     /// router of the home's; new ones claimed here, refused ones offered again with another
     /// VNI, ends whose routers went closed, routes kept to the home's members.
     pub(super) async fn sync_owned(&self, domain: &str, service: &str) {
+        // One mesh change at a time: the local mesh's and every exchange's.
+        let _one = self.inner.vl3.lock().await;
         let Some(view) = self
             .inner
             .federated
@@ -387,6 +411,23 @@ impl Controller {
                 let pair = (local.clone(), remote.to_string());
                 let members = members_of(&view.members, remote);
                 if let Some(c) = have.get(&pair) {
+                    // Its tunnel ends moved (the router on another host, a new underlay
+                    // address): closed, and built again at the next exchange.
+                    let moved = match c.hops.first().map(|h| &h.mechanism) {
+                        Some(Mechanism::Vxlan { src_ip, dst_ip, .. }) => {
+                            (src_ip, dst_ip) != (underlay, address)
+                                || c.client.node != *node
+                                || c.client.name.as_deref() != Some(netns.as_str())
+                        }
+                        _ => true,
+                    };
+                    if moved {
+                        tracing::info!(connection = %c.id, %local, %remote, %domain, "a leg to another domain moved; closing it to build it again");
+                        if let Err(e) = self.close_leg(&c.id).await {
+                            tracing::warn!(connection = %c.id, error = %e, "closing a leg to another domain failed; retrying next round");
+                        }
+                        continue;
+                    }
                     // Routes only over a leg the home has its end of: a route over a
                     // half-built leg would leave neighbour resolution to retry in a second.
                     let accepted = view.accepted.iter().any(|l| {
@@ -476,6 +517,8 @@ impl Controller {
     /// Home side: our end of every leg the federated domain wants between one of its routers
     /// and a live router of ours; a VNI in use here is refused (returned, with why).
     pub(super) async fn sync_home(&self, domain: &str, service: &str) -> Vec<FedLeg> {
+        // One mesh change at a time: the local mesh's and every exchange's.
+        let _one = self.inner.vl3.lock().await;
         let Some(view) = self
             .inner
             .federated
@@ -552,16 +595,23 @@ impl Controller {
                 continue;
             }
             let vni = vni_of(&c).unwrap_or(0);
-            if let Err(why) = self.open_end(c, false).await {
-                tracing::warn!(local = %pair.0, remote = %pair.1, %domain, vni, %why, "refusing a leg from another domain");
-                if let Some(l) = view
-                    .legs
-                    .iter()
-                    .find(|l| l.other == pair.0 && l.owner == pair.1)
-                {
-                    let mut l = l.clone();
-                    l.why = Some(why);
-                    refused.push(l);
+            match self.open_end(c, false).await {
+                Ok(()) => continue,
+                Err(Open::Failed(why)) => {
+                    tracing::warn!(local = %pair.0, remote = %pair.1, %domain, vni, %why, "our end of a leg to another domain failed; tried again at the next exchange");
+                    continue;
+                }
+                Err(Open::Refused(why)) => {
+                    tracing::warn!(local = %pair.0, remote = %pair.1, %domain, vni, %why, "refusing a leg from another domain");
+                    if let Some(l) = view
+                        .legs
+                        .iter()
+                        .find(|l| l.other == pair.0 && l.owner == pair.1)
+                    {
+                        let mut l = l.clone();
+                        l.why = Some(why);
+                        refused.push(l);
+                    }
                 }
             }
         }

@@ -102,9 +102,14 @@ pub(crate) struct Views {
     pub retries: BTreeMap<(String, String, String), (u32, u64)>,
 }
 
-/// The underlay address other domains reach `node` on.
+/// The underlay address other domains reach `node` on. Only kernel nodes take legs to other
+/// domains (an Open vSwitch node's router is not federated: its bridge would need a tunnel
+/// port to a host outside the topology).
 pub(crate) fn node_address(state: &State, node: &str) -> Option<std::net::IpAddr> {
     let n = state.topology().nodes.get(node)?;
+    if n.forwarder != meshwire_models::ForwarderKind::Kernel {
+        return None;
+    }
     n.labels
         .get(ADDRESS_LABEL)
         .and_then(|a| a.parse().ok())
@@ -209,9 +214,12 @@ impl Controller {
         }
         let ctl = self.clone();
         Some(tokio::spawn(async move {
+            ctl.seed_views().await;
             let clients: BTreeMap<String, Client> = f
                 .peers
                 .iter()
+                // A domain given without a URL is only answered.
+                .filter(|(_, p)| !p.url.is_empty())
                 .filter_map(|(d, p)| {
                     let opts = ClientOptions {
                         token: Some(p.secret.clone()),
@@ -368,6 +376,10 @@ impl Controller {
             view.members = theirs.members;
             view.digest = theirs.digest;
             view.accepted = theirs.legs;
+            // Refusals of routers no longer there are forgotten.
+            let routers = &view.routers;
+            view.refused
+                .retain(|(_, other), _| routers.iter().any(|r| &r.name == other));
             for l in theirs.refused {
                 tracing::warn!(%domain, service = %local, owner = %l.owner, other = %l.other, vni = l.vni, why = ?l.why, "the home domain refused a leg; another VNI is offered");
                 let avoid = view.refused.entry((l.owner, l.other)).or_default();
@@ -435,14 +447,19 @@ impl Controller {
         let seen = theirs.seen;
         // Changes from here on count for the hold below.
         let mut changes = self.inner.federation_wake.subscribe();
-        {
+        // The caller brought news of its own: answered at once (its lease, and the legs it
+        // waits for, are refreshed by the answer).
+        let theirs_changed = {
             let mut v = self.inner.federated.lock().await;
             let view = v.views.entry((domain.clone(), name.clone())).or_default();
+            let changed = (&view.routers, &view.members, &view.legs)
+                != (&theirs.routers, &theirs.members, &theirs.legs);
             view.routers = theirs.routers;
             view.members = theirs.members;
             view.legs = theirs.legs;
             view.at_ms = self.now();
-        }
+            changed
+        };
         let refused = self.sync_home(&domain, &name).await;
         let plan = service.vl3.map(|mut plan| {
             // What the caller needs: the prefix, the zone and its own part.
@@ -470,7 +487,7 @@ impl Controller {
             ours.vl3 = plan.clone();
             ours.digest = Some(digest_of(&ours));
             ours.refused = refused.clone();
-            let news = ours.digest != seen || !ours.refused.is_empty();
+            let news = ours.digest != seen || !ours.refused.is_empty() || theirs_changed;
             if news || tokio::time::Instant::now() >= until {
                 return Ok(ours);
             }
@@ -478,6 +495,24 @@ impl Controller {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep_until(until) => {}
             }
+        }
+    }
+
+    /// Legs restored from the store count from now for the lease: a domain that never
+    /// answers again still has them closed when the lease runs out.
+    async fn seed_views(&self) {
+        let now = self.now();
+        let restored: Vec<(String, String)> = self
+            .state()
+            .connections()
+            .filter_map(|c| Some((c.remote_domain()?.to_string(), c.network_service.clone())))
+            .collect();
+        let mut v = self.inner.federated.lock().await;
+        for key in restored {
+            v.views.entry(key).or_insert_with(|| View {
+                at_ms: now,
+                ..Default::default()
+            });
         }
     }
 

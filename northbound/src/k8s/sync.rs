@@ -261,6 +261,11 @@ pub async fn pusher(client: Client, namespace: String, ctl: Controller) {
         let ctl = &ctl;
         let namespace = &namespace;
         async move {
+            // A vL3 imported from another domain (`service@domain`): its home's object, and no
+            // Kubernetes name can hold the `@`. It stays in the registry.
+            if key.name.contains('@') {
+                return;
+            }
             if let Some((_, ar, api)) = apis.iter().find(|(k, _, _)| *k == key.kind) {
                 if let Err(e) = push(ctl, api, ar, namespace, &key).await {
                     tracing::warn!(error = %e, "registry → Kubernetes");
