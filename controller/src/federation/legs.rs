@@ -390,6 +390,34 @@ impl Controller {
             .map(|r| (r.name.as_str(), r.address))
             .collect();
         let have = self.ends_to(domain, service);
+        // Make before break: routes move onto the legs that stay before any leg closes (a
+        // member behind a router that went is routed through its new router first).
+        for ((local, remote), c) in &have {
+            let accepted = view
+                .accepted
+                .iter()
+                .any(|l| l.owner == *local && l.other == *remote && Some(l.vni) == vni_of(c));
+            let Some(via) = c.ip_context.dst_ip_addrs.first().map(IpNet::addr) else {
+                continue;
+            };
+            if accepted && mine.contains_key(local) && theirs.contains_key(remote.as_str()) {
+                let mut want = c.clone();
+                let members = members_of(&view.members, remote);
+                want.ip_context.src_routes = members
+                    .iter()
+                    .map(|m| Route {
+                        prefix: IpNet::from(m.addr),
+                        next_hop: Some(via),
+                    })
+                    .collect();
+                if let Some(v) = want.vl3.as_mut() {
+                    v.endpoint_members = members;
+                }
+                if let Err(e) = self.update_end(want).await {
+                    tracing::warn!(connection = %c.id, error = %e, "updating a leg to another domain failed; retrying next round");
+                }
+            }
+        }
         // Ends no longer wanted, or whose VNI the home refused.
         for ((local, remote), c) in &have {
             let vni = vni_of(c).unwrap_or(0);
@@ -434,6 +462,12 @@ impl Controller {
                         l.owner == *local && l.other == *remote && Some(l.vni) == vni_of(c)
                     });
                     let members = if accepted { members } else { vec![] };
+                    let (Some(la), Some(ra)) = (
+                        c.ip_context.src_ip_addrs.first(),
+                        c.ip_context.dst_ip_addrs.first(),
+                    ) else {
+                        continue;
+                    };
                     let e = End {
                         service: service.to_string(),
                         domain: domain.to_string(),
@@ -442,8 +476,8 @@ impl Controller {
                         netns: netns.clone(),
                         remote: remote.to_string(),
                         vni: 0,
-                        local_addr: c.ip_context.src_ip_addrs[0],
-                        remote_addr: c.ip_context.dst_ip_addrs[0],
+                        local_addr: *la,
+                        remote_addr: *ra,
                         local_underlay: *underlay,
                         remote_underlay: *address,
                         owned: true,
