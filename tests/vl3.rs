@@ -10,54 +10,13 @@
 //! ping between them through the heal). A member that closes gives its address and its name
 //! back, and its namespace's resolver file goes.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
 use support::lab::{root, Lab};
+use support::vl3::{getent, pinger, stop};
 
 const MEMBERS: [(&str, &str); 4] = [("db1", "h1"), ("db2", "h2"), ("db3", "h3"), ("db4", "h1")];
-
-fn getent(lab: &Lab, node: &str, name: &str) -> Option<String> {
-    let out = lab.exec(node, &["getent", "hosts", name]);
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    })
-}
-
-fn ping_gaps(stdout: &[u8]) -> (usize, f64) {
-    let text = String::from_utf8_lossy(stdout);
-    let times: Vec<f64> = text
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    (times.len(), gap)
-}
-
-fn pinger(lab: &Lab, from: &str, to: &str) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.ns(from)])
-        // A count, not a deadline: with a deadline, ping exits at the first ICMP error (the
-        // lost router answers "unreachable" while its interfaces go down).
-        .args(["ping", "-i", "0.02", "-D", "-c", "1500", to])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn stop(p: std::process::Child) -> Vec<u8> {
-    let _ = Command::new("kill")
-        .args(["-INT", &p.id().to_string()])
-        .status();
-    p.wait_with_output().unwrap().stdout
-}
 
 #[test]
 fn nb_lab_vl3_members_reach_each_other_by_name_across_hosts_and_keep_addresses_when_healed() {
@@ -183,7 +142,7 @@ fn nb_lab_vl3_members_reach_each_other_by_name_across_hosts_and_keep_addresses_w
     );
     // A measurement window: replies after the heal.
     std::thread::sleep(Duration::from_millis(500));
-    let (n, gap) = ping_gaps(&stop(between));
+    let (n, gap) = stop(between);
     eprintln!(
         "db2 -> db3 while r1 was lost: {n} replies, largest gap {:.0} ms",
         gap * 1000.0
@@ -192,7 +151,7 @@ fn nb_lab_vl3_members_reach_each_other_by_name_across_hosts_and_keep_addresses_w
         n > 20 && gap < 0.5,
         "members on other routers never lose each other"
     );
-    let (n, gap) = ping_gaps(&stop(healed));
+    let (n, gap) = stop(healed);
     eprintln!(
         "db1 -> db2 through the heal: {n} replies, outage {:.0} ms",
         gap * 1000.0

@@ -14,13 +14,14 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod support;
 use support::lab::{root, Lab};
+use support::vl3::{getent, pinger, stop};
 
 /// A TCP relay to `to` that can be cut (new and open connections dropped) and restored.
 struct Relay {
@@ -100,17 +101,6 @@ fn reach(lab: &Lab, node: &str, to: &str) -> bool {
     }
 }
 
-fn getent(lab: &Lab, node: &str, name: &str) -> Option<String> {
-    let out = lab.exec(node, &["getent", "hosts", name]);
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    })
-}
-
 /// Up legs of `lab`: (to routers of the other domain, between its own routers).
 fn legs(lab: &Lab) -> (usize, usize) {
     let out = lab.meshwire(&["get", "connections", "-o", "json"]);
@@ -126,32 +116,6 @@ fn legs(lab: &Lab) -> (usize, usize) {
         .filter(|c| c["vl3"]["remote"].is_string())
         .count();
     (remote, peers.len() - remote)
-}
-
-fn pinger(lab: &Lab, from: &str, to: &str) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.ns(from)])
-        .args(["ping", "-i", "0.02", "-D", "-c", "1500", to])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// (replies, largest gap in s) of a `ping -D` run stopped with SIGINT.
-fn stop(p: std::process::Child) -> (usize, f64) {
-    let _ = Command::new("kill")
-        .args(["-INT", &p.id().to_string()])
-        .status();
-    let out = p.wait_with_output().unwrap().stdout;
-    let text = String::from_utf8_lossy(&out);
-    let times: Vec<f64> = text
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    (times.len(), gap)
 }
 
 fn member(lab: &Lab, service: &str, host: &str, name: &str) -> (String, String, String) {

@@ -224,12 +224,8 @@ impl Ctx<'_> {
         };
         let object = format!("{kind}/{name}");
         let obj = Some(object.as_str());
-        let checked = if kind == ObjectKind::NetworkService {
-            crate::validate::check_service_name(&name)
-        } else {
-            check_name(&name)
-        };
-        checked.map_err(|rule| self.err(obj, "metadata.name", rule))?;
+        crate::validate::check_object_name(kind, &name)
+            .map_err(|rule| self.err(obj, "metadata.name", rule))?;
         let spec = raw.spec.unwrap_or(Value::Null);
         let spec = if spec.is_null() {
             Value::Mapping(Default::default())

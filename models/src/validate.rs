@@ -155,6 +155,14 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An object's name: a service's may name another domain (`name@domain`), others may not.
+pub fn check_object_name(kind: crate::manifest::ObjectKind, name: &str) -> Result<(), String> {
+    match kind {
+        crate::manifest::ObjectKind::NetworkService => check_service_name(name),
+        _ => check_name(name),
+    }
+}
+
 /// Linux interface names (the kernel's `dev_valid_name`): 1 to 15 bytes, no `/`, `:` or
 /// whitespace, not `.` or `..`.
 pub fn check_ifname(name: &str) -> Result<(), String> {
@@ -324,11 +332,7 @@ impl Object {
             Object::Link(o) => &o.name,
             Object::Device(o) => &o.name,
         };
-        match self {
-            Object::NetworkService(_) => check_service_name(name),
-            _ => check_name(name),
-        }
-        .map_err(at("metadata.name"))?;
+        check_object_name(self.key().kind, name).map_err(at("metadata.name"))?;
         match self {
             Object::NetworkService(s) => {
                 if let Some(v) = &s.vl3 {

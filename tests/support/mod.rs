@@ -1,3 +1,4 @@
 //! Helpers shared by the integration tests.
 pub mod ha;
 pub mod lab;
+pub mod vl3;

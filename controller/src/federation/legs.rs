@@ -100,6 +100,22 @@ pub(super) fn as_accepted(c: &Connection) -> Option<FedLeg> {
     })
 }
 
+/// The live routers of `service` that can take legs to other domains (on a kernel node with
+/// an underlay address): name → (node, namespace, address).
+fn federable(
+    s: &crate::state::State,
+    service: &str,
+    now: u64,
+) -> BTreeMap<String, (String, String, IpAddr)> {
+    crate::vl3::live_routers(s, service, now)
+        .into_iter()
+        .filter_map(|(n, (node, ns))| {
+            super::node_address(s, node)
+                .map(|a| (n.to_string(), (node.to_string(), ns.to_string(), a)))
+        })
+        .collect()
+}
+
 fn members_of(view: &[FedMember], router: &str) -> Vec<Vl3Member> {
     let mut m: Vec<Vl3Member> = view
         .iter()
@@ -320,6 +336,24 @@ impl Controller {
         Ok(())
     }
 
+    /// What this controller holds of `domain`'s side of `service`.
+    pub(super) async fn view(&self, domain: &str, service: &str) -> Option<super::View> {
+        self.inner
+            .federated
+            .lock()
+            .await
+            .views
+            .get(&(domain.to_string(), service.to_string()))
+            .cloned()
+    }
+
+    /// Closes one of our ends; a failure is logged and tried again at the next exchange.
+    async fn close_end(&self, id: &str) {
+        if let Err(e) = self.close_leg(id).await {
+            tracing::warn!(connection = %id, error = %e, "closing a leg to another domain failed; retrying next round");
+        }
+    }
+
     /// Our ends to `domain` for `service`: (local router, remote router) → record.
     fn ends_to(&self, domain: &str, service: &str) -> BTreeMap<(String, String), Connection> {
         self.state()
@@ -346,9 +380,7 @@ impl Controller {
     ) {
         for (_, c) in self.ends_to(domain, service) {
             if which(&c) {
-                if let Err(e) = self.close_leg(&c.id).await {
-                    tracing::warn!(connection = %c.id, error = %e, "closing a leg to another domain failed; retrying next round");
-                }
+                self.close_end(&c.id).await;
             }
         }
     }
@@ -359,29 +391,16 @@ impl Controller {
     pub(super) async fn sync_owned(&self, domain: &str, service: &str) {
         // One mesh change at a time: the local mesh's and every exchange's.
         let _one = self.inner.vl3.lock().await;
-        let Some(view) = self
-            .inner
-            .federated
-            .lock()
-            .await
-            .views
-            .get(&(domain.to_string(), service.to_string()))
-            .cloned()
-        else {
+        let Some(view) = self.view(domain, service).await else {
             return;
         };
         let now = self.now();
         let (mine, vl3) = {
             let s = self.state();
-            let mine: BTreeMap<String, (String, String, IpAddr)> =
-                crate::vl3::live_routers(&s, service, now)
-                    .into_iter()
-                    .filter_map(|(n, (node, ns))| {
-                        super::node_address(&s, node)
-                            .map(|a| (n.to_string(), (node.to_string(), ns.to_string(), a)))
-                    })
-                    .collect();
-            (mine, s.service(service).and_then(|s| s.vl3.clone()))
+            (
+                federable(&s, service, now),
+                s.service(service).and_then(|s| s.vl3.clone()),
+            )
         };
         let Some(vl3) = vl3 else { return };
         let theirs: BTreeMap<&str, IpAddr> = view
@@ -427,9 +446,7 @@ impl Controller {
                 .is_some_and(|v| v.contains(&vni));
             if !mine.contains_key(local) || !theirs.contains_key(remote.as_str()) || refused {
                 tracing::info!(connection = %c.id, %local, %remote, %domain, refused, "closing a leg to another domain");
-                if let Err(e) = self.close_leg(&c.id).await {
-                    tracing::warn!(connection = %c.id, error = %e, "closing a leg to another domain failed; retrying next round");
-                }
+                self.close_end(&c.id).await;
             }
         }
         let have = self.ends_to(domain, service);
@@ -451,9 +468,7 @@ impl Controller {
                     };
                     if moved {
                         tracing::info!(connection = %c.id, %local, %remote, %domain, "a leg to another domain moved; closing it to build it again");
-                        if let Err(e) = self.close_leg(&c.id).await {
-                            tracing::warn!(connection = %c.id, error = %e, "closing a leg to another domain failed; retrying next round");
-                        }
+                        self.close_end(&c.id).await;
                         continue;
                     }
                     // Routes only over a leg the home has its end of: a route over a
@@ -553,28 +568,11 @@ impl Controller {
     pub(super) async fn sync_home(&self, domain: &str, service: &str) -> Vec<FedLeg> {
         // One mesh change at a time: the local mesh's and every exchange's.
         let _one = self.inner.vl3.lock().await;
-        let Some(view) = self
-            .inner
-            .federated
-            .lock()
-            .await
-            .views
-            .get(&(domain.to_string(), service.to_string()))
-            .cloned()
-        else {
+        let Some(view) = self.view(domain, service).await else {
             return vec![];
         };
         let now = self.now();
-        let mine: BTreeMap<String, (String, String, IpAddr)> = {
-            let s = self.state();
-            crate::vl3::live_routers(&s, service, now)
-                .into_iter()
-                .filter_map(|(n, (node, ns))| {
-                    super::node_address(&s, node)
-                        .map(|a| (n.to_string(), (node.to_string(), ns.to_string(), a)))
-                })
-                .collect()
-        };
+        let mine = federable(&self.state(), service, now);
         let theirs: BTreeMap<&str, IpAddr> = view
             .routers
             .iter()
@@ -614,9 +612,7 @@ impl Controller {
         for (pair, c) in self.ends_to(domain, service) {
             if !wanted.get(&pair).is_some_and(|w| same(w, &c)) {
                 tracing::info!(connection = %c.id, local = %pair.0, remote = %pair.1, %domain, "closing a leg the other domain no longer wants");
-                if let Err(e) = self.close_leg(&c.id).await {
-                    tracing::warn!(connection = %c.id, error = %e, "closing a leg to another domain failed; retrying next round");
-                }
+                self.close_end(&c.id).await;
             }
         }
         let have = self.ends_to(domain, service);

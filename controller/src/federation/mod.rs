@@ -281,14 +281,7 @@ impl Controller {
         let mut all_ok = true;
         for local in imported {
             let (home_name, _) = split_domain(&local);
-            let seen = self
-                .inner
-                .federated
-                .lock()
-                .await
-                .views
-                .get(&(domain.to_string(), local.clone()))
-                .and_then(|v| v.digest);
+            let seen = self.view(domain, &local).await.and_then(|v| v.digest);
             let mut changes = self.inner.federation_wake.subscribe();
             let ours = Vl3Exchange {
                 seen,
